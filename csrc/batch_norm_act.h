@@ -1,0 +1,70 @@
+// batch_norm_act: argument checks and preparation shared by the CPU and CUDA implementations.
+#pragma once
+
+#include "mk_common.h"
+
+namespace mobilenet_kernels {
+
+// Per-channel parameters converted once to the accumulation dtype (float, or double for double
+// input), so the kernels read one dtype whatever mix of dtypes the caller passed (e.g. bf16
+// activations with fp32 BatchNorm parameters under autocast).
+struct BatchNormEvalArgs {
+  at::Tensor input;  // dense in `format`
+  at::MemoryFormat format;
+  ChannelLayout layout;
+  at::Tensor mean, var, weight, bias;  // (C,), acc dtype, contiguous; weight/bias may be undefined
+  Act act;
+  double eps;
+};
+
+inline at::ScalarType acc_type_for(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline BatchNormEvalArgs prepare_batch_norm_eval(const at::Tensor& input, const at::Tensor& running_mean,
+                                                 const at::Tensor& running_var,
+                                                 const c10::optional<at::Tensor>& weight,
+                                                 const c10::optional<at::Tensor>& bias, double eps,
+                                                 const std::string& activation) {
+  check_floating(input, "input");
+  TORCH_CHECK_VALUE(input.dim() >= 2, "input: expected a tensor of shape (N, C, ...), got ", input.sizes());
+  check_per_channel(running_mean, "running_mean", input);
+  check_per_channel(running_var, "running_var", input);
+  check_per_channel(weight, "weight", input);
+  check_per_channel(bias, "bias", input);
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
+
+  BatchNormEvalArgs a;
+  a.act = parse_activation(activation);
+  a.eps = eps;
+  a.format = output_memory_format(input);
+  a.input = input.contiguous(a.format);
+  a.layout = channel_layout(a.input, a.format);
+  const auto acc = acc_type_for(input.scalar_type());
+  auto prep = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
+  a.mean = prep(running_mean);
+  a.var = prep(running_var);
+  if (weight.has_value()) a.weight = prep(*weight);
+  if (bias.has_value()) a.bias = prep(*bias);
+  return a;
+}
+
+template <typename acc_t>
+inline const acc_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<acc_t>() : nullptr;
+}
+
+// scale = weight / sqrt(var + eps), shift = bias - mean * scale: the eval-mode BatchNorm as one
+// per-channel affine map, evaluated in the accumulation dtype.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void bn_scale_shift(const acc_t* mean, const acc_t* var, const acc_t* weight,
+                                                      const acc_t* bias, acc_t eps, int64_t c, acc_t& rstd,
+                                                      acc_t& scale, acc_t& shift) {
+  rstd = acc_t(1) / ::sqrt(var[c] + eps);
+  const acc_t w = weight ? weight[c] : acc_t(1);
+  const acc_t b = bias ? bias[c] : acc_t(0);
+  scale = w * rstd;
+  shift = b - mean[c] * scale;
+}
+
+}  // namespace mobilenet_kernels

@@ -1,0 +1,193 @@
+// batch_norm_act (eval), C++ CPU kernels.
+//
+// Fuses: BatchNorm with running statistics (folded to one per-channel scale/shift) + activation,
+//        forward; and its backward (grad_input plus the per-channel sums that give grad_weight,
+//        grad_bias and the running statistics' grads) in one pass over grad_output and input.
+// Layouts: NCHW (any rank >= 2, spatial dims flattened) and channels_last, both native; other
+//          strides are made dense in the input's suggested format first. Output keeps that format.
+// dtypes: float64, float32, float16, bfloat16; arithmetic in float (double for float64).
+// Reductions: fixed chunking that depends only on the shape, merged in a fixed order in double, so
+//             results are bitwise identical for any thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "batch_norm_act.h"
+
+namespace mobilenet_kernels {
+namespace {
+
+constexpr int64_t kGrainElements = 32768;
+
+template <typename acc_t>
+struct ScaleShift {
+  std::vector<acc_t> rstd, scale, shift;
+};
+
+template <typename acc_t>
+ScaleShift<acc_t> fold_batch_norm(const BatchNormEvalArgs& a) {
+  const int64_t C = a.layout.C;
+  ScaleShift<acc_t> s{std::vector<acc_t>(C), std::vector<acc_t>(C), std::vector<acc_t>(C)};
+  for (int64_t c = 0; c < C; ++c) {
+    bn_scale_shift<acc_t>(a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight),
+                          data_or_null<acc_t>(a.bias), static_cast<acc_t>(a.eps), c, s.rstd[c], s.scale[c],
+                          s.shift[c]);
+  }
+  return s;
+}
+
+template <typename scalar_t, Act A>
+void batch_norm_act_eval_fwd_kernel(const BatchNormEvalArgs& a, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const ChannelLayout& L = a.layout;
+  const auto ss = fold_batch_norm<acc_t>(a);
+  const acc_t* scale = ss.scale.data();
+  const acc_t* shift = ss.shift.data();
+  const scalar_t* x = a.input.data_ptr<scalar_t>();
+  scalar_t* y = out.data_ptr<scalar_t>();
+  const int64_t C = L.C, HW = L.HW;
+
+  if (L.channels_last) {
+    at::parallel_for(0, L.rows(), std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t m = begin; m < end; ++m) {
+                         const scalar_t* xr = x + m * C;
+                         scalar_t* yr = y + m * C;
+                         for (int64_t c = 0; c < C; ++c) {
+                           yr[c] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(xr[c]) * scale[c] + shift[c]));
+                         }
+                       }
+                     });
+  } else {
+    at::parallel_for(0, L.N * C, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(HW, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t plane = begin; plane < end; ++plane) {
+                         const acc_t s = scale[plane % C], t = shift[plane % C];
+                         const scalar_t* xp = x + plane * HW;
+                         scalar_t* yp = y + plane * HW;
+                         for (int64_t i = 0; i < HW; ++i) {
+                           yp[i] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(xp[i]) * s + t));
+                         }
+                       }
+                     });
+  }
+}
+
+// g = grad_out * act'(z); grad_in = g * scale; sum_gxhat[c] = sum g * x_hat; sum_g[c] = sum g.
+template <typename scalar_t, Act A>
+void batch_norm_act_eval_bwd_kernel(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
+                                    at::Tensor& sum_gxhat, at::Tensor& sum_g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const ChannelLayout& L = a.layout;
+  const auto ss = fold_batch_norm<acc_t>(a);
+  const acc_t* mean = a.mean.data_ptr<acc_t>();
+  const scalar_t* x = a.input.data_ptr<scalar_t>();
+  const scalar_t* gy = grad_out.data_ptr<scalar_t>();
+  scalar_t* gx = grad_in.data_ptr<scalar_t>();
+  acc_t* out_gxhat = sum_gxhat.data_ptr<acc_t>();
+  acc_t* out_g = sum_g.data_ptr<acc_t>();
+  const int64_t C = L.C, HW = L.HW;
+
+  if (!L.channels_last) {
+    // One task per channel: it walks its N planes in order, so the sums are fixed-order.
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const acc_t s = ss.scale[c], t = ss.shift[c], mu = mean[c], rstd = ss.rstd[c];
+        double total_gxhat = 0, total_g = 0;
+        for (int64_t n = 0; n < L.N; ++n) {
+          const int64_t base = (n * C + c) * HW;
+          acc_t part_gxhat = 0, part_g = 0;
+          for (int64_t i = 0; i < HW; ++i) {
+            const acc_t xv = static_cast<acc_t>(x[base + i]);
+            const acc_t g = static_cast<acc_t>(gy[base + i]) * act_derivative<A>(xv * s + t);
+            gx[base + i] = static_cast<scalar_t>(g * s);
+            part_g += g;
+            part_gxhat += g * (xv - mu) * rstd;
+          }
+          total_gxhat += part_gxhat;
+          total_g += part_g;
+        }
+        out_gxhat[c] = static_cast<acc_t>(total_gxhat);
+        out_g[c] = static_cast<acc_t>(total_g);
+      }
+    });
+    return;
+  }
+
+  // channels_last: rows are cut into chunks by shape alone; each chunk writes its own partial row.
+  const int64_t M = L.rows();
+  const int64_t rows_per_chunk = std::max<int64_t>(256, (M + 1023) / 1024);
+  const int64_t chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<acc_t> partial(static_cast<size_t>(chunks * 2 * C), acc_t(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      acc_t* p_gxhat = partial.data() + k * 2 * C;
+      acc_t* p_g = p_gxhat + C;
+      const int64_t m_end = std::min(M, (k + 1) * rows_per_chunk);
+      for (int64_t m = k * rows_per_chunk; m < m_end; ++m) {
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = m * C + c;
+          const acc_t xv = static_cast<acc_t>(x[i]);
+          const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * ss.scale[c] + ss.shift[c]);
+          gx[i] = static_cast<scalar_t>(g * ss.scale[c]);
+          p_g[c] += g;
+          p_gxhat[c] += g * (xv - mean[c]) * ss.rstd[c];
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double total_gxhat = 0, total_g = 0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      total_gxhat += partial[k * 2 * C + c];
+      total_g += partial[k * 2 * C + C + c];
+    }
+    out_gxhat[c] = static_cast<acc_t>(total_gxhat);
+    out_g[c] = static_cast<acc_t>(total_g);
+  }
+}
+
+at::Tensor batch_norm_act_eval_cpu(const at::Tensor& input, const at::Tensor& running_mean,
+                                   const at::Tensor& running_var, const c10::optional<at::Tensor>& weight,
+                                   const c10::optional<at::Tensor>& bias, double eps, c10::string_view activation) {
+  const auto a = prepare_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, std::string(activation));
+  at::Tensor out = at::empty(input.sizes(), input.options().memory_format(a.format));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_eval_cpu", [&] {
+    MK_DISPATCH_ACTIVATION(a.act, [&] { batch_norm_act_eval_fwd_kernel<scalar_t, kAct>(a, out); });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_eval_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& running_mean,
+    const at::Tensor& running_var, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    double eps, c10::string_view activation) {
+  const auto a = prepare_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, std::string(activation));
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
+                    grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
+                   input.scalar_type(), ", got ", grad_output.scalar_type());
+  const at::Tensor gy = grad_output.contiguous(a.format);
+  at::Tensor grad_in = at::empty(input.sizes(), input.options().memory_format(a.format));
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor sum_gxhat = at::empty({a.layout.C}, acc_opts);
+  at::Tensor sum_g = at::empty({a.layout.C}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_eval_backward_cpu", [&] {
+    MK_DISPATCH_ACTIVATION(a.act, [&] {
+      batch_norm_act_eval_bwd_kernel<scalar_t, kAct>(a, gy, grad_in, sum_gxhat, sum_g);
+    });
+  });
+  return {grad_in, sum_gxhat, sum_g};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilenet_kernels, CPU, m) {
+  m.impl("batch_norm_act_eval", &batch_norm_act_eval_cpu);
+  m.impl("batch_norm_act_eval_backward", &batch_norm_act_eval_backward_cpu);
+}
+
+}  // namespace mobilenet_kernels

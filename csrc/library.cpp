@@ -1,0 +1,33 @@
+// Every mobilenet_kernels schema, in one block. Backends register implementations elsewhere:
+// csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA); the `_triton` twins are implemented in Python
+// (mobilenet_kernels/ops/*.py, torch.library.register_kernel), and every fake and autograd
+// formula is registered in Python next to its op.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing mobilenet_kernels._C runs the static TORCH_LIBRARY initializers; the module itself is empty.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(mobilenet_kernels, m) {
+  // batch_norm_act, eval mode: act(BatchNorm(input)) with the running statistics, as one
+  // per-channel affine map + activation. Output in the input's memory format.
+  // Backward returns (grad_input, sum(g * x_hat), sum(g)) per channel, g = grad_output * act'(z):
+  // the last two are grad_weight and grad_bias, and give the running stats' grads in Python.
+  m.def(
+      "batch_norm_act_eval(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
+      "Tensor? bias, float eps, str activation) -> Tensor");
+  m.def(
+      "batch_norm_act_eval_backward(Tensor grad_output, Tensor input, Tensor running_mean, "
+      "Tensor running_var, Tensor? weight, Tensor? bias, float eps, str activation) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_act_eval_triton(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
+      "Tensor? bias, float eps, str activation) -> Tensor");
+  m.def(
+      "batch_norm_act_eval_backward_triton(Tensor grad_output, Tensor input, Tensor running_mean, "
+      "Tensor running_var, Tensor? weight, Tensor? bias, float eps, str activation) -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,75 @@
+"""BatchNormAct2d: nn.BatchNorm2d followed by an activation, as one fused op."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import functional as MF
+from ..activations import check_activation
+from ..backends import check_backend
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """``activation(nn.BatchNorm2d(x))``.
+
+    A subclass of nn.BatchNorm2d with the same parameters, buffers and state_dict, so weights
+    load unchanged and ``isinstance(m, nn.BatchNorm2d)`` code (weight init, freezing, SyncBN
+    conversion) keeps working. ``backend`` picks the kernels by name (None: the fastest usable).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        activation: str = "identity",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.activation = check_activation(activation)
+        self.backend = check_backend(backend)
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.BatchNorm2d, activation: str = "identity", backend: str | None = None) -> "BatchNormAct2d":
+        """A BatchNormAct2d that shares ``bn``'s parameters and buffers (no copy), in the same mode."""
+        new = cls(
+            bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta",
+            activation=activation, backend=backend,
+        )
+        # The very same Parameter and buffer objects: optimizers and references into bn stay valid.
+        new._parameters.update(bn._parameters)
+        new._buffers.update(bn._buffers)
+        new.train(bn.training)
+        return new
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        # Same bookkeeping as nn.modules.batchnorm._BatchNorm.forward.
+        exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return MF.batch_norm_act(
+            input,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            exponential_average_factor,
+            self.eps,
+            self.activation,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}, backend={self.backend}"

@@ -1,0 +1,6 @@
+"""Op registrations (fakes, autograd, Triton kernels). Importing this module registers them all."""
+
+from .._extension import LOADED
+
+if LOADED:
+    from . import batch_norm_act  # noqa: F401

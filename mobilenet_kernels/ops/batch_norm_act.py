@@ -1,0 +1,87 @@
+"""batch_norm_act: registration of fakes, autograd and the Triton kernels.
+
+Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/batch_norm_act.*.
+Autocast policy: none registered on purpose. The op accepts mixed dtypes (bf16/fp16 input with
+fp32 BatchNorm parameters, as autocast produces) and keeps the input's dtype, like F.batch_norm.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import check_activation
+from ._common import acc_dtype, check_floating, check_per_channel, empty_like_output, output_memory_format, register_twins
+
+
+def check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation) -> None:
+    """The checks every backend runs before launching (C++ repeats them for direct op calls)."""
+    check_floating(input, "input")
+    if input.dim() < 2:
+        raise ValueError(f"input: expected a tensor of shape (N, C, ...), got {tuple(input.shape)}")
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
+        check_per_channel(t, name, input)
+    if eps < 0:
+        raise ValueError(f"eps: expected a non-negative value, got {eps}")
+    check_activation(activation)
+
+
+def _fake(input, running_mean, running_var, weight, bias, eps, activation):
+    check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+    return empty_like_output(input)
+
+
+def _backward_fake(grad_output, input, running_mean, running_var, weight, bias, eps, activation):
+    check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return empty_like_output(input), input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
+
+
+def _setup_context(ctx, inputs, output):
+    input, running_mean, running_var, weight, bias, eps, activation = inputs
+    ctx.save_for_backward(input, running_mean, running_var, weight, bias)
+    ctx.eps = eps
+    ctx.activation = activation
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_output):
+        input, mean, var, weight, bias = ctx.saved_tensors
+        grad_input, sum_g_xhat, sum_g = backward_op(grad_output, input, mean, var, weight, bias, ctx.eps, ctx.activation)
+        needs = ctx.needs_input_grad
+        # y = act(w * x_hat + b), x_hat = (x - mean) * rstd, rstd = (var + eps)^-1/2.
+        rstd = (var.to(sum_g.dtype) + ctx.eps).rsqrt()
+        w = weight.to(sum_g.dtype) if weight is not None else 1.0
+        grad_mean = (-sum_g * w * rstd).to(mean.dtype) if needs[1] else None
+        grad_var = (-0.5 * sum_g_xhat * w * rstd * rstd).to(var.dtype) if needs[2] else None
+        grad_weight = sum_g_xhat.to(weight.dtype) if needs[3] else None
+        grad_bias = sum_g.to(bias.dtype) if needs[4] else None
+        return grad_input if needs[0] else None, grad_mean, grad_var, grad_weight, grad_bias, None, None
+
+    return backward
+
+
+register_twins("batch_norm_act_eval", _fake, _backward_fake, _make_backward, _setup_context)
+
+
+@torch.library.register_kernel("mobilenet_kernels::batch_norm_act_eval_triton", ("cpu", "cuda"))
+def _triton_forward(input, running_mean, running_var, weight, bias, eps, activation):
+    from ..triton.batch_norm_act import batch_norm_act_eval_fwd
+
+    check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+    fmt = output_memory_format(input)
+    return batch_norm_act_eval_fwd(input.contiguous(memory_format=fmt), running_mean, running_var, weight, bias, eps, activation, fmt)
+
+
+@torch.library.register_kernel("mobilenet_kernels::batch_norm_act_eval_backward_triton", ("cpu", "cuda"))
+def _triton_backward(grad_output, input, running_mean, running_var, weight, bias, eps, activation):
+    from ..triton.batch_norm_act import batch_norm_act_eval_bwd
+
+    check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    fmt = output_memory_format(input)
+    return batch_norm_act_eval_bwd(
+        grad_output.contiguous(memory_format=fmt), input.contiguous(memory_format=fmt),
+        running_mean, running_var, weight, bias, eps, activation, fmt,
+    )

@@ -1,0 +1,163 @@
+"""batch_norm_act (eval), Triton kernels and launchers.
+
+Fuses: BatchNorm with running statistics (folded per program to one per-channel scale/shift) +
+       activation, forward; backward writes grad_input and per-program partial sums of g * x_hat and
+       g (g = grad_output * act'(z)), summed per channel afterwards in a fixed order.
+Layouts: any (N, C, *) tensor made dense as NCHW or channels_last; a program owns a
+         [BLOCK_M pixels x BLOCK_C channels] tile addressed through (n, c, pixel) strides.
+dtypes: float64, float32, float16, bfloat16; arithmetic in float32 (float64 for float64 input).
+Indexing: int64 offsets. Runs on CPU tensors under TRITON_INTERPRET=1.
+Limits: block sizes are a fixed heuristic, not autotuned yet. The interpreter rounds fp32 -> bf16
+        toward zero (GPUs round to nearest even), so on CPU tensors bf16 results are stored as fp32 and
+        rounded by torch (``_store_dtype``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..activations import activation_code
+from ._activations import act_derivative, act_forward
+
+
+@triton.jit
+def _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    mean = tl.load(mean_ptr + cols, mask=col_mask, other=0.0)
+    var = tl.load(var_ptr + cols, mask=col_mask, other=1.0)
+    if var.dtype.is_fp64():
+        rstd = 1.0 / tl.sqrt(var + eps)
+    else:  # IEEE-rounded, as the C++/CUDA kernels compute it (plain fp32 sqrt and / are approximate)
+        rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
+    scale = rstd
+    if HAS_WEIGHT:
+        scale = tl.load(w_ptr + cols, mask=col_mask, other=1.0) * rstd
+    shift = -mean * scale
+    if HAS_BIAS:
+        shift += tl.load(b_ptr + cols, mask=col_mask, other=0.0)
+    return mean, rstd, scale, shift
+
+
+@triton.jit
+def _tile_offsets(pid_m, pid_c, M, C, HW, stride_n, stride_c, stride_p, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = rows // HW
+    p = rows - n * HW
+    offs = (n * stride_n + p * stride_p)[:, None] + cols.to(tl.int64)[None, :] * stride_c
+    row_mask = rows < M
+    col_mask = cols < C
+    return offs, cols, col_mask, row_mask[:, None] & col_mask[None, :]
+
+
+@triton.jit
+def _batch_norm_act_eval_fwd_kernel(
+    x_ptr,  # (N, C, HW) dense, NCHW or NHWC as the strides say
+    y_ptr,  # same shape and strides as x
+    mean_ptr, var_ptr, w_ptr, b_ptr,  # (C,), accumulation dtype
+    M, C, HW, stride_n, stride_c, stride_p, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    offs, cols, col_mask, mask = _tile_offsets(
+        tl.program_id(0), tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+    )
+    _, _, scale, shift = _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
+    y = act_forward(x * scale[None, :] + shift[None, :], ACT)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _batch_norm_act_eval_bwd_kernel(
+    gy_ptr, x_ptr, gx_ptr,  # (N, C, HW) dense, same strides
+    mean_ptr, var_ptr, w_ptr, b_ptr,  # (C,), accumulation dtype
+    partial_ptr,  # (2, num_programs_m, C), accumulation dtype: sum g * x_hat, sum g
+    M, C, HW, stride_n, stride_c, stride_p, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    offs, cols, col_mask, mask = _tile_offsets(
+        pid_m, tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+    )
+    mean, rstd, scale, shift = _fold_batch_norm(
+        mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS
+    )
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
+    gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
+    g = gy * act_derivative(x * scale[None, :] + shift[None, :], ACT)
+    g = tl.where(mask, g, 0.0)
+    tl.store(gx_ptr + offs, (g * scale[None, :]).to(gx_ptr.dtype.element_ty), mask=mask)
+    x_hat = (x - mean[None, :]) * rstd[None, :]
+    partial_row = pid_m.to(tl.int64) * C + cols
+    tl.store(partial_ptr + partial_row, tl.sum(g * x_hat, axis=0), mask=col_mask)
+    tl.store(partial_ptr + tl.num_programs(0).to(tl.int64) * C + partial_row, tl.sum(g, axis=0), mask=col_mask)
+
+
+def _blocks(M: int, C: int) -> tuple[int, int]:
+    block_c = min(triton.next_power_of_2(max(C, 1)), 32)
+    block_m = min(triton.next_power_of_2(max(M, 1)), 4096 // block_c)
+    return block_m, block_c
+
+
+def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """(M, C, HW, stride_n, stride_c, stride_p) of a dense NCHW or channels_last tensor."""
+    N, C = x.shape[0], x.shape[1]
+    HW = x.numel() // (N * C) if N * C else 0
+    if x.dim() == 4 and not x.is_contiguous():  # channels_last
+        return N * HW, C, HW, HW * C, 1, C
+    return N * HW, C, HW, C * HW, HW, 1
+
+
+def _store_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a kernel writes: bf16 outputs of the CPU interpreter go through fp32 (see header)."""
+    return torch.float32 if t.device.type == "cpu" and t.dtype == torch.bfloat16 else t.dtype
+
+
+def _acc(t: torch.Tensor, acc_dtype: torch.dtype) -> torch.Tensor:
+    return t.to(acc_dtype).contiguous()
+
+
+def batch_norm_act_eval_fwd(x, mean, var, weight, bias, eps, activation, memory_format):
+    """x dense in ``memory_format``; returns y in the same format."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
+    M, C, HW, sn, sc, sp = _geometry(x)
+    if x.numel() == 0:
+        return y.to(x.dtype)
+    mean, var = _acc(mean, acc), _acc(var, acc)
+    w = _acc(weight, acc) if weight is not None else mean
+    b = _acc(bias, acc) if bias is not None else mean
+    block_m, block_c = _blocks(M, C)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
+    _batch_norm_act_eval_fwd_kernel[grid](
+        x, y, mean, var, w, b, M, C, HW, sn, sc, sp, eps,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation),
+        BLOCK_M=block_m, BLOCK_C=block_c,
+    )
+    return y.to(x.dtype)
+
+
+def batch_norm_act_eval_bwd(gy, x, mean, var, weight, bias, eps, activation, memory_format):
+    """gy, x dense in ``memory_format``; returns (grad_input, sum g * x_hat, sum g)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
+    M, C, HW, sn, sc, sp = _geometry(x)
+    if x.numel() == 0:
+        zeros = torch.zeros(C, dtype=acc, device=x.device)
+        return gx.to(x.dtype), zeros, zeros.clone()
+    mean, var = _acc(mean, acc), _acc(var, acc)
+    w = _acc(weight, acc) if weight is not None else mean
+    b = _acc(bias, acc) if bias is not None else mean
+    block_m, block_c = _blocks(M, C)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
+    partial = torch.empty((2, grid[0], C), dtype=acc, device=x.device)
+    _batch_norm_act_eval_bwd_kernel[grid](
+        gy, x, gx, mean, var, w, b, partial, M, C, HW, sn, sc, sp, eps,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation),
+        BLOCK_M=block_m, BLOCK_C=block_c,
+    )
+    # Stage 2: a fixed-order reduction over the programs' partial rows (deterministic).
+    return gx.to(x.dtype), partial[0].sum(dim=0), partial[1].sum(dim=0)

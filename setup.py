@@ -1,0 +1,154 @@
+"""Build mobilenet_kernels._C: C++ CPU kernels always, CUDA kernels whenever nvcc is found.
+
+Whether this machine has a GPU is irrelevant: our build boxes have nvcc and no GPU, and the CUDA
+sources must still compile there. Knobs (one prefix, plus the standard torch ones):
+
+  MK_SKIP_CUDA_BUILD=1   build the C++ CPU kernels only, even where nvcc exists
+  MK_FORCE_CUDA_BUILD=1  fail instead of falling back when nvcc cannot be found
+  MK_DEBUG=1             -O0 -g (and -lineinfo for nvcc)
+  TORCH_CUDA_ARCH_LIST   e.g. "9.0"; default "8.0;9.0" when no GPU is visible
+  MAX_JOBS, NVCC_THREADS parallelism of ninja / nvcc
+"""
+
+import glob
+import os
+import shutil
+import site
+import sys
+import sysconfig
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env_flag(name):
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _log(msg):
+    print(f"mobilenet_kernels setup: {msg}", file=sys.stderr, flush=True)
+
+
+def _find_cuda_home():
+    """CUDA_HOME/CUDA_PATH, else the toolkit that holds `nvcc` on PATH, else /usr/local/cuda*."""
+    def is_toolkit(home):
+        return os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
+            os.path.join(home, "include", "cuda_runtime.h")
+        )
+
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home and is_toolkit(home):
+            return home
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        # /usr/local/bin/nvcc may be a wrapper script; prefer a real toolkit next to it.
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for home in candidates:
+        if is_toolkit(home):
+            return home
+    return None
+
+
+def _wheel_cuda_include_dirs():
+    """Headers of the nvidia-* pip wheels (cusparse.h, cublas_v2.h, ...) that a partial toolkit lacks."""
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    dirs = []
+    for root in sorted(roots):
+        dirs += sorted(glob.glob(os.path.join(root, "nvidia", "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(root, "nvidia", "*", "include")))
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def _wheel_cuda_library_dirs():
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    dirs = []
+    for root in sorted(roots):
+        dirs += sorted(glob.glob(os.path.join(root, "nvidia", "cu*", "lib")))
+        dirs += sorted(glob.glob(os.path.join(root, "nvidia", "cuda_runtime", "lib")))
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def _default_max_jobs():
+    """ninja jobs sized from cores and RAM: one nvcc job with torch headers takes ~3 GB."""
+    cores = os.cpu_count() or 1
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gb = 8
+    return str(max(1, min(cores, int(mem_gb // 3))))
+
+
+def _extensions():
+    skip_cuda = _env_flag("MK_SKIP_CUDA_BUILD")
+    force_cuda = _env_flag("MK_FORCE_CUDA_BUILD")
+    debug = _env_flag("MK_DEBUG")
+
+    cuda_home = None if skip_cuda else _find_cuda_home()
+    if cuda_home is not None:
+        # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+        os.environ["CUDA_HOME"] = cuda_home
+    elif force_cuda:
+        raise RuntimeError("MK_FORCE_CUDA_BUILD=1 but nvcc was not found (set CUDA_HOME)")
+    os.environ.setdefault("MAX_JOBS", _default_max_jobs())
+
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 from torch 2.13).
+    cxx_flags += ["-fopenmp"]
+    extra_link = ["-fopenmp"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+
+    if cuda_home is None:
+        why = "MK_SKIP_CUDA_BUILD=1" if skip_cuda else "nvcc was not found"
+        _log(f"the CUDA backend is not built ({why}); C++ CPU, Triton and torch backends still install.")
+        ext = CppExtension(
+            "mobilenet_kernels._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=extra_link,
+        )
+        return [ext], BuildExtension
+
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        import torch
+
+        if torch.cuda.is_available():
+            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    _log(f"building the CUDA backend with nvcc from {cuda_home} for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+
+    wheel_includes = _wheel_cuda_include_dirs()
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    nvcc_flags = ["-O0", "-g", "-G", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
+    nvcc_flags += [
+        "--expt-relaxed-constexpr",
+        "-DMK_WITH_CUDA",
+        f"--threads={os.environ.get('NVCC_THREADS', '2')}",
+    ]
+    ext = CUDAExtension(
+        "mobilenet_kernels._C",
+        sources,
+        include_dirs=include_dirs + wheel_includes,
+        library_dirs=_wheel_cuda_library_dirs(),
+        extra_compile_args={"cxx": cxx_flags + ["-DMK_WITH_CUDA"], "nvcc": nvcc_flags},
+        extra_link_args=extra_link,
+    )
+    return [ext], BuildExtension
+
+
+ext_modules, build_ext = _extensions()
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+)
