@@ -1,0 +1,107 @@
+"""``python -m mobilenet_kernels check``: versions, built and usable backends, and a quick
+correctness self-test of every usable backend against the torch reference."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+
+def _enable_triton_interpreter_on_cpu_only_machines() -> None:
+    """Without a GPU, Triton can only run under its interpreter; switch it on so that the Triton
+    kernels are self-tested too. Only possible before triton is first imported."""
+    from . import backends
+
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        backends.refresh_from_environment()
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    info = {
+        "mobilenet_kernels": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "torch CUDA": str(torch.version.cuda),
+        "GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    return info
+
+
+def _self_test_cases():
+    """(shape, memory_format, activation, dtype): small, odd shapes in both layouts."""
+    return [
+        ((2, 16, 7, 7), torch.contiguous_format, "hardswish", torch.float32),
+        ((3, 13, 5, 3), torch.channels_last, "relu6", torch.float32),
+        ((1, 24, 1, 1), torch.contiguous_format, "hardsigmoid", torch.float32),
+        ((2, 40, 4, 4), torch.channels_last, "relu", torch.bfloat16),
+    ]
+
+
+def self_test(backend: str, device: str) -> tuple[bool, float]:
+    """batch_norm_act eval forward + backward vs the float64 torch reference; (ok, worst error)."""
+    from . import functional as MF
+    from .reference import batch_norm_act_ref
+
+    gen = torch.Generator().manual_seed(0)
+    worst, ok = 0.0, True
+    for shape, fmt, act, dtype in _self_test_cases():
+        C = shape[1]
+        x = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt).requires_grad_()
+        mean, bias, weight = (torch.randn(C, generator=gen).to(device) for _ in range(3))
+        var = (torch.rand(C, generator=gen) + 0.5).to(device)
+        weight.requires_grad_()
+        y = MF.batch_norm_act(x, mean, var, weight, bias, False, 0.1, 1e-5, act, backend=backend)
+        gx, gw = torch.autograd.grad(y, (x, weight), torch.ones_like(y))
+        x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+        y64 = batch_norm_act_ref(x64, mean.double(), var.double(), w64, bias.double(), False, 0.1, 1e-5, act)
+        gx64, gw64 = torch.autograd.grad(y64, (x64, w64), torch.ones_like(y64))
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        for ours, ref in ((y, y64), (gx, gx64), (gw, gw64)):
+            err = ((ours.double() - ref).abs() / (1 + ref.abs())).max().item()
+            worst = max(worst, err)
+            ok &= err <= tol
+        ok &= y.is_contiguous(memory_format=fmt)
+    return ok, worst
+
+
+def run_check() -> int:
+    _enable_triton_interpreter_on_cpu_only_machines()
+    from . import _extension, backends
+
+    print("mobilenet_kernels check")
+    for key, value in versions().items():
+        print(f"  {key:<18} {value}")
+    print("\nbuilt")
+    print(f"  {'extension _C':<18} {'yes' if _extension.LOADED else 'NO: ' + str(_extension.LOAD_ERROR)}")
+    print(f"  {'C++ CPU kernels':<18} {'yes' if _extension.CPU_BUILT else 'no'}")
+    print(f"  {'CUDA kernels':<18} {'yes' if _extension.CUDA_BUILT else 'no (nvcc absent at install, or MK_SKIP_CUDA_BUILD=1)'}")
+    print(f"  {'Triton':<18} {'yes' if backends.TRITON_INSTALLED else 'no'}"
+          f"{' (interpreter: TRITON_INTERPRET=1)' if backends.TRITON_INTERPRET else ''}")
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print("\nself-test: batch_norm_act forward + backward vs the float64 torch reference")
+    failures = 0
+    for device in devices:
+        for name in backends.BACKENDS:
+            reason = backends.unusable_reason(name, device)
+            if reason is not None:
+                print(f"  {device:<5} {name:<7} skipped: {reason}")
+                continue
+            ok, err = self_test(name, device)
+            failures += not ok
+            print(f"  {device:<5} {name:<7} {'PASS' if ok else 'FAIL'}  (max rel. error {err:.2e})")
+    print("\nOK" if failures == 0 else f"\n{failures} backend(s) FAILED")
+    return 0 if failures == 0 else 1

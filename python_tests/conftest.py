@@ -1,0 +1,42 @@
+"""Test configuration: the Triton interpreter on GPU-less machines, seeds, device/backend params.
+
+Nothing here touches CUDA beyond torch.cuda.is_available() (which creates no context).
+"""
+
+import os
+
+import torch
+
+# The Triton interpreter lets CI run the Triton kernels on CPU tensors; it must be switched on
+# before triton is imported, and only where there is no GPU (it would also take CUDA tensors).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import mobilenet_kernels  # noqa: E402,F401
+from mobilenet_kernels import backends  # noqa: E402
+
+DEVICES = ["cpu", "cuda"]
+BACKENDS = list(backends.BACKENDS)
+
+
+def skip_unless_usable(backend: str, device: str) -> None:
+    """Skip a case whose device or backend this machine cannot run, with the reason."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    reason = backends.unusable_reason(backend, device)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} on {device}: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return request.param
