@@ -1,0 +1,119 @@
+"""Shared benchmark machinery: timing, environment record, shapes from the models, JSON/markdown.
+
+Timing: on CUDA, triton.testing.do_bench (CUDA events, L2 flushed between reps, quantiles
+p20/p50/p80); on CPU, torch.utils.benchmark.Timer.blocked_autorange. Compare only rows from one
+device and one run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from typing import Callable
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# HBM peak of the cards we report % of peak for (bytes/s); others report GB/s only.
+PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("MK_GIT_COMMIT", "unknown")
+
+
+def environment(device: str) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {
+        "device": name,
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def peak_bandwidth(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
+
+
+def bench(fn: Callable[[], object], device: str) -> dict:
+    """Median and p20/p80 in milliseconds."""
+    if device == "cuda":
+        import triton.testing
+
+        p20, p50, p80 = triton.testing.do_bench(fn, quantiles=[0.2, 0.5, 0.8], return_mode="median")
+        return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+    from torch.utils.benchmark import Timer
+
+    m = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2)
+    q = torch.tensor(m.raw_times) * 1e3
+    return {"p20_ms": q.quantile(0.2).item(), "p50_ms": m.median * 1e3, "p80_ms": q.quantile(0.8).item()}
+
+
+def batch_norm_layers(model_name: str, resolution: int = 224) -> list[tuple[int, int, int, str]]:
+    """(C, H, W, activation) of every BatchNorm (+ the activation after it) in a torchvision model."""
+    import torchvision
+
+    from mobilenet_kernels.activations import activation_name
+
+    model = getattr(torchvision.models, model_name)().eval()
+    found = []
+    for seq in model.modules():
+        if isinstance(seq, torch.nn.Sequential):
+            children = list(seq)
+            for i, child in enumerate(children):
+                if type(child) is torch.nn.BatchNorm2d:
+                    nxt = children[i + 1] if i + 1 < len(children) else None
+                    child._mk_act = activation_name(nxt) or "identity"
+                    child.register_forward_hook(
+                        lambda m, i, o: found.append((o.shape[1], o.shape[2], o.shape[3], m._mk_act))
+                    )
+    with torch.no_grad():
+        model(torch.zeros(1, 3, resolution, resolution))
+    return list(dict.fromkeys(found))
+
+
+def write_results(out_dir: str, name: str, record: dict, rows: list[dict], columns: list[str]) -> tuple[str, str]:
+    """``name``.json (environment, settings, raw rows) and ``name``.md (a table of ``columns``)."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"{name}.json")
+    with open(json_path, "w") as f:
+        json.dump({**record, "rows": rows}, f, indent=1)
+    md_path = os.path.join(out_dir, f"{name}.md")
+    with open(md_path, "w") as f:
+        f.write(markdown_table(rows, columns, header=record.get("environment")))
+    return json_path, md_path
+
+
+def markdown_table(rows: list[dict], columns: list[str], header: dict | None = None) -> str:
+    lines = []
+    if header:
+        lines.append(" · ".join(f"{k}: {v}" for k, v in header.items()) + "\n")
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

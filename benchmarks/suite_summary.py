@@ -1,0 +1,47 @@
+"""Turn the GPU suite's junit XML into benchmarks/results/foundation_<gpu>.json:
+device, commit, versions and pass/fail/skip counts (with the names of failures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import environment  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def main(junit_path: str, out_path: str) -> int:
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    failures = []
+    if os.path.exists(junit_path):
+        for case in ET.parse(junit_path).getroot().iter("testcase"):
+            name = f"{case.get('classname')}::{case.get('name')}"
+            if case.find("failure") is not None:
+                counts["failed"] += 1
+                failures.append(name)
+            elif case.find("error") is not None:
+                counts["errors"] += 1
+                failures.append(name)
+            elif case.find("skipped") is not None:
+                counts["skipped"] += 1
+            else:
+                counts["passed"] += 1
+    record = {
+        "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
+        "suite": "python_tests",
+        "junit_found": os.path.exists(junit_path),
+        "counts": counts,
+        "failures": failures,
+    }
+    with open(out_path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(json.dumps({"counts": counts, "failures": failures[:20]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))
