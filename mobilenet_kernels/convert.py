@@ -1,0 +1,73 @@
+"""convert(): swap our fused BatchNorm + activation modules into an existing model, in place."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from .activations import activation_name
+from .backends import check_backend
+from .nn import BatchNormAct2d
+
+__all__ = ["convert"]
+
+
+def _plain_sequential(module: nn.Module) -> bool:
+    """An nn.Sequential (or subclass, e.g. torchvision's Conv2dNormActivation) that runs its
+    children one after the other: only there is "BatchNorm at i, activation at i+1" a real pair."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
+    """Replace the BatchNorms of ``model`` by :class:`~mobilenet_kernels.nn.BatchNormAct2d`, in place.
+
+    Works on any model (torchvision's MobileNets, ResNets, your own), and returns the same object:
+
+    * In every ``nn.Sequential`` (recursively; including subclasses that keep Sequential's
+      ``forward``, such as torchvision's ``Conv2dNormActivation``), an ``nn.BatchNorm2d`` at index
+      ``i`` followed at ``i + 1`` by an activation module we know (nn.ReLU, ReLU6, Hardswish,
+      Hardsigmoid, Sigmoid, SiLU, Identity) becomes ``BatchNormAct2d(activation=<that one>)`` and the
+      activation becomes ``nn.Identity()``: indices, and therefore state_dict keys, are unchanged.
+    * Every other ``nn.BatchNorm2d`` (not followed by a known activation, or a named child of any
+      module, or in a ModuleList/ModuleDict) becomes ``BatchNormAct2d(activation="identity")``.
+    * Existing BatchNormAct2d modules get their ``backend`` set to ``backend``.
+    * Everything else is left alone, including subclasses of nn.BatchNorm2d (SyncBatchNorm-style or
+      frozen variants: only ``type(m) is nn.BatchNorm2d`` is converted), BatchNorm1d/3d, LayerNorm,
+      and activations that do not directly follow a BatchNorm2d in a Sequential.
+
+    The new modules share the very Parameter and buffer objects of the BatchNorms they replace
+    (nothing is copied), so the state_dict keys and values are unchanged and an optimizer built
+    before convert() keeps working; the train/eval mode of each module is kept. Forward hooks
+    registered on a replaced BatchNorm or activation module are not carried over.
+
+    A bare ``nn.BatchNorm2d`` passed as ``model`` cannot be replaced in place; for it the result
+    is a new BatchNormAct2d sharing its parameters (the only case where the returned object differs).
+
+    ``backend`` ("torch" | "triton" | "cuda" | None: the fastest usable) is checked first: an unknown
+    name raises ValueError naming ``backend`` before anything changes.
+    """
+    check_backend(backend)
+    if type(model) is nn.BatchNorm2d:
+        return BatchNormAct2d.from_batch_norm(model, "identity", backend)
+
+    for module in list(model.modules()):
+        if isinstance(module, BatchNormAct2d):
+            module.backend = backend
+            continue
+        if _plain_sequential(module):
+            children = list(module._modules.items())
+            for (key, child), (next_key, next_child) in zip(children, children[1:]):
+                if type(child) is not nn.BatchNorm2d or next_child is None:
+                    continue
+                name = activation_name(next_child)
+                if name is None:
+                    continue
+                module._modules[key] = BatchNormAct2d.from_batch_norm(child, name, backend)
+                identity = nn.Identity()
+                identity.train(next_child.training)
+                module._modules[next_key] = identity
+        for key, child in list(module._modules.items()):
+            if type(child) is nn.BatchNorm2d:
+                module._modules[key] = BatchNormAct2d.from_batch_norm(child, "identity", backend)
+    return model

@@ -1,0 +1,143 @@
+"""Building blocks shared by the MobileNet models.
+
+Every BatchNorm of a model is a :class:`~mobilenet_kernels.nn.BatchNormAct2d` that also applies
+the activation that follows it (``"identity"`` where none does), so a model never holds a separate
+activation module after a BatchNorm and never branches on the backend: it only passes ``backend``
+down to each BatchNormAct2d.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from ..nn import BatchNormAct2d
+
+
+def _make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> int:
+    """Round ``v`` to the nearest multiple of ``divisor`` (at least ``min_value``, default
+    ``divisor``), without going down by more than 10%.
+
+    The rule of the TensorFlow reference (tensorflow/models research/slim/nets/mobilenet/mobilenet.py),
+    identical to ``torchvision.models._utils._make_divisible``, so channel counts match torchvision's.
+    """
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    # Make sure that rounding down does not go down by more than 10%.
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def check_width_mult(width_mult: float) -> float:
+    if not isinstance(width_mult, (int, float)) or isinstance(width_mult, bool) or not width_mult > 0:
+        raise ValueError(f"width_mult: expected a number > 0, got {width_mult!r}")
+    return width_mult
+
+
+def check_num_classes(num_classes: int) -> int:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes: expected an integer >= 1, got {num_classes!r}")
+    return num_classes
+
+
+def check_dropout(dropout: float) -> float:
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
+    return dropout
+
+
+class ConvBNAct(nn.Sequential):
+    """``Sequential(Conv2d(bias=False), BatchNormAct2d(activation))``.
+
+    Our counterpart of torchvision's ``Conv2dNormActivation`` (``Sequential(conv, bn, act)``): the
+    activation has no state, so folding it into the BatchNorm keeps the state_dict keys ``0.weight``
+    (conv) and ``1.weight``, ``1.bias``, ``1.running_mean``, ... (BatchNorm) unchanged.
+    Padding is ``(kernel_size - 1) // 2 * dilation`` ("same" for odd kernels at stride 1).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        activation: str = "relu",
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        backend: Optional[str] = None,
+    ) -> None:
+        padding = (kernel_size - 1) // 2 * dilation
+        super().__init__(
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                bias=False,
+            ),
+            BatchNormAct2d(out_channels, eps=eps, momentum=momentum, activation=activation, backend=backend),
+        )
+        self.out_channels = out_channels
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-Excitation (Hu et al. 2018, Fig. 1) as MobileNetV3 uses it (paper section 5.3):
+    ``x * hardsigmoid(fc2(relu(fc1(avgpool(x)))))``.
+
+    Plain PyTorch for now; numerically and state_dict-wise (``fc1.weight``, ``fc1.bias``,
+    ``fc2.weight``, ``fc2.bias``) equal to
+    ``torchvision.ops.SqueezeExcitation(input_channels, squeeze_channels, scale_activation=nn.Hardsigmoid)``.
+    """
+
+    def __init__(self, input_channels: int, squeeze_channels: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(input_channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, input_channels, 1)
+        self.activation = nn.ReLU()
+        self.scale_activation = nn.Hardsigmoid()
+
+    def _scale(self, input: Tensor) -> Tensor:
+        scale = self.avgpool(input)
+        scale = self.fc1(scale)
+        scale = self.activation(scale)
+        scale = self.fc2(scale)
+        return self.scale_activation(scale)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._scale(input) * input
+
+
+def init_weights(model: nn.Module) -> None:
+    """torchvision's MobileNet initialisation: Kaiming-normal (fan_out) convs with zero bias,
+    BatchNorm weight 1 and bias 0, Linear weight N(0, 0.01) with zero bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+__all__ = [
+    "ConvBNAct",
+    "SqueezeExcitation",
+    "_make_divisible",
+    "init_weights",
+    "check_width_mult",
+    "check_num_classes",
+    "check_dropout",
+]

@@ -1,0 +1,398 @@
+"""convert(): BatchNorm2d (+ activation) -> BatchNormAct2d in any model, in place, sharing the
+parameters; torchvision's MobileNets keep their state_dict and their outputs and gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import mobilenet_kernels as mk
+from mobilenet_kernels import backends
+from mobilenet_kernels.activations import activation_name
+from mobilenet_kernels.nn import BatchNormAct2d
+
+BACKENDS = ["torch", "cuda", "triton"]
+
+TORCHVISION = {
+    "mobilenet_v2": torchvision.models.mobilenet_v2,
+    "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+}
+# The Triton interpreter runs ~2 ms per program: only the smallest model runs there by default.
+_TRITON_FAST = {"mobilenet_v3_small"}
+
+
+def skip_unless_usable(backend: str, device: str = "cpu") -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if backend not in backends.available(device):
+        pytest.skip(f"backend {backend!r} on {device}: {backends.unusable_reason(backend, device)}")
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    """assert_close with rtol and an atol of rtol * max|expected|."""
+    if expected.is_floating_point() and expected.numel():
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.detach().abs().max().item())
+    else:
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32_convs():
+    """No TF32 in fp32 convs/matmuls on GPUs (cuDNN convs default to TF32 here): the eval parity
+    tolerances are fp32 ones."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def assert_matches_fp32_reference(actual: torch.Tensor, ref_model: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> None:
+    """``actual`` equals ``ref_model(x)`` (fp32) within rtol and an atol of rtol * max|ref|, or twice
+    the reference's own fp32 rounding error (its distance from a float64 run) where that is larger:
+    through the 50+ layers of MobileNetV2, fp32 rounding alone reaches ~1e-5 * max|ref|, so two
+    correct fp32 implementations can differ by that much."""
+    with torch.no_grad():
+        expected = ref_model(x)
+        ref64 = copy.deepcopy(ref_model).double()(x.double())
+    noise_floor = (expected.double() - ref64).abs().max().item()
+    atol = max(rtol * expected.abs().max().item(), 2 * noise_floor)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+
+def randomize_batch_norms(model: nn.Module, size: int = 64) -> None:
+    """Give every BatchNorm random affine parameters and realistic, non-trivial running statistics:
+    those of one train-mode pass on random data (momentum 1), then perturbed. Calibrating after the
+    affine parameters are set keeps eval-mode activations O(1) through the whole network, so fp32
+    rounding is not amplified by exploding activations."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    model.train()
+    with torch.no_grad():
+        for m in bns:
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.3, 0.3)
+            m.momentum = 1.0
+        model(torch.randn(16, 3, size, size))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+            m.running_mean.add_(m.running_var.sqrt() * torch.randn_like(m.running_mean), alpha=0.1)
+            m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.9, 1.1))
+            m.num_batches_tracked.fill_(7)
+
+
+def bn_pairs(model: nn.Module) -> dict[str, str]:
+    """Qualified name of every exact nn.BatchNorm2d in a Sequential -> the activation convert()
+    must fuse into it ("identity" when no known activation follows)."""
+    pairs = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for i, (key, child) in enumerate(children):
+                if type(child) is nn.BatchNorm2d:
+                    act = activation_name(children[i + 1][1]) if i + 1 < len(children) else None
+                    pairs[f"{name}.{key}" if name else key] = act or "identity"
+    return pairs
+
+
+def snapshot(model: nn.Module):
+    """(state_dict copy, parameter objects, buffer objects) to compare after convert()."""
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    return sd, list(model.parameters()), list(model.buffers())
+
+
+def assert_same_state(model: nn.Module, snap) -> None:
+    sd, params, buffers = snap
+    new_sd = model.state_dict()
+    assert list(new_sd) == list(sd)
+    for key, value in sd.items():
+        torch.testing.assert_close(new_sd[key], value, rtol=0, atol=0, msg=key)
+    new_params, new_buffers = list(model.parameters()), list(model.buffers())
+    assert len(new_params) == len(params) and all(a is b for a, b in zip(new_params, params))
+    assert len(new_buffers) == len(buffers) and all(a is b for a, b in zip(new_buffers, buffers))
+
+
+def two_sgd_steps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, opt=None):
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    outputs, grads = [], []
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(x)
+        F.cross_entropy(out, target).backward()
+        outputs.append(out.detach().clone())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        opt.step()
+    return outputs, grads, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_training(a, b) -> None:
+    (out_a, grads_a, sd_a), (out_b, grads_b, sd_b) = a, b
+    for x, y in zip(out_a, out_b):
+        assert_close_scaled(x, y, rtol=1e-7)
+    for ga, gb in zip(grads_a, grads_b):
+        assert list(ga) == list(gb)
+        for name in ga:
+            assert_close_scaled(ga[name], gb[name], rtol=1e-7)
+    assert list(sd_a) == list(sd_b)
+    for key in sd_a:
+        assert_close_scaled(sd_a[key], sd_b[key], rtol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision MobileNets
+
+
+@pytest.mark.parametrize("arch", list(TORCHVISION))
+def test_convert_torchvision_structure(arch):
+    torch.manual_seed(0)
+    model = TORCHVISION[arch]()
+    randomize_batch_norms(model, size=32)
+    expected = bn_pairs(model)
+    assert expected and set(expected.values()) - {"identity"}
+    snap = snapshot(model)
+    modules_before = dict(model.named_modules())
+
+    assert mk.convert(model, backend="torch") is model
+
+    assert_same_state(model, snap)
+    modules = dict(model.named_modules())
+    assert not [n for n, m in modules.items() if type(m) is nn.BatchNorm2d]
+    for name, act in expected.items():
+        m = modules[name]
+        assert type(m) is BatchNormAct2d and m.activation == act and m.backend == "torch", name
+        old = modules_before[name]
+        assert m.weight is old.weight and m.running_var is old.running_var
+        assert (m.eps, m.momentum, m.training) == (old.eps, old.momentum, old.training)
+        if act != "identity":  # the activation after it became an Identity, at the same index
+            parent, _, idx = name.rpartition(".")
+            nxt = f"{parent}.{int(idx) + 1}"
+            assert type(modules[nxt]) is nn.Identity and type(modules_before[nxt]) is not nn.Identity
+    # Activations not right after a BatchNorm are untouched (SE's ReLU/Hardsigmoid, the classifier's).
+    for name, m in modules_before.items():
+        if activation_name(m) not in (None, "identity") and name not in {
+            f"{p.rpartition('.')[0]}.{int(p.rpartition('.')[2]) + 1}" for p in expected
+        }:
+            assert modules[name] is m, name
+
+
+def _convert_eval_cases():
+    cases = []
+    for arch in TORCHVISION:
+        for backend in BACKENDS:
+            marks = [pytest.mark.slow] if backend == "triton" and arch not in _TRITON_FAST else []
+            cases.append(pytest.param(arch, backend, marks=marks, id=f"{arch}-{backend}"))
+    return cases
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("arch,backend", _convert_eval_cases())
+def test_convert_torchvision_eval_parity(arch, backend, device):
+    skip_unless_usable(backend, device)
+    torch.manual_seed(0)
+    ref = TORCHVISION[arch]()
+    randomize_batch_norms(ref)
+    model = mk.convert(copy.deepcopy(ref), backend=backend)
+    ref.eval().to(device)
+    model.eval().to(device)
+    shape = (1, 3, 32, 32) if backend == "triton" and device == "cpu" else (2, 3, 64, 64)
+    x = torch.randn(shape, device=device)
+    with torch.no_grad():
+        actual = model(x)
+    assert_matches_fp32_reference(actual, ref, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", list(TORCHVISION))
+def test_convert_torchvision_training_parity_float64(arch, backend):
+    skip_unless_usable(backend)
+    torch.manual_seed(0)
+    ref = TORCHVISION[arch](num_classes=10, dropout=0.0)
+    randomize_batch_norms(ref, size=32)
+    ref.double()
+    model = copy.deepcopy(ref)
+    # An optimizer built before convert() keeps working: the parameters are the same objects.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert mk.convert(model, backend=backend) is model
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    target = torch.randint(0, 10, (2,))
+    assert_same_training(two_sgd_steps(model.train(), x, target, opt), two_sgd_steps(ref.train(), x, target))
+
+
+# ---------------------------------------------------------------------------------------------
+# any model
+
+
+class WithNamedBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()  # a named child after a named BN: not a Sequential, so not fused
+        self.blocks = nn.ModuleList([nn.BatchNorm2d(8)])
+        self.head = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Hardswish(), nn.BatchNorm2d(8), nn.SiLU())
+        self.ln = nn.LayerNorm(8)
+        self.bn1d = nn.BatchNorm1d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv(x)))
+        x = self.blocks[0](x)
+        x = self.head(x).mean(dim=(2, 3))
+        return self.fc(self.bn1d(self.ln(x)))
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """A subclass: convert() must leave it alone."""
+
+
+class CustomForwardSequential(nn.Sequential):
+    """A Sequential whose forward is not a chain: BN at i and ReLU at i+1 are not a pair."""
+
+    def forward(self, x):
+        return self[1](self[0](x)) + self[0](x)
+
+
+def custom_sequential():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+    )
+
+
+def _randomize(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_convert_custom_sequential(backend):
+    skip_unless_usable(backend)
+    torch.manual_seed(0)
+    ref = custom_sequential()
+    _randomize(ref)
+    model = copy.deepcopy(ref)
+    snap = snapshot(model)
+    assert mk.convert(model, backend=backend) is model
+    assert_same_state(model, snap)
+    assert [type(m) for m in model] == [nn.Conv2d, BatchNormAct2d, nn.Identity, nn.Conv2d, BatchNormAct2d]
+    assert (model[1].activation, model[4].activation) == ("relu", "identity")
+    assert model[1].backend == model[4].backend == backend
+
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        actual = model.eval()(x)
+    assert_matches_fp32_reference(actual, ref.eval(), x)
+    # Training in float64: output, input and parameter gradients, running stats.
+    model.double().train()
+    ref.double().train()
+    xs = [torch.randn(2, 3, 8, 8, dtype=torch.float64).requires_grad_()]
+    xs.append(xs[0].detach().clone().requires_grad_())
+    outs = [model(xs[0]), ref(xs[1])]
+    g = torch.randn_like(outs[1])
+    for out in outs:
+        out.backward(g)
+    assert_close_scaled(outs[0].detach(), outs[1].detach(), rtol=1e-7)
+    assert_close_scaled(xs[0].grad, xs[1].grad, rtol=1e-7)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert_close_scaled(p.grad, q.grad, rtol=1e-7)
+    for a, b in zip(model.buffers(), ref.buffers()):
+        assert_close_scaled(a, b, rtol=1e-7)
+
+
+def test_convert_module_with_named_children():
+    torch.manual_seed(0)
+    ref = WithNamedBN()
+    _randomize(ref)
+    model = copy.deepcopy(ref)
+    snap = snapshot(model)
+    ln, bn1d, act, fc = model.ln, model.bn1d, model.act, model.fc
+    assert mk.convert(model, backend="torch") is model
+    assert_same_state(model, snap)
+    assert type(model.bn) is BatchNormAct2d and model.bn.activation == "identity"
+    assert type(model.act) is nn.ReLU and model.act is act  # not a Sequential: no pairing
+    assert type(model.blocks[0]) is BatchNormAct2d and model.blocks[0].activation == "identity"
+    assert [type(m) for m in model.head] == [nn.Conv2d, BatchNormAct2d, nn.Identity, BatchNormAct2d, nn.Identity]
+    assert (model.head[1].activation, model.head[3].activation) == ("hardswish", "silu")
+    assert model.ln is ln and model.bn1d is bn1d and model.fc is fc  # unknown modules untouched
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        actual = model.eval()(x)
+    assert_matches_fp32_reference(actual, ref.eval(), x)
+
+
+def test_convert_leaves_other_modules_alone():
+    torch.manual_seed(0)
+    frozen = FrozenBatchNorm2d(8)
+    bn3d, ln, relu = nn.BatchNorm3d(8), nn.LayerNorm(8), nn.ReLU()
+    seq = nn.Sequential(frozen, nn.ReLU(), bn3d, nn.ReLU(), ln, relu)
+    mk.convert(seq)
+    assert seq[0] is frozen and type(seq[1]) is nn.ReLU and seq[2] is bn3d and type(seq[3]) is nn.ReLU
+    assert seq[4] is ln and seq[5] is relu
+
+    custom = CustomForwardSequential(nn.BatchNorm2d(4), nn.ReLU())
+    ref = copy.deepcopy(custom).eval()
+    mk.convert(custom, backend="torch")
+    assert type(custom[0]) is BatchNormAct2d and custom[0].activation == "identity"
+    assert type(custom[1]) is nn.ReLU  # not fused: the forward is not a chain
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        assert_close_scaled(custom.eval()(x), ref(x), rtol=1e-6)
+
+
+def test_convert_torchvision_conv_norm_activation():
+    from torchvision.ops import Conv2dNormActivation
+
+    block = Conv2dNormActivation(3, 8, activation_layer=nn.ReLU6)
+    assert mk.convert(block, backend="torch") is block
+    assert [type(m) for m in block] == [nn.Conv2d, BatchNormAct2d, nn.Identity]
+    assert block[1].activation == "relu6"
+
+
+def test_convert_sets_backend_of_existing_modules_and_is_idempotent():
+    model = mk.mobilenet_v3_small(backend="torch", width_mult=0.5)
+    structure = [(n, type(m)) for n, m in model.named_modules()]
+    snap = snapshot(model)
+    assert mk.convert(model, backend="cuda") is model
+    assert all(m.backend == "cuda" for m in model.modules() if isinstance(m, BatchNormAct2d))
+    assert [(n, type(m)) for n, m in model.named_modules()] == structure
+    assert_same_state(model, snap)
+
+    tv = torchvision.models.mobilenet_v3_small(width_mult=0.5)
+    mk.convert(tv, backend="torch")
+    once = [(n, type(m), getattr(m, "activation", None)) for n, m in tv.named_modules()]
+    mk.convert(tv, backend=None)
+    assert [(n, type(m), getattr(m, "activation", None)) for n, m in tv.named_modules()] == once
+    assert all(m.backend is None for m in tv.modules() if isinstance(m, BatchNormAct2d))
+
+
+def test_convert_keeps_train_eval_mode():
+    model = custom_sequential().eval()
+    model[1].train()  # a mixed-mode model stays mixed
+    mk.convert(model)
+    assert model[1].training and not model[0].training and not model[2].training and not model[4].training
+
+
+def test_convert_unknown_backend():
+    model = custom_sequential()
+    structure = [type(m) for m in model]
+    with pytest.raises(ValueError, match="backend"):
+        mk.convert(model, backend="tpu")
+    assert [type(m) for m in model] == structure  # nothing changed
+
+
+def test_convert_bare_batch_norm():
+    bn = nn.BatchNorm2d(4)
+    new = mk.convert(bn, backend="torch")
+    assert type(new) is BatchNormAct2d and new.activation == "identity"
+    assert new.weight is bn.weight and new.running_mean is bn.running_mean

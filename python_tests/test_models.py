@@ -1,0 +1,491 @@
+"""MobileNet V1/V2/V3 models: torchvision-compatible state_dicts, parameter counts, eval and
+training parity with torchvision (V2, V3) or an independent plain-PyTorch V1, for every backend."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import mobilenet_kernels as mk
+from mobilenet_kernels import backends
+from mobilenet_kernels.activations import activation_name
+from mobilenet_kernels.models import MobileNetV1, MobileNetV2, MobileNetV3, set_backend
+from mobilenet_kernels.nn import BatchNormAct2d
+
+BACKENDS = ["torch", "cuda", "triton"]
+DEVICES = ["cpu", "cuda"]
+
+OURS = {
+    "mobilenet_v2": mk.mobilenet_v2,
+    "mobilenet_v3_large": mk.mobilenet_v3_large,
+    "mobilenet_v3_small": mk.mobilenet_v3_small,
+}
+TORCHVISION = {
+    "mobilenet_v2": torchvision.models.mobilenet_v2,
+    "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+}
+
+# The Triton interpreter runs ~2 ms per program: only the smallest models run there by default.
+_TRITON_FAST = {"mobilenet_v3_small"}
+
+
+def skip_unless_usable(backend: str, device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if backend not in backends.available(device):
+        pytest.skip(f"backend {backend!r} on {device}: {backends.unusable_reason(backend, device)}")
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    """assert_close with rtol and an atol of rtol * max|expected| (so near-zero entries of a tensor
+    are judged on the tensor's scale)."""
+    if expected.is_floating_point() and expected.numel():
+        atol = rtol * expected.detach().abs().max().item()
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+    else:
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32_convs():
+    """No TF32 in fp32 convs/matmuls on GPUs (cuDNN convs default to TF32 here): the eval parity
+    tolerances are fp32 ones."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def assert_matches_fp32_reference(actual: torch.Tensor, ref_model: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> None:
+    """``actual`` equals ``ref_model(x)`` (fp32) within rtol and an atol of rtol * max|ref|, or twice
+    the reference's own fp32 rounding error (its distance from a float64 run) where that is larger:
+    through the 50+ layers of MobileNetV2, fp32 rounding alone reaches ~1e-5 * max|ref|, so two
+    correct fp32 implementations can differ by that much."""
+    with torch.no_grad():
+        expected = ref_model(x)
+        ref64 = copy.deepcopy(ref_model).double()(x.double())
+    noise_floor = (expected.double() - ref64).abs().max().item()
+    atol = max(rtol * expected.abs().max().item(), 2 * noise_floor)
+    assert actual.shape == expected.shape
+    # The acceptance criterion, with no noise floor: relative error in norm within rtol.
+    rel = ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+    assert rel <= rtol, f"relative error {rel:.3g} > {rtol}"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def randomize_batch_norms(model: nn.Module, size: int = 64) -> None:
+    """Give every BatchNorm random affine parameters and realistic, non-trivial running statistics:
+    those of one train-mode pass on random data (momentum 1), then perturbed. Calibrating after the
+    affine parameters are set keeps eval-mode activations O(1) through the whole network, so fp32
+    rounding is not amplified by exploding activations."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    model.train()
+    with torch.no_grad():
+        for m in bns:
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.3, 0.3)
+            m.momentum = 1.0
+        model(torch.randn(16, 3, size, size))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+            m.running_mean.add_(m.running_var.sqrt() * torch.randn_like(m.running_mean), alpha=0.1)
+            m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.9, 1.1))
+            m.num_batches_tracked.fill_(7)
+
+
+def expected_activations(model: nn.Module) -> dict[str, str]:
+    """For every BatchNorm2d of a torchvision-style model: the name of the activation that follows it
+    in its Sequential ("identity" if none follows)."""
+    expected = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for i, (key, child) in enumerate(children):
+                if isinstance(child, nn.BatchNorm2d):
+                    nxt = activation_name(children[i + 1][1]) if i + 1 < len(children) else None
+                    expected[f"{name}.{key}" if name else key] = nxt or "identity"
+    return expected
+
+
+# ---------------------------------------------------------------------------------------------
+# state_dict compatibility with torchvision
+
+STATE_DICT_CASES = [
+    ("mobilenet_v2", {}),
+    ("mobilenet_v2", {"width_mult": 0.75}),
+    ("mobilenet_v2", {"width_mult": 1.4, "num_classes": 10}),
+    ("mobilenet_v2", {"width_mult": 0.35, "round_nearest": 4}),
+    ("mobilenet_v3_large", {}),
+    ("mobilenet_v3_large", {"width_mult": 0.75}),
+    ("mobilenet_v3_large", {"reduced_tail": True}),
+    ("mobilenet_v3_large", {"dilated": True}),
+    ("mobilenet_v3_large", {"num_classes": 10, "width_mult": 0.5, "reduced_tail": True, "dilated": True}),
+    ("mobilenet_v3_small", {}),
+    ("mobilenet_v3_small", {"width_mult": 0.75}),
+    ("mobilenet_v3_small", {"reduced_tail": True, "dilated": True}),
+    ("mobilenet_v3_small", {"num_classes": 10}),
+]
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs",
+    [pytest.param(a, kw, id="-".join([a] + [f"{k}={v}" for k, v in kw.items()])) for a, kw in STATE_DICT_CASES],
+)
+def test_state_dict_matches_torchvision(arch, kwargs):
+    torch.manual_seed(0)
+    ours = OURS[arch](**kwargs)
+    tv = TORCHVISION[arch](**kwargs)
+    ours_sd, tv_sd = ours.state_dict(), tv.state_dict()
+    assert list(ours_sd) == list(tv_sd)
+    assert {k: (v.shape, v.dtype) for k, v in ours_sd.items()} == {k: (v.shape, v.dtype) for k, v in tv_sd.items()}
+
+    # torchvision -> ours, strict, and the values really arrive.
+    randomize_batch_norms(tv, size=32)
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    for key, value in tv.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+
+    # ours -> torchvision, strict.
+    tv2 = TORCHVISION[arch](**kwargs)
+    tv2.load_state_dict(ours.state_dict(), strict=True)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(tv2.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("arch", list(OURS))
+def test_structure_matches_torchvision(arch):
+    """Every torchvision BatchNorm is a BatchNormAct2d here, holding the activation that followed
+    it; no BatchNorm is followed by an activation module; torchvision's block attributes exist."""
+    torch.manual_seed(0)
+    ours, tv = OURS[arch](backend="torch"), TORCHVISION[arch]()
+    expected = expected_activations(tv)
+    got = {name: m.activation for name, m in ours.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert got == expected
+    for name, m in ours.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert type(m) is BatchNormAct2d, name
+            assert (m.eps, m.momentum) == ((1e-3, 0.01) if arch.startswith("mobilenet_v3") else (1e-5, 0.1))
+    # No activation module directly after a BatchNorm.
+    assert expected_activations(ours) == {k: "identity" for k in expected}
+
+    tv_blocks = [m for m in tv.features if hasattr(m, "use_res_connect")]
+    our_blocks = [m for m in ours.features if hasattr(m, "use_res_connect")]
+    assert len(our_blocks) == len(tv_blocks) > 0
+    for a, b in zip(our_blocks, tv_blocks):
+        assert (a.use_res_connect, a.out_channels, a._is_cn) == (b.use_res_connect, b.out_channels, b._is_cn)
+
+
+@pytest.mark.parametrize("arch", list(OURS))
+def test_same_init_as_torchvision(arch):
+    """Same construction order and torchvision's init: the same seed gives the same weights."""
+    torch.manual_seed(123)
+    ours = OURS[arch]()
+    torch.manual_seed(123)
+    tv = TORCHVISION[arch]()
+    for (key, a), b in zip(ours.state_dict().items(), tv.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter counts
+
+
+@pytest.mark.parametrize(
+    "builder,kwargs,count",
+    [
+        (mk.mobilenet_v1, {"width_mult": 1.0}, 4_231_976),
+        (mk.mobilenet_v1, {"width_mult": 0.75}, 2_585_560),
+        (mk.mobilenet_v1, {"width_mult": 0.5}, 1_331_592),
+        (mk.mobilenet_v1, {"width_mult": 0.25}, 470_072),
+        (mk.mobilenet_v2, {}, 3_504_872),
+        (mk.mobilenet_v3_large, {}, 5_483_032),
+        (mk.mobilenet_v3_small, {}, 2_542_856),
+    ],
+    ids=["v1-1.0", "v1-0.75", "v1-0.5", "v1-0.25", "v2", "v3-large", "v3-small"],
+)
+def test_parameter_count(builder, kwargs, count):
+    model = builder(**kwargs)
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+# ---------------------------------------------------------------------------------------------
+# eval parity (fp32) with torchvision, every backend and device
+
+
+def _eval_cases():
+    cases = []
+    for arch in OURS:
+        for backend in BACKENDS:
+            marks = [pytest.mark.slow] if backend == "triton" and arch not in _TRITON_FAST else []
+            cases.append(pytest.param(arch, backend, marks=marks, id=f"{arch}-{backend}"))
+    return cases
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch,backend", _eval_cases())
+def test_eval_parity_with_torchvision(arch, backend, device):
+    skip_unless_usable(backend, device)
+    torch.manual_seed(0)
+    tv = TORCHVISION[arch]()
+    randomize_batch_norms(tv)
+    ours = OURS[arch](backend=backend)
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    tv.eval().to(device)
+    ours.eval().to(device)
+    # The Triton interpreter is slow: one 32x32 image there; two 64x64 images elsewhere.
+    shape = (1, 3, 32, 32) if backend == "triton" and device == "cpu" else (2, 3, 64, 64)
+    x = torch.randn(shape, device=device)
+    with torch.no_grad():
+        actual = ours(x)
+    assert_matches_fp32_reference(actual, tv, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_mode_gradients_float64(backend):
+    """Fine-tuning with frozen BatchNorm statistics (eval mode, autograd through the fused eval
+    kernels): output, input and parameter gradients match torchvision in float64."""
+    skip_unless_usable(backend, "cpu")
+    torch.manual_seed(0)
+    arch = "mobilenet_v3_small"
+    tv = TORCHVISION[arch](dropout=0.0)
+    randomize_batch_norms(tv)
+    ours = OURS[arch](dropout=0.0, backend=backend)
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    tv.double().eval()
+    ours.double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = [m(xi) for m, xi in zip((ours, tv), xs)]
+    grad_out = torch.randn_like(outs[1])
+    for out in outs:
+        out.backward(grad_out)
+    assert_close_scaled(outs[0].detach(), outs[1].detach(), rtol=1e-7)
+    assert_close_scaled(xs[0].grad, xs[1].grad, rtol=1e-7)
+    for (name, p), q in zip(ours.named_parameters(), tv.parameters()):
+        assert_close_scaled(p.grad, q.grad, rtol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# training parity (float64): two SGD steps
+
+
+def _two_sgd_steps(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    outputs, grads = [], []
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(x)
+        F.cross_entropy(out, target).backward()
+        outputs.append(out.detach().clone())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        opt.step()
+    return outputs, grads, model.state_dict()
+
+
+def _assert_same_training(ours: nn.Module, ref: nn.Module, size: int = 64) -> None:
+    ours.double().train()
+    ref.double().train()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    target = torch.randint(0, 10, (2,))
+    out_a, grads_a, sd_a = _two_sgd_steps(ours, x, target)
+    out_b, grads_b, sd_b = _two_sgd_steps(ref, x, target)
+    for a, b in zip(out_a, out_b):
+        assert_close_scaled(a, b, rtol=1e-7)
+    for ga, gb in zip(grads_a, grads_b):
+        assert list(ga) == list(gb)
+        for name in ga:
+            assert_close_scaled(ga[name], gb[name], rtol=1e-7)
+    assert list(sd_a) == list(sd_b)
+    for key in sd_a:  # parameters after two steps, running stats, num_batches_tracked
+        assert_close_scaled(sd_a[key], sd_b[key], rtol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", list(OURS))
+def test_training_parity_float64(arch, backend):
+    skip_unless_usable(backend, "cpu")
+    torch.manual_seed(0)
+    tv = TORCHVISION[arch](num_classes=10, dropout=0.0)
+    randomize_batch_norms(tv)
+    ours = OURS[arch](num_classes=10, dropout=0.0, backend=backend)
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    _assert_same_training(ours, tv)
+    assert all(isinstance(m, BatchNormAct2d) for m in ours.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+# ---------------------------------------------------------------------------------------------
+# MobileNet V1
+
+
+class PlainMobileNetV1(nn.Module):
+    """An independent V1 written straight from the paper's Table 1 with plain torch modules
+    (Conv2d, BatchNorm2d, ReLU) and ``int(c * alpha)`` channels; the ReLUs hold no state, so its
+    state_dict keys are ours."""
+
+    def __init__(self, alpha: float = 1.0, num_classes: int = 1000):
+        super().__init__()
+
+        def cbr(cin, cout, k, s, groups=1):
+            conv = nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False)
+            return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
+
+        c = lambda n: int(n * alpha)  # noqa: E731
+        table = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+        layers, cin = [cbr(3, c(32), 3, 2)], c(32)
+        for cout, s in table:
+            layers.append(nn.Sequential(cbr(cin, cin, 3, s, groups=cin), cbr(cin, c(cout), 1, 1)))
+            cin = c(cout)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.0), nn.Linear(cin, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def test_mobilenet_v1_structure():
+    model = mk.mobilenet_v1(backend="torch")
+    assert isinstance(model, MobileNetV1)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 27  # + the FC layer: the paper's 28 layers
+    assert [m.stride[0] for m in convs if m.groups > 1] == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    assert [m.out_channels for m in convs if m.groups == 1] == [32, 64, 128, 128, 256, 256] + [512] * 6 + [1024, 1024]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 27 and all(type(m) is BatchNormAct2d and m.activation == "relu" for m in bns)
+    assert model.classifier[0].p == 0.001 and model.classifier[1].in_features == 1024
+    with torch.no_grad():
+        assert model.features(torch.randn(1, 3, 224, 224)).shape == (1, 1024, 7, 7)  # output stride 32
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.75, 0.5, 0.25])
+def test_mobilenet_v1_width_rounding(alpha):
+    """The channel rule: _make_divisible(c * alpha, 8); at the paper's alphas, int(c * alpha)."""
+    ours = mk.mobilenet_v1(width_mult=alpha)
+    ref = PlainMobileNetV1(alpha)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mobilenet_v1_eval_parity(backend):
+    skip_unless_usable(backend, "cpu")
+    torch.manual_seed(0)
+    alpha, size = (0.25, 32) if backend == "triton" else (0.5, 64)
+    ref = PlainMobileNetV1(alpha, num_classes=10)
+    randomize_batch_norms(ref)
+    ours = mk.mobilenet_v1(width_mult=alpha, num_classes=10, backend=backend)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(1 if backend == "triton" else 2, 3, size, size)
+    with torch.no_grad():
+        actual = ours(x)
+    assert_matches_fp32_reference(actual, ref, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mobilenet_v1_training_parity_float64(backend):
+    skip_unless_usable(backend, "cpu")
+    torch.manual_seed(0)
+    ref = PlainMobileNetV1(0.25, num_classes=10)
+    randomize_batch_norms(ref)
+    ours = mk.mobilenet_v1(width_mult=0.25, num_classes=10, dropout=0.0, backend=backend)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    _assert_same_training(ours, ref)
+
+
+@pytest.mark.parametrize("size", [96, 128, 160, 224])
+def test_mobilenet_v1_resolution_multiplier(size):
+    """rho is just the input size: the same weights run at every resolution."""
+    torch.manual_seed(0)
+    model = mk.mobilenet_v1(num_classes=10, width_mult=0.5).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checking and backends
+
+ALL_BUILDERS = [mk.mobilenet_v1, mk.mobilenet_v2, mk.mobilenet_v3_large, mk.mobilenet_v3_small]
+
+
+@pytest.mark.parametrize("builder", ALL_BUILDERS, ids=lambda b: b.__name__)
+@pytest.mark.parametrize("width_mult", [0, -1, 0.0, float("nan")])
+def test_invalid_width_mult(builder, width_mult):
+    with pytest.raises(ValueError, match="width_mult"):
+        builder(width_mult=width_mult)
+
+
+@pytest.mark.parametrize("builder", ALL_BUILDERS, ids=lambda b: b.__name__)
+@pytest.mark.parametrize("num_classes", [0, -3])
+def test_invalid_num_classes(builder, num_classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        builder(num_classes=num_classes)
+
+
+@pytest.mark.parametrize("builder", ALL_BUILDERS, ids=lambda b: b.__name__)
+def test_invalid_backend(builder):
+    with pytest.raises(ValueError, match="backend"):
+        builder(backend="tpu")
+
+
+def test_builders_are_keyword_only():
+    for builder in ALL_BUILDERS:
+        with pytest.raises(TypeError):
+            builder(10)
+
+
+@pytest.mark.parametrize("builder", ALL_BUILDERS, ids=lambda b: b.__name__)
+def test_backend_passed_down_and_set_backend(builder):
+    model = builder(backend="torch", width_mult=0.25)
+    bn_act = [m for m in model.modules() if isinstance(m, BatchNormAct2d)]
+    assert bn_act and all(m.backend == "torch" for m in bn_act)
+    assert set_backend(model, "cuda") is model
+    assert all(m.backend == "cuda" for m in bn_act)
+    set_backend(model, None)
+    assert all(m.backend is None for m in bn_act)
+    with pytest.raises(ValueError, match="backend"):
+        set_backend(model, "opencl")
+    assert all(m.backend is None for m in bn_act)
+    assert isinstance(model, (MobileNetV1, MobileNetV2, MobileNetV3))
+
+
+def test_models_exported():
+    import mobilenet_kernels.models as models
+
+    for name in ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "set_backend",
+                 "MobileNetV1", "MobileNetV2", "MobileNetV3"]:
+        assert name in models.__all__ and hasattr(models, name)
+    assert mk.mobilenet_v2 is models.mobilenet_v2
+
+
+def test_default_backend_forward():
+    """backend=None picks the fastest usable backend per tensor and still matches torchvision."""
+    torch.manual_seed(0)
+    tv = torchvision.models.mobilenet_v3_small()
+    randomize_batch_norms(tv)
+    ours = mk.mobilenet_v3_small()
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        actual = ours.eval()(x)
+    assert_matches_fp32_reference(actual, tv.eval(), x)
+
+
+def test_deepcopy_and_state_dict_roundtrip():
+    torch.manual_seed(0)
+    model = mk.mobilenet_v3_small(backend="torch", num_classes=10)
+    clone = copy.deepcopy(model)
+    assert all(m.backend == "torch" for m in clone.modules() if isinstance(m, BatchNormAct2d))
+    fresh = mk.mobilenet_v3_small(num_classes=10, backend="torch")
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), clone.eval()(x), rtol=0, atol=0)
