@@ -21,11 +21,10 @@ inline at::ScalarType acc_type_for(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-inline BatchNormEvalArgs prepare_batch_norm_eval(const at::Tensor& input, const at::Tensor& running_mean,
-                                                 const at::Tensor& running_var,
-                                                 const c10::optional<at::Tensor>& weight,
-                                                 const c10::optional<at::Tensor>& bias, double eps,
-                                                 const std::string& activation) {
+// Every check runs before anything touches a device, so a bad call modifies nothing.
+inline void check_batch_norm_eval(const at::Tensor& input, const at::Tensor& running_mean,
+                                  const at::Tensor& running_var, const c10::optional<at::Tensor>& weight,
+                                  const c10::optional<at::Tensor>& bias, double eps, const std::string& activation) {
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() >= 2, "input: expected a tensor of shape (N, C, ...), got ", input.sizes());
   check_per_channel(running_mean, "running_mean", input);
@@ -33,7 +32,15 @@ inline BatchNormEvalArgs prepare_batch_norm_eval(const at::Tensor& input, const 
   check_per_channel(weight, "weight", input);
   check_per_channel(bias, "bias", input);
   TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
+  parse_activation(activation);
+}
 
+inline BatchNormEvalArgs prepare_batch_norm_eval(const at::Tensor& input, const at::Tensor& running_mean,
+                                                 const at::Tensor& running_var,
+                                                 const c10::optional<at::Tensor>& weight,
+                                                 const c10::optional<at::Tensor>& bias, double eps,
+                                                 const std::string& activation) {
+  check_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, activation);
   BatchNormEvalArgs a;
   a.act = parse_activation(activation);
   a.eps = eps;

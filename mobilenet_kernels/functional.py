@@ -1,8 +1,8 @@
 """The functional API: one function per op, each taking ``backend=`` by name.
 
-Each function checks its arguments once (errors name the argument), picks the backend
-(mobilenet_kernels.backends) and calls the matching custom op; the "torch" backend runs the
-reference in mobilenet_kernels.reference.
+Each function checks its arguments once, in Python or in the C++ op (errors name the argument),
+picks the backend (mobilenet_kernels.backends) and calls the matching custom op; the "torch"
+backend runs the reference in mobilenet_kernels.reference.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ def batch_norm_act(
     Mixed dtypes are accepted (bf16/fp16 input with fp32 parameters); the output keeps the input's
     dtype and memory format.
     """
-    check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
     name = backends.resolve(backend, input)
-    if training or running_mean is None or running_var is None or name == "torch":
+    fused = not training and running_mean is not None and running_var is not None and name != "torch"
+    if not (fused and name == "cuda"):  # the C++ ops run these same checks themselves
+        check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+    if not fused:
         return batch_norm_act_ref(input, running_mean, running_var, weight, bias, training, momentum, eps, activation)
     return _op("batch_norm_act_eval", name)(input, running_mean, running_var, weight, bias, eps, activation)

@@ -273,6 +273,7 @@ void launch_backward(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at:
 at::Tensor batch_norm_act_eval_cuda(const at::Tensor& input, const at::Tensor& running_mean,
                                     const at::Tensor& running_var, const c10::optional<at::Tensor>& weight,
                                     const c10::optional<at::Tensor>& bias, double eps, c10::string_view activation) {
+  check_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, std::string(activation));
   const c10::cuda::CUDAGuard guard(input.device());
   const auto a = prepare_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, std::string(activation));
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(a.format));
@@ -286,6 +287,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_eval_backward_cuda
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& running_mean,
     const at::Tensor& running_var, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
     double eps, c10::string_view activation) {
+  check_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, std::string(activation));
   const c10::cuda::CUDAGuard guard(input.device());
   const auto a = prepare_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, std::string(activation));
   TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
