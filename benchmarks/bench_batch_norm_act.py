@@ -1,11 +1,14 @@
-"""Benchmark batch_norm_act (eval mode) over the BatchNorm+activation layers of MobileNetV2 and
-V3-Large: our backends vs PyTorch eager (F.batch_norm + activation) and torch.compile.
+"""Benchmark batch_norm_act over the BatchNorm+activation layers of MobileNetV2 and V3-Large:
+our backends vs PyTorch eager (F.batch_norm + activation) and torch.compile, eval or training.
 
     python benchmarks/bench_batch_norm_act.py                 # GPU: batch 256 at 224²; CPU: a small set
-    python benchmarks/bench_batch_norm_act.py --batch 32 --dtype bfloat16 --layout nhwc --out DIR
+    python benchmarks/bench_batch_norm_act.py --training --dtype bfloat16 --layout nhwc --out DIR
 
-Reports p20/p50/p80 ms, GB/s counted as one read + one write of the activation (the op's minimum),
-% of the card's HBM peak where known, and speed-up over eager. Training mode lands with the BN issue.
+Reports p20/p50/p80 ms, GB/s and % of the card's HBM peak where known, and speed-up over eager.
+Bytes are those of our algorithm's passes over the activation (x, y, dy, dx of one size S):
+eval forward 2S (read x, write y), eval fwd+bwd 5S; training forward 3S (statistics pass reads x,
+apply pass reads x and writes y), training fwd+bwd 8S (+ reduction pass reads x, dy; dx pass reads
+x, dy and writes dx).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from mobilenet_kernels.activations import apply_activation  # noqa: E402
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def providers(device: str, with_autotune: bool) -> dict:
+def providers(device: str, with_autotune: bool, training: bool) -> dict:
     def eager(x, m, v, w, b, act):
-        return apply_activation(F.batch_norm(x, m, v, w, b, False, 0.1, 1e-5), act)
+        return apply_activation(F.batch_norm(x, m, v, w, b, training, 0.1, 1e-5), act)
 
     found = {"eager": eager}
     found["torch_compile"] = torch.compile(eager)
@@ -37,7 +40,9 @@ def providers(device: str, with_autotune: bool) -> dict:
         found["torch_compile_max_autotune"] = torch.compile(eager, mode="max-autotune-no-cudagraphs")
     for name in ("cuda", "triton"):
         if name in backends.available(device):
-            found[name] = lambda x, m, v, w, b, act, _n=name: MF.batch_norm_act(x, m, v, w, b, False, 0.1, 1e-5, act, backend=_n)
+            found[name] = lambda x, m, v, w, b, act, _n=name: MF.batch_norm_act(
+                x, m, v, w, b, training, 0.1, 1e-5, act, backend=_n
+            )
     return found
 
 
@@ -54,7 +59,8 @@ def run(args) -> list[dict]:
     except ImportError:  # pragma: no cover
         tqdm = lambda it, **k: it  # noqa: E731
     cases = [(l, dt, lay, mode) for l in layers for dt in args.dtype for lay in args.layout for mode in args.mode]
-    provs = providers(device, with_autotune=device == "cuda" and not args.no_autotune)
+    provs = providers(device, with_autotune=device == "cuda" and not args.no_autotune, training=args.training)
+    passes = {(False, "forward"): 2, (False, "full"): 5, (True, "forward"): 3, (True, "full"): 8}
     for (model, C, H, W, act), dtype_name, layout, mode in tqdm(cases, desc="batch_norm_act", disable=args.quiet):
         key = (C, H, W, act, dtype_name, layout, mode)
         if key in seen:
@@ -67,9 +73,9 @@ def run(args) -> list[dict]:
         m, w, b = (torch.randn(C, device=device) for _ in range(3))
         v = torch.rand(C, device=device) + 0.5
         grad = torch.randn_like(x)
-        bytes_moved = x.numel() * x.element_size() * (2 if mode == "forward" else 5)  # fwd: R+W; +bwd: 2R+1W
+        bytes_moved = x.numel() * x.element_size() * passes[(args.training, mode)]
         row = {"model": model, "C": C, "H": H, "W": W, "activation": act, "batch": args.batch, "dtype": dtype_name,
-               "layout": layout, "mode": mode, "bytes": bytes_moved}
+               "layout": layout, "mode": mode, "training": args.training, "bytes": bytes_moved}
         for name, fn in provs.items():
             if mode == "forward":
                 call = lambda fn=fn: fn(x, m, v, w, b, act)  # noqa: E731
@@ -107,9 +113,10 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", nargs="+", default=["bfloat16", "float32"] if gpu else ["float32"], choices=list(DTYPES))
     p.add_argument("--layout", nargs="+", default=["nhwc", "nchw"] if gpu else ["nhwc"], choices=["nhwc", "nchw"])
     p.add_argument("--mode", nargs="+", default=["forward", "full"], choices=["forward", "full"])
+    p.add_argument("--training", action="store_true", help="training mode (batch statistics) instead of eval")
     p.add_argument("--no-autotune", action="store_true", help="skip torch.compile max-autotune (slow to compile)")
     p.add_argument("--out", default="mk_results")
-    p.add_argument("--name", default="batch_norm_act_eval")
+    p.add_argument("--name", default=None, help="file name stem (default batch_norm_act_{eval,train})")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.batch <= 0:
@@ -117,13 +124,14 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not gpu:
         p.error("--device cuda: no CUDA device")
 
+    args.name = args.name or f"batch_norm_act_{'train' if args.training else 'eval'}"
     rows = run(args)
     summary = {}
     for name in ("cuda", "triton", "torch_compile", "torch_compile_max_autotune"):
         g = geomean([r.get(f"{name}_speedup_vs_eager") for r in rows])
         if g:
             summary[f"{name}_geomean_speedup_vs_eager"] = g
-    record = {"environment": environment(args.device), "op": "batch_norm_act", "training": False,
+    record = {"environment": environment(args.device), "op": "batch_norm_act", "training": args.training,
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}, "summary": summary}
     columns = ["model", "C", "H", "W", "activation", "dtype", "layout", "mode", "eager_p50_ms"]
     columns += [c for c in ("cuda_p50_ms", "triton_p50_ms", "torch_compile_p50_ms", "cuda_GBps", "cuda_pct_peak",

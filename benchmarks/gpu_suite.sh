@@ -27,9 +27,11 @@ step build 240 env MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_AR
   pip install --no-build-isolation --no-deps -e . || { tail -40 "$OUT/suite.log"; exit 1; }
 step check 60 python -m mobilenet_kernels check
 cp "$OUT/suite.log" "$OUT/check.txt"
-step tests 240 python -m pytest python_tests -q -p no:cacheprovider --junitxml="$OUT/pytest.xml"
-step bench_batch_norm_act 150 python benchmarks/bench_batch_norm_act.py --quiet --no-autotune \
+step tests 200 python -m pytest python_tests -q -p no:cacheprovider --junitxml="$OUT/pytest.xml"
+step bench_batch_norm_act_eval 120 python benchmarks/bench_batch_norm_act.py --quiet --no-autotune \
   --out "$OUT" --name "batch_norm_act_eval_${GPU_TAG}"
+step bench_batch_norm_act_train 120 python benchmarks/bench_batch_norm_act.py --training --quiet --no-autotune \
+  --out "$OUT" --name "batch_norm_act_train_${GPU_TAG}"
 python benchmarks/suite_summary.py "$OUT/pytest.xml" "$OUT/foundation_${GPU_TAG}.json" | tee -a "$OUT/suite.log"
 tail -25 "$OUT/suite.log"
 exit $status

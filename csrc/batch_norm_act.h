@@ -56,6 +56,19 @@ inline BatchNormEvalArgs prepare_batch_norm_eval(const at::Tensor& input, const 
   return a;
 }
 
+// Training mode: batch statistics. Checked like eval, plus PyTorch's "more than 1 value per channel".
+inline void check_batch_norm_train(const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                                   const c10::optional<at::Tensor>& bias, double eps, const std::string& activation) {
+  check_floating(input, "input");
+  TORCH_CHECK_VALUE(input.dim() >= 2, "input: expected a tensor of shape (N, C, ...), got ", input.sizes());
+  check_per_channel(weight, "weight", input);
+  check_per_channel(bias, "bias", input);
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
+  parse_activation(activation);
+  TORCH_CHECK_VALUE(input.numel() == 0 || input.numel() / input.size(1) > 1,
+                    "input: Expected more than 1 value per channel when training, got input size ", input.sizes());
+}
+
 template <typename acc_t>
 inline const acc_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<acc_t>() : nullptr;

@@ -24,6 +24,26 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   m.def(
       "batch_norm_act_eval_backward(Tensor grad_output, Tensor input, Tensor running_mean, "
       "Tensor running_var, Tensor? weight, Tensor? bias, float eps, str activation) -> (Tensor, Tensor, Tensor)");
+  // batch_norm_act, training mode: act(BatchNorm(input)) with the batch statistics. Returns
+  // (output, batch mean, biased batch variance); the statistics (accumulation dtype) feed the
+  // backward and batch_norm_update_stats. Backward returns (grad_input, sum(g * x_hat), sum(g)).
+  m.def(
+      "batch_norm_act_train(Tensor input, Tensor? weight, Tensor? bias, float eps, str activation) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_act_train_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mean, Tensor var, float eps, str activation) -> (Tensor, Tensor, Tensor)");
+  // running = (1 - momentum) * running + momentum * batch (variance made unbiased with count),
+  // in place. A separate op because autograd formulas cannot be registered on mutating ops.
+  m.def(
+      "batch_norm_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+      "int count, float momentum) -> ()");
+  m.def(
+      "batch_norm_act_train_triton(Tensor input, Tensor? weight, Tensor? bias, float eps, str activation) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_act_train_backward_triton(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mean, Tensor var, float eps, str activation) -> (Tensor, Tensor, Tensor)");
   m.def(
       "batch_norm_act_eval_triton(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, float eps, str activation) -> Tensor");

@@ -255,27 +255,224 @@ def test_autocast_mixed_dtypes(backend, device):
 # ----------------------------------------------------------------------------- training mode
 
 
+TRAIN_OPS = {"cuda": torch.ops.mobilenet_kernels.batch_norm_act_train, "triton": torch.ops.mobilenet_kernels.batch_norm_act_train_triton}
+TRAIN_BACKWARD_OPS = {
+    "cuda": torch.ops.mobilenet_kernels.batch_norm_act_train_backward,
+    "triton": torch.ops.mobilenet_kernels.batch_norm_act_train_backward_triton,
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_training_mode_matches_batch_norm(backend, momentum, device):
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("act", ["hardswish", "relu6", "identity"])
+@pytest.mark.parametrize("config", ["affine", "no_affine", "no_running_stats", "cumulative"])
+def test_training_three_steps_match_batch_norm(backend, layout, act, config, device):
+    """Three training steps in float64 against nn.BatchNorm2d + activation: outputs, every grad and
+    the running statistics (momentum, momentum=None, affine=False, track_running_stats=False)."""
     skip_unless_usable(backend, device)
-    bn = torch.nn.BatchNorm2d(12, momentum=momentum).to(device, torch.float64)
-    ours = BatchNormAct2d(12, momentum=momentum, activation="hardswish", backend=backend).to(device, torch.float64)
+    kwargs = dict(
+        affine=config != "no_affine",
+        track_running_stats=config != "no_running_stats",
+        momentum=None if config == "cumulative" else 0.1,
+    )
+    C = 13
+    bn = torch.nn.BatchNorm2d(C, **kwargs).to(device, torch.float64)
+    ours = BatchNormAct2d(C, **kwargs, activation=act, backend=backend).to(device, torch.float64)
+    if bn.affine:
+        with torch.no_grad():
+            bn.weight.normal_()
+            bn.bias.normal_()
     ours.load_state_dict(bn.state_dict())
-    for _ in range(3):
-        x = torch.randn(4, 12, 5, 5, device=device, dtype=torch.float64).requires_grad_()
-        y_ref = F.hardswish(bn(x))
+    for step in range(3):
+        x = make_input((3, C, 5, 7), layout, torch.float64, device).requires_grad_()
+        grad = torch.randn(x.shape, dtype=torch.float64, device=device)
+        y_ref = apply_activation(bn(x), act)
         y = ours(x)
-        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-        g = torch.autograd.grad(y.sum(), (x, ours.weight))
-        g_ref = torch.autograd.grad(y_ref.sum(), (x, bn.weight))
-        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+        assert y.is_contiguous(memory_format=torch.channels_last) == y_ref.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
+        params = [x] + ([ours.weight, ours.bias] if bn.affine else [])
+        params_ref = [x] + ([bn.weight, bn.bias] if bn.affine else [])
+        g = torch.autograd.grad(y, params, grad)
+        g_ref = torch.autograd.grad(y_ref, params_ref, grad)
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(ours.state_dict(), bn.state_dict(), rtol=1e-12, atol=1e-12)
 
 
-def test_one_value_per_channel_in_training_raises():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("act", ["hardswish", "relu"])
+def test_training_fp32_matches_reference(backend, layout, act, device):
+    skip_unless_usable(backend, device)
+    for shape in SHAPES[:2] + SHAPES[3:]:
+        x = make_input(shape, layout, torch.float32, device).requires_grad_()
+        C = shape[1]
+        w, b = (torch.randn(C, device=device).requires_grad_() for _ in range(2))
+        rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+        y = MF.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, act, backend=backend)
+        grad = torch.randn(shape, device=device)
+        g = torch.autograd.grad(y, (x, w, b), grad)
+        x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+        rm64, rv64 = torch.zeros(C, dtype=torch.float64, device=device), torch.ones(C, dtype=torch.float64, device=device)
+        y64 = apply_activation(F.batch_norm(x64, rm64, rv64, w64, b64, True, 0.1, 1e-5), act)
+        g64 = torch.autograd.grad(y64, (x64, w64, b64), grad.double())
+        torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
+        for a, r in zip(g, g64):
+            torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(rm.double(), rm64, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rv.double(), rv64, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_training_low_precision_error_within_2x_torch(backend, dtype, layout, device):
+    """AMP-style: bf16/fp16 input, fp32 parameters and running stats; error vs float64 within 2x torch's."""
+    skip_unless_usable(backend, device)
+    for shape in SHAPES[:2] + SHAPES[3:]:
+        C = shape[1]
+        x = make_input(shape, layout, dtype, device).requires_grad_()
+        w, b = (torch.randn(C, device=device).requires_grad_() for _ in range(2))
+        grad = make_input(shape, layout, dtype, device)
+        runs = {}
+        for who in ("ours", "torch", "ref"):
+            xi = (x.detach().double() if who == "ref" else x.detach()).requires_grad_()
+            wi, bi = ((t.detach().double() if who == "ref" else t.detach()).requires_grad_() for t in (w, b))
+            rm = torch.zeros(C, device=device, dtype=torch.float64 if who == "ref" else torch.float32)
+            rv = torch.ones_like(rm)
+            if who == "ours":
+                y = MF.batch_norm_act(xi, rm, rv, wi, bi, True, 0.1, 1e-5, "hardswish", backend=backend)
+            else:
+                y = apply_activation(F.batch_norm(xi, rm, rv, wi, bi, True, 0.1, 1e-5), "hardswish")
+            runs[who] = (y, *torch.autograd.grad(y, (xi, wi, bi), grad.to(xi.dtype)), rm, rv)
+        names = ("output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
+        for what, ours, torchs, ref in zip(names, runs["ours"], runs["torch"], runs["ref"]):
+            e_ours, e_torch = max_err(ours, ref), max_err(torchs, ref)
+            assert e_ours <= 2 * e_torch + 1e-6 * ref.abs().max().item(), (
+                f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g} for shape {shape}"
+            )
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_training_statistics_survive_a_large_mean(backend, layout, device):
+    """A channel with mean 1e4 and std 1 keeps its variance (no E[x^2] - E[x]^2 cancellation)."""
+    skip_unless_usable(backend, device)
+    x = make_input((8, 4, 9, 9), layout, torch.float32, device) * 0.5 + 1e4
+    rm, rv = torch.zeros(4, device=device), torch.ones(4, device=device)
+    MF.batch_norm_act(x, rm, rv, None, None, True, 1.0, 1e-5, "identity", backend=backend)
+    x64 = x.double()
+    torch.testing.assert_close(rm.double(), x64.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(rv.double(), x64.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish", "hardsigmoid", "silu", "identity"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_training_gradcheck_fp64(backend, act, layout, device):
+    skip_unless_usable(backend, device)
+    x = make_input((3, 4, 3, 2), layout, torch.float64, device).requires_grad_()
+    w, b = (torch.randn(4, dtype=torch.float64, device=device).requires_grad_() for _ in range(2))
+    fn = lambda x, w, b: MF.batch_norm_act(x, None, None, w, b, True, 0.1, 1e-5, act, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_training_is_bitwise_deterministic(backend, layout, device):
+    skip_unless_usable(backend, device)
+    x = make_input((4, 24, 9, 9), layout, torch.float32, device).requires_grad_()
+    w, b = (torch.randn(24, device=device).requires_grad_() for _ in range(2))
+    grad = torch.randn(x.shape, device=device)
+
+    def run():
+        rm, rv = torch.zeros(24, device=device), torch.ones(24, device=device)
+        y = MF.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, "hardswish", backend=backend)
+        return (y, rm, rv, *torch.autograd.grad(y, (x, w, b), grad))
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = run(), run()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_training_opcheck(backend, requires_grad, layout, device):
+    skip_unless_usable(backend, device)
+    for affine in (True, False):
+        x = make_input((2, 8, 5, 5), layout, torch.float32, device).requires_grad_(requires_grad)
+        w, b = (torch.randn(8, device=device).requires_grad_(requires_grad) for _ in range(2))
+        w, b = (w, b) if affine else (None, None)
+        torch.library.opcheck(TRAIN_OPS[backend], (x, w, b, 1e-5, "relu6"))
+        if not requires_grad:
+            _, mean, var = TRAIN_OPS[backend](x, w, b, 1e-5, "relu6")
+            grad = make_input((2, 8, 5, 5), layout, torch.float32, device)
+            torch.library.opcheck(TRAIN_BACKWARD_OPS[backend], (grad, x, w, b, mean, var, 1e-5, "relu6"))
+    rm, rv = torch.zeros(8, device=device), torch.ones(8, device=device)
+    torch.library.opcheck(
+        torch.ops.mobilenet_kernels.batch_norm_update_stats, (rm, rv, torch.randn(8, device=device), torch.rand(8, device=device), 50, 0.1)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_module_under_torch_compile(backend, device):
+    skip_unless_usable(backend, device)
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), BatchNormAct2d(8, activation="hardswish", backend=backend)
+    ).to(device)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.Hardswish()).to(device)
+    ref.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 6, 6, device=device).contiguous(memory_format=torch.channels_last)
+    y, y_ref = compiled(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    y.sum().backward()
+    y_ref.sum().backward()
+    torch.testing.assert_close(model[0].weight.grad, ref[0].weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model[1].running_var, ref[1].running_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_training_under_autocast(backend, device):
+    """bf16 activations from an autocast conv, fp32 BatchNorm parameters and running stats."""
+    skip_unless_usable(backend, device)
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1).to(device)
+    ours = BatchNormAct2d(16, activation="relu6", backend=backend).to(device)
+    ref = torch.nn.BatchNorm2d(16).to(device)
+    x = torch.randn(4, 3, 8, 8, device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        h = conv(x)
+        y = ours(h)
+    assert h.dtype == torch.bfloat16 and y.dtype == torch.bfloat16 and ours.running_mean.dtype == torch.float32
+    y_ref = F.relu6(ref(h.float()))
+    torch.testing.assert_close(y.float(), y_ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_empty_batch_leaves_running_stats(backend, device):
+    skip_unless_usable(backend, device)
+    ours = BatchNormAct2d(5, activation="relu", backend=backend).to(device)
+    y = ours(torch.randn(0, 5, 4, 4, device=device))
+    assert y.shape == (0, 5, 4, 4)
+    torch.testing.assert_close(ours.running_mean, torch.zeros(5, device=device))
+    torch.testing.assert_close(ours.running_var, torch.ones(5, device=device))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_value_per_channel_in_training_raises(backend):
+    skip_unless_usable(backend, "cpu")
+    rm, rv = torch.zeros(4), torch.ones(4)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        MF.batch_norm_act(torch.randn(1, 4, 1, 1), None, None, None, None, True, 0.1, 1e-5, "relu")
+        MF.batch_norm_act(torch.randn(1, 4, 1, 1), rm, rv, None, None, True, 0.1, 1e-5, "relu", backend=backend)
+    assert torch.equal(rm, torch.zeros(4)) and torch.equal(rv, torch.ones(4))
 
 
 # ----------------------------------------------------------------------------- the module

@@ -1,8 +1,10 @@
-// batch_norm_act (eval), C++ CPU kernels.
+// batch_norm_act, C++ CPU kernels.
 //
-// Fuses: BatchNorm with running statistics (folded to one per-channel scale/shift) + activation,
-//        forward; and its backward (grad_input plus the per-channel sums that give grad_weight,
-//        grad_bias and the running statistics' grads) in one pass over grad_output and input.
+// Eval: BatchNorm with running statistics (folded to one per-channel scale/shift) + activation,
+//       forward; backward: grad_input plus the per-channel sums that give grad_weight, grad_bias and
+//       the running statistics' grads, in one pass over grad_output and input.
+// Train: forward = one statistics pass (shifted sums, see batch_stats) + the eval apply pass on the
+//        batch statistics; backward = one reduction pass (sum g, sum g * x_hat) + one dx pass.
 // Layouts: NCHW (any rank >= 2, spatial dims flattened) and channels_last, both native; other
 //          strides are made dense in the input's suggested format first. Output keeps that format.
 // dtypes: float64, float32, float16, bfloat16; arithmetic in float (double for float64).
@@ -21,6 +23,9 @@ namespace mobilenet_kernels {
 namespace {
 
 constexpr int64_t kGrainElements = 32768;
+
+// Reductions over channels_last rows use chunks fixed by the shape (never by the thread count).
+int64_t channels_last_rows_per_chunk(int64_t M) { return std::max<int64_t>(256, (M + 1023) / 1024); }
 
 template <typename acc_t>
 struct ScaleShift {
@@ -76,9 +81,10 @@ void batch_norm_act_eval_fwd_kernel(const BatchNormEvalArgs& a, at::Tensor& out)
   }
 }
 
-// g = grad_out * act'(z); grad_in = g * scale; sum_gxhat[c] = sum g * x_hat; sum_g[c] = sum g.
-template <typename scalar_t, Act A>
-void batch_norm_act_eval_bwd_kernel(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
+// g = grad_out * act'(z); sum_gxhat[c] = sum g * x_hat; sum_g[c] = sum g; and, in eval mode
+// (kWriteGradInput), grad_in = g * scale in the same pass.
+template <typename scalar_t, Act A, bool kWriteGradInput>
+void batch_norm_act_bwd_reduce_kernel(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
                                     at::Tensor& sum_gxhat, at::Tensor& sum_g) {
   using acc_t = at::opmath_type<scalar_t>;
   const ChannelLayout& L = a.layout;
@@ -86,7 +92,7 @@ void batch_norm_act_eval_bwd_kernel(const BatchNormEvalArgs& a, const at::Tensor
   const acc_t* mean = a.mean.data_ptr<acc_t>();
   const scalar_t* x = a.input.data_ptr<scalar_t>();
   const scalar_t* gy = grad_out.data_ptr<scalar_t>();
-  scalar_t* gx = grad_in.data_ptr<scalar_t>();
+  scalar_t* gx = kWriteGradInput ? grad_in.data_ptr<scalar_t>() : nullptr;
   acc_t* out_gxhat = sum_gxhat.data_ptr<acc_t>();
   acc_t* out_g = sum_g.data_ptr<acc_t>();
   const int64_t C = L.C, HW = L.HW;
@@ -103,7 +109,7 @@ void batch_norm_act_eval_bwd_kernel(const BatchNormEvalArgs& a, const at::Tensor
           for (int64_t i = 0; i < HW; ++i) {
             const acc_t xv = static_cast<acc_t>(x[base + i]);
             const acc_t g = static_cast<acc_t>(gy[base + i]) * act_derivative<A>(xv * s + t);
-            gx[base + i] = static_cast<scalar_t>(g * s);
+            if constexpr (kWriteGradInput) gx[base + i] = static_cast<scalar_t>(g * s);
             part_g += g;
             part_gxhat += g * (xv - mu) * rstd;
           }
@@ -119,7 +125,7 @@ void batch_norm_act_eval_bwd_kernel(const BatchNormEvalArgs& a, const at::Tensor
 
   // channels_last: rows are cut into chunks by shape alone; each chunk writes its own partial row.
   const int64_t M = L.rows();
-  const int64_t rows_per_chunk = std::max<int64_t>(256, (M + 1023) / 1024);
+  const int64_t rows_per_chunk = channels_last_rows_per_chunk(M);
   const int64_t chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<acc_t> partial(static_cast<size_t>(chunks * 2 * C), acc_t(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -132,7 +138,7 @@ void batch_norm_act_eval_bwd_kernel(const BatchNormEvalArgs& a, const at::Tensor
           const int64_t i = m * C + c;
           const acc_t xv = static_cast<acc_t>(x[i]);
           const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * ss.scale[c] + ss.shift[c]);
-          gx[i] = static_cast<scalar_t>(g * ss.scale[c]);
+          if constexpr (kWriteGradInput) gx[i] = static_cast<scalar_t>(g * ss.scale[c]);
           p_g[c] += g;
           p_gxhat[c] += g * (xv - mean[c]) * ss.rstd[c];
         }
@@ -147,6 +153,107 @@ void batch_norm_act_eval_bwd_kernel(const BatchNormEvalArgs& a, const at::Tensor
     }
     out_gxhat[c] = static_cast<acc_t>(total_gxhat);
     out_g[c] = static_cast<acc_t>(total_g);
+  }
+}
+
+// Batch mean and biased variance per channel. Shifted sums: every term is x - K_c with K_c the
+// channel's first element, so sum (x-K)^2 - (sum (x-K))^2 / M loses no digits to a large mean
+// (a channel with mean 1e4 and std 1 keeps its variance); chunk sums in acc_t, merged in double.
+template <typename scalar_t>
+void batch_stats_kernel(const at::Tensor& x_dense, const ChannelLayout& L, at::Tensor& mean, at::Tensor& var) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* x = x_dense.data_ptr<scalar_t>();
+  acc_t* out_mean = mean.data_ptr<acc_t>();
+  acc_t* out_var = var.data_ptr<acc_t>();
+  const int64_t C = L.C, HW = L.HW, M = L.rows();
+  auto finish = [&](int64_t c, double K, double s1, double s2) {
+    out_mean[c] = static_cast<acc_t>(K + s1 / M);
+    out_var[c] = static_cast<acc_t>(std::max(0.0, (s2 - s1 * s1 / M) / M));
+  };
+  if (!L.channels_last) {
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const acc_t K = static_cast<acc_t>(x[c * HW]);
+        double s1 = 0, s2 = 0;
+        for (int64_t n = 0; n < L.N; ++n) {
+          const scalar_t* xp = x + (n * C + c) * HW;
+          acc_t p1 = 0, p2 = 0;
+          for (int64_t i = 0; i < HW; ++i) {
+            const acc_t d = static_cast<acc_t>(xp[i]) - K;
+            p1 += d;
+            p2 += d * d;
+          }
+          s1 += p1;
+          s2 += p2;
+        }
+        finish(c, K, s1, s2);
+      }
+    });
+    return;
+  }
+  const int64_t rows_per_chunk = channels_last_rows_per_chunk(M);
+  const int64_t chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<acc_t> partial(static_cast<size_t>(chunks * 2 * C), acc_t(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      acc_t* p1 = partial.data() + k * 2 * C;
+      acc_t* p2 = p1 + C;
+      const int64_t m_end = std::min(M, (k + 1) * rows_per_chunk);
+      for (int64_t m = k * rows_per_chunk; m < m_end; ++m) {
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t d = static_cast<acc_t>(x[m * C + c]) - static_cast<acc_t>(x[c]);
+          p1[c] += d;
+          p2[c] += d * d;
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double s1 = 0, s2 = 0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      s1 += partial[k * 2 * C + c];
+      s2 += partial[k * 2 * C + C + c];
+    }
+    finish(c, static_cast<acc_t>(x[c]), s1, s2);
+  }
+}
+
+// Training backward, pass 2: grad_in = w * rstd * (g - sum_g / M - x_hat * sum_gxhat / M).
+template <typename scalar_t, Act A>
+void batch_norm_act_train_dx_kernel(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
+                                    const at::Tensor& sum_gxhat, const at::Tensor& sum_g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const ChannelLayout& L = a.layout;
+  const auto ss = fold_batch_norm<acc_t>(a);
+  const int64_t C = L.C, HW = L.HW;
+  const acc_t inv_m = acc_t(1) / static_cast<acc_t>(L.rows());
+  std::vector<acc_t> mean_g(C), mean_gxhat(C);
+  for (int64_t c = 0; c < C; ++c) {
+    mean_g[c] = sum_g.data_ptr<acc_t>()[c] * inv_m;
+    mean_gxhat[c] = sum_gxhat.data_ptr<acc_t>()[c] * inv_m;
+  }
+  const acc_t* mean = a.mean.data_ptr<acc_t>();
+  const scalar_t* x = a.input.data_ptr<scalar_t>();
+  const scalar_t* gy = grad_out.data_ptr<scalar_t>();
+  scalar_t* gx = grad_in.data_ptr<scalar_t>();
+  auto dx = [&](int64_t i, int64_t c) {
+    const acc_t xv = static_cast<acc_t>(x[i]);
+    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * ss.scale[c] + ss.shift[c]);
+    const acc_t x_hat = (xv - mean[c]) * ss.rstd[c];
+    gx[i] = static_cast<scalar_t>(ss.scale[c] * (g - mean_g[c] - x_hat * mean_gxhat[c]));
+  };
+  if (L.channels_last) {
+    at::parallel_for(0, L.rows(), std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t m = begin; m < end; ++m)
+                         for (int64_t c = 0; c < C; ++c) dx(m * C + c, c);
+                     });
+  } else {
+    at::parallel_for(0, L.N * C, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(HW, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t plane = begin; plane < end; ++plane)
+                         for (int64_t i = 0; i < HW; ++i) dx(plane * HW + i, plane % C);
+                     });
   }
 }
 
@@ -177,7 +284,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_eval_backward_cpu(
   at::Tensor sum_g = at::empty({a.layout.C}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_eval_backward_cpu", [&] {
     MK_DISPATCH_ACTIVATION(a.act, [&] {
-      batch_norm_act_eval_bwd_kernel<scalar_t, kAct>(a, gy, grad_in, sum_gxhat, sum_g);
+      batch_norm_act_bwd_reduce_kernel<scalar_t, kAct, true>(a, gy, grad_in, sum_gxhat, sum_g);
+    });
+  });
+  return {grad_in, sum_gxhat, sum_g};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_cpu(const at::Tensor& input,
+                                                                        const c10::optional<at::Tensor>& weight,
+                                                                        const c10::optional<at::Tensor>& bias,
+                                                                        double eps, c10::string_view activation) {
+  check_batch_norm_train(input, weight, bias, eps, std::string(activation));
+  const auto fmt = output_memory_format(input);
+  const at::Tensor x = input.contiguous(fmt);
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor mean = at::zeros({input.size(1)}, acc_opts);
+  at::Tensor var = at::zeros({input.size(1)}, acc_opts);
+  if (input.numel() == 0) return {at::empty(input.sizes(), input.options().memory_format(fmt)), mean, var};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_stats_cpu", [&] {
+    batch_stats_kernel<scalar_t>(x, channel_layout(x, fmt), mean, var);
+  });
+  return {batch_norm_act_eval_cpu(x, mean, var, weight, bias, eps, activation), mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
+    c10::string_view activation) {
+  const auto a = prepare_batch_norm_eval(input, mean, var, weight, bias, eps, std::string(activation));
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
+                    grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
+                   input.scalar_type(), ", got ", grad_output.scalar_type());
+  const at::Tensor gy = grad_output.contiguous(a.format);
+  at::Tensor grad_in = at::empty(input.sizes(), input.options().memory_format(a.format));
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor sum_gxhat = at::zeros({a.layout.C}, acc_opts);
+  at::Tensor sum_g = at::zeros({a.layout.C}, acc_opts);
+  if (input.numel() == 0) return {grad_in, sum_gxhat, sum_g};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_train_backward_cpu", [&] {
+    MK_DISPATCH_ACTIVATION(a.act, [&] {
+      batch_norm_act_bwd_reduce_kernel<scalar_t, kAct, false>(a, gy, grad_in, sum_gxhat, sum_g);
+      batch_norm_act_train_dx_kernel<scalar_t, kAct>(a, gy, grad_in, sum_gxhat, sum_g);
     });
   });
   return {grad_in, sum_gxhat, sum_g};
@@ -188,6 +336,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_eval_backward_cpu(
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CPU, m) {
   m.impl("batch_norm_act_eval", &batch_norm_act_eval_cpu);
   m.impl("batch_norm_act_eval_backward", &batch_norm_act_eval_backward_cpu);
+  m.impl("batch_norm_act_train", &batch_norm_act_train_cpu);
+  m.impl("batch_norm_act_train_backward", &batch_norm_act_train_backward_cpu);
 }
 
 }  // namespace mobilenet_kernels

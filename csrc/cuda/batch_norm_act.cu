@@ -1,8 +1,10 @@
-// batch_norm_act (eval), CUDA kernels (sm_80+).
+// batch_norm_act, CUDA kernels (sm_80+).
 //
-// Fuses: BatchNorm with running statistics (folded in-kernel to one per-channel scale/shift, in fp32)
-//        + activation, forward; backward computes grad_input and the per-channel sums
-//        sum(g * x_hat), sum(g) (g = grad_output * act'(z)) in one pass over grad_output and input.
+// Eval: BatchNorm with running statistics (folded in-kernel to one per-channel scale/shift, in fp32)
+//       + activation, forward; backward computes grad_input and the per-channel sums
+//       sum(g * x_hat), sum(g) (g = grad_output * act'(z)) in one pass over grad_output and input.
+// Train: forward = one statistics pass (shifted sums) + the eval apply pass on the batch statistics;
+//        backward = one reduction pass (the eval one, without grad_input) + one grad_input pass.
 // Layouts: NCHW (spatial dims flattened) and channels_last, both native; 16-byte vector loads when
 //          the innermost extent (HW for NCHW, C for NHWC) is a multiple of the vector width and the
 //          pointers are aligned, else a scalar path. Output keeps the input's memory format.
@@ -83,110 +85,246 @@ __global__ void batch_norm_act_eval_fwd_nchw_kernel(const scalar_t* __restrict__
   }
 }
 
-// The reduction extent (M = N*HW terms per channel) is cut into tiles by shape alone.
+// ---------------------------------------------------------------------------------------------
+// Per-channel reductions over the M = N*HW terms of each channel, two-stage and deterministic.
+// Stage 1 (reduce_*_kernel) runs a term functor over a tile of M per (tile, channel) and writes two
+// partial sums; stage 2 (finish_kernel) merges the tiles of a channel in a fixed order, in double.
+// A term functor provides begin(c) -> per-channel State and operator()(state, i, s0, s1), which
+// adds element i's two terms (and may write element i of an output in the same pass).
+
+// The reduction extent is cut into tiles by shape alone.
 inline int64_t reduction_tiles(int64_t M) { return std::max<int64_t>(1, std::min<int64_t>(512, ceil_div(M, 1024))); }
 
-// Stage 1, channels_last. Block (32 channels) x (8 row lanes); blockIdx.y is the row tile.
-template <typename scalar_t, typename acc_t, Act A>
-__global__ void batch_norm_act_eval_bwd_nhwc_kernel(
-    const scalar_t* __restrict__ gy,  // (M, C)
-    const scalar_t* __restrict__ x,   // (M, C)
-    scalar_t* __restrict__ gx,        // (M, C)
-    const acc_t* __restrict__ mean, const acc_t* __restrict__ var, const acc_t* __restrict__ weight,
-    const acc_t* __restrict__ bias, acc_t eps, int64_t M, int64_t C, int64_t rows_per_tile,
-    acc_t* __restrict__ partial_gxhat,  // (tiles, C)
-    acc_t* __restrict__ partial_g) {    // (tiles, C)
-  __shared__ acc_t s_gxhat[8][32];
-  __shared__ acc_t s_g[8][32];
+// channels_last: block (32 channels) x (8 row lanes); blockIdx.x: channel block, blockIdx.y: row tile.
+template <typename acc_t, typename Term>
+__global__ void reduce_nhwc_kernel(Term term, int64_t M, int64_t C, int64_t rows_per_tile,
+                                   acc_t* __restrict__ partial0,  // (tiles, C)
+                                   acc_t* __restrict__ partial1) {  // (tiles, C)
+  __shared__ acc_t s0[8][32];
+  __shared__ acc_t s1[8][32];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
   const int64_t m_begin = static_cast<int64_t>(blockIdx.y) * rows_per_tile;
   const int64_t m_end = std::min(M, m_begin + rows_per_tile);
-  acc_t sum_gxhat = 0, sum_g = 0;
+  acc_t a = 0, b = 0;
   if (c < C) {
-    acc_t rstd, scale, shift;
-    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, rstd, scale, shift);
-    const acc_t mu = mean[c];
-    for (int64_t m = m_begin + threadIdx.y; m < m_end; m += 8) {
-      const int64_t i = m * C + c;
-      const acc_t xv = static_cast<acc_t>(x[i]);
-      const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * scale + shift);
-      gx[i] = static_cast<scalar_t>(g * scale);
-      sum_g += g;
-      sum_gxhat += g * (xv - mu) * rstd;
-    }
+    const auto state = term.begin(c);
+    for (int64_t m = m_begin + threadIdx.y; m < m_end; m += 8) term(state, m * C + c, a, b);
   }
-  s_gxhat[threadIdx.y][threadIdx.x] = sum_gxhat;
-  s_g[threadIdx.y][threadIdx.x] = sum_g;
+  s0[threadIdx.y][threadIdx.x] = a;
+  s1[threadIdx.y][threadIdx.x] = b;
   __syncthreads();
   if (threadIdx.y == 0 && c < C) {
-    acc_t a = 0, b = 0;
+    a = 0;
+    b = 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      a += s_gxhat[k][threadIdx.x];
-      b += s_g[k][threadIdx.x];
+      a += s0[k][threadIdx.x];
+      b += s1[k][threadIdx.x];
     }
-    partial_gxhat[blockIdx.y * C + c] = a;
-    partial_g[blockIdx.y * C + c] = b;
+    partial0[blockIdx.y * C + c] = a;
+    partial1[blockIdx.y * C + c] = b;
   }
 }
 
-// Stage 1, NCHW. blockIdx.x is the channel, blockIdx.y the tile of the channel's N*HW terms.
-template <typename scalar_t, typename acc_t, Act A>
-__global__ void batch_norm_act_eval_bwd_nchw_kernel(
-    const scalar_t* __restrict__ gy,  // (N, C, HW)
-    const scalar_t* __restrict__ x,   // (N, C, HW)
-    scalar_t* __restrict__ gx,        // (N, C, HW)
-    const acc_t* __restrict__ mean, const acc_t* __restrict__ var, const acc_t* __restrict__ weight,
-    const acc_t* __restrict__ bias, acc_t eps, int64_t M, int64_t C, int64_t HW, int64_t terms_per_tile,
-    acc_t* __restrict__ partial_gxhat,  // (tiles, C)
-    acc_t* __restrict__ partial_g) {    // (tiles, C)
-  __shared__ acc_t s_gxhat[kThreads];
-  __shared__ acc_t s_g[kThreads];
+// NCHW: blockIdx.x is the channel, blockIdx.y the tile of the channel's N*HW terms.
+template <typename acc_t, typename Term>
+__global__ void reduce_nchw_kernel(Term term, int64_t M, int64_t C, int64_t HW, int64_t terms_per_tile,
+                                   acc_t* __restrict__ partial0,  // (tiles, C)
+                                   acc_t* __restrict__ partial1) {  // (tiles, C)
+  __shared__ acc_t s0[kThreads];
+  __shared__ acc_t s1[kThreads];
   const int64_t c = blockIdx.x;
-  acc_t rstd, scale, shift;
-  bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, rstd, scale, shift);
-  const acc_t mu = mean[c];
+  const auto state = term.begin(c);
   const int64_t j_begin = static_cast<int64_t>(blockIdx.y) * terms_per_tile;
   const int64_t j_end = std::min(M, j_begin + terms_per_tile);
-  acc_t sum_gxhat = 0, sum_g = 0;
+  acc_t a = 0, b = 0;
   for (int64_t j = j_begin + threadIdx.x; j < j_end; j += kThreads) {
     const int64_t n = j / HW;
-    const int64_t i = (n * C + c) * HW + (j - n * HW);
-    const acc_t xv = static_cast<acc_t>(x[i]);
-    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * scale + shift);
-    gx[i] = static_cast<scalar_t>(g * scale);
-    sum_g += g;
-    sum_gxhat += g * (xv - mu) * rstd;
+    term(state, (n * C + c) * HW + (j - n * HW), a, b);
   }
-  s_gxhat[threadIdx.x] = sum_gxhat;
-  s_g[threadIdx.x] = sum_g;
+  s0[threadIdx.x] = a;
+  s1[threadIdx.x] = b;
   __syncthreads();
   for (int width = kThreads / 2; width > 0; width /= 2) {  // fixed tree: deterministic
     if (threadIdx.x < width) {
-      s_gxhat[threadIdx.x] += s_gxhat[threadIdx.x + width];
-      s_g[threadIdx.x] += s_g[threadIdx.x + width];
+      s0[threadIdx.x] += s0[threadIdx.x + width];
+      s1[threadIdx.x] += s1[threadIdx.x + width];
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    partial_gxhat[blockIdx.y * C + c] = s_gxhat[0];
-    partial_g[blockIdx.y * C + c] = s_g[0];
+    partial0[blockIdx.y * C + c] = s0[0];
+    partial1[blockIdx.y * C + c] = s1[0];
   }
 }
 
-// Stage 2: one thread per channel sums the tiles in order.
-template <typename acc_t>
-__global__ void sum_tiles_kernel(const acc_t* __restrict__ partial_gxhat, const acc_t* __restrict__ partial_g,
-                                 int64_t tiles, int64_t C, acc_t* __restrict__ sum_gxhat, acc_t* __restrict__ sum_g) {
+// Stage 2: one thread per channel sums its tiles in order, in double, and hands the two totals
+// to the epilogue functor.
+template <typename acc_t, typename Finish>
+__global__ void finish_kernel(const acc_t* __restrict__ partial0, const acc_t* __restrict__ partial1, int64_t tiles,
+                              int64_t C, Finish finish) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   double a = 0, b = 0;
   for (int64_t t = 0; t < tiles; ++t) {
-    a += partial_gxhat[t * C + c];
-    b += partial_g[t * C + c];
+    a += partial0[t * C + c];
+    b += partial1[t * C + c];
   }
-  sum_gxhat[c] = static_cast<acc_t>(a);
-  sum_g[c] = static_cast<acc_t>(b);
+  finish(c, a, b);
+}
+
+template <typename acc_t, typename Term, typename Finish>
+void reduce_channels(const ChannelLayout& L, const at::TensorOptions& acc_opts, const Term& term, const Finish& finish) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t M = L.rows();
+  const int64_t tiles = reduction_tiles(M);
+  const int64_t per_tile = ceil_div(std::max<int64_t>(M, 1), tiles);
+  at::Tensor partial = at::empty({2, tiles, L.C}, acc_opts);
+  acc_t* p0 = partial[0].data_ptr<acc_t>();
+  acc_t* p1 = partial[1].data_ptr<acc_t>();
+  if (L.channels_last) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(L.C, 32)), static_cast<unsigned>(tiles));
+    reduce_nhwc_kernel<acc_t><<<grid, dim3(32, 8), 0, stream>>>(term, M, L.C, per_tile, p0, p1);
+  } else {
+    const dim3 grid(static_cast<unsigned>(L.C), static_cast<unsigned>(tiles));
+    reduce_nchw_kernel<acc_t><<<grid, kThreads, 0, stream>>>(term, M, L.C, L.HW, per_tile, p0, p1);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  finish_kernel<acc_t><<<static_cast<unsigned>(ceil_div(L.C, kThreads)), kThreads, 0, stream>>>(p0, p1, tiles, L.C,
+                                                                                                  finish);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Terms of the backward: g * x_hat and g, g = grad_out * act'(z); in eval mode (kWriteGradInput)
+// also grad_in = g * scale in the same pass.
+template <typename scalar_t, typename acc_t, Act A, bool kWriteGradInput>
+struct BackwardTerms {
+  const scalar_t* __restrict__ gy;  // (N, C, HW) dense
+  const scalar_t* __restrict__ x;   // (N, C, HW) dense
+  scalar_t* __restrict__ gx;        // (N, C, HW) dense, or null
+  const acc_t *mean, *var, *weight, *bias;
+  acc_t eps;
+  struct State {
+    acc_t rstd, scale, shift, mu;
+  };
+  __device__ State begin(int64_t c) const {
+    State s;
+    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
+    s.mu = mean[c];
+    return s;
+  }
+  __device__ void operator()(const State& s, int64_t i, acc_t& sum_gxhat, acc_t& sum_g) const {
+    const acc_t xv = static_cast<acc_t>(x[i]);
+    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * s.scale + s.shift);
+    if constexpr (kWriteGradInput) gx[i] = static_cast<scalar_t>(g * s.scale);
+    sum_g += g;
+    sum_gxhat += g * (xv - s.mu) * s.rstd;
+  }
+};
+
+template <typename acc_t>
+struct StoreSums {
+  acc_t *sum0, *sum1;
+  __device__ void operator()(int64_t c, double a, double b) const {
+    sum0[c] = static_cast<acc_t>(a);
+    sum1[c] = static_cast<acc_t>(b);
+  }
+};
+
+// Terms of the batch statistics: shifted sums of x - K_c and (x - K_c)^2, with K_c the channel's
+// first element, so that a large mean does not cancel the variance away (mean 1e4, std 1 is fine).
+template <typename scalar_t, typename acc_t>
+struct ShiftedMomentTerms {
+  const scalar_t* __restrict__ x;  // (N, C, HW) dense
+  int64_t first_stride;            // offset of channel c's first element: c * first_stride
+  __device__ acc_t begin(int64_t c) const { return static_cast<acc_t>(x[c * first_stride]); }
+  __device__ void operator()(acc_t K, int64_t i, acc_t& s1, acc_t& s2) const {
+    const acc_t d = static_cast<acc_t>(x[i]) - K;
+    s1 += d;
+    s2 += d * d;
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct StoreMeanVar {
+  const scalar_t* __restrict__ x;
+  int64_t first_stride;
+  double count;
+  acc_t *mean, *var;  // (C,): batch mean and biased variance
+  __device__ void operator()(int64_t c, double s1, double s2) const {
+    const double K = static_cast<double>(static_cast<acc_t>(x[c * first_stride]));
+    mean[c] = static_cast<acc_t>(K + s1 / count);
+    var[c] = static_cast<acc_t>(fmax(0.0, (s2 - s1 * s1 / count) / count));
+  }
+};
+
+// Training backward, pass 2: grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M).
+// channels_last: threadIdx.x walks channels (coefficients folded once per thread), rows strided.
+template <typename scalar_t, typename acc_t, Act A>
+struct TrainInputGrad {
+  const scalar_t* __restrict__ gy;
+  const scalar_t* __restrict__ x;
+  scalar_t* __restrict__ gx;
+  const acc_t *mean, *var, *weight, *bias, *sum_gxhat, *sum_g;
+  acc_t eps, inv_count;
+  struct State {
+    acc_t rstd, scale, shift, mu, mean_g, mean_gxhat;
+  };
+  __device__ State begin(int64_t c) const {
+    State s;
+    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
+    s.mu = mean[c];
+    s.mean_g = sum_g[c] * inv_count;
+    s.mean_gxhat = sum_gxhat[c] * inv_count;
+    return s;
+  }
+  __device__ void operator()(const State& s, int64_t i) const {
+    const acc_t xv = static_cast<acc_t>(x[i]);
+    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * s.scale + s.shift);
+    gx[i] = static_cast<scalar_t>(s.scale * (g - s.mean_g - (xv - s.mu) * s.rstd * s.mean_gxhat));
+  }
+};
+
+template <typename Elementwise>
+__global__ void per_channel_nhwc_kernel(Elementwise op, int64_t M, int64_t C) {
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const auto state = op.begin(c);
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; m < M;
+       m += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    op(state, m * C + c);
+  }
+}
+
+// NCHW: blockIdx.x is the (n, c) plane, blockIdx.y a chunk of its HW elements.
+template <typename Elementwise>
+__global__ void per_channel_nchw_kernel(Elementwise op, int64_t C, int64_t HW) {
+  const int64_t plane = blockIdx.x;
+  const auto state = op.begin(plane % C);
+  for (int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; p < HW;
+       p += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+    op(state, plane * HW + p);
+  }
+}
+
+template <typename Elementwise>
+void launch_per_channel(const ChannelLayout& L, const Elementwise& op) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (L.channels_last) {
+    const int tx = static_cast<int>(std::min<int64_t>(32, L.C));
+    const int ty = kThreads / tx;
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(L.rows(), ty * 4), 1 << 20)),
+                    static_cast<unsigned>(ceil_div(L.C, tx)));
+    TORCH_CHECK(grid.y <= 65535, "batch_norm_act: too many channels for one launch (", L.C, ")");
+    per_channel_nhwc_kernel<<<grid, dim3(tx, ty), 0, stream>>>(op, L.rows(), L.C);
+  } else {
+    const int64_t planes = L.N * L.C;
+    TORCH_CHECK(planes < (int64_t(1) << 31), "batch_norm_act: too many (n, c) planes for one launch");
+    const dim3 grid(static_cast<unsigned>(planes),
+                    static_cast<unsigned>(std::min<int64_t>(ceil_div(L.HW, kThreads * 4), 65535)));
+    per_channel_nchw_kernel<<<grid, kThreads, 0, stream>>>(op, L.C, L.HW);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, Act A>
@@ -235,39 +373,17 @@ void launch_forward(const BatchNormEvalArgs& a, at::Tensor& out) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, Act A>
-void launch_backward(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
-                     at::Tensor& sum_gxhat, at::Tensor& sum_g) {
+// Reduction pass of the backward (and, in eval mode, grad_input in the same pass).
+template <typename scalar_t, Act A, bool kWriteGradInput>
+void launch_backward_reduce(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
+                            at::Tensor& sum_gxhat, at::Tensor& sum_g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const ChannelLayout& L = a.layout;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t M = L.rows();
-  const int64_t tiles = reduction_tiles(M);
-  const int64_t per_tile = ceil_div(std::max<int64_t>(M, 1), tiles);
-  at::Tensor partial = at::empty({2, tiles, L.C}, sum_g.options());
-  acc_t* p_gxhat = partial[0].data_ptr<acc_t>();
-  acc_t* p_g = partial[1].data_ptr<acc_t>();
-  const acc_t* mean = a.mean.data_ptr<acc_t>();
-  const acc_t* var = a.var.data_ptr<acc_t>();
-  const acc_t* w = data_or_null<acc_t>(a.weight);
-  const acc_t* b = data_or_null<acc_t>(a.bias);
-  const acc_t eps = static_cast<acc_t>(a.eps);
-  TORCH_CHECK(tiles <= 65535, "batch_norm_act: internal tile count out of range");
-  if (L.channels_last) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(L.C, 32)), static_cast<unsigned>(tiles));
-    batch_norm_act_eval_bwd_nhwc_kernel<scalar_t, acc_t, A><<<grid, dim3(32, 8), 0, stream>>>(
-        grad_out.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), mean, var, w, b,
-        eps, M, L.C, per_tile, p_gxhat, p_g);
-  } else {
-    const dim3 grid(static_cast<unsigned>(L.C), static_cast<unsigned>(tiles));
-    batch_norm_act_eval_bwd_nchw_kernel<scalar_t, acc_t, A><<<grid, kThreads, 0, stream>>>(
-        grad_out.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), mean, var, w, b,
-        eps, M, L.C, L.HW, per_tile, p_gxhat, p_g);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sum_tiles_kernel<acc_t><<<static_cast<unsigned>(ceil_div(L.C, kThreads)), kThreads, 0, stream>>>(
-      p_gxhat, p_g, tiles, L.C, sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const BackwardTerms<scalar_t, acc_t, A, kWriteGradInput> terms{
+      grad_out.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(),
+      kWriteGradInput ? grad_in.data_ptr<scalar_t>() : nullptr, a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(),
+      data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias), static_cast<acc_t>(a.eps)};
+  reduce_channels<acc_t>(a.layout, sum_g.options(), terms,
+                         StoreSums<acc_t>{sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>()});
 }
 
 at::Tensor batch_norm_act_eval_cuda(const at::Tensor& input, const at::Tensor& running_mean,
@@ -301,7 +417,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_eval_backward_cuda
   at::Tensor sum_g = at::zeros({a.layout.C}, acc_opts);
   if (input.numel() == 0) return {grad_in, sum_gxhat, sum_g};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_eval_backward_cuda", [&] {
-    MK_DISPATCH_ACTIVATION(a.act, [&] { launch_backward<scalar_t, kAct>(a, gy, grad_in, sum_gxhat, sum_g); });
+    MK_DISPATCH_ACTIVATION(a.act, [&] { launch_backward_reduce<scalar_t, kAct, true>(a, gy, grad_in, sum_gxhat, sum_g); });
+  });
+  return {grad_in, sum_gxhat, sum_g};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_cuda(const at::Tensor& input,
+                                                                         const c10::optional<at::Tensor>& weight,
+                                                                         const c10::optional<at::Tensor>& bias,
+                                                                         double eps, c10::string_view activation) {
+  check_batch_norm_train(input, weight, bias, eps, std::string(activation));
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto fmt = output_memory_format(input);
+  const at::Tensor x = input.contiguous(fmt);
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor mean = at::zeros({input.size(1)}, acc_opts);
+  at::Tensor var = at::zeros({input.size(1)}, acc_opts);
+  if (input.numel() == 0) return {at::empty(input.sizes(), input.options().memory_format(fmt)), mean, var};
+  const ChannelLayout L = channel_layout(x, fmt);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_stats_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const int64_t first_stride = L.channels_last ? 1 : L.HW;
+    reduce_channels<acc_t>(L, acc_opts, ShiftedMomentTerms<scalar_t, acc_t>{xp, first_stride},
+                           StoreMeanVar<scalar_t, acc_t>{xp, first_stride, static_cast<double>(L.rows()),
+                                                         mean.data_ptr<acc_t>(), var.data_ptr<acc_t>()});
+  });
+  return {batch_norm_act_eval_cuda(x, mean, var, weight, bias, eps, activation), mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
+    c10::string_view activation) {
+  check_batch_norm_eval(input, mean, var, weight, bias, eps, std::string(activation));
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto a = prepare_batch_norm_eval(input, mean, var, weight, bias, eps, std::string(activation));
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
+                    grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
+                   input.scalar_type(), ", got ", grad_output.scalar_type());
+  const at::Tensor gy = grad_output.contiguous(a.format);
+  at::Tensor grad_in = at::empty(input.sizes(), input.options().memory_format(a.format));
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor sum_gxhat = at::zeros({a.layout.C}, acc_opts);
+  at::Tensor sum_g = at::zeros({a.layout.C}, acc_opts);
+  if (input.numel() == 0) return {grad_in, sum_gxhat, sum_g};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_train_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    MK_DISPATCH_ACTIVATION(a.act, [&] {
+      launch_backward_reduce<scalar_t, kAct, false>(a, gy, grad_in, sum_gxhat, sum_g);
+      launch_per_channel(a.layout, TrainInputGrad<scalar_t, acc_t, kAct>{
+          gy.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(),
+          a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight),
+          data_or_null<acc_t>(a.bias), sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(),
+          static_cast<acc_t>(a.eps), static_cast<acc_t>(1.0 / static_cast<double>(a.layout.rows()))});
+    });
   });
   return {grad_in, sum_gxhat, sum_g};
 }
@@ -311,6 +482,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_eval_backward_cuda
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CUDA, m) {
   m.impl("batch_norm_act_eval", &batch_norm_act_eval_cuda);
   m.impl("batch_norm_act_eval_backward", &batch_norm_act_eval_backward_cuda);
+  m.impl("batch_norm_act_train", &batch_norm_act_train_cuda);
+  m.impl("batch_norm_act_train_backward", &batch_norm_act_train_backward_cuda);
 }
 
 }  // namespace mobilenet_kernels

@@ -1,4 +1,4 @@
-"""batch_norm_act: registration of fakes, autograd and the Triton kernels.
+"""batch_norm_act: registration of fakes, autograd and the Triton kernels, eval and training.
 
 Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/batch_norm_act.*.
 Autocast policy: none registered on purpose. The op accepts mixed dtypes (bf16/fp16 input with
@@ -62,6 +62,88 @@ def _make_backward(backward_op):
 
 
 register_twins("batch_norm_act_eval", _fake, _backward_fake, _make_backward, _setup_context)
+
+
+# ----------------------------------------------------------------------------- training mode
+
+
+def check_batch_norm_train_args(input, weight, bias, eps, activation) -> None:
+    check_floating(input, "input")
+    if input.dim() < 2:
+        raise ValueError(f"input: expected a tensor of shape (N, C, ...), got {tuple(input.shape)}")
+    check_per_channel(weight, "weight", input)
+    check_per_channel(bias, "bias", input)
+    if eps < 0:
+        raise ValueError(f"eps: expected a non-negative value, got {eps}")
+    check_activation(activation)
+    if input.numel() != 0 and input.numel() // input.shape[1] <= 1:
+        raise ValueError(f"input: Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
+
+
+def _train_fake(input, weight, bias, eps, activation):
+    check_batch_norm_train_args(input, weight, bias, eps, activation)
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return empty_like_output(input), input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
+
+
+def _train_backward_fake(grad_output, input, weight, bias, mean, var, eps, activation):
+    check_batch_norm_train_args(input, weight, bias, eps, activation)
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return empty_like_output(input), input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
+
+
+def _train_setup_context(ctx, inputs, output):
+    input, weight, bias, eps, activation = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(input, weight, bias, mean, var)
+    ctx.eps = eps
+    ctx.activation = activation
+
+
+def _make_train_backward(backward_op):
+    def backward(ctx, grad_output, _grad_mean, _grad_var):
+        input, weight, bias, mean, var = ctx.saved_tensors
+        grad_input, sum_g_xhat, sum_g = backward_op(grad_output, input, weight, bias, mean, var, ctx.eps, ctx.activation)
+        needs = ctx.needs_input_grad
+        grad_weight = sum_g_xhat.to(weight.dtype) if needs[1] else None
+        grad_bias = sum_g.to(bias.dtype) if needs[2] else None
+        return grad_input if needs[0] else None, grad_weight, grad_bias, None, None
+
+    return backward
+
+
+register_twins("batch_norm_act_train", _train_fake, _train_backward_fake, _make_train_backward, _train_setup_context)
+
+
+@torch.library.register_kernel("mobilenet_kernels::batch_norm_act_train_triton", ("cpu", "cuda"))
+def _triton_train_forward(input, weight, bias, eps, activation):
+    from ..triton.batch_norm_act import batch_norm_act_eval_fwd, batch_stats
+
+    check_batch_norm_train_args(input, weight, bias, eps, activation)
+    fmt = output_memory_format(input)
+    x = input.contiguous(memory_format=fmt)
+    mean, var = batch_stats(x)
+    return batch_norm_act_eval_fwd(x, mean, var, weight, bias, eps, activation, fmt), mean, var
+
+
+@torch.library.register_kernel("mobilenet_kernels::batch_norm_act_train_backward_triton", ("cpu", "cuda"))
+def _triton_train_backward(grad_output, input, weight, bias, mean, var, eps, activation):
+    from ..triton.batch_norm_act import batch_norm_act_train_bwd
+
+    check_batch_norm_train_args(input, weight, bias, eps, activation)
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    fmt = output_memory_format(input)
+    return batch_norm_act_train_bwd(
+        grad_output.contiguous(memory_format=fmt), input.contiguous(memory_format=fmt),
+        mean, var, weight, bias, eps, activation, fmt,
+    )
+
+
+# ----------------------------------------------------------------------------- Triton, eval mode
 
 
 @torch.library.register_kernel("mobilenet_kernels::batch_norm_act_eval_triton", ("cpu", "cuda"))

@@ -1,8 +1,11 @@
-"""batch_norm_act (eval), Triton kernels and launchers.
+"""batch_norm_act, Triton kernels and launchers.
 
-Fuses: BatchNorm with running statistics (folded per program to one per-channel scale/shift) +
-       activation, forward; backward writes grad_input and per-program partial sums of g * x_hat and
-       g (g = grad_output * act'(z)), summed per channel afterwards in a fixed order.
+Eval: BatchNorm with running statistics (folded per program to one per-channel scale/shift) +
+      activation, forward; backward writes grad_input and per-program partial sums of g * x_hat and
+      g (g = grad_output * act'(z)), summed per channel afterwards in a fixed order.
+Train: forward = a statistics pass (per-program shifted sums, merged in float64) + the eval apply
+       kernel on the batch statistics; backward = the eval reduction (without grad_input) + a
+       grad_input pass.
 Layouts: any (N, C, *) tensor made dense as NCHW or channels_last; a program owns a
          [BLOCK_M pixels x BLOCK_C channels] tile addressed through (n, c, pixel) strides.
 dtypes: float64, float32, float16, bfloat16; arithmetic in float32 (float64 for float64 input).
@@ -71,11 +74,11 @@ def _batch_norm_act_eval_fwd_kernel(
 
 @triton.jit
 def _batch_norm_act_eval_bwd_kernel(
-    gy_ptr, x_ptr, gx_ptr,  # (N, C, HW) dense, same strides
+    gy_ptr, x_ptr, gx_ptr,  # (N, C, HW) dense, same strides (gx written only if WRITE_GX)
     mean_ptr, var_ptr, w_ptr, b_ptr,  # (C,), accumulation dtype
     partial_ptr,  # (2, num_programs_m, C), accumulation dtype: sum g * x_hat, sum g
     M, C, HW, stride_n, stride_c, stride_p, eps,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, WRITE_GX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -89,11 +92,57 @@ def _batch_norm_act_eval_bwd_kernel(
     gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
     g = gy * act_derivative(x * scale[None, :] + shift[None, :], ACT)
     g = tl.where(mask, g, 0.0)
-    tl.store(gx_ptr + offs, (g * scale[None, :]).to(gx_ptr.dtype.element_ty), mask=mask)
+    if WRITE_GX:
+        tl.store(gx_ptr + offs, (g * scale[None, :]).to(gx_ptr.dtype.element_ty), mask=mask)
     x_hat = (x - mean[None, :]) * rstd[None, :]
     partial_row = pid_m.to(tl.int64) * C + cols
     tl.store(partial_ptr + partial_row, tl.sum(g * x_hat, axis=0), mask=col_mask)
     tl.store(partial_ptr + tl.num_programs(0).to(tl.int64) * C + partial_row, tl.sum(g, axis=0), mask=col_mask)
+
+
+@triton.jit
+def _batch_stats_kernel(
+    x_ptr,  # (N, C, HW) dense
+    partial_ptr,  # (2, num_programs_m, C) fp32/fp64: sum of x - K_c and of (x - K_c)^2
+    M, C, HW, stride_n, stride_c, stride_p,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """Shifted sums: K_c is channel c's first element, so a large mean does not cancel the variance."""
+    pid_m = tl.program_id(0)
+    offs, cols, col_mask, mask = _tile_offsets(
+        pid_m, tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+    )
+    k = tl.load(x_ptr + cols.to(tl.int64) * stride_c, mask=col_mask, other=0.0).to(ACC)
+    d = tl.where(mask, tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC) - k[None, :], 0.0)
+    partial_row = pid_m.to(tl.int64) * C + cols
+    tl.store(partial_ptr + partial_row, tl.sum(d, axis=0), mask=col_mask)
+    tl.store(partial_ptr + tl.num_programs(0).to(tl.int64) * C + partial_row, tl.sum(d * d, axis=0), mask=col_mask)
+
+
+@triton.jit
+def _batch_norm_act_train_dx_kernel(
+    gy_ptr, x_ptr, gx_ptr,  # (N, C, HW) dense, same strides
+    mean_ptr, var_ptr, w_ptr, b_ptr,  # (C,), accumulation dtype
+    sum_gxhat_ptr, sum_g_ptr,  # (C,), accumulation dtype
+    M, C, HW, stride_n, stride_c, stride_p, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M)."""
+    offs, cols, col_mask, mask = _tile_offsets(
+        tl.program_id(0), tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+    )
+    mean, rstd, scale, shift = _fold_batch_norm(
+        mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS
+    )
+    mean_g = tl.load(sum_g_ptr + cols, mask=col_mask, other=0.0) / M
+    mean_gxhat = tl.load(sum_gxhat_ptr + cols, mask=col_mask, other=0.0) / M
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
+    gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
+    g = gy * act_derivative(x * scale[None, :] + shift[None, :], ACT)
+    x_hat = (x - mean[None, :]) * rstd[None, :]
+    gx = scale[None, :] * (g - mean_g[None, :] - x_hat * mean_gxhat[None, :])
+    tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
 def _blocks(M: int, C: int) -> tuple[int, int]:
@@ -156,8 +205,52 @@ def batch_norm_act_eval_bwd(gy, x, mean, var, weight, bias, eps, activation, mem
     partial = torch.empty((2, grid[0], C), dtype=acc, device=x.device)
     _batch_norm_act_eval_bwd_kernel[grid](
         gy, x, gx, mean, var, w, b, partial, M, C, HW, sn, sc, sp, eps,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation),
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation), WRITE_GX=True,
         BLOCK_M=block_m, BLOCK_C=block_c,
     )
     # Stage 2: a fixed-order reduction over the programs' partial rows (deterministic).
     return gx.to(x.dtype), partial[0].sum(dim=0), partial[1].sum(dim=0)
+
+
+def batch_stats(x):
+    """Batch mean and biased variance per channel of x (dense NCHW or channels_last), in the
+    accumulation dtype: per-program shifted sums, merged in float64 in a fixed order."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    M, C, HW, sn, sc, sp = _geometry(x)
+    if x.numel() == 0:
+        return torch.zeros(C, dtype=acc, device=x.device), torch.zeros(C, dtype=acc, device=x.device)
+    block_m, block_c = _blocks(M, C)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
+    partial = torch.empty((2, grid[0], C), dtype=acc, device=x.device)
+    _batch_stats_kernel[grid](x, partial, M, C, HW, sn, sc, sp, BLOCK_M=block_m, BLOCK_C=block_c,
+                              ACC=tl.float64 if acc == torch.float64 else tl.float32)
+    k = x[0].reshape(C, -1)[:, 0].double()
+    s1, s2 = partial.double().sum(dim=1)
+    mean = k + s1 / M
+    var = ((s2 - s1 * s1 / M) / M).clamp_min(0)
+    return mean.to(acc), var.to(acc)
+
+
+def batch_norm_act_train_bwd(gy, x, mean, var, weight, bias, eps, activation, memory_format):
+    """gy, x dense in ``memory_format``; mean, var the batch statistics of the forward.
+    Returns (grad_input, sum g * x_hat, sum g)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
+    M, C, HW, sn, sc, sp = _geometry(x)
+    if x.numel() == 0:
+        zeros = torch.zeros(C, dtype=acc, device=x.device)
+        return gx.to(x.dtype), zeros, zeros.clone()
+    mean, var = _acc(mean, acc), _acc(var, acc)
+    w = _acc(weight, acc) if weight is not None else mean
+    b = _acc(bias, acc) if bias is not None else mean
+    block_m, block_c = _blocks(M, C)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
+    flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation),
+                 BLOCK_M=block_m, BLOCK_C=block_c)
+    partial = torch.empty((2, grid[0], C), dtype=acc, device=x.device)
+    _batch_norm_act_eval_bwd_kernel[grid](gy, x, gx, mean, var, w, b, partial, M, C, HW, sn, sc, sp, eps,
+                                          WRITE_GX=False, **flags)
+    sum_gxhat, sum_g = partial[0].sum(dim=0), partial[1].sum(dim=0)
+    _batch_norm_act_train_dx_kernel[grid](gy, x, gx, mean, var, w, b, sum_gxhat, sum_g,
+                                          M, C, HW, sn, sc, sp, eps, **flags)
+    return gx.to(x.dtype), sum_gxhat, sum_g
