@@ -101,7 +101,10 @@ def _extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 from torch 2.13).
-    cxx_flags += ["-fopenmp"]
+    # -fno-trapping-math lets GCC if-convert the activations' branches and vectorize them (it will
+    # not speculate a float multiply that might trap otherwise); it changes no result: no
+    # reassociation, no fast-math. 10x on the CPU backward kernels.
+    cxx_flags += ["-fopenmp", "-fno-trapping-math"]
     extra_link = ["-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
 

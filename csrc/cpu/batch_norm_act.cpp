@@ -27,6 +27,10 @@ constexpr int64_t kGrainElements = 32768;
 // Reductions over channels_last rows use chunks fixed by the shape (never by the thread count).
 int64_t channels_last_rows_per_chunk(int64_t M) { return std::max<int64_t>(256, (M + 1023) / 1024); }
 
+// Inner loops carry `#pragma omp simd`: it lets the compiler vectorize the per-channel sums (a
+// floating-point reduction it would otherwise keep scalar without -ffast-math) and if-convert the
+// activations' branches. The lane order is fixed by the compiled code, so results are still
+// bitwise identical from run to run and for any thread count.
 template <typename acc_t>
 struct ScaleShift {
   std::vector<acc_t> rstd, scale, shift;
@@ -58,11 +62,14 @@ void batch_norm_act_eval_fwd_kernel(const BatchNormEvalArgs& a, at::Tensor& out)
   if (L.channels_last) {
     at::parallel_for(0, L.rows(), std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1)),
                      [&](int64_t begin, int64_t end) {
+                       const acc_t* __restrict__ sc = scale;
+                       const acc_t* __restrict__ sh = shift;
                        for (int64_t m = begin; m < end; ++m) {
-                         const scalar_t* xr = x + m * C;
-                         scalar_t* yr = y + m * C;
+                         const scalar_t* __restrict__ xr = x + m * C;
+                         scalar_t* __restrict__ yr = y + m * C;
+#pragma omp simd
                          for (int64_t c = 0; c < C; ++c) {
-                           yr[c] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(xr[c]) * scale[c] + shift[c]));
+                           yr[c] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(xr[c]) * sc[c] + sh[c]));
                          }
                        }
                      });
@@ -71,8 +78,9 @@ void batch_norm_act_eval_fwd_kernel(const BatchNormEvalArgs& a, at::Tensor& out)
                      [&](int64_t begin, int64_t end) {
                        for (int64_t plane = begin; plane < end; ++plane) {
                          const acc_t s = scale[plane % C], t = shift[plane % C];
-                         const scalar_t* xp = x + plane * HW;
-                         scalar_t* yp = y + plane * HW;
+                         const scalar_t* __restrict__ xp = x + plane * HW;
+                         scalar_t* __restrict__ yp = y + plane * HW;
+#pragma omp simd
                          for (int64_t i = 0; i < HW; ++i) {
                            yp[i] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(xp[i]) * s + t));
                          }
@@ -105,11 +113,15 @@ void batch_norm_act_bwd_reduce_kernel(const BatchNormEvalArgs& a, const at::Tens
         double total_gxhat = 0, total_g = 0;
         for (int64_t n = 0; n < L.N; ++n) {
           const int64_t base = (n * C + c) * HW;
+          const scalar_t* __restrict__ xp = x + base;
+          const scalar_t* __restrict__ gyp = gy + base;
+          scalar_t* __restrict__ gxp = kWriteGradInput ? gx + base : nullptr;
           acc_t part_gxhat = 0, part_g = 0;
+#pragma omp simd reduction(+ : part_gxhat, part_g)
           for (int64_t i = 0; i < HW; ++i) {
-            const acc_t xv = static_cast<acc_t>(x[base + i]);
-            const acc_t g = static_cast<acc_t>(gy[base + i]) * act_derivative<A>(xv * s + t);
-            if constexpr (kWriteGradInput) gx[base + i] = static_cast<scalar_t>(g * s);
+            const acc_t xv = static_cast<acc_t>(xp[i]);
+            const acc_t g = static_cast<acc_t>(gyp[i]) * act_derivative<A>(xv * s + t);
+            if constexpr (kWriteGradInput) gxp[i] = static_cast<scalar_t>(g * s);
             part_g += g;
             part_gxhat += g * (xv - mu) * rstd;
           }
@@ -130,17 +142,24 @@ void batch_norm_act_bwd_reduce_kernel(const BatchNormEvalArgs& a, const at::Tens
   std::vector<acc_t> partial(static_cast<size_t>(chunks * 2 * C), acc_t(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      acc_t* p_gxhat = partial.data() + k * 2 * C;
-      acc_t* p_g = p_gxhat + C;
+      acc_t* __restrict__ p_gxhat = partial.data() + k * 2 * C;
+      acc_t* __restrict__ p_g = p_gxhat + C;
+      const acc_t* __restrict__ sc = ss.scale.data();
+      const acc_t* __restrict__ sh = ss.shift.data();
+      const acc_t* __restrict__ rs = ss.rstd.data();
+      const acc_t* __restrict__ mu = mean;
       const int64_t m_end = std::min(M, (k + 1) * rows_per_chunk);
       for (int64_t m = k * rows_per_chunk; m < m_end; ++m) {
+        const scalar_t* __restrict__ xr = x + m * C;
+        const scalar_t* __restrict__ gyr = gy + m * C;
+        scalar_t* __restrict__ gxr = kWriteGradInput ? gx + m * C : nullptr;
+#pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const int64_t i = m * C + c;
-          const acc_t xv = static_cast<acc_t>(x[i]);
-          const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * ss.scale[c] + ss.shift[c]);
-          if constexpr (kWriteGradInput) gx[i] = static_cast<scalar_t>(g * ss.scale[c]);
+          const acc_t xv = static_cast<acc_t>(xr[c]);
+          const acc_t g = static_cast<acc_t>(gyr[c]) * act_derivative<A>(xv * sc[c] + sh[c]);
+          if constexpr (kWriteGradInput) gxr[c] = static_cast<scalar_t>(g * sc[c]);
           p_g[c] += g;
-          p_gxhat[c] += g * (xv - mean[c]) * ss.rstd[c];
+          p_gxhat[c] += g * (xv - mu[c]) * rs[c];
         }
       }
     }
@@ -176,8 +195,9 @@ void batch_stats_kernel(const at::Tensor& x_dense, const ChannelLayout& L, at::T
         const acc_t K = static_cast<acc_t>(x[c * HW]);
         double s1 = 0, s2 = 0;
         for (int64_t n = 0; n < L.N; ++n) {
-          const scalar_t* xp = x + (n * C + c) * HW;
+          const scalar_t* __restrict__ xp = x + (n * C + c) * HW;
           acc_t p1 = 0, p2 = 0;
+#pragma omp simd reduction(+ : p1, p2)
           for (int64_t i = 0; i < HW; ++i) {
             const acc_t d = static_cast<acc_t>(xp[i]) - K;
             p1 += d;
@@ -194,14 +214,18 @@ void batch_stats_kernel(const at::Tensor& x_dense, const ChannelLayout& L, at::T
   const int64_t rows_per_chunk = channels_last_rows_per_chunk(M);
   const int64_t chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<acc_t> partial(static_cast<size_t>(chunks * 2 * C), acc_t(0));
+  std::vector<acc_t> first(x, x + C);  // K_c: row 0
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      acc_t* p1 = partial.data() + k * 2 * C;
-      acc_t* p2 = p1 + C;
+      acc_t* __restrict__ p1 = partial.data() + k * 2 * C;
+      acc_t* __restrict__ p2 = p1 + C;
+      const acc_t* __restrict__ shift = first.data();
       const int64_t m_end = std::min(M, (k + 1) * rows_per_chunk);
       for (int64_t m = k * rows_per_chunk; m < m_end; ++m) {
+        const scalar_t* __restrict__ xr = x + m * C;
+#pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t d = static_cast<acc_t>(x[m * C + c]) - static_cast<acc_t>(x[c]);
+          const acc_t d = static_cast<acc_t>(xr[c]) - shift[c];
           p1[c] += d;
           p2[c] += d * d;
         }
@@ -214,7 +238,7 @@ void batch_stats_kernel(const at::Tensor& x_dense, const ChannelLayout& L, at::T
       s1 += partial[k * 2 * C + c];
       s2 += partial[k * 2 * C + C + c];
     }
-    finish(c, static_cast<acc_t>(x[c]), s1, s2);
+    finish(c, first[c], s1, s2);
   }
 }
 
@@ -232,27 +256,37 @@ void batch_norm_act_train_dx_kernel(const BatchNormEvalArgs& a, const at::Tensor
     mean_g[c] = sum_g.data_ptr<acc_t>()[c] * inv_m;
     mean_gxhat[c] = sum_gxhat.data_ptr<acc_t>()[c] * inv_m;
   }
-  const acc_t* mean = a.mean.data_ptr<acc_t>();
-  const scalar_t* x = a.input.data_ptr<scalar_t>();
-  const scalar_t* gy = grad_out.data_ptr<scalar_t>();
-  scalar_t* gx = grad_in.data_ptr<scalar_t>();
+  const acc_t* __restrict__ mean = a.mean.data_ptr<acc_t>();
+  const acc_t* __restrict__ sc = ss.scale.data();
+  const acc_t* __restrict__ sh = ss.shift.data();
+  const acc_t* __restrict__ rs = ss.rstd.data();
+  const acc_t* __restrict__ mg = mean_g.data();
+  const acc_t* __restrict__ mgx = mean_gxhat.data();
+  const scalar_t* __restrict__ x = a.input.data_ptr<scalar_t>();
+  const scalar_t* __restrict__ gy = grad_out.data_ptr<scalar_t>();
+  scalar_t* __restrict__ gx = grad_in.data_ptr<scalar_t>();
   auto dx = [&](int64_t i, int64_t c) {
     const acc_t xv = static_cast<acc_t>(x[i]);
-    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * ss.scale[c] + ss.shift[c]);
-    const acc_t x_hat = (xv - mean[c]) * ss.rstd[c];
-    gx[i] = static_cast<scalar_t>(ss.scale[c] * (g - mean_g[c] - x_hat * mean_gxhat[c]));
+    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * sc[c] + sh[c]);
+    const acc_t x_hat = (xv - mean[c]) * rs[c];
+    gx[i] = static_cast<scalar_t>(sc[c] * (g - mg[c] - x_hat * mgx[c]));
   };
   if (L.channels_last) {
     at::parallel_for(0, L.rows(), std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1)),
                      [&](int64_t begin, int64_t end) {
-                       for (int64_t m = begin; m < end; ++m)
+                       for (int64_t m = begin; m < end; ++m) {
+#pragma omp simd
                          for (int64_t c = 0; c < C; ++c) dx(m * C + c, c);
+                       }
                      });
   } else {
     at::parallel_for(0, L.N * C, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(HW, 1)),
                      [&](int64_t begin, int64_t end) {
-                       for (int64_t plane = begin; plane < end; ++plane)
-                         for (int64_t i = 0; i < HW; ++i) dx(plane * HW + i, plane % C);
+                       for (int64_t plane = begin; plane < end; ++plane) {
+                         const int64_t c = plane % C;
+#pragma omp simd
+                         for (int64_t i = 0; i < HW; ++i) dx(plane * HW + i, c);
+                       }
                      });
   }
 }
