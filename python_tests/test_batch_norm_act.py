@@ -122,7 +122,7 @@ def test_backward_fp32_matches_reference(backend, act, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish", "hardsigmoid", "silu"])
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_gradcheck_fp64_every_input(backend, act, layout, device):
     skip_unless_usable(backend, device)
@@ -366,7 +366,7 @@ def test_training_statistics_survive_a_large_mean(backend, layout, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish", "hardsigmoid", "silu", "identity"])
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_training_gradcheck_fp64(backend, act, layout, device):
     skip_unless_usable(backend, device)
