@@ -47,6 +47,18 @@ def reference64(x, mean, var, weight, bias, eps, act):
     return batch_norm_act_ref(x, mean, var, weight, bias, False, 0.1, eps, act, upcast=True).double()
 
 
+def assert_bitwise_repeatable(run):
+    """Two runs of ``run()`` under torch.use_deterministic_algorithms(True) give identical bits."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = run(), run()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 def max_err(a, b):
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
@@ -180,14 +192,7 @@ def test_backward_is_bitwise_deterministic(backend, layout, device):
         y = MF.batch_norm_act(x, *params, False, 0.1, 1e-5, "hardswish", backend=backend)
         return torch.autograd.grad(y, (x, *params), grad)
 
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        first, second = run(), run()
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_bitwise_repeatable(run)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -389,14 +394,7 @@ def test_training_is_bitwise_deterministic(backend, layout, device):
         y = MF.batch_norm_act(x, rm, rv, w, b, True, 0.1, 1e-5, "hardswish", backend=backend)
         return (y, rm, rv, *torch.autograd.grad(y, (x, w, b), grad))
 
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        first, second = run(), run()
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_bitwise_repeatable(run)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
