@@ -165,49 +165,52 @@ def _store_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.device.type == "cpu" and t.dtype == torch.bfloat16 else t.dtype
 
 
-def _acc(t: torch.Tensor, acc_dtype: torch.dtype) -> torch.Tensor:
-    return t.to(acc_dtype).contiguous()
+class _Launch:
+    """What every launcher derives from a dense x: the geometry arguments, the grid, the per-channel
+    parameters in the accumulation dtype (a missing weight/bias is passed as a dummy pointer that
+    HAS_WEIGHT/HAS_BIAS keep unread), and the constexpr flags."""
+
+    def __init__(self, x, mean=None, var=None, weight=None, bias=None, activation="identity"):
+        self.acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        M, C, HW, sn, sc, sp = _geometry(x)
+        self.C = C
+        self.geometry = (M, C, HW, sn, sc, sp)
+        block_m, block_c = _blocks(M, C)
+        self.grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
+        self.blocks = dict(BLOCK_M=block_m, BLOCK_C=block_c)
+        if mean is not None:
+            mean, var = (t.to(self.acc).contiguous() for t in (mean, var))
+            w = weight.to(self.acc).contiguous() if weight is not None else mean
+            b = bias.to(self.acc).contiguous() if bias is not None else mean
+            self.params = (mean, var, w, b)
+        self.flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation),
+                          **self.blocks)
+
+    def zeros(self, device):
+        return torch.zeros(self.C, dtype=self.acc, device=device)
+
+    def partials(self, device):
+        return torch.empty((2, self.grid[0], self.C), dtype=self.acc, device=device)
 
 
 def batch_norm_act_eval_fwd(x, mean, var, weight, bias, eps, activation, memory_format):
     """x dense in ``memory_format``; returns y in the same format."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
-    M, C, HW, sn, sc, sp = _geometry(x)
     if x.numel() == 0:
         return y.to(x.dtype)
-    mean, var = _acc(mean, acc), _acc(var, acc)
-    w = _acc(weight, acc) if weight is not None else mean
-    b = _acc(bias, acc) if bias is not None else mean
-    block_m, block_c = _blocks(M, C)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
-    _batch_norm_act_eval_fwd_kernel[grid](
-        x, y, mean, var, w, b, M, C, HW, sn, sc, sp, eps,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation),
-        BLOCK_M=block_m, BLOCK_C=block_c,
-    )
+    L = _Launch(x, mean, var, weight, bias, activation)
+    _batch_norm_act_eval_fwd_kernel[L.grid](x, y, *L.params, *L.geometry, eps, **L.flags)
     return y.to(x.dtype)
 
 
 def batch_norm_act_eval_bwd(gy, x, mean, var, weight, bias, eps, activation, memory_format):
     """gy, x dense in ``memory_format``; returns (grad_input, sum g * x_hat, sum g)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    L = _Launch(x, mean, var, weight, bias, activation)
     gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
-    M, C, HW, sn, sc, sp = _geometry(x)
     if x.numel() == 0:
-        zeros = torch.zeros(C, dtype=acc, device=x.device)
-        return gx.to(x.dtype), zeros, zeros.clone()
-    mean, var = _acc(mean, acc), _acc(var, acc)
-    w = _acc(weight, acc) if weight is not None else mean
-    b = _acc(bias, acc) if bias is not None else mean
-    block_m, block_c = _blocks(M, C)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
-    partial = torch.empty((2, grid[0], C), dtype=acc, device=x.device)
-    _batch_norm_act_eval_bwd_kernel[grid](
-        gy, x, gx, mean, var, w, b, partial, M, C, HW, sn, sc, sp, eps,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation), WRITE_GX=True,
-        BLOCK_M=block_m, BLOCK_C=block_c,
-    )
+        return gx.to(x.dtype), L.zeros(x.device), L.zeros(x.device)
+    partial = L.partials(x.device)
+    _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, gx, *L.params, partial, *L.geometry, eps, WRITE_GX=True, **L.flags)
     # Stage 2: a fixed-order reduction over the programs' partial rows (deterministic).
     return gx.to(x.dtype), partial[0].sum(dim=0), partial[1].sum(dim=0)
 
@@ -215,42 +218,29 @@ def batch_norm_act_eval_bwd(gy, x, mean, var, weight, bias, eps, activation, mem
 def batch_stats(x):
     """Batch mean and biased variance per channel of x (dense NCHW or channels_last), in the
     accumulation dtype: per-program shifted sums, merged in float64 in a fixed order."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    M, C, HW, sn, sc, sp = _geometry(x)
+    L = _Launch(x)
     if x.numel() == 0:
-        return torch.zeros(C, dtype=acc, device=x.device), torch.zeros(C, dtype=acc, device=x.device)
-    block_m, block_c = _blocks(M, C)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
-    partial = torch.empty((2, grid[0], C), dtype=acc, device=x.device)
-    _batch_stats_kernel[grid](x, partial, M, C, HW, sn, sc, sp, BLOCK_M=block_m, BLOCK_C=block_c,
-                              ACC=tl.float64 if acc == torch.float64 else tl.float32)
+        return L.zeros(x.device), L.zeros(x.device)
+    partial = L.partials(x.device)
+    acc = tl.float64 if L.acc == torch.float64 else tl.float32
+    _batch_stats_kernel[L.grid](x, partial, *L.geometry, ACC=acc, **L.blocks)
+    M, C = L.geometry[0], L.C
     k = x[0].reshape(C, -1)[:, 0].double()
     s1, s2 = partial.double().sum(dim=1)
     mean = k + s1 / M
     var = ((s2 - s1 * s1 / M) / M).clamp_min(0)
-    return mean.to(acc), var.to(acc)
+    return mean.to(L.acc), var.to(L.acc)
 
 
 def batch_norm_act_train_bwd(gy, x, mean, var, weight, bias, eps, activation, memory_format):
     """gy, x dense in ``memory_format``; mean, var the batch statistics of the forward.
     Returns (grad_input, sum g * x_hat, sum g)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    L = _Launch(x, mean, var, weight, bias, activation)
     gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
-    M, C, HW, sn, sc, sp = _geometry(x)
     if x.numel() == 0:
-        zeros = torch.zeros(C, dtype=acc, device=x.device)
-        return gx.to(x.dtype), zeros, zeros.clone()
-    mean, var = _acc(mean, acc), _acc(var, acc)
-    w = _acc(weight, acc) if weight is not None else mean
-    b = _acc(bias, acc) if bias is not None else mean
-    block_m, block_c = _blocks(M, C)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
-    flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation),
-                 BLOCK_M=block_m, BLOCK_C=block_c)
-    partial = torch.empty((2, grid[0], C), dtype=acc, device=x.device)
-    _batch_norm_act_eval_bwd_kernel[grid](gy, x, gx, mean, var, w, b, partial, M, C, HW, sn, sc, sp, eps,
-                                          WRITE_GX=False, **flags)
+        return gx.to(x.dtype), L.zeros(x.device), L.zeros(x.device)
+    partial = L.partials(x.device)
+    _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, gx, *L.params, partial, *L.geometry, eps, WRITE_GX=False, **L.flags)
     sum_gxhat, sum_g = partial[0].sum(dim=0), partial[1].sum(dim=0)
-    _batch_norm_act_train_dx_kernel[grid](gy, x, gx, mean, var, w, b, sum_gxhat, sum_g,
-                                          M, C, HW, sn, sc, sp, eps, **flags)
+    _batch_norm_act_train_dx_kernel[L.grid](gy, x, gx, *L.params, sum_gxhat, sum_g, *L.geometry, eps, **L.flags)
     return gx.to(x.dtype), sum_gxhat, sum_g
