@@ -69,6 +69,23 @@ inline void check_batch_norm_train(const at::Tensor& input, const c10::optional<
                     "input: Expected more than 1 value per channel when training, got input size ", input.sizes());
 }
 
+// The backward's operands: grad_output checked against input and made dense in input's format,
+// grad_input allocated in that format, and the two per-channel sums (accumulation dtype) zeroed.
+struct BackwardBuffers {
+  at::Tensor grad_out, grad_in, sum_gxhat, sum_g;
+};
+
+inline BackwardBuffers prepare_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                        const BatchNormEvalArgs& a) {
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
+                    grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
+                   input.scalar_type(), ", got ", grad_output.scalar_type());
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  return {grad_output.contiguous(a.format), at::empty(input.sizes(), input.options().memory_format(a.format)),
+          at::zeros({a.layout.C}, acc_opts), at::zeros({a.layout.C}, acc_opts)};
+}
+
 template <typename acc_t>
 inline const acc_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<acc_t>() : nullptr;

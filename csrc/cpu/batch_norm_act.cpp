@@ -307,15 +307,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_eval_backward_cpu(
     const at::Tensor& running_var, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
     double eps, c10::string_view activation) {
   const auto a = prepare_batch_norm_eval(input, running_mean, running_var, weight, bias, eps, std::string(activation));
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
-                    grad_output.sizes());
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
-                   input.scalar_type(), ", got ", grad_output.scalar_type());
-  const at::Tensor gy = grad_output.contiguous(a.format);
-  at::Tensor grad_in = at::empty(input.sizes(), input.options().memory_format(a.format));
-  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
-  at::Tensor sum_gxhat = at::empty({a.layout.C}, acc_opts);
-  at::Tensor sum_g = at::empty({a.layout.C}, acc_opts);
+  BackwardBuffers buf = prepare_backward(grad_output, input, a);
+  const at::Tensor& gy = buf.grad_out;
+  at::Tensor &grad_in = buf.grad_in, &sum_gxhat = buf.sum_gxhat, &sum_g = buf.sum_g;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_eval_backward_cpu", [&] {
     MK_DISPATCH_ACTIVATION(a.act, [&] {
       batch_norm_act_bwd_reduce_kernel<scalar_t, kAct, true>(a, gy, grad_in, sum_gxhat, sum_g);
@@ -346,15 +340,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_cpu
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
     c10::string_view activation) {
   const auto a = prepare_batch_norm_eval(input, mean, var, weight, bias, eps, std::string(activation));
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
-                    grad_output.sizes());
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
-                   input.scalar_type(), ", got ", grad_output.scalar_type());
-  const at::Tensor gy = grad_output.contiguous(a.format);
-  at::Tensor grad_in = at::empty(input.sizes(), input.options().memory_format(a.format));
-  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
-  at::Tensor sum_gxhat = at::zeros({a.layout.C}, acc_opts);
-  at::Tensor sum_g = at::zeros({a.layout.C}, acc_opts);
+  BackwardBuffers buf = prepare_backward(grad_output, input, a);
+  const at::Tensor& gy = buf.grad_out;
+  at::Tensor &grad_in = buf.grad_in, &sum_gxhat = buf.sum_gxhat, &sum_g = buf.sum_g;
   if (input.numel() == 0) return {grad_in, sum_gxhat, sum_g};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_train_backward_cpu", [&] {
     MK_DISPATCH_ACTIVATION(a.act, [&] {
