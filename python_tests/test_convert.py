@@ -7,93 +7,25 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 import mobilenet_kernels as mk
-from mobilenet_kernels import backends
 from mobilenet_kernels.activations import activation_name
 from mobilenet_kernels.nn import BatchNormAct2d
 
-BACKENDS = ["torch", "cuda", "triton"]
-
-TORCHVISION = {
-    "mobilenet_v2": torchvision.models.mobilenet_v2,
-    "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
-    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
-}
-# The Triton interpreter runs ~2 ms per program: only the smallest model runs there by default.
-_TRITON_FAST = {"mobilenet_v3_small"}
-
-
-def skip_unless_usable(backend: str, device: str = "cpu") -> None:
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    if backend not in backends.available(device):
-        pytest.skip(f"backend {backend!r} on {device}: {backends.unusable_reason(backend, device)}")
-
-
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float, floor: float = 0.0) -> None:
-    """assert_close with rtol and an atol of rtol * max|expected| (so near-zero entries of a tensor
-    are judged on the tensor's scale), but at least ``floor``: a gradient that is zero in exact
-    arithmetic (e.g. of a parameter whose effect a training-mode BatchNorm cancels) is rounding
-    noise, and is judged on the scale of all the model's gradients instead."""
-    if expected.is_floating_point() and expected.numel():
-        atol = max(rtol * expected.detach().abs().max().item(), floor)
-        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
-    else:
-        torch.testing.assert_close(actual, expected)
-
-
-def assert_matches_fp32_reference(actual: torch.Tensor, ref_model: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> None:
-    """``actual`` equals ``ref_model(x)`` (fp32) within rtol and an atol of rtol * max|ref|, or twice
-    the reference's own fp32 rounding error (its distance from a float64 run) where that is larger:
-    through the 50+ layers of MobileNetV2, fp32 rounding alone reaches ~1e-5 * max|ref|, so two
-    correct fp32 implementations can differ by that much."""
-    with torch.no_grad():
-        expected = ref_model(x)
-        ref64 = copy.deepcopy(ref_model).double()(x.double())
-    noise_floor = (expected.double() - ref64).abs().max().item()
-    atol = max(rtol * expected.abs().max().item(), 2 * noise_floor)
-    assert actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
-
-
-
-def randomize_batch_norms(model: nn.Module, size: int = 64) -> None:
-    """Give every BatchNorm random affine parameters and realistic, non-trivial running statistics:
-    those of one train-mode pass on random data (momentum 1), then perturbed. Calibrating after the
-    affine parameters are set keeps eval-mode activations O(1) through the whole network, so fp32
-    rounding is not amplified by exploding activations."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in bns]
-    model.train()
-    with torch.no_grad():
-        for m in bns:
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.uniform_(-0.3, 0.3)
-            m.momentum = 1.0
-        model(torch.randn(16, 3, size, size))
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-            m.running_mean.add_(m.running_var.sqrt() * torch.randn_like(m.running_mean), alpha=0.1)
-            m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.9, 1.1))
-            m.num_batches_tracked.fill_(7)
-
-
-def bn_pairs(model: nn.Module) -> dict[str, str]:
-    """Qualified name of every exact nn.BatchNorm2d in a Sequential -> the activation convert()
-    must fuse into it ("identity" when no known activation follows)."""
-    pairs = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
-            children = list(module.named_children())
-            for i, (key, child) in enumerate(children):
-                if type(child) is nn.BatchNorm2d:
-                    act = activation_name(children[i + 1][1]) if i + 1 < len(children) else None
-                    pairs[f"{name}.{key}" if name else key] = act or "identity"
-    return pairs
+from conftest import BACKENDS, DEVICES, skip_unless_usable
+from model_helpers import (
+    TORCHVISION,
+    assert_close_scaled,
+    assert_eval_parity,
+    assert_same_gradients,
+    assert_same_training,
+    bn_activations,
+    eval_cases,
+    eval_shape,
+    randomize_batch_norms,
+)
 
 
 def snapshot(model: nn.Module):
@@ -113,33 +45,6 @@ def assert_same_state(model: nn.Module, snap) -> None:
     assert len(new_buffers) == len(buffers) and all(a is b for a, b in zip(new_buffers, buffers))
 
 
-def two_sgd_steps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, opt=None):
-    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    outputs, grads = [], []
-    for _ in range(2):
-        opt.zero_grad()
-        out = model(x)
-        F.cross_entropy(out, target).backward()
-        outputs.append(out.detach().clone())
-        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
-        opt.step()
-    return outputs, grads, {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_training(a, b) -> None:
-    (out_a, grads_a, sd_a), (out_b, grads_b, sd_b) = a, b
-    for x, y in zip(out_a, out_b):
-        assert_close_scaled(x, y, rtol=1e-7)
-    for ga, gb in zip(grads_a, grads_b):
-        assert list(ga) == list(gb)
-        scale = max(g.abs().max().item() for g in gb.values())
-        for name in ga:
-            assert_close_scaled(ga[name], gb[name], rtol=1e-7, floor=1e-10 * scale)
-    assert list(sd_a) == list(sd_b)
-    for key in sd_a:
-        assert_close_scaled(sd_a[key], sd_b[key], rtol=1e-7)
-
-
 # ---------------------------------------------------------------------------------------------
 # torchvision MobileNets
 
@@ -149,7 +54,7 @@ def test_convert_torchvision_structure(arch):
     torch.manual_seed(0)
     model = TORCHVISION[arch]()
     randomize_batch_norms(model, size=32)
-    expected = bn_pairs(model)
+    expected = bn_activations(model, exact=True)
     assert expected and set(expected.values()) - {"identity"}
     snap = snapshot(model)
     modules_before = dict(model.named_modules())
@@ -177,36 +82,21 @@ def test_convert_torchvision_structure(arch):
             assert modules[name] is m, name
 
 
-def _convert_eval_cases():
-    cases = []
-    for arch in TORCHVISION:
-        for backend in BACKENDS:
-            marks = [pytest.mark.slow] if backend == "triton" and arch not in _TRITON_FAST else []
-            cases.append(pytest.param(arch, backend, marks=marks, id=f"{arch}-{backend}"))
-    return cases
-
-
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-@pytest.mark.parametrize("arch,backend", _convert_eval_cases())
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch,backend", eval_cases(TORCHVISION))
 def test_convert_torchvision_eval_parity(arch, backend, device):
     skip_unless_usable(backend, device)
     torch.manual_seed(0)
     ref = TORCHVISION[arch]()
     randomize_batch_norms(ref)
     model = mk.convert(copy.deepcopy(ref), backend=backend)
-    ref.eval().to(device)
-    model.eval().to(device)
-    shape = (1, 3, 32, 32) if backend == "triton" and device == "cpu" else (2, 3, 64, 64)
-    x = torch.randn(shape, device=device)
-    with torch.no_grad():
-        actual = model(x)
-    assert_matches_fp32_reference(actual, ref, x)
+    assert_eval_parity(model, ref, eval_shape(backend, device), device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("arch", list(TORCHVISION))
 def test_convert_torchvision_training_parity_float64(arch, backend):
-    skip_unless_usable(backend)
+    skip_unless_usable(backend, "cpu")
     torch.manual_seed(0)
     ref = TORCHVISION[arch](num_classes=10, dropout=0.0)
     randomize_batch_norms(ref, size=32)
@@ -215,9 +105,7 @@ def test_convert_torchvision_training_parity_float64(arch, backend):
     # An optimizer built before convert() keeps working: the parameters are the same objects.
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     assert mk.convert(model, backend=backend) is model
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    target = torch.randint(0, 10, (2,))
-    assert_same_training(two_sgd_steps(model.train(), x, target, opt), two_sgd_steps(ref.train(), x, target))
+    assert_same_training(model, ref, opt=opt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +161,7 @@ def _randomize(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_convert_custom_sequential(backend):
-    skip_unless_usable(backend)
+    skip_unless_usable(backend, "cpu")
     torch.manual_seed(0)
     ref = custom_sequential()
     _randomize(ref)
@@ -285,23 +173,11 @@ def test_convert_custom_sequential(backend):
     assert (model[1].activation, model[4].activation) == ("relu", "identity")
     assert model[1].backend == model[4].backend == backend
 
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        actual = model.eval()(x)
-    assert_matches_fp32_reference(actual, ref.eval(), x)
+    assert_eval_parity(model, ref, (2, 3, 8, 8))
     # Training in float64: output, input and parameter gradients, running stats.
     model.double().train()
     ref.double().train()
-    xs = [torch.randn(2, 3, 8, 8, dtype=torch.float64).requires_grad_()]
-    xs.append(xs[0].detach().clone().requires_grad_())
-    outs = [model(xs[0]), ref(xs[1])]
-    g = torch.randn_like(outs[1])
-    for out in outs:
-        out.backward(g)
-    assert_close_scaled(outs[0].detach(), outs[1].detach(), rtol=1e-7)
-    assert_close_scaled(xs[0].grad, xs[1].grad, rtol=1e-7)
-    for p, q in zip(model.parameters(), ref.parameters()):
-        assert_close_scaled(p.grad, q.grad, rtol=1e-7)
+    assert_same_gradients(model, ref, torch.randn(2, 3, 8, 8, dtype=torch.float64))
     for a, b in zip(model.buffers(), ref.buffers()):
         assert_close_scaled(a, b, rtol=1e-7)
 
@@ -321,10 +197,7 @@ def test_convert_module_with_named_children():
     assert [type(m) for m in model.head] == [nn.Conv2d, BatchNormAct2d, nn.Identity, BatchNormAct2d, nn.Identity]
     assert (model.head[1].activation, model.head[3].activation) == ("hardswish", "silu")
     assert model.ln is ln and model.bn1d is bn1d and model.fc is fc  # unknown modules untouched
-    x = torch.randn(4, 3, 8, 8)
-    with torch.no_grad():
-        actual = model.eval()(x)
-    assert_matches_fp32_reference(actual, ref.eval(), x)
+    assert_eval_parity(model, ref, (4, 3, 8, 8))
 
 
 def test_convert_leaves_other_modules_alone():

@@ -7,103 +7,30 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 import mobilenet_kernels as mk
-from mobilenet_kernels import backends
-from mobilenet_kernels.activations import activation_name
 from mobilenet_kernels.models import MobileNetV1, MobileNetV2, MobileNetV3, set_backend
 from mobilenet_kernels.nn import BatchNormAct2d
 
-BACKENDS = ["torch", "cuda", "triton"]
-DEVICES = ["cpu", "cuda"]
+from conftest import BACKENDS, DEVICES, skip_unless_usable
+from model_helpers import (
+    TORCHVISION,
+    assert_eval_parity,
+    assert_same_gradients,
+    assert_same_training,
+    bn_activations,
+    eval_cases,
+    eval_shape,
+    randomize_batch_norms,
+)
 
 OURS = {
     "mobilenet_v2": mk.mobilenet_v2,
     "mobilenet_v3_large": mk.mobilenet_v3_large,
     "mobilenet_v3_small": mk.mobilenet_v3_small,
 }
-TORCHVISION = {
-    "mobilenet_v2": torchvision.models.mobilenet_v2,
-    "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
-    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
-}
-
-# The Triton interpreter runs ~2 ms per program: only the smallest models run there by default.
-_TRITON_FAST = {"mobilenet_v3_small"}
-
-
-def skip_unless_usable(backend: str, device: str) -> None:
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    if backend not in backends.available(device):
-        pytest.skip(f"backend {backend!r} on {device}: {backends.unusable_reason(backend, device)}")
-
-
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float, floor: float = 0.0) -> None:
-    """assert_close with rtol and an atol of rtol * max|expected| (so near-zero entries of a tensor
-    are judged on the tensor's scale), but at least ``floor``: a gradient that is zero in exact
-    arithmetic (e.g. of a parameter whose effect a training-mode BatchNorm cancels) is rounding
-    noise, and is judged on the scale of all the model's gradients instead."""
-    if expected.is_floating_point() and expected.numel():
-        atol = max(rtol * expected.detach().abs().max().item(), floor)
-        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
-    else:
-        torch.testing.assert_close(actual, expected)
-
-
-def assert_matches_fp32_reference(actual: torch.Tensor, ref_model: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> None:
-    """``actual`` equals ``ref_model(x)`` (fp32) within rtol and an atol of rtol * max|ref|, or twice
-    the reference's own fp32 rounding error (its distance from a float64 run) where that is larger:
-    through the 50+ layers of MobileNetV2, fp32 rounding alone reaches ~1e-5 * max|ref|, so two
-    correct fp32 implementations can differ by that much."""
-    with torch.no_grad():
-        expected = ref_model(x)
-        ref64 = copy.deepcopy(ref_model).double()(x.double())
-    noise_floor = (expected.double() - ref64).abs().max().item()
-    atol = max(rtol * expected.abs().max().item(), 2 * noise_floor)
-    assert actual.shape == expected.shape
-    # The acceptance criterion, with no noise floor: relative error in norm within rtol.
-    rel = ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-    assert rel <= rtol, f"relative error {rel:.3g} > {rtol}"
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
-
-
-def randomize_batch_norms(model: nn.Module, size: int = 64) -> None:
-    """Give every BatchNorm random affine parameters and realistic, non-trivial running statistics:
-    those of one train-mode pass on random data (momentum 1), then perturbed. Calibrating after the
-    affine parameters are set keeps eval-mode activations O(1) through the whole network, so fp32
-    rounding is not amplified by exploding activations."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in bns]
-    model.train()
-    with torch.no_grad():
-        for m in bns:
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.uniform_(-0.3, 0.3)
-            m.momentum = 1.0
-        model(torch.randn(16, 3, size, size))
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-            m.running_mean.add_(m.running_var.sqrt() * torch.randn_like(m.running_mean), alpha=0.1)
-            m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.9, 1.1))
-            m.num_batches_tracked.fill_(7)
-
-
-def expected_activations(model: nn.Module) -> dict[str, str]:
-    """For every BatchNorm2d of a torchvision-style model: the name of the activation that follows it
-    in its Sequential ("identity" if none follows)."""
-    expected = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
-            children = list(module.named_children())
-            for i, (key, child) in enumerate(children):
-                if isinstance(child, nn.BatchNorm2d):
-                    nxt = activation_name(children[i + 1][1]) if i + 1 < len(children) else None
-                    expected[f"{name}.{key}" if name else key] = nxt or "identity"
-    return expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +84,7 @@ def test_structure_matches_torchvision(arch):
     it; no BatchNorm is followed by an activation module; torchvision's block attributes exist."""
     torch.manual_seed(0)
     ours, tv = OURS[arch](backend="torch"), TORCHVISION[arch]()
-    expected = expected_activations(tv)
+    expected = bn_activations(tv)
     got = {name: m.activation for name, m in ours.named_modules() if isinstance(m, nn.BatchNorm2d)}
     assert got == expected
     for name, m in ours.named_modules():
@@ -165,7 +92,7 @@ def test_structure_matches_torchvision(arch):
             assert type(m) is BatchNormAct2d, name
             assert (m.eps, m.momentum) == ((1e-3, 0.01) if arch.startswith("mobilenet_v3") else (1e-5, 0.1))
     # No activation module directly after a BatchNorm.
-    assert expected_activations(ours) == {k: "identity" for k in expected}
+    assert bn_activations(ours) == {k: "identity" for k in expected}
 
     tv_blocks = [m for m in tv.features if hasattr(m, "use_res_connect")]
     our_blocks = [m for m in ours.features if hasattr(m, "use_res_connect")]
@@ -211,17 +138,8 @@ def test_parameter_count(builder, kwargs, count):
 # eval parity (fp32) with torchvision, every backend and device
 
 
-def _eval_cases():
-    cases = []
-    for arch in OURS:
-        for backend in BACKENDS:
-            marks = [pytest.mark.slow] if backend == "triton" and arch not in _TRITON_FAST else []
-            cases.append(pytest.param(arch, backend, marks=marks, id=f"{arch}-{backend}"))
-    return cases
-
-
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("arch,backend", _eval_cases())
+@pytest.mark.parametrize("arch,backend", eval_cases(OURS))
 def test_eval_parity_with_torchvision(arch, backend, device):
     skip_unless_usable(backend, device)
     torch.manual_seed(0)
@@ -229,14 +147,7 @@ def test_eval_parity_with_torchvision(arch, backend, device):
     randomize_batch_norms(tv)
     ours = OURS[arch](backend=backend)
     ours.load_state_dict(tv.state_dict(), strict=True)
-    tv.eval().to(device)
-    ours.eval().to(device)
-    # The Triton interpreter is slow: one 32x32 image there; two 64x64 images elsewhere.
-    shape = (1, 3, 32, 32) if backend == "triton" and device == "cpu" else (2, 3, 64, 64)
-    x = torch.randn(shape, device=device)
-    with torch.no_grad():
-        actual = ours(x)
-    assert_matches_fp32_reference(actual, tv, x)
+    assert_eval_parity(ours, tv, eval_shape(backend, device), device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -253,51 +164,11 @@ def test_eval_mode_gradients_float64(backend):
     tv.double().eval()
     ours.double().eval()
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
-    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
-    outs = [m(xi) for m, xi in zip((ours, tv), xs)]
-    grad_out = torch.randn_like(outs[1])
-    for out in outs:
-        out.backward(grad_out)
-    assert_close_scaled(outs[0].detach(), outs[1].detach(), rtol=1e-7)
-    assert_close_scaled(xs[0].grad, xs[1].grad, rtol=1e-7)
-    for (name, p), q in zip(ours.named_parameters(), tv.parameters()):
-        assert_close_scaled(p.grad, q.grad, rtol=1e-7)
+    assert_same_gradients(ours, tv, x)
 
 
 # ---------------------------------------------------------------------------------------------
 # training parity (float64): two SGD steps
-
-
-def _two_sgd_steps(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    outputs, grads = [], []
-    for _ in range(2):
-        opt.zero_grad()
-        out = model(x)
-        F.cross_entropy(out, target).backward()
-        outputs.append(out.detach().clone())
-        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
-        opt.step()
-    return outputs, grads, model.state_dict()
-
-
-def _assert_same_training(ours: nn.Module, ref: nn.Module, size: int = 64) -> None:
-    ours.double().train()
-    ref.double().train()
-    x = torch.randn(2, 3, size, size, dtype=torch.float64)
-    target = torch.randint(0, 10, (2,))
-    out_a, grads_a, sd_a = _two_sgd_steps(ours, x, target)
-    out_b, grads_b, sd_b = _two_sgd_steps(ref, x, target)
-    for a, b in zip(out_a, out_b):
-        assert_close_scaled(a, b, rtol=1e-7)
-    for ga, gb in zip(grads_a, grads_b):
-        assert list(ga) == list(gb)
-        scale = max(g.abs().max().item() for g in gb.values())
-        for name in ga:
-            assert_close_scaled(ga[name], gb[name], rtol=1e-7, floor=1e-10 * scale)
-    assert list(sd_a) == list(sd_b)
-    for key in sd_a:  # parameters after two steps, running stats, num_batches_tracked
-        assert_close_scaled(sd_a[key], sd_b[key], rtol=1e-7)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -309,7 +180,7 @@ def test_training_parity_float64(arch, backend):
     randomize_batch_norms(tv)
     ours = OURS[arch](num_classes=10, dropout=0.0, backend=backend)
     ours.load_state_dict(tv.state_dict(), strict=True)
-    _assert_same_training(ours, tv)
+    assert_same_training(ours, tv)
     assert all(isinstance(m, BatchNormAct2d) for m in ours.modules() if isinstance(m, nn.BatchNorm2d))
 
 
@@ -374,12 +245,7 @@ def test_mobilenet_v1_eval_parity(backend):
     randomize_batch_norms(ref)
     ours = mk.mobilenet_v1(width_mult=alpha, num_classes=10, backend=backend)
     ours.load_state_dict(ref.state_dict(), strict=True)
-    ours.eval()
-    ref.eval()
-    x = torch.randn(1 if backend == "triton" else 2, 3, size, size)
-    with torch.no_grad():
-        actual = ours(x)
-    assert_matches_fp32_reference(actual, ref, x)
+    assert_eval_parity(ours, ref, (1 if backend == "triton" else 2, 3, size, size))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -390,7 +256,7 @@ def test_mobilenet_v1_training_parity_float64(backend):
     randomize_batch_norms(ref)
     ours = mk.mobilenet_v1(width_mult=0.25, num_classes=10, dropout=0.0, backend=backend)
     ours.load_state_dict(ref.state_dict(), strict=True)
-    _assert_same_training(ours, ref)
+    assert_same_training(ours, ref)
 
 
 @pytest.mark.parametrize("size", [96, 128, 160, 224])
@@ -467,10 +333,7 @@ def test_default_backend_forward():
     randomize_batch_norms(tv)
     ours = mk.mobilenet_v3_small()
     ours.load_state_dict(tv.state_dict())
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        actual = ours.eval()(x)
-    assert_matches_fp32_reference(actual, tv.eval(), x)
+    assert_eval_parity(ours, tv, (2, 3, 64, 64))
 
 
 def test_deepcopy_and_state_dict_roundtrip():

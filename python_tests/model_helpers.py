@@ -1,0 +1,169 @@
+"""Helpers shared by the model tests (test_models.py) and the convert() tests (test_convert.py):
+torchvision builders, reference-comparison assertions, BatchNorm randomization and training parity."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from mobilenet_kernels.activations import activation_name
+
+from conftest import BACKENDS
+
+TORCHVISION = {
+    "mobilenet_v2": torchvision.models.mobilenet_v2,
+    "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+}
+
+# The Triton interpreter runs ~2 ms per program: only the smallest model runs there by default.
+_TRITON_FAST = {"mobilenet_v3_small"}
+
+
+def eval_cases(archs) -> list:
+    """(arch, backend) params for every arch and backend; Triton on all but the fast archs is slow."""
+    cases = []
+    for arch in archs:
+        for backend in BACKENDS:
+            marks = [pytest.mark.slow] if backend == "triton" and arch not in _TRITON_FAST else []
+            cases.append(pytest.param(arch, backend, marks=marks, id=f"{arch}-{backend}"))
+    return cases
+
+
+def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float, floor: float = 0.0) -> None:
+    """assert_close with rtol and an atol of rtol * max|expected| (so near-zero entries of a tensor
+    are judged on the tensor's scale), but at least ``floor``: a gradient that is zero in exact
+    arithmetic (e.g. of a parameter whose effect a training-mode BatchNorm cancels) is rounding
+    noise, and is judged on the scale of all the model's gradients instead."""
+    if expected.is_floating_point() and expected.numel():
+        atol = max(rtol * expected.detach().abs().max().item(), floor)
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+    else:
+        torch.testing.assert_close(actual, expected)
+
+
+def assert_matches_fp32_reference(actual: torch.Tensor, ref_model: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> None:
+    """``actual`` equals ``ref_model(x)`` (fp32) within rtol and an atol of rtol * max|ref|, or twice
+    the reference's own fp32 rounding error (its distance from a float64 run) where that is larger:
+    through the 50+ layers of MobileNetV2, fp32 rounding alone reaches ~1e-5 * max|ref|, so two
+    correct fp32 implementations can differ by that much."""
+    with torch.no_grad():
+        expected = ref_model(x)
+        ref64 = copy.deepcopy(ref_model).double()(x.double())
+    noise_floor = (expected.double() - ref64).abs().max().item()
+    atol = max(rtol * expected.abs().max().item(), 2 * noise_floor)
+    assert actual.shape == expected.shape
+    # The acceptance criterion, with no noise floor: relative error in norm within rtol.
+    rel = ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+    assert rel <= rtol, f"relative error {rel:.3g} > {rtol}"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def eval_shape(backend: str, device: str) -> tuple[int, ...]:
+    """The input of the eval parity tests. The Triton interpreter is slow: one 32x32 image there;
+    two 64x64 images elsewhere."""
+    return (1, 3, 32, 32) if backend == "triton" and device == "cpu" else (2, 3, 64, 64)
+
+
+def assert_eval_parity(model: nn.Module, ref_model: nn.Module, shape: tuple[int, ...], device: str = "cpu") -> None:
+    """``model`` and ``ref_model``, in eval mode on ``device``, agree in fp32 on a random input of
+    ``shape`` (see assert_matches_fp32_reference)."""
+    ref_model.eval().to(device)
+    model.eval().to(device)
+    x = torch.randn(shape, device=device)
+    with torch.no_grad():
+        actual = model(x)
+    assert_matches_fp32_reference(actual, ref_model, x)
+
+
+def assert_same_gradients(model: nn.Module, ref_model: nn.Module, x: torch.Tensor, rtol: float = 1e-7) -> None:
+    """One forward and backward (with a random output gradient) of ``model`` and ``ref_model`` on
+    copies of ``x``, in their current mode and dtype: the same output, input and parameter gradients."""
+    xs = [x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()]
+    outs = [model(xs[0]), ref_model(xs[1])]
+    grad_out = torch.randn_like(outs[1])
+    for out in outs:
+        out.backward(grad_out)
+    assert_close_scaled(outs[0].detach(), outs[1].detach(), rtol=rtol)
+    assert_close_scaled(xs[0].grad, xs[1].grad, rtol=rtol)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert_close_scaled(p.grad, q.grad, rtol=rtol)
+
+
+def randomize_batch_norms(model: nn.Module, size: int = 64) -> None:
+    """Give every BatchNorm random affine parameters and realistic, non-trivial running statistics:
+    those of one train-mode pass on random data (momentum 1), then perturbed. Calibrating after the
+    affine parameters are set keeps eval-mode activations O(1) through the whole network, so fp32
+    rounding is not amplified by exploding activations."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    model.train()
+    with torch.no_grad():
+        for m in bns:
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.3, 0.3)
+            m.momentum = 1.0
+        model(torch.randn(16, 3, size, size))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+            m.running_mean.add_(m.running_var.sqrt() * torch.randn_like(m.running_mean), alpha=0.1)
+            m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.9, 1.1))
+            m.num_batches_tracked.fill_(7)
+
+
+def bn_activations(model: nn.Module, exact: bool = False) -> dict[str, str]:
+    """Qualified name of every BatchNorm2d in a Sequential -> the name of the activation that follows
+    it there ("identity" when no known activation follows). ``exact``: only modules whose type is
+    nn.BatchNorm2d itself (the ones convert() replaces), not its subclasses."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for i, (key, child) in enumerate(children):
+                if (type(child) is nn.BatchNorm2d) if exact else isinstance(child, nn.BatchNorm2d):
+                    act = activation_name(children[i + 1][1]) if i + 1 < len(children) else None
+                    found[f"{name}.{key}" if name else key] = act or "identity"
+    return found
+
+
+def two_sgd_steps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, opt=None):
+    """Two SGD steps (lr 0.1, momentum 0.9, or ``opt``) on cross-entropy: the outputs and parameter
+    gradients of each step and a copy of the final state_dict."""
+    if opt is None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    outputs, grads = [], []
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(x)
+        F.cross_entropy(out, target).backward()
+        outputs.append(out.detach().clone())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        opt.step()
+    return outputs, grads, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_training(ours: nn.Module, ref: nn.Module, size: int = 64, opt=None) -> None:
+    """In float64 and train mode, two SGD steps of ``ours`` (with ``opt``, if given, e.g. one built
+    before convert()) and of ``ref`` on the same random batch give the same outputs, gradients, and
+    final parameters and running statistics."""
+    ours.double().train()
+    ref.double().train()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    target = torch.randint(0, 10, (2,))
+    out_a, grads_a, sd_a = two_sgd_steps(ours, x, target, opt)
+    out_b, grads_b, sd_b = two_sgd_steps(ref, x, target)
+    for a, b in zip(out_a, out_b):
+        assert_close_scaled(a, b, rtol=1e-7)
+    for ga, gb in zip(grads_a, grads_b):
+        assert list(ga) == list(gb)
+        scale = max(g.abs().max().item() for g in gb.values())
+        for name in ga:
+            assert_close_scaled(ga[name], gb[name], rtol=1e-7, floor=1e-10 * scale)
+    assert list(sd_a) == list(sd_b)
+    for key in sd_a:  # parameters after two steps, running stats, num_batches_tracked
+        assert_close_scaled(sd_a[key], sd_b[key], rtol=1e-7)
