@@ -51,29 +51,34 @@ def _self_test_cases():
 
 
 def self_test(backend: str, device: str) -> tuple[bool, float]:
-    """batch_norm_act eval forward + backward vs the float64 torch reference; (ok, worst error)."""
+    """batch_norm_act forward + backward, eval and training (with the running-stat update), vs the
+    float64 torch reference; returns (ok, worst relative error)."""
     from . import functional as MF
     from .reference import batch_norm_act_ref
 
     gen = torch.Generator().manual_seed(0)
     worst, ok = 0.0, True
-    for shape, fmt, act, dtype in _self_test_cases():
-        C = shape[1]
-        x = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt).requires_grad_()
-        mean, bias, weight = (torch.randn(C, generator=gen).to(device) for _ in range(3))
-        var = (torch.rand(C, generator=gen) + 0.5).to(device)
-        weight.requires_grad_()
-        y = MF.batch_norm_act(x, mean, var, weight, bias, False, 0.1, 1e-5, act, backend=backend)
-        gx, gw = torch.autograd.grad(y, (x, weight), torch.ones_like(y))
-        x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
-        y64 = batch_norm_act_ref(x64, mean.double(), var.double(), w64, bias.double(), False, 0.1, 1e-5, act)
-        gx64, gw64 = torch.autograd.grad(y64, (x64, w64), torch.ones_like(y64))
-        tol = 1e-4 if dtype == torch.float32 else 3e-2
-        for ours, ref in ((y, y64), (gx, gx64), (gw, gw64)):
-            err = ((ours.double() - ref).abs() / (1 + ref.abs())).max().item()
-            worst = max(worst, err)
-            ok &= err <= tol
-        ok &= y.is_contiguous(memory_format=fmt)
+    for training in (False, True):
+        for shape, fmt, act, dtype in _self_test_cases():
+            C = shape[1]
+            if training and shape[0] * shape[2] * shape[3] == 1:
+                continue  # one value per channel: training mode rejects it, as PyTorch does
+            x = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt).requires_grad_()
+            mean, bias, weight = (torch.randn(C, generator=gen).to(device) for _ in range(3))
+            var = (torch.rand(C, generator=gen) + 0.5).to(device)
+            mean64, var64 = mean.double(), var.double()
+            weight.requires_grad_()
+            y = MF.batch_norm_act(x, mean, var, weight, bias, training, 0.1, 1e-5, act, backend=backend)
+            gx, gw = torch.autograd.grad(y, (x, weight), torch.ones_like(y))
+            x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+            y64 = batch_norm_act_ref(x64, mean64, var64, w64, bias.double(), training, 0.1, 1e-5, act)
+            gx64, gw64 = torch.autograd.grad(y64, (x64, w64), torch.ones_like(y64))
+            tol = 1e-4 if dtype == torch.float32 else 3e-2
+            for ours, ref in ((y, y64), (gx, gx64), (gw, gw64), (mean, mean64), (var, var64)):
+                err = ((ours.double() - ref).abs() / (1 + ref.abs())).max().item()
+                worst = max(worst, err)
+                ok &= err <= tol
+            ok &= y.is_contiguous(memory_format=fmt)
     return ok, worst
 
 
@@ -92,7 +97,7 @@ def run_check() -> int:
           f"{' (interpreter: TRITON_INTERPRET=1)' if backends.TRITON_INTERPRET else ''}")
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print("\nself-test: batch_norm_act forward + backward vs the float64 torch reference")
+    print("\nself-test: batch_norm_act eval and training, forward + backward, vs the float64 torch reference")
     failures = 0
     for device in devices:
         for name in backends.BACKENDS:
