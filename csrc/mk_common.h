@@ -94,7 +94,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T act_forward(T z) {
 }
 
 // d act / dz, with PyTorch's conventions at the kinks: relu' = 0 at 0; relu6' = 0 at 0 and 6;
-// hardswish' = 0 for z <= -3 and 1 for z >= 3; hardsigmoid' = 1/6 only on (-3, 3).
+// hardswish' = 0 for z <= -3 and 1 for z >= 3; hardsigmoid' = 1/6 (rounded to float) only on (-3, 3).
 template <Act A, typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE T act_derivative(T z) {
   const T zero = T(0), three = T(3), six = T(6), one = T(1);
@@ -107,7 +107,8 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T act_derivative(T z) {
   } else if constexpr (A == Act::kHardswish) {
     return z <= -three ? zero : (z >= three ? one : z / three + T(0.5));
   } else if constexpr (A == Act::kHardsigmoid) {
-    return (z > -three && z < three) ? one / six : zero;
+    // ATen multiplies by a float 1/6 even for double tensors; so do we, to match it bit for bit.
+    return (z > -three && z < three) ? static_cast<T>(1.0f / 6.0f) : zero;
   } else if constexpr (A == Act::kSigmoid) {
     const T s = one / (one + ::exp(-z));
     return s * (one - s);

@@ -30,16 +30,24 @@ def batch_norm_act_ref(
     ``upcast`` everything runs in float64 and is cast back: a high-precision reference.
     """
     if training:
-        if not upcast:
+        dtype = torch.float64 if upcast else input.dtype
+        params = (running_mean, running_var, weight, bias)
+        same = input.dtype == dtype and all(p is None or p.dtype == dtype for p in params)
+        # F.batch_norm itself takes bf16/fp16 input with fp32 parameters (as under autocast), but
+        # no other mix (e.g. fp64 input with fp32 running stats on CPU): cast those to one dtype.
+        native_mix = not upcast and dtype in (torch.float16, torch.bfloat16) and all(
+            p is None or p.dtype == torch.float32 for p in params
+        )
+        if same or native_mix:
             out = F.batch_norm(input, running_mean, running_var, weight, bias, True, momentum or 0.0, eps)
             return apply_activation(out, activation)
-        cast = lambda t: None if t is None else t.double()  # noqa: E731
-        mean64, var64 = cast(running_mean), cast(running_var)
-        out = F.batch_norm(cast(input), mean64, var64, cast(weight), cast(bias), True, momentum or 0.0, eps)
+        cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+        mean_c, var_c = cast(running_mean), cast(running_var)
+        out = F.batch_norm(cast(input), mean_c, var_c, cast(weight), cast(bias), True, momentum or 0.0, eps)
         if running_mean is not None:
             with torch.no_grad():
-                running_mean.copy_(mean64)
-                running_var.copy_(var64)
+                running_mean.copy_(mean_c)
+                running_var.copy_(var_c)
         return apply_activation(out, activation).to(input.dtype)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean, running_var: required in eval mode (training=False)")

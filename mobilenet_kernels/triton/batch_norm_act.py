@@ -170,7 +170,7 @@ class _Launch:
     parameters in the accumulation dtype (a missing weight/bias is passed as a dummy pointer that
     HAS_WEIGHT/HAS_BIAS keep unread), and the constexpr flags."""
 
-    def __init__(self, x, mean=None, var=None, weight=None, bias=None, activation="identity"):
+    def __init__(self, x, mean=None, var=None, weight=None, bias=None, activation="identity", eps=0.0):
         self.acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         M, C, HW, sn, sc, sp = _geometry(x)
         self.C = C
@@ -180,6 +180,10 @@ class _Launch:
         self.blocks = dict(BLOCK_M=block_m, BLOCK_C=block_c)
         if mean is not None:
             mean, var = (t.to(self.acc).contiguous() for t in (mean, var))
+            # Triton passes float scalars as fp32: for float64, fold eps into var here instead.
+            self.eps = eps
+            if self.acc == torch.float64:
+                var, self.eps = var + eps, 0.0
             w = weight.to(self.acc).contiguous() if weight is not None else mean
             b = bias.to(self.acc).contiguous() if bias is not None else mean
             self.params = (mean, var, w, b)
@@ -198,19 +202,19 @@ def batch_norm_act_eval_fwd(x, mean, var, weight, bias, eps, activation, memory_
     y = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
     if x.numel() == 0:
         return y.to(x.dtype)
-    L = _Launch(x, mean, var, weight, bias, activation)
-    _batch_norm_act_eval_fwd_kernel[L.grid](x, y, *L.params, *L.geometry, eps, **L.flags)
+    L = _Launch(x, mean, var, weight, bias, activation, eps)
+    _batch_norm_act_eval_fwd_kernel[L.grid](x, y, *L.params, *L.geometry, L.eps, **L.flags)
     return y.to(x.dtype)
 
 
 def batch_norm_act_eval_bwd(gy, x, mean, var, weight, bias, eps, activation, memory_format):
     """gy, x dense in ``memory_format``; returns (grad_input, sum g * x_hat, sum g)."""
-    L = _Launch(x, mean, var, weight, bias, activation)
+    L = _Launch(x, mean, var, weight, bias, activation, eps)
     gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
     if x.numel() == 0:
         return gx.to(x.dtype), L.zeros(x.device), L.zeros(x.device)
     partial = L.partials(x.device)
-    _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, gx, *L.params, partial, *L.geometry, eps, WRITE_GX=True, **L.flags)
+    _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, gx, *L.params, partial, *L.geometry, L.eps, WRITE_GX=True, **L.flags)
     # Stage 2: a fixed-order reduction over the programs' partial rows (deterministic).
     return gx.to(x.dtype), partial[0].sum(dim=0), partial[1].sum(dim=0)
 
@@ -235,12 +239,12 @@ def batch_stats(x):
 def batch_norm_act_train_bwd(gy, x, mean, var, weight, bias, eps, activation, memory_format):
     """gy, x dense in ``memory_format``; mean, var the batch statistics of the forward.
     Returns (grad_input, sum g * x_hat, sum g)."""
-    L = _Launch(x, mean, var, weight, bias, activation)
+    L = _Launch(x, mean, var, weight, bias, activation, eps)
     gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
     if x.numel() == 0:
         return gx.to(x.dtype), L.zeros(x.device), L.zeros(x.device)
     partial = L.partials(x.device)
-    _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, gx, *L.params, partial, *L.geometry, eps, WRITE_GX=False, **L.flags)
+    _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, gx, *L.params, partial, *L.geometry, L.eps, WRITE_GX=False, **L.flags)
     sum_gxhat, sum_g = partial[0].sum(dim=0), partial[1].sum(dim=0)
-    _batch_norm_act_train_dx_kernel[L.grid](gy, x, gx, *L.params, sum_gxhat, sum_g, *L.geometry, eps, **L.flags)
+    _batch_norm_act_train_dx_kernel[L.grid](gy, x, gx, *L.params, sum_gxhat, sum_g, *L.geometry, L.eps, **L.flags)
     return gx.to(x.dtype), sum_gxhat, sum_g
