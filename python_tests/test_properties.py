@@ -9,7 +9,8 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import mobilenet_kernels.functional as MF
@@ -38,6 +39,22 @@ def cases(draw):
         affine=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+# Where each activation's derivative jumps: within rounding of these, float32 and float64 may take
+# different branches, and training-mode BatchNorm spreads that one element's flip over its channel.
+KINKS = {"relu": (0.0,), "relu6": (0.0, 6.0), "hardswish": (-3.0, 3.0), "hardsigmoid": (-3.0, 3.0)}
+
+
+def near_a_kink(z64, act):
+    return any(bool(((z64 - k).abs() < 1e-4).any()) for k in KINKS.get(act, ()))
+
+
+def pre_activation(x, mean, var, weight, bias, training):
+    """BatchNorm's output before the activation, in float64 (batch statistics when training)."""
+    cast = lambda t: None if t is None else t.double()  # noqa: E731
+    stats = (None, None) if training else (cast(mean), cast(var))
+    return F.batch_norm(x.detach().double(), *stats, cast(weight), cast(bias), training, 0.0, 1e-5)
 
 
 def make(case):
@@ -78,6 +95,9 @@ def test_batch_norm_act_matches_reference(backend):
         torch.testing.assert_close(rm.double(), rm64, **stats_tol)
         torch.testing.assert_close(rv.double(), rv64, **stats_tol)
         if x.numel():
+            # A gradient is only defined away from the kinks: skip inputs that land on one.
+            z64 = pre_activation(x, mean, var, weight, bias, case["training"])
+            assume(x.dtype == torch.float64 or not near_a_kink(z64, case["act"]))
             grad = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(case["seed"] + 1))
             (gx,) = torch.autograd.grad(y, x, grad)
             (gx64,) = torch.autograd.grad(y64, x64, grad.double())
