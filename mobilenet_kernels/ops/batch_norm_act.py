@@ -25,6 +25,14 @@ def check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, e
     check_activation(activation)
 
 
+def check_grad_output(grad_output, input) -> None:
+    """The backward ops' grad_output check (C++ twin: csrc/batch_norm_act.h::prepare_backward)."""
+    if grad_output.shape != input.shape:
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    if grad_output.dtype != input.dtype:
+        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
+
+
 def _fake(input, running_mean, running_var, weight, bias, eps, activation):
     check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
     return empty_like_output(input)
@@ -134,8 +142,7 @@ def _triton_train_backward(grad_output, input, weight, bias, mean, var, eps, act
     from ..triton.batch_norm_act import batch_norm_act_train_bwd
 
     check_batch_norm_train_args(input, weight, bias, eps, activation)
-    if grad_output.shape != input.shape:
-        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    check_grad_output(grad_output, input)
     fmt = output_memory_format(input)
     return batch_norm_act_train_bwd(
         grad_output.contiguous(memory_format=fmt), input.contiguous(memory_format=fmt),
@@ -160,8 +167,7 @@ def _triton_backward(grad_output, input, running_mean, running_var, weight, bias
     from ..triton.batch_norm_act import batch_norm_act_eval_bwd
 
     check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
-    if grad_output.shape != input.shape:
-        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    check_grad_output(grad_output, input)
     fmt = output_memory_format(input)
     return batch_norm_act_eval_bwd(
         grad_output.contiguous(memory_format=fmt), input.contiguous(memory_format=fmt),
