@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import batch_norm_layers, bench, environment, peak_bandwidth, write_results  # noqa: E402
+from common import batch_norm_layers, bench, environment, peak_bandwidth, stop_on_sigterm, write_results  # noqa: E402
 
 import mobilenet_kernels.functional as MF  # noqa: E402
 from mobilenet_kernels import backends  # noqa: E402
@@ -46,9 +46,9 @@ def providers(device: str, with_autotune: bool, training: bool) -> dict:
     return found
 
 
-def run(args) -> list[dict]:
+def run(args, rows: list[dict], copy_bw: float | None) -> None:
+    """Append one row per case to ``rows`` (filled in place so an interrupted run keeps its rows)."""
     device = args.device
-    rows = []
     layers = []
     for model in args.models:
         layers += [(model, *layer) for layer in batch_norm_layers(model, args.resolution)]
@@ -91,11 +91,12 @@ def run(args) -> list[dict]:
             row[f"{name}_GBps"] = bytes_moved / (t["p50_ms"] * 1e-3) / 1e9
             if peak:
                 row[f"{name}_pct_peak"] = 100 * bytes_moved / (t["p50_ms"] * 1e-3) / peak
+            if copy_bw:
+                row[f"{name}_pct_copy"] = 100 * bytes_moved / (t["p50_ms"] * 1e-3) / copy_bw
         for name in provs:
             if name != "eager" and f"{name}_p50_ms" in row and "eager_p50_ms" in row:
                 row[f"{name}_speedup_vs_eager"] = row["eager_p50_ms"] / row[f"{name}_p50_ms"]
         rows.append(row)
-    return rows
 
 
 def geomean(values):
@@ -125,22 +126,30 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device")
 
     args.name = args.name or f"batch_norm_act_{'train' if args.training else 'eval'}"
-    rows = run(args)
+    stop_on_sigterm()
+    env = environment(args.device)
+    rows: list[dict] = []
+    interrupted = None
+    try:
+        run(args, rows, env.get("copy_GBps", 0) * 1e9 or None)
+    except KeyboardInterrupt as exc:
+        interrupted = f"stopped after {len(rows)} rows: {exc}"
+        print(interrupted, file=sys.stderr)
     summary = {}
     for name in ("cuda", "triton", "torch_compile", "torch_compile_max_autotune"):
         g = geomean([r.get(f"{name}_speedup_vs_eager") for r in rows])
         if g:
             summary[f"{name}_geomean_speedup_vs_eager"] = g
-    record = {"environment": environment(args.device), "op": "batch_norm_act", "training": args.training,
+    record = {"environment": env, "op": "batch_norm_act", "training": args.training, "interrupted": interrupted,
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}, "summary": summary}
     columns = ["model", "C", "H", "W", "activation", "dtype", "layout", "mode", "eager_p50_ms"]
-    columns += [c for c in ("cuda_p50_ms", "triton_p50_ms", "torch_compile_p50_ms", "cuda_GBps", "cuda_pct_peak",
+    columns += [c for c in ("cuda_p50_ms", "triton_p50_ms", "torch_compile_p50_ms", "cuda_GBps", "cuda_pct_peak", "cuda_pct_copy",
                             "cuda_speedup_vs_eager", "triton_speedup_vs_eager") if any(c in r for r in rows)]
     json_path, md_path = write_results(args.out, args.name, record, rows, columns)
     print(open(md_path).read())
     print("summary:", {k: round(v, 3) for k, v in summary.items()})
     print(f"wrote {json_path} and {md_path}")
-    return 0
+    return 1 if interrupted else 0
 
 
 if __name__ == "__main__":

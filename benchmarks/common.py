@@ -37,7 +37,7 @@ def environment(device: str) -> dict:
     except ImportError:
         triton_version = None
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {
+    record = {
         "device": name,
         "commit": git_commit(),
         "torch": torch.__version__,
@@ -46,6 +46,28 @@ def environment(device: str) -> dict:
         "python": platform.python_version(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if device == "cuda":
+        record["copy_GBps"] = copy_bandwidth() / 1e9
+    return record
+
+
+_COPY_BANDWIDTH: float | None = None
+
+
+def copy_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Measured device-to-device copy bandwidth (bytes read + written per second): the practical
+    ceiling a memory-bound kernel is judged against, next to the datasheet peak. Measured once."""
+    global _COPY_BANDWIDTH
+    if _COPY_BANDWIDTH is None:
+        import triton.testing
+
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
+        dst = torch.empty_like(src)
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200)
+        _COPY_BANDWIDTH = 2 * nbytes / (ms * 1e-3)
+        del src, dst
+        torch.cuda.empty_cache()
+    return _COPY_BANDWIDTH
 
 
 def peak_bandwidth(device: str) -> float | None:
@@ -56,11 +78,14 @@ def peak_bandwidth(device: str) -> float | None:
 
 
 def bench(fn: Callable[[], object], device: str) -> dict:
-    """Median and p20/p80 in milliseconds."""
+    """Median and p20/p80 in milliseconds. On CUDA, MK_BENCH_WARMUP_MS / MK_BENCH_REP_MS (default 25 / 100)
+    set do_bench's warm-up and measuring time; the GPU suite shortens them to fit its lease."""
     if device == "cuda":
         import triton.testing
 
-        p20, p50, p80 = triton.testing.do_bench(fn, quantiles=[0.2, 0.5, 0.8], return_mode="median")
+        warmup = float(os.environ.get("MK_BENCH_WARMUP_MS", 25))
+        rep = float(os.environ.get("MK_BENCH_REP_MS", 100))
+        p20, p50, p80 = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.2, 0.5, 0.8])
         return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
     from torch.utils.benchmark import Timer
 
@@ -90,6 +115,17 @@ def batch_norm_layers(model_name: str, resolution: int = 224) -> list[tuple[int,
     with torch.no_grad():
         model(torch.zeros(1, 3, resolution, resolution))
     return list(dict.fromkeys(found))
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (what `timeout` sends) into KeyboardInterrupt, so a benchmark cut short by the GPU
+    suite's time limit still writes the rows it has measured."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def write_results(out_dir: str, name: str, record: dict, rows: list[dict], columns: list[str]) -> tuple[str, str]:
