@@ -23,6 +23,9 @@ PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
 
 
 def git_commit() -> str:
+    """MK_GIT_COMMIT when set (the device machine's copy of the tree has no usable git), else git."""
+    if os.environ.get("MK_GIT_COMMIT"):
+        return os.environ["MK_GIT_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
     except (OSError, subprocess.CalledProcessError):
@@ -112,6 +115,33 @@ def batch_norm_layers(model_name: str, resolution: int = 224) -> list[tuple[int,
                     child.register_forward_hook(
                         lambda m, i, o: found.append((o.shape[1], o.shape[2], o.shape[3], m._mk_act))
                     )
+    with torch.no_grad():
+        model(torch.zeros(1, 3, resolution, resolution))
+    return list(dict.fromkeys(found))
+
+
+def depthwise_layers(model_name: str, resolution: int = 224) -> list[tuple]:
+    """(C, H, W, k, stride, padding, dilation, activation) of every depthwise conv in a torchvision
+    model, H/W being its input size and activation the one after its BatchNorm; duplicates dropped."""
+    import torchvision
+
+    from mobilenet_kernels.activations import activation_name
+
+    model = getattr(torchvision.models, model_name)().eval()
+    found = []
+    for seq in model.modules():
+        if not isinstance(seq, torch.nn.Sequential):
+            continue
+        children = list(seq)
+        for i, conv in enumerate(children):
+            if isinstance(conv, torch.nn.Conv2d) and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
+                act = activation_name(children[i + 2]) if i + 2 < len(children) else "identity"
+                conv.register_forward_hook(
+                    lambda m, inp, out, act=act: found.append(
+                        (m.in_channels, inp[0].shape[2], inp[0].shape[3], m.kernel_size[0], m.stride[0], m.padding[0],
+                         m.dilation[0], act or "identity")
+                    )
+                )
     with torch.no_grad():
         model(torch.zeros(1, 3, resolution, resolution))
     return list(dict.fromkeys(found))

@@ -5,7 +5,9 @@
 #   MK_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh OUT
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
-# Steps: build check tests bench_bn_eval bench_bn_train bench_depthwise summary (default: all).
+# Steps: build check diag tests bench_bn_eval bench_bn_train bench_depthwise summary (default: all).
+# The tests step runs the CUDA-device cases only (MK_TEST_DEVICE=cuda; CI runs the CPU ones), with
+# one line per test in suite.log so a run cut off by its limit still shows what failed.
 # Result names carry the card (h100, h200) read off the device. A benchmark cut off by its time
 # limit still writes the rows it measured (marked "interrupted"). Benchmarks use a shorter do_bench
 # (MK_BENCH_WARMUP_MS/MK_BENCH_REP_MS) than the defaults, to fit the lease.
@@ -17,7 +19,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export MK_GIT_COMMIT=${MK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export MK_BENCH_WARMUP_MS=${MK_BENCH_WARMUP_MS:-10} MK_BENCH_REP_MS=${MK_BENCH_REP_MS:-40}
-STEPS=" ${MK_SUITE_STEPS:-build check tests bench_bn_eval bench_bn_train bench_depthwise summary} "
+STEPS=" ${MK_SUITE_STEPS:-build check diag tests bench_bn_eval bench_bn_train bench_depthwise summary} "
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JUNIT=$(mktemp -d)/pytest.xml  # summarised into suite_<gpu>.json; the failures' text is in suite.log
 status=0
@@ -46,9 +48,11 @@ print(m.group(1).lower() if m else 'cpu')" 2>/dev/null || echo unknown)}
 echo "gpu tag: $GPU_TAG" | tee -a "$OUT/suite.log"
 
 step check 45 $PY -m mobilenet_kernels check
-XDIST=()
-$PY -c "import xdist" 2>/dev/null && XDIST=(-n 8)
-step tests 170 $PY -m pytest python_tests -q -p no:cacheprovider "${XDIST[@]}" --junitxml="$JUNIT"
+step diag 60 $PY benchmarks/check_cpp_exceptions.py
+PYTEST_ARGS=(-v --tb=short -rfE -p no:cacheprovider)
+$PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
+$PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
+step tests ${MK_TESTS_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest python_tests "${PYTEST_ARGS[@]}" --junitxml="$JUNIT"
 BN=($PY benchmarks/bench_batch_norm_act.py --quiet --no-autotune --dtype bfloat16 --layout nhwc --out "$OUT")
 step bench_bn_eval 80 "${BN[@]}" --name "batch_norm_act_eval_${GPU_TAG}"
 step bench_bn_train 80 "${BN[@]}" --training --name "batch_norm_act_train_${GPU_TAG}"

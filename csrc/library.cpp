@@ -38,6 +38,42 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   m.def(
       "batch_norm_update_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
       "int count, float momentum) -> ()");
+  // depthwise_conv2d: act(conv2d(input, weight, bias, groups=C)), weight (C, 1, kH, kW), in the
+  // input's memory format; input/weight/bias share one dtype. Backward returns (grad_input,
+  // grad_weight, grad_bias) of the identity-activation conv (the autograd formula applies act'
+  // first); an output whose output_mask entry is false comes back as an empty tensor.
+  m.def(
+      "depthwise_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str activation) -> Tensor");
+  m.def(
+      "depthwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // depthwise_conv2d_stats: the conv (no bias, no activation) and, from its epilogue, the output's
+  // per-channel batch mean and biased variance (accumulation dtype), for a BatchNorm in training.
+  // Deterministic: per-tile partial statistics combined in a fixed order, no float atomics.
+  m.def(
+      "depthwise_conv2d_stats(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation) "
+      "-> (Tensor, Tensor, Tensor)");
+  // depthwise_conv2d_bn_act_train: act(BatchNorm(depthwise_conv2d(input, conv_weight))) with batch
+  // statistics, as depthwise_conv2d_stats + the BatchNorm apply kernel (the statistics come from the
+  // conv's epilogue). Returns (output, conv output, batch mean, biased batch variance); the last three
+  // feed the backward and batch_norm_update_stats. A device-generic composite over the kernel ops,
+  // registered in Python (mobilenet_kernels/ops/depthwise_conv2d.py).
+  m.def(
+      "depthwise_conv2d_bn_act_train(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "depthwise_conv2d_bn_act_train_triton(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "depthwise_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str activation) -> Tensor");
+  m.def(
+      "depthwise_conv2d_backward_triton(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+      "int[2] padding, int[2] dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "depthwise_conv2d_stats_triton(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "batch_norm_act_train_triton(Tensor input, Tensor? weight, Tensor? bias, float eps, str activation) "
       "-> (Tensor, Tensor, Tensor)");

@@ -63,3 +63,25 @@ def activation_name(module: nn.Module | None) -> str | None:
     if module is None:
         return "identity"
     return MODULE_TO_NAME.get(type(module))
+
+
+def activation_derivative(z: torch.Tensor, name: str) -> torch.Tensor:
+    """d activation / dz at the pre-activation ``z``, with the kernels' (and ATen's) conventions at
+    the kinks: relu' = 0 at 0; relu6' = 0 at 0 and 6; hardswish' = 0 for z <= -3, 1 for z >= 3;
+    hardsigmoid' = 1/6 (rounded to float32, as ATen does) only on (-3, 3)."""
+    check_activation(name)
+    one, zero = torch.ones_like(z), torch.zeros_like(z)
+    if name == "identity":
+        return one
+    if name == "relu":
+        return torch.where(z > 0, one, zero)
+    if name == "relu6":
+        return torch.where((z > 0) & (z < 6), one, zero)
+    if name == "hardswish":
+        return torch.where(z <= -3, zero, torch.where(z >= 3, one, z / 3 + 0.5))
+    if name == "hardsigmoid":
+        return torch.where((z > -3) & (z < 3), torch.full_like(z, float(torch.tensor(1 / 6, dtype=torch.float32))), zero)
+    s = torch.sigmoid(z)
+    if name == "sigmoid":
+        return s * (1 - s)
+    return s * (1 + z * (1 - s))  # silu

@@ -8,7 +8,7 @@ from torch import nn
 
 from .activations import activation_name
 from .backends import check_backend
-from .nn import BatchNormAct2d
+from .nn import BatchNormAct2d, DepthwiseConv2d
 
 __all__ = ["convert"]
 
@@ -31,7 +31,10 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
       activation becomes ``nn.Identity()``: indices, and therefore state_dict keys, are unchanged.
     * Every other ``nn.BatchNorm2d`` (not followed by a known activation, or a named child of any
       module, or in a ModuleList/ModuleDict) becomes ``BatchNormAct2d(activation="identity")``.
-    * Existing BatchNormAct2d modules get their ``backend`` set to ``backend``.
+    * Every depthwise ``nn.Conv2d`` (groups == in_channels == out_channels, numeric zero padding)
+      becomes a :class:`~mobilenet_kernels.nn.DepthwiseConv2d` on our depthwise kernels. (Our own
+      models go further and fuse each depthwise conv with its BatchNorm and activation.)
+    * Existing BatchNormAct2d / DepthwiseConv2d modules get their ``backend`` set to ``backend``.
     * Everything else is left alone, including subclasses of nn.BatchNorm2d (SyncBatchNorm-style or
       frozen variants: only ``type(m) is nn.BatchNorm2d`` is converted), BatchNorm1d/3d, LayerNorm,
       and activations that do not directly follow a BatchNorm2d in a Sequential.
@@ -52,7 +55,7 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
         return BatchNormAct2d.from_batch_norm(model, "identity", backend)
 
     for module in list(model.modules()):
-        if isinstance(module, BatchNormAct2d):
+        if isinstance(module, (BatchNormAct2d, DepthwiseConv2d)):
             module.backend = backend
             continue
         if _plain_sequential(module):
@@ -70,4 +73,6 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
         for key, child in list(module._modules.items()):
             if type(child) is nn.BatchNorm2d:
                 module._modules[key] = BatchNormAct2d.from_batch_norm(child, "identity", backend)
+            elif DepthwiseConv2d.supports(child):
+                module._modules[key] = DepthwiseConv2d.from_conv(child, backend)
     return model

@@ -1,8 +1,8 @@
 """The functional API: one function per op, each taking ``backend=`` by name.
 
-Each function checks its arguments once, in Python or in the C++ op (errors name the argument),
-picks the backend (mobilenet_kernels.backends) and calls the matching custom op; the "torch"
-backend runs the reference in mobilenet_kernels.reference.
+Each function checks its arguments in Python first (errors name the argument; the C++ ops repeat
+the checks for direct torch.ops calls), picks the backend (mobilenet_kernels.backends) and calls the
+matching custom op; the "torch" backend runs the reference in mobilenet_kernels.reference.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import torch
 
 from . import backends, ops  # noqa: F401  (ops: registers fakes/autograd/Triton kernels)
 from .ops.batch_norm_act import check_batch_norm_eval_args, check_batch_norm_train_args
-from .reference import batch_norm_act_ref
+from .ops._common import check_per_channel
+from .ops.depthwise_conv2d import check_depthwise_args, check_depthwise_bn_train_args
+from .reference import batch_norm_act_ref, depthwise_conv2d_bn_act_ref, depthwise_conv2d_ref
 
 _OPS = {"cuda": "{}", "triton": "{}_triton"}
 
@@ -51,8 +53,7 @@ def batch_norm_act(
     if training:
         if running_mean is not None or running_var is not None:
             check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
-        if name != "cuda":  # the C++ ops run these same checks themselves
-            check_batch_norm_train_args(input, weight, bias, eps, activation)
+        check_batch_norm_train_args(input, weight, bias, eps, activation)
         out, mean, var = _op("batch_norm_act_train", name)(input, weight, bias, eps, activation)
         if running_mean is not None and running_var is not None and input.numel() > 0:
             count = input.numel() // input.shape[1]
@@ -60,6 +61,129 @@ def batch_norm_act(
         return out
     if running_mean is None or running_var is None:
         raise ValueError("running_mean, running_var: required in eval mode (training=False)")
-    if name != "cuda":  # the C++ ops run these same checks themselves
-        check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+    check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
     return _op("batch_norm_act_eval", name)(input, running_mean, running_var, weight, bias, eps, activation)
+
+
+def _autocast(*tensors):
+    """Under autocast, cast floating tensors to the autocast dtype, as autocast does for F.conv2d
+    (torch.library.register_autocast only knows one fixed dtype)."""
+    device_type = tensors[0].device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return tuple(t if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
+    return tensors
+
+
+def depthwise_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    *,
+    activation: str = "identity",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``activation(F.conv2d(input, weight, bias, stride, padding, dilation, groups=C))`` for weight of
+    shape (C, 1, kH, kW). stride/padding/dilation: an int or a pair. input, weight and bias share one
+    dtype (under autocast all three are cast to the autocast dtype, as for F.conv2d); the output keeps
+    the input's memory format (NCHW or channels_last).
+    """
+    input, weight, bias = _autocast(input, weight, bias)
+    name = backends.resolve(backend, input)
+    check_depthwise_args(input, weight, bias, stride, padding, dilation, activation)
+    stride, padding, dilation = (_pair_list(v) for v in (stride, padding, dilation))
+    if name == "torch":
+        return depthwise_conv2d_ref(input, weight, bias, stride, padding, dilation, activation)
+    return _op("depthwise_conv2d", name)(input, weight, bias, stride, padding, dilation, activation)
+
+
+def fold_batch_norm(
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm folded into the conv before it, in float32 (float64 for float64 weights):
+    ``w' = w * gamma * rstd``, ``b' = beta + (b - mean) * gamma * rstd``. Returned in float32/64;
+    the caller casts to the input's dtype."""
+    acc = torch.float64 if conv_weight.dtype == torch.float64 else torch.float32
+    scale = (running_var.to(acc) + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight.to(acc)
+    shift = -running_mean.to(acc) * scale
+    if conv_bias is not None:
+        shift = shift + conv_bias.to(acc) * scale
+    if bias is not None:
+        shift = shift + bias.to(acc)
+    return conv_weight.to(acc) * scale.view(-1, 1, 1, 1), shift
+
+
+def depthwise_conv2d_bn_act(
+    input: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
+    dilation: int | tuple[int, int],
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    activation: str = "identity",
+    *,
+    backend: str | None = None,
+    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``batch_norm_act(depthwise_conv2d(input, conv_weight, conv_bias, ...), running_mean, ...)`` in one op.
+
+    Eval: BatchNorm folded into the conv (``fold_batch_norm``; pass ``folded`` to reuse a fold
+    computed once for a frozen module), the activation in the conv's epilogue: one pass.
+    Training: the conv kernel's epilogue emits the batch statistics, one apply pass follows;
+    running stats are updated in place as nn.BatchNorm2d does (conv_bias shifts the running mean
+    only: BatchNorm removes it from the output).
+    """
+    input, conv_weight, conv_bias = _autocast(input, conv_weight, conv_bias)
+    name = backends.resolve(backend, input)
+    if name == "torch":
+        check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
+        return depthwise_conv2d_bn_act_ref(input, conv_weight, conv_bias, stride, padding, dilation, running_mean,
+                                           running_var, weight, bias, training, momentum, eps, activation)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean, running_var: required in eval mode (training=False)")
+        check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
+        for t, arg in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
+            check_per_channel(t, arg, input)
+        if eps < 0:
+            raise ValueError(f"eps: expected a non-negative value, got {eps}")
+        w, b = folded if folded is not None else fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
+                                                                 weight, bias, eps)
+        return _op("depthwise_conv2d", name)(input, w.to(input.dtype), b.to(input.dtype), _pair_list(stride),
+                                             _pair_list(padding), _pair_list(dilation), activation)
+    if conv_bias is not None:
+        check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
+    for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
+        check_per_channel(t, arg, input)
+    check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation)
+    out, _, mean, var = _op("depthwise_conv2d_bn_act_train", name)(
+        input, conv_weight, weight, bias, _pair_list(stride), _pair_list(padding), _pair_list(dilation), eps, activation
+    )
+    if running_mean is not None and running_var is not None and input.numel() > 0:
+        count = out.numel() // out.shape[1]
+        if conv_bias is not None:
+            mean = mean + conv_bias.to(mean.dtype)
+        torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
+    return out
+
+
+def _pair_list(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else [int(x) for x in v]

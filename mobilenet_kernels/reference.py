@@ -60,3 +60,46 @@ def batch_norm_act_ref(
         shift = shift + bias.to(acc)
     out = input.to(acc) * scale.view(shape) + shift.view(shape)
     return apply_activation(out, activation).to(input.dtype)
+
+
+def depthwise_conv2d_ref(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    activation: str = "identity",
+    *,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """``activation(F.conv2d(input, weight, bias, stride, padding, dilation, groups=C))``; with
+    ``upcast`` computed in float64 and cast back (a high-precision reference)."""
+    dtype = torch.float64 if upcast else input.dtype
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    out = F.conv2d(cast(input), cast(weight), cast(bias), stride, padding, dilation, groups=input.shape[1])
+    return apply_activation(out, activation).to(input.dtype)
+
+
+def depthwise_conv2d_bn_act_ref(
+    input: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    stride,
+    padding,
+    dilation,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    activation: str = "identity",
+    *,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """The unfused sequence: depthwise conv, then BatchNorm + activation (``batch_norm_act_ref``)."""
+    z = depthwise_conv2d_ref(input, conv_weight, conv_bias, stride, padding, dilation, upcast=upcast)
+    return batch_norm_act_ref(z, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                              upcast=upcast)

@@ -1,6 +1,6 @@
 """Test configuration: the Triton interpreter on GPU-less machines, seeds, device/backend params.
 
-Nothing here touches CUDA beyond torch.cuda.is_available() (which creates no context).
+MK_TEST_DEVICE=cuda selects the CUDA-device cases only (the GPU suite). Nothing here touches CUDA beyond torch.cuda.is_available() (which creates no context).
 """
 
 import os
@@ -40,3 +40,17 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """MK_TEST_DEVICE=cuda keeps only the CUDA-device cases: the GPU suite runs those, CI the rest."""
+    only = os.environ.get("MK_TEST_DEVICE")
+    if not only:
+        return
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        (keep if params.get("device") == only else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -10,6 +10,7 @@ from mobilenet_kernels.nn import BatchNormAct2d
 from mobilenet_kernels.reference import batch_norm_act_ref
 
 from conftest import BACKENDS, skip_unless_usable
+from op_helpers import assert_bitwise_repeatable, make_input, max_err
 
 ACTS = list(ACTIVATIONS)
 # Real MobileNet layers (scaled down in N and H/W for the interpreter) plus edge cases:
@@ -25,16 +26,6 @@ BACKWARD_OPS = {
 FP32_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def make_input(shape, layout, dtype, device):
-    x = torch.randn(shape, dtype=torch.float64, device=device) * 2 + 0.5
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":  # a sliced, non-dense view
-        N, C, H, W = shape
-        x = torch.randn(N, C, H, 2 * W, dtype=torch.float64, device=device)[..., ::2]
-    return x.to(dtype)
-
-
 def make_params(C, device, dtype=torch.float32):
     mean = torch.randn(C, device=device, dtype=dtype) * 0.5
     var = torch.rand(C, device=device, dtype=dtype) + 0.5
@@ -45,22 +36,6 @@ def make_params(C, device, dtype=torch.float32):
 
 def reference64(x, mean, var, weight, bias, eps, act):
     return batch_norm_act_ref(x, mean, var, weight, bias, False, 0.1, eps, act, upcast=True).double()
-
-
-def assert_bitwise_repeatable(run):
-    """Two runs of ``run()`` under torch.use_deterministic_algorithms(True) give identical bits."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        first, second = run(), run()
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
-
-
-def max_err(a, b):
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

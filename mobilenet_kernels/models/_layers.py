@@ -56,6 +56,9 @@ class ConvBNAct(nn.Sequential):
     activation has no state, so folding it into the BatchNorm keeps the state_dict keys ``0.weight``
     (conv) and ``1.weight``, ``1.bias``, ``1.running_mean``, ... (BatchNorm) unchanged.
     Padding is ``(kernel_size - 1) // 2 * dilation`` ("same" for odd kernels at stride 1).
+    A depthwise conv (``groups == in_channels == out_channels``) runs fused with its BatchNorm and
+    activation (functional.depthwise_conv2d_bn_act); other convs run as nn.Conv2d, then the fused
+    BatchNorm + activation.
     """
 
     def __init__(
@@ -86,6 +89,13 @@ class ConvBNAct(nn.Sequential):
             BatchNormAct2d(out_channels, eps=eps, momentum=momentum, activation=activation, backend=backend),
         )
         self.out_channels = out_channels
+        self.depthwise = groups > 1 and groups == in_channels == out_channels
+
+    def forward(self, input: Tensor) -> Tensor:
+        conv, bn = self[0], self[1]
+        if self.depthwise:
+            return bn.forward_after_depthwise(conv, input)
+        return bn(conv(input))
 
 
 class SqueezeExcitation(nn.Module):

@@ -1,5 +1,6 @@
 """Modules built on mobilenet_kernels ops, with torchvision-compatible state_dicts."""
 
 from .batch_norm_act import BatchNormAct2d
+from .depthwise_conv2d import DepthwiseConv2d
 
-__all__ = ["BatchNormAct2d"]
+__all__ = ["BatchNormAct2d", "DepthwiseConv2d"]

@@ -48,9 +48,9 @@ class BatchNormAct2d(nn.BatchNorm2d):
         new.train(bn.training)
         return new
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(input)
-        # Same bookkeeping as nn.modules.batchnorm._BatchNorm.forward.
+    def _batch_norm_args(self) -> tuple[torch.Tensor | None, torch.Tensor | None, bool, float]:
+        """(running_mean, running_var, training, momentum) for this call, with the same bookkeeping
+        as nn.modules.batchnorm._BatchNorm.forward (num_batches_tracked, momentum=None)."""
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -58,18 +58,41 @@ class BatchNormAct2d(nn.BatchNorm2d):
                 exponential_average_factor = 1.0 / float(self.num_batches_tracked)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
-        return MF.batch_norm_act(
-            input,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight,
-            self.bias,
-            bn_training,
-            exponential_average_factor,
-            self.eps,
-            self.activation,
-            backend=self.backend,
+        return (self.running_mean if track else None, self.running_var if track else None, bn_training,
+                exponential_average_factor)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        running_mean, running_var, training, momentum = self._batch_norm_args()
+        return MF.batch_norm_act(input, running_mean, running_var, self.weight, self.bias, training, momentum, self.eps,
+                                 self.activation, backend=self.backend)
+
+    def forward_after_depthwise(self, conv: nn.Conv2d, input: torch.Tensor) -> torch.Tensor:
+        """``self(conv(input))`` for a depthwise ``conv``, as one fused op
+        (functional.depthwise_conv2d_bn_act). In eval mode the folded conv weights are computed once
+        and reused while no parameter or buffer changes and nothing needs a gradient."""
+        running_mean, running_var, training, momentum = self._batch_norm_args()
+        folded = None if training else self._folded(conv, running_mean, running_var)
+        return MF.depthwise_conv2d_bn_act(
+            input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, running_mean, running_var,
+            self.weight, self.bias, training, momentum, self.eps, self.activation, backend=self.backend, folded=folded,
         )
+
+    def _folded(self, conv: nn.Conv2d, running_mean, running_var):
+        if torch.compiler.is_compiling():  # traced once; the fold is part of the graph
+            return None
+        tensors = [t for t in (conv.weight, conv.bias, running_mean, running_var, self.weight, self.bias) if t is not None]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors) + (self.eps,)
+        cache = self.__dict__.get("_fold_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                folded = MF.fold_batch_norm(conv.weight, conv.bias, running_mean, running_var, self.weight, self.bias,
+                                            self.eps)
+            cache = (key, folded)
+            self.__dict__["_fold_cache"] = cache  # a plain attribute: not in the state_dict
+        return cache[1]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}, backend={self.backend}"

@@ -1,0 +1,304 @@
+"""depthwise_conv2d: registration of fakes, autograd and the Triton kernels.
+
+Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/depthwise_conv2d.*;
+Triton kernels in mobilenet_kernels/triton/depthwise_conv2d.py.
+
+Three kernel ops and one composite:
+
+* ``depthwise_conv2d`` (+ ``_backward``): ``act(conv2d(x, w, b, groups=C))``. The activation is the
+  epilogue of eval-mode dw+BN+act with BN folded into ``w`` and ``b``. Its backward applies act'
+  first: from the saved output for identity/relu/relu6 (y tells where z was clipped), by recomputing
+  the pre-activation for the others (only reached when training through a frozen BatchNorm).
+* ``depthwise_conv2d_stats``: the conv plus the per-channel batch mean and biased variance of its
+  output from the kernel's epilogue, so BatchNorm's statistics pass never re-reads the output.
+* ``depthwise_conv2d_bn_act_train``: dw conv + BatchNorm (batch statistics) + activation:
+  ``stats`` then the BatchNorm apply kernel; backward = batch_norm_act_train_backward then
+  depthwise_conv2d_backward. A device-generic composite over the kernel ops of one backend.
+
+Autocast: the functional layer casts input/weight/bias to the autocast dtype, as F.conv2d does
+(``torch.library.register_autocast`` only knows one fixed dtype).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import activation_derivative, check_activation
+from ._common import acc_dtype, check_floating, check_per_channel, empty_like_output, output_memory_format
+
+# Activations whose derivative can be read off the output: y > 0 (and y < 6) iff z is.
+_DERIVATIVE_FROM_OUTPUT = ("identity", "relu", "relu6")
+
+
+def _pair(v, name: str, min_value: int) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = (v, v)
+    v = tuple(v)
+    if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    if min(v) < min_value:
+        raise ValueError(f"{name}: expected values >= {min_value}, got {list(v)}")
+    return v
+
+
+def check_depthwise_args(input, weight, bias, stride, padding, dilation, activation="identity") -> tuple[int, int]:
+    """The checks every backend runs before launching; returns the output size (OH, OW).
+    C++ twin: csrc/depthwise_conv2d.h::prepare_depthwise."""
+    check_floating(input, "input")
+    if input.dim() != 4:
+        raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
+    check_floating(weight, "weight")
+    C = input.shape[1]
+    if weight.dim() != 4 or weight.shape[0] != C or weight.shape[1] != 1:
+        raise ValueError(f"weight: expected shape ({C}, 1, kH, kW) for a depthwise conv of {C} channels, got {tuple(weight.shape)}")
+    if weight.shape[2] < 1 or weight.shape[3] < 1:
+        raise ValueError(f"weight: expected a non-empty kernel, got {tuple(weight.shape)}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"weight: expected dtype {input.dtype} (the input's), got {weight.dtype}")
+    if weight.device != input.device:
+        raise ValueError(f"weight: expected device {input.device}, got {weight.device}")
+    if bias is not None:
+        check_per_channel(bias, "bias", input)
+        if bias.dtype != input.dtype:
+            raise TypeError(f"bias: expected dtype {input.dtype} (the input's), got {bias.dtype}")
+    sH, sW = _pair(stride, "stride", 1)
+    pH, pW = _pair(padding, "padding", 0)
+    dH, dW = _pair(dilation, "dilation", 1)
+    check_activation(activation)
+    H, W = input.shape[2], input.shape[3]
+    eff_h, eff_w = dH * (weight.shape[2] - 1) + 1, dW * (weight.shape[3] - 1) + 1
+    if H + 2 * pH < eff_h or W + 2 * pW < eff_w:
+        raise ValueError(
+            f"input: spatial size ({H}, {W}) plus padding ({pH}, {pW}) is smaller than the dilated kernel ({eff_h}, {eff_w})"
+        )
+    return (H + 2 * pH - eff_h) // sH + 1, (W + 2 * pW - eff_w) // sW + 1
+
+
+def check_stats_count(input, out_hw) -> None:
+    """Training needs more than one value per channel (C++ twin: check_stats_count)."""
+    N = input.shape[0]
+    if N != 0 and N * out_hw[0] * out_hw[1] <= 1:
+        raise ValueError(
+            "input: Expected more than 1 value per channel when training, got a conv output of size "
+            f"{(N, input.shape[1], *out_hw)}"
+        )
+
+
+def _output(input, out_hw, dtype=None):
+    return torch.empty((input.shape[0], input.shape[1], *out_hw), dtype=dtype or input.dtype, device=input.device,
+                       memory_format=output_memory_format(input))
+
+
+def _check_grad_output(grad_output, input, out_hw) -> None:
+    expected = (input.shape[0], input.shape[1], *out_hw)
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(f"grad_output: expected shape {expected}, got {tuple(grad_output.shape)}")
+    if grad_output.dtype != input.dtype:
+        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
+    if grad_output.device != input.device:
+        raise ValueError(f"grad_output: expected device {input.device}, got {grad_output.device}")
+
+
+# ----------------------------------------------------------------------------- fakes
+
+
+def _fake(input, weight, bias, stride, padding, dilation, activation):
+    return _output(input, check_depthwise_args(input, weight, bias, stride, padding, dilation, activation))
+
+
+def _backward_fake(grad_output, input, weight, stride, padding, dilation, output_mask):
+    out_hw = check_depthwise_args(input, weight, None, stride, padding, dilation)
+    _check_grad_output(grad_output, input, out_hw)
+    empty = input.new_empty(0)
+    return (
+        empty_like_output(input) if output_mask[0] else empty,
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else empty,
+        input.new_empty(input.shape[1]) if output_mask[2] else empty,
+    )
+
+
+def _stats_fake(input, weight, stride, padding, dilation):
+    out_hw = check_depthwise_args(input, weight, None, stride, padding, dilation)
+    check_stats_count(input, out_hw)
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return _output(input, out_hw), input.new_empty(C, dtype=acc), input.new_empty(C, dtype=acc)
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, activation = inputs
+    ctx.geometry = (stride, padding, dilation)
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    saved_out = output if activation in _DERIVATIVE_FROM_OUTPUT and activation != "identity" else None
+    ctx.save_for_backward(input, weight, bias, saved_out)
+
+
+def _make_backward(forward_op, backward_op):
+    def backward(ctx, grad_output):
+        input, weight, bias, out = ctx.saved_tensors
+        act = ctx.activation
+        if act == "identity":
+            g = grad_output
+        elif act in _DERIVATIVE_FROM_OUTPUT:  # relu: y > 0; relu6: 0 < y < 6, exactly where z is
+            keep = (out > 0) & (out < 6) if act == "relu6" else out > 0
+            g = grad_output * keep
+        else:  # recompute the pre-activation (training through a frozen, folded BatchNorm)
+            z = forward_op(input, weight, bias, *ctx.geometry, "identity")
+            g = (grad_output.to(acc_dtype(z.dtype)) * activation_derivative(z.to(acc_dtype(z.dtype)), act)).to(z.dtype)
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1], needs[2] and ctx.has_bias]
+        grad_input, grad_weight, grad_bias = backward_op(g.contiguous(memory_format=output_memory_format(input)), input,
+                                                         weight, *ctx.geometry, mask)
+        return (grad_input if mask[0] else None, grad_weight if mask[1] else None, grad_bias if mask[2] else None,
+                None, None, None, None)
+
+    return backward
+
+
+def _stats_setup_context(ctx, inputs, output):
+    input, weight, stride, padding, dilation = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.save_for_backward(input, weight)
+
+
+def _make_stats_backward(backward_op):
+    # The statistics are non-differentiable outputs (they feed BatchNorm, whose own backward
+    # accounts for them): only the conv output carries a gradient.
+    def backward(ctx, grad_output, _grad_mean, _grad_var):
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight, _ = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)),
+                                                 input, weight, *ctx.geometry, [needs[0], needs[1], False])
+        return grad_input if needs[0] else None, grad_weight if needs[1] else None, None, None, None
+
+    return backward
+
+
+ns = torch.ops.mobilenet_kernels
+for _suffix in ("", "_triton"):
+    torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d{_suffix}", _fake)
+    torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d_backward{_suffix}", _backward_fake)
+    torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d_stats{_suffix}", _stats_fake)
+    _bwd = getattr(ns, f"depthwise_conv2d_backward{_suffix}")
+    torch.library.register_autograd(f"mobilenet_kernels::depthwise_conv2d{_suffix}",
+                                    _make_backward(getattr(ns, f"depthwise_conv2d{_suffix}"), _bwd),
+                                    setup_context=_setup_context)
+    torch.library.register_autograd(f"mobilenet_kernels::depthwise_conv2d_stats{_suffix}", _make_stats_backward(_bwd),
+                                    setup_context=_stats_setup_context)
+
+
+# ----------------------------------------------------------------------------- Triton
+
+
+def _dense(t):
+    return t.contiguous(memory_format=output_memory_format(t))
+
+
+def _acc_weight(weight):
+    return weight.reshape(weight.shape[0], weight.shape[2], weight.shape[3]).to(acc_dtype(weight.dtype)).contiguous()
+
+
+@torch.library.register_kernel("mobilenet_kernels::depthwise_conv2d_triton", ("cpu", "cuda"))
+def _triton_forward(input, weight, bias, stride, padding, dilation, activation):
+    from ..triton.depthwise_conv2d import depthwise_conv2d_fwd
+
+    check_depthwise_args(input, weight, bias, stride, padding, dilation, activation)
+    b = None if bias is None else bias.to(acc_dtype(bias.dtype)).contiguous()
+    return depthwise_conv2d_fwd(_dense(input), _acc_weight(weight), b, tuple(stride), tuple(padding), tuple(dilation),
+                                activation, output_memory_format(input))
+
+
+@torch.library.register_kernel("mobilenet_kernels::depthwise_conv2d_backward_triton", ("cpu", "cuda"))
+def _triton_backward(grad_output, input, weight, stride, padding, dilation, output_mask):
+    from ..triton.depthwise_conv2d import depthwise_conv2d_bwd
+
+    out_hw = check_depthwise_args(input, weight, None, stride, padding, dilation)
+    _check_grad_output(grad_output, input, out_hw)
+    fmt = output_memory_format(input)
+    grad_input, grad_weight, grad_bias = depthwise_conv2d_bwd(
+        grad_output.contiguous(memory_format=fmt), _dense(input), _acc_weight(weight), tuple(stride), tuple(padding),
+        tuple(dilation), fmt, tuple(bool(m) for m in output_mask),
+    )
+    if output_mask[1]:
+        grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype)
+    return grad_input, grad_weight, grad_bias
+
+
+@torch.library.register_kernel("mobilenet_kernels::depthwise_conv2d_stats_triton", ("cpu", "cuda"))
+def _triton_stats(input, weight, stride, padding, dilation):
+    from ..triton.depthwise_conv2d import depthwise_conv2d_stats_fwd
+
+    check_stats_count(input, check_depthwise_args(input, weight, None, stride, padding, dilation))
+    return depthwise_conv2d_stats_fwd(_dense(input), _acc_weight(weight), tuple(stride), tuple(padding), tuple(dilation),
+                                      output_memory_format(input))
+
+
+# ----------------------------------------------------------------------------- dw conv + BN + act, training
+
+
+def check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation):
+    out_hw = check_depthwise_args(input, conv_weight, None, stride, padding, dilation, activation)
+    check_stats_count(input, out_hw)
+    check_per_channel(weight, "weight", input)
+    check_per_channel(bias, "bias", input)
+    if eps < 0:
+        raise ValueError(f"eps: expected a non-negative value, got {eps}")
+    return out_hw
+
+
+def _bn_train_fake(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation):
+    out_hw = check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation)
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return _output(input, out_hw), _output(input, out_hw), input.new_empty(C, dtype=acc), input.new_empty(C, dtype=acc)
+
+
+def _make_bn_train_forward(suffix):
+    def forward(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation):
+        check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation)
+        conv_out, mean, var = getattr(ns, f"depthwise_conv2d_stats{suffix}")(input, conv_weight, stride, padding, dilation)
+        out = getattr(ns, f"batch_norm_act_eval{suffix}")(conv_out, mean, var, weight, bias, eps, activation)
+        return out, conv_out, mean, var
+
+    return forward
+
+
+def _bn_train_setup_context(ctx, inputs, output):
+    input, conv_weight, weight, bias, stride, padding, dilation, eps, activation = inputs
+    _, conv_out, mean, var = output
+    ctx.mark_non_differentiable(conv_out, mean, var)
+    ctx.save_for_backward(input, conv_weight, weight, bias, conv_out, mean, var)
+    ctx.geometry = (stride, padding, dilation)
+    ctx.eps, ctx.activation = eps, activation
+
+
+def _make_bn_train_backward(suffix):
+    bn_backward = getattr(ns, f"batch_norm_act_train_backward{suffix}")
+    conv_backward = getattr(ns, f"depthwise_conv2d_backward{suffix}")
+
+    def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
+        input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        fmt = output_memory_format(input)
+        grad_conv_out, sum_g_xhat, sum_g = bn_backward(grad_output.contiguous(memory_format=fmt), conv_out, weight, bias,
+                                                       mean, var, ctx.eps, ctx.activation)
+        grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, *ctx.geometry,
+                                                        [needs[0], needs[1], False])
+        return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
+                sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
+                None, None, None, None, None)
+
+    return backward
+
+
+for _suffix in ("", "_triton"):
+    _name = f"mobilenet_kernels::depthwise_conv2d_bn_act_train{_suffix}"
+    torch.library.register_kernel(_name, ("cpu", "cuda"), _make_bn_train_forward(_suffix))
+    torch.library.register_fake(_name, _bn_train_fake)
+    torch.library.register_autograd(_name, _make_bn_train_backward(_suffix), setup_context=_bn_train_setup_context)
