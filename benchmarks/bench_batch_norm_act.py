@@ -35,9 +35,11 @@ def providers(device: str, with_autotune: bool, training: bool) -> dict:
         return apply_activation(F.batch_norm(x, m, v, w, b, training, 0.1, 1e-5), act)
 
     found = {"eager": eager}
-    found["torch_compile"] = torch.compile(eager)
+    # dynamic=False and a large cache: one static graph per shape, as a fixed-shape model would get
+    # (the default recompile limit of 8 silently fell back to eager after the 8th shape).
+    found["torch_compile"] = torch.compile(eager, dynamic=False)
     if with_autotune:
-        found["torch_compile_max_autotune"] = torch.compile(eager, mode="max-autotune-no-cudagraphs")
+        found["torch_compile_max_autotune"] = torch.compile(eager, mode="max-autotune-no-cudagraphs", dynamic=False)
     for name in ("cuda", "triton"):
         if name in backends.available(device):
             found[name] = lambda x, m, v, w, b, act, _n=name: MF.batch_norm_act(
@@ -126,6 +128,7 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device")
 
     args.name = args.name or f"batch_norm_act_{'train' if args.training else 'eval'}"
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     stop_on_sigterm()
     env = environment(args.device)
     rows: list[dict] = []
