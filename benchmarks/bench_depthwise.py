@@ -31,12 +31,14 @@ from mobilenet_kernels.activations import apply_activation  # noqa: E402
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def conv_providers(device: str, with_autotune: bool) -> dict:
+def conv_providers(device: str, with_autotune: bool, with_compile: bool = True) -> dict:
     def eager(x, w, geom, act):
         return F.conv2d(x, w, None, *geom, groups=x.shape[1])
 
-    found = {"eager": eager, "torch_compile": torch.compile(eager, dynamic=False)}
-    if with_autotune:
+    found = {"eager": eager}
+    if with_compile:
+        found["torch_compile"] = torch.compile(eager, dynamic=False)
+    if with_compile and with_autotune:
         found["torch_compile_max_autotune"] = torch.compile(eager, mode="max-autotune-no-cudagraphs", dynamic=False)
     for name in ("cuda", "triton"):
         if name in backends.available(device):
@@ -68,7 +70,8 @@ def run(args, rows: list[dict], copy_bw: float | None) -> None:
         layers += [(model, *layer) for layer in depthwise_layers(model, args.resolution)]
     peak = peak_bandwidth(device)
     autotune = device == "cuda" and not args.no_autotune
-    provs = {"conv": conv_providers(device, autotune), "conv_bn_act_train": conv_bn_act_providers(device, autotune)}
+    provs = {"conv": conv_providers(device, autotune, not args.no_compile_conv),
+             "conv_bn_act_train": conv_bn_act_providers(device, autotune)}
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -160,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode", nargs="+", default=["forward", "full"], choices=["forward", "full"])
     p.add_argument("--op", nargs="+", default=["conv", "conv_bn_act_train"], choices=["conv", "conv_bn_act_train"])
     p.add_argument("--no-autotune", action="store_true", help="skip torch.compile max-autotune (slow to compile)")
+    p.add_argument("--no-compile-conv", action="store_true",
+                   help="no torch.compile rows for the lone conv (Inductor hands a conv to ATen: compile ~ eager)")
     p.add_argument("--out", default="mk_results")
     p.add_argument("--name", default="depthwise")
     p.add_argument("--quiet", action="store_true")

@@ -48,7 +48,7 @@ print(m.group(1).lower() if m else 'cpu')" 2>/dev/null || echo unknown)}
 echo "gpu tag: $GPU_TAG" | tee -a "$OUT/suite.log"
 
 step check 45 $PY -m mobilenet_kernels check
-step diag 60 $PY benchmarks/check_cpp_exceptions.py
+step diag 40 $PY benchmarks/check_cpp_exceptions.py
 PYTEST_ARGS=(-v --tb=short -rfE -p no:cacheprovider)
 $PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
@@ -57,7 +57,7 @@ BN=($PY benchmarks/bench_batch_norm_act.py --quiet --no-autotune --dtype bfloat1
 step bench_bn_eval 80 "${BN[@]}" --name "batch_norm_act_eval_${GPU_TAG}"
 step bench_bn_train 80 "${BN[@]}" --training --name "batch_norm_act_train_${GPU_TAG}"
 if [ -f benchmarks/bench_depthwise.py ]; then
-  step bench_depthwise 150 $PY benchmarks/bench_depthwise.py --quiet --out "$OUT" --name "depthwise_${GPU_TAG}"
+  step bench_depthwise 150 $PY benchmarks/bench_depthwise.py --quiet --no-autotune --no-compile-conv --layout nhwc --out "$OUT" --name "depthwise_${GPU_TAG}"
 fi
 if want summary; then
   $PY benchmarks/suite_summary.py "$JUNIT" "$OUT/suite_${GPU_TAG}.json" | tee -a "$OUT/suite.log"

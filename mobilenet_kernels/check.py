@@ -51,6 +51,53 @@ def _self_test_cases():
 
 
 def self_test(backend: str, device: str) -> tuple[bool, float]:
+    """Every op, forward + backward, vs the float64 torch reference: (ok, worst relative error)."""
+    ok_bn, err_bn = _self_test_batch_norm_act(backend, device)
+    ok_dw, err_dw = _self_test_depthwise(backend, device)
+    return ok_bn and ok_dw, max(err_bn, err_dw)
+
+
+def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours.double() - ref.double()).abs() / (1 + ref.double().abs())).max().item() if ref.numel() else 0.0
+
+
+def _self_test_depthwise(backend: str, device: str) -> tuple[bool, float]:
+    """depthwise_conv2d (k3 s1, k5 s2, both layouts, odd C and sizes) and dw conv + BN + act in
+    training, forward + backward, vs the float64 reference."""
+    from . import functional as MF
+    from .reference import depthwise_conv2d_bn_act_ref, depthwise_conv2d_ref
+
+    gen = torch.Generator().manual_seed(1)
+    worst, ok = 0.0, True
+    cases = [((2, 16, 7, 7), 3, 1, torch.contiguous_format, "relu6", torch.float32),
+             ((2, 13, 9, 6), 5, 2, torch.channels_last, "hardswish", torch.float32),
+             ((2, 24, 8, 8), 3, 2, torch.channels_last, "relu", torch.bfloat16)]
+    for shape, k, s, fmt, act, dtype in cases:
+        C, p = shape[1], k // 2
+        x = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt).requires_grad_()
+        w = (torch.randn(C, 1, k, k, generator=gen) / k).to(device, dtype).requires_grad_()
+        b = torch.randn(C, generator=gen).to(device, dtype)
+        bn_w, bn_b = (torch.randn(C, generator=gen).to(device) for _ in range(2))
+        y = MF.depthwise_conv2d(x, w, b, s, p, 1, activation=act, backend=backend)
+        y2 = MF.depthwise_conv2d_bn_act(x, w, None, s, p, 1, None, None, bn_w, bn_b, True, 0.1, 1e-5, act,
+                                        backend=backend)
+        grads = torch.autograd.grad((y.float().sum(), (y2.float() * y2.float()).sum()), (x, w))
+        x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        y64 = depthwise_conv2d_ref(x64, w64, b.double(), s, p, 1, act)
+        y264 = depthwise_conv2d_bn_act_ref(x64, w64, None, s, p, 1, None, None, bn_w.double(), bn_b.double(), True,
+                                           0.1, 1e-5, act)
+        grads64 = torch.autograd.grad((y64.sum(), (y264 * y264).sum()), (x64, w64))
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        for ours, ref in ((y, y64), (y2, y264), *zip(grads, grads64)):
+            scale = max(1.0, ref.abs().max().item())  # gradients summed over many terms: judge on their scale
+            err = _rel_err(ours / scale, ref / scale)
+            worst = max(worst, err)
+            ok &= err <= tol
+        ok &= y.is_contiguous(memory_format=fmt) and y2.is_contiguous(memory_format=fmt)
+    return ok, worst
+
+
+def _self_test_batch_norm_act(backend: str, device: str) -> tuple[bool, float]:
     """batch_norm_act forward + backward, eval and training (with the running-stat update), vs the
     float64 torch reference; returns (ok, worst relative error)."""
     from . import functional as MF
@@ -97,7 +144,8 @@ def run_check() -> int:
           f"{' (interpreter: TRITON_INTERPRET=1)' if backends.TRITON_INTERPRET else ''}")
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print("\nself-test: batch_norm_act eval and training, forward + backward, vs the float64 torch reference")
+    print("\nself-test: batch_norm_act (eval, training) and depthwise_conv2d (alone; + BN + act in training),")
+    print("forward + backward, vs the float64 torch reference")
     failures = 0
     for device in devices:
         for name in backends.BACKENDS:
@@ -105,7 +153,12 @@ def run_check() -> int:
             if reason is not None:
                 print(f"  {device:<5} {name:<7} skipped: {reason}")
                 continue
-            ok, err = self_test(name, device)
+            try:
+                ok, err = self_test(name, device)
+            except Exception as exc:  # a kernel that raises is a failure to report, not a crash
+                failures += 1
+                print(f"  {device:<5} {name:<7} FAIL  ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+                continue
             failures += not ok
             print(f"  {device:<5} {name:<7} {'PASS' if ok else 'FAIL'}  (max rel. error {err:.2e})")
     print("\nOK" if failures == 0 else f"\n{failures} backend(s) FAILED")

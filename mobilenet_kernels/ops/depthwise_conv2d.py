@@ -226,7 +226,7 @@ def _triton_backward(grad_output, input, weight, stride, padding, dilation, outp
         tuple(dilation), fmt, tuple(bool(m) for m in output_mask),
     )
     if output_mask[1]:
-        grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype)
+        grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype).contiguous()
     return grad_input, grad_weight, grad_bias
 
 
