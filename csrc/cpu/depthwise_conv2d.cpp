@@ -1,0 +1,1210 @@
+// depthwise_conv2d, C++ CPU kernels.
+//
+// Forward: act(conv2d(x, w, b, groups=C)). Backward: grad_input, grad_weight, grad_bias of the
+// identity-activation conv (autograd applies act' first). Stats: the bias-free conv plus the
+// per-channel batch mean and biased variance of the output as stored (after rounding), for a
+// BatchNorm in training.
+// Layouts: NCHW and channels_last, both native (other strides are made dense first); output in the
+//          input's format. Any kernel size, stride, padding (also wider than the kernel) and dilation.
+// dtypes: float64 (double arithmetic), float32, float16, bfloat16 (float arithmetic, one rounding
+//         at the store).
+// Structure: a task copies the input rows it reads into a scratch buffer in the accumulation
+//   dtype (fp16/bf16 converted once, the padding materialized as zeros), so the inner loops are
+//   branch-free register blocks of FMAs:
+//   channels_last: staged channel-blocked ([C/8][rows][cols][8] for float; at most 128 channels
+//         per staging, so it stays in L2); blocks of 8 output pixels x one 32-byte vector of
+//         channels, pixel stride fixed at compile time for stride 1 and 2. While a staged
+//         sub-chunk computes, software prefetches stream in the next one.
+//   NCHW: 2-8 output rows x 1-4 vectors of output columns; the staged rows are split into stride
+//         phases, so strided taps read contiguous memory.
+//   grad_input is gathered (no scatter, no atomics): input pixels of one stride phase form a
+//   stride-1 correlation of grad_output with that phase's taps.
+// Reductions (grad_weight, grad_bias, stats): per-(row group, channel) partials over a partition of
+//   the N*OH output rows fixed by the shape, merged in double in group order, so results are
+//   bitwise identical for any thread count. Lane-wise accumulators make the summation order
+//   independent of how the compiler vectorizes. Stats: each staged sub-chunk's stored outputs
+//   (still in cache) give centered (count, mean, M2), summed about the sub-chunk's first value so
+//   a large mean costs no digits; these are merged by Chan's formula in double.
+// x86: each kernel is compiled twice, for the baseline ISA and for AVX2+FMA (picked at run time),
+//   since the extension is built without -march flags.
+// Limits: inf/nan in grad_output meet the zero padding in grad_weight (inf * 0 = nan) where
+//   PyTorch skips padded taps.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "depthwise_conv2d.h"
+
+namespace mobilenet_kernels {
+namespace {
+
+// ----------------------------------------------------------------------------- ISA dispatch
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define MK_DW_AVX2_CLONES 1
+#endif
+
+bool use_avx2() {
+#ifdef MK_DW_AVX2_CLONES
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// K::run is always inlined, so its loops are compiled for the ISA of the function it lands in.
+template <class K>
+void run_baseline(const K& k, int64_t begin, int64_t end) {
+  k.run(begin, end);
+}
+
+#ifdef MK_DW_AVX2_CLONES
+template <class K>
+__attribute__((target("avx2,fma"))) void run_avx2(const K& k, int64_t begin, int64_t end) {
+  k.run(begin, end);
+}
+#endif
+
+// Tasks are coarse (thousands of outputs each) and independent.
+template <class K>
+void parallel_run(const K& k, int64_t tasks) {
+  const bool avx2 = use_avx2();
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+#ifdef MK_DW_AVX2_CLONES
+    if (avx2) return run_avx2(k, begin, end);
+#endif
+    (void)avx2;
+    run_baseline(k, begin, end);
+  });
+}
+
+// ----------------------------------------------------------------------------- geometry
+
+int64_t div_floor(int64_t a, int64_t b) {  // b > 0
+  const int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+int64_t div_ceil(int64_t a, int64_t b) { return -div_floor(-a, b); }
+int64_t round_up(int64_t a, int64_t b) { return div_ceil(a, b) * b; }
+
+// Taps k in [lo, hi) read an input index o * s - p + k * d inside [0, L).
+struct TapRange {
+  int64_t lo, hi;
+};
+TapRange valid_taps(int64_t o, int64_t s, int64_t p, int64_t d, int64_t K, int64_t L) {
+  const int64_t lo = std::max<int64_t>(0, div_ceil(p - o * s, d));
+  return {lo, std::max(lo, std::min<int64_t>(K, div_floor(L - 1 + p - o * s, d) + 1))};
+}
+
+// Outputs o in [lo, hi) read input index o * s - p + k * d inside [0, L) for one tap k.
+TapRange valid_outputs(int64_t k, int64_t s, int64_t p, int64_t d, int64_t O, int64_t L) {
+  const int64_t lo = std::max<int64_t>(0, div_ceil(p - k * d, s));
+  return {lo, std::max(lo, std::min<int64_t>(O, div_floor(L - 1 + p - k * d, s) + 1))};
+}
+
+// Stride phase rho of the input index i + p = q * s + rho: the q range of one phase inside [0, L).
+TapRange phase_range(int64_t rho, int64_t s, int64_t p, int64_t L) {
+  const int64_t lo = div_ceil(p - rho, s);
+  return {lo, std::max(lo, div_floor(L - 1 + p - rho, s) + 1)};
+}
+
+template <typename acc_t>
+constexpr int kVec = 32 / static_cast<int>(sizeof(acc_t));  // one AVX2 register
+constexpr int kPixBlock = 8;                                  // channels_last: output pixels per block
+constexpr int64_t kMaxGroups = 64;         // bounds the reduction partials
+constexpr int64_t kTaskElements = 131072;  // outputs per task, before the kMaxGroups cap
+constexpr int64_t kStageElements = 65536;  // scratch per staged sub-chunk (256 KB of floats: in L2)
+constexpr int64_t kSlabChannels = 128;     // channels_last: channels staged together
+
+// The N * R rows (R rows per image) cut into groups by the shape alone: whole images (`images` per
+// group) or, for large images, `pieces` groups of `piece_rows` rows per image; never more than
+// kMaxGroups. A group is processed in sub-chunks of at most `chunk` rows of one image (the staging
+// buffer's size).
+struct RowGroups {
+  int64_t N = 0, R = 1, images = 1, pieces = 1, piece_rows = 1, count = 0, chunk = 1;
+  int64_t begin(int64_t g) const {
+    return pieces > 1 ? (g / pieces) * R + (g % pieces) * piece_rows : g * images * R;
+  }
+  int64_t end(int64_t g) const {
+    return pieces > 1 ? (g / pieces) * R + std::min(R, (g % pieces + 1) * piece_rows)
+                      : std::min(N, (g + 1) * images) * R;
+  }
+  // Rows of the sub-chunk starting at `row`: within one image, at most `chunk`, sizes balanced.
+  int64_t sub_chunk(int64_t row, int64_t end) const {
+    const int64_t left = std::min(R - row % R, end - row);
+    return div_ceil(left, div_ceil(left, chunk));
+  }
+};
+
+RowGroups make_row_groups(int64_t N, int64_t R, int64_t row_elements, int64_t chunk) {
+  RowGroups G;
+  G.N = N;
+  G.R = R;
+  G.chunk = std::max<int64_t>(1, chunk);
+  if (N == 0 || R == 0) return G;
+  const int64_t target = std::max<int64_t>(1, kTaskElements / std::max<int64_t>(1, row_elements));
+  const int64_t pieces = std::min(div_ceil(R, target), std::max<int64_t>(1, kMaxGroups / N));
+  if (pieces <= 1) {
+    G.images = std::max(std::min(N, std::max<int64_t>(1, target / R)), div_ceil(N, kMaxGroups));
+    G.count = div_ceil(N, G.images);
+  } else {
+    G.piece_rows = div_ceil(R, pieces);
+    G.pieces = div_ceil(R, G.piece_rows);
+    G.count = N * G.pieces;
+  }
+  return G;
+}
+
+// Output rows per staged sub-chunk: the most rows whose staged input, (rows - 1) * step + span rows
+// of row_elements each, fits kStageElements.
+int64_t chunk_rows(int64_t row_elements, int64_t step, int64_t span) {
+  const int64_t fit = kStageElements / std::max<int64_t>(1, row_elements);
+  return std::max<int64_t>(1, (fit - span) / step + 1);
+}
+
+// channels_last stages `width` blocks of V channels at a time (at most kSlabChannels channels, slabs
+// of balanced size), so a staged sub-chunk stays in L2 whatever C is.
+struct ChannelSlabs {
+  int64_t blocks, count, width;
+  int64_t first(int64_t s) const { return s * width; }
+  int64_t size(int64_t s) const { return std::min(width, blocks - s * width); }
+};
+ChannelSlabs channel_slabs(int64_t C, int64_t V) {
+  ChannelSlabs s;
+  s.blocks = div_ceil(C, V);
+  s.count = std::max<int64_t>(1, div_ceil(s.blocks * V, kSlabChannels));
+  s.width = std::max<int64_t>(1, div_ceil(s.blocks, s.count));
+  s.count = std::max<int64_t>(1, div_ceil(s.blocks, s.width));
+  return s;
+}
+
+// (ceil(C / V), kH * kW, V): the taps of each block of V channels, channels innermost; zero beyond C.
+template <typename acc_t>
+std::vector<acc_t> blocked_taps(const DepthwiseArgs& a) {
+  constexpr int V = kVec<acc_t>;
+  const int64_t T = a.kH * a.kW, Cp = round_up(a.C, V);
+  const acc_t* w = a.weight.data_ptr<acc_t>();
+  std::vector<acc_t> wb(static_cast<size_t>(T * Cp), acc_t(0));
+  for (int64_t c = 0; c < a.C; ++c) {
+    for (int64_t t = 0; t < T; ++t) wb[((c / V) * T + t) * V + c % V] = w[c * T + t];
+  }
+  return wb;
+}
+
+template <typename acc_t>
+std::vector<acc_t> padded_bias(const DepthwiseArgs& a) {
+  std::vector<acc_t> b(static_cast<size_t>(round_up(a.C, kVec<acc_t>)), acc_t(0));
+  if (a.bias.defined()) std::copy(a.bias.data_ptr<acc_t>(), a.bias.data_ptr<acc_t>() + a.C, b.begin());
+  return b;
+}
+
+// ----------------------------------------------------------------------------- staging
+
+// Streams a byte range into L2 a few lines at a time: spread over the register blocks of one staged
+// sub-chunk, it brings in the next sub-chunk's input while this one computes, so the staging copy
+// reads from cache instead of waiting on memory.
+struct StreamPrefetcher {
+  const char* next = nullptr;
+  const char* end = nullptr;
+  int64_t lines_per_step = 0;
+  template <typename T>
+  void start(const T* begin, const T* finish, int64_t steps) {
+    next = reinterpret_cast<const char*>(begin);
+    end = reinterpret_cast<const char*>(finish);
+    lines_per_step = steps > 0 ? div_ceil((end - next + 63) / 64, steps) : 0;
+  }
+  C10_ALWAYS_INLINE void step() {
+#if defined(__GNUC__) || defined(__clang__)
+    for (int64_t i = 0; i < lines_per_step && next < end; ++i, next += 64) __builtin_prefetch(next, 0, 2);
+#endif
+  }
+};
+
+// Channel-blocked staging of channels_last rows: dst[b][k][u][l] (block stride `plane`, row stride
+// ncols * V) = img[row0 + k][col0 + u][c0 + b * V + l] for b < nb, in acc_t; zero outside the image
+// and for channels >= C. In this layout one vector of channels of consecutive pixels is contiguous,
+// so the taps of a register block read a few cache lines, in order.
+template <int V, typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void stage_channel_blocks(const scalar_t* img /* (H, W, C) */, int64_t H, int64_t W, int64_t C,
+                                            int64_t c0, int64_t nb, int64_t row0, int64_t nrows, int64_t col0,
+                                            int64_t ncols, int64_t plane, acc_t* dst) {
+  const int64_t full = std::clamp<int64_t>((C - c0) / V, 0, nb), tail = std::clamp<int64_t>(C - c0 - full * V, 0, V);
+  const int64_t u_lo = std::clamp<int64_t>(-col0, 0, ncols);
+  const int64_t u_hi = std::clamp<int64_t>(W - col0, u_lo, ncols);
+  // Zeros are written as whole vectors, pixel by pixel: a fill per staged row would be a memset
+  // call of a few bytes each.
+  for (int64_t k = 0; k < nrows; ++k) {
+    const int64_t r = row0 + k;
+    const bool row_inside = r >= 0 && r < H;
+    for (int64_t u = 0; u < ncols; ++u) {
+      acc_t* d = dst + (k * ncols + u) * V;
+      int64_t b = 0;
+      if (row_inside && u >= u_lo && u < u_hi) {
+        const scalar_t* s = img + (r * W + col0 + u) * C + c0;
+        for (; b < full; ++b) {
+          const scalar_t* __restrict__ sb = s + b * V;
+          acc_t* __restrict__ db = d + b * plane;
+#pragma omp simd
+          for (int l = 0; l < V; ++l) db[l] = static_cast<acc_t>(sb[l]);
+        }
+        if (tail > 0 && b < nb) {
+          acc_t* db = d + b * plane;
+          for (int64_t l = 0; l < V; ++l) db[l] = l < tail ? static_cast<acc_t>(s[b * V + l]) : acc_t(0);
+          ++b;
+        }
+      }
+      for (; b < nb; ++b) {
+        acc_t* __restrict__ db = d + b * plane;
+#pragma omp simd
+        for (int l = 0; l < V; ++l) db[l] = acc_t(0);
+      }
+    }
+  }
+}
+
+// dst (nrows, P, wq): dst[k][rho][u] = plane[row0 + k][col0 + u * P + rho] in acc_t, zero outside.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void stage_plane(const scalar_t* plane /* (H, W) */, int64_t H, int64_t W, int64_t row0,
+                                   int64_t nrows, int64_t col0, int64_t P, int64_t wq, acc_t* dst) {
+  for (int64_t k = 0; k < nrows; ++k) {
+    acc_t* d = dst + k * P * wq;
+    const int64_t r = row0 + k;
+    if (r < 0 || r >= H) {
+      std::fill(d, d + P * wq, acc_t(0));
+      continue;
+    }
+    for (int64_t rho = 0; rho < P; ++rho) {
+      acc_t* __restrict__ dp = d + rho * wq;
+      const int64_t u_lo = std::clamp<int64_t>(div_ceil(-col0 - rho, P), 0, wq);
+      const int64_t u_hi = std::clamp<int64_t>(div_floor(W - 1 - col0 - rho, P) + 1, u_lo, wq);
+      const scalar_t* __restrict__ s = plane + r * W + col0 + rho;
+      std::fill(dp, dp + u_lo, acc_t(0));
+#pragma omp simd
+      for (int64_t u = u_lo; u < u_hi; ++u) dp[u] = static_cast<acc_t>(s[u * P]);
+      std::fill(dp + u_hi, dp + wq, acc_t(0));
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------- register blocks
+
+// channels_last (channel-blocked staging): acc[p][l] = sum_t in[in_off[t] + p * pix_stride + l] *
+// w[w_off[t] + l] for kPixBlock pixels and one vector of channels; taps >= 1. Seeding acc with the
+// first tap (the bias is added at the store) keeps it in registers: GCC would turn a copy or a zero
+// fill into a memcpy/memset whose split stores stall the vector loads after them.
+// kStride > 0 fixes pix_stride at compile time, so each FMA addresses its input with a constant
+// displacement instead of one more index register.
+template <typename acc_t, int64_t kStride = 0>
+C10_ALWAYS_INLINE void channels_last_block(const acc_t* in, const int64_t* in_off, const acc_t* w,
+                                           const int64_t* w_off, int64_t taps, int64_t runtime_stride,
+                                           acc_t (&acc)[kPixBlock][kVec<acc_t>]) {
+  constexpr int V = kVec<acc_t>;
+  const int64_t pix_stride = kStride > 0 ? kStride : runtime_stride;
+  {
+    const acc_t* __restrict__ ip = in + in_off[0];
+    const acc_t* __restrict__ wv = w + w_off[0];
+    for (int p = 0; p < kPixBlock; ++p) {
+#pragma omp simd
+      for (int l = 0; l < V; ++l) acc[p][l] = ip[p * pix_stride + l] * wv[l];
+    }
+  }
+  for (int64_t t = 1; t < taps; ++t) {
+    const acc_t* __restrict__ ip = in + in_off[t];
+    const acc_t* __restrict__ wv = w + w_off[t];
+    for (int p = 0; p < kPixBlock; ++p) {
+#pragma omp simd
+      for (int l = 0; l < V; ++l) acc[p][l] += ip[p * pix_stride + l] * wv[l];
+    }
+  }
+}
+
+// Stores act(acc + bias) for pixels p < pn, channels l < cn of a channels_last block; pixel p at
+// out + p * pix_stride. acc is only indexed by constants, so it can stay in registers.
+template <Act A, typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void store_channels_last(const acc_t (&acc)[kPixBlock][kVec<acc_t>], const acc_t* bias, int64_t pn,
+                                           int64_t cn, scalar_t* out, int64_t pix_stride) {
+  constexpr int V = kVec<acc_t>;
+  if (pn == kPixBlock && cn == V) {
+    for (int p = 0; p < kPixBlock; ++p) {
+      scalar_t* __restrict__ o = out + p * pix_stride;
+#pragma omp simd
+      for (int l = 0; l < V; ++l) o[l] = static_cast<scalar_t>(act_forward<A>(acc[p][l] + bias[l]));
+    }
+    return;
+  }
+  scalar_t part[kPixBlock][V];
+  for (int p = 0; p < kPixBlock; ++p) {
+#pragma omp simd
+    for (int l = 0; l < V; ++l) part[p][l] = static_cast<scalar_t>(act_forward<A>(acc[p][l] + bias[l]));
+  }
+  for (int64_t p = 0; p < pn; ++p) {
+    scalar_t* __restrict__ o = out + p * pix_stride;
+    if (cn == V) {
+#pragma omp simd
+      for (int l = 0; l < V; ++l) o[l] = part[p][l];
+    } else {
+      for (int64_t l = 0; l < cn; ++l) o[l] = part[p][l];
+    }
+  }
+}
+
+// NCHW: acc[r][j] = sum_t w[t] * base[tap_off[t] + r * row_step + j] for RB rows and NV vectors of
+// columns; taps >= 1 (seeded by the first tap, as channels_last_block).
+template <typename acc_t, int RB, int NV>
+C10_ALWAYS_INLINE void plane_block(const acc_t* base, const int64_t* tap_off, const acc_t* tap_w, int64_t taps,
+                                   int64_t row_step, acc_t (&acc)[RB][NV * kVec<acc_t>]) {
+  constexpr int J = NV * kVec<acc_t>;
+  {
+    const acc_t w = tap_w[0];
+    const acc_t* __restrict__ s = base + tap_off[0];
+    for (int r = 0; r < RB; ++r) {
+#pragma omp simd
+      for (int j = 0; j < J; ++j) acc[r][j] = w * s[r * row_step + j];
+    }
+  }
+  for (int64_t t = 1; t < taps; ++t) {
+    const acc_t w = tap_w[t];
+    const acc_t* __restrict__ s = base + tap_off[t];
+    for (int r = 0; r < RB; ++r) {
+#pragma omp simd
+      for (int j = 0; j < J; ++j) acc[r][j] += w * s[r * row_step + j];
+    }
+  }
+}
+
+// out[l] += sum_i a[i * sa + l] * b[i * sb + l] for one vector of channels, four pixels at a time
+// into independent accumulators (the order depends on n only).
+template <typename acc_t>
+C10_ALWAYS_INLINE void dot_pixels(const acc_t* a, int64_t sa, const acc_t* b, int64_t sb, int64_t n, acc_t* out) {
+  constexpr int V = kVec<acc_t>;
+  acc_t s0[V], s1[V], s2[V], s3[V];
+#pragma omp simd
+  for (int l = 0; l < V; ++l) s0[l] = s1[l] = s2[l] = s3[l] = acc_t(0);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const acc_t* __restrict__ a0 = a + i * sa;
+    const acc_t* __restrict__ b0 = b + i * sb;
+#pragma omp simd
+    for (int l = 0; l < V; ++l) {
+      s0[l] += a0[l] * b0[l];
+      s1[l] += a0[sa + l] * b0[sb + l];
+      s2[l] += a0[2 * sa + l] * b0[2 * sb + l];
+      s3[l] += a0[3 * sa + l] * b0[3 * sb + l];
+    }
+  }
+  for (; i < n; ++i) {
+#pragma omp simd
+    for (int l = 0; l < V; ++l) s0[l] += a[i * sa + l] * b[i * sb + l];
+  }
+#pragma omp simd
+  for (int l = 0; l < V; ++l) out[l] += (s0[l] + s1[l]) + (s2[l] + s3[l]);
+}
+
+// sum_i a[i] * b[i] (b == nullptr: sum_i a[i]) with lane-wise partial sums added in a fixed order.
+template <typename acc_t>
+C10_ALWAYS_INLINE acc_t dot_row(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
+  constexpr int V = kVec<acc_t>;
+  acc_t s[2 * V];
+#pragma omp simd
+  for (int l = 0; l < 2 * V; ++l) s[l] = acc_t(0);
+  int64_t i = 0;
+  for (; i + 2 * V <= n; i += 2 * V) {
+#pragma omp simd
+    for (int l = 0; l < 2 * V; ++l) s[l] += a[i + l] * (b ? b[i + l] : acc_t(1));
+  }
+  for (; i < n; ++i) s[0] += a[i] * (b ? b[i] : acc_t(1));
+  acc_t total = 0;
+  for (int l = 0; l < 2 * V; ++l) total += s[l];
+  return total;
+}
+
+// ----------------------------------------------------------------------------- statistics
+
+// Merges (nb, mean_b, m2_b) into (na, mean_a, m2_a): Chan et al.'s pairwise update.
+template <typename T>
+C10_ALWAYS_INLINE void chan_merge(T na, T& mean_a, T& m2_a, T nb, T mean_b, T m2_b) {
+  const T n = na + nb;
+  const T delta = mean_b - mean_a;
+  mean_a += delta * (nb / n);
+  m2_a += m2_b + delta * delta * (na * nb / n);
+}
+
+// Centered (mean, M2) per channel of m pixels y[i * ld + c], c < cn, as stored, merged into the
+// running group statistics (count gn, in double). The sums run over y - K with K the first pixel,
+// so a mean far from zero costs no digits (the differences of nearby floats are exact).
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void merge_channel_stats(const scalar_t* y, int64_t m, int64_t ld, int64_t cn, acc_t* tmp,
+                                           double& gn, double* g_mean, double* g_m2) {
+  acc_t* __restrict__ shift = tmp;
+  acc_t* __restrict__ mean = tmp + cn;
+  acc_t* __restrict__ m2 = tmp + 2 * cn;
+  for (int64_t c = 0; c < cn; ++c) {
+    shift[c] = static_cast<acc_t>(y[c]);
+    mean[c] = m2[c] = acc_t(0);
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    const scalar_t* __restrict__ yi = y + i * ld;
+#pragma omp simd
+    for (int64_t c = 0; c < cn; ++c) mean[c] += static_cast<acc_t>(yi[c]) - shift[c];
+  }
+  const acc_t count = static_cast<acc_t>(m);
+  for (int64_t c = 0; c < cn; ++c) mean[c] /= count;
+  for (int64_t i = 0; i < m; ++i) {
+    const scalar_t* __restrict__ yi = y + i * ld;
+#pragma omp simd
+    for (int64_t c = 0; c < cn; ++c) {
+      const acc_t d = (static_cast<acc_t>(yi[c]) - shift[c]) - mean[c];
+      m2[c] += d * d;
+    }
+  }
+  for (int64_t c = 0; c < cn; ++c) {
+    chan_merge<double>(gn, g_mean[c], g_m2[c], static_cast<double>(m),
+                       static_cast<double>(shift[c]) + static_cast<double>(mean[c]), static_cast<double>(m2[c]));
+  }
+  gn += static_cast<double>(m);
+}
+
+// Centered (mean, M2) of m contiguous stored values, shifted by the first, merged into
+// (gn, g_mean, g_m2).
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void merge_plane_stats(const scalar_t* y, int64_t m, acc_t* tmp, double& gn, double& g_mean,
+                                         double& g_m2) {
+  const acc_t shift = static_cast<acc_t>(y[0]);
+  for (int64_t i = 0; i < m; ++i) tmp[i] = static_cast<acc_t>(y[i]) - shift;
+  const acc_t mean = dot_row<acc_t>(tmp, nullptr, m) / static_cast<acc_t>(m);
+  for (int64_t i = 0; i < m; ++i) tmp[i] -= mean;
+  chan_merge<double>(gn, g_mean, g_m2, static_cast<double>(m), static_cast<double>(shift) + static_cast<double>(mean),
+                     static_cast<double>(dot_row<acc_t>(tmp, tmp, m)));
+  gn += static_cast<double>(m);
+}
+
+// mean, var (C,) from per-group centered partials at pmean/pm2[g * C + c], merged in group order.
+template <typename acc_t>
+void finish_stats(const std::vector<double>& pmean, const std::vector<double>& pm2, const RowGroups& G,
+                  int64_t elems_per_row, int64_t C, at::Tensor& mean, at::Tensor& var) {
+  acc_t* out_mean = mean.data_ptr<acc_t>();
+  acc_t* out_var = var.data_ptr<acc_t>();
+  at::parallel_for(0, C, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double n = 0, mu = 0, m2 = 0;
+      for (int64_t g = 0; g < G.count; ++g) {
+        const double nb = static_cast<double>((G.end(g) - G.begin(g)) * elems_per_row);
+        chan_merge(n, mu, m2, nb, pmean[g * C + c], pm2[g * C + c]);
+        n += nb;
+      }
+      out_mean[c] = static_cast<acc_t>(mu);
+      out_var[c] = static_cast<acc_t>(m2 / n);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- forward, channels_last
+
+template <typename scalar_t, Act A, bool kStats>
+struct ForwardChannelsLast {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int V = kVec<acc_t>;
+  const DepthwiseArgs& a;
+  ChannelSlabs slabs;
+  int64_t ncols;      // staged input columns (a row narrower than one pixel block runs past OW)
+  RowGroups groups;   // over the N * OH output rows
+  const acc_t* wb;    // (blocks, kH * kW, V)
+  const acc_t* bias;  // (blocks * V,)
+  const scalar_t* x;  // (N, H, W, C)
+  scalar_t* y;        // (N, OH, OW, C)
+  double* part_mean;  // (groups.count, C), kStats only
+  double* part_m2;
+
+  ForwardChannelsLast(const DepthwiseArgs& a_, const at::Tensor& out) : a(a_), slabs(channel_slabs(a_.C, V)) {
+    ncols = (std::max<int64_t>(a.OW, kPixBlock) - 1) * a.sW + (a.kW - 1) * a.dW + 1;
+    groups = make_row_groups(a.N, a.OH, a.OW * a.C,
+                             chunk_rows(ncols * slabs.width * V, a.sH, (a.kH - 1) * a.dH + 1));
+    x = a.input.data_ptr<scalar_t>();
+    y = out.data_ptr<scalar_t>();
+  }
+  int64_t tasks() const { return groups.count; }
+  int64_t staged_rows(int64_t rn) const { return (rn - 1) * a.sH + (a.kH - 1) * a.dH + 1; }
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t C = a.C, T = a.kH * a.kW, nslabs = slabs.count;
+    const int64_t H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW, dH = a.dH;
+    const int64_t plane = staged_rows(groups.chunk) * ncols * V;
+    std::vector<acc_t> buf(static_cast<size_t>(slabs.width * plane));
+    std::vector<int64_t> in_off(groups.chunk * T), w_off(groups.chunk * T), taps(groups.chunk);
+    StreamPrefetcher prefetcher;
+    const acc_t zeros[V] = {};
+    const int64_t zero_off[1] = {0};
+    std::vector<acc_t> tmp(kStats ? 3 * C : 0);
+    std::vector<double> g_mean(kStats ? C : 0), g_m2(kStats ? C : 0);
+    for (int64_t g = begin; g < end; ++g) {
+      double gn = 0;
+      if (kStats) {
+        std::fill(g_mean.begin(), g_mean.end(), 0.0);
+        std::fill(g_m2.begin(), g_m2.end(), 0.0);
+      }
+      for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
+        const int64_t n = row / OH, oh0 = row % OH;
+        const int64_t rn = groups.sub_chunk(row, row_end);
+        {  // the input rows of the next sub-chunk (of this group or the next one)
+          const int64_t next = row + rn < row_end ? row + rn : (g + 1 < end ? groups.begin(g + 1) : -1);
+          if (next >= 0) {
+            const int64_t next_end = row + rn < row_end ? row_end : groups.end(g + 1);
+            const int64_t n2 = next / OH, ih = (next % OH) * sH - a.pH;
+            const int64_t lo = std::clamp<int64_t>(ih, 0, H);
+            const int64_t hi = std::clamp<int64_t>(ih + staged_rows(groups.sub_chunk(next, next_end)), lo, H);
+            prefetcher.start(x + (n2 * H + lo) * W * C, x + (n2 * H + hi) * W * C,
+                             slabs.blocks * rn * div_ceil(OW, kPixBlock));
+          } else {
+            prefetcher.start(x, x, 0);
+          }
+        }
+        for (int64_t s = 0; s < nslabs; ++s) {
+          const int64_t b0 = slabs.first(s), nb = slabs.size(s);
+          stage_channel_blocks<V>(x + n * H * W * C, H, W, C, b0 * V, nb, oh0 * sH - a.pH, staged_rows(rn), -a.pW,
+                                  ncols, plane, buf.data());
+          // Tap lists of the sub-chunk's rows; a row's taps skip kernel rows in the padding.
+          for (int64_t r = 0; r < rn; ++r) {
+            const TapRange kh = valid_taps(oh0 + r, sH, a.pH, dH, a.kH, H);
+            int64_t t = 0;
+            for (int64_t i = kh.lo; i < kh.hi; ++i) {
+              for (int64_t j = 0; j < a.kW; ++j, ++t) {
+                in_off[r * T + t] = ((r * sH + i * dH) * ncols + j * a.dW) * V;
+                w_off[r * T + t] = (i * a.kW + j) * V;
+              }
+            }
+            taps[r] = t;
+          }
+          // Channel blocks outer: the rows of one staged plane stay in L1 while the output rows
+          // sweep down it.
+          for (int64_t b = b0; b < b0 + nb; ++b) {
+            const int64_t cn = std::min<int64_t>(V, C - b * V);
+            const acc_t* in = buf.data() + (b - b0) * plane;
+            const acc_t* w = wb + b * T * V;
+            for (int64_t r = 0; r < rn; ++r) {
+              const int64_t* io = in_off.data() + r * T;
+              const int64_t* wo = w_off.data() + r * T;
+              scalar_t* yrow = y + (n * OH + oh0 + r) * OW * C + b * V;
+              for (int64_t j = 0; j < OW; j += kPixBlock) {
+                // The last block ends at OW (recomputing a few pixels) when the row has a full block.
+                const int64_t j0 = std::max<int64_t>(0, std::min(j, OW - kPixBlock));
+                prefetcher.step();
+                acc_t acc[kPixBlock][V];
+                if (taps[r] > 0 && sW == 1) {
+                  channels_last_block<acc_t, V>(in + j0 * V, io, w, wo, taps[r], V, acc);
+                } else if (taps[r] > 0 && sW == 2) {
+                  channels_last_block<acc_t, 2 * V>(in + j0 * 2 * V, io, w, wo, taps[r], 2 * V, acc);
+                } else if (taps[r] > 0) {
+                  channels_last_block<acc_t>(in + j0 * sW * V, io, w, wo, taps[r], sW * V, acc);
+                } else {  // a window entirely in the padding
+                  channels_last_block<acc_t>(zeros, zero_off, zeros, zero_off, 1, 0, acc);
+                }
+                store_channels_last<A>(acc, bias + b * V, std::min<int64_t>(kPixBlock, OW - j0), cn, yrow + j0 * C,
+                                       C);
+              }
+            }
+          }
+        }
+        if (kStats) {
+          merge_channel_stats(y + (n * OH + oh0) * OW * C, rn * OW, C, C, tmp.data(), gn, g_mean.data(),
+                              g_m2.data());
+        }
+        row += rn;
+      }
+      if (kStats) {
+        std::copy(g_mean.begin(), g_mean.end(), part_mean + g * C);
+        std::copy(g_m2.begin(), g_m2.end(), part_m2 + g * C);
+      }
+    }
+  }
+};
+
+// ----------------------------------------------------------------------------- forward, NCHW
+
+// (RB rows, NV vectors) per register block, from the number of output columns.
+template <typename F>
+void with_plane_block(int64_t cols, int64_t vec, const F& f) {
+  const int64_t nvec = div_ceil(cols, vec);
+  if (nvec <= 1) {
+    f(std::integral_constant<int, 8>{}, std::integral_constant<int, 1>{});
+  } else if (nvec == 2) {
+    f(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
+  } else {
+    f(std::integral_constant<int, 2>{}, std::integral_constant<int, 4>{});
+  }
+}
+
+template <typename scalar_t, Act A, bool kStats, int RB, int NV>
+struct ForwardContiguous {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int64_t J = NV * kVec<acc_t>;  // output columns per block
+  const DepthwiseArgs& a;
+  RowGroups groups;   // over the N * OH output rows of one channel
+  int64_t wq;         // staged entries per stride phase of a row
+  const acc_t* w;     // (C, kH * kW)
+  const acc_t* bias;  // (C,) or nullptr
+  const scalar_t* x;  // (N, C, H, W)
+  scalar_t* y;        // (N, C, OH, OW)
+  double* part_mean;  // (groups.count, C), kStats only
+  double* part_m2;
+
+  ForwardContiguous(const DepthwiseArgs& a_, const at::Tensor& out) : a(a_) {
+    wq = round_up(a.OW, J) + (a.kW - 1) * a.dW / a.sW;
+    groups = make_row_groups(a.N, a.OH, a.OW, chunk_rows(a.sW * wq, a.sH, (a.kH - 1) * a.dH + 1));
+    w = a.weight.data_ptr<acc_t>();
+    bias = a.bias.defined() ? a.bias.data_ptr<acc_t>() : nullptr;
+    x = a.input.data_ptr<scalar_t>();
+    y = out.data_ptr<scalar_t>();
+  }
+  int64_t tasks() const { return a.C * groups.count; }
+  int64_t staged_rows(int64_t rn) const { return (round_up(rn, RB) - 1) * a.sH + (a.kH - 1) * a.dH + 1; }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t C = a.C, T = a.kH * a.kW, H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW;
+    const int64_t row_len = sW * wq;
+    std::vector<acc_t> buf(static_cast<size_t>(staged_rows(groups.chunk) * row_len));
+    std::vector<acc_t> tmp(kStats ? groups.chunk * OW : 0);
+    std::vector<int64_t> tap_off(T);
+    for (int64_t i = 0; i < a.kH; ++i) {
+      for (int64_t j = 0; j < a.kW; ++j) {
+        tap_off[i * a.kW + j] = i * a.dH * row_len + (j * a.dW % sW) * wq + j * a.dW / sW;
+      }
+    }
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / groups.count, g = task % groups.count;
+      const acc_t* wc = w + c * T;
+      const acc_t b = bias ? bias[c] : acc_t(0);
+      double gn = 0, g_mean = 0, g_m2 = 0;
+      for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
+        const int64_t n = row / OH, oh0 = row % OH;
+        const int64_t rn = groups.sub_chunk(row, row_end);
+        stage_plane(x + (n * C + c) * H * W, H, W, oh0 * sH - a.pH, staged_rows(rn), -a.pW, sW, wq, buf.data());
+        scalar_t* yp = y + ((n * C + c) * OH + oh0) * OW;
+        for (int64_t r0 = 0; r0 < rn; r0 += RB) {
+          const int64_t rb = std::min<int64_t>(RB, rn - r0);
+          for (int64_t j0 = 0; j0 < OW; j0 += J) {
+            const int64_t jn = std::min<int64_t>(J, OW - j0);
+            acc_t acc[RB][J];
+            plane_block<acc_t, RB, NV>(buf.data() + r0 * sH * row_len + j0, tap_off.data(), wc, T, sH * row_len, acc);
+            for (int64_t r = 0; r < rb; ++r) {
+              scalar_t* __restrict__ o = yp + (r0 + r) * OW + j0;
+#pragma omp simd
+              for (int64_t j = 0; j < jn; ++j) o[j] = static_cast<scalar_t>(act_forward<A>(acc[r][j] + b));
+            }
+          }
+        }
+        if (kStats) merge_plane_stats(yp, rn * OW, tmp.data(), gn, g_mean, g_m2);
+        row += rn;
+      }
+      if (kStats) {
+        part_mean[g * C + c] = g_mean;
+        part_m2[g * C + c] = g_m2;
+      }
+    }
+  }
+};
+
+template <typename scalar_t, Act A, bool kStats>
+void forward(const DepthwiseArgs& a, at::Tensor& out, at::Tensor* mean, at::Tensor* var) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<double> pmean, pm2;
+  auto launch = [&](auto& k) {
+    if (kStats) {
+      pmean.assign(static_cast<size_t>(k.groups.count * a.C), 0.0);
+      pm2.assign(pmean.size(), 0.0);
+      k.part_mean = pmean.data();
+      k.part_m2 = pm2.data();
+    }
+    parallel_run(k, k.tasks());
+    if (kStats) finish_stats<acc_t>(pmean, pm2, k.groups, a.OW, a.C, *mean, *var);
+  };
+  if (a.channels_last()) {
+    ForwardChannelsLast<scalar_t, A, kStats> k(a, out);
+    const auto wb = blocked_taps<acc_t>(a);
+    const auto bias = padded_bias<acc_t>(a);
+    k.wb = wb.data();
+    k.bias = bias.data();
+    launch(k);
+  } else {
+    with_plane_block(a.OW, kVec<acc_t>, [&](auto rb, auto nv) {
+      ForwardContiguous<scalar_t, A, kStats, decltype(rb)::value, decltype(nv)::value> k(a, out);
+      launch(k);
+    });
+  }
+}
+
+// ----------------------------------------------------------------------------- grad_input
+
+// Column phases of grad_input: input column iw = q * sW + rho - pW for q in cols[rho]; grad_output
+// column ow is staged at u = ow - ow_base, zero outside [0, OW).
+struct ColumnPhases {
+  std::vector<TapRange> cols;
+  int64_t ow_base = 0, ncols = 1;
+};
+
+ColumnPhases column_phases(const DepthwiseArgs& a, int64_t block) {
+  ColumnPhases cp;
+  const int64_t max_m = (a.kW - 1) * a.dW / a.sW;
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  for (int64_t rho = 0; rho < a.sW; ++rho) {
+    const TapRange q = phase_range(rho, a.sW, a.pW, a.W);
+    cp.cols.push_back(q);
+    if (q.hi > q.lo) {
+      lo = std::min(lo, q.lo - max_m);
+      hi = std::max(hi, q.lo + round_up(q.hi - q.lo, block));
+    }
+  }
+  if (hi > lo) {
+    cp.ow_base = lo;
+    cp.ncols = hi - lo;
+  }
+  return cp;
+}
+
+template <typename scalar_t>
+struct GradInputChannelsLast {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int V = kVec<acc_t>;
+  const DepthwiseArgs& a;
+  ChannelSlabs slabs;
+  ColumnPhases phases;
+  RowGroups groups;    // over the N * H input rows
+  const acc_t* wb;     // (blocks, kH * kW, V)
+  const scalar_t* go;  // (N, OH, OW, C)
+  scalar_t* gi;        // (N, H, W, C)
+
+  GradInputChannelsLast(const DepthwiseArgs& a_, const at::Tensor& grad_out, const at::Tensor& grad_in)
+      : a(a_), slabs(channel_slabs(a_.C, V)), phases(column_phases(a_, kPixBlock)) {
+    // A sub-chunk of rn input rows stages about rn / sH + (kH - 1) * dH / sH + 1 grad_output rows.
+    const int64_t fit = kStageElements / (phases.ncols * slabs.width * V);
+    groups = make_row_groups(a.N, a.H, a.W * a.C, (fit - 1) * a.sH - (a.kH - 1) * a.dH + 1);
+    go = grad_out.data_ptr<scalar_t>();
+    gi = grad_in.data_ptr<scalar_t>();
+  }
+  int64_t tasks() const { return groups.count; }
+  // grad_output rows [lo, hi) that input rows [ih0, ih0 + rn) received from.
+  TapRange output_rows(int64_t ih0, int64_t rn) const {
+    const int64_t lo = std::max<int64_t>(0, div_ceil(ih0 + a.pH - (a.kH - 1) * a.dH, a.sH));
+    return {lo, std::max(lo, std::min<int64_t>(a.OH, div_floor(ih0 + rn - 1 + a.pH, a.sH) + 1))};
+  }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t C = a.C, T = a.kH * a.kW, nslabs = slabs.count;
+    const int64_t H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW, dH = a.dH, dW = a.dW;
+    const int64_t ncols = phases.ncols;
+    const int64_t plane = ((groups.chunk - 1 + (a.kH - 1) * dH) / sH + 1) * ncols * V;
+    std::vector<acc_t> buf(static_cast<size_t>(slabs.width * plane));
+    std::vector<int64_t> in_off(T), w_off(T), row_kh(a.kH), row_oh(a.kH);
+    const acc_t zeros[V] = {};
+    const int64_t zero_off[1] = {0};
+    for (int64_t g = begin; g < end; ++g) {
+      for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
+        const int64_t n = row / H, ih0 = row % H;
+        const int64_t rn = groups.sub_chunk(row, row_end);
+        const TapRange oh = output_rows(ih0, rn);
+        for (int64_t s = 0; s < nslabs; ++s) {
+          const int64_t b0 = slabs.first(s), nb = slabs.size(s);
+          if (oh.hi > oh.lo) {
+            stage_channel_blocks<V>(go + n * OH * OW * C, OH, OW, C, b0 * V, nb, oh.lo, oh.hi - oh.lo,
+                                    phases.ow_base, ncols, plane, buf.data());
+          }
+          for (int64_t ih = ih0; ih < ih0 + rn; ++ih) {
+            // Rows of grad_output this input row received from: ih + pH = oh * sH + kh * dH.
+            int64_t nrow = 0;
+            for (int64_t i = 0; i < a.kH; ++i) {
+              const int64_t num = ih + a.pH - i * dH;
+              if (num >= 0 && num % sH == 0 && num / sH < OH) {
+                row_kh[nrow] = i;
+                row_oh[nrow++] = num / sH;
+              }
+            }
+            scalar_t* girow = gi + (n * H + ih) * W * C;
+            for (int64_t rho = 0; rho < sW; ++rho) {
+              const TapRange q = phases.cols[rho];
+              if (q.hi <= q.lo) continue;
+              int64_t taps = 0;
+              for (int64_t k = 0; k < nrow; ++k) {
+                for (int64_t j = 0; j < a.kW; ++j) {
+                  if (j * dW % sW != rho) continue;
+                  const int64_t m = j * dW / sW;  // ow = q - m
+                  in_off[taps] = ((row_oh[k] - oh.lo) * ncols + (q.lo - m - phases.ow_base)) * V;
+                  w_off[taps++] = (row_kh[k] * a.kW + j) * V;
+                }
+              }
+              scalar_t* out0 = girow + (q.lo * sW + rho - a.pW) * C;
+              for (int64_t b = b0; b < b0 + nb; ++b) {
+                const int64_t cn = std::min<int64_t>(V, C - b * V);
+                const acc_t* in = buf.data() + (b - b0) * plane;
+                for (int64_t j0 = 0; j0 < q.hi - q.lo; j0 += kPixBlock) {
+                  acc_t acc[kPixBlock][V];
+                  if (taps > 0) {
+                    channels_last_block<acc_t, V>(in + j0 * V, in_off.data(), wb + b * T * V, w_off.data(), taps, V,
+                                                  acc);
+                  } else {  // pixels no tap reaches
+                    channels_last_block<acc_t>(zeros, zero_off, zeros, zero_off, 1, 0, acc);
+                  }
+                  store_channels_last<Act::kIdentity>(acc, zeros, std::min<int64_t>(kPixBlock, q.hi - q.lo - j0), cn,
+                                                      out0 + j0 * sW * C + b * V, sW * C);
+                }
+              }
+            }
+          }
+        }
+        row += rn;
+      }
+    }
+  }
+};
+
+template <typename scalar_t, int RB, int NV>
+struct GradInputContiguous {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int64_t J = NV * kVec<acc_t>;
+  const DepthwiseArgs& a;
+  ColumnPhases phases;
+  RowGroups groups;    // over the N * H input rows of one channel
+  const acc_t* w;      // (C, kH * kW)
+  const scalar_t* go;  // (N, C, OH, OW)
+  scalar_t* gi;        // (N, C, H, W)
+
+  GradInputContiguous(const DepthwiseArgs& a_, const at::Tensor& grad_out, const at::Tensor& grad_in)
+      : a(a_), phases(column_phases(a_, J)) {
+    groups = make_row_groups(a.N, a.H, a.W, (kStageElements / phases.ncols - 1) * a.sH - (a.kH - 1) * a.dH + 1);
+    w = a.weight.data_ptr<acc_t>();
+    go = grad_out.data_ptr<scalar_t>();
+    gi = grad_in.data_ptr<scalar_t>();
+  }
+  int64_t tasks() const { return a.C * groups.count; }
+  int64_t max_staged_rows() const {
+    return round_up(div_ceil(groups.chunk, a.sH), RB) + (a.kH - 1) * a.dH / a.sH + 1;
+  }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t C = a.C, T = a.kH * a.kW, H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW;
+    const int64_t dH = a.dH, dW = a.dW, ncols = phases.ncols, max_mh = (a.kH - 1) * dH / sH;
+    std::vector<acc_t> buf(static_cast<size_t>(max_staged_rows() * ncols));
+    std::vector<int64_t> tap_off(T);
+    std::vector<acc_t> tap_w(T);
+    std::vector<TapRange> qrows(sH);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / groups.count, g = task % groups.count;
+      const acc_t* wc = w + c * T;
+      for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
+        const int64_t n = row / H, ih0 = row % H;
+        const int64_t rn = groups.sub_chunk(row, row_end);
+        // Row phases: ih + pH = qh * sH + rho_h for qh in qrows[rho_h]; the blocks of RB rows
+        // read grad_output rows [oh_base, oh_end), staged with zeros outside [0, OH).
+        int64_t oh_base = INT64_MAX, oh_end = INT64_MIN;
+        for (int64_t rho = 0; rho < sH; ++rho) {
+          TapRange q{div_ceil(ih0 + a.pH - rho, sH), div_floor(ih0 + rn - 1 + a.pH - rho, sH) + 1};
+          q.hi = std::max(q.lo, q.hi);
+          qrows[rho] = q;
+          if (q.hi > q.lo) {
+            oh_base = std::min(oh_base, q.lo - max_mh);
+            oh_end = std::max(oh_end, q.lo + round_up(q.hi - q.lo, RB));
+          }
+        }
+        stage_plane(go + (n * C + c) * OH * OW, OH, OW, oh_base, oh_end - oh_base, phases.ow_base, 1, ncols,
+                    buf.data());
+        scalar_t* gip = gi + (n * C + c) * H * W;
+        for (int64_t rho_h = 0; rho_h < sH; ++rho_h) {
+          const TapRange qh = qrows[rho_h];
+          if (qh.hi <= qh.lo) continue;
+          for (int64_t rho_w = 0; rho_w < sW; ++rho_w) {
+            const TapRange qw = phases.cols[rho_w];
+            if (qw.hi <= qw.lo) continue;
+            // Element (qh, qw) of a tap sits at staged (qh - mh - oh_base, qw - mw - ow_base).
+            int64_t taps = 0;
+            for (int64_t i = 0; i < a.kH; ++i) {
+              if (i * dH % sH != rho_h) continue;
+              for (int64_t j = 0; j < a.kW; ++j) {
+                if (j * dW % sW != rho_w) continue;
+                tap_off[taps] = -(i * dH / sH) * ncols - j * dW / sW;
+                tap_w[taps++] = wc[i * a.kW + j];
+              }
+            }
+            for (int64_t q0 = qh.lo; q0 < qh.hi; q0 += RB) {
+              const int64_t rb = std::min<int64_t>(RB, qh.hi - q0);
+              for (int64_t p0 = qw.lo; p0 < qw.hi; p0 += J) {
+                const int64_t jn = std::min<int64_t>(J, qw.hi - p0);
+                if (taps == 0) {  // pixels no tap reaches
+                  for (int64_t r = 0; r < rb; ++r) {
+                    scalar_t* o = gip + ((q0 + r) * sH + rho_h - a.pH) * W + p0 * sW + rho_w - a.pW;
+                    for (int64_t j = 0; j < jn; ++j) o[j * sW] = scalar_t(0);
+                  }
+                  continue;
+                }
+                acc_t acc[RB][J];
+                plane_block<acc_t, RB, NV>(buf.data() + (q0 - oh_base) * ncols + (p0 - phases.ow_base),
+                                           tap_off.data(), tap_w.data(), taps, ncols, acc);
+                for (int64_t r = 0; r < rb; ++r) {
+                  scalar_t* __restrict__ o = gip + ((q0 + r) * sH + rho_h - a.pH) * W + p0 * sW + rho_w - a.pW;
+#pragma omp simd
+                  for (int64_t j = 0; j < jn; ++j) o[j * sW] = static_cast<scalar_t>(acc[r][j]);
+                }
+              }
+            }
+          }
+        }
+        row += rn;
+      }
+    }
+  }
+};
+
+// ----------------------------------------------------------------------------- grad_weight, grad_bias
+
+template <typename scalar_t>
+struct GradWeightChannelsLast {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int V = kVec<acc_t>;
+  const DepthwiseArgs& a;
+  ChannelSlabs slabs;
+  int64_t Cp;          // channels padded to whole blocks
+  int64_t ncols;       // staged input columns
+  RowGroups groups;    // over the N * OH output rows
+  const scalar_t* x;   // (N, H, W, C)
+  const scalar_t* go;  // (N, OH, OW, C)
+  acc_t* part;         // (groups.count, kH * kW + 1, Cp); the last tap row is grad_bias
+
+  GradWeightChannelsLast(const DepthwiseArgs& a_, const at::Tensor& grad_out)
+      : a(a_), slabs(channel_slabs(a_.C, V)), Cp(round_up(a_.C, V)) {
+    ncols = (a.OW - 1) * a.sW + (a.kW - 1) * a.dW + 1;
+    // Per output row: sH staged input rows of ncols and one grad_output row of OW (per slab).
+    const int64_t fit = kStageElements / (slabs.width * V), span = ((a.kH - 1) * a.dH + 1 - a.sH) * ncols;
+    groups = make_row_groups(a.N, a.OH, a.OW * a.C, (fit - span) / (a.sH * ncols + a.OW));
+    x = a.input.data_ptr<scalar_t>();
+    go = grad_out.data_ptr<scalar_t>();
+  }
+  int64_t tasks() const { return groups.count; }
+  int64_t staged_rows(int64_t rn) const { return (rn - 1) * a.sH + (a.kH - 1) * a.dH + 1; }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t C = a.C, T = a.kH * a.kW, nslabs = slabs.count;
+    const int64_t H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW, dH = a.dH, dW = a.dW;
+    const int64_t xplane = staged_rows(groups.chunk) * ncols * V, gplane = groups.chunk * OW * V;
+    std::vector<acc_t> xbuf(static_cast<size_t>(slabs.width * xplane));
+    std::vector<acc_t> gbuf(static_cast<size_t>(slabs.width * gplane));
+    std::vector<acc_t> local(static_cast<size_t>((T + 1) * Cp));
+    std::vector<TapRange> ow_range(a.kW);
+    for (int64_t j = 0; j < a.kW; ++j) ow_range[j] = valid_outputs(j, sW, a.pW, dW, OW, W);
+    acc_t ones[V];
+    std::fill(ones, ones + V, acc_t(1));
+    for (int64_t g = begin; g < end; ++g) {
+      std::fill(local.begin(), local.end(), acc_t(0));
+      for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
+        const int64_t n = row / OH, oh0 = row % OH;
+        const int64_t rn = groups.sub_chunk(row, row_end);
+        for (int64_t s = 0; s < nslabs; ++s) {
+          const int64_t b0 = slabs.first(s), nb = slabs.size(s);
+          stage_channel_blocks<V>(x + n * H * W * C, H, W, C, b0 * V, nb, oh0 * sH - a.pH, staged_rows(rn), -a.pW,
+                                  ncols, xplane, xbuf.data());
+          stage_channel_blocks<V>(go + row * OW * C, rn, OW, C, b0 * V, nb, 0, rn, 0, OW, gplane, gbuf.data());
+          for (int64_t r = 0; r < rn; ++r) {
+            const TapRange kh = valid_taps(oh0 + r, sH, a.pH, dH, a.kH, H);
+            for (int64_t b = 0; b < nb; ++b) {
+              const acc_t* grow = gbuf.data() + b * gplane + r * OW * V;
+              acc_t* lb = local.data() + (b0 + b) * V;
+              for (int64_t i = kh.lo; i < kh.hi; ++i) {
+                const acc_t* xrow = xbuf.data() + b * xplane + (r * sH + i * dH) * ncols * V;
+                for (int64_t j = 0; j < a.kW; ++j) {
+                  const TapRange o = ow_range[j];
+                  if (o.hi <= o.lo) continue;
+                  dot_pixels<acc_t>(grow + o.lo * V, V, xrow + (o.lo * sW + j * dW) * V, sW * V, o.hi - o.lo,
+                                    lb + (i * a.kW + j) * Cp);
+                }
+              }
+              dot_pixels<acc_t>(grow, V, ones, 0, OW, lb + T * Cp);
+            }
+          }
+        }
+        row += rn;
+      }
+      std::copy(local.begin(), local.end(), part + g * (T + 1) * Cp);
+    }
+  }
+};
+
+template <typename scalar_t>
+struct GradWeightContiguous {
+  using acc_t = at::opmath_type<scalar_t>;
+  const DepthwiseArgs& a;
+  RowGroups groups;    // over the N * OH output rows of one channel
+  int64_t wq;          // staged entries per stride phase of a row
+  const scalar_t* x;   // (N, C, H, W)
+  const scalar_t* go;  // (N, C, OH, OW)
+  acc_t* part;         // (groups.count, C, kH * kW + 1); the last entry is grad_bias
+
+  GradWeightContiguous(const DepthwiseArgs& a_, const at::Tensor& grad_out) : a(a_) {
+    wq = a.OW + (a.kW - 1) * a.dW / a.sW;
+    groups = make_row_groups(a.N, a.OH, a.OW, chunk_rows(a.sW * wq + a.OW, a.sH, (a.kH - 1) * a.dH + 1));
+    x = a.input.data_ptr<scalar_t>();
+    go = grad_out.data_ptr<scalar_t>();
+  }
+  int64_t tasks() const { return a.C * groups.count; }
+  int64_t staged_rows(int64_t rn) const { return (rn - 1) * a.sH + (a.kH - 1) * a.dH + 1; }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t C = a.C, T = a.kH * a.kW, H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW;
+    const int64_t dH = a.dH, dW = a.dW, row_len = sW * wq;
+    std::vector<acc_t> xbuf(static_cast<size_t>(staged_rows(groups.chunk) * row_len));
+    std::vector<acc_t> gbuf(static_cast<size_t>(groups.chunk * OW));
+    std::vector<acc_t> local(static_cast<size_t>(T + 1));
+    std::vector<TapRange> ow_range(a.kW);
+    for (int64_t j = 0; j < a.kW; ++j) ow_range[j] = valid_outputs(j, sW, a.pW, dW, OW, W);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task / groups.count, g = task % groups.count;
+      std::fill(local.begin(), local.end(), acc_t(0));
+      for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
+        const int64_t n = row / OH, oh0 = row % OH;
+        const int64_t rn = groups.sub_chunk(row, row_end);
+        stage_plane(x + (n * C + c) * H * W, H, W, oh0 * sH - a.pH, staged_rows(rn), -a.pW, sW, wq, xbuf.data());
+        stage_plane(go + ((n * C + c) * OH + oh0) * OW, rn, OW, 0, rn, 0, 1, OW, gbuf.data());
+        for (int64_t r = 0; r < rn; ++r) {
+          const acc_t* grow = gbuf.data() + r * OW;
+          const TapRange kh = valid_taps(oh0 + r, sH, a.pH, dH, a.kH, H);
+          for (int64_t i = kh.lo; i < kh.hi; ++i) {
+            const acc_t* xrow = xbuf.data() + (r * sH + i * dH) * row_len;
+            for (int64_t j = 0; j < a.kW; ++j) {
+              const TapRange o = ow_range[j];
+              if (o.hi <= o.lo) continue;
+              const acc_t* xs = xrow + (j * dW % sW) * wq + j * dW / sW;
+              local[i * a.kW + j] += dot_row<acc_t>(grow + o.lo, xs + o.lo, o.hi - o.lo);
+            }
+          }
+          local[T] += dot_row<acc_t>(grow, nullptr, OW);
+        }
+        row += rn;
+      }
+      std::copy(local.begin(), local.end(), part + (g * C + c) * (T + 1));
+    }
+  }
+};
+
+// grad_weight (C, T) and grad_bias (C,) = sum over groups, in group order, of
+// part[g * sg + c * sc + t * st] (t = T: grad_bias).
+template <typename acc_t>
+void finish_grad_weight(const std::vector<acc_t>& part, int64_t groups, int64_t C, int64_t T, int64_t sg, int64_t sc,
+                        int64_t st, at::Tensor& grad_weight, at::Tensor& grad_bias) {
+  acc_t* gw = grad_weight.data_ptr<acc_t>();
+  acc_t* gb = grad_bias.data_ptr<acc_t>();
+  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t t = 0; t <= T; ++t) {
+        double total = 0;
+        for (int64_t g = 0; g < groups; ++g) total += part[g * sg + c * sc + t * st];
+        (t < T ? gw[c * T + t] : gb[c]) = static_cast<acc_t>(total);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void grad_weight_and_bias(const DepthwiseArgs& a, const at::Tensor& go, at::Tensor& gw, at::Tensor& gb) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t T = a.kH * a.kW;
+  std::vector<acc_t> part;
+  if (a.channels_last()) {
+    GradWeightChannelsLast<scalar_t> k(a, go);
+    const int64_t Cp = k.Cp;
+    part.assign(static_cast<size_t>(k.groups.count * (T + 1) * Cp), acc_t(0));
+    k.part = part.data();
+    parallel_run(k, k.tasks());
+    finish_grad_weight(part, k.groups.count, a.C, T, (T + 1) * Cp, 1, Cp, gw, gb);
+  } else {
+    GradWeightContiguous<scalar_t> k(a, go);
+    part.assign(static_cast<size_t>(k.groups.count * a.C * (T + 1)), acc_t(0));
+    k.part = part.data();
+    parallel_run(k, k.tasks());
+    finish_grad_weight(part, k.groups.count, a.C, T, a.C * (T + 1), T + 1, 1, gw, gb);
+  }
+}
+
+template <typename scalar_t>
+void grad_input(const DepthwiseArgs& a, const at::Tensor& go, at::Tensor& gi) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (a.channels_last()) {
+    GradInputChannelsLast<scalar_t> k(a, go, gi);
+    const auto wb = blocked_taps<acc_t>(a);
+    k.wb = wb.data();
+    parallel_run(k, k.tasks());
+  } else {
+    with_plane_block(div_ceil(a.W, a.sW), kVec<acc_t>, [&](auto rb, auto nv) {
+      GradInputContiguous<scalar_t, decltype(rb)::value, decltype(nv)::value> k(a, go, gi);
+      parallel_run(k, k.tasks());
+    });
+  }
+}
+
+// ----------------------------------------------------------------------------- ops
+
+at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation) {
+  const auto a = prepare_depthwise(input, weight, bias, stride, padding, dilation, std::string(activation));
+  at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_cpu", [&] {
+    MK_DISPATCH_ACTIVATION(a.act, [&] { forward<scalar_t, kAct, false>(a, out, nullptr, nullptr); });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+  const auto a = prepare_depthwise(input, weight, c10::nullopt, stride, padding, dilation);
+  const at::Tensor go = prepare_depthwise_grad_output(grad_output, a, input);
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor grad_in = at::empty({0}, input.options());
+  at::Tensor grad_w = at::empty({0}, input.options());
+  at::Tensor grad_b = at::empty({0}, input.options());
+  if (output_mask[0]) grad_in = at::empty(input.sizes(), input.options().memory_format(a.format));
+  const bool want_wb = output_mask[1] || output_mask[2];
+  at::Tensor gw_acc = want_wb ? at::zeros({a.C, a.kH * a.kW}, acc_opts) : at::Tensor();
+  at::Tensor gb_acc = want_wb ? at::zeros({a.C}, acc_opts) : at::Tensor();
+  if (go.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cpu",
+                                    [&] {
+                                      if (output_mask[0]) grad_input<scalar_t>(a, go, grad_in);
+                                      if (want_wb) grad_weight_and_bias<scalar_t>(a, go, gw_acc, gb_acc);
+                                    });
+  }
+  if (output_mask[1]) grad_w = gw_acc.to(weight.scalar_type()).view({a.C, 1, a.kH, a.kW});
+  if (output_mask[2]) grad_b = gb_acc.to(input.scalar_type());
+  return {grad_in, grad_w, grad_b};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_stats_cpu(const at::Tensor& input,
+                                                                          const at::Tensor& weight,
+                                                                          at::IntArrayRef stride,
+                                                                          at::IntArrayRef padding,
+                                                                          at::IntArrayRef dilation) {
+  const auto a = prepare_depthwise(input, weight, c10::nullopt, stride, padding, dilation);
+  check_stats_count(a);
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
+  at::Tensor mean = at::zeros({a.C}, acc_opts);
+  at::Tensor var = at::zeros({a.C}, acc_opts);
+  if (out.numel() == 0) return {out, mean, var};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_stats_cpu", [&] {
+    forward<scalar_t, Act::kIdentity, true>(a, out, &mean, &var);
+  });
+  return {out, mean, var};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilenet_kernels, CPU, m) {
+  m.impl("depthwise_conv2d", &depthwise_conv2d_cpu);
+  m.impl("depthwise_conv2d_backward", &depthwise_conv2d_backward_cpu);
+  m.impl("depthwise_conv2d_stats", &depthwise_conv2d_stats_cpu);
+}
+
+}  // namespace mobilenet_kernels
