@@ -27,8 +27,9 @@
 //   a large mean costs no digits; these are merged by Chan's formula in double.
 // x86: each kernel is compiled twice, for the baseline ISA and for AVX2+FMA (picked at run time),
 //   since the extension is built without -march flags.
-// Limits: inf/nan in grad_output meet the zero padding in grad_weight (inf * 0 = nan) where
-//   PyTorch skips padded taps.
+// Limits: the zero padding is multiplied like data in some places (forward and grad_input
+//   columns, NCHW grad_weight columns), so a non-finite weight or grad_output can give nan where
+//   a window only touches padding, as PyTorch's im2col path does.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -270,26 +271,22 @@ C10_ALWAYS_INLINE void stage_channel_blocks(const scalar_t* img /* (H, W, C) */,
   }
 }
 
-// dst (nrows, P, wq): dst[k][rho][u] = plane[row0 + k][col0 + u * P + rho] in acc_t, zero outside.
+// dst (nrows, P, wq): dst[k][rho][u] = plane[row0 + k][col0 + u * P + rho] in acc_t (rows ld apart),
+// zero outside rows [0, H) and columns [0, W). One fill of the whole buffer, then the copies: fills
+// around each staged row would be memset calls of a few bytes, which dominate on small planes.
 template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE void stage_plane(const scalar_t* plane /* (H, W) */, int64_t H, int64_t W, int64_t row0,
+C10_ALWAYS_INLINE void stage_plane(const scalar_t* plane, int64_t H, int64_t W, int64_t ld, int64_t row0,
                                    int64_t nrows, int64_t col0, int64_t P, int64_t wq, acc_t* dst) {
-  for (int64_t k = 0; k < nrows; ++k) {
-    acc_t* d = dst + k * P * wq;
+  std::fill(dst, dst + nrows * P * wq, acc_t(0));
+  for (int64_t k = std::max<int64_t>(0, -row0); k < std::min(nrows, H - row0); ++k) {
     const int64_t r = row0 + k;
-    if (r < 0 || r >= H) {
-      std::fill(d, d + P * wq, acc_t(0));
-      continue;
-    }
     for (int64_t rho = 0; rho < P; ++rho) {
-      acc_t* __restrict__ dp = d + rho * wq;
+      acc_t* __restrict__ dp = dst + (k * P + rho) * wq;
       const int64_t u_lo = std::clamp<int64_t>(div_ceil(-col0 - rho, P), 0, wq);
       const int64_t u_hi = std::clamp<int64_t>(div_floor(W - 1 - col0 - rho, P) + 1, u_lo, wq);
-      const scalar_t* __restrict__ s = plane + r * W + col0 + rho;
-      std::fill(dp, dp + u_lo, acc_t(0));
+      const scalar_t* __restrict__ s = plane + r * ld + col0 + rho;
 #pragma omp simd
       for (int64_t u = u_lo; u < u_hi; ++u) dp[u] = static_cast<acc_t>(s[u * P]);
-      std::fill(dp + u_hi, dp + wq, acc_t(0));
     }
   }
 }
@@ -380,32 +377,49 @@ C10_ALWAYS_INLINE void plane_block(const acc_t* base, const int64_t* tap_off, co
   }
 }
 
-// out[l] += sum_i a[i * sa + l] * b[i * sb + l] for one vector of channels, four pixels at a time
-// into independent accumulators (the order depends on n only).
+// Four independent lane-wise accumulators of one vector (a reduction over pixels). The order of the
+// additions depends on the shape only, not on how the compiler vectorizes.
 template <typename acc_t>
-C10_ALWAYS_INLINE void dot_pixels(const acc_t* a, int64_t sa, const acc_t* b, int64_t sb, int64_t n, acc_t* out) {
-  constexpr int V = kVec<acc_t>;
-  acc_t s0[V], s1[V], s2[V], s3[V];
+struct LaneSums {
+  acc_t s[4][kVec<acc_t>];
+  C10_ALWAYS_INLINE void zero() {
+    for (int k = 0; k < 4; ++k) {
 #pragma omp simd
-  for (int l = 0; l < V; ++l) s0[l] = s1[l] = s2[l] = s3[l] = acc_t(0);
+      for (int l = 0; l < kVec<acc_t>; ++l) s[k][l] = acc_t(0);
+    }
+  }
+  // out[l] += the four accumulators, in a fixed order.
+  C10_ALWAYS_INLINE void add_to(acc_t* out) const {
+#pragma omp simd
+    for (int l = 0; l < kVec<acc_t>; ++l) out[l] += (s[0][l] + s[1][l]) + (s[2][l] + s[3][l]);
+  }
+  acc_t total() const {
+    acc_t lanes[kVec<acc_t>] = {};
+    add_to(lanes);
+    acc_t t = 0;
+    for (int l = 0; l < kVec<acc_t>; ++l) t += lanes[l];
+    return t;
+  }
+};
+
+// sums += sum_i a[i * sa + l] * b[i * sb + l] over n vectors, four at a time into the four accumulators.
+template <typename acc_t>
+C10_ALWAYS_INLINE void dot_pixels(const acc_t* a, int64_t sa, const acc_t* b, int64_t sb, int64_t n,
+                                  LaneSums<acc_t>& sums) {
+  constexpr int V = kVec<acc_t>;
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
     const acc_t* __restrict__ a0 = a + i * sa;
     const acc_t* __restrict__ b0 = b + i * sb;
+    for (int k = 0; k < 4; ++k) {
 #pragma omp simd
-    for (int l = 0; l < V; ++l) {
-      s0[l] += a0[l] * b0[l];
-      s1[l] += a0[sa + l] * b0[sb + l];
-      s2[l] += a0[2 * sa + l] * b0[2 * sb + l];
-      s3[l] += a0[3 * sa + l] * b0[3 * sb + l];
+      for (int l = 0; l < V; ++l) sums.s[k][l] += a0[k * sa + l] * b0[k * sb + l];
     }
   }
   for (; i < n; ++i) {
 #pragma omp simd
-    for (int l = 0; l < V; ++l) s0[l] += a[i * sa + l] * b[i * sb + l];
+    for (int l = 0; l < V; ++l) sums.s[0][l] += a[i * sa + l] * b[i * sb + l];
   }
-#pragma omp simd
-  for (int l = 0; l < V; ++l) out[l] += (s0[l] + s1[l]) + (s2[l] + s3[l]);
 }
 
 // sum_i a[i] * b[i] (b == nullptr: sum_i a[i]) with lane-wise partial sums added in a fixed order.
@@ -684,7 +698,7 @@ struct ForwardContiguous {
       for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
         const int64_t n = row / OH, oh0 = row % OH;
         const int64_t rn = groups.sub_chunk(row, row_end);
-        stage_plane(x + (n * C + c) * H * W, H, W, oh0 * sH - a.pH, staged_rows(rn), -a.pW, sW, wq, buf.data());
+        stage_plane(x + (n * C + c) * H * W, H, W, W, oh0 * sH - a.pH, staged_rows(rn), -a.pW, sW, wq, buf.data());
         scalar_t* yp = y + ((n * C + c) * OH + oh0) * OW;
         for (int64_t r0 = 0; r0 < rn; r0 += RB) {
           const int64_t rb = std::min<int64_t>(RB, rn - r0);
@@ -748,7 +762,9 @@ struct ColumnPhases {
   int64_t ow_base = 0, ncols = 1;
 };
 
-ColumnPhases column_phases(const DepthwiseArgs& a, int64_t block) {
+// `block`: the register block's width; blocks_shift: the last block of a phase is shifted back to
+// end at its last column (channels_last), else it runs past it (NCHW).
+ColumnPhases column_phases(const DepthwiseArgs& a, int64_t block, bool blocks_shift) {
   ColumnPhases cp;
   const int64_t max_m = (a.kW - 1) * a.dW / a.sW;
   int64_t lo = INT64_MAX, hi = INT64_MIN;
@@ -757,7 +773,8 @@ ColumnPhases column_phases(const DepthwiseArgs& a, int64_t block) {
     cp.cols.push_back(q);
     if (q.hi > q.lo) {
       lo = std::min(lo, q.lo - max_m);
-      hi = std::max(hi, q.lo + round_up(q.hi - q.lo, block));
+      const int64_t n = q.hi - q.lo;
+      hi = std::max(hi, q.lo + (blocks_shift ? std::max(n, block) : round_up(n, block)));
     }
   }
   if (hi > lo) {
@@ -780,7 +797,7 @@ struct GradInputChannelsLast {
   scalar_t* gi;        // (N, H, W, C)
 
   GradInputChannelsLast(const DepthwiseArgs& a_, const at::Tensor& grad_out, const at::Tensor& grad_in)
-      : a(a_), slabs(channel_slabs(a_.C, V)), phases(column_phases(a_, kPixBlock)) {
+      : a(a_), slabs(channel_slabs(a_.C, V)), phases(column_phases(a_, kPixBlock, true)) {
     // A sub-chunk of rn input rows stages about rn / sH + (kH - 1) * dH / sH + 1 grad_output rows.
     const int64_t fit = kStageElements / (phases.ncols * slabs.width * V);
     groups = make_row_groups(a.N, a.H, a.W * a.C, (fit - 1) * a.sH - (a.kH - 1) * a.dH + 1);
@@ -800,7 +817,7 @@ struct GradInputChannelsLast {
     const int64_t ncols = phases.ncols;
     const int64_t plane = ((groups.chunk - 1 + (a.kH - 1) * dH) / sH + 1) * ncols * V;
     std::vector<acc_t> buf(static_cast<size_t>(slabs.width * plane));
-    std::vector<int64_t> in_off(T), w_off(T), row_kh(a.kH), row_oh(a.kH);
+    std::vector<int64_t> in_off(groups.chunk * sW * T), w_off(groups.chunk * sW * T), taps(groups.chunk * sW);
     const acc_t zeros[V] = {};
     const int64_t zero_off[1] = {0};
     for (int64_t g = begin; g < end; ++g) {
@@ -814,43 +831,45 @@ struct GradInputChannelsLast {
             stage_channel_blocks<V>(go + n * OH * OW * C, OH, OW, C, b0 * V, nb, oh.lo, oh.hi - oh.lo,
                                     phases.ow_base, ncols, plane, buf.data());
           }
-          for (int64_t ih = ih0; ih < ih0 + rn; ++ih) {
-            // Rows of grad_output this input row received from: ih + pH = oh * sH + kh * dH.
-            int64_t nrow = 0;
-            for (int64_t i = 0; i < a.kH; ++i) {
-              const int64_t num = ih + a.pH - i * dH;
-              if (num >= 0 && num % sH == 0 && num / sH < OH) {
-                row_kh[nrow] = i;
-                row_oh[nrow++] = num / sH;
-              }
-            }
-            scalar_t* girow = gi + (n * H + ih) * W * C;
+          // Tap lists per (input row, column phase): ih + pH = oh * sH + kh * dH, iw + pW = ow * sW + kw * dW.
+          for (int64_t r = 0; r < rn; ++r) {
             for (int64_t rho = 0; rho < sW; ++rho) {
               const TapRange q = phases.cols[rho];
-              if (q.hi <= q.lo) continue;
-              int64_t taps = 0;
-              for (int64_t k = 0; k < nrow; ++k) {
+              int64_t t = 0;
+              for (int64_t i = 0; i < a.kH; ++i) {
+                const int64_t num = ih0 + r + a.pH - i * dH;
+                if (num < 0 || num % sH != 0 || num / sH >= OH) continue;
                 for (int64_t j = 0; j < a.kW; ++j) {
                   if (j * dW % sW != rho) continue;
                   const int64_t m = j * dW / sW;  // ow = q - m
-                  in_off[taps] = ((row_oh[k] - oh.lo) * ncols + (q.lo - m - phases.ow_base)) * V;
-                  w_off[taps++] = (row_kh[k] * a.kW + j) * V;
+                  in_off[(r * sW + rho) * T + t] = ((num / sH - oh.lo) * ncols + (q.lo - m - phases.ow_base)) * V;
+                  w_off[(r * sW + rho) * T + t++] = (i * a.kW + j) * V;
                 }
               }
-              scalar_t* out0 = girow + (q.lo * sW + rho - a.pW) * C;
-              for (int64_t b = b0; b < b0 + nb; ++b) {
-                const int64_t cn = std::min<int64_t>(V, C - b * V);
-                const acc_t* in = buf.data() + (b - b0) * plane;
-                for (int64_t j0 = 0; j0 < q.hi - q.lo; j0 += kPixBlock) {
+              taps[r * sW + rho] = t;
+            }
+          }
+          for (int64_t b = b0; b < b0 + nb; ++b) {
+            const int64_t cn = std::min<int64_t>(V, C - b * V);
+            const acc_t* in = buf.data() + (b - b0) * plane;
+            const acc_t* w = wb + b * T * V;
+            for (int64_t r = 0; r < rn; ++r) {
+              for (int64_t rho = 0; rho < sW; ++rho) {
+                const TapRange q = phases.cols[rho];
+                const int64_t nq = q.hi - q.lo, nt = taps[r * sW + rho];
+                const int64_t* io = in_off.data() + (r * sW + rho) * T;
+                const int64_t* wo = w_off.data() + (r * sW + rho) * T;
+                scalar_t* out0 = gi + ((n * H + ih0 + r) * W + q.lo * sW + rho - a.pW) * C + b * V;
+                for (int64_t j = 0; j < nq; j += kPixBlock) {
+                  const int64_t j0 = std::max<int64_t>(0, std::min(j, nq - kPixBlock));  // as in the forward
                   acc_t acc[kPixBlock][V];
-                  if (taps > 0) {
-                    channels_last_block<acc_t, V>(in + j0 * V, in_off.data(), wb + b * T * V, w_off.data(), taps, V,
-                                                  acc);
+                  if (nt > 0) {
+                    channels_last_block<acc_t, V>(in + j0 * V, io, w, wo, nt, V, acc);
                   } else {  // pixels no tap reaches
                     channels_last_block<acc_t>(zeros, zero_off, zeros, zero_off, 1, 0, acc);
                   }
-                  store_channels_last<Act::kIdentity>(acc, zeros, std::min<int64_t>(kPixBlock, q.hi - q.lo - j0), cn,
-                                                      out0 + j0 * sW * C + b * V, sW * C);
+                  store_channels_last<Act::kIdentity>(acc, zeros, std::min<int64_t>(kPixBlock, nq - j0), cn,
+                                                      out0 + j0 * sW * C, sW * C);
                 }
               }
             }
@@ -874,7 +893,7 @@ struct GradInputContiguous {
   scalar_t* gi;        // (N, C, H, W)
 
   GradInputContiguous(const DepthwiseArgs& a_, const at::Tensor& grad_out, const at::Tensor& grad_in)
-      : a(a_), phases(column_phases(a_, J)) {
+      : a(a_), phases(column_phases(a_, J, false)) {
     groups = make_row_groups(a.N, a.H, a.W, (kStageElements / phases.ncols - 1) * a.sH - (a.kH - 1) * a.dH + 1);
     w = a.weight.data_ptr<acc_t>();
     go = grad_out.data_ptr<scalar_t>();
@@ -910,7 +929,7 @@ struct GradInputContiguous {
             oh_end = std::max(oh_end, q.lo + round_up(q.hi - q.lo, RB));
           }
         }
-        stage_plane(go + (n * C + c) * OH * OW, OH, OW, oh_base, oh_end - oh_base, phases.ow_base, 1, ncols,
+        stage_plane(go + (n * C + c) * OH * OW, OH, OW, OW, oh_base, oh_end - oh_base, phases.ow_base, 1, ncols,
                     buf.data());
         scalar_t* gip = gi + (n * C + c) * H * W;
         for (int64_t rho_h = 0; rho_h < sH; ++rho_h) {
@@ -1006,22 +1025,31 @@ struct GradWeightChannelsLast {
           stage_channel_blocks<V>(x + n * H * W * C, H, W, C, b0 * V, nb, oh0 * sH - a.pH, staged_rows(rn), -a.pW,
                                   ncols, xplane, xbuf.data());
           stage_channel_blocks<V>(go + row * OW * C, rn, OW, C, b0 * V, nb, 0, rn, 0, OW, gplane, gbuf.data());
-          for (int64_t r = 0; r < rn; ++r) {
-            const TapRange kh = valid_taps(oh0 + r, sH, a.pH, dH, a.kH, H);
-            for (int64_t b = 0; b < nb; ++b) {
-              const acc_t* grow = gbuf.data() + b * gplane + r * OW * V;
-              acc_t* lb = local.data() + (b0 + b) * V;
-              for (int64_t i = kh.lo; i < kh.hi; ++i) {
-                const acc_t* xrow = xbuf.data() + b * xplane + (r * sH + i * dH) * ncols * V;
-                for (int64_t j = 0; j < a.kW; ++j) {
-                  const TapRange o = ow_range[j];
-                  if (o.hi <= o.lo) continue;
-                  dot_pixels<acc_t>(grow + o.lo * V, V, xrow + (o.lo * sW + j * dW) * V, sW * V, o.hi - o.lo,
-                                    lb + (i * a.kW + j) * Cp);
+          // Per channel block and tap, one reduction over the sub-chunk's rows (those whose kernel
+          // row is inside the image) and the tap's valid columns.
+          for (int64_t b = 0; b < nb; ++b) {
+            const acc_t* gb = gbuf.data() + b * gplane;
+            const acc_t* xb = xbuf.data() + b * xplane;
+            acc_t* lb = local.data() + (b0 + b) * V;
+            LaneSums<acc_t> sums;
+            for (int64_t i = 0; i < a.kH; ++i) {
+              const TapRange rows = valid_outputs(i, sH, a.pH, dH, OH, H);
+              const int64_t r_lo = std::clamp<int64_t>(rows.lo - oh0, 0, rn);
+              const int64_t r_hi = std::clamp<int64_t>(rows.hi - oh0, r_lo, rn);
+              for (int64_t j = 0; j < a.kW; ++j) {
+                const TapRange o = ow_range[j];
+                if (o.hi <= o.lo || r_hi <= r_lo) continue;
+                sums.zero();
+                for (int64_t r = r_lo; r < r_hi; ++r) {
+                  dot_pixels<acc_t>(gb + (r * OW + o.lo) * V, V, xb + ((r * sH + i * dH) * ncols + o.lo * sW + j * dW) * V,
+                                    sW * V, o.hi - o.lo, sums);
                 }
+                sums.add_to(lb + (i * a.kW + j) * Cp);
               }
-              dot_pixels<acc_t>(grow, V, ones, 0, OW, lb + T * Cp);
             }
+            sums.zero();
+            dot_pixels<acc_t>(gb, V, ones, 0, rn * OW, sums);
+            sums.add_to(lb + T * Cp);
           }
         }
         row += rn;
@@ -1034,55 +1062,62 @@ struct GradWeightChannelsLast {
 template <typename scalar_t>
 struct GradWeightContiguous {
   using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int V = kVec<acc_t>;
   const DepthwiseArgs& a;
+  int64_t OWp;         // output columns padded to whole vectors (zero grad_output beyond OW)
+  int64_t wq;          // staged entries per stride phase of an input row
+  int64_t x_cols;      // input columns read by some output; staged as zero beyond
   RowGroups groups;    // over the N * OH output rows of one channel
-  int64_t wq;          // staged entries per stride phase of a row
   const scalar_t* x;   // (N, C, H, W)
   const scalar_t* go;  // (N, C, OH, OW)
   acc_t* part;         // (groups.count, C, kH * kW + 1); the last entry is grad_bias
 
   GradWeightContiguous(const DepthwiseArgs& a_, const at::Tensor& grad_out) : a(a_) {
-    wq = a.OW + (a.kW - 1) * a.dW / a.sW;
-    groups = make_row_groups(a.N, a.OH, a.OW, chunk_rows(a.sW * wq + a.OW, a.sH, (a.kH - 1) * a.dH + 1));
+    OWp = round_up(a.OW, V);
+    wq = OWp + (a.kW - 1) * a.dW / a.sW;
+    x_cols = std::min<int64_t>(a.W, (a.OW - 1) * a.sW - a.pW + (a.kW - 1) * a.dW + 1);
+    groups = make_row_groups(a.N, a.OH, a.OW, chunk_rows(a.sW * wq + OWp, a.sH, (a.kH - 1) * a.dH + 1));
     x = a.input.data_ptr<scalar_t>();
     go = grad_out.data_ptr<scalar_t>();
   }
   int64_t tasks() const { return a.C * groups.count; }
   int64_t staged_rows(int64_t rn) const { return (rn - 1) * a.sH + (a.kH - 1) * a.dH + 1; }
 
+  // Whole padded rows are reduced for every tap: the products outside a tap's valid columns are
+  // grad_output x staged zero padding (or zero grad_output x zero), so they add exact zeros, as in
+  // PyTorch's im2col formulation. Rows whose kernel row is in the padding are skipped.
   C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
     const int64_t C = a.C, T = a.kH * a.kW, H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW;
-    const int64_t dH = a.dH, dW = a.dW, row_len = sW * wq;
+    const int64_t dH = a.dH, dW = a.dW, row_len = sW * wq, nvec = OWp / V;
     std::vector<acc_t> xbuf(static_cast<size_t>(staged_rows(groups.chunk) * row_len));
-    std::vector<acc_t> gbuf(static_cast<size_t>(groups.chunk * OW));
-    std::vector<acc_t> local(static_cast<size_t>(T + 1));
-    std::vector<TapRange> ow_range(a.kW);
-    for (int64_t j = 0; j < a.kW; ++j) ow_range[j] = valid_outputs(j, sW, a.pW, dW, OW, W);
+    std::vector<acc_t> gbuf(static_cast<size_t>(groups.chunk * OWp));
+    std::vector<LaneSums<acc_t>> sums(static_cast<size_t>(T + 1));
+    acc_t ones[V];
+    std::fill(ones, ones + V, acc_t(1));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c = task / groups.count, g = task % groups.count;
-      std::fill(local.begin(), local.end(), acc_t(0));
+      for (auto& s : sums) s.zero();
       for (int64_t row = groups.begin(g), row_end = groups.end(g); row < row_end;) {
         const int64_t n = row / OH, oh0 = row % OH;
         const int64_t rn = groups.sub_chunk(row, row_end);
-        stage_plane(x + (n * C + c) * H * W, H, W, oh0 * sH - a.pH, staged_rows(rn), -a.pW, sW, wq, xbuf.data());
-        stage_plane(go + ((n * C + c) * OH + oh0) * OW, rn, OW, 0, rn, 0, 1, OW, gbuf.data());
-        for (int64_t r = 0; r < rn; ++r) {
-          const acc_t* grow = gbuf.data() + r * OW;
-          const TapRange kh = valid_taps(oh0 + r, sH, a.pH, dH, a.kH, H);
-          for (int64_t i = kh.lo; i < kh.hi; ++i) {
-            const acc_t* xrow = xbuf.data() + (r * sH + i * dH) * row_len;
-            for (int64_t j = 0; j < a.kW; ++j) {
-              const TapRange o = ow_range[j];
-              if (o.hi <= o.lo) continue;
-              const acc_t* xs = xrow + (j * dW % sW) * wq + j * dW / sW;
-              local[i * a.kW + j] += dot_row<acc_t>(grow + o.lo, xs + o.lo, o.hi - o.lo);
+        stage_plane(x + (n * C + c) * H * W, H, x_cols, W, oh0 * sH - a.pH, staged_rows(rn), -a.pW, sW, wq,
+                    xbuf.data());
+        stage_plane(go + ((n * C + c) * OH + oh0) * OW, rn, OW, OW, 0, rn, 0, 1, OWp, gbuf.data());
+        for (int64_t i = 0; i < a.kH; ++i) {
+          const TapRange rows = valid_outputs(i, sH, a.pH, dH, OH, H);
+          const int64_t r_lo = std::clamp<int64_t>(rows.lo - oh0, 0, rn);
+          const int64_t r_hi = std::clamp<int64_t>(rows.hi - oh0, r_lo, rn);
+          for (int64_t j = 0; j < a.kW; ++j) {
+            const acc_t* xs = xbuf.data() + i * dH * row_len + (j * dW % sW) * wq + j * dW / sW;
+            for (int64_t r = r_lo; r < r_hi; ++r) {
+              dot_pixels<acc_t>(gbuf.data() + r * OWp, V, xs + r * sH * row_len, V, nvec, sums[i * a.kW + j]);
             }
           }
-          local[T] += dot_row<acc_t>(grow, nullptr, OW);
         }
+        dot_pixels<acc_t>(gbuf.data(), V, ones, 0, rn * nvec, sums[T]);
         row += rn;
       }
-      std::copy(local.begin(), local.end(), part + (g * C + c) * (T + 1));
+      for (int64_t t = 0; t <= T; ++t) part[(g * C + c) * (T + 1) + t] = sums[t].total();
     }
   }
 };
