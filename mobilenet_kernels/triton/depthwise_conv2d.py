@@ -312,9 +312,17 @@ def _store_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" and dtype == torch.bfloat16 else dtype
 
 
-def _blocks(pixels: int, C: int, channels_last: bool, taps: int, dtype: torch.dtype) -> tuple[int, int]:
+def _blocks(pixels: int, C: int, channels_last: bool, taps: int, dtype: torch.dtype,
+            interpreted: bool = False) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_C). NHWC: the widest of 64/32/16 contiguous channels that leaves at most 1/8
-    of the lanes idle (C = 96 -> 32, 144 -> 32, 72 -> 16); NCHW: few channels, long pixel rows."""
+    of the lanes idle (C = 96 -> 32, 144 -> 32, 72 -> 16); NCHW: few channels, long pixel rows.
+
+    Under the CPU interpreter every program costs ~0.4 s of fixed overhead (it re-patches triton.language
+    for each nested @triton.jit call), whatever its size: there, few large tiles (up to 64 channels x
+    4096 elements) keep whole-model tests to seconds. Any power-of-two tile is correct."""
+    if interpreted:
+        block_c = min(triton.next_power_of_2(max(C, 1)), 64)
+        return max(16, min(triton.next_power_of_2(max(pixels, 1)), 4096 // block_c)), block_c
     tile = _TILE_ELEMENTS // (2 if taps > 9 else 1) // (2 if dtype == torch.float64 else 1)
     if channels_last:
         block_c = next((bc for bc in (64, 32, 16) if (-C % bc) * 8 <= C), 16)
@@ -356,7 +364,7 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats)
     P = N * OH * OW
     if out.numel() == 0:
         return out.to(x.dtype), None
-    block_p, block_c = _blocks(P, C, channels_last, kH * kW, x.dtype)
+    block_p, block_c = _blocks(P, C, channels_last, kH * kW, x.dtype, x.device.type == "cpu")
     c_blocks = triton.cdiv(C, block_c)
     blocks = triton.cdiv(P, block_p)
     iters, programs = _split(blocks, _TARGET_PROGRAMS // c_blocks) if stats else (1, blocks)
@@ -419,7 +427,7 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
         phases = stride[0] * stride[1]
         HQ, WQ = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
         Q = N * HQ * WQ
-        block_p, block_c = _blocks(Q, C, channels_last, kH * kW, x.dtype)
+        block_p, block_c = _blocks(Q, C, channels_last, kH * kW, x.dtype, x.device.type == "cpu")
         c_blocks = triton.cdiv(C, block_c)
         blocks = triton.cdiv(Q, block_p)
         iters, chunks = _split(blocks, _TARGET_PROGRAMS // (c_blocks * phases)) if weight_work else (1, blocks)
@@ -444,7 +452,7 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
         grad_bias = torch.zeros(C, dtype=acc, device=device)
         if grad_out.numel() > 0:
             P = N * OH * OW
-            block_p, block_c = _blocks(P, C, channels_last, 1, x.dtype)
+            block_p, block_c = _blocks(P, C, channels_last, 1, x.dtype, x.device.type == "cpu")
             c_blocks = triton.cdiv(C, block_c)
             blocks = triton.cdiv(P, block_p)
             iters, programs = _split(blocks, _TARGET_PROGRAMS // c_blocks)
