@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench, depthwise_layers, environment, peak_bandwidth, stop_on_sigterm, write_results  # noqa: E402
+from common import add_speedups, depthwise_layers, environment, geomean, measure, peak_bandwidth, stop_on_sigterm, write_results  # noqa: E501  # noqa: E402
 
 import mobilenet_kernels.functional as MF  # noqa: E402
 from mobilenet_kernels import backends  # noqa: E402
@@ -113,28 +113,9 @@ def run(args, rows: list[dict], copy_bw: float | None) -> None:
                 xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
                 call = lambda fn=fn, extra=extra, xg=xg, wg=wg: torch.autograd.grad(  # noqa: E731
                     fn(xg, wg, geom, act, *extra), (xg, wg), grad)
-            try:
-                t = bench(call, device)
-            except Exception as exc:  # a provider that cannot run this case is recorded, not fatal
-                row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
-                continue
-            row.update({f"{name}_{key}": val for key, val in t.items()})
-            row[f"{name}_GBps"] = bytes_moved / (t["p50_ms"] * 1e-3) / 1e9
-            if peak:
-                row[f"{name}_pct_peak"] = 100 * bytes_moved / (t["p50_ms"] * 1e-3) / peak
-            if copy_bw:
-                row[f"{name}_pct_copy"] = 100 * bytes_moved / (t["p50_ms"] * 1e-3) / copy_bw
-        for name in provs[op]:
-            if name != "eager" and f"{name}_p50_ms" in row and "eager_p50_ms" in row:
-                row[f"{name}_speedup_vs_eager"] = row["eager_p50_ms"] / row[f"{name}_p50_ms"]
-            if name in ("cuda", "triton") and f"{name}_p50_ms" in row and "torch_compile_p50_ms" in row:
-                row[f"{name}_speedup_vs_compile"] = row["torch_compile_p50_ms"] / row[f"{name}_p50_ms"]
+            measure(row, name, call, device, bytes_moved, peak, copy_bw)
+        add_speedups(row, provs[op])
         rows.append(row)
-
-
-def geomean(values):
-    values = [v for v in values if v and v > 0]
-    return float(torch.tensor(values).log().mean().exp()) if values else None
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -147,6 +147,38 @@ def depthwise_layers(model_name: str, resolution: int = 224) -> list[tuple]:
     return list(dict.fromkeys(found))
 
 
+def measure(row: dict, name: str, call: Callable[[], object], device: str, bytes_moved: int,
+            peak: float | None, copy_bw: float | None) -> None:
+    """Time ``call`` as provider ``name`` into ``row``: p20/p50/p80 ms, GB/s, % of the datasheet peak
+    and of the measured copy bandwidth; a provider that cannot run the case is recorded, not fatal."""
+    try:
+        t = bench(call, device)
+    except Exception as exc:
+        row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        return
+    row.update({f"{name}_{key}": val for key, val in t.items()})
+    bytes_per_s = bytes_moved / (t["p50_ms"] * 1e-3)
+    row[f"{name}_GBps"] = bytes_per_s / 1e9
+    if peak:
+        row[f"{name}_pct_peak"] = 100 * bytes_per_s / peak
+    if copy_bw:
+        row[f"{name}_pct_copy"] = 100 * bytes_per_s / copy_bw
+
+
+def add_speedups(row: dict, names, ours=("cuda", "triton")) -> None:
+    """``<name>_speedup_vs_eager`` for every provider, and ``<name>_speedup_vs_compile`` for ours."""
+    for name in names:
+        if name != "eager" and f"{name}_p50_ms" in row and "eager_p50_ms" in row:
+            row[f"{name}_speedup_vs_eager"] = row["eager_p50_ms"] / row[f"{name}_p50_ms"]
+        if name in ours and f"{name}_p50_ms" in row and "torch_compile_p50_ms" in row:
+            row[f"{name}_speedup_vs_compile"] = row["torch_compile_p50_ms"] / row[f"{name}_p50_ms"]
+
+
+def geomean(values) -> float | None:
+    values = [v for v in values if v and v > 0]
+    return float(torch.tensor(values).log().mean().exp()) if values else None
+
+
 def stop_on_sigterm() -> None:
     """Turn SIGTERM (what `timeout` sends) into KeyboardInterrupt, so a benchmark cut short by the GPU
     suite's time limit still writes the rows it has measured."""
