@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_speedups, depthwise_layers, environment, geomean, measure, peak_bandwidth, stop_on_sigterm, write_results  # noqa: E501  # noqa: E402
+from common import add_speedups, depthwise_layers, execute, geomean, measure, peak_bandwidth  # noqa: E402
 
 import mobilenet_kernels.functional as MF  # noqa: E402
 from mobilenet_kernels import backends  # noqa: E402
@@ -154,30 +154,11 @@ def main(argv=None) -> int:
         p.error("--batch: must be positive")
     if args.device == "cuda" and not gpu:
         p.error("--device cuda: no CUDA device")
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-
-    stop_on_sigterm()
-    env = environment(args.device)
-    rows: list[dict] = []
-    interrupted = None
-    try:
-        run(args, rows, env.get("copy_GBps", 0) * 1e9 or None)
-    except KeyboardInterrupt as exc:
-        interrupted = f"stopped after {len(rows)} rows: {exc}"
-        print(interrupted, file=sys.stderr)
-    summary = summarize(rows)
-    record = {"environment": env, "op": "depthwise_conv2d", "interrupted": interrupted,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}, "summary": summary}
-    columns = ["model", "C", "H", "W", "k", "stride", "batch", "dtype", "layout", "op", "mode", "eager_p50_ms"]
-    columns += [c for c in ("cuda_p50_ms", "triton_p50_ms", "torch_compile_p50_ms", "torch_compile_max_autotune_p50_ms",
-                            "cuda_GBps", "cuda_pct_peak", "cuda_pct_copy", "cuda_speedup_vs_eager",
-                            "triton_speedup_vs_eager", "cuda_speedup_vs_compile") if any(c in r for r in rows)]
-    json_path, md_path = write_results(args.out, args.name, record, rows, columns)
-    print(open(md_path).read())
-    print("summary:", {k: round(v, 3) for k, v in summary.items()})
-    print(f"wrote {json_path} and {md_path}")
-    return 1 if interrupted else 0
-
+    columns = ["model", "C", "H", "W", "k", "stride", "batch", "dtype", "layout", "op", "mode", "eager_p50_ms",
+               "cuda_p50_ms", "triton_p50_ms", "torch_compile_p50_ms", "torch_compile_max_autotune_p50_ms", "cuda_GBps",
+               "cuda_pct_peak", "cuda_pct_copy", "cuda_speedup_vs_eager", "triton_speedup_vs_eager",
+               "cuda_speedup_vs_compile"]
+    return execute(args, run, "depthwise_conv2d", summarize, columns)
 
 if __name__ == "__main__":
     sys.exit(main())

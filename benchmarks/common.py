@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from typing import Callable
 
 import torch
@@ -188,6 +189,31 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def execute(args, run: Callable, op: str, summarize: Callable[[list], dict], columns: list[str], **record_extra) -> int:
+    """The shared main of the op benchmarks: ``run(args, rows, copy_bandwidth)`` fills rows (in place,
+    so a run cut off by SIGTERM keeps what it measured), then JSON + markdown are written to
+    ``args.out`` and the table and summary printed. Returns 1 if the run was interrupted."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    stop_on_sigterm()
+    env = environment(args.device)
+    rows: list[dict] = []
+    interrupted = None
+    try:
+        run(args, rows, env.get("copy_GBps", 0) * 1e9 or None)
+    except KeyboardInterrupt as exc:
+        interrupted = f"stopped after {len(rows)} rows: {exc}"
+        print(interrupted, file=sys.stderr)
+    summary = summarize(rows)
+    record = {"environment": env, "op": op, **record_extra, "interrupted": interrupted,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}, "summary": summary}
+    columns = [c for c in columns if any(c in r for r in rows)]
+    json_path, md_path = write_results(args.out, args.name, record, rows, columns)
+    print(open(md_path).read())
+    print("summary:", {k: round(v, 3) for k, v in summary.items()})
+    print(f"wrote {json_path} and {md_path}")
+    return 1 if interrupted else 0
 
 
 def write_results(out_dir: str, name: str, record: dict, rows: list[dict], columns: list[str]) -> tuple[str, str]:
