@@ -8,6 +8,7 @@ from torch import nn
 
 from .activations import activation_name
 from .backends import check_backend
+from .models._layers import ConvBNAct
 from .nn import BatchNormAct2d, DepthwiseConv2d
 
 __all__ = ["convert"]
@@ -73,6 +74,7 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
         for key, child in list(module._modules.items()):
             if type(child) is nn.BatchNorm2d:
                 module._modules[key] = BatchNormAct2d.from_batch_norm(child, "identity", backend)
-            elif DepthwiseConv2d.supports(child):
+            elif DepthwiseConv2d.supports(child) and not isinstance(module, ConvBNAct):
+                # (a ConvBNAct of our models already runs its depthwise conv fused with its BatchNorm)
                 module._modules[key] = DepthwiseConv2d.from_conv(child, backend)
     return model
