@@ -161,10 +161,7 @@ def depthwise_conv2d_bn_act(
         if running_mean is None or running_var is None:
             raise ValueError("running_mean, running_var: required in eval mode (training=False)")
         check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
-        for t, arg in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
-            check_per_channel(t, arg, input)
-        if eps < 0:
-            raise ValueError(f"eps: expected a non-negative value, got {eps}")
+        check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)  # C is kept
         w, b = folded if folded is not None else fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
                                                                  weight, bias, eps)
         return _op("depthwise_conv2d", name)(input, w.to(input.dtype), b.to(input.dtype), _pair_list(stride),
