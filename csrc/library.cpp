@@ -65,6 +65,29 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   m.def(
       "depthwise_conv2d_bn_act_train_triton(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, "
       "int[2] stride, int[2] padding, int[2] dilation, float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // squeeze_excite: input * scale_act(fc2(act(fc1(mean_hw(input))))), torchvision's
+  // SqueezeExcitation, as three passes: a per-(image, channel) pool, one small excite step per image
+  // (both 1x1 "convs" on the pooled vector, in the accumulation dtype) and a scale pass. fc1_weight
+  // (S, C, 1, 1), fc2_weight (C, S, 1, 1), biases (S,) and (C,); parameters in the input's dtype or
+  // its accumulation dtype (float32 parameters with half inputs, as under AMP). Returns (output in
+  // the input's memory format, pooled (N, C) in the accumulation dtype, saved for the backward).
+  // Backward: a reduction pass sum_hw(grad_output * input), the excite backward per image, and one
+  // grad_input pass grad_output * scale + grad_pooled / HW; parameter grads (in the parameters'
+  // dtypes) sum the per-image terms in a fixed order. No float atomics: bitwise deterministic.
+  m.def(
+      "squeeze_excite(Tensor input, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, "
+      "str activation, str scale_activation) -> (Tensor, Tensor)");
+  m.def(
+      "squeeze_excite_backward(Tensor grad_output, Tensor input, Tensor pooled, Tensor fc1_weight, Tensor fc1_bias, "
+      "Tensor fc2_weight, Tensor fc2_bias, str activation, str scale_activation) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "squeeze_excite_triton(Tensor input, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, "
+      "str activation, str scale_activation) -> (Tensor, Tensor)");
+  m.def(
+      "squeeze_excite_backward_triton(Tensor grad_output, Tensor input, Tensor pooled, Tensor fc1_weight, "
+      "Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, str activation, str scale_activation) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "depthwise_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, str activation) -> Tensor");
