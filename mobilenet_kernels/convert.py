@@ -9,7 +9,7 @@ from torch import nn
 from .activations import activation_name
 from .backends import check_backend
 from .models._layers import ConvBNAct
-from .nn import BatchNormAct2d, DepthwiseConv2d
+from .nn import BatchNormAct2d, DepthwiseConv2d, SqueezeExcitation
 
 __all__ = ["convert"]
 
@@ -35,7 +35,10 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
     * Every depthwise ``nn.Conv2d`` (groups == in_channels == out_channels, numeric zero padding)
       becomes a :class:`~mobilenet_kernels.nn.DepthwiseConv2d` on our depthwise kernels. (Our own
       models go further and fuse each depthwise conv with its BatchNorm and activation.)
-    * Existing BatchNormAct2d / DepthwiseConv2d modules get their ``backend`` set to ``backend``.
+    * Every ``torchvision.ops.SqueezeExcitation`` (exactly that class, with 1x1 biased fc layers and
+      activations we know) becomes a :class:`~mobilenet_kernels.nn.SqueezeExcitation` sharing its
+      ``fc1``/``fc2``.
+    * Existing BatchNormAct2d / DepthwiseConv2d / SqueezeExcitation modules get their ``backend`` set to ``backend``.
     * Everything else is left alone, including subclasses of nn.BatchNorm2d (SyncBatchNorm-style or
       frozen variants: only ``type(m) is nn.BatchNorm2d`` is converted), BatchNorm1d/3d, LayerNorm,
       and activations that do not directly follow a BatchNorm2d in a Sequential.
@@ -56,7 +59,7 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
         return BatchNormAct2d.from_batch_norm(model, "identity", backend)
 
     for module in list(model.modules()):
-        if isinstance(module, (BatchNormAct2d, DepthwiseConv2d)):
+        if isinstance(module, (BatchNormAct2d, DepthwiseConv2d, SqueezeExcitation)):
             module.backend = backend
             continue
         if _plain_sequential(module):
@@ -77,4 +80,6 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
             elif DepthwiseConv2d.supports(child) and not isinstance(module, ConvBNAct):
                 # (a ConvBNAct of our models already runs its depthwise conv fused with its BatchNorm)
                 module._modules[key] = DepthwiseConv2d.from_conv(child, backend)
+            elif SqueezeExcitation.supports(child):
+                module._modules[key] = SqueezeExcitation.from_torchvision(child, backend)
     return model

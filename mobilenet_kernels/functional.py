@@ -13,7 +13,8 @@ from . import backends, ops  # noqa: F401  (ops: registers fakes/autograd/Triton
 from .ops.batch_norm_act import check_batch_norm_eval_args, check_batch_norm_train_args
 from .ops._common import check_per_channel
 from .ops.depthwise_conv2d import check_depthwise_args, check_depthwise_bn_train_args
-from .reference import batch_norm_act_ref, depthwise_conv2d_bn_act_ref, depthwise_conv2d_ref
+from .ops.squeeze_excite import check_squeeze_excite_args
+from .reference import batch_norm_act_ref, depthwise_conv2d_bn_act_ref, depthwise_conv2d_ref, squeeze_excite_ref
 
 _OPS = {"cuda": "{}", "triton": "{}_triton"}
 
@@ -180,6 +181,37 @@ def depthwise_conv2d_bn_act(
             mean = mean + conv_bias.to(mean.dtype)
         torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
     return out
+
+
+def squeeze_excite(
+    input: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    *,
+    activation: str = "relu",
+    scale_activation: str = "hardsigmoid",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``torchvision.ops.SqueezeExcitation`` with these weights:
+    ``input * scale_activation(fc2(activation(fc1(mean_hw(input)))))``, fc weights of shape
+    (S, C, 1, 1) and (C, S, 1, 1), biases (S,) and (C,).
+
+    activation: relu | silu | hardswish (any known activation); scale_activation: hardsigmoid |
+    sigmoid (likewise). One pooling pass, one small excite step per image (both 1x1 layers in
+    float32, or float64 for float64 input), one scaling pass; the output keeps the input's dtype and
+    memory format. Parameters may be in the input's dtype or float32; under autocast the input is
+    cast to the autocast dtype and float32 parameters stay float32.
+    """
+    if input.is_floating_point():
+        (input,) = _autocast(input)
+    name = backends.resolve(backend, input)
+    check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation)
+    if name == "torch":
+        return squeeze_excite_ref(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation)
+    return _op("squeeze_excite", name)(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation,
+                                       scale_activation)[0]
 
 
 def _pair_list(v) -> list[int]:

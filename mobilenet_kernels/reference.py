@@ -103,3 +103,22 @@ def depthwise_conv2d_bn_act_ref(
     z = depthwise_conv2d_ref(input, conv_weight, conv_bias, stride, padding, dilation, upcast=upcast)
     return batch_norm_act_ref(z, running_mean, running_var, weight, bias, training, momentum, eps, activation,
                               upcast=upcast)
+
+
+def squeeze_excite_ref(
+    input: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    activation: str = "relu",
+    scale_activation: str = "hardsigmoid",
+) -> torch.Tensor:
+    """torchvision.ops.SqueezeExcitation with these weights: pool, fc1, act, fc2, scale_act, scale.
+    The excite step runs in the parameters' dtype (as eager torchvision does under AMP after its
+    own casts, the pooled vector follows the input's dtype first)."""
+    pooled = F.adaptive_avg_pool2d(input, 1)
+    dtype = fc1_weight.dtype
+    h = apply_activation(F.conv2d(pooled.to(dtype), fc1_weight, fc1_bias), activation)
+    s = apply_activation(F.conv2d(h, fc2_weight, fc2_bias), scale_activation)
+    return input * s.to(input.dtype)

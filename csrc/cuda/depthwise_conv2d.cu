@@ -30,8 +30,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <initializer_list>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "depthwise_conv2d.h"
@@ -678,6 +680,16 @@ int64_t channel_chunks(bool channels_last, int64_t C, int vec, const dim3& block
   return channels_last ? ceil_div(C / vec, block.x) : C;
 }
 
+// MK_DW_ROW_REUSE=0 (read once per process) sends stride-1 convs to the generic kernel instead of
+// the row-reuse one: a switch for benchmarks/diag_depthwise.py to compare the two on a GPU.
+bool row_reuse_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("MK_DW_ROW_REUSE");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // 16-byte channel vectors need: channels_last, C % VEC == 0, unit channel stride, every other
@@ -790,7 +802,7 @@ at::Tensor run_conv(const at::Tensor& x, at::Tensor& y, const at::Tensor& w_taps
   // Row reuse needs adjacent columns per thread; with channels_last that spreads a warp's loads
   // over several pixels, which only costs nothing when one pixel's channels fill a 128-byte line.
   int K = 0;
-  if (g.sW == 1 && g.dW == 1 && (g.kW == 3 || g.kW == 5 || g.kW == 7) &&
+  if (row_reuse_enabled() && g.sW == 1 && g.dW == 1 && (g.kW == 3 || g.kW == 5 || g.kW == 7) &&
       (!channels_last || g.C * static_cast<int64_t>(sizeof(scalar_t)) >= 128)) {
     K = g.kW;
   }

@@ -98,34 +98,6 @@ class ConvBNAct(nn.Sequential):
         return bn(conv(input))
 
 
-class SqueezeExcitation(nn.Module):
-    """Squeeze-and-Excitation (Hu et al. 2018, Fig. 1) as MobileNetV3 uses it (paper section 5.3):
-    ``x * hardsigmoid(fc2(relu(fc1(avgpool(x)))))``.
-
-    Plain PyTorch for now; numerically and state_dict-wise (``fc1.weight``, ``fc1.bias``,
-    ``fc2.weight``, ``fc2.bias``) equal to
-    ``torchvision.ops.SqueezeExcitation(input_channels, squeeze_channels, scale_activation=nn.Hardsigmoid)``.
-    """
-
-    def __init__(self, input_channels: int, squeeze_channels: int) -> None:
-        super().__init__()
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(input_channels, squeeze_channels, 1)
-        self.fc2 = nn.Conv2d(squeeze_channels, input_channels, 1)
-        self.activation = nn.ReLU()
-        self.scale_activation = nn.Hardsigmoid()
-
-    def _scale(self, input: Tensor) -> Tensor:
-        scale = self.avgpool(input)
-        scale = self.fc1(scale)
-        scale = self.activation(scale)
-        scale = self.fc2(scale)
-        return self.scale_activation(scale)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return self._scale(input) * input
-
-
 def init_weights(model: nn.Module) -> None:
     """torchvision's MobileNet initialisation: Kaiming-normal (fan_out) convs with zero bias,
     BatchNorm weight 1 and bias 0, Linear weight N(0, 0.01) with zero bias."""
@@ -144,7 +116,6 @@ def init_weights(model: nn.Module) -> None:
 
 __all__ = [
     "ConvBNAct",
-    "SqueezeExcitation",
     "_make_divisible",
     "init_weights",
     "check_width_mult",

@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..nn import SqueezeExcitation
 from ._layers import (
     ConvBNAct,
-    SqueezeExcitation,
     _make_divisible,
     check_dropout,
     check_num_classes,
@@ -113,7 +113,7 @@ class InvertedResidual(nn.Module):
         )
         if cnf.use_se:
             squeeze_channels = _make_divisible(cnf.expanded_channels // 4, 8)
-            layers.append(SqueezeExcitation(cnf.expanded_channels, squeeze_channels))
+            layers.append(SqueezeExcitation(cnf.expanded_channels, squeeze_channels, "relu", "hardsigmoid", backend=backend))
 
         # project (linear: no activation)
         layers.append(conv(cnf.expanded_channels, cnf.out_channels, kernel_size=1, activation="identity"))

@@ -2,5 +2,6 @@
 
 from .batch_norm_act import BatchNormAct2d
 from .depthwise_conv2d import DepthwiseConv2d
+from .squeeze_excite import SqueezeExcitation
 
-__all__ = ["BatchNormAct2d", "DepthwiseConv2d"]
+__all__ = ["BatchNormAct2d", "DepthwiseConv2d", "SqueezeExcitation"]

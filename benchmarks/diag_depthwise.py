@@ -1,0 +1,79 @@
+"""Depthwise forward diagnostics for one GPU run: where does the CUDA kernel's time go?
+
+Times, per reference layer (bf16, channels_last, batch 256): cuDNN (F.conv2d), our CUDA op called
+directly (torch.ops, no Python wrapper), our functional API (checks + autograd wrapper), and the
+Triton op; with triton.testing.do_bench (L2 flushed) and do_bench_cudagraph (launch gaps removed).
+Run it twice, with MK_DW_ROW_REUSE=1 and =0, to compare the stride-1 row-reuse kernel with the
+generic one; the rows carry the setting. Prints a table and writes OUT/diag_depthwise.json
+(appending to an existing file, so the two runs end up side by side).
+
+    python benchmarks/diag_depthwise.py OUT [--ncu]   # --ncu: one launch per layer, for ncu -k regex:depthwise
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import mobilenet_kernels.functional as MF  # noqa: E402
+
+LAYERS = [(144, 56, 3, 1), (144, 56, 3, 2), (32, 112, 3, 1), (576, 14, 3, 1), (120, 28, 5, 1), (960, 7, 5, 1)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--ncu", action="store_true", help="one launch of each variant per layer, no timing")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("diag_depthwise: no CUDA device, nothing to do")
+        return 0
+    import triton.testing
+
+    reuse = os.environ.get("MK_DW_ROW_REUSE", "1")
+    ns = torch.ops.mobilenet_kernels
+    rows = []
+    for C, H, k, s in LAYERS:
+        x = torch.randn(args.batch, C, H, H, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(C, 1, k, k, device="cuda", dtype=torch.bfloat16)
+        p = k // 2
+        variants = {
+            "cudnn": lambda: F.conv2d(x, w, None, s, p, 1, C),
+            "cuda_op": lambda: ns.depthwise_conv2d(x, w, None, [s, s], [p, p], [1, 1], "identity"),
+            "cuda_functional": lambda: MF.depthwise_conv2d(x, w, None, s, p, 1, backend="cuda"),
+            "triton_op": lambda: ns.depthwise_conv2d_triton(x, w, None, [s, s], [p, p], [1, 1], "identity"),
+        }
+        if args.ncu:
+            for fn in variants.values():
+                fn()
+            torch.cuda.synchronize()
+            continue
+        out = variants["cudnn"]()
+        nbytes = (x.numel() + out.numel()) * x.element_size()
+        row = dict(C=C, H=H, k=k, stride=s, batch=args.batch, row_reuse=reuse, bytes=nbytes)
+        for name, fn in variants.items():
+            row[f"{name}_ms"] = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+            with torch.cuda.stream(torch.cuda.Stream()):
+                row[f"{name}_graph_ms"] = triton.testing.do_bench_cudagraph(fn, rep=40, return_mode="median")
+        rows.append(row)
+        print(" ".join(f"{key}={val:.4g}" if isinstance(val, float) else f"{key}={val}" for key, val in row.items()), flush=True)
+    if rows:
+        path = os.path.join(args.out, "diag_depthwise.json")
+        record = json.load(open(path)) if os.path.exists(path) else {"environment": common.environment("cuda"), "rows": []}
+        record["rows"] += rows
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""squeeze_excite: registration of fakes, autograd and the Triton kernels.
+
+Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/squeeze_excite.*;
+Triton kernels in mobilenet_kernels/triton/squeeze_excite.py. Every backend runs the same three
+stages (a per-(image, channel) reduction, a per-image excite step, an elementwise pass; see
+csrc/squeeze_excite.h).
+
+``squeeze_excite`` returns (output, pooled): pooled, the (N, C) mean of the input in the
+accumulation dtype, is a non-differentiable output saved for the backward, which recomputes the
+excite step from it instead of storing its intermediates.
+
+Autocast: the functional layer casts the input to the autocast dtype and keeps float32
+parameters, so the excite step runs in float32 (the kernels accept parameters in the input's
+dtype or its accumulation dtype).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import check_activation
+from ._common import acc_dtype, check_floating, empty_like_output, output_memory_format
+
+
+def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu",
+                              scale_activation="hardsigmoid") -> int:
+    """The checks every backend runs before launching; returns the squeeze channels S.
+    C++ twin: csrc/squeeze_excite.h::prepare_squeeze_excite."""
+    check_floating(input, "input")
+    if input.dim() != 4:
+        raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
+    if input.shape[2] < 1 or input.shape[3] < 1:
+        raise ValueError(f"input: expected a non-empty spatial size, got {tuple(input.shape)}")
+    C = input.shape[1]
+    if fc1_weight.dim() != 4 or fc1_weight.shape[1] != C or tuple(fc1_weight.shape[2:]) != (1, 1) or fc1_weight.shape[0] < 1:
+        raise ValueError(f"fc1_weight: expected shape (S, {C}, 1, 1) for an input of {C} channels, got {tuple(fc1_weight.shape)}")
+    S = fc1_weight.shape[0]
+    acc = acc_dtype(input.dtype)
+    for t, name, shape in ((fc1_weight, "fc1_weight", (S, C, 1, 1)), (fc1_bias, "fc1_bias", (S,)),
+                           (fc2_weight, "fc2_weight", (C, S, 1, 1)), (fc2_bias, "fc2_bias", (C,))):
+        check_floating(t, name)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+        if t.dtype not in (input.dtype, acc):
+            raise TypeError(f"{name}: expected dtype {input.dtype} (the input's) or {acc}, got {t.dtype}")
+        if t.device != input.device:
+            raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+    check_activation(activation, "activation")
+    check_activation(scale_activation, "scale_activation")
+    return S
+
+
+def _check_backward_args(grad_output, input, pooled) -> None:
+    if tuple(grad_output.shape) != tuple(input.shape):
+        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
+    if grad_output.dtype != input.dtype:
+        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
+    if grad_output.device != input.device:
+        raise ValueError(f"grad_output: expected device {input.device}, got {grad_output.device}")
+    expected = (input.shape[0], input.shape[1])
+    if tuple(pooled.shape) != expected:
+        raise ValueError(f"pooled: expected shape {expected}, got {tuple(pooled.shape)}")
+    if pooled.dtype != acc_dtype(input.dtype):
+        raise TypeError(f"pooled: expected dtype {acc_dtype(input.dtype)}, got {pooled.dtype}")
+
+
+# ----------------------------------------------------------------------------- fakes
+
+
+def _fake(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation):
+    check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation)
+    return empty_like_output(input), input.new_empty((input.shape[0], input.shape[1]), dtype=acc_dtype(input.dtype))
+
+
+def _backward_fake(grad_output, input, pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation):
+    check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation)
+    _check_backward_args(grad_output, input, pooled)
+    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    return (empty_like_output(input), *(torch.empty_like(p, memory_format=torch.contiguous_format) for p in params))
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def _setup_context(ctx, inputs, output):
+    input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation = inputs
+    _, pooled = output
+    ctx.mark_non_differentiable(pooled)
+    ctx.activations = (activation, scale_activation)
+    ctx.save_for_backward(input, pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_output, _grad_pooled):
+        input, pooled, *params = ctx.saved_tensors
+        grads = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)), input, pooled, *params,
+                            *ctx.activations)
+        return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None)
+
+    return backward
+
+
+ns = torch.ops.mobilenet_kernels
+for _suffix in ("", "_triton"):
+    torch.library.register_fake(f"mobilenet_kernels::squeeze_excite{_suffix}", _fake)
+    torch.library.register_fake(f"mobilenet_kernels::squeeze_excite_backward{_suffix}", _backward_fake)
+    torch.library.register_autograd(f"mobilenet_kernels::squeeze_excite{_suffix}",
+                                    _make_backward(getattr(ns, f"squeeze_excite_backward{_suffix}")),
+                                    setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- Triton
+
+
+def _acc_params(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+    acc = acc_dtype(input.dtype)
+    S, C = fc1_weight.shape[0], fc1_weight.shape[1]
+    return (fc1_weight.reshape(S, C).to(acc).contiguous(), fc1_bias.to(acc).contiguous(),
+            fc2_weight.reshape(C, S).to(acc).contiguous(), fc2_bias.to(acc).contiguous())
+
+
+@torch.library.register_kernel("mobilenet_kernels::squeeze_excite_triton", ("cpu", "cuda"))
+def _triton_forward(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation):
+    from ..triton.squeeze_excite import squeeze_excite_fwd
+
+    check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation)
+    fmt = output_memory_format(input)
+    return squeeze_excite_fwd(input.contiguous(memory_format=fmt),
+                              *_acc_params(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias),
+                              activation, scale_activation, fmt)
+
+
+@torch.library.register_kernel("mobilenet_kernels::squeeze_excite_backward_triton", ("cpu", "cuda"))
+def _triton_backward(grad_output, input, pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation,
+                     scale_activation):
+    from ..triton.squeeze_excite import squeeze_excite_bwd
+
+    check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation)
+    _check_backward_args(grad_output, input, pooled)
+    fmt = output_memory_format(input)
+    grad_x, *grads = squeeze_excite_bwd(grad_output.contiguous(memory_format=fmt), input.contiguous(memory_format=fmt),
+                                        pooled.contiguous(),
+                                        *_acc_params(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias),
+                                        activation, scale_activation, fmt)
+    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    return (grad_x, *(g.reshape(p.shape).to(p.dtype).contiguous() for g, p in zip(grads, params)))
