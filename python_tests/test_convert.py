@@ -9,10 +9,11 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
 
 import mobilenet_kernels as mk
 from mobilenet_kernels.activations import activation_name
-from mobilenet_kernels.nn import BatchNormAct2d
+from mobilenet_kernels.nn import BatchNormAct2d, SqueezeExcitation
 
 from conftest import BACKENDS, DEVICES, skip_unless_usable
 from model_helpers import (
@@ -74,8 +75,14 @@ def test_convert_torchvision_structure(arch):
             parent, _, idx = name.rpartition(".")
             nxt = f"{parent}.{int(idx) + 1}"
             assert type(modules[nxt]) is nn.Identity and type(modules_before[nxt]) is not nn.Identity
-    # Activations not right after a BatchNorm are untouched (SE's ReLU/Hardsigmoid, the classifier's).
+    # Every torchvision SqueezeExcitation became ours, sharing its fc layers.
     for name, m in modules_before.items():
+        if type(m) is TVSqueezeExcitation:
+            assert type(modules[name]) is SqueezeExcitation and modules[name].fc1 is m.fc1, name
+    # Activations not right after a BatchNorm, outside SE blocks, are untouched (the classifier's).
+    for name, m in modules_before.items():
+        if name.rpartition(".")[0] in modules and isinstance(modules[name.rpartition(".")[0]], SqueezeExcitation):
+            continue
         if activation_name(m) not in (None, "identity") and name not in {
             f"{p.rpartition('.')[0]}.{int(p.rpartition('.')[2]) + 1}" for p in expected
         }:
