@@ -46,17 +46,16 @@ def check_per_channel(t: torch.Tensor | None, name: str, input: torch.Tensor) ->
 
 
 def register_twins(op: str, fake: Callable, backward_fake: Callable, backward: Callable, setup_context: Callable) -> None:
-    """Register the fake and autograd formula of ``op`` and of its ``_triton`` twin.
+    """Register the fakes of ``op`` and of its ``_triton`` twin, and the twin's autograd formula.
 
-    ``backward(backward_op)`` builds the autograd backward from the matching backward op, so both
-    twins share one formula and differ only in which kernels run.
+    ``backward(backward_op)`` builds the autograd backward from the matching backward op. The
+    C++-backed op's autograd is the same formula in C++ (csrc/autograd.cpp: no Python per call).
     """
-    ns = torch.ops.mobilenet_kernels
     for suffix in ("", "_triton"):
         torch.library.register_fake(f"mobilenet_kernels::{op}{suffix}", fake)
         torch.library.register_fake(f"mobilenet_kernels::{op}_backward{suffix}", backward_fake)
-        torch.library.register_autograd(
-            f"mobilenet_kernels::{op}{suffix}",
-            backward(getattr(ns, f"{op}_backward{suffix}")),
-            setup_context=setup_context,
-        )
+    torch.library.register_autograd(
+        f"mobilenet_kernels::{op}_triton",
+        backward(getattr(torch.ops.mobilenet_kernels, f"{op}_backward_triton")),
+        setup_context=setup_context,
+    )

@@ -185,12 +185,13 @@ for _suffix in ("", "_triton"):
     torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d{_suffix}", _fake)
     torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d_backward{_suffix}", _backward_fake)
     torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d_stats{_suffix}", _stats_fake)
-    _bwd = getattr(ns, f"depthwise_conv2d_backward{_suffix}")
-    torch.library.register_autograd(f"mobilenet_kernels::depthwise_conv2d{_suffix}",
-                                    _make_backward(getattr(ns, f"depthwise_conv2d{_suffix}"), _bwd),
-                                    setup_context=_setup_context)
-    torch.library.register_autograd(f"mobilenet_kernels::depthwise_conv2d_stats{_suffix}", _make_stats_backward(_bwd),
-                                    setup_context=_stats_setup_context)
+# Autograd of the Triton twins; the C++-backed ops have the same formulas in C++ (csrc/autograd.cpp).
+torch.library.register_autograd("mobilenet_kernels::depthwise_conv2d_triton",
+                                _make_backward(ns.depthwise_conv2d_triton, ns.depthwise_conv2d_backward_triton),
+                                setup_context=_setup_context)
+torch.library.register_autograd("mobilenet_kernels::depthwise_conv2d_stats_triton",
+                                _make_stats_backward(ns.depthwise_conv2d_backward_triton),
+                                setup_context=_stats_setup_context)
 
 
 # ----------------------------------------------------------------------------- Triton

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import acc_dtype, check_floating, empty_like_output, output_memory_format
+from ._common import acc_dtype, check_floating, empty_like_output, output_memory_format, register_twins
 
 
 def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu",
@@ -100,13 +100,7 @@ def _make_backward(backward_op):
     return backward
 
 
-ns = torch.ops.mobilenet_kernels
-for _suffix in ("", "_triton"):
-    torch.library.register_fake(f"mobilenet_kernels::squeeze_excite{_suffix}", _fake)
-    torch.library.register_fake(f"mobilenet_kernels::squeeze_excite_backward{_suffix}", _backward_fake)
-    torch.library.register_autograd(f"mobilenet_kernels::squeeze_excite{_suffix}",
-                                    _make_backward(getattr(ns, f"squeeze_excite_backward{_suffix}")),
-                                    setup_context=_setup_context)
+register_twins("squeeze_excite", _fake, _backward_fake, _make_backward, _setup_context)
 
 
 # ----------------------------------------------------------------------------- Triton

@@ -1,0 +1,326 @@
+// Autograd for the C++-backed kernel ops, in C++: one torch::autograd::Function per op, registered
+// to the Autograd dispatch key, so an eager call runs no Python between the op call and the kernel.
+// (A Python register_autograd formula costs tens of microseconds per call, grad or no grad, which
+// dominated small layers and batch-1 inference.) The `_triton` twins keep their Python formulas
+// (mobilenet_kernels/ops/*.py), which are the same formulas written in Python: keep them in step.
+//
+// Each forward runs the op below autograd (it redispatches to the CPU/CUDA kernel, or to the Python
+// fake under torch.compile), saves what its backward needs, and marks statistics outputs
+// non-differentiable; each backward calls the matching *_backward op and returns the gradients of
+// the inputs that need one.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+
+#include "mk_common.h"
+
+namespace mobilenet_kernels {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Tensor = at::Tensor;
+using OptTensor = c10::optional<at::Tensor>;
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+OptTensor optional(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+
+Tensor defined_or_empty(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+
+// ctx->needs_input_grad(i) numbers only the tensors that were passed: an absent optional has no
+// edge. The gradient of the optional at argument `arg`, the k-th tensor argument counting absent
+// ones (k = arg here: every argument before the optionals is a tensor), is needed when its edge,
+// k minus the absent optionals before it, is.
+bool optional_needs_grad(AutogradContext* ctx, const Tensor& t, int64_t arg, int64_t absent_before) {
+  return t.defined() && ctx->needs_input_grad(arg - absent_before);
+}
+
+// d act / dz with the kernels' conventions at the kinks (mobilenet_kernels.activations.activation_derivative).
+Tensor activation_derivative(const Tensor& z, Act act) {
+  switch (act) {
+    case Act::kIdentity:
+      return at::ones_like(z);
+    case Act::kRelu:
+      return (z > 0).to(z.scalar_type());
+    case Act::kRelu6:
+      return ((z > 0) & (z < 6)).to(z.scalar_type());
+    case Act::kHardswish:
+      return at::where(z <= -3, at::zeros_like(z), at::where(z >= 3, at::ones_like(z), z / 3 + 0.5));
+    case Act::kHardsigmoid:  // ATen's float 1/6, even for double
+      return at::where((z > -3) & (z < 3), at::full_like(z, static_cast<double>(1.0f / 6.0f)), at::zeros_like(z));
+    case Act::kSigmoid: {
+      const Tensor s = at::sigmoid(z);
+      return s * (1 - s);
+    }
+    case Act::kSilu: {
+      const Tensor s = at::sigmoid(z);
+      return s * (1 + z * (1 - s));
+    }
+  }
+  TORCH_CHECK(false, "unreachable activation");
+}
+
+// ----------------------------------------------------------------------------- batch_norm_act
+
+using BnEvalSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, double,
+                         c10::string_view);
+using BnEvalBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                             const Tensor&, const OptTensor&, const OptTensor&,
+                                                             double, c10::string_view);
+
+struct BatchNormActEval : public torch::autograd::Function<BatchNormActEval> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& running_mean,
+                        const Tensor& running_var, const OptTensor& weight, const OptTensor& bias, double eps,
+                        const std::string& activation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<BnEvalSig>("mobilenet_kernels::batch_norm_act_eval");
+    Tensor out = op.call(input, running_mean, running_var, weight, bias, eps, activation);
+    ctx->save_for_backward({input, running_mean, running_var, defined_or_empty(weight), defined_or_empty(bias)});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["activation"] = activation;
+    return out;
+  }
+
+  // y = act(w * x_hat + b), x_hat = (x - mean) * rstd, rstd = (var + eps)^-1/2.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<BnEvalBackwardSig>("mobilenet_kernels::batch_norm_act_eval_backward");
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &mean = saved[1], &var = saved[2], &weight = saved[3], &bias = saved[4];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const auto [grad_input, sum_g_xhat, sum_g] =
+        op.call(grads[0], input, mean, var, optional(weight), optional(bias), eps,
+                ctx->saved_data["activation"].toStringRef());
+    const Tensor rstd = (var.to(sum_g.scalar_type()) + eps).rsqrt();
+    const Tensor w_rstd = weight.defined() ? weight.to(sum_g.scalar_type()) * rstd : rstd;
+    return {
+        ctx->needs_input_grad(0) ? grad_input : Tensor(),
+        ctx->needs_input_grad(1) ? (-sum_g * w_rstd).to(mean.scalar_type()) : Tensor(),
+        ctx->needs_input_grad(2) ? (-0.5 * sum_g_xhat * w_rstd * rstd).to(var.scalar_type()) : Tensor(),
+        optional_needs_grad(ctx, weight, 3, 0) ? sum_g_xhat.to(weight.scalar_type()) : Tensor(),
+        optional_needs_grad(ctx, bias, 4, !weight.defined()) ? sum_g.to(bias.scalar_type()) : Tensor(),
+        Tensor(),
+        Tensor(),
+    };
+  }
+};
+
+using BnTrainSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&, double,
+                                                      c10::string_view);
+using BnTrainBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&,
+                                                              const OptTensor&, const Tensor&, const Tensor&, double,
+                                                              c10::string_view);
+
+struct BatchNormActTrain : public torch::autograd::Function<BatchNormActTrain> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
+                               const OptTensor& bias, double eps, const std::string& activation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<BnTrainSig>("mobilenet_kernels::batch_norm_act_train");
+    auto [out, mean, var] = op.call(input, weight, bias, eps, activation);
+    ctx->mark_non_differentiable({mean, var});
+    ctx->save_for_backward({input, defined_or_empty(weight), defined_or_empty(bias), mean, var});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["activation"] = activation;
+    return {out, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3], &var = saved[4];
+    const auto [grad_input, sum_g_xhat, sum_g] =
+        op.call(grads[0], input, optional(weight), optional(bias), mean, var, ctx->saved_data["eps"].toDouble(),
+                ctx->saved_data["activation"].toStringRef());
+    return {
+        ctx->needs_input_grad(0) ? grad_input : Tensor(),
+        optional_needs_grad(ctx, weight, 1, 0) ? sum_g_xhat.to(weight.scalar_type()) : Tensor(),
+        optional_needs_grad(ctx, bias, 2, !weight.defined()) ? sum_g.to(bias.scalar_type()) : Tensor(),
+        Tensor(),
+        Tensor(),
+    };
+  }
+};
+
+// ----------------------------------------------------------------------------- depthwise_conv2d
+
+using DwSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, at::IntArrayRef, at::IntArrayRef,
+                     at::IntArrayRef, c10::string_view);
+using DwBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                                         std::array<bool, 3>);
+using DwStatsSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, at::IntArrayRef,
+                                                      at::IntArrayRef, at::IntArrayRef);
+
+void save_geometry(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  ctx->saved_data["stride"] = stride.vec();
+  ctx->saved_data["padding"] = padding.vec();
+  ctx->saved_data["dilation"] = dilation.vec();
+}
+
+std::tuple<Tensor, Tensor, Tensor> call_depthwise_backward(AutogradContext* ctx, const Tensor& grad_output,
+                                                           const Tensor& input, const Tensor& weight,
+                                                           std::array<bool, 3> mask) {
+  static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
+  return op.call(grad_output.contiguous(output_memory_format(input)), input, weight,
+                 ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+                 ctx->saved_data["dilation"].toIntVector(), mask);
+}
+
+struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                        const std::string& activation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<DwSig>("mobilenet_kernels::depthwise_conv2d");
+    Tensor out = op.call(input, weight, bias, stride, padding, dilation, activation);
+    // act' from the output where it tells (relu: y > 0; relu6: 0 < y < 6, exactly where z is);
+    // else the backward recomputes the pre-activation.
+    const Act act = parse_activation(activation);
+    const bool from_output = act == Act::kRelu || act == Act::kRelu6;
+    ctx->save_for_backward({input, weight, defined_or_empty(bias), from_output ? out : Tensor()});
+    save_geometry(ctx, stride, padding, dilation);
+    ctx->saved_data["activation"] = activation;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &weight = saved[1], &bias = saved[2], &out = saved[3];
+    const Act act = parse_activation(ctx->saved_data["activation"].toStringRef());
+    Tensor g = grads[0];
+    if (act == Act::kRelu) {
+      g = g * (out > 0);
+    } else if (act == Act::kRelu6) {
+      g = g * ((out > 0) & (out < 6));
+    } else if (act != Act::kIdentity) {  // training through a frozen, folded BatchNorm
+      static const auto op = find_op<DwSig>("mobilenet_kernels::depthwise_conv2d");
+      const Tensor z = op.call(input, weight, optional(bias), ctx->saved_data["stride"].toIntVector(),
+                               ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(),
+                               "identity");
+      const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      g = (g.to(acc) * activation_derivative(z.to(acc), act)).to(z.scalar_type());
+    }
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   optional_needs_grad(ctx, bias, 2, 0)};
+    const auto [grad_input, grad_weight, grad_bias] = call_depthwise_backward(ctx, g, input, weight, mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// The statistics are non-differentiable outputs (they feed BatchNorm, whose own backward accounts
+// for them): only the conv output carries a gradient.
+struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dStats> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
+    auto [out, mean, var] = op.call(input, weight, stride, padding, dilation);
+    ctx->mark_non_differentiable({mean, var});
+    ctx->save_for_backward({input, weight});
+    save_geometry(ctx, stride, padding, dilation);
+    return {out, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
+    const auto [grad_input, grad_weight, unused] = call_depthwise_backward(ctx, grads[0], saved[0], saved[1], mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// ----------------------------------------------------------------------------- squeeze_excite
+
+using SeSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                         c10::string_view, c10::string_view);
+using SeBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    c10::string_view, c10::string_view);
+
+// pooled (the input's per-channel mean) is a non-differentiable output saved for the backward,
+// which recomputes the excite step from it.
+struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& fc1_weight,
+                               const Tensor& fc1_bias, const Tensor& fc2_weight, const Tensor& fc2_bias,
+                               const std::string& activation, const std::string& scale_activation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<SeSig>("mobilenet_kernels::squeeze_excite");
+    auto [out, pooled] = op.call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation);
+    ctx->mark_non_differentiable({pooled});
+    ctx->save_for_backward({input, pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias});
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["scale_activation"] = scale_activation;
+    return {out, pooled};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<SeBackwardSig>("mobilenet_kernels::squeeze_excite_backward");
+    const auto s = ctx->get_saved_variables();
+    const auto r = op.call(grads[0].contiguous(output_memory_format(s[0])), s[0], s[1], s[2], s[3], s[4], s[5],
+                           ctx->saved_data["activation"].toStringRef(),
+                           ctx->saved_data["scale_activation"].toStringRef());
+    const std::array<Tensor, 5> all{std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)};
+    variable_list out(7);
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (ctx->needs_input_grad(i)) out[i] = all[i];
+    }
+    return out;
+  }
+};
+
+// ----------------------------------------------------------------------------- registration
+
+Tensor batch_norm_act_eval_autograd(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
+                                    const OptTensor& weight, const OptTensor& bias, double eps,
+                                    c10::string_view activation) {
+  return BatchNormActEval::apply(input, running_mean, running_var, weight, bias, eps, std::string(activation));
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train_autograd(const Tensor& input, const OptTensor& weight,
+                                                                 const OptTensor& bias, double eps,
+                                                                 c10::string_view activation) {
+  const auto r = BatchNormActTrain::apply(input, weight, bias, eps, std::string(activation));
+  return {r[0], r[1], r[2]};
+}
+
+Tensor depthwise_conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 c10::string_view activation) {
+  return DepthwiseConv2d::apply(input, weight, bias, stride, padding, dilation, std::string(activation));
+}
+
+std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_stats_autograd(const Tensor& input, const Tensor& weight,
+                                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                                   at::IntArrayRef dilation) {
+  const auto r = DepthwiseConv2dStats::apply(input, weight, stride, padding, dilation);
+  return {r[0], r[1], r[2]};
+}
+
+std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Tensor& fc1_weight,
+                                                   const Tensor& fc1_bias, const Tensor& fc2_weight,
+                                                   const Tensor& fc2_bias, c10::string_view activation,
+                                                   c10::string_view scale_activation) {
+  const auto r = SqueezeExcite::apply(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, std::string(activation),
+                                      std::string(scale_activation));
+  return {r[0], r[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilenet_kernels, Autograd, m) {
+  m.impl("batch_norm_act_eval", &batch_norm_act_eval_autograd);
+  m.impl("batch_norm_act_train", &batch_norm_act_train_autograd);
+  m.impl("depthwise_conv2d", &depthwise_conv2d_autograd);
+  m.impl("depthwise_conv2d_stats", &depthwise_conv2d_stats_autograd);
+  m.impl("squeeze_excite", &squeeze_excite_autograd);
+}
+
+}  // namespace mobilenet_kernels
