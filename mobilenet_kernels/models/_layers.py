@@ -93,6 +93,11 @@ class ConvBNAct(nn.Sequential):
 
     def forward(self, input: Tensor) -> Tensor:
         conv, bn = self[0], self[1]
+        if not isinstance(bn, BatchNormAct2d):  # e.g. nn.SyncBatchNorm.convert_sync_batchnorm swapped it
+            raise TypeError(
+                f"ConvBNAct: its BatchNorm was replaced by {type(bn).__name__}, which would drop the activation; "
+                "convert with mobilenet_kernels.nn.convert_sync_batchnorm instead"
+            )
         if self.depthwise:
             return bn.forward_after_depthwise(conv, input)
         return bn(conv(input))
