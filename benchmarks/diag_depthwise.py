@@ -20,10 +20,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
-import mobilenet_kernels.functional as MF  # noqa: E402
+import mobilenet_kernels.functional as MF
+from mobilenet_kernels.benchmarking.core import environment
 
 LAYERS = [(144, 56, 3, 1), (144, 56, 3, 2), (32, 112, 3, 1), (576, 14, 3, 1), (120, 28, 5, 1), (960, 7, 5, 1)]
 
@@ -68,7 +66,7 @@ def main() -> int:
         print(" ".join(f"{key}={val:.4g}" if isinstance(val, float) else f"{key}={val}" for key, val in row.items()), flush=True)
     if rows:
         path = os.path.join(args.out, "diag_depthwise.json")
-        record = json.load(open(path)) if os.path.exists(path) else {"environment": common.environment("cuda"), "rows": []}
+        record = json.load(open(path)) if os.path.exists(path) else {"environment": environment("cuda"), "rows": []}
         record["rows"] += rows
         with open(path, "w") as f:
             json.dump(record, f, indent=1)

@@ -5,7 +5,12 @@
 #   MK_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh OUT
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
-# Steps: build check diag tests bench_bn_eval bench_bn_train bench_depthwise summary (default: all).
+# Steps: build check diag tests diag_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary
+# (default: all). diag_dw times the depthwise forward per layer with the stride-1 row-reuse kernel on
+# and off (MK_DW_ROW_REUSE), against cuDNN, directly and through the functional API, and profiles one
+# launch per layer with ncu when ncu is there (OUT/diag_depthwise.json; ncu's report in suite.log).
+# Files: suite.log, suite_<gpu>.json, one JSON per benchmark (4) and diag_depthwise.json; the
+# benchmarks' markdown tables go into one tables.tar: 8 files.
 # The tests step runs the CUDA-device cases only (MK_TEST_DEVICE=cuda; CI runs the CPU ones), with
 # one line per test in suite.log so a run cut off by its limit still shows what failed.
 # Result names carry the card (h100, h200) read off the device. A benchmark cut off by its time
@@ -19,7 +24,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export MK_GIT_COMMIT=${MK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export MK_BENCH_WARMUP_MS=${MK_BENCH_WARMUP_MS:-10} MK_BENCH_REP_MS=${MK_BENCH_REP_MS:-40}
-STEPS=" ${MK_SUITE_STEPS:-build check diag tests bench_bn_eval bench_bn_train bench_depthwise summary} "
+STEPS=" ${MK_SUITE_STEPS:-build check diag tests diag_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JUNIT=$(mktemp -d)/pytest.xml  # summarised into suite_<gpu>.json; the failures' text is in suite.log
 status=0
@@ -53,6 +58,14 @@ PYTEST_ARGS=(-v --tb=short -rfE -p no:cacheprovider)
 $PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
 step tests ${MK_TESTS_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest python_tests "${PYTEST_ARGS[@]}" --junitxml="$JUNIT"
+step diag_dw 60 env MK_DW_ROW_REUSE=1 $PY benchmarks/diag_depthwise.py "$OUT"
+step diag_dw 60 env MK_DW_ROW_REUSE=0 $PY benchmarks/diag_depthwise.py "$OUT"
+if command -v ncu >/dev/null && want diag_dw; then
+  timeout 90 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    -k regex:depthwise_conv2d_fwd $PY benchmarks/diag_depthwise.py "$OUT" --ncu >>"$OUT/suite.log" 2>&1
+  echo "=== ncu rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
+fi
+step bench_se 90 $PY benchmarks/bench_squeeze_excite.py --quiet --no-autotune --out "$OUT" --name "squeeze_excite_${GPU_TAG}"
 BN=($PY benchmarks/bench_batch_norm_act.py --quiet --no-autotune --dtype bfloat16 --layout nhwc --out "$OUT")
 step bench_bn_eval 80 "${BN[@]}" --name "batch_norm_act_eval_${GPU_TAG}"
 step bench_bn_train 80 "${BN[@]}" --training --name "batch_norm_act_train_${GPU_TAG}"
@@ -61,6 +74,9 @@ if [ -f benchmarks/bench_depthwise.py ]; then
 fi
 if want summary; then
   $PY benchmarks/suite_summary.py "$JUNIT" "$OUT/suite_${GPU_TAG}.json" | tee -a "$OUT/suite.log"
+fi
+if ls "$OUT"/*.md >/dev/null 2>&1; then
+  (cd "$OUT" && tar -cf tables.tar ./*.md && rm -f ./*.md)
 fi
 tail -30 "$OUT/suite.log"
 exit $status

@@ -8,10 +8,9 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from mobilenet_kernels.benchmarking.core import environment
 
 
 def main(junit_path: str, out_path: str) -> int:

@@ -1,0 +1,257 @@
+"""What every benchmark shares: timing, the environment record, peak memory, JSON + markdown results.
+
+Timing. CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every repetition,
+quantiles p20/p50/p80). CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` on torch's thread
+count (the Timer's own default is one thread). Rows report the median; compare only rows of one
+device and one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+from typing import Callable, Iterable
+
+import torch
+
+# HBM peak of the cards we report % of peak for (bytes/s); other devices report GB/s only.
+PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", **{name: name for name in DTYPES}}
+
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def git_commit() -> str:
+    """MK_GIT_COMMIT when set (the GPU machine's copy of the tree has no usable git), else git's HEAD
+    of the source tree, with "+dirty" when tracked files differ from it."""
+    if os.environ.get("MK_GIT_COMMIT"):
+        return os.environ["MK_GIT_COMMIT"]
+    git = ["git", "-C", _SOURCE_ROOT]
+    try:
+        commit = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], stderr=subprocess.DEVNULL).returncode == 1
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def environment(device: str) -> dict:
+    """Where and with what a result was measured: device, commit, versions, time; on CUDA also the
+    measured copy bandwidth, on CPU the thread count and the load average (other processes)."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    record = {
+        "device": name,
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device == "cuda":
+        record["copy_GBps"] = copy_bandwidth() / 1e9
+    else:  # CPU timings also depend on what else runs on the machine
+        record["threads"] = torch.get_num_threads()
+        if hasattr(os, "getloadavg"):
+            record["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    return record
+
+
+_COPY_BANDWIDTH: float | None = None
+
+
+def copy_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Measured device-to-device copy bandwidth (bytes read + written per second): the practical
+    ceiling a memory-bound kernel is judged against, next to the datasheet peak. Measured once."""
+    global _COPY_BANDWIDTH
+    if _COPY_BANDWIDTH is None:
+        import triton.testing
+
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
+        dst = torch.empty_like(src)
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200)
+        _COPY_BANDWIDTH = 2 * nbytes / (ms * 1e-3)
+        del src, dst
+        torch.cuda.empty_cache()
+    return _COPY_BANDWIDTH
+
+
+def peak_bandwidth(device: str) -> float | None:
+    """The datasheet HBM bandwidth of the current GPU if we know it, else None."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
+
+
+def time_ms(fn: Callable[[], object], device: str, *, warmup_ms: float = 25, rep_ms: float | None = None) -> dict:
+    """p20/p50/p80 of ``fn()`` in milliseconds, measured for about ``rep_ms`` (default: CUDA 100,
+    CPU 200). CUDA: do_bench with ``warmup_ms`` of warm-up; CPU: blocked_autorange. The environment
+    variables MK_BENCH_WARMUP_MS / MK_BENCH_REP_MS override both (the GPU suite shortens them to fit
+    its lease; the tests to a millisecond)."""
+    warmup = float(os.environ.get("MK_BENCH_WARMUP_MS", warmup_ms))
+    rep = float(os.environ.get("MK_BENCH_REP_MS", rep_ms or (100 if device == "cuda" else 200)))
+    if device == "cuda":
+        import triton.testing
+
+        p20, p50, p80 = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.2, 0.5, 0.8])
+        return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=rep / 1e3)
+    q = torch.tensor(m.raw_times, dtype=torch.float64) * 1e3
+    return {"p20_ms": q.quantile(0.2).item(), "p50_ms": m.median * 1e3, "p80_ms": q.quantile(0.8).item()}
+
+
+def measure(row: dict, name: str, call: Callable[[], object], device: str, bytes_moved: int,
+            peak: float | None, copy_bw: float | None) -> None:
+    """Time ``call`` as provider ``name`` into ``row``: p20/p50/p80 ms, GB/s, % of the datasheet peak
+    and of the measured copy bandwidth; a provider that cannot run the case is recorded, not fatal."""
+    try:
+        t = time_ms(call, device)
+    except Exception as exc:
+        row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        return
+    row.update({f"{name}_{key}": val for key, val in t.items()})
+    bytes_per_s = bytes_moved / (t["p50_ms"] * 1e-3)
+    row[f"{name}_GBps"] = bytes_per_s / 1e9
+    if peak:
+        row[f"{name}_pct_peak"] = 100 * bytes_per_s / peak
+    if copy_bw:
+        row[f"{name}_pct_copy"] = 100 * bytes_per_s / copy_bw
+
+
+def add_speedups(row: dict, names: Iterable[str], ours: tuple[str, ...] = ("cuda", "triton")) -> None:
+    """``<name>_speedup_vs_eager`` for every provider, and ``<name>_speedup_vs_compile`` (against
+    torch.compile default) for ours."""
+    for name in names:
+        if name != "eager" and f"{name}_p50_ms" in row and "eager_p50_ms" in row:
+            row[f"{name}_speedup_vs_eager"] = row["eager_p50_ms"] / row[f"{name}_p50_ms"]
+        if name in ours and f"{name}_p50_ms" in row and "torch_compile_p50_ms" in row:
+            row[f"{name}_speedup_vs_compile"] = row["torch_compile_p50_ms"] / row[f"{name}_p50_ms"]
+
+
+def geomean(values: Iterable[float | None]) -> float | None:
+    """Geometric mean of the positive values (None and missing ones skipped); None if there are none."""
+    values = [v for v in values if v and v > 0]
+    return float(torch.tensor(values, dtype=torch.float64).log().mean().exp()) if values else None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside the block SIGTERM (what `timeout` sends) raises KeyboardInterrupt, so a benchmark cut
+    short by the GPU suite's time limit still writes the rows it has measured."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def progress(items: list, desc: str, quiet: bool = False):
+    """A tqdm bar over ``items`` (on stderr, so stdout keeps only the tables)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+
+def execute(*, device: str, out: str, name: str, record: dict, fill: Callable[[list[dict], dict], None],
+            summarize: Callable[[list[dict]], dict], columns: list[str]) -> int:
+    """The shared main of every benchmark: ``fill(rows, environment)`` appends result rows (in place,
+    so a run cut off by Ctrl-C or SIGTERM keeps what it measured); then ``name``.json (environment,
+    ``record``, summary, rows) and ``name``.md (a table of ``columns``) go to ``out``, and the table
+    and summary are printed. Returns 1 if the run was interrupted or a row failed as a whole (has an
+    "error" field; a provider that cannot run one case is only noted in its row), else 0."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    env = environment(device)
+    rows: list[dict] = []
+    interrupted = None
+    try:
+        with sigterm_as_interrupt():
+            fill(rows, env)
+    except KeyboardInterrupt as exc:
+        interrupted = f"stopped after {len(rows)} rows: {exc}"
+        print(interrupted, file=sys.stderr)
+    summary = summarize(rows)
+    full = {"environment": env, **record, "interrupted": interrupted, "summary": summary}
+    columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    json_path, md_path = write_results(out, name, full, rows, columns)
+    with open(md_path) as f:
+        print(f.read())
+    print("summary:", json.dumps({k: round(v, 3) for k, v in summary.items()}, indent=1))
+    print(f"wrote {json_path} and {md_path}")
+    failed = sum("error" in r for r in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} rows failed: see their error column", file=sys.stderr)
+    return 1 if interrupted or failed else 0
+
+
+def write_results(out_dir: str, name: str, record: dict, rows: list[dict], columns: list[str]) -> tuple[str, str]:
+    """``name``.json (``record`` plus the raw rows) and ``name``.md (a table of ``columns``)."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"{name}.json")
+    with open(json_path, "w") as f:
+        json.dump({**record, "rows": rows}, f, indent=1)
+    md_path = os.path.join(out_dir, f"{name}.md")
+    with open(md_path, "w") as f:
+        f.write(markdown_table(rows, columns, header=record.get("environment")))
+    return json_path, md_path
+
+
+def markdown_table(rows: list[dict], columns: list[str], header: dict | None = None) -> str:
+    """A markdown table of ``columns`` (floats to 4 significant digits, missing cells empty),
+    preceded by one ``key: value · ...`` line of ``header`` if given."""
+    lines = []
+    if header:
+        lines.append(" · ".join(f"{k}: {v}" for k, v in header.items()) + "\n")
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# torch.compile modes the op sweeps time, by name: (the provider name of their row columns, the mode
+# passed to torch.compile). Op timings use no CUDA graphs (our ops do not either), so "max-autotune"
+# runs as max-autotune-no-cudagraphs.
+OP_COMPILE_MODES = {
+    "default": ("torch_compile", "default"),
+    "max-autotune": ("torch_compile_max_autotune", "max-autotune-no-cudagraphs"),
+}
+
+
+def compiled_providers(fn: Callable, modes: Iterable[str]) -> dict[str, Callable]:
+    """``fn`` under torch.compile in each of ``modes`` (keys of OP_COMPILE_MODES), by provider name.
+    One static graph per shape (dynamic=False), as a fixed-shape model gets; execute() raises the
+    recompile limit so that a sweep over many shapes does not fall back to eager after the 8th."""
+    found = {}
+    for mode in modes:
+        provider, torch_mode = OP_COMPILE_MODES[mode]
+        found[provider] = torch.compile(fn, mode=torch_mode, dynamic=False)
+    return found

@@ -1,0 +1,240 @@
+"""Whole-model benchmark: ms per step, images per second and peak memory of MobileNet V1/V2/V3 in
+inference and training, torchvision (eager, torch.compile) against ours (mobilenet_kernels' models
+on one of our backends, eager and compiled).
+
+- A training step is forward, cross-entropy, backward and an SGD step (momentum 0.9); an inference
+  step is a forward under no_grad. ``dtype`` bfloat16/float16 runs both under autocast (AMP: fp32
+  weights), float16 training with a GradScaler.
+- Every variant of a (model, mode, batch) case gets its own copy of the same weights, runs one step
+  (its time, compilation included, is ``first_step_s``), two warm-up steps (peak memory is taken
+  over these), then is timed (core.time_ms).
+- Peak memory: CUDA ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations).
+  CPU: None. Host memory freed by one step is kept by malloc for the next (and by earlier variants
+  for later ones), so the resident-set deltas of one process say little.
+- torchvision has no MobileNetV1; its baseline is our V1 on the "torch" backend (plain PyTorch ops),
+  labelled "reference".
+- ``speedup_vs_eager``: the baseline's (torchvision or reference, not compiled) time over this
+  row's. ``speedup_vs_compile``, for our rows: the compiled baseline's time over this row's, compiled
+  the same way (uncompiled rows: against the first compile mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .core import DTYPES, execute, geomean, progress, time_ms
+
+MODELS = ("mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v2", "mobilenet_v1")
+MODES = ("infer", "train")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MIN_SIZE = 32  # five stride-2 stages: 32 px is the smallest input that still has one pixel at the end
+
+COLUMNS = ["model", "mode", "batch", "variant", "p50_ms", "img_per_s", "peak_mem_mb", "speedup_vs_eager",
+           "speedup_vs_compile", "first_step_s", "error"]
+
+# Measuring time of one variant in ms (core.time_ms): a step takes up to ~100 ms on a GPU, more on a CPU.
+_REP_MS = {"cuda": 1000, "cpu": 500}
+
+
+@dataclass
+class ModelSettings:
+    device: str                        # "cpu" | "cuda"
+    models: list[str]                  # of MODELS
+    modes: list[str]                   # of MODES
+    batch: dict[str, list[int]]        # batch sizes per mode
+    size: int                          # input resolution (size x size)
+    dtype: str                         # keys of core.DTYPES; not float32: autocast
+    channels_last: bool
+    compile: list[str]                 # torch.compile modes (COMPILE_MODES); [] for none
+    backends: list[str]                # our backends, one "ours" variant each
+    quiet: bool = False
+
+
+def default_settings(device: str) -> ModelSettings:
+    """GPU: the four models, training at batch 256 and inference at 1 and 256, 224², bf16 AMP,
+    channels_last, torch.compile default and max-autotune. CPU: V3-Large and V2 at batch 8, 96², fp32,
+    no torch.compile (under a minute on two cores)."""
+    if device == "cuda":
+        return ModelSettings(device, list(MODELS), list(MODES), {"infer": [1, 256], "train": [256]}, 224, "bfloat16",
+                             True, ["default", "max-autotune"], ["cuda"])
+    return ModelSettings(device, ["mobilenet_v3_large", "mobilenet_v2"], list(MODES), {"infer": [8], "train": [8]}, 96,
+                         "float32", False, [], ["cuda"])
+
+
+@dataclass(frozen=True)
+class Variant:
+    impl: str                 # "torchvision", "reference" (V1's baseline) or "ours"
+    backend: str | None       # ours: the backend; the baselines: None
+    compile: str              # "none" or a torch.compile mode
+
+    @property
+    def label(self) -> str:
+        name = f"ours[{self.backend}]" if self.impl == "ours" else self.impl
+        if self.compile == "none":
+            return name
+        return f"{name} + compile" + ("" if self.compile == "default" else f" {self.compile}")
+
+
+def variants(model_name: str, s: ModelSettings) -> list[Variant]:
+    """The baseline (eager, then each compile mode), then ours per backend (eager, then compiled)."""
+    baseline = "reference" if model_name == "mobilenet_v1" else "torchvision"
+    found = [Variant(baseline, None, mode) for mode in ["none", *s.compile]]
+    found += [Variant("ours", backend, mode) for backend in s.backends for mode in ["none", *s.compile]]
+    return found
+
+
+def build(model_name: str, variant: Variant) -> torch.nn.Module:
+    """The (uncompiled) model of ``variant``, randomly initialised."""
+    import mobilenet_kernels
+
+    if variant.impl == "torchvision":
+        import torchvision
+
+        return getattr(torchvision.models, model_name)()
+    backend = "torch" if variant.impl == "reference" else variant.backend
+    return getattr(mobilenet_kernels, model_name)(backend=backend)
+
+
+def make_step(model: torch.nn.Module, mode: str, batch: int, s: ModelSettings) -> Callable[[], object]:
+    """One inference or training step of ``model`` (already in eval/train mode and maybe compiled)
+    on a fixed random batch."""
+    dtype = DTYPES[s.dtype]
+    x = torch.randn(batch, 3, s.size, s.size, device=s.device)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def autocast():
+        return torch.autocast(s.device, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+    if mode == "infer":
+        def infer_step():
+            with torch.no_grad(), autocast():
+                return model(x)
+
+        return infer_step
+
+    target = torch.randint(0, 1000, (batch,), device=s.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(s.device, enabled=dtype == torch.float16)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    return train_step
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, state_dict: dict,
+                    s: ModelSettings) -> dict:
+    """Time one variant: first step (compilation included), peak memory over two warm-up steps,
+    then p20/p50/p80 ms and images per second."""
+    model = build(model_name, variant)
+    model.load_state_dict(state_dict)
+    model = model.to(s.device, memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
+    model.train(mode == "train")
+    runnable = model if variant.compile == "none" else torch.compile(model, mode=variant.compile)
+    step = make_step(runnable, mode, batch, s)
+    result: dict = {}
+    start = time.perf_counter()
+    step()
+    _synchronize(s.device)
+    result["first_step_s"] = time.perf_counter() - start
+    if s.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step()
+    step()
+    _synchronize(s.device)
+    result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20 if s.device == "cuda" else None
+    timing = time_ms(step, s.device, warmup_ms=100, rep_ms=_REP_MS[s.device])
+    result.update(timing)
+    result["img_per_s"] = batch / (timing["p50_ms"] * 1e-3)
+    return result
+
+
+def _release(device: str) -> None:
+    """Free what the last variant held (compiled graphs included) before the next one is measured."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _add_ratios(case_rows: list[dict]) -> None:
+    """speedup_vs_eager and speedup_vs_compile of the rows of one (model, mode, batch) case."""
+    baseline = {r["compile"]: r["p50_ms"] for r in case_rows if r["impl"] != "ours" and "p50_ms" in r}
+    first_compiled = next((ms for mode, ms in baseline.items() if mode != "none"), None)
+    for r in case_rows:
+        if "p50_ms" not in r:
+            continue
+        if "none" in baseline and not (r["impl"] != "ours" and r["compile"] == "none"):
+            r["speedup_vs_eager"] = baseline["none"] / r["p50_ms"]
+        if r["impl"] == "ours":
+            ref = first_compiled if r["compile"] == "none" else baseline.get(r["compile"])
+            if ref is not None:
+                r["speedup_vs_compile"] = ref / r["p50_ms"]
+
+
+def sweep(s: ModelSettings, rows: list[dict]) -> None:
+    """Append one row per (model, mode, batch, variant) to ``rows``, in place."""
+    cases = [(model_name, mode, batch, variant) for model_name in s.models for mode in s.modes
+             for batch in s.batch[mode] for variant in variants(model_name, s)]
+    if s.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes, as in a training run
+    weights: dict[str, dict] = {}
+    bar = progress(cases, "bench model", s.quiet)
+    for model_name, mode, batch, variant in bar:
+        bar.set_postfix_str(f"{model_name} {mode} b{batch} {variant.label}")
+        if model_name not in weights:  # every variant of a model starts from the same weights
+            torch.manual_seed(0)
+            weights[model_name] = build(model_name, variants(model_name, s)[0]).state_dict()
+        row = {"model": model_name, "mode": mode, "batch": batch, "size": s.size, "dtype": s.dtype,
+               "channels_last": s.channels_last, "variant": variant.label, "impl": variant.impl,
+               "backend": variant.backend, "compile": variant.compile}
+        try:
+            row.update(measure_variant(model_name, variant, mode, batch, weights[model_name], s))
+        except Exception as exc:  # a variant that cannot run (out of memory, a compile error) is a result
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        finally:
+            _release(s.device)
+        rows.append(row)
+        _add_ratios([r for r in rows if (r["model"], r["mode"], r["batch"]) == (model_name, mode, batch)])
+
+
+def summarize(rows: list[dict]) -> dict[str, float]:
+    """Geometric-mean speed-ups per (mode, variant) over models and batch sizes:
+    ``"train/ours[cuda]_vs_eager": 1.1``."""
+    summary = {}
+    for mode in MODES:
+        for label in dict.fromkeys(r["variant"] for r in rows if r["mode"] == mode):
+            for ref in ("eager", "compile"):
+                g = geomean([r.get(f"speedup_vs_{ref}") for r in rows if (r["mode"], r["variant"]) == (mode, label)])
+                if g:
+                    summary[f"{mode}/{label}_vs_{ref}"] = g
+    return summary
+
+
+def run(s: ModelSettings, *, out: str, name: str = "models") -> int:
+    """Run the model benchmark and write ``name``.json / .md to ``out``."""
+    peak_memory = ("torch.cuda.max_memory_allocated over two steps (MB)" if s.device == "cuda"
+                   else "not measured on CPU (malloc keeps freed host memory: RSS deltas mislead)")
+    record = {"benchmark": "model", "settings": dataclasses.asdict(s), "peak_memory": peak_memory}
+    return execute(device=s.device, out=out, name=name, record=record, fill=lambda rows, env: sweep(s, rows),
+                   summarize=summarize, columns=COLUMNS)

@@ -1,0 +1,185 @@
+"""`python -m mobilenet_kernels bench ops|model` and `report`: tiny runs on the CPU, the result-file
+schema, the report's markdown and PNGs, and bad arguments (exit code 2, one line, no traceback)."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mobilenet_kernels.__main__ import main
+from mobilenet_kernels.benchmarking.ops import OPS
+
+pytest.importorskip("torchvision")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+COMMITTED = sorted(os.path.join(RESULTS, f) for f in os.listdir(RESULTS) if f.endswith(".json"))
+ENVIRONMENT_KEYS = {"device", "commit", "torch", "triton", "cuda", "python", "timestamp"}
+# Tiny runs: one thread (a CPU shared with other jobs makes two threads crawl), 1 ms of timing.
+TINY = ["--batch", "2", "--size", "32", "--device", "cpu", "--threads", "1", "--quiet"]
+TINY_MODEL = ["--model", "mobilenet_v2", *TINY]
+TINY_OPS = ["--models", "mobilenet_v3_small", "--compile", "none", *TINY]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _short_timings():
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MK_BENCH_REP_MS", "1")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_results(tmp_path_factory):
+    """One tiny `bench model` run (both modes, eager only), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("model")
+    assert main(["bench", "model", *TINY_MODEL, "--compile", "none", "--out", str(out)]) == 0
+    return out, json.loads((out / "models.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def ops_results(tmp_path_factory):
+    """One tiny `bench ops --op all` run (forward and full, no torch.compile), and what it printed."""
+    out = tmp_path_factory.mktemp("ops")
+    with pytest.MonkeyPatch.context() as mp:
+        printed = io.StringIO()
+        mp.setattr(sys, "stdout", printed)
+        assert main(["bench", "ops", "--op", "all", *TINY_OPS, "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_bench_model_writes_timings_and_ratios(model_results):
+    out, record = model_results
+    assert record["benchmark"] == "model"
+    assert ENVIRONMENT_KEYS <= set(record["environment"])
+    assert {"settings", "summary", "rows", "interrupted", "peak_memory"} <= set(record)
+    assert record["interrupted"] is None
+    assert record["settings"]["batch"] == {"infer": [2], "train": [2]} and record["settings"]["size"] == 32
+    rows = record["rows"]
+    assert [(r["mode"], r["variant"]) for r in rows] == [
+        ("infer", "torchvision"), ("infer", "ours[cuda]"), ("train", "torchvision"), ("train", "ours[cuda]")]
+    for r in rows:
+        assert "error" not in r, r
+        assert {"model", "batch", "size", "dtype", "compile", "p20_ms", "p50_ms", "p80_ms", "img_per_s", "peak_mem_mb",
+                "first_step_s"} <= set(r)
+        assert r["p20_ms"] <= r["p50_ms"] <= r["p80_ms"]
+        assert r["img_per_s"] == pytest.approx(2 / (r["p50_ms"] * 1e-3))
+        assert r["peak_mem_mb"] is None  # not measured on CPU
+    assert all("speedup_vs_eager" in r for r in rows if r["impl"] == "ours")
+    assert set(record["summary"]) == {"infer/ours[cuda]_vs_eager", "train/ours[cuda]_vs_eager"}
+    assert "| mobilenet_v2 | train | 2 | ours[cuda] |" in (out / "models.md").read_text()
+
+
+def test_bench_model_compile_variants_and_v1(tmp_path, capsys, monkeypatch):
+    """The torch.compile variants and their ratios, and V1, whose baseline is our V1 on the torch
+    backend. torch.compile itself is stubbed out: compiling on a CPU takes minutes, and the ops'
+    own tests compile them."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: compiled.append(mode) or model)
+    args = ["bench", "model", "--model", "mobilenet_v1", "--mode", "infer", *TINY, "--compile", "max-autotune",
+            "--backend", "cuda", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert compiled == ["max-autotune"] * 2
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "models.json").read_text())["rows"]}
+    assert list(rows) == ["reference", "reference + compile max-autotune", "ours[cuda]",
+                          "ours[cuda] + compile max-autotune"]
+    assert all("error" not in r for r in rows.values()), rows
+    for ours in ("ours[cuda]", "ours[cuda] + compile max-autotune"):  # both against the compiled baseline
+        assert rows[ours]["speedup_vs_compile"] == pytest.approx(
+            rows["reference + compile max-autotune"]["p50_ms"] / rows[ours]["p50_ms"])
+        assert rows[ours]["speedup_vs_eager"] == pytest.approx(rows["reference"]["p50_ms"] / rows[ours]["p50_ms"])
+    assert "| mobilenet_v1 | infer | 2 | ours[cuda] + compile max-autotune |" in capsys.readouterr().out
+
+
+def test_bench_ops_writes_one_file_per_registered_op(ops_results):
+    out, printed = ops_results
+    for name, bench in OPS.items():
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["op"] == bench.op and record["benchmark"] == "op"
+        assert ENVIRONMENT_KEYS <= set(record["environment"])
+        assert {"settings", "summary", "rows", "interrupted"} <= set(record)
+        assert record["rows"], name
+        for row in record["rows"]:
+            assert {"model", "batch", "dtype", "layout", "mode", "bytes", "eager_p20_ms", "eager_p50_ms",
+                    "eager_p80_ms", "eager_GBps"} <= set(row), row
+            assert "torch_compile_p50_ms" not in row  # --compile none
+        assert (out / f"{name}.md").exists()
+        assert f"wrote {out / name}.json" in printed
+    for name in ("batch_norm_act", "depthwise"):
+        for row in json.loads((out / f"{name}.json").read_text())["rows"]:
+            assert {"C", "H", "W", "cuda_p20_ms", "cuda_p50_ms", "cuda_p80_ms", "cuda_GBps",
+                    "cuda_speedup_vs_eager"} <= set(row), row
+    bn = json.loads((out / "batch_norm_act.json").read_text())
+    assert {(r["training"], r["mode"]) for r in bn["rows"]} == {(False, "forward"), (False, "full"), (True, "forward"),
+                                                                (True, "full")}
+    assert "train/full/float32/nhwc/b2/cuda_vs_eager" in bn["summary"]
+    dw = json.loads((out / "depthwise.json").read_text())
+    assert {(r["op"], r["mode"]) for r in dw["rows"]} == {("conv", "forward"), ("conv", "full"),
+                                                          ("conv_bn_act_train", "full")}
+
+
+def test_report_reads_op_model_and_committed_results(model_results, ops_results, tmp_path, capsys):
+    files = [str(model_results[0] / "models.json"), str(ops_results[0] / "batch_norm_act.json"), *COMMITTED]
+    report_dir = tmp_path / "report"
+    assert main(["report", *files, "--out", str(report_dir)]) == 0
+    md = (report_dir / "report.md").read_text()
+    assert capsys.readouterr().out.startswith(md)
+    for expected in ("## Runs", "## Ops", "## Models", "| models | cpu", "| batch_norm_act_eval_h200 | H200 |",
+                     "eval/forward/bfloat16/nhwc/b256", "## Test suites", "![ops_speedup](ops_speedup.png)"):
+        assert expected in md, expected
+    for png in ("ops_speedup.png", "ops_bandwidth.png", "models_speedup.png"):
+        assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "model", "--model", "resnet50"], "--model: unknown model 'resnet50'"),
+    (["bench", "model", "--batch", "0"], "--batch: must be positive"),
+    (["bench", "model", "--size", "16"], "--size: at least 32"),
+    (["bench", "model", "--mode", "train", "--batch", "1", "--size", "32"], "cannot train"),
+    (["bench", "model", "--backend", "tensorrt"], "--backend: unknown backend 'tensorrt'"),
+    (["bench", "model", "--compile", "fast"], "--compile: 'fast' is not one of"),
+    (["bench", "model", "--compile", "none", "default"], "--compile: none cannot be combined"),
+    (["bench", "model", "--dtype", "int8"], "--dtype: unknown dtype 'int8'"),
+    (["bench", "model", "--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["bench", "model", "--mode", "sideways"], "argument --mode: invalid choice"),
+    (["bench", "model", "--batch", "two"], "argument --batch: invalid int value"),
+    (["bench", "ops", "--op", "softmax"], "--op: unknown op 'softmax'"),
+    (["bench", "ops", "--batch", "-4"], "--batch: must be positive"),
+    (["bench", "ops", "--layout", "nwhc"], "--layout: 'nwhc' is not one of"),
+    (["bench", "ops", "--models", "mobilenet_v1"], "--models: unknown model 'mobilenet_v1'"),
+    (["bench", "ops", "--threads", "0"], "--threads: must be positive"),
+    (["report", "no/such/file.json"], "no/such/file.json: no such file"),
+])
+def test_bad_arguments_are_one_line_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--out", "unused"] if args[0] == "bench" else args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+def test_report_rejects_files_that_are_not_results(tmp_path, capsys):
+    for name, text in (("bad.json", "{not json"), ("other.json", '{"environment": {"device": "x"}}'),
+                       ("list.json", "[1, 2]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit) as exc:
+            main(["report", str(tmp_path / name)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and name in err, err
+
+
+def test_command_line_in_a_subprocess():
+    """Through `python -m mobilenet_kernels`, as a user runs it: a backend that this process cannot
+    run (Triton on CPU tensors without its interpreter) is one line on stderr with exit code 2."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "mobilenet_kernels", "bench", "model", *TINY_MODEL, "--backend",
+                           "triton"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "--backend triton: cannot run on cpu here" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
