@@ -52,9 +52,9 @@ def _self_test_cases():
 
 def self_test(backend: str, device: str) -> tuple[bool, float]:
     """Every op, forward + backward, vs the float64 torch reference: (ok, worst relative error)."""
-    ok_bn, err_bn = _self_test_batch_norm_act(backend, device)
-    ok_dw, err_dw = _self_test_depthwise(backend, device)
-    return ok_bn and ok_dw, max(err_bn, err_dw)
+    results = [test(backend, device) for test in (_self_test_batch_norm_act, _self_test_depthwise,
+                                                    _self_test_squeeze_excite)]
+    return all(ok for ok, _ in results), max(err for _, err in results)
 
 
 def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -94,6 +94,37 @@ def _self_test_depthwise(backend: str, device: str) -> tuple[bool, float]:
             worst = max(worst, err)
             ok &= err <= tol
         ok &= y.is_contiguous(memory_format=fmt) and y2.is_contiguous(memory_format=fmt)
+    return ok, worst
+
+
+def _self_test_squeeze_excite(backend: str, device: str) -> tuple[bool, float]:
+    """squeeze_excite (both layouts, odd C, 1x1 and odd planes, bf16 with fp32 parameters), forward +
+    backward (input and all four parameters), vs the float64 reference."""
+    from . import functional as MF
+    from .reference import squeeze_excite_ref
+
+    gen = torch.Generator().manual_seed(2)
+    worst, ok = 0.0, True
+    cases = [((2, 16, 7, 7), 8, torch.contiguous_format, ("relu", "hardsigmoid"), torch.float32),
+             ((3, 13, 5, 3), 4, torch.channels_last, ("hardswish", "sigmoid"), torch.float32),
+             ((2, 24, 1, 1), 8, torch.channels_last, ("relu", "hardsigmoid"), torch.bfloat16)]
+    for shape, S, fmt, (act, sact), dtype in cases:
+        C = shape[1]
+        x = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt).requires_grad_()
+        params = [(torch.randn(*size, generator=gen) / fan**0.5).to(device).requires_grad_()
+                  for size, fan in (((S, C, 1, 1), C), ((S,), 1), ((C, S, 1, 1), S), ((C,), 1))]
+        y = MF.squeeze_excite(x, *params, activation=act, scale_activation=sact, backend=backend)
+        grads = torch.autograd.grad(y.float().sum(), (x, *params))
+        x64, *p64 = (t.detach().double().requires_grad_() for t in (x, *params))
+        y64 = squeeze_excite_ref(x64, *p64, act, sact)
+        grads64 = torch.autograd.grad(y64.sum(), (x64, *p64))
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        for ours, ref in ((y, y64), *zip(grads, grads64)):
+            scale = max(1.0, ref.abs().max().item())
+            err = _rel_err(ours / scale, ref / scale)
+            worst = max(worst, err)
+            ok &= err <= tol
+        ok &= y.is_contiguous(memory_format=fmt)
     return ok, worst
 
 
@@ -144,8 +175,8 @@ def run_check() -> int:
           f"{' (interpreter: TRITON_INTERPRET=1)' if backends.TRITON_INTERPRET else ''}")
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print("\nself-test: batch_norm_act (eval, training) and depthwise_conv2d (alone; + BN + act in training),")
-    print("forward + backward, vs the float64 torch reference")
+    print("\nself-test: batch_norm_act (eval, training), depthwise_conv2d (alone; + BN + act in training) and")
+    print("squeeze_excite, forward + backward, vs the float64 torch reference")
     failures = 0
     for device in devices:
         for name in backends.BACKENDS:
