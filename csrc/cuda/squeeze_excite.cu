@@ -45,6 +45,7 @@
 #include <initializer_list>
 #include <limits>
 
+#include "mk_cuda.cuh"
 #include "squeeze_excite.h"
 
 namespace mobilenet_kernels {
@@ -57,39 +58,7 @@ constexpr int kExciteThreads = 1024;  // one block per image: all the memory par
 constexpr int kExciteWarps = kExciteThreads / 32;
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Division of 0 <= n < 2^63 by a fixed d >= 1 as a multiply-high and a shift (Granlund and
-// Montgomery; the same as csrc/cuda/depthwise_conv2d.cu): with s = ceil(log2 d) and
-// m = floor(2^64 (2^s - d) / d) + 1, n / d = (umulhi(n, m) + n) >> s.
-struct Divider {
-  uint64_t m;
-  int s;
-  __device__ __forceinline__ int64_t div(int64_t n) const {
-    return static_cast<int64_t>((__umul64hi(static_cast<uint64_t>(n), m) + static_cast<uint64_t>(n)) >> s);
-  }
-};
-
-inline Divider make_divider(int64_t d) {
-  TORCH_INTERNAL_ASSERT(d >= 1);
-  int s = 0;
-  while ((uint64_t(1) << s) < static_cast<uint64_t>(d)) ++s;
-  using u128 = unsigned __int128;
-  const u128 num = (u128(1) << 64) * ((u128(1) << s) - static_cast<u128>(d));  // < 2^127: 2^s - d < d
-  return Divider{static_cast<uint64_t>(num / static_cast<u128>(d) + 1), s};
-}
-
-template <int VEC, typename T, typename acc_t>
-__device__ __forceinline__ void load_vec(const T* p, acc_t (&out)[VEC]) {
-  const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) out[i] = static_cast<acc_t>(v.v[i]);
-}
+using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, the activations (mk_cuda.cuh)
 
 // Lane 0 returns the sum of v over the warp (fixed tree); other lanes return partial sums.
 template <typename acc_t>
@@ -99,76 +68,6 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   return v;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Activations without IEEE division (a division compiles to a call into a slow-path subroutine).
-// recip_ge1(y) = 1 / y for y >= 1, +inf or NaN: float: __fdividef (within 2 ulp); double: the
-// hardware approximation refined by three Newton steps, 1 / inf = 0 explicit.
-__device__ __forceinline__ float recip_ge1(float y) { return __fdividef(1.0f, y); }
-
-__device__ __forceinline__ double recip_ge1(double y) {
-  if (isinf(y)) return 0.0;
-  double r;
-  asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(r) : "d"(y));
-#pragma unroll
-  for (int i = 0; i < 3; ++i) r = fma(r, fma(-y, r, 1.0), r);
-  return r;
-}
-
-__device__ __forceinline__ float exp_of(float z) { return ::expf(z); }
-__device__ __forceinline__ double exp_of(double z) { return ::exp(z); }
-
-template <typename T>
-__device__ __forceinline__ T clamp_0_6(T t) {
-  return t < T(0) ? T(0) : (t > T(6) ? T(6) : t);  // NaN passes through, as in act_forward
-}
-
-// act(z): act_forward (mk_common.h) as a runtime switch.
-template <typename T>
-__device__ __forceinline__ T act_fwd(Act act, T z) {
-  const T one_sixth = T(1) / T(6);
-  switch (act) {
-    case Act::kRelu:
-      return act_forward<Act::kRelu>(z);
-    case Act::kRelu6:
-      return act_forward<Act::kRelu6>(z);
-    case Act::kHardswish:
-      return z * clamp_0_6(z + T(3)) * one_sixth;
-    case Act::kHardsigmoid:
-      return clamp_0_6(z + T(3)) * one_sixth;
-    case Act::kSigmoid:
-      return recip_ge1(T(1) + exp_of(-z));
-    case Act::kSilu:
-      return z * recip_ge1(T(1) + exp_of(-z));
-    default:
-      return z;
-  }
-}
-
-// act'(z): act_derivative (mk_common.h, the same conventions at the kinks) as a runtime switch.
-template <typename T>
-__device__ __forceinline__ T act_grad(Act act, T z) {
-  const T one = T(1);
-  switch (act) {
-    case Act::kRelu:
-      return act_derivative<Act::kRelu>(z);
-    case Act::kRelu6:
-      return act_derivative<Act::kRelu6>(z);
-    case Act::kHardswish:
-      return z <= T(-3) ? T(0) : (z >= T(3) ? one : z * (one / T(3)) + T(0.5));
-    case Act::kHardsigmoid:
-      return act_derivative<Act::kHardsigmoid>(z);
-    case Act::kSigmoid: {
-      const T s = recip_ge1(one + exp_of(-z));
-      return s * (one - s);
-    }
-    case Act::kSilu: {
-      const T s = recip_ge1(one + exp_of(-z));
-      return s * (one + z * (one - s));
-    }
-    default:
-      return one;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Stage 1: out[n * C + c] = mul * sum_p term(n, c, p), term = a (kProduct false) or a * b.
@@ -296,7 +195,7 @@ __device__ __forceinline__ void excite_hidden(const acc_t* __restrict__ pooled, 
     const acc_t z = warp_dot(w1 + static_cast<int64_t>(j) * C, p, C, lane) + b1[j];
     if (lane == 0) {
       if (z1 != nullptr) z1[j] = z;
-      h[j] = act_fwd(act, z);
+      h[j] = apply_activation(act, z);
     }
   }
   __syncthreads();
@@ -319,7 +218,7 @@ __global__ void __launch_bounds__(kExciteThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int c = warp; c < C; c += kExciteWarps) {
     const acc_t z = warp_dot(w2 + static_cast<int64_t>(c) * S, h, S, lane) + b2[c];
-    if (lane == 0) scale[n * C + c] = act_fwd(scale_act, z);
+    if (lane == 0) scale[n * C + c] = apply_activation(scale_act, z);
   }
 }
 
@@ -350,15 +249,15 @@ __global__ void __launch_bounds__(kExciteThreads)
   for (int c = warp; c < C; c += kExciteWarps) {
     const acc_t z = warp_dot(w2 + static_cast<int64_t>(c) * S, h, S, lane) + b2[c];
     if (lane == 0) {
-      const acc_t d = ds[n * C + c] * act_grad(scale_act, z);
-      scale[n * C + c] = act_fwd(scale_act, z);
+      const acc_t d = ds[n * C + c] * activation_grad(scale_act, z);
+      scale[n * C + c] = apply_activation(scale_act, z);
       dz2_out[n * C + c] = d;
       dz2[c] = d;
     }
   }
   __syncthreads();
   for (int j = threadIdx.x; j < S; j += blockDim.x) {  // dz1 = (W2^T dz2) * act'(z1)
-    const acc_t d = column_dot(w2 + j, S, dz2, C) * act_grad(act, z1[j]);
+    const acc_t d = column_dot(w2 + j, S, dz2, C) * activation_grad(act, z1[j]);
     dz1[j] = d;
     dz1_out[n * S + j] = d;
   }

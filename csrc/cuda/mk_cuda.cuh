@@ -1,0 +1,128 @@
+// Device helpers shared by the CUDA kernels (csrc/cuda/*.cu): 16-byte vectors, division by a
+// fixed divisor without a division instruction, and the activations as a runtime switch written
+// without IEEE division.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+#include "mk_common.h"
+
+namespace mobilenet_kernels {
+namespace cuda {
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Division of 0 <= n < 2^63 by a fixed d >= 1 as a multiply-high and a shift (Granlund and
+// Montgomery, the 64-bit twin of ATen's IntDivider): no division instruction, hence no call to a
+// division subroutine, in the kernels. With s = ceil(log2 d) and m = floor(2^64 (2^s - d) / d) + 1,
+// the multiplier 2^64 + m is floor(2^(64+s) / d) + 1 and n / d = (umulhi(n, m) + n) >> s; the sum
+// stays below 2^64 because umulhi(n, m) <= n < 2^63.
+struct Divider {
+  int64_t d;
+  uint64_t m;
+  int s;
+  __device__ __forceinline__ int64_t div(int64_t n) const {
+    return static_cast<int64_t>((__umul64hi(static_cast<uint64_t>(n), m) + static_cast<uint64_t>(n)) >> s);
+  }
+};
+
+inline Divider make_divider(int64_t d) {
+  TORCH_INTERNAL_ASSERT(d >= 1);
+  int s = 0;
+  while ((uint64_t(1) << s) < static_cast<uint64_t>(d)) ++s;
+  using u128 = unsigned __int128;
+  const u128 num = (u128(1) << 64) * ((u128(1) << s) - static_cast<u128>(d));  // < 2^127: 2^s - d < d
+  return Divider{d, static_cast<uint64_t>(num / static_cast<u128>(d) + 1), s};
+}
+
+template <int VEC, typename T, typename acc_t>
+__device__ __forceinline__ void load_vec(const T* p, acc_t (&out)[VEC]) {
+  const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) out[i] = static_cast<acc_t>(v.v[i]);
+}
+
+// The kernels use no IEEE division or reciprocal: those compile to a call into a slow-path
+// subroutine, and its register save/restore shows up as stack frame and spills in ptxas' report.
+// recip_ge1(y) = 1 / y for y >= 1 (or +inf, or NaN): float: __fdividef (within 2 ulp); double: the
+// hardware approximation refined by three Newton steps (each squares the relative error; within
+// an ulp), with 1 / inf = 0 explicit (a Newton step would turn inf * 0 into NaN).
+__device__ __forceinline__ float recip_ge1(float y) { return __fdividef(1.0f, y); }
+
+__device__ __forceinline__ double recip_ge1(double y) {
+  if (isinf(y)) return 0.0;
+  double r;
+  asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(r) : "d"(y));
+#pragma unroll
+  for (int i = 0; i < 3; ++i) r = fma(r, fma(-y, r, 1.0), r);
+  return r;
+}
+
+__device__ __forceinline__ float exp_of(float z) { return ::expf(z); }
+__device__ __forceinline__ double exp_of(double z) { return ::exp(z); }
+
+template <typename T>
+__device__ __forceinline__ T clamp_0_6(T t) {
+  return t < T(0) ? T(0) : (t > T(6) ? T(6) : t);  // NaN passes through, as in act_forward
+}
+
+// act(z), a uniform runtime switch (not a template parameter: fewer kernel instantiations). Same
+// formulas as act_forward (mk_common.h), written without division: x / 6 as x * (1/6) (as ATen's
+// CUDA hardswish/hardsigmoid do), and sigmoid / silu through recip_ge1(1 + exp(-z)), so they may
+// differ from it by an ulp or two.
+template <typename T>
+__device__ __forceinline__ T apply_activation(Act act, T z) {
+  const T one_sixth = T(1) / T(6);
+  switch (act) {
+    case Act::kRelu:
+      return act_forward<Act::kRelu>(z);
+    case Act::kRelu6:
+      return act_forward<Act::kRelu6>(z);
+    case Act::kHardswish:
+      return z * clamp_0_6(z + T(3)) * one_sixth;
+    case Act::kHardsigmoid:
+      return clamp_0_6(z + T(3)) * one_sixth;
+    case Act::kSigmoid:
+      return recip_ge1(T(1) + exp_of(-z));
+    case Act::kSilu:
+      return z * recip_ge1(T(1) + exp_of(-z));
+    default:
+      return z;
+  }
+}
+
+// act'(z): act_derivative (mk_common.h, the same conventions at the kinks) as a runtime switch.
+template <typename T>
+__device__ __forceinline__ T activation_grad(Act act, T z) {
+  const T one = T(1);
+  switch (act) {
+    case Act::kRelu:
+      return act_derivative<Act::kRelu>(z);
+    case Act::kRelu6:
+      return act_derivative<Act::kRelu6>(z);
+    case Act::kHardswish:
+      return z <= T(-3) ? T(0) : (z >= T(3) ? one : z * (one / T(3)) + T(0.5));
+    case Act::kHardsigmoid:
+      return act_derivative<Act::kHardsigmoid>(z);
+    case Act::kSigmoid: {
+      const T s = recip_ge1(one + exp_of(-z));
+      return s * (one - s);
+    }
+    case Act::kSilu: {
+      const T s = recip_ge1(one + exp_of(-z));
+      return s * (one + z * (one - s));
+    }
+    default:
+      return one;
+  }
+}
+
+}  // namespace cuda
+}  // namespace mobilenet_kernels
