@@ -121,3 +121,56 @@ def run(bench: OpBenchmark, settings: OpSettings, *, out: str, name: str | None 
     return execute(device=settings.device, out=out, name=name or bench.name, record=record,
                    fill=lambda rows, env: bench.sweep(settings, rows, env.get("copy_GBps", 0) * 1e9 or None),
                    summarize=lambda rows: summarize(rows, bench.group_by), columns=list(bench.columns))
+
+
+# ----------------------------------------------------------------------------- benchmarks/bench_*.py
+
+
+def script_parser(description: str, *, models: list[str], batch: list[int], dtype: list[str], layout: list[str],
+                  name: str | None) -> "argparse.ArgumentParser":
+    """The arguments every benchmarks/bench_*.py script shares; the defaults given are the GPU's
+    (on a CPU: batch 8, 64², float32, nhwc). Each script adds its own and calls script_run."""
+    import argparse
+
+    import torch
+
+    from .core import DTYPES
+
+    gpu = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if gpu else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--models", nargs="+", default=models)
+    p.add_argument("--batch", nargs="+", type=int, default=batch if gpu else [8])
+    p.add_argument("--resolution", type=int, default=224 if gpu else 64)
+    p.add_argument("--dtype", nargs="+", default=dtype if gpu else ["float32"], choices=list(DTYPES))
+    p.add_argument("--layout", nargs="+", default=layout if gpu else ["nhwc"], choices=["nhwc", "nchw"])
+    p.add_argument("--mode", nargs="+", default=["forward", "full"], choices=["forward", "full"])
+    p.add_argument("--no-autotune", action="store_true", help="skip torch.compile max-autotune (slow to compile)")
+    p.add_argument("--out", default="mk_results")
+    p.add_argument("--name", default=name, help="file name stem")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def script_run(parser: "argparse.ArgumentParser", args, op: str, options: dict | None = None, **record_extra) -> int:
+    """Check the shared arguments (errors through ``parser``), then run the sweep of ``OPS[op]``
+    and write its JSON and markdown; the file records the script's arguments as its settings."""
+    import torch
+
+    from .. import backends
+
+    if min(args.batch) <= 0:
+        parser.error("--batch: must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # CPU timings on one thread, as torch.utils.benchmark's default
+    settings = OpSettings(
+        device=args.device, models=args.models, batch=args.batch, resolution=args.resolution, dtype=args.dtype,
+        layout=args.layout, mode=args.mode,
+        compile=["default"] if args.device != "cuda" or args.no_autotune else ["default", "max-autotune"],
+        backends=[b for b in ("cuda", "triton") if b in backends.available(args.device)],
+        options=options or {}, quiet=args.quiet,
+    )
+    record_settings = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
+    return run(OPS[op], settings, out=args.out, name=args.name, record_settings=record_settings, **record_extra)
