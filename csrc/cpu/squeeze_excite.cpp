@@ -37,51 +37,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "squeeze_excite.h"
 
 namespace mobilenet_kernels {
 namespace {
 
-// ----------------------------------------------------------------------------- ISA dispatch
-
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define MK_SE_AVX2_CLONES 1
-#endif
-
-bool use_avx2() {
-#ifdef MK_SE_AVX2_CLONES
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-// K::run is always inlined, so its loops are compiled for the ISA of the function it lands in.
-template <class K>
-void run_baseline(const K& k, int64_t begin, int64_t end) {
-  k.run(begin, end);
-}
-
-#ifdef MK_SE_AVX2_CLONES
-template <class K>
-__attribute__((target("avx2,fma"))) void run_avx2(const K& k, int64_t begin, int64_t end) {
-  k.run(begin, end);
-}
-#endif
-
-// Tasks are independent; `grain` tasks make a chunk worth a thread (a smaller problem runs inline).
-template <class K>
-void parallel_run(const K& k, int64_t tasks, int64_t grain) {
-  const bool avx2 = use_avx2();
-  at::parallel_for(0, tasks, std::max<int64_t>(1, grain), [&](int64_t begin, int64_t end) {
-#ifdef MK_SE_AVX2_CLONES
-    if (avx2) return run_avx2(k, begin, end);
-#endif
-    (void)avx2;
-    run_baseline(k, begin, end);
-  });
-}
+using cpu::parallel_run;  // csrc/cpu/cpu_dispatch.h: baseline and AVX2 clones of each kernel
 
 // ----------------------------------------------------------------------------- helpers
 
