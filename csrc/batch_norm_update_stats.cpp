@@ -1,6 +1,7 @@
 // batch_norm_update_stats: the running-statistics update of BatchNorm in training, in place.
 // Device-generic (a handful of per-channel ATen ops), so one CompositeExplicitAutograd kernel
-// serves CPU and CUDA. Same arithmetic as ATen's: running = momentum * batch + (1 - momentum) * running.
+// serves CPU and CUDA. Every check runs before the first in-place write, so a failed call leaves the
+// running statistics untouched. Same arithmetic as ATen's: running = momentum * batch + (1 - momentum) * running.
 #include <torch/library.h>
 
 #include "mk_common.h"
@@ -16,6 +17,10 @@ void batch_norm_update_stats(at::Tensor& running_mean, at::Tensor& running_var, 
                     running_mean.sizes());
   TORCH_CHECK_VALUE(running_var.sizes() == var.sizes(), "running_var: expected shape ", var.sizes(), ", got ",
                     running_var.sizes());
+  TORCH_CHECK_VALUE(mean.device() == running_mean.device(), "mean: expected device ", running_mean.device(),
+                    " (running_mean's), got ", mean.device());
+  TORCH_CHECK_VALUE(var.device() == running_var.device(), "var: expected device ", running_var.device(),
+                    " (running_var's), got ", var.device());
   TORCH_CHECK_VALUE(count > 1, "count: expected more than 1 value per channel, got ", count);
   const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
   running_mean.copy_(mean * momentum + running_mean.to(mean.scalar_type()) * (1.0 - momentum));

@@ -71,6 +71,13 @@ inline Act parse_activation(const std::string& name, const char* arg = "activati
   }()
 
 // act(z). Comparisons are written so that NaN propagates as it does in PyTorch.
+// The K of shifted sums (sum of x - K): the channel's first value, or 0 when that is +-Inf or NaN,
+// where every x - K would be NaN and an Inf mean could not come out. (v - v is 0 only for finite v.)
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T finite_or_zero(T v) {
+  return v - v == T(0) ? v : T(0);
+}
+
 template <Act A, typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE T act_forward(T z) {
   const T zero = T(0), three = T(3), six = T(6), one = T(1);

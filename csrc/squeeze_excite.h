@@ -40,7 +40,8 @@ inline void check_se_param(const at::Tensor& t, const char* name, const at::Tens
                     ", got ", t.sizes());
   const auto acc = acc_type_for(input.scalar_type());
   TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type() || t.scalar_type() == acc, name, ": expected dtype ",
-                   input.scalar_type(), " (the input's) or ", acc, ", got ", t.scalar_type());
+                   input.scalar_type(), acc == input.scalar_type() ? "" : " (the input's) or ",
+                   acc == input.scalar_type() ? "" : c10::toString(acc), ", got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected device ", input.device(), ", got ", t.device());
 }
 
@@ -51,8 +52,8 @@ inline SqueezeExciteArgs prepare_squeeze_excite(const at::Tensor& input, const a
                                                 const std::string& scale_activation) {
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected a 4-D tensor (N, C, H, W), got shape ", input.sizes());
-  TORCH_CHECK_VALUE(input.size(2) >= 1 && input.size(3) >= 1, "input: expected a non-empty spatial size, got ",
-                    input.sizes());
+  TORCH_CHECK_VALUE(input.size(1) >= 1 && input.size(2) >= 1 && input.size(3) >= 1,
+                    "input: expected at least one channel and a non-empty spatial size, got ", input.sizes());
   const int64_t C = input.size(1);
   TORCH_CHECK_VALUE(fc1_weight.dim() == 4 && fc1_weight.size(1) == C && fc1_weight.size(2) == 1 &&
                         fc1_weight.size(3) == 1 && fc1_weight.size(0) >= 1,

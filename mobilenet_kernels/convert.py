@@ -54,6 +54,8 @@ def convert(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
     ``backend`` ("torch" | "triton" | "cuda" | None: the fastest usable) is checked first: an unknown
     name raises ValueError naming ``backend`` before anything changes.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     check_backend(backend)
     if type(model) is nn.BatchNorm2d:
         return BatchNormAct2d.from_batch_norm(model, "identity", backend)

@@ -154,24 +154,25 @@ def depthwise_conv2d_bn_act(
     """
     input, conv_weight, conv_bias = _autocast(input, conv_weight, conv_bias)
     name = backends.resolve(backend, input)
-    if name == "torch":
-        check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
-        return depthwise_conv2d_bn_act_ref(input, conv_weight, conv_bias, stride, padding, dilation, running_mean,
-                                           running_var, weight, bias, training, momentum, eps, activation)
-    if not training:
+    if training:
+        if conv_bias is not None:
+            check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
+        for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
+            check_per_channel(t, arg, input)
+        check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation)
+    else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean, running_var: required in eval mode (training=False)")
         check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
         check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)  # C is kept
+    if name == "torch":
+        return depthwise_conv2d_bn_act_ref(input, conv_weight, conv_bias, stride, padding, dilation, running_mean,
+                                           running_var, weight, bias, training, momentum, eps, activation)
+    if not training:
         w, b = folded if folded is not None else fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
                                                                  weight, bias, eps)
         return _op("depthwise_conv2d", name)(input, w.to(input.dtype), b.to(input.dtype), _pair_list(stride),
                                              _pair_list(padding), _pair_list(dilation), activation)
-    if conv_bias is not None:
-        check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
-    for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
-        check_per_channel(t, arg, input)
-    check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation)
     out, _, mean, var = _op("depthwise_conv2d_bn_act_train", name)(
         input, conv_weight, weight, bias, _pair_list(stride), _pair_list(padding), _pair_list(dilation), eps, activation
     )

@@ -90,16 +90,6 @@ def call_op(kind: str, a: dict, backend: str):
                              activation=a["activation"], scale_activation=a["scale_activation"], backend=backend)
 
 
-# The "torch" backend of depthwise_conv2d_bn_act runs the reference after checking only the conv's
-# arguments (functional.py, its `if name == "torch":` branch), so bad BatchNorm arguments reach
-# PyTorch: broadcast errors that do not name the argument, or no error at all.
-TORCH_DWBN_BUG = ("BUG: functional.depthwise_conv2d_bn_act, backend 'torch', does not check the BatchNorm arguments "
-                  "before running the reference (add check_batch_norm_eval_args(input, running_mean, running_var, "
-                  "weight, bias, eps, activation) after check_depthwise_args in its `if name == \"torch\":` branch)")
-# depthwise_conv2d's stride/padding/dilation must be an int or a pair; _pair calls tuple() on anything else.
-PAIR_BUG = ("BUG: ops/depthwise_conv2d.py::_pair calls tuple(v) on a non-int, non-iterable value (e.g. 1.5) and "
-            "raises \"TypeError: 'float' object is not iterable\" without naming the argument")
-
 Z = lambda **kw: (lambda d, o: kw)  # noqa: E731  (a device-independent override)
 
 # (kind, id, override(device, other device), exception, message pattern, {backend: xfail reason})
@@ -168,7 +158,7 @@ OP_CASES = [
     ("dw", "stride-negative", Z(stride=(1, -2)), ValueError, "stride", {}),
     ("dw", "stride-3-values", Z(stride=(1, 1, 1)), ValueError, "stride", {}),
     ("dw", "stride-float", Z(stride=1.5), (TypeError, ValueError), "stride",
-     {"torch": PAIR_BUG, "cuda": PAIR_BUG, "triton": PAIR_BUG}),
+     {}),
     ("dw", "dilation-0", Z(dilation=0), ValueError, "dilation", {}),
     ("dw", "dilation-negative", Z(dilation=(-1, 1)), ValueError, "dilation", {}),
     ("dw", "padding-negative", Z(padding=-1), ValueError, "padding", {}),
@@ -187,30 +177,27 @@ OP_CASES = [
      ValueError, "weight", {}),
     ("dwbn_train", "conv-bias-size", lambda d, o: dict(conv_bias=torch.randn(C + 1, device=d)), ValueError, "bias", {}),
     ("dwbn_eval", "running_mean-size", lambda d, o: dict(running_mean=torch.zeros(C + 1, device=d)), ValueError,
-     "running_mean", {"torch": TORCH_DWBN_BUG}),
+     "running_mean", {}),
     ("dwbn_train", "running_mean-size", lambda d, o: dict(running_mean=torch.zeros(C + 1, device=d)),
      (ValueError, RuntimeError), "running_mean", {}),
     ("dwbn_train", "running_var-size", lambda d, o: dict(running_var=torch.ones(C - 1, device=d)), (ValueError, RuntimeError),
      "running_var", {}),
-    ("dwbn_eval", "weight-size", lambda d, o: dict(weight=torch.ones(C + 1, device=d)), ValueError, "weight",
-     {"torch": TORCH_DWBN_BUG}),
+    ("dwbn_eval", "weight-size", lambda d, o: dict(weight=torch.ones(C + 1, device=d)), ValueError, "weight", {}),
     ("dwbn_train", "weight-size", lambda d, o: dict(weight=torch.ones(C + 1, device=d)), (ValueError, RuntimeError),
      "weight", {}),
-    ("dwbn_eval", "bias-size", lambda d, o: dict(bias=torch.zeros(C - 1, device=d)), ValueError, "bias",
-     {"torch": TORCH_DWBN_BUG}),
+    ("dwbn_eval", "bias-size", lambda d, o: dict(bias=torch.zeros(C - 1, device=d)), ValueError, "bias", {}),
     ("dwbn_train", "bias-size", lambda d, o: dict(bias=torch.zeros(C - 1, device=d)), (ValueError, RuntimeError),
      "bias", {}),
     ("dwbn_eval", "running_mean-int", lambda d, o: dict(running_mean=torch.zeros(C, device=d, dtype=torch.int64)),
-     TypeError, "running_mean", {"torch": TORCH_DWBN_BUG}),
+     TypeError, "running_mean", {}),
     ("dwbn_train", "running_mean-int", lambda d, o: dict(running_mean=torch.zeros(C, device=d, dtype=torch.int64)),
-     TypeError, "running_mean", {"torch": TORCH_DWBN_BUG}),
+     TypeError, "running_mean", {}),
     ("dwbn_eval", "running_var-device", lambda d, o: dict(running_var=torch.ones(C, device=o)), ValueError,
-     "running_var", {"torch": TORCH_DWBN_BUG}),
+     "running_var", {}),
     ("dwbn_train", "running_mean-device", lambda d, o: dict(running_mean=torch.zeros(C, device=o)), ValueError,
-     "running_mean", {"torch": TORCH_DWBN_BUG}),
-    ("dwbn_train", "weight-device", lambda d, o: dict(weight=torch.ones(C, device=o)), ValueError, "weight",
-     {"torch": TORCH_DWBN_BUG}),
-    ("dwbn_eval", "eps-negative", Z(eps=-1.0), ValueError, "eps", {"torch": TORCH_DWBN_BUG}),
+     "running_mean", {}),
+    ("dwbn_train", "weight-device", lambda d, o: dict(weight=torch.ones(C, device=o)), ValueError, "weight", {}),
+    ("dwbn_eval", "eps-negative", Z(eps=-1.0), ValueError, "eps", {}),
     ("dwbn_train", "eps-negative", Z(eps=-1.0), ValueError, "eps", {}),
     ("dwbn_train", "stride-0", Z(stride=(0, 1)), ValueError, "stride", {}),
     ("dwbn_eval", "dilation-0", Z(dilation=0), ValueError, "dilation", {}),
@@ -234,6 +221,10 @@ OP_CASES = [
     ("se", "input-complex", lambda d, o: dict(input=torch.randn(2, C, 3, 3, device=d, dtype=torch.complex64)),
      TypeError, "input", {}),
     ("se", "input-empty-spatial", lambda d, o: dict(input=torch.randn(2, C, 3, 0, device=d)), ValueError, "input", {}),
+    ("se", "input-no-channels", lambda d, o: dict(input=torch.randn(2, 0, 3, 3, device=d),
+                                                  fc1_weight=torch.randn(2, 0, 1, 1, device=d),
+                                                  fc2_weight=torch.randn(0, 2, 1, 1, device=d),
+                                                  fc2_bias=torch.randn(0, device=d)), ValueError, "input", {}),
     ("se", "channel-mismatch", lambda d, o: dict(input=torch.randn(2, C + 1, 3, 3, device=d)), ValueError,
      "fc1_weight", {}),
     ("se", "fc1-fc2-squeeze-mismatch", lambda d, o: dict(fc2_weight=torch.randn(C, 3, 1, 1, device=d)), ValueError,
@@ -295,11 +286,6 @@ def test_functional_op_rejects_input_on_an_unsupported_device(kind, backend):
 # torch.ops.mobilenet_kernels.* (C++ TORCH_CHECKs for the C++ ops, the same Python checks for the
 # _triton twins) check their own arguments: the backward ops and the running-stats update, which
 # the functional layer never calls with user arguments, included.
-
-UPDATE_STATS_BUG = ("BUG: csrc/batch_norm_update_stats.cpp checks no devices: a mean/var on another device than the "
-                    "running statistics fails inside ATen without naming the argument, after running_mean has already "
-                    "been updated in place (add TORCH_CHECK_VALUE(mean.device() == running_mean.device(), "
-                    "\"mean: expected device ...\") and the same for var/running_var before the first copy_)")
 
 
 def _direct_cases(device, suffix):
@@ -365,7 +351,7 @@ def _direct_cases(device, suffix):
             ("update_stats-running_var-int", lambda: upd(rm, rv.long(), r(C), rv.clone(), 10, 0.1), [rm, rv], TypeError,
              "running_var", None),
             ("update_stats-var-device", lambda: upd(rm, rv, r(C), torch.rand(C, device=o), 10, 0.1), [rm, rv],
-             ValueError, "var", UPDATE_STATS_BUG),
+             ValueError, "var", None),
         ]
     return out
 
@@ -377,10 +363,7 @@ _DIRECT_TRITON_IDS = [case[0] for case in _direct_cases("cpu", "_triton")]
 def _direct_params():
     for suffix, backend, ids in (("", "cuda", _DIRECT_IDS), ("_triton", "triton", _DIRECT_TRITON_IDS)):
         for i, name in enumerate(ids):
-            marks = []
-            if name.startswith("update_stats-var-device"):
-                marks = [pytest.mark.xfail(strict=True, reason=UPDATE_STATS_BUG)]
-            yield pytest.param(suffix, backend, i, id=f"{name}-{backend}", marks=marks)
+            yield pytest.param(suffix, backend, i, id=f"{name}-{backend}")
 
 
 @pytest.mark.parametrize("suffix, backend, index", list(_direct_params()))
@@ -511,23 +494,19 @@ def test_module_rejects_bad_input_and_keeps_its_state(backend, index, device):
     assert_raises_and_modifies_nothing(lambda: module(x), watched, exc, match)
 
 
-NUM_BATCHES_BUG = ("BUG: BatchNormAct2d._batch_norm_args (nn/batch_norm_act.py) increments num_batches_tracked before the "
-                   "op runs, so a call that fails its argument checks still counts a batch (and with momentum=None skews "
-                   "every later cumulative average). nn.BatchNorm2d does the same, but we can do better: run the checks "
-                   "(check_batch_norm_eval_args/_train_args, and check_depthwise_args for forward_after_depthwise) before "
-                   "_batch_norm_args, or increment only after MF.* returned")
-
-
-@pytest.mark.xfail(strict=True, reason=NUM_BATCHES_BUG)
 @pytest.mark.parametrize("backend", ["torch", "cuda"])
 @pytest.mark.parametrize("module", ["BatchNormAct2d", "ConvBNAct"])
 def test_failed_training_call_leaves_num_batches_tracked(backend, module, device):
+    """A call that fails its checks counts no batch (nn.BatchNorm2d would count it: with momentum=None
+    that skews every later cumulative average); a call that succeeds counts one."""
     skip_unless_usable(backend, device)
     m = _bn_module(backend, device) if module == "BatchNormAct2d" else _conv_bn_act(backend, device)
     bn = m if module == "BatchNormAct2d" else m[1]
     with pytest.raises((ValueError, RuntimeError)):
         m(torch.randn(2, C + 1, 5, 5, device=device))
     assert bn.num_batches_tracked.item() == 0
+    m(torch.randn(2, C, 5, 5, device=device))
+    assert bn.num_batches_tracked.item() == 1
 
 
 def test_module_constructors_reject_bad_names():
@@ -596,11 +575,6 @@ def test_model_rejects_an_unbatched_input(builder, backend, device):
         model(torch.randn(3, 32, 32, device=device))
 
 
-CONVERT_TYPE_BUG = ("BUG: convert() (convert.py) does not check that model is an nn.Module: convert('resnet') raises "
-                    "\"AttributeError: 'str' object has no attribute 'modules'\" (add: if not isinstance(model, "
-                    "nn.Module): raise TypeError(f\"model: expected an nn.Module, got {type(model).__name__}\"))")
-
-
 def test_convert_rejects_unknown_backend_and_changes_nothing():
     model = torchvision.models.mobilenet_v3_small(num_classes=10)
     structure = [(name, type(m)) for name, m in model.named_modules()]
@@ -610,7 +584,6 @@ def test_convert_rejects_unknown_backend_and_changes_nothing():
     assert [(name, type(m)) for name, m in model.named_modules()] == structure
 
 
-@pytest.mark.xfail(strict=True, reason=CONVERT_TYPE_BUG)
 def test_convert_rejects_a_non_module():
     with pytest.raises(TypeError, match="model"):
         mk.convert("mobilenet_v2", backend="torch")
@@ -674,47 +647,26 @@ SPECIAL_CHANNELS = {  # functions of the (N, H, W) view of channel 1
     "inf-everywhere": lambda c: c.fill_(float("inf")),
 }
 TRAIN_NAN_BACKENDS = ["torch", "cuda", "triton"]
-# The kernels' training statistics where they differ from F.batch_norm (see the reasons):
-VAR_CLAMP_BUG = ("BUG: the C++ batch statistics clamp the variance with std::max(0.0, v) (csrc/cpu/batch_norm_act.cpp, "
-                 "batch_stats_kernel's finish; the same with fmax(0.0, ...) in csrc/cuda/batch_norm_act.cu and in the "
-                 "statistics merge of csrc/cuda/depthwise_conv2d.cu), which turns a NaN variance into 0: a channel holding "
-                 "a NaN or an Inf keeps a finite running_var, and one holding a single +-Inf gets +-Inf outputs instead of "
-                 "NaN. Fix: v < 0 ? 0 : v, which keeps NaN")
-SHIFT_BUG = ("BUG: the batch statistics sum x - K with K the channel's first element (shifted sums); when K is +-Inf, "
-             "x - K is NaN, so the batch mean (and running_mean) is NaN where F.batch_norm gives +-Inf. Fix: K = "
-             "isfinite(x0) ? x0 : 0 in csrc/cpu/batch_norm_act.cpp (batch_stats_kernel), "
-             "csrc/cuda/batch_norm_act.cu and mobilenet_kernels/triton/batch_norm_act.py (batch_stats)")
-DW_SHIFT_BUG = ("BUG: the C++ depthwise statistics epilogue (csrc/cpu/depthwise_conv2d.cpp: shift[c] = y[c], shift = y[0] "
-                "before Chan's merge) centres on the first stored value: when it is +-Inf every deviation is NaN and the "
-                "batch mean (and running_mean) is NaN where F.batch_norm gives +-Inf. Fix: a finite shift (0 when the "
-                "first value is not finite)")
-CHAN_MERGE_BUG = ("BUG: the Triton depthwise statistics (mobilenet_kernels/triton/depthwise_conv2d.py: a per-program shift "
-                  "= the first block's mean, then Chan's merge) give a NaN batch mean for a channel holding a +-Inf "
-                  "(inf - inf in the centring and the merge) where F.batch_norm gives +-Inf. Fix: a finite shift, and "
-                  "a merge that passes a non-finite mean through")
-_TRAIN_NAN_XFAIL = {
-    **{("bn", "cuda", pattern): VAR_CLAMP_BUG for pattern in SPECIAL_CHANNELS},
-    ("bn", "cuda", "inf-first"): f"{VAR_CLAMP_BUG}; and {SHIFT_BUG}",
-    ("bn", "cuda", "inf-everywhere"): f"{VAR_CLAMP_BUG}; and {SHIFT_BUG}",
-    ("bn", "triton", "inf-first"): SHIFT_BUG,
-    ("bn", "triton", "inf-everywhere"): SHIFT_BUG,
-    ("dwbn", "cuda", "inf-first"): DW_SHIFT_BUG,
-    ("dwbn", "cuda", "inf-everywhere"): DW_SHIFT_BUG,
-    ("dwbn", "triton", "inf-inside"): CHAN_MERGE_BUG,
-    ("dwbn", "triton", "neg-inf-last"): CHAN_MERGE_BUG,
-    ("dwbn", "triton", "inf-first"): CHAN_MERGE_BUG,
-    ("dwbn", "triton", "inf-everywhere"): CHAN_MERGE_BUG,
-}
+# Every kernel centres its statistics on a finite value and keeps a NaN variance NaN, so the specials
+# land where F.batch_norm puts them. One known limit, on the GPU only (not run on CPU machines):
+CUDA_WELFORD_INF = ("known limit: the CUDA depthwise statistics epilogue (csrc/cuda/depthwise_conv2d.cu) is a per-thread "
+                    "Welford update, which turns a +-Inf mean into NaN at the next value: the batch mean and running_mean "
+                    "are NaN where F.batch_norm gives +-Inf (the output is NaN in both)")
+_CUDA_WELFORD_PATTERNS = ("inf-inside", "neg-inf-last", "inf-first", "inf-everywhere")
+
+
+DW_SHIFT_BUG = ("BUG: the C++ depthwise statistics epilogue (csrc/cpu/depthwise_conv2d.cpp) centres on the first "
+                "stored value and merges by Chan's formula: a +-Inf there makes the batch mean NaN where F.batch_norm "
+                "gives +-Inf. Fix: a finite shift and a merge that passes a non-finite mean through")
 
 
 def _train_nan_xfail(op, backend, pattern, device):
-    """The known deviation for this case, or None. The table was measured on CPU tensors; on a GPU
-    the CUDA kernels carry the same variance clamp (the dw statistics merge of
-    csrc/cuda/depthwise_conv2d.cu too), so there the cases are expected to fail but not required to."""
-    reason = _TRAIN_NAN_XFAIL.get((op, backend, pattern))
-    if device == "cuda" and reason is None and backend == "cuda":
-        reason = VAR_CLAMP_BUG
-    return reason
+    """The known deviation for this case, or None."""
+    if device == "cpu" and backend == "cuda" and op == "dwbn" and pattern in ("inf-first", "inf-everywhere"):
+        return DW_SHIFT_BUG
+    if device == "cuda" and backend == "cuda" and op == "dwbn" and pattern in _CUDA_WELFORD_PATTERNS:
+        return CUDA_WELFORD_INF
+    return None
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NumPy, in the Triton interpreter

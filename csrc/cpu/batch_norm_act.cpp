@@ -176,8 +176,9 @@ void batch_norm_act_bwd_reduce_kernel(const BatchNormEvalArgs& a, const at::Tens
 }
 
 // Batch mean and biased variance per channel. Shifted sums: every term is x - K_c with K_c the
-// channel's first element, so sum (x-K)^2 - (sum (x-K))^2 / M loses no digits to a large mean
-// (a channel with mean 1e4 and std 1 keeps its variance); chunk sums in acc_t, merged in double.
+// channel's first element (0 when that is not finite, so an Inf there does not make every term NaN),
+// so sum (x-K)^2 - (sum (x-K))^2 / M loses no digits to a large mean (a channel with mean 1e4 and
+// std 1 keeps its variance); chunk sums in acc_t, merged in double. A NaN variance stays NaN.
 template <typename scalar_t>
 void batch_stats_kernel(const at::Tensor& x_dense, const ChannelLayout& L, at::Tensor& mean, at::Tensor& var) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -187,12 +188,13 @@ void batch_stats_kernel(const at::Tensor& x_dense, const ChannelLayout& L, at::T
   const int64_t C = L.C, HW = L.HW, M = L.rows();
   auto finish = [&](int64_t c, double K, double s1, double s2) {
     out_mean[c] = static_cast<acc_t>(K + s1 / M);
-    out_var[c] = static_cast<acc_t>(std::max(0.0, (s2 - s1 * s1 / M) / M));
+    const double v = (s2 - s1 * s1 / M) / M;
+    out_var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);
   };
   if (!L.channels_last) {
     at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        const acc_t K = static_cast<acc_t>(x[c * HW]);
+        const acc_t K = finite_or_zero(static_cast<acc_t>(x[c * HW]));
         double s1 = 0, s2 = 0;
         for (int64_t n = 0; n < L.N; ++n) {
           const scalar_t* __restrict__ xp = x + (n * C + c) * HW;
@@ -214,7 +216,8 @@ void batch_stats_kernel(const at::Tensor& x_dense, const ChannelLayout& L, at::T
   const int64_t rows_per_chunk = channels_last_rows_per_chunk(M);
   const int64_t chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<acc_t> partial(static_cast<size_t>(chunks * 2 * C), acc_t(0));
-  std::vector<acc_t> first(x, x + C);  // K_c: row 0
+  std::vector<acc_t> first(static_cast<size_t>(C));  // K_c: row 0
+  for (int64_t c = 0; c < C; ++c) first[c] = finite_or_zero(static_cast<acc_t>(x[c]));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       acc_t* __restrict__ p1 = partial.data() + k * 2 * C;

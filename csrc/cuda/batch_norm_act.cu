@@ -232,12 +232,13 @@ struct StoreSums {
 };
 
 // Terms of the batch statistics: shifted sums of x - K_c and (x - K_c)^2, with K_c the channel's
-// first element, so that a large mean does not cancel the variance away (mean 1e4, std 1 is fine).
+// first element (finite_or_zero), so that a large mean does not cancel the variance away (mean 1e4,
+// std 1 is fine). A NaN variance stays NaN.
 template <typename scalar_t, typename acc_t>
 struct ShiftedMomentTerms {
   const scalar_t* __restrict__ x;  // (N, C, HW) dense
   int64_t first_stride;            // offset of channel c's first element: c * first_stride
-  __device__ acc_t begin(int64_t c) const { return static_cast<acc_t>(x[c * first_stride]); }
+  __device__ acc_t begin(int64_t c) const { return finite_or_zero(static_cast<acc_t>(x[c * first_stride])); }
   __device__ void operator()(acc_t K, int64_t i, acc_t& s1, acc_t& s2) const {
     const acc_t d = static_cast<acc_t>(x[i]) - K;
     s1 += d;
@@ -252,9 +253,10 @@ struct StoreMeanVar {
   double count;
   acc_t *mean, *var;  // (C,): batch mean and biased variance
   __device__ void operator()(int64_t c, double s1, double s2) const {
-    const double K = static_cast<double>(static_cast<acc_t>(x[c * first_stride]));
+    const double K = static_cast<double>(finite_or_zero(static_cast<acc_t>(x[c * first_stride])));
+    const double v = (s2 - s1 * s1 / count) / count;
     mean[c] = static_cast<acc_t>(K + s1 / count);
-    var[c] = static_cast<acc_t>(fmax(0.0, (s2 - s1 * s1 / count) / count));
+    var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);
   }
 };
 

@@ -312,7 +312,8 @@ __global__ void __launch_bounds__(32 * kFinishLanes)
   if (threadIdx.y == 0 && c < C) {
     const double total = s_n[0][threadIdx.x];
     mean[c] = static_cast<acc_t>(s_mean[0][threadIdx.x]);
-    var[c] = static_cast<acc_t>(total > 0 ? fmax(0.0, s_m2[0][threadIdx.x] * recip_ge1(total)) : 0.0);
+    const double v = total > 0 ? s_m2[0][threadIdx.x] * recip_ge1(total) : 0.0;
+    var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);  // NaN stays NaN
   }
 }
 

@@ -48,35 +48,44 @@ class BatchNormAct2d(nn.BatchNorm2d):
         new.train(bn.training)
         return new
 
-    def _batch_norm_args(self) -> tuple[torch.Tensor | None, torch.Tensor | None, bool, float]:
-        """(running_mean, running_var, training, momentum) for this call, with the same bookkeeping
-        as nn.modules.batchnorm._BatchNorm.forward (num_batches_tracked, momentum=None)."""
+    def _batch_norm_args(self) -> tuple[torch.Tensor | None, torch.Tensor | None, bool, float, bool]:
+        """(running_mean, running_var, training, momentum, counts) for this call, with the bookkeeping
+        of nn.modules.batchnorm._BatchNorm.forward (momentum=None: the cumulative average), except that
+        num_batches_tracked is not incremented here: ``counts`` says whether the caller adds this batch
+        (``_count_batch``) once the op has returned, so a call that fails its checks counts nothing."""
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+        counts = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        if counts and self.momentum is None:
+            exponential_average_factor = 1.0 / float(self.num_batches_tracked + 1)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
         return (self.running_mean if track else None, self.running_var if track else None, bn_training,
-                exponential_average_factor)
+                exponential_average_factor, counts)
+
+    def _count_batch(self, counts: bool) -> None:
+        if counts:
+            self.num_batches_tracked.add_(1)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        running_mean, running_var, training, momentum = self._batch_norm_args()
-        return MF.batch_norm_act(input, running_mean, running_var, self.weight, self.bias, training, momentum, self.eps,
-                                 self.activation, backend=self.backend)
+        running_mean, running_var, training, momentum, counts = self._batch_norm_args()
+        out = MF.batch_norm_act(input, running_mean, running_var, self.weight, self.bias, training, momentum, self.eps,
+                                self.activation, backend=self.backend)
+        self._count_batch(counts)
+        return out
 
     def forward_after_depthwise(self, conv: nn.Conv2d, input: torch.Tensor) -> torch.Tensor:
         """``self(conv(input))`` for a depthwise ``conv``, as one fused op
         (functional.depthwise_conv2d_bn_act). In eval mode the folded conv weights are computed once
         and reused while no parameter or buffer changes and nothing needs a gradient."""
-        running_mean, running_var, training, momentum = self._batch_norm_args()
+        running_mean, running_var, training, momentum, counts = self._batch_norm_args()
         folded = None if training else self._folded(conv, running_mean, running_var)
-        return MF.depthwise_conv2d_bn_act(
+        out = MF.depthwise_conv2d_bn_act(
             input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, running_mean, running_var,
             self.weight, self.bias, training, momentum, self.eps, self.activation, backend=self.backend, folded=folded,
         )
+        self._count_batch(counts)
+        return out
 
     def _folded(self, conv: nn.Conv2d, running_mean, running_var):
         if torch.compiler.is_compiling():  # traced once; the fold is part of the graph

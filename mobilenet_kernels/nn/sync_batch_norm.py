@@ -150,8 +150,9 @@ class SyncBatchNormAct2d(BatchNormAct2d):
         if not self._syncs():
             return super().forward(input)
         self._check_input_dim(input)
-        running_mean, running_var, _, momentum = self._batch_norm_args()
+        running_mean, running_var, _, momentum, counts = self._batch_norm_args()
         mean, var, count = global_batch_stats(input, self.process_group)
+        self._count_batch(counts)
         if running_mean is not None and running_var is not None:
             with torch.no_grad():
                 unbiased = var * count / (count - 1)

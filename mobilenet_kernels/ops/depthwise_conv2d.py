@@ -33,7 +33,10 @@ _DERIVATIVE_FROM_OUTPUT = ("identity", "relu", "relu6")
 def _pair(v, name: str, min_value: int) -> tuple[int, int]:
     if isinstance(v, int) and not isinstance(v, bool):
         v = (v, v)
-    v = tuple(v)
+    elif isinstance(v, (tuple, list, torch.Size)):
+        v = tuple(v)
+    else:
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
     if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
     if min(v) < min_value:

@@ -29,8 +29,8 @@ def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
     check_floating(input, "input")
     if input.dim() != 4:
         raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
-    if input.shape[2] < 1 or input.shape[3] < 1:
-        raise ValueError(f"input: expected a non-empty spatial size, got {tuple(input.shape)}")
+    if input.shape[1] < 1 or input.shape[2] < 1 or input.shape[3] < 1:
+        raise ValueError(f"input: expected at least one channel and a non-empty spatial size, got {tuple(input.shape)}")
     C = input.shape[1]
     if fc1_weight.dim() != 4 or fc1_weight.shape[1] != C or tuple(fc1_weight.shape[2:]) != (1, 1) or fc1_weight.shape[0] < 1:
         raise ValueError(f"fc1_weight: expected shape (S, {C}, 1, 1) for an input of {C} channels, got {tuple(fc1_weight.shape)}")
@@ -42,7 +42,8 @@ def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
         if tuple(t.shape) != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
         if t.dtype not in (input.dtype, acc):
-            raise TypeError(f"{name}: expected dtype {input.dtype} (the input's) or {acc}, got {t.dtype}")
+            expected = f"{input.dtype}" if acc == input.dtype else f"{input.dtype} (the input's) or {acc}"
+            raise TypeError(f"{name}: expected dtype {expected}, got {t.dtype}")
         if t.device != input.device:
             raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
     check_activation(activation, "activation")

@@ -107,12 +107,14 @@ def _batch_stats_kernel(
     M, C, HW, stride_n, stride_c, stride_p,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Shifted sums: K_c is channel c's first element, so a large mean does not cancel the variance."""
+    """Shifted sums: K_c is channel c's first element (0 when not finite: x - Inf is NaN for every x),
+    so a large mean does not cancel the variance."""
     pid_m = tl.program_id(0)
     offs, cols, col_mask, mask = _tile_offsets(
         pid_m, tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
     )
     k = tl.load(x_ptr + cols.to(tl.int64) * stride_c, mask=col_mask, other=0.0).to(ACC)
+    k = tl.where(k - k == 0.0, k, 0.0)
     d = tl.where(mask, tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC) - k[None, :], 0.0)
     partial_row = pid_m.to(tl.int64) * C + cols
     tl.store(partial_ptr + partial_row, tl.sum(d, axis=0), mask=col_mask)
@@ -230,6 +232,7 @@ def batch_stats(x):
     _batch_stats_kernel[L.grid](x, partial, *L.geometry, ACC=acc, **L.blocks)
     M, C = L.geometry[0], L.C
     k = x[0].reshape(C, -1)[:, 0].double()
+    k = torch.where(torch.isfinite(k), k, 0.0)  # the kernel's K_c
     s1, s2 = partial.double().sum(dim=1)
     mean = k + s1 / M
     var = ((s2 - s1 * s1 / M) / M).clamp_min(0)

@@ -4,6 +4,8 @@ Forward: act(conv2d(x, w, b, groups=C)), taps unrolled (constexpr kH/kW/stride/d
          activation in the epilogue. The stats variant (no bias, identity) also emits, per (program,
          channel), centred partials (count, shift, mean - shift, M2) of the output as stored (rounded
          to x's dtype); they are merged afterwards in float64 by Chan et al.'s formula, in a fixed order.
+         A plain sum rides along: where it is not finite (the channel holds a NaN or an Inf, which
+         centring turns into NaN), the mean is that sum / count and the variance NaN, as in torch.
 Backward: grad_input is a gather over stride-parity phases: a program owns input pixels of one
           phase (ih % sH, iw % sW), for which the taps that reach an output pixel are known per
           program, so no per-pixel divisibility test and no zero-insertion. grad_weight is fused into
@@ -132,7 +134,7 @@ def _depthwise_conv2d_fwd_kernel(
     w_ptr,  # (C, KH, KW) contiguous, accumulation dtype
     b_ptr,  # (C,) accumulation dtype; read only if HAS_BIAS
     y_ptr,  # (N, C, OH, OW) dense, x's layout; x's dtype (fp32 for bf16 under the interpreter)
-    stats_ptr,  # (4, programs along pixels, C) accumulation dtype: count, shift, mean - shift, M2; only if STATS
+    stats_ptr,  # (5, programs along pixels, C) accumulation dtype: count, shift, mean - shift, M2, sum; if STATS
     C, H, W, OH, OW, P, PH, PW, ITERS,  # P = N * OH * OW; a program walks ITERS pixel blocks
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr, ROUND_BF16: tl.constexpr,
@@ -150,6 +152,7 @@ def _depthwise_conv2d_fwd_kernel(
     shift = tl.zeros([BLOCK_C], acc_ty)
     mean = tl.zeros([BLOCK_C], acc_ty)  # relative to shift
     m2 = tl.zeros([BLOCK_C], acc_ty)
+    plain_sum = tl.zeros([BLOCK_C], acc_ty)
     for it in range(ITERS):
         q = _pixel_block(pid_p * ITERS + it, BLOCK_P, PIX64)
         p_mask = q < P
@@ -187,8 +190,10 @@ def _depthwise_conv2d_fwd_kernel(
             v = tl.where(mask, y.to(acc_ty), 0.0)
             n_b = tl.sum(p_mask.to(acc_ty), axis=0)
             inv_n = 1.0 / tl.maximum(n_b, 1.0)
+            sum_v = _sum_pixels(v, CHANNELS_LAST)
+            plain_sum += sum_v
             if it == 0:
-                shift = _sum_pixels(v, CHANNELS_LAST) * inv_n
+                shift = sum_v * inv_n
             u = tl.where(mask, v - _per_channel(shift, CHANNELS_LAST), 0.0)
             sum_u = _sum_pixels(u, CHANNELS_LAST)
             mean_b = sum_u * inv_n
@@ -206,6 +211,7 @@ def _depthwise_conv2d_fwd_kernel(
         tl.store(stats_ptr + plane + row, shift, mask=c_mask)
         tl.store(stats_ptr + 2 * plane + row, mean, mask=c_mask)
         tl.store(stats_ptr + 3 * plane + row, m2, mask=c_mask)
+        tl.store(stats_ptr + 4 * plane + row, plain_sum, mask=c_mask)
 
 
 @triton.jit
@@ -368,7 +374,7 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats)
     c_blocks = triton.cdiv(C, block_c)
     blocks = triton.cdiv(P, block_p)
     iters, programs = _split(blocks, _TARGET_PROGRAMS // c_blocks) if stats else (1, blocks)
-    partial = torch.empty((4, programs, C) if stats else (0,), dtype=weight.dtype, device=x.device)
+    partial = torch.empty((5, programs, C) if stats else (0,), dtype=weight.dtype, device=x.device)
     _depthwise_conv2d_fwd_kernel[(programs, c_blocks)](
         x, weight, bias if bias is not None else weight, out, partial,
         C, H, W, OH, OW, P, padding[0], padding[1], iters,
@@ -393,17 +399,22 @@ def depthwise_conv2d_stats_fwd(x, weight, stride, padding, dilation, fmt):
     """The conv (no bias, identity) and the per-channel mean and biased variance of its output as
     stored, in the accumulation dtype. Per-program centred partials (n_i, mean_i = shift_i +
     (mean - shift)_i, M2_i) are merged in float64 in a fixed order: mean = sum n_i mean_i / n,
-    M2 = sum M2_i + sum n_i (mean_i - mean)^2 (Chan et al.'s pairwise update, for all programs at once)."""
+    M2 = sum M2_i + sum n_i (mean_i - mean)^2 (Chan et al.'s pairwise update, for all programs at once).
+    A channel whose plain sum is not finite gets mean = sum / n and a NaN variance, as in torch."""
     out, partial = _forward(x, weight, None, stride, padding, dilation, "identity", fmt, stats=True)
     C = x.shape[1]
     if partial is None:
         zeros = torch.zeros(C, dtype=weight.dtype, device=x.device)
         return out, zeros, zeros.clone()
-    n_i, shift_i, mean_i, m2_i = partial.double()
+    n_i, shift_i, mean_i, m2_i, sum_i = partial.double()
     mean_i = shift_i + mean_i
     n = n_i.sum(dim=0)
     mean = (n_i * mean_i).sum(dim=0) / n
     var = (m2_i.sum(dim=0) + (n_i * (mean_i - mean) ** 2).sum(dim=0)) / n
+    plain_mean = sum_i.sum(dim=0) / n
+    special = ~torch.isfinite(plain_mean)
+    mean = torch.where(special, plain_mean, mean)
+    var = torch.where(special, torch.nan, var)
     return out, mean.to(weight.dtype), var.to(weight.dtype)
 
 
