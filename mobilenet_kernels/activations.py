@@ -58,6 +58,22 @@ def apply_activation(x: torch.Tensor, name: str) -> torch.Tensor:
     return _TORCH_FUNCTIONS[check_activation(name)](x)
 
 
+_TORCH_FUNCTIONS_INPLACE = {
+    "identity": lambda x: x,
+    "relu": torch.relu_,
+    "relu6": lambda x: F.hardtanh_(x, 0.0, 6.0),
+    "hardswish": lambda x: F.hardswish(x, inplace=True),
+    "hardsigmoid": lambda x: F.hardsigmoid(x, inplace=True),
+    "sigmoid": torch.sigmoid_,
+    "silu": lambda x: F.silu(x, inplace=True),
+}
+
+
+def apply_activation_(x: torch.Tensor, name: str) -> torch.Tensor:
+    """:func:`apply_activation` in place on ``x`` (returned): the same PyTorch functions."""
+    return _TORCH_FUNCTIONS_INPLACE[check_activation(name)](x)
+
+
 def activation_name(module: nn.Module | None) -> str | None:
     """Our name for an activation module (None -> 'identity'), or None if we do not know it."""
     if module is None:

@@ -48,8 +48,9 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: floa
 
 
 def assert_matches_fp32_reference(actual: torch.Tensor, ref_model: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> None:
-    """``actual`` equals ``ref_model(x)`` (fp32) within rtol and an atol of rtol * max|ref|, or twice
-    the reference's own fp32 rounding error (its distance from a float64 run) where that is larger:
+    """``actual`` is within rtol (relative, in norm) of the exact result, ``ref_model`` run in float64,
+    and equals ``ref_model(x)`` (fp32) within rtol and an atol of rtol * max|ref|, or twice the
+    reference's own fp32 rounding error (its distance from the float64 run) where that is larger:
     through the 50+ layers of MobileNetV2, fp32 rounding alone reaches ~1e-5 * max|ref|, so two
     correct fp32 implementations can differ by that much."""
     with torch.no_grad():
@@ -58,9 +59,12 @@ def assert_matches_fp32_reference(actual: torch.Tensor, ref_model: nn.Module, x:
     noise_floor = (expected.double() - ref64).abs().max().item()
     atol = max(rtol * expected.abs().max().item(), 2 * noise_floor)
     assert actual.shape == expected.shape
-    # The acceptance criterion, with no noise floor: relative error in norm within rtol.
-    rel = ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-    assert rel <= rtol, f"relative error {rel:.3g} > {rtol}"
+    # The acceptance criterion, with no noise floor: relative error in norm within rtol, against the
+    # exact result. Not against the fp32 reference: that has an error of its own (~7e-6 for V2 at
+    # 64x64), so an implementation that rounds differently (ours folds the BatchNorms into the convs
+    # in eval mode) can be as accurate as the reference and still differ from it by ~1e-5.
+    rel = ((actual.double() - ref64).norm() / ref64.norm()).item()
+    assert rel <= rtol, f"relative error {rel:.3g} > {rtol} (against the float64 reference)"
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
@@ -116,6 +120,18 @@ def randomize_batch_norms(model: nn.Module, size: int = 64) -> None:
             m.running_mean.add_(m.running_var.sqrt() * torch.randn_like(m.running_mean), alpha=0.1)
             m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.9, 1.1))
             m.num_batches_tracked.fill_(7)
+
+
+def randomize_bn_parameters(model: nn.Module) -> None:
+    """Random affine parameters and running statistics for every BatchNorm of ``model``, without
+    running it (for modules that do not take images)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
 
 
 def bn_activations(model: nn.Module, exact: bool = False) -> dict[str, str]:

@@ -57,7 +57,7 @@ def test_bench_model_writes_timings_and_ratios(model_results):
     out, record = model_results
     assert record["benchmark"] == "model"
     assert ENVIRONMENT_KEYS <= set(record["environment"])
-    assert {"settings", "summary", "rows", "interrupted", "peak_memory"} <= set(record)
+    assert {"settings", "summary", "rows", "interrupted", "peak_memory", "saved_activations"} <= set(record)
     assert record["interrupted"] is None
     assert record["settings"]["batch"] == {"infer": [2], "train": [2]} and record["settings"]["size"] == 32
     rows = record["rows"]
@@ -70,6 +70,8 @@ def test_bench_model_writes_timings_and_ratios(model_results):
         assert r["p20_ms"] <= r["p50_ms"] <= r["p80_ms"]
         assert r["img_per_s"] == pytest.approx(2 / (r["p50_ms"] * 1e-3))
         assert r["peak_mem_mb"] is None  # not measured on CPU
+        assert (r["saved_mb"] > 0) if r["mode"] == "train" else "saved_mb" not in r
+        assert r["recompute"] is False
     assert all("speedup_vs_eager" in r for r in rows if r["impl"] == "ours")
     assert set(record["summary"]) == {"infer/ours[cuda]_vs_eager", "train/ours[cuda]_vs_eager"}
     assert "| mobilenet_v2 | train | 2 | ours[cuda] |" in (out / "models.md").read_text()
@@ -94,6 +96,23 @@ def test_bench_model_compile_variants_and_v1(tmp_path, capsys, monkeypatch):
             rows["reference + compile max-autotune"]["p50_ms"] / rows[ours]["p50_ms"])
         assert rows[ours]["speedup_vs_eager"] == pytest.approx(rows["reference"]["p50_ms"] / rows[ours]["p50_ms"])
     assert "| mobilenet_v1 | infer | 2 | ours[cuda] + compile max-autotune |" in capsys.readouterr().out
+
+
+def test_bench_model_recompute_variant_saves_activations(tmp_path):
+    """--recompute adds ours with recompute=True to the training rows; its saved activations drop."""
+    args = ["bench", "model", *TINY_MODEL, "--mode", "train", "--compile", "none", "--recompute", "--out", str(tmp_path)]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "models.json").read_text())
+    assert record["settings"]["recompute"] is True
+    rows = {r["variant"]: r for r in record["rows"]}
+    assert list(rows) == ["torchvision", "ours[cuda]", "ours[cuda] + recompute"]
+    assert all("error" not in r for r in rows.values()), rows
+    stored, recomputed = rows["ours[cuda]"], rows["ours[cuda] + recompute"]
+    assert recomputed["recompute"] and not stored["recompute"]
+    assert 0 < recomputed["saved_mb"] < 0.5 * stored["saved_mb"] < rows["torchvision"]["saved_mb"]
+    assert recomputed["speedup_vs_eager"] > 0
+    assert "train/ours[cuda] + recompute_vs_eager" in record["summary"]
+    assert "| mobilenet_v2 | train | 2 | ours[cuda] + recompute |" in (tmp_path / "models.md").read_text()
 
 
 def test_bench_ops_writes_one_file_per_registered_op(ops_results):

@@ -13,7 +13,8 @@ from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
 
 import mobilenet_kernels as mk
 from mobilenet_kernels.activations import activation_name
-from mobilenet_kernels.nn import BatchNormAct2d, SqueezeExcitation
+from mobilenet_kernels.models import set_recompute
+from mobilenet_kernels.nn import BatchNormAct2d, ConvBNAct, InvertedResidual, InvertedResidualV3, SqueezeExcitation
 
 from conftest import BACKENDS, DEVICES, skip_unless_usable
 from model_helpers import (
@@ -26,7 +27,12 @@ from model_helpers import (
     eval_cases,
     eval_shape,
     randomize_batch_norms,
+    randomize_bn_parameters,
 )
+
+
+TV_BLOCKS = {torchvision.models.mobilenetv2.InvertedResidual: InvertedResidual,
+             torchvision.models.mobilenetv3.InvertedResidual: InvertedResidualV3}
 
 
 def snapshot(model: nn.Module):
@@ -71,10 +77,21 @@ def test_convert_torchvision_structure(arch):
         old = modules_before[name]
         assert m.weight is old.weight and m.running_var is old.running_var
         assert (m.eps, m.momentum, m.training) == (old.eps, old.momentum, old.training)
-        if act != "identity":  # the activation after it became an Identity, at the same index
+        if act != "identity":
             parent, _, idx = name.rpartition(".")
             nxt = f"{parent}.{int(idx) + 1}"
-            assert type(modules[nxt]) is nn.Identity and type(modules_before[nxt]) is not nn.Identity
+            assert type(modules_before[nxt]) is not nn.Identity
+            if isinstance(modules[parent], ConvBNAct):  # in a block: a ConvBNAct (conv, BN + act) replaced it
+                assert nxt not in modules and modules[parent][0] is modules_before[f"{parent}.0"]
+            else:  # elsewhere the activation after it became an Identity, at the same index
+                assert type(modules[nxt]) is nn.Identity
+    # Every torchvision block became ours.
+    blocks = {n: m for n, m in modules_before.items() if type(m) in TV_BLOCKS}
+    assert blocks
+    for name, m in blocks.items():
+        assert type(modules[name]) is TV_BLOCKS[type(m)], name
+        assert (modules[name].use_res_connect, modules[name].out_channels, modules[name]._is_cn) == (
+            m.use_res_connect, m.out_channels, m._is_cn)
     # Every torchvision SqueezeExcitation became ours, sharing its fc layers.
     for name, m in modules_before.items():
         if type(m) is TVSqueezeExcitation:
@@ -112,6 +129,22 @@ def test_convert_torchvision_training_parity_float64(arch, backend):
     # An optimizer built before convert() keeps working: the parameters are the same objects.
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     assert mk.convert(model, backend=backend) is model
+    assert_same_training(model, ref, opt=opt)
+
+
+def test_convert_then_recompute_training_parity_float64():
+    """A converted torchvision model takes the blocks' recompute option (set_recompute) and still
+    trains like torchvision, with an optimizer built before convert()."""
+    skip_unless_usable("cuda", "cpu")
+    torch.manual_seed(0)
+    ref = TORCHVISION["mobilenet_v3_small"](num_classes=10, dropout=0.0)
+    randomize_batch_norms(ref, size=32)
+    ref.double()
+    model = copy.deepcopy(ref)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    set_recompute(mk.convert(model, backend="cuda"), True)
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidualV3)]
+    assert len(blocks) == 11 and all(b.recompute for b in blocks)
     assert_same_training(model, ref, opt=opt)
 
 
@@ -156,22 +189,12 @@ def custom_sequential():
     )
 
 
-def _randomize(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_convert_custom_sequential(backend):
     skip_unless_usable(backend, "cpu")
     torch.manual_seed(0)
     ref = custom_sequential()
-    _randomize(ref)
+    randomize_bn_parameters(ref)
     model = copy.deepcopy(ref)
     snap = snapshot(model)
     assert mk.convert(model, backend=backend) is model
@@ -192,7 +215,7 @@ def test_convert_custom_sequential(backend):
 def test_convert_module_with_named_children():
     torch.manual_seed(0)
     ref = WithNamedBN()
-    _randomize(ref)
+    randomize_bn_parameters(ref)
     model = copy.deepcopy(ref)
     snap = snapshot(model)
     ln, bn1d, act, fc = model.ln, model.bn1d, model.act, model.fc

@@ -184,6 +184,20 @@ def test_training_parity_float64(arch, backend):
     assert all(isinstance(m, BatchNormAct2d) for m in ours.modules() if isinstance(m, nn.BatchNorm2d))
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_recompute_training_parity_float64(arch):
+    """recompute=True (the builders' argument): the blocks recompute their expanded tensors in
+    backward, and the model still trains like torchvision (outputs, gradients, running stats)."""
+    skip_unless_usable("cuda", "cpu")
+    torch.manual_seed(0)
+    tv = TORCHVISION[arch](num_classes=10, dropout=0.0)
+    randomize_batch_norms(tv)
+    ours = OURS[arch](num_classes=10, dropout=0.0, backend="cuda", recompute=True)
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    assert all(m.recompute for m in ours.features if hasattr(m, "use_res_connect"))
+    assert_same_training(ours, tv)
+
+
 # ---------------------------------------------------------------------------------------------
 # MobileNet V1
 
@@ -321,9 +335,15 @@ def test_models_exported():
     import mobilenet_kernels.models as models
 
     for name in ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "set_backend",
-                 "MobileNetV1", "MobileNetV2", "MobileNetV3"]:
+                 "set_recompute", "MobileNetV1", "MobileNetV2", "MobileNetV3"]:
         assert name in models.__all__ and hasattr(models, name)
     assert mk.mobilenet_v2 is models.mobilenet_v2
+    # The blocks and ConvBNAct moved to mobilenet_kernels.nn; the old names still import.
+    from mobilenet_kernels.models._layers import ConvBNAct
+    from mobilenet_kernels.models.mobilenet_v2 import InvertedResidual as V2Block
+    from mobilenet_kernels.models.mobilenet_v3 import InvertedResidual as V3Block
+
+    assert (ConvBNAct, V2Block, V3Block) == (mk.nn.ConvBNAct, mk.nn.InvertedResidual, mk.nn.InvertedResidualV3)
 
 
 def test_default_backend_forward():

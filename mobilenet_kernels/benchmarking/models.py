@@ -11,6 +11,11 @@ on one of our backends, eager and compiled).
 - Peak memory: CUDA ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations).
   CPU: None. Host memory freed by one step is kept by malloc for the next (and by earlier variants
   for later ones), so the resident-set deltas of one process say little.
+- Saved activations (``saved_mb``, training rows, eager variants): the bytes of the tensors autograd
+  keeps for backward over one training forward (:func:`saved_activation_bytes`), on any device.
+  ``--recompute`` adds, for each of our backends, a training variant with ``recompute=True``
+  (``ours[BACKEND] + recompute``): the inverted-residual blocks keep only their input and recompute
+  the expanded tensors in backward (V2, V3; V1 has no such blocks).
 - torchvision has no MobileNetV1; its baseline is our V1 on the "torch" backend (plain PyTorch ops),
   labelled "reference".
 - ``speedup_vs_eager``: the baseline's (torchvision or reference, not compiled) time over this
@@ -23,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .core import DTYPES, execute, geomean, progress, time_ms
 
@@ -37,7 +44,7 @@ MODES = ("infer", "train")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MIN_SIZE = 32  # five stride-2 stages: 32 px is the smallest input that still has one pixel at the end
 
-COLUMNS = ["model", "mode", "batch", "variant", "p50_ms", "img_per_s", "peak_mem_mb", "speedup_vs_eager",
+COLUMNS = ["model", "mode", "batch", "variant", "p50_ms", "img_per_s", "peak_mem_mb", "saved_mb", "speedup_vs_eager",
            "speedup_vs_compile", "first_step_s", "error"]
 
 # Measuring time of one variant in ms (core.time_ms): a step takes up to ~100 ms on a GPU, more on a CPU.
@@ -55,6 +62,7 @@ class ModelSettings:
     channels_last: bool
     compile: list[str]                 # torch.compile modes (COMPILE_MODES); [] for none
     backends: list[str]                # our backends, one "ours" variant each
+    recompute: bool = False            # also ours with recompute=True (training rows)
     quiet: bool = False
 
 
@@ -74,20 +82,26 @@ class Variant:
     impl: str                 # "torchvision", "reference" (V1's baseline) or "ours"
     backend: str | None       # ours: the backend; the baselines: None
     compile: str              # "none" or a torch.compile mode
+    recompute: bool = False   # ours: the blocks recompute their expanded tensors in backward
 
     @property
     def label(self) -> str:
         name = f"ours[{self.backend}]" if self.impl == "ours" else self.impl
+        if self.recompute:
+            name += " + recompute"
         if self.compile == "none":
             return name
         return f"{name} + compile" + ("" if self.compile == "default" else f" {self.compile}")
 
 
-def variants(model_name: str, s: ModelSettings) -> list[Variant]:
-    """The baseline (eager, then each compile mode), then ours per backend (eager, then compiled)."""
+def variants(model_name: str, s: ModelSettings, mode: str = "train") -> list[Variant]:
+    """The baseline (eager, then each compile mode), then ours per backend (eager, then compiled;
+    with ``s.recompute``, in training and for the models with inverted-residual blocks, then the
+    same with recompute)."""
     baseline = "reference" if model_name == "mobilenet_v1" else "torchvision"
-    found = [Variant(baseline, None, mode) for mode in ["none", *s.compile]]
-    found += [Variant("ours", backend, mode) for backend in s.backends for mode in ["none", *s.compile]]
+    found = [Variant(baseline, None, c) for c in ["none", *s.compile]]
+    recompute = [False, True] if s.recompute and mode == "train" and model_name != "mobilenet_v1" else [False]
+    found += [Variant("ours", backend, c, r) for backend in s.backends for r in recompute for c in ["none", *s.compile]]
     return found
 
 
@@ -100,19 +114,50 @@ def build(model_name: str, variant: Variant) -> torch.nn.Module:
 
         return getattr(torchvision.models, model_name)()
     backend = "torch" if variant.impl == "reference" else variant.backend
-    return getattr(mobilenet_kernels, model_name)(backend=backend)
+    model = getattr(mobilenet_kernels, model_name)(backend=backend)
+    return mobilenet_kernels.models.set_recompute(model, variant.recompute)
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors that autograd keeps for backward over one training forward of ``model``
+    on ``x`` and a cross-entropy loss: every tensor saved for backward
+    (``torch.autograd.graph.saved_tensors_hooks``; a checkpointed region's input included, the
+    tensors it would recompute not), counted once per storage (views and a tensor saved by several
+    ops share one), parameters and buffers excluded. The activation memory of training, without a
+    GPU's allocator; the model should be in training mode (its running statistics see this batch)."""
+    weights = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    saved: dict[int, torch.UntypedStorage] = {}  # held until the end: no storage is freed and its address reused
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+        F.cross_entropy(out, torch.zeros(out.shape[0], dtype=torch.long, device=out.device))
+    return sum(storage.nbytes() for storage in saved.values())
+
+
+def _input(batch: int, s: ModelSettings) -> torch.Tensor:
+    x = torch.randn(batch, 3, s.size, s.size, device=s.device)
+    return x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+
+
+def _autocast(s: ModelSettings):
+    dtype = DTYPES[s.dtype]
+    return torch.autocast(s.device, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
 
 def make_step(model: torch.nn.Module, mode: str, batch: int, s: ModelSettings) -> Callable[[], object]:
     """One inference or training step of ``model`` (already in eval/train mode and maybe compiled)
     on a fixed random batch."""
     dtype = DTYPES[s.dtype]
-    x = torch.randn(batch, 3, s.size, s.size, device=s.device)
-    if s.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = _input(batch, s)
 
     def autocast():
-        return torch.autocast(s.device, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        return _autocast(s)
 
     if mode == "infer":
         def infer_step():
@@ -145,7 +190,8 @@ def _synchronize(device: str) -> None:
 def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, state_dict: dict,
                     s: ModelSettings) -> dict:
     """Time one variant: first step (compilation included), peak memory over two warm-up steps,
-    then p20/p50/p80 ms and images per second."""
+    then p20/p50/p80 ms and images per second; training rows of eager variants also get the MB of
+    saved activations (saved_activation_bytes)."""
     model = build(model_name, variant)
     model.load_state_dict(state_dict)
     model = model.to(s.device, memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
@@ -163,6 +209,9 @@ def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, st
     step()
     _synchronize(s.device)
     result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20 if s.device == "cuda" else None
+    if mode == "train" and variant.compile == "none":
+        with _autocast(s):
+            result["saved_mb"] = saved_activation_bytes(model, _input(batch, s)) / 2**20
     timing = time_ms(step, s.device, warmup_ms=100, rep_ms=_REP_MS[s.device])
     result.update(timing)
     result["img_per_s"] = batch / (timing["p50_ms"] * 1e-3)
@@ -195,7 +244,7 @@ def _add_ratios(case_rows: list[dict]) -> None:
 def sweep(s: ModelSettings, rows: list[dict]) -> None:
     """Append one row per (model, mode, batch, variant) to ``rows``, in place."""
     cases = [(model_name, mode, batch, variant) for model_name in s.models for mode in s.modes
-             for batch in s.batch[mode] for variant in variants(model_name, s)]
+             for batch in s.batch[mode] for variant in variants(model_name, s, mode)]
     if s.device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes, as in a training run
     weights: dict[str, dict] = {}
@@ -207,7 +256,7 @@ def sweep(s: ModelSettings, rows: list[dict]) -> None:
             weights[model_name] = build(model_name, variants(model_name, s)[0]).state_dict()
         row = {"model": model_name, "mode": mode, "batch": batch, "size": s.size, "dtype": s.dtype,
                "channels_last": s.channels_last, "variant": variant.label, "impl": variant.impl,
-               "backend": variant.backend, "compile": variant.compile}
+               "backend": variant.backend, "compile": variant.compile, "recompute": variant.recompute}
         try:
             row.update(measure_variant(model_name, variant, mode, batch, weights[model_name], s))
         except Exception as exc:  # a variant that cannot run (out of memory, a compile error) is a result
@@ -235,6 +284,9 @@ def run(s: ModelSettings, *, out: str, name: str = "models") -> int:
     """Run the model benchmark and write ``name``.json / .md to ``out``."""
     peak_memory = ("torch.cuda.max_memory_allocated over two steps (MB)" if s.device == "cuda"
                    else "not measured on CPU (malloc keeps freed host memory: RSS deltas mislead)")
-    record = {"benchmark": "model", "settings": dataclasses.asdict(s), "peak_memory": peak_memory}
+    saved = ("saved_mb: MB of tensors saved for backward by one training forward (saved_tensors_hooks, once per "
+             "storage, weights excluded), eager variants")
+    record = {"benchmark": "model", "settings": dataclasses.asdict(s), "peak_memory": peak_memory,
+              "saved_activations": saved}
     return execute(device=s.device, out=out, name=name, record=record, fill=lambda rows, env: sweep(s, rows),
                    summarize=summarize, columns=COLUMNS)

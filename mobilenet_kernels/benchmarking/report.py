@@ -139,14 +139,15 @@ def markdown(results: list[Result], images: list[str]) -> str:
 
     models = [r for r in results if r.kind == "model"]
     if models:
-        header = ["run", "device", "model", "mode", "batch", "size", "variant", "ms/step", "img/s", "peak MB", "vs eager",
-                  "vs compile"]
+        header = ["run", "device", "model", "mode", "batch", "size", "variant", "ms/step", "img/s", "peak MB", "saved MB",
+                  "vs eager", "vs compile"]
         lines += ["", "## Models", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in models:
             for row in r.record["rows"]:
                 timing = ([_fmt(row.get("p50_ms")), _fmt(row.get("img_per_s"), ".1f"), _fmt(row.get("peak_mem_mb"), ".0f"),
-                           _fmt(row.get("speedup_vs_eager")), _fmt(row.get("speedup_vs_compile"))]
-                          if "error" not in row else [f"error: {row['error']}", "", "", "", ""])
+                           _fmt(row.get("saved_mb"), ".1f"), _fmt(row.get("speedup_vs_eager")),
+                           _fmt(row.get("speedup_vs_compile"))]
+                          if "error" not in row else [f"error: {row['error']}", "", "", "", "", ""])
                 lines.append(f"| {r.label} | {r.device} | {row['model']} | {row['mode']} | {row['batch']} | "
                              f"{row.get('size', '')} | {row['variant']} | " + " | ".join(timing) + " |")
 

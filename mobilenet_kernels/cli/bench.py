@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
                              "or none (default: GPU default max-autotune, CPU none)")
     model.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels_last model and input (default: GPU yes, CPU no)")
+    model.add_argument("--recompute", action="store_true",
+                       help="also train our V2/V3 with recompute=True (the blocks recompute their expanded tensors in "
+                            "backward instead of storing them): rows 'ours[BACKEND] + recompute'; compare saved_mb")
     model.set_defaults(run=run_model)
 
 
@@ -250,6 +253,7 @@ def run_model(args) -> int:
     if args.compile:
         s.compile = _compile_modes(args.compile, models.COMPILE_MODES)
     s.backends = _backends(args.backend, device) if args.backend else _fastest_backend(device)
+    s.recompute = args.recompute
     s.quiet = args.quiet
     if "train" in s.modes and min(s.batch["train"]) * ((s.size + 31) // 32) ** 2 < 2:
         raise CliError(f"--batch 1 at --size {s.size} cannot train: BatchNorm needs more than one value per "

@@ -1,18 +1,19 @@
-"""Building blocks shared by the MobileNet models.
+"""Helpers shared by the MobileNet models: channel rounding, argument checks, initialisation.
 
 Every BatchNorm of a model is a :class:`~mobilenet_kernels.nn.BatchNormAct2d` that also applies
 the activation that follows it (``"identity"`` where none does), so a model never holds a separate
 activation module after a BatchNorm and never branches on the backend: it only passes ``backend``
-down to each BatchNormAct2d.
+down to each BatchNormAct2d. The layers themselves (ConvBNAct, the inverted-residual blocks) are in
+:mod:`mobilenet_kernels.nn`.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from torch import Tensor, nn
+from torch import nn
 
-from ..nn import BatchNormAct2d
+from ..nn import ConvBNAct  # noqa: F401  (re-exported: it lived here before moving to mobilenet_kernels.nn)
 
 
 def _make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> int:
@@ -47,60 +48,6 @@ def check_dropout(dropout: float) -> float:
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
     return dropout
-
-
-class ConvBNAct(nn.Sequential):
-    """``Sequential(Conv2d(bias=False), BatchNormAct2d(activation))``.
-
-    Our counterpart of torchvision's ``Conv2dNormActivation`` (``Sequential(conv, bn, act)``): the
-    activation has no state, so folding it into the BatchNorm keeps the state_dict keys ``0.weight``
-    (conv) and ``1.weight``, ``1.bias``, ``1.running_mean``, ... (BatchNorm) unchanged.
-    Padding is ``(kernel_size - 1) // 2 * dilation`` ("same" for odd kernels at stride 1).
-    A depthwise conv (``groups == in_channels == out_channels``) runs fused with its BatchNorm and
-    activation (functional.depthwise_conv2d_bn_act); other convs run as nn.Conv2d, then the fused
-    BatchNorm + activation.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        dilation: int = 1,
-        activation: str = "relu",
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        backend: Optional[str] = None,
-    ) -> None:
-        padding = (kernel_size - 1) // 2 * dilation
-        super().__init__(
-            nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride=stride,
-                padding=padding,
-                dilation=dilation,
-                groups=groups,
-                bias=False,
-            ),
-            BatchNormAct2d(out_channels, eps=eps, momentum=momentum, activation=activation, backend=backend),
-        )
-        self.out_channels = out_channels
-        self.depthwise = groups > 1 and groups == in_channels == out_channels
-
-    def forward(self, input: Tensor) -> Tensor:
-        conv, bn = self[0], self[1]
-        if not isinstance(bn, BatchNormAct2d):  # e.g. nn.SyncBatchNorm.convert_sync_batchnorm swapped it
-            raise TypeError(
-                f"ConvBNAct: its BatchNorm was replaced by {type(bn).__name__}, which would drop the activation; "
-                "convert with mobilenet_kernels.nn.convert_sync_batchnorm instead"
-            )
-        if self.depthwise:
-            return bn.forward_after_depthwise(conv, input)
-        return bn(conv(input))
 
 
 def init_weights(model: nn.Module) -> None:

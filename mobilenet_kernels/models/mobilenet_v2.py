@@ -4,6 +4,7 @@ Layer for layer the torchvision model (``torchvision.models.mobilenet_v2``), wit
 BatchNorm + ReLU6 pair (and every BatchNorm with no activation) as one
 :class:`~mobilenet_kernels.nn.BatchNormAct2d`. The state_dict keys and shapes are torchvision's for
 every combination of arguments, so ``model.load_state_dict(tv_model.state_dict())`` works both ways.
+The blocks are :class:`mobilenet_kernels.nn.InvertedResidual` (also importable from here).
 """
 
 from __future__ import annotations
@@ -13,51 +14,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..nn import BatchNormAct2d
-from ._layers import ConvBNAct, _make_divisible, check_dropout, check_num_classes, check_width_mult, init_weights
+from ..nn import ConvBNAct, InvertedResidual
+from ._layers import _make_divisible, check_dropout, check_num_classes, check_width_mult, init_weights
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2"]
-
-
-class InvertedResidual(nn.Module):
-    """The bottleneck residual block of the V2 paper, Table 1: 1x1 expansion conv + ReLU6 (absent
-    when ``expand_ratio == 1``), 3x3 depthwise conv + ReLU6, 1x1 linear projection; a residual
-    connection when the stride is 1 and the channel count is unchanged.
-
-    ``self.conv`` keeps torchvision's indices: ``conv.<i>`` are ConvBNAct blocks (``.0`` conv,
-    ``.1`` BatchNorm), and the last two entries are the projection Conv2d and its BatchNorm (here a
-    BatchNormAct2d with ``activation="identity"``: the linear bottleneck).
-    """
-
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, *, backend: Optional[str] = None) -> None:
-        super().__init__()
-        self.stride = stride
-        if stride not in (1, 2):
-            raise ValueError(f"stride: expected 1 or 2, got {stride}")
-        hidden_dim = int(round(inp * expand_ratio))
-        self.use_res_connect = self.stride == 1 and inp == oup
-
-        layers: list[nn.Module] = []
-        if expand_ratio != 1:
-            # pw
-            layers.append(ConvBNAct(inp, hidden_dim, kernel_size=1, activation="relu6", backend=backend))
-        layers.extend(
-            [
-                # dw
-                ConvBNAct(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim, activation="relu6", backend=backend),
-                # pw-linear
-                nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
-                BatchNormAct2d(oup, activation="identity", backend=backend),
-            ]
-        )
-        self.conv = nn.Sequential(*layers)
-        self.out_channels = oup
-        self._is_cn = stride > 1
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.use_res_connect:
-            return x + self.conv(x)
-        return self.conv(x)
 
 
 class MobileNetV2(nn.Module):
@@ -73,6 +33,8 @@ class MobileNetV2(nn.Module):
         round_nearest: channels are rounded to a multiple of this (1 turns rounding off).
         dropout: dropout probability before the final Linear layer.
         backend: kernel backend of every BatchNormAct2d (None: the fastest usable one).
+        recompute: every block recomputes its expanded tensors in backward instead of storing
+            them (training activation memory; see :class:`mobilenet_kernels.nn.InvertedResidual`).
     """
 
     def __init__(
@@ -84,6 +46,7 @@ class MobileNetV2(nn.Module):
         dropout: float = 0.2,
         *,
         backend: Optional[str] = None,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -121,7 +84,8 @@ class MobileNetV2(nn.Module):
             output_channel = _make_divisible(c * width_mult, round_nearest)
             for i in range(n):
                 stride = s if i == 0 else 1
-                features.append(InvertedResidual(input_channel, output_channel, stride, expand_ratio=t, backend=backend))
+                features.append(InvertedResidual(input_channel, output_channel, stride, expand_ratio=t, backend=backend,
+                                                 recompute=recompute))
                 input_channel = output_channel
         # building last several layers: conv2d 1x1, 1280 channels (Table 2)
         features.append(ConvBNAct(input_channel, self.last_channel, kernel_size=1, activation="relu6", backend=backend))
@@ -150,12 +114,15 @@ def mobilenet_v2(
     round_nearest: int = 8,
     dropout: float = 0.2,
     backend: Optional[str] = None,
+    recompute: bool = False,
 ) -> MobileNetV2:
     """MobileNetV2 (3,504,872 parameters at the defaults), with torchvision's state_dict.
 
     ``backend`` ("torch" | "triton" | "cuda" | None) is passed to every BatchNormAct2d; change it later
-    with :func:`mobilenet_kernels.models.set_backend`.
+    with :func:`mobilenet_kernels.models.set_backend`. ``recompute`` is passed to every block; change
+    it later with :func:`mobilenet_kernels.models.set_recompute`.
     """
     return MobileNetV2(
-        num_classes=num_classes, width_mult=width_mult, round_nearest=round_nearest, dropout=dropout, backend=backend
+        num_classes=num_classes, width_mult=width_mult, round_nearest=round_nearest, dropout=dropout, backend=backend,
+        recompute=recompute,
     )

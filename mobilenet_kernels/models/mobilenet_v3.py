@@ -4,6 +4,8 @@ Layer for layer the torchvision models (``torchvision.models.mobilenet_v3_large`
 with every BatchNorm + activation pair (and every BatchNorm with no activation) as one
 :class:`~mobilenet_kernels.nn.BatchNormAct2d`. The state_dict keys and shapes are torchvision's for
 every combination of arguments, so ``model.load_state_dict(tv_model.state_dict())`` works both ways.
+The blocks are :class:`mobilenet_kernels.nn.InvertedResidualV3` (here also under torchvision's name,
+``InvertedResidual``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..nn import SqueezeExcitation
+from ..nn import ConvBNAct, InvertedResidualV3
 from ._layers import (
-    ConvBNAct,
     _make_divisible,
     check_dropout,
     check_num_classes,
@@ -67,66 +68,18 @@ class InvertedResidualConfig:
         return _make_divisible(channels * width_mult, 8)
 
 
-class InvertedResidual(nn.Module):
-    """The MobileNetV3 block (paper section 5): optional 1x1 expansion, depthwise conv, optional
-    squeeze-and-excite, 1x1 linear projection; a residual connection when the stride is 1 and the
-    channel count is unchanged.
+def _bneck(cnf: InvertedResidualConfig, *, backend: Optional[str], recompute: bool) -> InvertedResidualV3:
+    """The block of one config row, as torchvision builds it: SE ``_make_divisible(exp / 4, 8)`` wide."""
+    squeeze_channels = _make_divisible(cnf.expanded_channels // 4, 8) if cnf.use_se else None
+    return InvertedResidualV3(
+        cnf.input_channels, cnf.expanded_channels, cnf.out_channels, cnf.kernel, cnf.stride, cnf.dilation,
+        "hardswish" if cnf.use_hs else "relu", squeeze_channels, eps=_BN_EPS, momentum=_BN_MOMENTUM, backend=backend,
+        recompute=recompute,
+    )
 
-    ``self.block`` keeps torchvision's indices: ConvBNAct entries (``.0`` conv, ``.1`` BatchNorm) and
-    the SqueezeExcitation (``fc1``, ``fc2``).
-    """
 
-    def __init__(
-        self,
-        cnf: InvertedResidualConfig,
-        *,
-        bn_eps: float = _BN_EPS,
-        bn_momentum: float = _BN_MOMENTUM,
-        backend: Optional[str] = None,
-    ):
-        super().__init__()
-        if not (1 <= cnf.stride <= 2):
-            raise ValueError(f"stride: expected 1 or 2, got {cnf.stride}")
-
-        self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
-
-        conv = partial(ConvBNAct, eps=bn_eps, momentum=bn_momentum, backend=backend)
-        activation = "hardswish" if cnf.use_hs else "relu"
-        layers: list[nn.Module] = []
-
-        # expand
-        if cnf.expanded_channels != cnf.input_channels:
-            layers.append(conv(cnf.input_channels, cnf.expanded_channels, kernel_size=1, activation=activation))
-
-        # depthwise
-        stride = 1 if cnf.dilation > 1 else cnf.stride
-        layers.append(
-            conv(
-                cnf.expanded_channels,
-                cnf.expanded_channels,
-                kernel_size=cnf.kernel,
-                stride=stride,
-                dilation=cnf.dilation,
-                groups=cnf.expanded_channels,
-                activation=activation,
-            )
-        )
-        if cnf.use_se:
-            squeeze_channels = _make_divisible(cnf.expanded_channels // 4, 8)
-            layers.append(SqueezeExcitation(cnf.expanded_channels, squeeze_channels, "relu", "hardsigmoid", backend=backend))
-
-        # project (linear: no activation)
-        layers.append(conv(cnf.expanded_channels, cnf.out_channels, kernel_size=1, activation="identity"))
-
-        self.block = nn.Sequential(*layers)
-        self.out_channels = cnf.out_channels
-        self._is_cn = cnf.stride > 1
-
-    def forward(self, input: Tensor) -> Tensor:
-        result = self.block(input)
-        if self.use_res_connect:
-            result = result + input
-        return result
+# torchvision's name for the V3 block (mobilenet_kernels.nn.InvertedResidual is V2's).
+InvertedResidual = InvertedResidualV3
 
 
 class MobileNetV3(nn.Module):
@@ -138,6 +91,8 @@ class MobileNetV3(nn.Module):
         num_classes: number of output classes (>= 1).
         dropout: dropout probability before the final Linear layer.
         backend: kernel backend of every BatchNormAct2d (None: the fastest usable one).
+        recompute: every block recomputes its expanded tensors in backward instead of storing
+            them (training activation memory; see :class:`mobilenet_kernels.nn.InvertedResidualV3`).
 
     BatchNorm uses eps=1e-3 and momentum=0.01 throughout, like torchvision and the TF reference.
     """
@@ -150,6 +105,7 @@ class MobileNetV3(nn.Module):
         dropout: float = 0.2,
         *,
         backend: Optional[str] = None,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -171,7 +127,7 @@ class MobileNetV3(nn.Module):
 
         # building inverted residual blocks
         for cnf in inverted_residual_setting:
-            layers.append(InvertedResidual(cnf, bn_eps=_BN_EPS, bn_momentum=_BN_MOMENTUM, backend=backend))
+            layers.append(_bneck(cnf, backend=backend, recompute=recompute))
 
         # building last several layers: conv2d 1x1, h-swish
         lastconv_input_channels = inverted_residual_setting[-1].out_channels
@@ -260,15 +216,18 @@ def mobilenet_v3_large(
     dilated: bool = False,
     dropout: float = 0.2,
     backend: Optional[str] = None,
+    recompute: bool = False,
 ) -> MobileNetV3:
     """MobileNetV3-Large (5,483,032 parameters at the defaults), with torchvision's state_dict.
 
     ``reduced_tail`` halves the channels of the last stage (paper section 6.1.2, for detection and
     segmentation); ``dilated`` makes the last stage's depthwise convs dilation 2 and stride 1
-    (output stride 16, for segmentation). ``backend`` is passed to every BatchNormAct2d.
+    (output stride 16, for segmentation). ``backend`` is passed to every BatchNormAct2d, ``recompute``
+    to every block (see :func:`mobilenet_kernels.models.set_recompute`).
     """
     setting, last_channel = _mobilenet_v3_conf("mobilenet_v3_large", width_mult, reduced_tail, dilated)
-    return MobileNetV3(setting, last_channel, num_classes=num_classes, dropout=dropout, backend=backend)
+    return MobileNetV3(setting, last_channel, num_classes=num_classes, dropout=dropout, backend=backend,
+                       recompute=recompute)
 
 
 def mobilenet_v3_small(
@@ -279,10 +238,12 @@ def mobilenet_v3_small(
     dilated: bool = False,
     dropout: float = 0.2,
     backend: Optional[str] = None,
+    recompute: bool = False,
 ) -> MobileNetV3:
     """MobileNetV3-Small (2,542,856 parameters at the defaults), with torchvision's state_dict.
 
     Arguments as for :func:`mobilenet_v3_large`.
     """
     setting, last_channel = _mobilenet_v3_conf("mobilenet_v3_small", width_mult, reduced_tail, dilated)
-    return MobileNetV3(setting, last_channel, num_classes=num_classes, dropout=dropout, backend=backend)
+    return MobileNetV3(setting, last_channel, num_classes=num_classes, dropout=dropout, backend=backend,
+                       recompute=recompute)

@@ -96,7 +96,8 @@ class BatchNormAct2d(nn.BatchNorm2d):
         key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors) + (self.eps,)
         cache = self.__dict__.get("_fold_cache")
         if cache is None or cache[0] != key:
-            with torch.no_grad():
+            # not under inference_mode: a fold cached there must serve later autograd calls too
+            with torch.inference_mode(False), torch.no_grad():
                 folded = MF.fold_batch_norm(conv.weight, conv.bias, running_mean, running_var, self.weight, self.bias,
                                             self.eps)
             cache = (key, folded)

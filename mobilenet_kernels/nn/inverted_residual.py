@@ -1,0 +1,321 @@
+"""The inverted-residual blocks of MobileNetV2 and V3, with torchvision's state_dict keys.
+
+Both run the same forward: the "expanded side" (1x1 expand conv + BN + act, depthwise conv + BN +
+act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
+
+- Inference: in eval mode, with no gradient needed, every BatchNorm is folded into the conv before
+  it (nn.conv_bn_act): the 1x1 convs run as one ``F.conv2d`` with folded weights and bias, then
+  the activation (expand) or the residual add (project) in place; the depthwise conv's fold lives
+  in its kernel's weights, the activation in its epilogue. Folds are cached while no parameter or
+  running statistic changes, and traced into the graph under torch.compile.
+- Training: ``recompute=True`` keeps only the block's input for backward and recomputes the
+  expanded tensors (see :meth:`_InvertedResidualBase.forward`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+from ..activations import activation_name, check_activation
+from .batch_norm_act import BatchNormAct2d
+from .conv_bn_act import ConvBNAct, _is_depthwise, conv_bn_act
+from .depthwise_conv2d import DepthwiseConv2d
+from .squeeze_excite import SqueezeExcitation
+
+
+def _check_recompute(recompute: bool) -> bool:
+    if not isinstance(recompute, bool):
+        raise TypeError(f"recompute: expected a bool, got {type(recompute).__name__}")
+    return recompute
+
+
+@contextlib.contextmanager
+def _scratch_running_stats(module: nn.Module) -> Iterator[None]:
+    """Within the block, every BatchNorm's running statistics (and num_batches_tracked) are
+    replaced by copies, which are dropped on exit.
+
+    The checkpoint's recomputation runs the BatchNorms in training mode a second time; they use the
+    batch statistics either way, so their outputs are the same, but each would update its running
+    statistics and count the batch again. With copies in place they run exactly the same code (so
+    the same tensors are saved for backward, which checkpoint checks: turning
+    ``track_running_stats`` off instead would change what F.batch_norm saves) and the real
+    statistics see one update per step."""
+    swapped = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm):
+            real = {name: t for name, t in m._buffers.items() if t is not None}
+            m._buffers.update({name: t.clone() for name, t in real.items()})
+            swapped.append((m, real))
+    try:
+        yield
+    finally:
+        for m, real in swapped:
+            m._buffers.update(real)
+
+
+class _InvertedResidualBase(nn.Module):
+    """What both flavours share: the forward (with recompute) and the torchvision conversion helpers.
+    Subclasses set ``use_res_connect``, ``recompute`` and implement :meth:`_parts`."""
+
+    use_res_connect: bool
+    recompute: bool
+
+    def _parts(self) -> tuple[list[nn.Module], nn.Conv2d, nn.BatchNorm2d]:
+        """(the expanded side's modules in order, the projection conv, its BatchNorm)."""
+        raise NotImplementedError
+
+    def _body(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        expanded_side, conv, bn = self._parts()
+        h = input
+        for layer in expanded_side:
+            h = layer(h)
+        return conv_bn_act(conv, bn, h, residual)
+
+    def forward(self, input: Tensor) -> Tensor:
+        """The block. With ``recompute`` (training mode, gradients on), the whole body runs under
+        ``torch.utils.checkpoint`` (non-reentrant): backward keeps only the block's input and
+        recomputes the expanded tensors when it reaches the block. The projection is inside the
+        checkpoint too, since its conv saves its (expanded) input for the weight gradient. The
+        recomputation runs with scratch copies of the running statistics (_scratch_running_stats),
+        so they are updated once per step. Under torch.compile the checkpoint is traced as a region
+        to recompute, where the statistics updates are graph mutations that run once, in the
+        forward graph (and context_fn is not supported), so no scratch copies are needed there."""
+        if self.recompute and self.training and torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                out = checkpoint(self._body, input, use_reentrant=False)
+            else:
+                out = checkpoint(self._body, input, use_reentrant=False,
+                                 context_fn=lambda: (contextlib.nullcontext(), _scratch_running_stats(self)))
+            return out + input if self.use_res_connect else out
+        return self._body(input, input if self.use_res_connect else None)
+
+    def extra_repr(self) -> str:
+        return f"recompute={self.recompute}"
+
+    @staticmethod
+    def _torchvision_conv_norm_act(module: nn.Module) -> Optional[tuple[nn.Conv2d, nn.BatchNorm2d, str]]:
+        """(conv, bn, activation name) of a torchvision ``Conv2dNormActivation`` (conv, BatchNorm2d,
+        known activation or none) that we can run, else None."""
+        if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+            return None
+        children = list(module.children())
+        if len(children) not in (2, 3):
+            return None
+        conv, bn = children[:2]
+        activation = activation_name(children[2]) if len(children) == 3 else "identity"
+        if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or activation is None:
+            return None
+        if _is_depthwise(conv) and not DepthwiseConv2d.supports(conv):
+            return None
+        return conv, bn, activation
+
+    @classmethod
+    def _conv_bn_act_from_torchvision(cls, module: nn.Module, backend: Optional[str]) -> ConvBNAct:
+        conv, bn, activation = cls._torchvision_conv_norm_act(module)
+        return ConvBNAct.from_conv_bn(conv, BatchNormAct2d.from_batch_norm(bn, activation, backend), module.training)
+
+    @staticmethod
+    def _sequential_like(old: nn.Sequential, modules: list[nn.Module]) -> nn.Sequential:
+        new = nn.Sequential(*modules)
+        new.training = old.training
+        return new
+
+
+class InvertedResidual(_InvertedResidualBase):
+    """MobileNetV2's bottleneck residual block (Sandler et al. 2018, Table 1): 1x1 expansion conv +
+    ReLU6 (absent when ``expand_ratio == 1``), 3x3 depthwise conv + ReLU6, 1x1 linear projection; a
+    residual connection when the stride is 1 and the channel count is unchanged.
+
+    torchvision's ``torchvision.models.mobilenetv2.InvertedResidual`` layer for layer:
+    ``self.conv`` keeps its indices (``conv.<i>`` are ConvBNAct blocks, ``.0`` conv and ``.1``
+    BatchNorm; the last two entries are the projection Conv2d and its BatchNorm, a BatchNormAct2d
+    with ``activation="identity"``: the linear bottleneck), so state_dicts load both ways. See the
+    module docstring for inference folding and ``recompute``.
+    """
+
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, *, backend: Optional[str] = None,
+                 recompute: bool = False) -> None:
+        super().__init__()
+        self.stride = stride
+        if stride not in (1, 2):
+            raise ValueError(f"stride: expected 1 or 2, got {stride}")
+        hidden_dim = int(round(inp * expand_ratio))
+        self.use_res_connect = self.stride == 1 and inp == oup
+
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            # pw
+            layers.append(ConvBNAct(inp, hidden_dim, kernel_size=1, activation="relu6", backend=backend))
+        layers.extend(
+            [
+                # dw
+                ConvBNAct(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim, activation="relu6", backend=backend),
+                # pw-linear
+                nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
+                BatchNormAct2d(oup, activation="identity", backend=backend),
+            ]
+        )
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = oup
+        self._is_cn = stride > 1
+        self.recompute = _check_recompute(recompute)
+
+    def _parts(self) -> tuple[list[nn.Module], nn.Conv2d, nn.BatchNorm2d]:
+        *expanded_side, conv, bn = self.conv
+        return expanded_side, conv, bn
+
+    @classmethod
+    def supports(cls, module: nn.Module) -> bool:
+        """Whether ``module`` is a ``torchvision.models.mobilenetv2.InvertedResidual`` (exactly that
+        class) built from plain nn.Conv2d / nn.BatchNorm2d and activations we know."""
+        try:
+            from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionBlock
+        except ImportError:  # torchvision is optional at runtime
+            return False
+        if type(module) is not TorchvisionBlock or len(module.conv) < 3:
+            return False
+        *expanded_side, conv, bn = module.conv
+        return (
+            all(cls._torchvision_conv_norm_act(m) is not None for m in expanded_side)
+            and type(conv) is nn.Conv2d
+            and type(bn) is nn.BatchNorm2d
+        )
+
+    @classmethod
+    def from_torchvision(cls, module: nn.Module, backend: Optional[str] = None) -> "InvertedResidual":
+        """Our block holding ``module``'s very Parameter and buffer objects (no copy): the same
+        state_dict keys, and each submodule keeps its train/eval mode."""
+        if not cls.supports(module):
+            raise ValueError(f"module: expected a torchvision MobileNetV2 InvertedResidual we can run, got "
+                             f"{type(module).__name__}")
+        *expanded_side, conv, bn = module.conv
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.stride = module.stride
+        new.use_res_connect = module.use_res_connect
+        layers = [cls._conv_bn_act_from_torchvision(m, backend) for m in expanded_side]
+        layers += [conv, BatchNormAct2d.from_batch_norm(bn, "identity", backend)]
+        new.conv = cls._sequential_like(module.conv, layers)
+        new.out_channels = module.out_channels
+        new._is_cn = module._is_cn
+        new.recompute = False
+        new.training = module.training
+        return new
+
+
+class InvertedResidualV3(_InvertedResidualBase):
+    """MobileNetV3's "bneck" block (Howard et al. 2019, section 5): optional 1x1 expansion conv
+    (absent when ``expanded_channels == in_channels``), depthwise ``kernel_size`` conv (stride 1 and
+    ``dilation`` when dilated), each with ``activation`` ("relu" or "hardswish"), optional
+    squeeze-and-excite (``squeeze_channels`` wide, ReLU and hard-sigmoid), 1x1 linear projection; a
+    residual connection when ``stride == 1`` and ``in_channels == out_channels``. BatchNorm eps and
+    momentum default to the V3 values (1e-3, 0.01).
+
+    torchvision's ``torchvision.models.mobilenetv3.InvertedResidual`` layer for layer: ``self.block``
+    keeps its indices (ConvBNAct entries, ``.0`` conv and ``.1`` BatchNorm, and the
+    SqueezeExcitation's ``fc1``/``fc2``), so state_dicts load both ways. See the module docstring for
+    inference folding and ``recompute``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        expanded_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        activation: str = "relu",
+        squeeze_channels: Optional[int] = None,
+        *,
+        eps: float = 1e-3,
+        momentum: float = 0.01,
+        backend: Optional[str] = None,
+        recompute: bool = False,
+    ) -> None:
+        super().__init__()
+        if not (1 <= stride <= 2):
+            raise ValueError(f"stride: expected 1 or 2, got {stride}")
+        check_activation(activation)
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+
+        def conv(cin: int, cout: int, **kwargs) -> ConvBNAct:
+            return ConvBNAct(cin, cout, eps=eps, momentum=momentum, backend=backend, **kwargs)
+
+        layers: list[nn.Module] = []
+        if expanded_channels != in_channels:
+            layers.append(conv(in_channels, expanded_channels, kernel_size=1, activation=activation))
+        layers.append(conv(expanded_channels, expanded_channels, kernel_size=kernel_size,
+                           stride=1 if dilation > 1 else stride, dilation=dilation, groups=expanded_channels,
+                           activation=activation))
+        if squeeze_channels is not None:
+            layers.append(SqueezeExcitation(expanded_channels, squeeze_channels, "relu", "hardsigmoid",
+                                            backend=backend))
+        layers.append(conv(expanded_channels, out_channels, kernel_size=1, activation="identity"))
+
+        self.block = nn.Sequential(*layers)
+        self.out_channels = out_channels
+        self._is_cn = stride > 1
+        self.recompute = _check_recompute(recompute)
+
+    def _parts(self) -> tuple[list[nn.Module], nn.Conv2d, nn.BatchNorm2d]:
+        *expanded_side, project = self.block
+        return expanded_side, project[0], project[1]
+
+    @classmethod
+    def supports(cls, module: nn.Module) -> bool:
+        """Whether ``module`` is a ``torchvision.models.mobilenetv3.InvertedResidual`` (exactly that
+        class) built from plain nn.Conv2d / nn.BatchNorm2d, activations we know and
+        ``torchvision.ops.SqueezeExcitation``, with a linear projection."""
+        try:
+            from torchvision.models.mobilenetv3 import InvertedResidual as TorchvisionBlock
+        except ImportError:
+            return False
+        if type(module) is not TorchvisionBlock or len(module.block) < 2:
+            return False
+        *expanded_side, project = module.block
+        project_parts = cls._torchvision_conv_norm_act(project)
+        return (
+            all(cls._torchvision_conv_norm_act(m) is not None or SqueezeExcitation.supports(m) for m in expanded_side)
+            and project_parts is not None
+            and project_parts[2] == "identity"
+        )
+
+    @classmethod
+    def from_torchvision(cls, module: nn.Module, backend: Optional[str] = None) -> "InvertedResidualV3":
+        """Our block holding ``module``'s very Parameter and buffer objects (no copy): the same
+        state_dict keys, and each submodule keeps its train/eval mode."""
+        if not cls.supports(module):
+            raise ValueError(f"module: expected a torchvision MobileNetV3 InvertedResidual we can run, got "
+                             f"{type(module).__name__}")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.use_res_connect = module.use_res_connect
+        layers = [SqueezeExcitation.from_torchvision(m, backend) if SqueezeExcitation.supports(m)
+                  else cls._conv_bn_act_from_torchvision(m, backend) for m in module.block]
+        new.block = cls._sequential_like(module.block, layers)
+        new.out_channels = module.out_channels
+        new._is_cn = module._is_cn
+        new.recompute = False
+        new.training = module.training
+        return new
+
+
+def set_recompute(model: nn.Module, recompute: bool = True) -> nn.Module:
+    """Set ``recompute`` on every inverted-residual block of ``model`` (ours, or converted by
+    ``convert()``), in place; returns ``model``. Raises TypeError for a non-bool ``recompute``."""
+    _check_recompute(recompute)
+    for module in model.modules():
+        if isinstance(module, _InvertedResidualBase):
+            module.recompute = recompute
+    return model
+
+
+__all__ = ["InvertedResidual", "InvertedResidualV3", "set_recompute"]
