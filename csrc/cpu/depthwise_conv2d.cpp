@@ -37,7 +37,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -442,9 +445,16 @@ C10_ALWAYS_INLINE acc_t dot_row(const acc_t* __restrict__ a, const acc_t* __rest
 
 // ----------------------------------------------------------------------------- statistics
 
-// Merges (nb, mean_b, m2_b) into (na, mean_a, m2_a): Chan et al.'s pairwise update.
+// Merges (nb, mean_b, m2_b) into (na, mean_a, m2_a): Chan et al.'s pairwise update. A part holding
+// an Inf or a NaN has a non-finite mean, which the update would turn into NaN (inf - inf); it passes
+// through as in a plain sum instead (+-Inf, or NaN for both signs), with a NaN M2, as in torch.
 template <typename T>
 C10_ALWAYS_INLINE void chan_merge(T na, T& mean_a, T& m2_a, T nb, T mean_b, T m2_b) {
+  if (!std::isfinite(mean_a) || !std::isfinite(mean_b)) {
+    mean_a = na == 0 ? mean_b : mean_a + mean_b;
+    m2_a = std::numeric_limits<T>::quiet_NaN();
+    return;
+  }
   const T n = na + nb;
   const T delta = mean_b - mean_a;
   mean_a += delta * (nb / n);
@@ -452,8 +462,9 @@ C10_ALWAYS_INLINE void chan_merge(T na, T& mean_a, T& m2_a, T nb, T mean_b, T m2
 }
 
 // Centered (mean, M2) per channel of m pixels y[i * ld + c], c < cn, as stored, merged into the
-// running group statistics (count gn, in double). The sums run over y - K with K the first pixel,
-// so a mean far from zero costs no digits (the differences of nearby floats are exact).
+// running group statistics (count gn, in double). The sums run over y - K with K the first pixel
+// (0 if that is not finite), so a mean far from zero costs no digits (the differences of nearby
+// floats are exact).
 template <typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void merge_channel_stats(const scalar_t* y, int64_t m, int64_t ld, int64_t cn, acc_t* tmp,
                                            double& gn, double* g_mean, double* g_m2) {
@@ -461,7 +472,7 @@ C10_ALWAYS_INLINE void merge_channel_stats(const scalar_t* y, int64_t m, int64_t
   acc_t* __restrict__ mean = tmp + cn;
   acc_t* __restrict__ m2 = tmp + 2 * cn;
   for (int64_t c = 0; c < cn; ++c) {
-    shift[c] = static_cast<acc_t>(y[c]);
+    shift[c] = finite_or_zero(static_cast<acc_t>(y[c]));
     mean[c] = m2[c] = acc_t(0);
   }
   for (int64_t i = 0; i < m; ++i) {
@@ -486,12 +497,12 @@ C10_ALWAYS_INLINE void merge_channel_stats(const scalar_t* y, int64_t m, int64_t
   gn += static_cast<double>(m);
 }
 
-// Centered (mean, M2) of m contiguous stored values, shifted by the first, merged into
-// (gn, g_mean, g_m2).
+// Centered (mean, M2) of m contiguous stored values, shifted by the first (0 if not finite), merged
+// into (gn, g_mean, g_m2).
 template <typename scalar_t, typename acc_t>
 C10_ALWAYS_INLINE void merge_plane_stats(const scalar_t* y, int64_t m, acc_t* tmp, double& gn, double& g_mean,
                                          double& g_m2) {
-  const acc_t shift = static_cast<acc_t>(y[0]);
+  const acc_t shift = finite_or_zero(static_cast<acc_t>(y[0]));
   for (int64_t i = 0; i < m; ++i) tmp[i] = static_cast<acc_t>(y[i]) - shift;
   const acc_t mean = dot_row<acc_t>(tmp, nullptr, m) / static_cast<acc_t>(m);
   for (int64_t i = 0; i < m; ++i) tmp[i] -= mean;
