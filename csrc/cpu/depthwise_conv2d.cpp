@@ -8,28 +8,47 @@
 //          input's format. Any kernel size, stride, padding (also wider than the kernel) and dilation.
 // dtypes: float64 (double arithmetic), float32, float16, bfloat16 (float arithmetic, one rounding
 //         at the store).
-// Structure: a task copies the input rows it reads into a scratch buffer in the accumulation
-//   dtype (fp16/bf16 converted once, the padding materialized as zeros), so the inner loops are
-//   branch-free register blocks of FMAs:
-//   channels_last: staged channel-blocked ([C/8][rows][cols][8] for float; at most 128 channels
-//         per staging, so it stays in L2); blocks of 8 output pixels x one 32-byte vector of
-//         channels, pixel stride fixed at compile time for stride 1 and 2. While a staged
-//         sub-chunk computes, software prefetches stream in the next one.
-//   NCHW: 2-8 output rows x 1-4 vectors of output columns; the staged rows are split into stride
-//         phases, so strided taps read contiguous memory.
+// Structure:
+//   channels_last, float32/float64 ("direct": the input is already in the accumulation dtype):
+//         the kernels read the tensors in place. Forward and grad_input: register blocks of P
+//         output pixels x NV 32-byte vectors of channels (3x4 from cache; 2x4 when wide pixels
+//         stream from memory, as fewer pixels per block measured faster there; 6x2 below 32
+//         channels), FMAs against a per-row tap list: the interior pixels (window inside the
+//         image) share one list without bounds checks, each border pixel gets its valid taps.
+//         Forward with dilation 1 along rows, stride 1 or 2 and kernel width 3, 5 or 7, when the
+//         input is in cache or the kernel is 5x5 or larger: "sliding" blocks instead, 6-10 pixels x
+//         one vector, each input vector loaded once per kernel row and used by all the taps that
+//         read it (weights in registers), summed in the same order (same bits).
+//         A row covers all channels (channel chunks only make tasks for small batches). When the
+//         input exceeds what stays in the last-level cache, software prefetches spread over a
+//         row's blocks bring in the input rows the next row adds (strided grad_input: the next
+//         grad_input row, for writing). grad_weight: per (output row, kernel row, 2 vectors of
+//         channels), register accumulators for the kW taps over the row's interior pixels,
+//         border taps after; grad_bias from the same rows; the same prefetch of the next rows.
+//   channels_last, float16/bfloat16 ("staged"): a task copies the input rows it reads into a
+//         scratch buffer in float (converted once, the padding materialized as zeros),
+//         channel-blocked ([C/8][rows][cols][8]; at most 128 channels per staging, so it stays
+//         in L2); blocks of 8 output pixels x one vector of channels, pixel stride fixed at
+//         compile time for stride 1 and 2. While a staged sub-chunk computes, software
+//         prefetches stream in the next one.
+//   NCHW (all dtypes): staged rows as above (per channel plane); 2-8 output rows x 1-4 vectors of
+//         output columns; the staged rows are split into stride phases, so strided taps read
+//         contiguous memory.
 //   grad_input is gathered (no scatter, no atomics): input pixels of one stride phase form a
 //   stride-1 correlation of grad_output with that phase's taps.
 // Reductions (grad_weight, grad_bias, stats): per-(row group, channel) partials over a partition of
 //   the N*OH output rows fixed by the shape, merged in double in group order, so results are
-//   bitwise identical for any thread count. Lane-wise accumulators make the summation order
-//   independent of how the compiler vectorizes. Stats: each staged sub-chunk's stored outputs
-//   (still in cache) give centered (count, mean, M2), summed about the sub-chunk's first value so
-//   a large mean costs no digits; these are merged by Chan's formula in double.
+//   bitwise identical for any thread count (channel chunks, which depend on the thread count,
+//   only partition the channels). Per-lane accumulators make the summation order independent of
+//   how the compiler vectorizes. Stats: each sub-chunk's stored outputs (still in cache) give
+//   centered (count, mean, M2), summed about the sub-chunk's first value so a large mean costs no
+//   digits; these are merged by Chan's formula in double.
 // x86: each kernel is compiled twice, for the baseline ISA and for AVX2+FMA (picked at run time),
-//   since the extension is built without -march flags.
-// Limits: the zero padding is multiplied like data in some places (forward and grad_input
-//   columns, NCHW grad_weight columns), so a non-finite weight or grad_output can give nan where
-//   a window only touches padding, as PyTorch's im2col path does.
+//   since the extension is built without -march flags (csrc/cpu/cpu_dispatch.h). The direct kernels
+//   use GCC/Clang vector extensions (portable loops elsewhere), so one source serves both.
+// Limits: in the staged and NCHW paths the zero padding is multiplied like data in some places
+//   (forward and grad_input columns, NCHW grad_weight columns), so a non-finite weight or
+//   grad_output can give nan where a window only touches padding, as PyTorch's im2col path does.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -44,51 +63,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "depthwise_conv2d.h"
 
 namespace mobilenet_kernels {
 namespace {
 
-// ----------------------------------------------------------------------------- ISA dispatch
-
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define MK_DW_AVX2_CLONES 1
-#endif
-
-bool use_avx2() {
-#ifdef MK_DW_AVX2_CLONES
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-// K::run is always inlined, so its loops are compiled for the ISA of the function it lands in.
-template <class K>
-void run_baseline(const K& k, int64_t begin, int64_t end) {
-  k.run(begin, end);
-}
-
-#ifdef MK_DW_AVX2_CLONES
-template <class K>
-__attribute__((target("avx2,fma"))) void run_avx2(const K& k, int64_t begin, int64_t end) {
-  k.run(begin, end);
-}
-#endif
-
-// Tasks are coarse (thousands of outputs each) and independent.
-template <class K>
-void parallel_run(const K& k, int64_t tasks) {
-  const bool avx2 = use_avx2();
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-#ifdef MK_DW_AVX2_CLONES
-    if (avx2) return run_avx2(k, begin, end);
-#endif
-    (void)avx2;
-    run_baseline(k, begin, end);
-  });
-}
+using cpu::parallel_run;  // csrc/cpu/cpu_dispatch.h: baseline and AVX2 clones of each kernel
 
 // ----------------------------------------------------------------------------- geometry
 
@@ -531,6 +512,835 @@ void finish_stats(const std::vector<double>& pmean, const std::vector<double>& p
   });
 }
 
+// ----------------------------------------------------------------------------- channels_last, direct (float, double)
+
+// When the input is already in the accumulation dtype, channels_last kernels read it in place: no
+// staging copy (the copy was one more pass over the data, which the memory-bound layers paid for).
+// Register blocks of P output pixels x NV vectors of channels; interior pixels (whole window inside
+// the image) get a tap list without bounds checks, the few border pixels a list of their own.
+
+// Channel chunks of the direct kernels, in whole units of channels. A row's channels are processed
+// together (chunks of at most 128 channels measured slower: each chunk re-walks the rows, in strided
+// lines); they are split only to make enough tasks when there are few row groups (small batches).
+struct ChannelChunks {
+  int64_t C = 0, count = 1, width = 1;
+  int64_t first(int64_t k) const { return k * width; }
+  int64_t size(int64_t k) const { return std::min(width, C - k * width); }
+};
+ChannelChunks channel_chunks(int64_t C, int64_t unit, int64_t row_groups) {
+  ChannelChunks s;
+  s.C = C;
+  const int64_t units = std::max<int64_t>(1, div_ceil(C, unit));
+  const int64_t min_tasks = 2 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t count = std::clamp<int64_t>(div_ceil(min_tasks, std::max<int64_t>(1, row_groups)), 1, units);
+  s.width = div_ceil(units, count) * unit;
+  s.count = std::max<int64_t>(1, div_ceil(C, s.width));
+  return s;
+}
+
+// (kH * kW, Cp): tap t of channel c at t * Cp + c, zero for c >= C.
+template <typename T>
+std::vector<T> tap_major_weights(const DepthwiseArgs& a, int64_t Cp) {
+  const int64_t taps = a.kH * a.kW;
+  const T* w = a.weight.data_ptr<T>();
+  std::vector<T> wt(static_cast<size_t>(taps * Cp), T(0));
+  for (int64_t c = 0; c < a.C; ++c) {
+    for (int64_t t = 0; t < taps; ++t) wt[t * Cp + c] = w[c * taps + t];
+  }
+  return wt;
+}
+
+// One 32-byte vector of T for the direct kernels. GCC/Clang vector extensions: lowered to AVX2 (and
+// FMA, by contraction) in the AVX2 clones, to pairs of SSE registers in the baseline ones. Arrays of
+// them indexed by constants stay in registers, where `omp simd` loops over plain arrays got spilled.
+#if defined(__GNUC__) || defined(__clang__)
+template <typename T>
+struct Vec32;
+template <>
+struct Vec32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vec32<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename T>
+using vec_t = typename Vec32<T>::type;
+#else
+template <typename T>
+struct vec_t {
+  T v[kVec<T>];
+  vec_t operator+(const vec_t& o) const { vec_t r; for (int l = 0; l < kVec<T>; ++l) r.v[l] = v[l] + o.v[l]; return r; }
+  vec_t operator*(const vec_t& o) const { vec_t r; for (int l = 0; l < kVec<T>; ++l) r.v[l] = v[l] * o.v[l]; return r; }
+  vec_t& operator+=(const vec_t& o) { for (int l = 0; l < kVec<T>; ++l) v[l] += o.v[l]; return *this; }
+};
+#endif
+template <typename T>
+C10_ALWAYS_INLINE vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+C10_ALWAYS_INLINE void vstore(T* p, const vec_t<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// acc[p][v] = sum_t in[in_off[t] + p * step + v * V + l] * w[w_off[t] + v * V + l] (lanes l) for P
+// pixels and NV vectors of channels; taps >= 1. Seeded by the first tap.
+template <typename T, int P, int NV>
+C10_ALWAYS_INLINE void direct_block(const T* in, int64_t step, const int64_t* in_off, const T* w,
+                                    const int64_t* w_off, int64_t taps, vec_t<T> (&acc)[P][NV]) {
+  constexpr int V = kVec<T>;
+  {
+    const T* ip = in + in_off[0];
+    vec_t<T> wv[NV];
+    for (int v = 0; v < NV; ++v) wv[v] = vload(w + w_off[0] + v * V);
+    for (int p = 0; p < P; ++p) {
+      for (int v = 0; v < NV; ++v) acc[p][v] = vload(ip + p * step + v * V) * wv[v];
+    }
+  }
+  for (int64_t t = 1; t < taps; ++t) {
+    const T* ip = in + in_off[t];
+    vec_t<T> wv[NV];
+    for (int v = 0; v < NV; ++v) wv[v] = vload(w + w_off[t] + v * V);
+    for (int p = 0; p < P; ++p) {
+      for (int v = 0; v < NV; ++v) acc[p][v] += vload(ip + p * step + v * V) * wv[v];
+    }
+  }
+}
+
+// out[p * step + v * V + l] = act(acc[p][v] + bias[v * V + l]).
+template <Act A, typename T, int P, int NV>
+C10_ALWAYS_INLINE void direct_store(const vec_t<T> (&acc)[P][NV], const T* bias, T* out, int64_t step) {
+  constexpr int V = kVec<T>;
+  vec_t<T> bv[NV];
+  for (int v = 0; v < NV; ++v) bv[v] = vload(bias + v * V);
+  for (int p = 0; p < P; ++p) {
+    for (int v = 0; v < NV; ++v) vstore(out + p * step + v * V, acc[p][v] + bv[v]);
+  }
+  if constexpr (A != Act::kIdentity) {
+    for (int p = 0; p < P; ++p) {
+      T* __restrict__ o = out + p * step;
+#pragma omp simd
+      for (int j = 0; j < NV * V; ++j) o[j] = act_forward<A>(o[j]);
+    }
+  }
+}
+
+// out[p * out_step + c] = act(bias[c] + sum_t in[in_off[t] + p * in_step + c] * w[w_off[t] + c]) for
+// P pixels and channels c < cn; taps >= 1. Blocks of NV vectors of channels, then one block of each
+// smaller width for the rest, then scalars past the last whole vector.
+template <Act A, typename T, int P, int NV>
+C10_ALWAYS_INLINE void direct_pixels(const T* in, int64_t in_step, const int64_t* in_off, const T* w,
+                                     const int64_t* w_off, int64_t taps, const T* bias, T* out, int64_t out_step,
+                                     int64_t cn) {
+  constexpr int V = kVec<T>;
+  int64_t c = 0;
+  for (; c + NV * V <= cn; c += NV * V) {
+    vec_t<T> acc[P][NV];
+    direct_block<T, P, NV>(in + c, in_step, in_off, w + c, w_off, taps, acc);
+    direct_store<A, T, P, NV>(acc, bias + c, out + c, out_step);
+  }
+  if constexpr (NV > 1) {
+    if (c < cn) {
+      direct_pixels<A, T, P, NV - 1>(in + c, in_step, in_off, w + c, w_off, taps, bias + c, out + c, out_step,
+                                     cn - c);
+    }
+  } else {
+    for (; c < cn; ++c) {  // channels past the last whole vector
+      for (int p = 0; p < P; ++p) {
+        const T* ip = in + p * in_step + c;
+        T s = ip[in_off[0]] * w[w_off[0] + c];
+        for (int64_t t = 1; t < taps; ++t) s += ip[in_off[t]] * w[w_off[t] + c];
+        out[p * out_step + c] = act_forward<A>(s + bias[c]);
+      }
+    }
+  }
+}
+
+// Software prefetch of the input rows the next output row adds, spread over the register blocks of
+// the current row: the block of output pixels [j, j + P) prefetches input pixels [j * step, (j + P) *
+// step + extra) of each such row, `bytes` (one channel chunk) per pixel. Without it the large layers
+// (input beyond the last-level cache) wait on memory at each new row: the hardware prefetchers do not
+// run ahead of several interleaved strided streams.
+struct RowPrefetch {
+  const char* base = nullptr;  // first row, pixel of the run's first output pixel; nullptr: off
+  int64_t rows = 0, row_bytes = 0, px_bytes = 0, step = 1, extra = 0, bytes = 0;
+  int64_t px_lo = 0, px_hi = 0;  // pixels inside the image, relative to base
+  bool write = false;
+  C10_ALWAYS_INLINE void block(int64_t j, int64_t P) const {
+#if defined(__GNUC__) || defined(__clang__)
+    if (base == nullptr) return;
+    const int64_t p0 = std::max(px_lo, j * step), p1 = std::min(px_hi, (j + P) * step + extra);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t px = p0; px < p1; ++px) {
+        const char* q = base + r * row_bytes + px * px_bytes;
+        const char* e = q + bytes;
+        for (q = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(q) & ~uintptr_t(63)); q < e; q += 64) {
+          if (write) __builtin_prefetch(q, 1, 3);
+          else __builtin_prefetch(q, 0, 1);
+        }
+      }
+    }
+#endif
+  }
+};
+
+// Register blocks of the direct kernels: (pixels, vectors of channels). Data in cache: 3 x 4 (few
+// loads per FMA); wide pixels (>= 4 cache lines) streamed from memory: 2 x 4 (fewer input pixels in
+// flight per block), which measured faster there; fewer than 4 vectors of channels: 6 x 2.
+enum class DirectBlock { k3x4, k2x4, k6x2 };
+
+// m consecutive pixels (steps in_step / out_step) sharing one tap list: register blocks of P pixels x
+// NV vectors of channels, then one block of the remaining pixels.
+template <Act A, typename T, int P, int NV>
+C10_ALWAYS_INLINE void direct_run_cfg(const T* in, int64_t in_step, const int64_t* in_off, const T* w,
+                                      const int64_t* w_off, int64_t taps, const T* bias, T* out, int64_t out_step,
+                                      int64_t m, int64_t cn, const RowPrefetch& pf) {
+  int64_t j = 0;
+  for (; j + P <= m; j += P) {
+    pf.block(j, j + 2 * P > m ? m - j + 2 : P);
+    direct_pixels<A, T, P, NV>(in + j * in_step, in_step, in_off, w, w_off, taps, bias, out + j * out_step, out_step,
+                               cn);
+  }
+  in += j * in_step;
+  out += j * out_step;
+  if constexpr (P > 1) {
+    if (m - j == P - 1) {
+      direct_pixels<A, T, P - 1, NV>(in, in_step, in_off, w, w_off, taps, bias, out, out_step, cn);
+      return;
+    }
+  }
+  if constexpr (P > 2) {
+    if (m - j == P - 2) {
+      direct_pixels<A, T, P - 2, NV>(in, in_step, in_off, w, w_off, taps, bias, out, out_step, cn);
+      return;
+    }
+  }
+  for (; j < m; ++j, in += in_step, out += out_step) {
+    direct_pixels<A, T, 1, NV>(in, in_step, in_off, w, w_off, taps, bias, out, out_step, cn);
+  }
+}
+
+template <Act A, typename T>
+C10_ALWAYS_INLINE void direct_run(const T* in, int64_t in_step, const int64_t* in_off, const T* w,
+                                  const int64_t* w_off, int64_t taps, const T* bias, T* out, int64_t out_step,
+                                  int64_t m, int64_t cn, DirectBlock blk, const RowPrefetch& pf) {
+  switch (blk) {
+    case DirectBlock::k2x4:
+      direct_run_cfg<A, T, 2, 4>(in, in_step, in_off, w, w_off, taps, bias, out, out_step, m, cn, pf);
+      break;
+    case DirectBlock::k6x2:
+      direct_run_cfg<A, T, 6, 2>(in, in_step, in_off, w, w_off, taps, bias, out, out_step, m, cn, pf);
+      break;
+    default: direct_run_cfg<A, T, 3, 4>(in, in_step, in_off, w, w_off, taps, bias, out, out_step, m, cn, pf);
+  }
+}
+
+// Streamed from memory: operands beyond what stays in the last-level cache between calls (it is
+// shared with the other cores).
+constexpr int64_t kStreamBytes = int64_t(6) << 20;
+
+// Whether a direct forward / grad_input streams its input from memory: the input is large and its
+// pixels are wide (at least 4 cache lines; narrower pixels measured faster with the hardware
+// prefetchers alone).
+template <typename T>
+bool direct_streams(const DepthwiseArgs& a) {
+  const int64_t ts = static_cast<int64_t>(sizeof(T));
+  return a.N * a.H * a.W * a.C * ts >= kStreamBytes && a.C * ts >= 256;
+}
+
+DirectBlock direct_block_for(int64_t C, int64_t V, bool stream) {
+  if (C < 4 * V) return DirectBlock::k6x2;
+  return stream ? DirectBlock::k2x4 : DirectBlock::k3x4;
+}
+
+// Pixels no tap reaches: act(bias).
+template <Act A, typename T>
+C10_ALWAYS_INLINE void direct_fill(const T* bias, T* out, int64_t out_step, int64_t m, int64_t cn) {
+  for (int64_t p = 0; p < m; ++p) {
+    T* __restrict__ o = out + p * out_step;
+    for (int64_t c = 0; c < cn; ++c) o[c] = act_forward<A>(bias[c]);
+  }
+}
+
+// Sliding register blocks (forward, dilation 1 along the row): P output pixels x one vector of
+// channels. Per kernel row, each input vector is loaded once and used by every (pixel p, tap j) pair
+// that reads it (input column p * S + j), with the row's KW weights held in registers, instead of
+// one load per pair: about half a load per FMA where direct_block needs 4/3, so the block runs at
+// the FMA units' pace when its input is in cache. The taps of one output are still summed in
+// tap-list order (kernel rows in order, taps j ascending), starting from -0 (x * w + -0 is x * w
+// exactly), so a pixel gets the same bits here as from direct_block.
+// The taps: a direct_pixels tap list (input offsets of pixel 0, weight offsets) of whole kernel rows
+// of KW taps each, tap j of a row at input offset j * px and weight offset j * Cp from the row's
+// first.
+struct SlideTaps {
+  const int64_t* in_off = nullptr;
+  const int64_t* w_off = nullptr;
+  int64_t taps = 0;
+  int64_t px = 0;  // elements between adjacent input columns (C)
+  int64_t Cp = 0;  // elements between the weights of adjacent taps
+};
+
+template <typename T, int P, int KW, int S>
+C10_ALWAYS_INLINE void slide_block(const T* in, const T* w, const SlideTaps& st, vec_t<T> (&acc)[P][1]) {
+  constexpr int kCols = (P - 1) * S + KW;  // input columns one kernel row reads
+  T z[kVec<T>];
+  for (int l = 0; l < kVec<T>; ++l) z[l] = T(-0.0);
+  const vec_t<T> zero = vload(z);
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) acc[p][0] = zero;
+  const int64_t px = st.px, Cp = st.Cp;
+  for (int64_t t = 0; t < st.taps; t += KW) {
+    const T* ir = in + st.in_off[t];
+    const T* wr = w + st.w_off[t];
+    vec_t<T> wv[KW];
+#pragma GCC unroll 16
+    for (int j = 0; j < KW; ++j) wv[j] = vload(wr + j * Cp);
+#pragma GCC unroll 64
+    for (int col = 0; col < kCols; ++col) {
+      const vec_t<T> x = vload(ir + col * px);
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) {
+        const int j = col - p * S;
+        if (j >= 0 && j < KW) acc[p][0] += x * wv[j];
+      }
+    }
+  }
+}
+
+// Blocks of P of the m output pixels of one row (the first input column at `in`, pixel step
+// S * px; output step px), stored as bias + the conv, without the activation; returns the pixels
+// done, a multiple of P. Channels past the last whole vector go through direct_pixels.
+template <typename T, int P, int KW, int S>
+C10_ALWAYS_INLINE int64_t slide_run_cfg(const SlideTaps& st, const T* in, const T* w, const T* bias, T* out, int64_t m,
+                                        int64_t cn, const RowPrefetch& pf) {
+  constexpr int V = kVec<T>;
+  const int64_t in_step = S * st.px, out_step = st.px;
+  int64_t j = 0;
+  for (; j + P <= m; j += P) {
+    pf.block(j, j + 2 * P > m ? m - j + 2 : P);
+    const T* ij = in + j * in_step;
+    T* oj = out + j * out_step;
+    int64_t c = 0;
+    for (; c + V <= cn; c += V) {
+      vec_t<T> acc[P][1];
+      slide_block<T, P, KW, S>(ij + c, w + c, st, acc);
+      direct_store<Act::kIdentity, T, P, 1>(acc, bias + c, oj + c, out_step);
+    }
+    if (c < cn) {
+      direct_pixels<Act::kIdentity, T, P, 1>(ij + c, in_step, st.in_off, w + c, st.w_off, st.taps, bias + c, oj + c,
+                                             out_step, cn - c);
+    }
+  }
+  return j;
+}
+
+// Pixels per sliding block: P accumulators + KW weights + the input vector fit the 16 registers.
+constexpr int slide_pixels_for(int KW) { return KW <= 3 ? 10 : KW <= 5 ? 8 : 6; }
+
+// Kernel widths with a sliding instantiation.
+bool slide_width(int64_t kW) { return kW == 3 || kW == 5 || kW == 7; }
+
+// A sliding run over whole blocks of the m pixels (kW taps per kernel row, stride S): the pixels
+// done (none without a whole vector of channels). The caller applies the activation to them and
+// runs direct_run for the rest. Compiled out of line, once per ISA (slide_run_isa), so this code
+// exists once per (dtype, stride), not once per activation.
+template <typename T, int S>
+C10_ALWAYS_INLINE int64_t slide_run(int64_t kW, const SlideTaps& st, const T* in, const T* w, const T* bias, T* out,
+                                    int64_t m, int64_t cn, const RowPrefetch& pf) {
+  if (cn < kVec<T>) return 0;
+  switch (kW) {
+    case 3: return slide_run_cfg<T, slide_pixels_for(3), 3, S>(st, in, w, bias, out, m, cn, pf);
+    case 5: return slide_run_cfg<T, slide_pixels_for(5), 5, S>(st, in, w, bias, out, m, cn, pf);
+    case 7: return slide_run_cfg<T, slide_pixels_for(7), 7, S>(st, in, w, bias, out, m, cn, pf);
+    default: return 0;
+  }
+}
+
+template <typename T, int S>
+__attribute__((noinline)) int64_t slide_run_baseline(int64_t kW, const SlideTaps& st, const T* in, const T* w,
+                                                     const T* bias, T* out, int64_t m, int64_t cn,
+                                                     const RowPrefetch& pf) {
+  return slide_run<T, S>(kW, st, in, w, bias, out, m, cn, pf);
+}
+#ifdef MK_AVX2_CLONES
+template <typename T, int S>
+__attribute__((noinline, target("avx2,fma"))) int64_t slide_run_avx2(int64_t kW, const SlideTaps& st, const T* in,
+                                                                     const T* w, const T* bias, T* out, int64_t m,
+                                                                     int64_t cn, const RowPrefetch& pf) {
+  return slide_run<T, S>(kW, st, in, w, bias, out, m, cn, pf);
+}
+#endif
+template <typename T, int S>
+C10_ALWAYS_INLINE int64_t slide_run_isa(int64_t kW, const SlideTaps& st, const T* in, const T* w, const T* bias,
+                                        T* out, int64_t m, int64_t cn, const RowPrefetch& pf) {
+#ifdef MK_AVX2_CLONES
+  if (cpu::use_avx2()) return slide_run_avx2<T, S>(kW, st, in, w, bias, out, m, cn, pf);
+#endif
+  return slide_run_baseline<T, S>(kW, st, in, w, bias, out, m, cn, pf);
+}
+
+// out[p * out_step + c] = act(out[...]) for m pixels, c < cn.
+template <Act A, typename T>
+C10_ALWAYS_INLINE void direct_act(T* out, int64_t out_step, int64_t m, int64_t cn) {
+  if constexpr (A != Act::kIdentity) {
+    for (int64_t p = 0; p < m; ++p) {
+      T* __restrict__ o = out + p * out_step;
+#pragma omp simd
+      for (int64_t c = 0; c < cn; ++c) o[c] = act_forward<A>(o[c]);
+    }
+  }
+}
+
+template <typename T, Act A, bool kStats>
+struct ForwardDirect {
+  static constexpr int V = kVec<T>;
+  const DepthwiseArgs& a;
+  ChannelChunks chunks;
+  RowGroups groups;          // over the N * OH output rows
+  int64_t Cp;                // channels padded to whole vectors
+  int64_t ow_lo, ow_hi;      // output columns whose window lies inside the image
+  bool stream;               // operands streamed from memory: prefetch the next rows
+  bool slide;                // interior runs in sliding blocks (slide_run)
+  DirectBlock blk;
+  const T* wt = nullptr;     // (kH * kW, Cp)
+  const T* bias = nullptr;   // (Cp,)
+  const T* x;                // (N, H, W, C)
+  T* y;                      // (N, OH, OW, C)
+  double* part_mean = nullptr;  // (groups.count, C), kStats only
+  double* part_m2 = nullptr;
+
+  ForwardDirect(const DepthwiseArgs& a_, const at::Tensor& out) : a(a_) {
+    Cp = round_up(a.C, V);
+    // sub-chunks (the stats' merge unit) of about kStageElements staged-input elements
+    groups = make_row_groups(a.N, a.OH, a.OW * a.C, chunk_rows(a.W * a.C, a.sH, (a.kH - 1) * a.dH + 1));
+    chunks = channel_chunks(a.C, a.C >= 4 * V ? 4 * V : 2 * V, groups.count);
+    ow_lo = std::min(a.OW, div_ceil(a.pW, a.sW));
+    ow_hi = std::clamp<int64_t>(div_floor(a.W - 1 + a.pW - (a.kW - 1) * a.dW, a.sW) + 1, ow_lo, a.OW);
+    stream = direct_streams<T>(a);
+    blk = direct_block_for(a.C, V, stream);
+    // Sliding blocks pay off when the input is in cache or the kernel is large (5x5: 25 FMAs per
+    // input and output); 3x3 layers streamed from memory measured faster with direct_run's blocks.
+    const int64_t in_bytes = a.N * a.H * a.W * a.C * static_cast<int64_t>(sizeof(T));
+    slide = a.dW == 1 && a.sW <= 2 && slide_width(a.kW) && (a.kH * a.kW >= 25 || in_bytes < kStreamBytes);
+    x = a.input.data_ptr<T>();
+    y = out.data_ptr<T>();
+  }
+  int64_t tasks() const { return groups.count * chunks.count; }
+
+  // Output row oh of image n, channels [c0, c0 + cn).
+  C10_ALWAYS_INLINE void row(int64_t n, int64_t oh, int64_t c0, int64_t cn, int64_t* in_off, int64_t* w_off,
+                             int64_t* b_in, int64_t* b_w) const {
+    const int64_t C = a.C, H = a.H, W = a.W, OW = a.OW, kW = a.kW, sW = a.sW, pW = a.pW, dW = a.dW;
+    const TapRange kh = valid_taps(oh, a.sH, a.pH, a.dH, a.kH, H);
+    T* yrow = y + (n * a.OH + oh) * OW * C + c0;
+    const T* bc = bias + c0;
+    const T* wc = wt + c0;
+    if (kh.hi <= kh.lo) {
+      direct_fill<A>(bc, yrow, C, OW, cn);
+      return;
+    }
+    // x at (first valid kernel row, column 0) of this output row
+    const T* xrow = x + ((n * H + oh * a.sH - a.pH + kh.lo * a.dH) * W) * C + c0;
+    int64_t nt = 0;
+    for (int64_t i = kh.lo; i < kh.hi; ++i) {
+      for (int64_t j = 0; j < kW; ++j, ++nt) {
+        in_off[nt] = ((i - kh.lo) * a.dH * W + j * dW) * C;
+        w_off[nt] = (i * kW + j) * Cp;
+      }
+    }
+    if (ow_hi > ow_lo) {
+      RowPrefetch pf;
+      // the input rows the next output row reads and this one does not
+      const int64_t next = oh * a.sH - a.pH + (a.kH - 1) * a.dH + 1;
+      const int64_t r0 = std::clamp<int64_t>(next, 0, H), r1 = std::clamp<int64_t>(next + a.sH, r0, H);
+      if (stream && oh + 1 < a.OH && r1 > r0) {
+        const int64_t ts = static_cast<int64_t>(sizeof(T)), first = ow_lo * sW - pW;
+        pf.base = reinterpret_cast<const char*>(x + ((n * H + r0) * W + first) * C + c0);
+        pf.rows = r1 - r0;
+        pf.row_bytes = W * C * ts;
+        pf.px_bytes = C * ts;
+        pf.step = sW;
+        pf.extra = (kW - 1) * dW + 1 - sW;
+        pf.bytes = cn * ts;
+        pf.px_lo = -first;
+        pf.px_hi = W - first;
+      }
+      const T* xi = xrow + (ow_lo * sW - pW) * C;
+      T* yi = yrow + ow_lo * C;
+      const int64_t m = ow_hi - ow_lo;
+      int64_t done = 0;
+      if (slide) {
+        SlideTaps st;
+        st.in_off = in_off;
+        st.w_off = w_off;
+        st.taps = nt;
+        st.px = C;
+        st.Cp = Cp;
+        done = sW == 1 ? slide_run_isa<T, 1>(kW, st, xi, wc, bc, yi, m, cn, pf)
+                       : slide_run_isa<T, 2>(kW, st, xi, wc, bc, yi, m, cn, pf);
+        direct_act<A>(yi, C, done, cn);
+      }
+      if (done < m) {
+        direct_run<A>(xi + done * sW * C, sW * C, in_off, wc, w_off, nt, bc, yi + done * C, C, m - done, cn, blk,
+                      done == 0 ? pf : RowPrefetch());
+      }
+    }
+    for (int64_t ow = 0; ow < OW; ++ow) {  // border columns
+      if (ow == ow_lo) ow = ow_hi;
+      if (ow >= OW) break;
+      const TapRange kw = valid_taps(ow, sW, pW, dW, kW, W);
+      if (kw.hi <= kw.lo) {
+        direct_fill<A>(bc, yrow + ow * C, C, 1, cn);
+        continue;
+      }
+      int64_t bt = 0;
+      for (int64_t i = kh.lo; i < kh.hi; ++i) {
+        for (int64_t j = kw.lo; j < kw.hi; ++j, ++bt) {
+          b_in[bt] = ((i - kh.lo) * a.dH * W + (j - kw.lo) * dW) * C;
+          b_w[bt] = (i * kW + j) * Cp;
+        }
+      }
+      direct_pixels<A, T, 1, 4>(xrow + (ow * sW - pW + kw.lo * dW) * C, 0, b_in, wc, b_w, bt, bc, yrow + ow * C, 0,
+                                cn);
+    }
+  }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t C = a.C, OH = a.OH, OW = a.OW, taps = a.kH * a.kW;
+    std::vector<int64_t> offs(static_cast<size_t>(4 * taps));
+    std::vector<T> tmp(kStats ? 3 * chunks.width : 0);
+    std::vector<double> g_mean(kStats ? chunks.width : 0), g_m2(kStats ? chunks.width : 0);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / chunks.count, k = task % chunks.count;
+      const int64_t c0 = chunks.first(k), cn = chunks.size(k);
+      double gn = 0;
+      if (kStats) {
+        std::fill(g_mean.begin(), g_mean.end(), 0.0);
+        std::fill(g_m2.begin(), g_m2.end(), 0.0);
+      }
+      for (int64_t r = groups.begin(g), row_end = groups.end(g); r < row_end;) {
+        const int64_t n = r / OH, oh0 = r % OH;
+        const int64_t rn = groups.sub_chunk(r, row_end);
+        for (int64_t i = 0; i < rn; ++i) {
+          row(n, oh0 + i, c0, cn, offs.data(), offs.data() + taps, offs.data() + 2 * taps, offs.data() + 3 * taps);
+        }
+        if (kStats) {
+          merge_channel_stats(y + (n * OH + oh0) * OW * C + c0, rn * OW, C, cn, tmp.data(), gn, g_mean.data(),
+                              g_m2.data());
+        }
+        r += rn;
+      }
+      if (kStats) {
+        std::copy(g_mean.begin(), g_mean.begin() + cn, part_mean + g * C + c0);
+        std::copy(g_m2.begin(), g_m2.begin() + cn, part_m2 + g * C + c0);
+      }
+    }
+  }
+};
+
+// grad_input, gathered: input row ih, column phase rho (iw + pW = q * sW + rho) is a stride-1
+// correlation of grad_output with the taps (i, j) of that phase: ih + pH = oh * sH + i * dH,
+// j * dW = m * sW + rho, ow = q - m.
+template <typename T>
+struct GradInputDirect {
+  static constexpr int V = kVec<T>;
+  const DepthwiseArgs& a;
+  ChannelChunks chunks;
+  RowGroups groups;  // over the N * H input rows
+  int64_t Cp;
+  std::vector<TapRange> qcols;  // per column phase: the q of input columns [0, W)
+  bool stream;                  // operands streamed from memory: prefetch (see row())
+  DirectBlock blk;
+  const T* wt = nullptr;        // (kH * kW, Cp)
+  const T* zeros = nullptr;     // (Cp,)
+  const T* go;                  // (N, OH, OW, C)
+  T* gi;                        // (N, H, W, C)
+
+  GradInputDirect(const DepthwiseArgs& a_, const at::Tensor& grad_out, const at::Tensor& grad_in)
+      : a(a_) {
+    Cp = round_up(a.C, V);
+    groups = make_row_groups(a.N, a.H, a.W * a.C, a.H);
+    chunks = channel_chunks(a.C, a.C >= 4 * V ? 4 * V : 2 * V, groups.count);
+    stream = direct_streams<T>(a);
+    blk = direct_block_for(a.C, V, stream);
+    for (int64_t rho = 0; rho < a.sW; ++rho) qcols.push_back(phase_range(rho, a.sW, a.pW, a.W));
+    go = grad_out.data_ptr<T>();
+    gi = grad_in.data_ptr<T>();
+  }
+  int64_t tasks() const { return groups.count * chunks.count; }
+
+  C10_ALWAYS_INLINE void row(int64_t n, int64_t ih, int64_t c0, int64_t cn, int64_t* in_off, int64_t* w_off,
+                             int64_t* b_in, int64_t* b_w, int64_t* ms, int64_t* rows) const {
+    const int64_t C = a.C, W = a.W, OH = a.OH, OW = a.OW, kH = a.kH, kW = a.kW, sW = a.sW, pW = a.pW;
+    T* girow = gi + (n * a.H + ih) * W * C + c0;
+    const T* wc = wt + c0;
+    // kernel rows i reaching this input row, and their grad_output rows
+    int64_t nrows = 0, oh_first = 0;
+    for (int64_t i = 0; i < kH; ++i) {
+      const int64_t num = ih + a.pH - i * a.dH;
+      if (num < 0 || num % a.sH != 0 || num / a.sH >= OH) continue;
+      if (nrows == 0) oh_first = num / a.sH;
+      rows[2 * nrows] = i;
+      rows[2 * nrows++ + 1] = num / a.sH;
+    }
+    const T* gorow = go + (n * OH + oh_first) * OW * C + c0;
+    for (int64_t rho = 0; rho < sW; ++rho) {
+      const TapRange q = qcols[rho];
+      if (q.hi <= q.lo) continue;
+      T* out = girow + (q.lo * sW + rho - pW) * C;  // input column of q.lo
+      const int64_t out_step = sW * C;
+      int64_t nt = 0, m_lo = INT64_MAX, m_hi = INT64_MIN;
+      for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t j = 0; j < kW; ++j) {
+          if (j * a.dW % sW != rho) continue;
+          const int64_t m = j * a.dW / sW;
+          in_off[nt] = ((rows[2 * r + 1] - oh_first) * OW - m) * C;
+          w_off[nt] = (rows[2 * r] * kW + j) * Cp;
+          ms[nt++] = m;
+          m_lo = std::min(m_lo, m);
+          m_hi = std::max(m_hi, m);
+        }
+      }
+      if (nt == 0) {
+        direct_fill<Act::kIdentity>(zeros, out, out_step, q.hi - q.lo, cn);
+        continue;
+      }
+      const int64_t lo = std::clamp<int64_t>(m_hi, q.lo, q.hi);
+      const int64_t hi = std::clamp<int64_t>(OW + m_lo, lo, q.hi);
+      if (hi > lo) {
+        // When streaming, with the first phase: strided, the next grad_input row for writing (it is
+        // larger than grad_output; prefetching it saves the store misses' wait); else the
+        // grad_output row the next input row adds (kernel row 0).
+        RowPrefetch pf;
+        const int64_t oh_next = (ih + 1 + a.pH) / a.sH;
+        if (stream && a.sH * sW > 1 && rho == 0 && ih + 1 < a.H) {
+          const int64_t ts = static_cast<int64_t>(sizeof(T)), first = lo * sW + rho - pW;
+          pf.base = reinterpret_cast<const char*>(girow + W * C + first * C);
+          pf.rows = 1;
+          pf.px_bytes = C * ts;
+          pf.step = sW;
+          pf.extra = 0;
+          pf.bytes = cn * ts;
+          pf.px_lo = -first;
+          pf.px_hi = W - first;
+          pf.write = true;
+        } else if (stream && rho == 0 && ih + 1 < a.H && oh_next < OH && oh_next * a.sH == ih + 1 + a.pH) {
+          const int64_t ts = static_cast<int64_t>(sizeof(T)), first = lo - m_hi;
+          pf.base = reinterpret_cast<const char*>(go + ((n * OH + oh_next) * OW + first) * C + c0);
+          pf.rows = 1;
+          pf.px_bytes = C * ts;
+          pf.extra = m_hi - m_lo;
+          pf.bytes = cn * ts;
+          pf.px_lo = -first;
+          pf.px_hi = OW - first;
+        }
+        direct_run<Act::kIdentity>(gorow + lo * C, C, in_off, wc, w_off, nt, zeros, out + (lo - q.lo) * out_step,
+                                   out_step, hi - lo, cn, blk, pf);
+      }
+      for (int64_t qq = q.lo; qq < q.hi; ++qq) {
+        if (qq == lo) qq = hi;
+        if (qq >= q.hi) break;
+        int64_t bt = 0;
+        for (int64_t t = 0; t < nt; ++t) {
+          const int64_t ow = qq - ms[t];
+          if (ow < 0 || ow >= OW) continue;
+          b_in[bt] = in_off[t] + qq * C;
+          b_w[bt++] = w_off[t];
+        }
+        T* o = out + (qq - q.lo) * out_step;
+        if (bt == 0) {
+          direct_fill<Act::kIdentity>(zeros, o, 0, 1, cn);
+        } else {
+          direct_pixels<Act::kIdentity, T, 1, 4>(gorow, 0, b_in, wc, b_w, bt, zeros, o, 0, cn);
+        }
+      }
+    }
+  }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t taps = a.kH * a.kW, H = a.H;
+    std::vector<int64_t> offs(static_cast<size_t>(5 * taps + 2 * a.kH));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / chunks.count, k = task % chunks.count;
+      const int64_t c0 = chunks.first(k), cn = chunks.size(k);
+      for (int64_t r = groups.begin(g), row_end = groups.end(g); r < row_end; ++r) {
+        row(r / H, r % H, c0, cn, offs.data(), offs.data() + taps, offs.data() + 2 * taps, offs.data() + 3 * taps,
+            offs.data() + 4 * taps, offs.data() + 5 * taps);
+      }
+    }
+  }
+};
+
+// dst[k * ld + c] += sum_i g[i * g_step + c] * x[i * x_step + k * d_step + c] for k < KW, c < cn, over
+// m >= 1 pixels. Register accumulators per (tap, vector), seeded by the first pixel; the order of the
+// additions depends on the shape only.
+template <typename T, int KW>
+C10_ALWAYS_INLINE void direct_wgrad_row(const T* g, int64_t g_step, const T* x, int64_t x_step, int64_t d_step,
+                                        int64_t m, int64_t cn, T* dst, int64_t ld,
+                                        StreamPrefetcher* pf = nullptr) {
+  constexpr int V = kVec<T>;
+  constexpr int NV = KW <= 5 ? 2 : 1;
+  int64_t c = 0;
+  auto block = [&](auto nv) {
+    constexpr int B = decltype(nv)::value;
+    if (pf != nullptr) {
+      pf[0].step();
+      pf[1].step();
+    }
+    vec_t<T> acc[KW][B];
+    {
+      vec_t<T> gv[B];
+      for (int v = 0; v < B; ++v) gv[v] = vload(g + c + v * V);
+      for (int k = 0; k < KW; ++k) {
+        for (int v = 0; v < B; ++v) acc[k][v] = gv[v] * vload(x + c + k * d_step + v * V);
+      }
+    }
+    for (int64_t i = 1; i < m; ++i) {
+      const T* gi = g + i * g_step + c;
+      const T* xi = x + i * x_step + c;
+      vec_t<T> gv[B];
+      for (int v = 0; v < B; ++v) gv[v] = vload(gi + v * V);
+      for (int k = 0; k < KW; ++k) {
+        for (int v = 0; v < B; ++v) acc[k][v] += gv[v] * vload(xi + k * d_step + v * V);
+      }
+    }
+    for (int k = 0; k < KW; ++k) {
+      for (int v = 0; v < B; ++v) {
+        T* d = dst + k * ld + c + v * V;
+        vstore(d, vload(d) + acc[k][v]);
+      }
+    }
+  };
+  for (; c + NV * V <= cn; c += NV * V) block(std::integral_constant<int, NV>{});
+  if (NV > 1 && c + V <= cn) {
+    block(std::integral_constant<int, 1>{});
+    c += V;
+  }
+  for (; c < cn; ++c) {
+    for (int k = 0; k < KW; ++k) {
+      T s = g[c] * x[k * d_step + c];
+      for (int64_t i = 1; i < m; ++i) s += g[i * g_step + c] * x[i * x_step + k * d_step + c];
+      dst[k * ld + c] += s;
+    }
+  }
+}
+
+// dst[c] += sum_i g[i * g_step + c] over m >= 1 pixels, alternating between two accumulators.
+template <typename T>
+C10_ALWAYS_INLINE void direct_sum_row(const T* g, int64_t g_step, int64_t m, int64_t cn, T* dst) {
+  constexpr int V = kVec<T>;
+  int64_t c = 0;
+  for (; c + 2 * V <= cn; c += 2 * V) {
+    vec_t<T> s0[2], s1[2];
+    for (int v = 0; v < 2; ++v) {
+      s0[v] = vload(g + c + v * V);
+      s1[v] = vec_t<T>{};
+    }
+    int64_t i = 1;
+    for (; i + 2 <= m; i += 2) {
+      const T* gi = g + i * g_step + c;
+      for (int v = 0; v < 2; ++v) {
+        s1[v] += vload(gi + v * V);
+        s0[v] += vload(gi + g_step + v * V);
+      }
+    }
+    if (i < m) {
+      for (int v = 0; v < 2; ++v) s1[v] += vload(g + i * g_step + c + v * V);
+    }
+    for (int v = 0; v < 2; ++v) vstore(dst + c + v * V, vload(dst + c + v * V) + (s0[v] + s1[v]));
+  }
+  for (; c < cn; ++c) {
+    T s = g[c];
+    for (int64_t i = 1; i < m; ++i) s += g[i * g_step + c];
+    dst[c] += s;
+  }
+}
+
+// grad_weight and grad_bias partials: task (row group g, channel chunk) adds its channels' sums into
+// part[g] (kH * kW + 1, Cp); the last tap row is grad_bias. The row groups depend on the shape only,
+// so the results do not depend on the thread count.
+template <typename T>
+struct GradWeightDirect {
+  static constexpr int V = kVec<T>;
+  const DepthwiseArgs& a;
+  ChannelChunks chunks;
+  RowGroups groups;  // over the N * OH output rows
+  int64_t Cp;
+  int64_t ow_lo, ow_hi;  // output columns whose window lies inside the image
+  bool stream;           // operands streamed from memory: prefetch the next rows
+  const T* x;            // (N, H, W, C)
+  const T* go;           // (N, OH, OW, C)
+  T* part = nullptr;     // (groups.count, kH * kW + 1, Cp), zeroed
+
+  GradWeightDirect(const DepthwiseArgs& a_, const at::Tensor& grad_out) : a(a_) {
+    Cp = round_up(a.C, V);
+    groups = make_row_groups(a.N, a.OH, a.OW * a.C, a.OH);
+    chunks = channel_chunks(a.C, 2 * V, groups.count);
+    ow_lo = std::min(a.OW, div_ceil(a.pW, a.sW));
+    ow_hi = std::clamp<int64_t>(div_floor(a.W - 1 + a.pW - (a.kW - 1) * a.dW, a.sW) + 1, ow_lo, a.OW);
+    stream = a.N * a.H * a.W * a.C * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+    x = a.input.data_ptr<T>();
+    go = grad_out.data_ptr<T>();
+  }
+  int64_t tasks() const { return groups.count * chunks.count; }
+
+  C10_ALWAYS_INLINE void row(int64_t n, int64_t oh, int64_t c0, int64_t cn, T* dst /* part[g] + c0 */) const {
+    const int64_t C = a.C, W = a.W, OW = a.OW, kW = a.kW, sW = a.sW, pW = a.pW, dW = a.dW, taps = a.kH * kW;
+    const T* grow = go + (n * a.OH + oh) * OW * C + c0;
+    direct_sum_row(grow, C, OW, cn, dst + taps * Cp);
+    const TapRange kh = valid_taps(oh, a.sH, a.pH, a.dH, a.kH, a.H);
+    StreamPrefetcher pf[2];  // the input rows and the grad_output row the next output row adds
+    StreamPrefetcher* ppf = nullptr;
+    if (stream && oh + 1 < a.OH && kh.hi > kh.lo) {
+      const int64_t next = oh * a.sH - a.pH + (a.kH - 1) * a.dH + 1;
+      const int64_t r0 = std::clamp<int64_t>(next, 0, a.H), r1 = std::clamp<int64_t>(next + a.sH, r0, a.H);
+      const int64_t steps = (kh.hi - kh.lo) * div_ceil(cn, (kW <= 5 ? 2 : 1) * V);
+      pf[0].start(x + (n * a.H + r0) * W * C, x + (n * a.H + r1) * W * C, steps);
+      pf[1].start(grow - c0 + OW * C, grow - c0 + 2 * OW * C, steps);
+      ppf = pf;
+    }
+    for (int64_t i = kh.lo; i < kh.hi; ++i) {
+      const T* xrow = x + ((n * a.H + oh * a.sH - a.pH + i * a.dH) * W) * C + c0;
+      T* di = dst + i * kW * Cp;
+      if (ow_hi > ow_lo) {
+        const T* g0 = grow + ow_lo * C;
+        const T* x0 = xrow + (ow_lo * sW - pW) * C;
+        const int64_t m = ow_hi - ow_lo;
+        switch (kW) {
+          case 3: direct_wgrad_row<T, 3>(g0, C, x0, sW * C, dW * C, m, cn, di, Cp, ppf); break;
+          case 5: direct_wgrad_row<T, 5>(g0, C, x0, sW * C, dW * C, m, cn, di, Cp, ppf); break;
+          case 7: direct_wgrad_row<T, 7>(g0, C, x0, sW * C, dW * C, m, cn, di, Cp, ppf); break;
+          default:
+            for (int64_t j = 0; j < kW; ++j) {
+              direct_wgrad_row<T, 1>(g0, C, x0 + j * dW * C, sW * C, 0, m, cn, di + j * Cp, Cp);
+            }
+        }
+      }
+      for (int64_t ow = 0; ow < OW; ++ow) {  // border columns: each valid tap on its own
+        if (ow == ow_lo) ow = ow_hi;
+        if (ow >= OW) break;
+        const TapRange kw = valid_taps(ow, sW, pW, dW, kW, W);
+        for (int64_t j = kw.lo; j < kw.hi; ++j) {
+          direct_wgrad_row<T, 1>(grow + ow * C, C, xrow + (ow * sW - pW + j * dW) * C, 0, 0, 1, cn, di + j * Cp, Cp);
+        }
+      }
+    }
+  }
+
+  C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
+    const int64_t OH = a.OH, taps = a.kH * a.kW;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / chunks.count, k = task % chunks.count;
+      const int64_t c0 = chunks.first(k), cn = chunks.size(k);
+      T* dst = part + g * (taps + 1) * Cp + c0;
+      for (int64_t r = groups.begin(g), row_end = groups.end(g); r < row_end; ++r) row(r / OH, r % OH, c0, cn, dst);
+    }
+  }
+};
+
 // ----------------------------------------------------------------------------- forward, channels_last
 
 template <typename scalar_t, Act A, bool kStats>
@@ -750,12 +1560,21 @@ void forward(const DepthwiseArgs& a, at::Tensor& out, at::Tensor* mean, at::Tens
     if (kStats) finish_stats<acc_t>(pmean, pm2, k.groups, a.OW, a.C, *mean, *var);
   };
   if (a.channels_last()) {
-    ForwardChannelsLast<scalar_t, A, kStats> k(a, out);
-    const auto wb = blocked_taps<acc_t>(a);
-    const auto bias = padded_bias<acc_t>(a);
-    k.wb = wb.data();
-    k.bias = bias.data();
-    launch(k);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      ForwardDirect<acc_t, A, kStats> k(a, out);
+      const auto wt = tap_major_weights<acc_t>(a, k.Cp);
+      const auto bias = padded_bias<acc_t>(a);
+      k.wt = wt.data();
+      k.bias = bias.data();
+      launch(k);
+    } else {
+      ForwardChannelsLast<scalar_t, A, kStats> k(a, out);
+      const auto wb = blocked_taps<acc_t>(a);
+      const auto bias = padded_bias<acc_t>(a);
+      k.wb = wb.data();
+      k.bias = bias.data();
+      launch(k);
+    }
   } else {
     with_plane_block(a.OW, kVec<acc_t>, [&](auto rb, auto nv) {
       ForwardContiguous<scalar_t, A, kStats, decltype(rb)::value, decltype(nv)::value> k(a, out);
@@ -1157,12 +1976,20 @@ void grad_weight_and_bias(const DepthwiseArgs& a, const at::Tensor& go, at::Tens
   const int64_t T = a.kH * a.kW;
   std::vector<acc_t> part;
   if (a.channels_last()) {
-    GradWeightChannelsLast<scalar_t> k(a, go);
-    const int64_t Cp = k.Cp;
-    part.assign(static_cast<size_t>(k.groups.count * (T + 1) * Cp), acc_t(0));
-    k.part = part.data();
-    parallel_run(k, k.tasks());
-    finish_grad_weight(part, k.groups.count, a.C, T, (T + 1) * Cp, 1, Cp, gw, gb);
+    auto launch = [&](auto& k) {
+      const int64_t Cp = k.Cp;
+      part.assign(static_cast<size_t>(k.groups.count * (T + 1) * Cp), acc_t(0));
+      k.part = part.data();
+      parallel_run(k, k.tasks());
+      finish_grad_weight(part, k.groups.count, a.C, T, (T + 1) * Cp, 1, Cp, gw, gb);
+    };
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      GradWeightDirect<acc_t> k(a, go);
+      launch(k);
+    } else {
+      GradWeightChannelsLast<scalar_t> k(a, go);
+      launch(k);
+    }
   } else {
     GradWeightContiguous<scalar_t> k(a, go);
     part.assign(static_cast<size_t>(k.groups.count * a.C * (T + 1)), acc_t(0));
@@ -1176,10 +2003,19 @@ template <typename scalar_t>
 void grad_input(const DepthwiseArgs& a, const at::Tensor& go, at::Tensor& gi) {
   using acc_t = at::opmath_type<scalar_t>;
   if (a.channels_last()) {
-    GradInputChannelsLast<scalar_t> k(a, go, gi);
-    const auto wb = blocked_taps<acc_t>(a);
-    k.wb = wb.data();
-    parallel_run(k, k.tasks());
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      GradInputDirect<acc_t> k(a, go, gi);
+      const auto wt = tap_major_weights<acc_t>(a, k.Cp);
+      const std::vector<acc_t> zeros(static_cast<size_t>(k.Cp), acc_t(0));
+      k.wt = wt.data();
+      k.zeros = zeros.data();
+      parallel_run(k, k.tasks());
+    } else {
+      GradInputChannelsLast<scalar_t> k(a, go, gi);
+      const auto wb = blocked_taps<acc_t>(a);
+      k.wb = wb.data();
+      parallel_run(k, k.tasks());
+    }
   } else {
     with_plane_block(div_ceil(a.W, a.sW), kVec<acc_t>, [&](auto rb, auto nv) {
       GradInputContiguous<scalar_t, decltype(rb)::value, decltype(nv)::value> k(a, go, gi);
