@@ -237,6 +237,88 @@ struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dSt
   }
 };
 
+// ----------------------------------------------------------------------------- pointwise_conv2d
+
+using PwSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, c10::string_view);
+using PwBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                         std::array<bool, 3>);
+using PwStatsSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&);
+
+std::tuple<Tensor, Tensor, Tensor> call_pointwise_backward(const Tensor& grad_output, const Tensor& input,
+                                                           const Tensor& weight, std::array<bool, 3> mask) {
+  static const auto op = find_op<PwBackwardSig>("mobilenet_kernels::pointwise_conv2d_backward");
+  return op.call(grad_output.contiguous(output_memory_format(input)), input, weight, mask);
+}
+
+// y = act(conv1x1(x, w) + b) + residual. Arguments: input 0, weight 1, bias 2, residual 3 (both
+// optional), activation 4.
+struct PointwiseConv2d : public torch::autograd::Function<PointwiseConv2d> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                        const OptTensor& residual, const std::string& activation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<PwSig>("mobilenet_kernels::pointwise_conv2d");
+    Tensor out = op.call(input, weight, bias, residual, activation);
+    // act' from the output where it tells (relu: y > 0; relu6: 0 < y < 6, exactly where z is), which
+    // only holds without a residual (y = act(z) + r); else the backward recomputes the pre-activation.
+    const Act act = parse_activation(activation);
+    const bool has_residual = residual.has_value();
+    const bool from_output = (act == Act::kRelu || act == Act::kRelu6) && !has_residual;
+    ctx->save_for_backward({input, weight, defined_or_empty(bias), from_output ? out : Tensor()});
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["has_residual"] = has_residual;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &weight = saved[1], &bias = saved[2], &out = saved[3];
+    const Act act = parse_activation(ctx->saved_data["activation"].toStringRef());
+    const bool has_residual = ctx->saved_data["has_residual"].toBool();
+    const bool residual_needs_grad = has_residual && ctx->needs_input_grad(3 - (bias.defined() ? 0 : 1));
+    Tensor g = grads[0];
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   optional_needs_grad(ctx, bias, 2, 0)};
+    Tensor grad_input, grad_weight, grad_bias;
+    if (mask[0] || mask[1] || mask[2]) {
+      Tensor ga = g;
+      if (act == Act::kRelu && out.defined()) {
+        ga = g * (out > 0);
+      } else if (act == Act::kRelu6 && out.defined()) {
+        ga = g * ((out > 0) & (out < 6));
+      } else if (act != Act::kIdentity) {  // a residual, or an activation the output does not tell
+        static const auto op = find_op<PwSig>("mobilenet_kernels::pointwise_conv2d");
+        const Tensor z = op.call(input, weight, optional(bias), c10::nullopt, "identity");
+        const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+        ga = (g.to(acc) * activation_derivative(z.to(acc), act)).to(z.scalar_type());
+      }
+      std::tie(grad_input, grad_weight, grad_bias) = call_pointwise_backward(ga, input, weight, mask);
+    }
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
+            residual_needs_grad ? g : Tensor(), Tensor()};
+  }
+};
+
+// The statistics are non-differentiable outputs (they feed BatchNorm, whose own backward accounts
+// for them): only the conv output carries a gradient.
+struct PointwiseConv2dStats : public torch::autograd::Function<PointwiseConv2dStats> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
+    auto [out, mean, var] = op.call(input, weight);
+    ctx->mark_non_differentiable({mean, var});
+    ctx->save_for_backward({input, weight});
+    return {out, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
+    if (!mask[0] && !mask[1]) return {Tensor(), Tensor()};
+    const auto [grad_input, grad_weight, unused] = call_pointwise_backward(grads[0], saved[0], saved[1], mask);
+    return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor()};
+  }
+};
+
 // ----------------------------------------------------------------------------- squeeze_excite
 
 using SeSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -304,6 +386,16 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_stats_autograd(const Tensor&
   return {r[0], r[1], r[2]};
 }
 
+Tensor pointwise_conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
+                                 const OptTensor& residual, c10::string_view activation) {
+  return PointwiseConv2d::apply(input, weight, bias, residual, std::string(activation));
+}
+
+std::tuple<Tensor, Tensor, Tensor> pointwise_conv2d_stats_autograd(const Tensor& input, const Tensor& weight) {
+  const auto r = PointwiseConv2dStats::apply(input, weight);
+  return {r[0], r[1], r[2]};
+}
+
 std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Tensor& fc1_weight,
                                                    const Tensor& fc1_bias, const Tensor& fc2_weight,
                                                    const Tensor& fc2_bias, c10::string_view activation,
@@ -321,6 +413,8 @@ TORCH_LIBRARY_IMPL(mobilenet_kernels, Autograd, m) {
   m.impl("depthwise_conv2d", &depthwise_conv2d_autograd);
   m.impl("depthwise_conv2d_stats", &depthwise_conv2d_stats_autograd);
   m.impl("squeeze_excite", &squeeze_excite_autograd);
+  m.impl("pointwise_conv2d", &pointwise_conv2d_autograd);
+  m.impl("pointwise_conv2d_stats", &pointwise_conv2d_stats_autograd);
 }
 
 }  // namespace mobilenet_kernels

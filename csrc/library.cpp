@@ -88,6 +88,44 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
       "squeeze_excite_backward_triton(Tensor grad_output, Tensor input, Tensor pooled, Tensor fc1_weight, "
       "Tensor fc1_bias, Tensor fc2_weight, Tensor fc2_bias, str activation, str scale_activation) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // pointwise_conv2d: act(conv2d(input, weight, bias)) + residual for a 1x1 conv (weight (Cout, Cin,
+  // 1, 1), stride 1, one group), as one GEMM over the N*H*W pixels with the bias, the activation and
+  // the residual add in its epilogue: the expand and project convs of an inverted-residual block with
+  // BatchNorm folded in. residual (N, Cout, H, W) in the input's dtype is added after the activation.
+  // input/weight/bias share one dtype; accumulation in float32 (float64 for float64); output in the
+  // input's memory format. Backward returns (grad_input, grad_weight, grad_bias) of the identity-
+  // activation conv (the autograd formula applies act' first; residual's gradient is grad_output);
+  // an output whose output_mask entry is false comes back as an empty tensor. grad_weight and
+  // grad_bias are reductions over N*H*W in a fixed order: bitwise deterministic.
+  m.def("pointwise_conv2d(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, str activation) -> Tensor");
+  m.def(
+      "pointwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  // pointwise_conv2d_stats: the 1x1 conv (no bias, no activation) and, from the GEMM's epilogue, the
+  // output's per-channel batch mean and biased variance (accumulation dtype) of the values as stored,
+  // for a BatchNorm in training; as depthwise_conv2d_stats (per-tile centred partials, Chan's merge in
+  // a fixed order, no float atomics).
+  m.def("pointwise_conv2d_stats(Tensor input, Tensor weight) -> (Tensor, Tensor, Tensor)");
+  // pointwise_conv2d_bn_act_train: act(BatchNorm(pointwise_conv2d(input, conv_weight))) with batch
+  // statistics; as depthwise_conv2d_bn_act_train, a composite registered in Python
+  // (mobilenet_kernels/ops/pointwise_conv2d.py).
+  m.def(
+      "pointwise_conv2d_bn_act_train(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, float eps, "
+      "str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "pointwise_conv2d_bn_act_train_triton(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, "
+      "float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // inverted_residual_eval: a whole inverted-residual block in eval mode with every BatchNorm folded
+  // in: project(act(dw(act(expand(x) + expand_bias)) + dw_bias)) + project_bias [+ x], the expanded
+  // tensor kept on chip (tiles of output pixels x all hidden channels). expand_weight (Chid, Cin, 1, 1)
+  // or None (no expand conv: Chid = Cin), dw_weight (Chid, 1, k, k) with odd k, padding (k - 1) / 2 *
+  // dilation, project_weight (Cout, Chid, 1, 1); weights and biases in the input's dtype; residual
+  // needs stride 1 and Cout = Cin. No squeeze-excite (such blocks run op by op). Inference only: no
+  // autograd formula. Output in the input's memory format.
+  m.def(
+      "inverted_residual_eval(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, "
+      "Tensor dw_bias, Tensor project_weight, Tensor project_bias, int stride, int dilation, str activation, "
+      "bool residual) -> Tensor");
   m.def(
       "depthwise_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, str activation) -> Tensor");
@@ -109,4 +147,15 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   m.def(
       "batch_norm_act_eval_backward_triton(Tensor grad_output, Tensor input, Tensor running_mean, "
       "Tensor running_var, Tensor? weight, Tensor? bias, float eps, str activation) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "pointwise_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, Tensor? residual, str activation) "
+      "-> Tensor");
+  m.def(
+      "pointwise_conv2d_backward_triton(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("pointwise_conv2d_stats_triton(Tensor input, Tensor weight) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "inverted_residual_eval_triton(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, "
+      "Tensor dw_bias, Tensor project_weight, Tensor project_bias, int stride, int dilation, str activation, "
+      "bool residual) -> Tensor");
 }

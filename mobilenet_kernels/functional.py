@@ -8,13 +8,23 @@ matching custom op; the "torch" backend runs the reference in mobilenet_kernels.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import backends, ops  # noqa: F401  (ops: registers fakes/autograd/Triton kernels)
 from .ops.batch_norm_act import check_batch_norm_eval_args, check_batch_norm_train_args
 from .ops._common import check_per_channel
 from .ops.depthwise_conv2d import check_depthwise_args, check_depthwise_bn_train_args
+from .ops.inverted_residual import check_inverted_residual_args
+from .ops.pointwise_conv2d import check_pointwise_args, check_pointwise_bn_train_args
 from .ops.squeeze_excite import check_squeeze_excite_args
-from .reference import batch_norm_act_ref, depthwise_conv2d_bn_act_ref, depthwise_conv2d_ref, squeeze_excite_ref
+from .reference import (
+    batch_norm_act_ref,
+    depthwise_conv2d_bn_act_ref,
+    depthwise_conv2d_ref,
+    inverted_residual_eval_ref,
+    pointwise_conv2d_ref,
+    squeeze_excite_ref,
+)
 
 _OPS = {"cuda": "{}", "triton": "{}_triton"}
 
@@ -182,6 +192,135 @@ def depthwise_conv2d_bn_act(
             mean = mean + conv_bias.to(mean.dtype)
         torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
     return out
+
+
+def pointwise_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    activation: str = "identity",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``activation(F.conv2d(input, weight, bias)) + residual`` for a 1x1 weight (Cout, Cin, 1, 1),
+    stride 1: one GEMM over the pixels with the bias, activation and residual add in its epilogue.
+    input, weight, bias and residual share one dtype (under autocast all are cast to the autocast
+    dtype, as for F.conv2d); the output keeps the input's memory format (NCHW or channels_last).
+    """
+    input, weight, bias, residual = _autocast(input, weight, bias, residual)
+    name = backends.resolve(backend, input)
+    check_pointwise_args(input, weight, bias, residual, activation)
+    if name == "torch":
+        return pointwise_conv2d_ref(input, weight, bias, residual, activation)
+    return _op("pointwise_conv2d", name)(input, weight, bias, residual, activation)
+
+
+def pointwise_conv2d_bn_act(
+    input: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    activation: str = "identity",
+    residual: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+    folded: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``batch_norm_act(conv2d(input, conv_weight, conv_bias), running_mean, ...) + residual`` for a 1x1
+    conv, the expand and project layers of an inverted-residual block.
+
+    Eval: BatchNorm folded into the conv (``fold_batch_norm``; pass ``folded`` to reuse a fold), the
+    activation and the residual add in the GEMM's epilogue: one pass.
+    Training: the GEMM's epilogue emits the batch statistics, one apply pass follows (the residual,
+    if any, is added after it); running stats are updated in place as nn.BatchNorm2d does.
+    """
+    input, conv_weight, conv_bias, residual = _autocast(input, conv_weight, conv_bias, residual)
+    name = backends.resolve(backend, input)
+    if training:
+        if conv_bias is not None or residual is not None:
+            check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
+        Co = check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation)
+        for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
+            check_per_channel(t, arg, input.new_empty((0, Co)))  # (C,) of the output
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean, running_var: required in eval mode (training=False)")
+        Co = check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
+        check_batch_norm_eval_args(input.new_empty((0, Co)), running_mean, running_var, weight, bias, eps, activation)
+    if not training:
+        w, b = folded if folded is not None else fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
+                                                                 weight, bias, eps)
+        w, b = w.to(input.dtype), b.to(input.dtype)
+        if name == "torch":
+            return pointwise_conv2d_ref(input, w, b, residual, activation)
+        return _op("pointwise_conv2d", name)(input, w, b, residual, activation)
+    if name == "torch":
+        z = F.conv2d(input, conv_weight, conv_bias)
+        out = batch_norm_act_ref(z, running_mean, running_var, weight, bias, training, momentum, eps, activation)
+        return out if residual is None else out + residual
+    out, _, mean, var = _op("pointwise_conv2d_bn_act_train", name)(input, conv_weight, weight, bias, eps, activation)
+    if running_mean is not None and running_var is not None and input.numel() > 0:
+        count = out.numel() // out.shape[1]
+        if conv_bias is not None:
+            mean = mean + conv_bias.to(mean.dtype)
+        torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
+    return out if residual is None else out + residual
+
+
+def inverted_residual_eval(
+    input: torch.Tensor,
+    expand_weight: torch.Tensor | None,
+    expand_bias: torch.Tensor | None,
+    dw_weight: torch.Tensor,
+    dw_bias: torch.Tensor,
+    project_weight: torch.Tensor,
+    project_bias: torch.Tensor,
+    stride: int = 1,
+    dilation: int = 1,
+    *,
+    activation: str = "relu6",
+    residual: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """An inverted-residual block in eval mode with its BatchNorms folded into the convs
+    (``fold_batch_norm``): ``project(act(dw(act(expand(x) + b_e)) + b_d)) + b_p``, plus ``x`` if
+    ``residual``. expand_weight (Chid, Cin, 1, 1) or None (no expand conv), dw_weight (Chid, 1, k, k)
+    with odd k and "same" padding ``(k - 1) // 2 * dilation``, project_weight (Cout, Chid, 1, 1);
+    weights and biases in the input's dtype (under autocast all are cast to the autocast dtype).
+    Inference only (no gradient).
+
+    Triton: one kernel per block that keeps the expanded tensor on chip. "cuda" on CPU tensors: the
+    C++ whole-block kernel (csrc/cpu/inverted_residual.cpp: bands of output rows whose expanded rows
+    stay in cache; float16/bfloat16 keep every intermediate in float and round once, where the op-by-op
+    path rounds the expanded and depthwise tensors). "cuda" on CUDA tensors: no whole-block CUDA
+    kernel is written, so the block runs op by op on our kernels (pointwise_conv2d with the
+    activation, depthwise_conv2d with the activation, pointwise_conv2d with the residual).
+    """
+    tensors = _autocast(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)
+    input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = tensors
+    name = backends.resolve(backend, input)
+    check_inverted_residual_args(*tensors, stride, dilation, activation, residual)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError("inverted_residual_eval: inference only, but an input requires grad "
+                           "(run it under torch.no_grad() or use the modules, which fall back to the op-by-op path)")
+    if name == "torch":
+        return inverted_residual_eval_ref(*tensors, stride, dilation, activation, residual)
+    if name == "triton" or input.device.type == "cpu":
+        return _op("inverted_residual_eval", name)(*tensors, stride, dilation, activation, residual)
+    h = input
+    if expand_weight is not None:
+        h = _op("pointwise_conv2d", name)(h, expand_weight, expand_bias, None, activation)
+    pad = (dw_weight.shape[-1] - 1) // 2 * dilation
+    h = _op("depthwise_conv2d", name)(h, dw_weight, dw_bias, [stride, stride], [pad, pad], [dilation, dilation],
+                                      activation)
+    return _op("pointwise_conv2d", name)(h, project_weight, project_bias, input if residual else None, "identity")
 
 
 def squeeze_excite(

@@ -81,6 +81,50 @@ def depthwise_conv2d_ref(
     return apply_activation(out, activation).to(input.dtype)
 
 
+def pointwise_conv2d_ref(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    activation: str = "identity",
+    *,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """``activation(F.conv2d(input, weight, bias)) + residual`` for a 1x1 ``weight``; with ``upcast``
+    computed in float64 and cast back (a high-precision reference)."""
+    dtype = torch.float64 if upcast else input.dtype
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    out = apply_activation(F.conv2d(cast(input), cast(weight), cast(bias)), activation)
+    if residual is not None:
+        out = out + cast(residual)
+    return out.to(input.dtype)
+
+
+def inverted_residual_eval_ref(
+    input: torch.Tensor,
+    expand_weight: torch.Tensor | None,
+    expand_bias: torch.Tensor | None,
+    dw_weight: torch.Tensor,
+    dw_bias: torch.Tensor,
+    project_weight: torch.Tensor,
+    project_bias: torch.Tensor,
+    stride: int = 1,
+    dilation: int = 1,
+    activation: str = "relu6",
+    residual: bool = False,
+    *,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """An inverted-residual block with its BatchNorms folded, op by op:
+    ``project(act(dw(act(expand(x))))) (+ x)``; with ``upcast`` in float64, cast back."""
+    h = input
+    if expand_weight is not None:
+        h = pointwise_conv2d_ref(h, expand_weight, expand_bias, None, activation, upcast=upcast)
+    pad = (dw_weight.shape[-1] - 1) // 2 * dilation
+    h = depthwise_conv2d_ref(h, dw_weight, dw_bias, stride, pad, dilation, activation, upcast=upcast)
+    return pointwise_conv2d_ref(h, project_weight, project_bias, input if residual else None, upcast=upcast)
+
+
 def depthwise_conv2d_bn_act_ref(
     input: torch.Tensor,
     conv_weight: torch.Tensor,

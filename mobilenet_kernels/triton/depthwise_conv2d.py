@@ -36,6 +36,7 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_forward
+from ._partials import merge_centred_partials
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
 # per-program partials (stats, grad_weight, grad_bias): bounds the partials' size; derived from the
@@ -397,24 +398,14 @@ def depthwise_conv2d_fwd(x, weight, bias, stride, padding, dilation, activation:
 
 def depthwise_conv2d_stats_fwd(x, weight, stride, padding, dilation, fmt):
     """The conv (no bias, identity) and the per-channel mean and biased variance of its output as
-    stored, in the accumulation dtype. Per-program centred partials (n_i, mean_i = shift_i +
-    (mean - shift)_i, M2_i) are merged in float64 in a fixed order: mean = sum n_i mean_i / n,
-    M2 = sum M2_i + sum n_i (mean_i - mean)^2 (Chan et al.'s pairwise update, for all programs at once).
-    A channel whose plain sum is not finite gets mean = sum / n and a NaN variance, as in torch."""
+    stored, in the accumulation dtype; the per-program partials are merged by
+    triton/_partials.py::merge_centred_partials."""
     out, partial = _forward(x, weight, None, stride, padding, dilation, "identity", fmt, stats=True)
     C = x.shape[1]
     if partial is None:
         zeros = torch.zeros(C, dtype=weight.dtype, device=x.device)
         return out, zeros, zeros.clone()
-    n_i, shift_i, mean_i, m2_i, sum_i = partial.double()
-    mean_i = shift_i + mean_i
-    n = n_i.sum(dim=0)
-    mean = (n_i * mean_i).sum(dim=0) / n
-    var = (m2_i.sum(dim=0) + (n_i * (mean_i - mean) ** 2).sum(dim=0)) / n
-    plain_mean = sum_i.sum(dim=0) / n
-    special = ~torch.isfinite(plain_mean)
-    mean = torch.where(special, plain_mean, mean)
-    var = torch.where(special, torch.nan, var)
+    mean, var = merge_centred_partials(partial)
     return out, mean.to(weight.dtype), var.to(weight.dtype)
 
 

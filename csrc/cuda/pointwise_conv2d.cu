@@ -1,0 +1,500 @@
+// pointwise_conv2d, CUDA (sm_80+).
+//
+// What runs, honestly: the GEMM is cuBLAS, called through ATen (at::mm_out / at::bmm_out into the
+// output tensor), and the epilogue is a SECOND pass over the output, one fused vectorized kernel
+// that rewrites it in place. A GEMM with the epilogue fused into its register tiles (CUTLASS, or
+// cuBLASLt's epilogues, which cover neither every activation nor the residual) is future work.
+//   channels_last: out (P = N*H*W, Cout) = x (P, Cin) . W^T, one at::mm_out on 2-D views;
+//   NCHW:          out[n] (Cout, H*W) = W . x[n] (Cin, H*W), one at::bmm_out with W expanded over
+//                  the batch (batch stride 0: ATen passes it to cublasGemmStridedBatched, no copy).
+// Forward epilogue: y = act(y + bias) + residual, in place, 16-byte vectors when the channels
+//   (channels_last) or the pixels of a plane (NCHW) come in whole vectors and the residual is
+//   16-byte aligned; float arithmetic (double for float64). Skipped for identity without bias and
+//   residual. Stats: the bias-free GEMM, then a partials kernel over the output as stored: per
+//   (tile, channel) centred (count, mean, M2), from per-thread shifted sums (shift = the thread's
+//   first value, 0 if not finite, so an Inf gives torch's +-Inf mean and NaN variance) merged over
+//   the block's threads by Chan's formula in a fixed tree; a second kernel merges the tiles in a
+//   fixed order, in double. No atomics.
+// Backward (all cuBLAS through ATen, no kernel of ours): grad_input = g . W (at::mm_out /
+//   at::bmm_out, as the forward); grad_weight = g^T . x over all N*H*W pixels as ONE GEMM
+//   (channels_last: views; NCHW: g and x are first copied to (C, N*H*W), a transposed copy of each,
+//   as torch.addbmm does); grad_bias = at::sum over (N, H, W) in float (double for float64), cast.
+// Precision: cuBLAS accumulates float16/bfloat16 GEMMs in float (ATen asks for CUBLAS_COMPUTE_32F;
+//   torch.backends.cuda.matmul.allow_fp16/bf16_reduced_precision_reduction may let cuBLAS reduce
+//   split-K partials in half precision, as for torch.mm), but it ROUNDS the GEMM result to the
+//   output dtype: for float16/bfloat16 the epilogue then adds the bias, applies the activation and
+//   adds the residual in float and rounds again (two roundings, where the CPU path has one).
+//   float32 GEMMs follow torch.backends.cuda.matmul's float32 precision setting (IEEE by default;
+//   TF32 when allowed), as torch.mm does; F.conv2d follows cuDNN's (TF32 by default).
+// Determinism: cuBLAS gives bitwise identical results run to run for a fixed shape, GPU model and
+//   SM count (its split-K reductions go through a workspace, not atomics; torch documents setting
+//   CUBLAS_WORKSPACE_CONFIG=:4096:8 for multi-stream use); at::sum is deterministic; our kernels
+//   reduce in a fixed order. So grad_weight, grad_bias and the statistics are bitwise
+//   reproducible.
+// Indexing: int64 element offsets; division by a fixed divisor via mk_cuda.cuh's Divider.
+// Limits: the epilogue costs one extra read and write of the output (plus the residual read);
+//   NCHW grad_weight copies grad_output and input once (N > 1).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <tuple>
+
+#include "mk_cuda.cuh"
+#include "pointwise_conv2d.h"
+
+namespace mobilenet_kernels {
+namespace {
+
+using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, apply_activation (mk_cuda.cuh)
+
+constexpr int kThreads = 256;     // threads per block
+constexpr int kFinishLanes = 8;   // tile lanes per channel in the stats' merge kernel
+constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxGridY = 65535;
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Chan et al.: merges partial statistics (nb, mb, m2b) into (na, ma, m2a). An empty side is exact.
+// A non-finite mean (the part holds an Inf or a NaN) passes through as in a plain sum (+-Inf, or NaN
+// for both signs) with a NaN M2, as torch.var_mean gives.
+template <typename T>
+__device__ __forceinline__ void chan_merge(T& na, T& ma, T& m2a, T nb, T mb, T m2b) {
+  if (nb == T(0)) return;
+  if (!isfinite(ma) || !isfinite(mb)) {
+    ma = na == T(0) ? mb : ma + mb;
+    m2a = ::nan("");
+    na += nb;
+    return;
+  }
+  const T n = na + nb;
+  const T d = mb - ma;
+  const T f = nb * recip_ge1(n);
+  ma += d * f;
+  m2a += m2b + d * d * na * f;
+  na = n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM: y (N, C, H, W) = conv1x1(x (N, K, H, W), w (C, K)), x and y dense in one format.
+void conv_gemm(const at::Tensor& x, const at::Tensor& w_ck, at::Tensor& y, bool channels_last) {
+  const int64_t N = x.size(0), K = x.size(1), C = y.size(1), HW = x.size(2) * x.size(3);
+  if (channels_last) {
+    at::Tensor y2 = y.permute({0, 2, 3, 1}).view({N * HW, C});
+    at::mm_out(y2, x.permute({0, 2, 3, 1}).view({N * HW, K}), w_ck.t());
+  } else {
+    at::Tensor y3 = y.view({N, C, HW});
+    at::bmm_out(y3, w_ck.expand({N, C, K}), x.view({N, K, HW}));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward epilogue, in place: y = act(y + bias[c]) + res, over VEC-element vectors i < nvec.
+// channels_last: element e is channel e % C (VEC > 1 needs C % VEC == 0); NCHW: channel (e / HW) % C
+// (VEC > 1 needs HW % VEC == 0, so a vector stays in one plane).
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    pointwise_epilogue_kernel(scalar_t* __restrict__ y, const scalar_t* __restrict__ res,
+                              const at::opmath_type<scalar_t>* __restrict__ bias, int64_t nvec, int64_t C,
+                              Divider div_inner, Divider div_c, bool channels_last, Act act) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nvec; i += stride) {
+    const int64_t e = i * VEC;
+    int64_t c;
+    if (channels_last) {
+      c = e - div_inner.div(e) * C;
+    } else {
+      const int64_t q = div_inner.div(e);  // n * C + c
+      c = q - div_c.div(q) * C;
+    }
+    acc_t z[VEC];
+    load_vec<VEC>(y + e, z);
+    acc_t r[VEC];
+    if (res != nullptr) {
+      load_vec<VEC>(res + e, r);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) r[v] = acc_t(0);
+    }
+    acc_t b[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) b[v] = bias == nullptr ? acc_t(0) : bias[channels_last ? c + v : c];
+    Vec<scalar_t, VEC> o;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      acc_t t = apply_activation(act, z[v] + b[v]);
+      if (res != nullptr) t += r[v];
+      o.v[v] = static_cast<scalar_t>(t);
+    }
+    *reinterpret_cast<Vec<scalar_t, VEC>*>(y + e) = o;
+  }
+}
+
+template <typename scalar_t>
+void run_epilogue(const PointwiseArgs& a, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const bool cl = a.channels_last();
+  const int64_t numel = out.numel();
+  const scalar_t* res = a.residual.defined() ? a.residual.data_ptr<scalar_t>() : nullptr;
+  const bool vec = (cl ? a.Cout % kVec == 0 : a.HW() % kVec == 0) && aligned16(out.data_ptr()) &&
+                   (res == nullptr || aligned16(res));
+  const int vw = vec ? kVec : 1;
+  const int64_t nvec = numel / vw;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t blocks = std::max<int64_t>(1, std::min(ceil_div(nvec, kThreads), sms * 16));
+  const Divider div_inner = make_divider(cl ? a.Cout : a.HW());
+  const Divider div_c = make_divider(std::max<int64_t>(1, a.Cout));
+  const acc_t* bias = a.bias.defined() ? a.bias.data_ptr<acc_t>() : nullptr;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (vec) {
+    pointwise_epilogue_kernel<scalar_t, kVec><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        out.data_ptr<scalar_t>(), res, bias, nvec, a.Cout, div_inner, div_c, cl, a.act);
+  } else {
+    pointwise_epilogue_kernel<scalar_t, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        out.data_ptr<scalar_t>(), res, bias, nvec, a.Cout, div_inner, div_c, cl, a.act);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics, stage 1: per-(tile, channel) partials (count, mean, M2) of the stored output.
+
+// A thread's shifted sums of VEC channels: s1 = sum (y - K), s2 = sum (y - K)^2, K its first
+// value (0 if not finite); an Inf makes s1 +-Inf (mean +-Inf) and s2 - s1^2 / n NaN, as in torch.
+template <typename acc_t, int VEC>
+struct ShiftedSums {
+  acc_t k[VEC], s1[VEC], s2[VEC];
+  int count = 0;
+  __device__ __forceinline__ ShiftedSums() {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) k[v] = s1[v] = s2[v] = acc_t(0);
+  }
+  __device__ __forceinline__ void add(const acc_t (&y)[VEC]) {
+    if (count == 0) {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) k[v] = finite_or_zero(y[v]);
+    }
+    ++count;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const acc_t d = y[v] - k[v];
+      s1[v] += d;
+      s2[v] += d * d;
+    }
+  }
+  // (mean, M2) of lane v; count > 0.
+  __device__ __forceinline__ void centred(int v, acc_t& mean, acc_t& m2) const {
+    const acc_t inv = recip_ge1(static_cast<acc_t>(count));
+    const acc_t d = s1[v] * inv;
+    mean = k[v] + d;
+    const acc_t q = s2[v] - s1[v] * d;
+    m2 = q < acc_t(0) ? acc_t(0) : q;  // NaN stays NaN
+  }
+};
+
+// Merges the per-thread partials of a block over `lanes` threads (a power of two; thread t and
+// t + s * stride merge, in a fixed tree) and has lane 0 write them to part_*[tile * C + c0 + v].
+template <typename acc_t, int VEC>
+__device__ __forceinline__ void block_merge_write(const ShiftedSums<acc_t, VEC>& s, bool active, int lane, int lanes,
+                                                  int lane_stride, int64_t tile, int64_t c0, int64_t C,
+                                                  int cstep, acc_t* __restrict__ part_n,
+                                                  acc_t* __restrict__ part_mean, acc_t* __restrict__ part_m2) {
+  __shared__ acc_t s_n[kThreads];
+  __shared__ acc_t s_mean[kThreads * VEC];
+  __shared__ acc_t s_m2[kThreads * VEC];
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  s_n[tid] = active ? static_cast<acc_t>(s.count) : acc_t(0);
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    acc_t mean = 0, m2 = 0;
+    if (active && s.count > 0) s.centred(v, mean, m2);
+    s_mean[tid * VEC + v] = mean;
+    s_m2[tid * VEC + v] = m2;
+  }
+  __syncthreads();
+  for (int h = lanes / 2; h > 0; h /= 2) {
+    if (lane < h) {
+      const int o = tid + h * lane_stride;  // written last round, read-only now
+      acc_t n = 0;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        n = s_n[tid];
+        chan_merge(n, s_mean[tid * VEC + v], s_m2[tid * VEC + v], s_n[o], s_mean[o * VEC + v], s_m2[o * VEC + v]);
+      }
+      s_n[tid] = n;
+    }
+    __syncthreads();
+  }
+  if (lane == 0 && active) {
+    const int64_t base = tile * C + c0;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      part_n[base + v * cstep] = s_n[tid];
+      part_mean[base + v * cstep] = s_mean[tid * VEC + v];
+      part_m2[base + v * cstep] = s_m2[tid * VEC + v];
+    }
+  }
+}
+
+// channels_last: y (P, C). Block (tx, ty): thread x owns channels c0 .. c0 + VEC - 1, c0 =
+// (blockIdx.y * tx + x) * VEC; rows tile * tile_rows + y, + ty, ... of its tile (blockIdx.x).
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    pointwise_stats_cl_kernel(const scalar_t* __restrict__ y, int64_t P, int64_t C, int64_t tile_rows,
+                              at::opmath_type<scalar_t>* __restrict__ part_n,
+                              at::opmath_type<scalar_t>* __restrict__ part_mean,
+                              at::opmath_type<scalar_t>* __restrict__ part_m2) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
+  const bool active = c0 < C;
+  const int64_t tile = blockIdx.x;
+  const int64_t r0 = tile * tile_rows;
+  const int64_t r1 = r0 + tile_rows < P ? r0 + tile_rows : P;
+  ShiftedSums<acc_t, VEC> s;
+  if (active) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
+      acc_t v[VEC];
+      load_vec<VEC>(y + r * C + c0, v);
+      s.add(v);
+    }
+  }
+  block_merge_write<acc_t, VEC>(s, active, threadIdx.y, blockDim.y, blockDim.x, tile, c0, C, 1, part_n, part_mean,
+                                part_m2);
+}
+
+// NCHW: y (N, C, HW). Block = (tile blockIdx.x, channel blockIdx.y), kThreads threads in x; pixel
+// p = (n, hw) of the flattened N*HW; thread x reads the vectors p = tile * tile_px + (x + k *
+// kThreads) * VEC (VEC > 1 needs HW % VEC == 0 and tile_px % VEC == 0: a vector stays in a plane).
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    pointwise_stats_nchw_kernel(const scalar_t* __restrict__ y, int64_t P, int64_t C, int64_t HW, Divider div_hw,
+                                int64_t tile_px, int64_t cy0, at::opmath_type<scalar_t>* __restrict__ part_n,
+                                at::opmath_type<scalar_t>* __restrict__ part_mean,
+                                at::opmath_type<scalar_t>* __restrict__ part_m2) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t c = cy0 + blockIdx.y;
+  const int64_t tile = blockIdx.x;
+  const int64_t p0 = tile * tile_px;
+  const int64_t p1 = p0 + tile_px < P ? p0 + tile_px : P;
+  ShiftedSums<acc_t, 1> s;
+  for (int64_t p = p0 + static_cast<int64_t>(threadIdx.x) * VEC; p < p1; p += static_cast<int64_t>(kThreads) * VEC) {
+    const int64_t n = div_hw.div(p);
+    acc_t v[VEC];
+    load_vec<VEC>(y + (n * C + c) * HW + (p - n * HW), v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const acc_t one[1] = {v[j]};
+      s.add(one);
+    }
+  }
+  block_merge_write<acc_t, 1>(s, true, threadIdx.x, blockDim.x, 1, tile, c, C, 1, part_n, part_mean, part_m2);
+}
+
+// Stage 2: channel c = blockIdx.x * 32 + x; lane y merges tiles y, y + 8, ... in order, then a
+// fixed tree over the lanes; all in double.
+template <typename acc_t>
+__global__ void __launch_bounds__(32 * kFinishLanes)
+    pointwise_stats_finish_kernel(const acc_t* __restrict__ part_n,     // (tiles, C)
+                                  const acc_t* __restrict__ part_mean,  // (tiles, C)
+                                  const acc_t* __restrict__ part_m2,    // (tiles, C)
+                                  int64_t tiles, int64_t C,
+                                  acc_t* __restrict__ mean,             // (C,)
+                                  acc_t* __restrict__ var) {            // (C,) biased
+  __shared__ double s_n[kFinishLanes][32];
+  __shared__ double s_mean[kFinishLanes][32];
+  __shared__ double s_m2[kFinishLanes][32];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  double n = 0, m = 0, m2 = 0;
+  if (c < C) {
+    for (int64_t t = threadIdx.y; t < tiles; t += kFinishLanes) {
+      const int64_t i = t * C + c;
+      chan_merge<double>(n, m, m2, part_n[i], part_mean[i], part_m2[i]);
+    }
+  }
+  s_n[threadIdx.y][threadIdx.x] = n;
+  s_mean[threadIdx.y][threadIdx.x] = m;
+  s_m2[threadIdx.y][threadIdx.x] = m2;
+  __syncthreads();
+  for (int s = kFinishLanes / 2; s > 0; s /= 2) {
+    if (threadIdx.y < s) {
+      const int o = threadIdx.y + s;
+      chan_merge<double>(s_n[threadIdx.y][threadIdx.x], s_mean[threadIdx.y][threadIdx.x],
+                         s_m2[threadIdx.y][threadIdx.x], s_n[o][threadIdx.x], s_mean[o][threadIdx.x],
+                         s_m2[o][threadIdx.x]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.y == 0 && c < C) {
+    const double total = s_n[0][threadIdx.x];
+    mean[c] = static_cast<acc_t>(s_mean[0][threadIdx.x]);
+    const double v = total > 0 ? s_m2[0][threadIdx.x] * recip_ge1(total) : 0.0;
+    var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);  // NaN stays NaN
+  }
+}
+
+template <typename scalar_t>
+void run_stats(const PointwiseArgs& a, const at::Tensor& out, at::Tensor& mean, at::Tensor& var) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const int64_t P = a.pixels(), C = a.Cout, HW = a.HW();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto acc_opts = out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const scalar_t* y = out.data_ptr<scalar_t>();
+  at::Tensor part;
+  int64_t tiles;
+  if (a.channels_last()) {
+    const bool vec = C % kVec == 0 && aligned16(y);
+    const int vw = vec ? kVec : 1;
+    const int64_t cvecs = ceil_div(C, vw);
+    const int64_t tx = ceil_div(cvecs, ceil_div(cvecs, 32));  // <= 32 channel vectors per block
+    int64_t ty = 1;
+    while (ty * 2 * tx <= kThreads) ty *= 2;
+    // Tiles of >= 256 rows, at most ~2048 of them: shape-derived only.
+    const int64_t tile_rows = std::max<int64_t>(256, ceil_div(P, 2048));
+    tiles = ceil_div(P, tile_rows);
+    const int64_t cblocks = ceil_div(cvecs, tx);
+    TORCH_CHECK(tiles <= kMaxGridX && cblocks <= kMaxGridY, "pointwise_conv2d_stats (CUDA): tensor too large");
+    part = at::empty({3, tiles, C}, acc_opts);
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(cblocks));
+    const dim3 block(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
+    if (vec) {
+      pointwise_stats_cl_kernel<scalar_t, kVec><<<grid, block, 0, stream>>>(
+          y, P, C, tile_rows, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>());
+    } else {
+      pointwise_stats_cl_kernel<scalar_t, 1><<<grid, block, 0, stream>>>(
+          y, P, C, tile_rows, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    const bool vec = HW % kVec == 0 && aligned16(y);
+    const int vw = vec ? kVec : 1;
+    // Tiles of >= 2048 pixels per channel, at most ~1024 of them, whole vectors: shape-derived only.
+    const int64_t tile_px = ceil_div(std::max<int64_t>(2048, ceil_div(P, 1024)), vw) * vw;
+    tiles = ceil_div(P, tile_px);
+    TORCH_CHECK(tiles <= kMaxGridX, "pointwise_conv2d_stats (CUDA): tensor too large");
+    part = at::empty({3, tiles, C}, acc_opts);
+    const Divider div_hw = make_divider(HW);
+    for (int64_t cy0 = 0; cy0 < C; cy0 += kMaxGridY) {
+      const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min(kMaxGridY, C - cy0)));
+      if (vec) {
+        pointwise_stats_nchw_kernel<scalar_t, kVec><<<grid, kThreads, 0, stream>>>(
+            y, P, C, HW, div_hw, tile_px, cy0, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(),
+            part[2].data_ptr<acc_t>());
+      } else {
+        pointwise_stats_nchw_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
+            y, P, C, HW, div_hw, tile_px, cy0, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(),
+            part[2].data_ptr<acc_t>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
+  const int64_t fblocks = ceil_div(C, 32);
+  TORCH_CHECK(fblocks <= kMaxGridX, "pointwise_conv2d_stats (CUDA): too many channels");
+  pointwise_stats_finish_kernel<acc_t><<<static_cast<unsigned>(fblocks), dim3(32, kFinishLanes), 0, stream>>>(
+      part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>(), tiles, C,
+      mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------------------------------------
+// ops
+
+void check_cuda(const at::Tensor& input) {
+  TORCH_CHECK_VALUE(input.is_cuda(), "input: expected a CUDA tensor, got device ", input.device());
+}
+
+at::Tensor pointwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                                 c10::string_view activation) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const PointwiseArgs a = prepare_pointwise(input, weight, bias, residual, std::string(activation));
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the ATen calls below are part of this kernel
+  at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
+  if (out.numel() == 0) return out;
+  conv_gemm(a.input, a.weight, out, a.channels_last());
+  if (a.act != Act::kIdentity || a.bias.defined() || a.residual.defined()) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pointwise_conv2d_cuda",
+                                    [&] { run_epilogue<scalar_t>(a, out); });
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_stats_cuda(const at::Tensor& input,
+                                                                           const at::Tensor& weight) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const PointwiseArgs a = prepare_pointwise(input, weight, c10::nullopt, c10::nullopt);
+  check_pointwise_stats_count(a);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
+  at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
+  at::Tensor mean = at::zeros({a.Cout}, acc_opts);
+  at::Tensor var = at::zeros({a.Cout}, acc_opts);
+  if (out.numel() == 0) return {out, mean, var};
+  conv_gemm(a.input, a.weight, out, a.channels_last());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pointwise_conv2d_stats_cuda",
+                                  [&] { run_stats<scalar_t>(a, out, mean, var); });
+  return {out, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_backward_cuda(const at::Tensor& grad_output,
+                                                                              const at::Tensor& input,
+                                                                              const at::Tensor& weight,
+                                                                              std::array<bool, 3> output_mask) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const PointwiseArgs a = prepare_pointwise(input, weight, c10::nullopt, c10::nullopt);
+  const at::Tensor g = prepare_pointwise_grad_output(grad_output, a, input);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto empty = [&] { return at::empty({0}, input.options()); };  // one per masked output: no aliasing
+  at::Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(a.format)) : empty();
+  at::Tensor grad_weight = output_mask[1] ? at::empty({a.Cout, a.Cin, 1, 1}, weight.options()) : empty();
+  at::Tensor grad_bias = output_mask[2] ? at::empty({a.Cout}, input.options()) : empty();
+  const int64_t P = a.pixels(), HW = a.HW();
+  if (P == 0) {  // an empty batch: the sums are zero
+    if (output_mask[1]) grad_weight.zero_();
+    if (output_mask[2]) grad_bias.zero_();
+    return {grad_input, grad_weight, grad_bias};
+  }
+  if (output_mask[0] && grad_input.numel() > 0) {
+    // grad_input (P, Cin) = g (P, Cout) . W (Cout, Cin): the forward GEMM with W^T (Cin, Cout).
+    conv_gemm(g, a.weight.t(), grad_input, a.channels_last());
+  }
+  if (output_mask[1]) {
+    // grad_weight (Cout, Cin) = g^T (Cout, P) . x (P, Cin): one GEMM over every pixel.
+    at::Tensor gw = grad_weight.view({a.Cout, a.Cin});
+    if (a.channels_last()) {
+      at::mm_out(gw, g.permute({0, 2, 3, 1}).reshape({P, a.Cout}).t(), a.input.permute({0, 2, 3, 1}).reshape({P, a.Cin}));
+    } else {
+      const at::Tensor g2 = g.view({a.N, a.Cout, HW}).transpose(0, 1).reshape({a.Cout, P});   // a copy when N > 1
+      const at::Tensor x2 = a.input.view({a.N, a.Cin, HW}).transpose(0, 1).reshape({a.Cin, P});
+      at::mm_out(gw, g2, x2.t());
+    }
+  }
+  if (output_mask[2]) {
+    const std::array<int64_t, 3> dims{0, 2, 3};
+    grad_bias.copy_(at::sum(g, dims, false, acc_type_for(input.scalar_type())));
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mobilenet_kernels, CUDA, m) {
+  m.impl("pointwise_conv2d", &pointwise_conv2d_cuda);
+  m.impl("pointwise_conv2d_backward", &pointwise_conv2d_backward_cuda);
+  m.impl("pointwise_conv2d_stats", &pointwise_conv2d_stats_cuda);
+}
+
+}  // namespace mobilenet_kernels

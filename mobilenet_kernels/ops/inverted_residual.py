@@ -1,0 +1,99 @@
+"""inverted_residual_eval: a whole inverted-residual block (eval, BatchNorm folded) as one kernel.
+
+Schema in csrc/library.cpp; Triton kernel in mobilenet_kernels/triton/inverted_residual.py; C++ CPU
+kernel of the C++-backed op in csrc/cpu/inverted_residual.cpp (its checks, the twin of
+check_inverted_residual_args, in csrc/inverted_residual.h). No CUDA kernel of that op is written:
+on CUDA tensors the "cuda" backend of functional.inverted_residual_eval runs the block op by op
+(pointwise_conv2d, depthwise_conv2d, pointwise_conv2d with the residual), which is also the reference.
+
+Inference only: the op has no autograd formula; the modules call it only when no gradient is
+needed (nn.inverted_residual).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import check_activation
+from ._common import acc_dtype, check_floating, output_memory_format
+
+
+def _check_param(t, name, shape, input) -> None:
+    check_floating(t, name)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+    if t.dtype != input.dtype:
+        raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
+    if t.device != input.device:
+        raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+
+
+def check_inverted_residual_args(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                 stride, dilation, activation, residual) -> tuple[int, int]:
+    """The checks every backend runs before launching; returns the output's (OH, OW)."""
+    check_floating(input, "input")
+    if input.dim() != 4:
+        raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
+    N, Cin, H, W = input.shape
+    if (expand_weight is None) != (expand_bias is None):
+        raise ValueError("expand_weight, expand_bias: expected both or neither")
+    if expand_weight is not None:
+        if expand_weight.dim() != 4 or expand_weight.shape[1] != Cin or tuple(expand_weight.shape[2:]) != (1, 1):
+            raise ValueError(f"expand_weight: expected shape (Chid, {Cin}, 1, 1), got {tuple(expand_weight.shape)}")
+        Chid = expand_weight.shape[0]
+        _check_param(expand_weight, "expand_weight", (Chid, Cin, 1, 1), input)
+        _check_param(expand_bias, "expand_bias", (Chid,), input)
+    else:
+        Chid = Cin
+    if dw_weight.dim() != 4 or dw_weight.shape[0] != Chid or dw_weight.shape[1] != 1:
+        raise ValueError(f"dw_weight: expected shape ({Chid}, 1, k, k), got {tuple(dw_weight.shape)}")
+    k = dw_weight.shape[2]
+    if dw_weight.shape[3] != k or k % 2 == 0:
+        raise ValueError(f"dw_weight: expected a square kernel of odd size, got {tuple(dw_weight.shape)}")
+    _check_param(dw_weight, "dw_weight", (Chid, 1, k, k), input)
+    _check_param(dw_bias, "dw_bias", (Chid,), input)
+    if project_weight.dim() != 4 or project_weight.shape[1] != Chid or tuple(project_weight.shape[2:]) != (1, 1):
+        raise ValueError(f"project_weight: expected shape (Cout, {Chid}, 1, 1), got {tuple(project_weight.shape)}")
+    Cout = project_weight.shape[0]
+    _check_param(project_weight, "project_weight", (Cout, Chid, 1, 1), input)
+    _check_param(project_bias, "project_bias", (Cout,), input)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride: expected an int >= 1, got {stride!r}")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation: expected an int >= 1, got {dilation!r}")
+    check_activation(activation)
+    if residual and (stride != 1 or Cout != Cin):
+        raise ValueError(f"residual: needs stride 1 and as many output as input channels, got stride {stride}, "
+                         f"{Cin} -> {Cout} channels")
+    pad = (k - 1) // 2 * dilation
+    return (H + 2 * pad - dilation * (k - 1) - 1) // stride + 1, (W + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def _fake(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, dilation,
+          activation, residual):
+    OH, OW = check_inverted_residual_args(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                          project_bias, stride, dilation, activation, residual)
+    return torch.empty((input.shape[0], project_weight.shape[0], OH, OW), dtype=input.dtype, device=input.device,
+                       memory_format=output_memory_format(input))
+
+
+for _suffix in ("", "_triton"):
+    torch.library.register_fake(f"mobilenet_kernels::inverted_residual_eval{_suffix}", _fake)
+
+
+@torch.library.register_kernel("mobilenet_kernels::inverted_residual_eval_triton", ("cpu", "cuda"))
+def _triton_forward(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
+                    dilation, activation, residual):
+    from ..triton.inverted_residual import inverted_residual_eval_fwd
+
+    check_inverted_residual_args(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                 stride, dilation, activation, residual)
+    fmt = output_memory_format(input)
+    acc = acc_dtype(input.dtype)
+    matrix_t = lambda w: w.reshape(w.shape[0], w.shape[1]).t().contiguous()  # noqa: E731  (K, N) for the dots
+    we = None if expand_weight is None else matrix_t(expand_weight)
+    be = None if expand_bias is None else expand_bias.to(acc).contiguous()
+    wd = dw_weight.reshape(dw_weight.shape[0], -1).to(acc).contiguous()
+    return inverted_residual_eval_fwd(input.contiguous(memory_format=fmt), we, be, wd, dw_bias.to(acc).contiguous(),
+                                      matrix_t(project_weight), project_bias.to(acc).contiguous(), stride, dilation,
+                                      activation, residual, fmt)

@@ -1,0 +1,294 @@
+"""pointwise_conv2d (1x1 conv): registration of fakes, autograd and the Triton kernels.
+
+Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/pointwise_conv2d.*;
+Triton kernels in mobilenet_kernels/triton/pointwise_conv2d.py. The same three kernel ops and one
+composite as depthwise_conv2d:
+
+* ``pointwise_conv2d`` (+ ``_backward``): ``act(conv2d(x, w, b)) + residual``, one GEMM with an
+  epilogue: the expand conv of an inverted-residual block (bias + activation) and its project conv
+  (bias + residual) once BatchNorm is folded in. Backward applies act' first: from the saved output
+  for relu/relu6 when there is no residual (y tells where z was clipped), else by recomputing the
+  pre-activation (only reached when training through a frozen BatchNorm); residual's gradient is
+  grad_output.
+* ``pointwise_conv2d_stats``: the conv plus the per-channel batch mean and biased variance of its
+  output from the GEMM's epilogue.
+* ``pointwise_conv2d_bn_act_train``: 1x1 conv + BatchNorm (batch statistics) + activation: ``stats``
+  then the BatchNorm apply kernel; backward = batch_norm_act_train_backward then
+  pointwise_conv2d_backward. A device-generic composite over the kernel ops of one backend.
+
+Autocast: the functional layer casts input/weight/bias/residual to the autocast dtype, as F.conv2d does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import activation_derivative, check_activation
+from ._common import acc_dtype, check_floating, empty_like_output, output_memory_format
+from .depthwise_conv2d import check_stats_count
+
+# Activations whose derivative can be read off the output when nothing is added after them.
+_DERIVATIVE_FROM_OUTPUT = ("relu", "relu6")
+
+
+def check_pointwise_args(input, weight, bias=None, residual=None, activation="identity") -> int:
+    """The checks every backend runs before launching; returns the output channels.
+    C++ twin: csrc/pointwise_conv2d.h::prepare_pointwise."""
+    check_floating(input, "input")
+    if input.dim() != 4:
+        raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
+    check_floating(weight, "weight")
+    Ci = input.shape[1]
+    if weight.dim() != 4 or weight.shape[1] != Ci or tuple(weight.shape[2:]) != (1, 1) or weight.shape[0] < 1:
+        raise ValueError(f"weight: expected shape (Cout, {Ci}, 1, 1) for a 1x1 conv of {Ci} input channels, "
+                         f"got {tuple(weight.shape)}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"weight: expected dtype {input.dtype} (the input's), got {weight.dtype}")
+    if weight.device != input.device:
+        raise ValueError(f"weight: expected device {input.device}, got {weight.device}")
+    Co = weight.shape[0]
+    if bias is not None:
+        _check_per_output_channel(bias, "bias", Co, input)
+        if bias.dtype != input.dtype:
+            raise TypeError(f"bias: expected dtype {input.dtype} (the input's), got {bias.dtype}")
+    if residual is not None:
+        check_floating(residual, "residual")
+        expected = (input.shape[0], Co, input.shape[2], input.shape[3])
+        if tuple(residual.shape) != expected:
+            raise ValueError(f"residual: expected shape {expected} (the output's), got {tuple(residual.shape)}")
+        if residual.dtype != input.dtype:
+            raise TypeError(f"residual: expected dtype {input.dtype} (the input's), got {residual.dtype}")
+        if residual.device != input.device:
+            raise ValueError(f"residual: expected device {input.device}, got {residual.device}")
+    check_activation(activation)
+    return Co
+
+
+def _check_per_output_channel(t, name, Co, input) -> None:
+    """``t`` is None or a (Co,) float tensor on input's device."""
+    if t is None:
+        return
+    check_floating(t, name)
+    if t.dim() != 1 or t.shape[0] != Co:
+        raise ValueError(f"{name}: expected shape ({Co},) to match the output channels, got {tuple(t.shape)}")
+    if t.device != input.device:
+        raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+
+
+def _check_grad_output(grad_output, input, Co) -> None:
+    expected = (input.shape[0], Co, input.shape[2], input.shape[3])
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(f"grad_output: expected shape {expected}, got {tuple(grad_output.shape)}")
+    if grad_output.dtype != input.dtype:
+        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
+    if grad_output.device != input.device:
+        raise ValueError(f"grad_output: expected device {input.device}, got {grad_output.device}")
+
+
+def _output(input, Co, dtype=None):
+    return torch.empty((input.shape[0], Co, input.shape[2], input.shape[3]), dtype=dtype or input.dtype,
+                       device=input.device, memory_format=output_memory_format(input))
+
+
+def _spatial(input):
+    return input.shape[2], input.shape[3]
+
+
+# ----------------------------------------------------------------------------- fakes
+
+
+def _fake(input, weight, bias, residual, activation):
+    return _output(input, check_pointwise_args(input, weight, bias, residual, activation))
+
+
+def _backward_fake(grad_output, input, weight, output_mask):
+    Co = check_pointwise_args(input, weight)
+    _check_grad_output(grad_output, input, Co)
+    return (
+        empty_like_output(input) if output_mask[0] else input.new_empty(0),
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else input.new_empty(0),
+        input.new_empty(Co) if output_mask[2] else input.new_empty(0),
+    )
+
+
+def _stats_fake(input, weight):
+    Co = check_pointwise_args(input, weight)
+    check_stats_count(input, _spatial(input))
+    acc = acc_dtype(input.dtype)
+    return _output(input, Co), input.new_empty(Co, dtype=acc), input.new_empty(Co, dtype=acc)
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, residual, activation = inputs
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    ctx.has_residual = residual is not None
+    from_output = activation in _DERIVATIVE_FROM_OUTPUT and residual is None
+    ctx.save_for_backward(input, weight, bias, output if from_output else None)
+
+
+def _make_backward(forward_op, backward_op):
+    def backward(ctx, grad_output):
+        input, weight, bias, out = ctx.saved_tensors
+        act = ctx.activation
+        if act == "identity":
+            g = grad_output
+        elif out is not None:  # relu: y > 0; relu6: 0 < y < 6, exactly where z is
+            keep = (out > 0) & (out < 6) if act == "relu6" else out > 0
+            g = grad_output * keep
+        else:  # recompute the pre-activation
+            z = forward_op(input, weight, bias, None, "identity")
+            g = (grad_output.to(acc_dtype(z.dtype)) * activation_derivative(z.to(acc_dtype(z.dtype)), act)).to(z.dtype)
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1], needs[2] and ctx.has_bias]
+        grad_input, grad_weight, grad_bias = backward_op(g.contiguous(memory_format=output_memory_format(input)), input,
+                                                         weight, mask)
+        grad_residual = grad_output if ctx.has_residual and needs[3] else None
+        return (grad_input if mask[0] else None, grad_weight if mask[1] else None, grad_bias if mask[2] else None,
+                grad_residual, None)
+
+    return backward
+
+
+def _stats_setup_context(ctx, inputs, output):
+    input, weight = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(input, weight)
+
+
+def _make_stats_backward(backward_op):
+    def backward(ctx, grad_output, _grad_mean, _grad_var):
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight, _ = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)),
+                                                 input, weight, [needs[0], needs[1], False])
+        return grad_input if needs[0] else None, grad_weight if needs[1] else None
+
+    return backward
+
+
+ns = torch.ops.mobilenet_kernels
+for _suffix in ("", "_triton"):
+    torch.library.register_fake(f"mobilenet_kernels::pointwise_conv2d{_suffix}", _fake)
+    torch.library.register_fake(f"mobilenet_kernels::pointwise_conv2d_backward{_suffix}", _backward_fake)
+    torch.library.register_fake(f"mobilenet_kernels::pointwise_conv2d_stats{_suffix}", _stats_fake)
+# Autograd of the Triton twins; the C++-backed ops have the same formulas in C++ (csrc/autograd.cpp).
+torch.library.register_autograd("mobilenet_kernels::pointwise_conv2d_triton",
+                                _make_backward(ns.pointwise_conv2d_triton, ns.pointwise_conv2d_backward_triton),
+                                setup_context=_setup_context)
+torch.library.register_autograd("mobilenet_kernels::pointwise_conv2d_stats_triton",
+                                _make_stats_backward(ns.pointwise_conv2d_backward_triton),
+                                setup_context=_stats_setup_context)
+
+
+# ----------------------------------------------------------------------------- Triton
+
+
+def _dense(t):
+    return t.contiguous(memory_format=output_memory_format(t))
+
+
+def _matrix(weight):
+    return weight.reshape(weight.shape[0], weight.shape[1]).contiguous()
+
+
+@torch.library.register_kernel("mobilenet_kernels::pointwise_conv2d_triton", ("cpu", "cuda"))
+def _triton_forward(input, weight, bias, residual, activation):
+    from ..triton.pointwise_conv2d import pointwise_conv2d_fwd
+
+    check_pointwise_args(input, weight, bias, residual, activation)
+    fmt = output_memory_format(input)
+    b = None if bias is None else bias.to(acc_dtype(bias.dtype)).contiguous()
+    r = None if residual is None else residual.contiguous(memory_format=fmt)
+    return pointwise_conv2d_fwd(_dense(input), _matrix(weight), b, r, activation, fmt)
+
+
+@torch.library.register_kernel("mobilenet_kernels::pointwise_conv2d_backward_triton", ("cpu", "cuda"))
+def _triton_backward(grad_output, input, weight, output_mask):
+    from ..triton.pointwise_conv2d import pointwise_conv2d_bwd
+
+    Co = check_pointwise_args(input, weight)
+    _check_grad_output(grad_output, input, Co)
+    fmt = output_memory_format(input)
+    grad_input, grad_weight, grad_bias = pointwise_conv2d_bwd(grad_output.contiguous(memory_format=fmt), _dense(input),
+                                                              _matrix(weight), fmt, tuple(bool(m) for m in output_mask))
+    if output_mask[1]:
+        grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype).contiguous()
+    if output_mask[2]:
+        grad_bias = grad_bias.to(input.dtype)
+    return grad_input, grad_weight, grad_bias
+
+
+@torch.library.register_kernel("mobilenet_kernels::pointwise_conv2d_stats_triton", ("cpu", "cuda"))
+def _triton_stats(input, weight):
+    from ..triton.pointwise_conv2d import pointwise_conv2d_stats_fwd
+
+    check_pointwise_args(input, weight)
+    check_stats_count(input, _spatial(input))
+    return pointwise_conv2d_stats_fwd(_dense(input), _matrix(weight), output_memory_format(input))
+
+
+# ----------------------------------------------------------------------------- 1x1 conv + BN + act, training
+
+
+def check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation) -> int:
+    Co = check_pointwise_args(input, conv_weight, None, None, activation)
+    check_stats_count(input, _spatial(input))
+    _check_per_output_channel(weight, "weight", Co, input)
+    _check_per_output_channel(bias, "bias", Co, input)
+    if eps < 0:
+        raise ValueError(f"eps: expected a non-negative value, got {eps}")
+    return Co
+
+
+def _bn_train_fake(input, conv_weight, weight, bias, eps, activation):
+    Co = check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation)
+    acc = acc_dtype(input.dtype)
+    return _output(input, Co), _output(input, Co), input.new_empty(Co, dtype=acc), input.new_empty(Co, dtype=acc)
+
+
+def _make_bn_train_forward(suffix):
+    def forward(input, conv_weight, weight, bias, eps, activation):
+        check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation)
+        conv_out, mean, var = getattr(ns, f"pointwise_conv2d_stats{suffix}")(input, conv_weight)
+        out = getattr(ns, f"batch_norm_act_eval{suffix}")(conv_out, mean, var, weight, bias, eps, activation)
+        return out, conv_out, mean, var
+
+    return forward
+
+
+def _bn_train_setup_context(ctx, inputs, output):
+    input, conv_weight, weight, bias, eps, activation = inputs
+    _, conv_out, mean, var = output
+    ctx.mark_non_differentiable(conv_out, mean, var)
+    ctx.save_for_backward(input, conv_weight, weight, bias, conv_out, mean, var)
+    ctx.eps, ctx.activation = eps, activation
+
+
+def _make_bn_train_backward(suffix):
+    bn_backward = getattr(ns, f"batch_norm_act_train_backward{suffix}")
+    conv_backward = getattr(ns, f"pointwise_conv2d_backward{suffix}")
+
+    def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
+        input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        fmt = output_memory_format(input)
+        grad_conv_out, sum_g_xhat, sum_g = bn_backward(grad_output.contiguous(memory_format=fmt), conv_out, weight, bias,
+                                                       mean, var, ctx.eps, ctx.activation)
+        grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, [needs[0], needs[1], False])
+        return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
+                sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
+                None, None)
+
+    return backward
+
+
+for _suffix in ("", "_triton"):
+    _name = f"mobilenet_kernels::pointwise_conv2d_bn_act_train{_suffix}"
+    torch.library.register_kernel(_name, ("cpu", "cuda"), _make_bn_train_forward(_suffix))
+    torch.library.register_fake(_name, _bn_train_fake)
+    torch.library.register_autograd(_name, _make_bn_train_backward(_suffix), setup_context=_bn_train_setup_context)
