@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import backends, data
 from .models import mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
+from .nn.inverted_residual import set_recompute
 from .nn.sync_batch_norm import convert_sync_batchnorm
 
 __all__ = ["MODELS", "OPTIMIZERS", "ConfigError", "TrainConfig", "train", "warmup_cosine"]
@@ -90,6 +91,7 @@ class TrainConfig:
     channels_last: bool = False
     amp: bool = False
     sync_bn: bool = False
+    recompute: bool = False
     steps_per_epoch: int | None = None
     backend: str | None = None
     log_interval: int = 10
@@ -401,6 +403,8 @@ def _build(cfg, procs, device, train_set, val_set, num_classes, size, checkpoint
     model = MODELS[cfg.model](num_classes=num_classes, width_mult=cfg.width_mult, backend=cfg.backend)
     if cfg.sync_bn:
         model = convert_sync_batchnorm(model)
+    if cfg.recompute:
+        set_recompute(model)
     model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     torch.manual_seed(cfg.seed + procs.rank)  # dropout and augmentation differ between processes
 
@@ -446,7 +450,8 @@ def _build(cfg, procs, device, train_set, val_set, num_classes, size, checkpoint
 def _fit(run: _Run, start_epoch: int, say: Callable[[str], None]) -> dict:
     cfg, log, procs = run.cfg, run.log, run.procs
     options = "".join(f", {name}" for name, on in (("sync-bn", cfg.sync_bn), ("amp bf16", cfg.amp),
-                                                   ("channels_last", cfg.channels_last)) if on)
+                                                   ("channels_last", cfg.channels_last),
+                                                   ("recompute", cfg.recompute)) if on)
     say(f"train {cfg.model} (width {cfg.width_mult:g}, {log['num_classes']} classes, "
         f"{log['parameters'] / 1e6:.2f}M params) on {cfg.data} {log['size']}px: "
         f"{log['train_images']} train / {log['val_images']} val images")

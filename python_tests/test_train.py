@@ -120,6 +120,19 @@ def test_amp_channels_last_sync_bn_single_process(tmp_path, capsys, device):
     assert log["device"].startswith(device) and math.isfinite(log["epochs"][0]["train_loss"])
 
 
+def test_recompute_trains_the_same_steps(tmp_path, capsys):
+    """--recompute (checkpointed blocks) gives the same losses as a plain run: same seed, same data."""
+    args = (*TINY, "--batch", "8", "--epochs", "1", "--steps-per-epoch", "2", "--val-split", "0.01",
+            "--log-interval", "1")
+    losses = []
+    for extra in ((), ("--recompute",)):
+        out = _train(capsys, *args, *extra, "--checkpoint-dir", str(tmp_path / str(len(extra))))
+        log = json.loads((tmp_path / str(len(extra)) / "log.json").read_text())
+        losses.append([step["loss"] for step in log["steps"]])
+    assert "recompute" in out
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+
+
 def test_warmup_cosine():
     assert warmup_cosine(0, 10, 100) == pytest.approx(0.01)
     assert warmup_cosine(5, 10, 100) == pytest.approx(0.505)

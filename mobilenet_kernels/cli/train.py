@@ -65,6 +65,9 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all processes (under torchrun)")
+    p.add_argument("--recompute", action="store_true",
+                   help="keep only each inverted-residual block's input for backward and recompute the expanded "
+                        "tensors (less activation memory, one more forward per block)")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch (default: a full pass)")
     p.add_argument("--log-interval", type=int, default=d.log_interval,
                    help="steps between loss readings, progress-bar updates and log.json step entries "

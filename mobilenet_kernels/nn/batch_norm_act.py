@@ -87,6 +87,23 @@ class BatchNormAct2d(nn.BatchNorm2d):
         self._count_batch(counts)
         return out
 
+    def forward_after_pointwise(self, conv: nn.Conv2d, input: torch.Tensor,
+                                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(conv(input)) + residual`` for a 1x1 ``conv`` (stride 1, one group), as one fused op
+        (functional.pointwise_conv2d_bn_act): in eval mode the GEMM with the folded weights, the
+        activation and the residual in its epilogue; in training the GEMM's epilogue emits the batch
+        statistics. ``folded`` is the cached fold (nn.conv_bn_act.folded_conv_weights) or None."""
+        from .conv_bn_act import folded_conv_weights
+
+        running_mean, running_var, training, momentum, counts = self._batch_norm_args()
+        folded = None if training else folded_conv_weights(conv, self)
+        out = MF.pointwise_conv2d_bn_act(
+            input, conv.weight, conv.bias, running_mean, running_var, self.weight, self.bias, training, momentum,
+            self.eps, self.activation, residual, backend=self.backend, folded=folded,
+        )
+        self._count_batch(counts)
+        return out
+
     def _folded(self, conv: nn.Conv2d, running_mean, running_var):
         if torch.compiler.is_compiling():  # traced once; the fold is part of the graph
             return None

@@ -17,6 +17,11 @@ def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
 def folded_conv_weights(conv: nn.Conv2d, bn: BatchNormAct2d) -> Optional[tuple[Tensor, Tensor]]:
     """``(weight, bias)`` of ``conv`` with the eval-mode ``bn`` folded in (``W * scale``,
     ``(b - mean) * scale + beta``, scale = ``gamma / sqrt(var + eps)``; functional.fold_batch_norm, in
@@ -58,6 +63,10 @@ def conv_bn_act(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: Tensor, residual: Op
 
     - A depthwise ``conv`` runs fused with ``bn`` (BatchNormAct2d.forward_after_depthwise: in eval
       mode the fold lives in the depthwise kernel's weights, the activation in its epilogue).
+    - A 1x1 conv (stride 1, one group) runs fused with ``bn`` and the residual add
+      (BatchNormAct2d.forward_after_pointwise, functional.pointwise_conv2d_bn_act): in eval mode
+      the GEMM with the folded weights, the activation and the residual in its epilogue; in
+      training the GEMM's epilogue emits the BatchNorm statistics.
     - Any other conv, where :func:`folded_conv_weights` applies (eval mode, no gradient needed):
       the conv with the folded weights and bias, then the activation and the residual add in place
       on its output: no BatchNorm pass and no second tensor (the linear projection is the conv
@@ -69,6 +78,8 @@ def conv_bn_act(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: Tensor, residual: Op
         out = bn(conv(input))
     elif _is_depthwise(conv):
         out = bn.forward_after_depthwise(conv, input)
+    elif _is_pointwise(conv) and input.dim() == 4:
+        return bn.forward_after_pointwise(conv, input, residual)
     else:
         folded = folded_conv_weights(conv, bn)
         if folded is None:

@@ -4,11 +4,16 @@ Both run the same forward: the "expanded side" (1x1 expand conv + BN + act, dept
 act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
 
 - Inference: in eval mode, with no gradient needed, every BatchNorm is folded into the conv before
-  it (nn.conv_bn_act): the 1x1 convs run as one ``F.conv2d`` with folded weights and bias, then
-  the activation (expand) or the residual add (project) in place; the depthwise conv's fold lives
-  in its kernel's weights, the activation in its epilogue. Folds are cached while no parameter or
-  running statistic changes, and traced into the graph under torch.compile.
-- Training: ``recompute=True`` keeps only the block's input for backward and recomputes the
+  it (nn.conv_bn_act). On a backend with a whole-block kernel (Triton; "cuda" on CPU tensors) a
+  block without squeeze-excite runs as that one kernel (functional.inverted_residual_eval: the
+  expanded tensor never reaches memory). Otherwise the 1x1 convs run as GEMMs with the bias and
+  the activation (expand) or the residual add (project) in their epilogue
+  (functional.pointwise_conv2d), the depthwise conv with the fold in its weights and the
+  activation in its epilogue. Folds are cached while no parameter or running statistic changes,
+  and traced into the graph under torch.compile.
+- Training: the 1x1 convs' GEMM epilogues emit the BatchNorm statistics
+  (functional.pointwise_conv2d_bn_act), as the depthwise conv's do.
+- ``recompute=True`` keeps only the block's input for backward and recomputes the
   expanded tensors (see :meth:`_InvertedResidualBase.forward`).
 """
 
@@ -23,9 +28,11 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from .. import backends
+from .. import functional as MF
 from ..activations import activation_name, check_activation
 from .batch_norm_act import BatchNormAct2d
-from .conv_bn_act import ConvBNAct, _is_depthwise, conv_bn_act
+from .conv_bn_act import ConvBNAct, _is_depthwise, _is_pointwise, conv_bn_act, folded_conv_weights
 from .depthwise_conv2d import DepthwiseConv2d
 from .squeeze_excite import SqueezeExcitation
 
@@ -78,6 +85,49 @@ class _InvertedResidualBase(nn.Module):
             h = layer(h)
         return conv_bn_act(conv, bn, h, residual)
 
+    def _whole_block_eval(self, input: Tensor) -> Optional[Tensor]:
+        """The block as one kernel that keeps the expanded tensor on chip
+        (functional.inverted_residual_eval), where that applies, else None: eval mode with no
+        gradient needed (every BatchNorm folded: folded_conv_weights), no squeeze-excite, a
+        depthwise conv with a square odd kernel and "same" padding, 1x1 expand/project convs, one
+        activation on the expanded side, and a backend with a whole-block kernel for the input's
+        device (Triton; "cuda" on CPU tensors, the C++ CPU kernel; no CUDA whole-block kernel)."""
+        expanded_side, project_conv, project_bn = self._parts()
+        if input.dim() != 4 or not 1 <= len(expanded_side) <= 2 or (torch.is_grad_enabled() and input.requires_grad):
+            return None
+        if not all(isinstance(m, ConvBNAct) and isinstance(m[1], BatchNormAct2d) for m in expanded_side):
+            return None
+        *expand, dw = expanded_side
+        dw_conv, dw_bn = dw[0], dw[1]
+        if not isinstance(project_bn, BatchNormAct2d) or project_bn.activation != "identity":
+            return None
+        name = backends.resolve(dw_bn.backend, input)
+        k, dilation, stride = dw_conv.kernel_size[0], dw_conv.dilation[0], dw_conv.stride[0]
+        # The C++ CPU block kernel's depthwise loop is simpler than the dedicated depthwise kernel:
+        # it measured faster than op by op with an expand conv and k3 (V2's blocks), slower for k5 and
+        # without an expand conv, which therefore run op by op on the CPU.
+        cpu_kernel_pays = name == "cuda" and input.device.type == "cpu" and bool(expand) and k == 3
+        if not (name == "triton" or cpu_kernel_pays) or project_conv.out_channels > 512:
+            return None
+        if not (_is_depthwise(dw_conv) and dw_conv.kernel_size == (k, k) and k % 2 == 1
+                and dw_conv.dilation == (dilation, dilation) and dw_conv.stride == (stride, stride)
+                and dw_conv.padding == ((k - 1) // 2 * dilation,) * 2 and dw_conv.padding_mode == "zeros"):
+            return None
+        if not (_is_pointwise(project_conv) and all(_is_pointwise(m[0]) for m in expand)):
+            return None
+        if any(m[1].activation != dw_bn.activation for m in expand):
+            return None
+        folds = [folded_conv_weights(m[0], m[1]) for m in (*expand, dw)] + [folded_conv_weights(project_conv,
+                                                                                                project_bn)]
+        if any(f is None for f in folds):
+            return None
+        (we, be) = folds[0] if expand else (None, None)
+        (wd, bd), (wp, bp) = folds[-2], folds[-1]
+        cast = lambda t: None if t is None else t.to(input.dtype)  # noqa: E731
+        return MF.inverted_residual_eval(input, cast(we), cast(be), cast(wd), cast(bd), cast(wp), cast(bp), stride,
+                                         dilation, activation=dw_bn.activation, residual=self.use_res_connect,
+                                         backend=dw_bn.backend)
+
     def forward(self, input: Tensor) -> Tensor:
         """The block. With ``recompute`` (training mode, gradients on), the whole body runs under
         ``torch.utils.checkpoint`` (non-reentrant): backward keeps only the block's input and
@@ -94,6 +144,10 @@ class _InvertedResidualBase(nn.Module):
                 out = checkpoint(self._body, input, use_reentrant=False,
                                  context_fn=lambda: (contextlib.nullcontext(), _scratch_running_stats(self)))
             return out + input if self.use_res_connect else out
+        if not self.training:
+            out = self._whole_block_eval(input)
+            if out is not None:
+                return out
         return self._body(input, input if self.use_res_connect else None)
 
     def extra_repr(self) -> str:
