@@ -5,15 +5,25 @@
 #   MK_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh OUT
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
-# Steps: build check diag tests diag_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_model
-# summary (default: all but bench_model, which alone takes ~2.5 minutes: name it in MK_SUITE_STEPS). diag_dw times the depthwise forward per layer with the stride-1 row-reuse kernel on
-# and off (MK_DW_ROW_REUSE), against cuDNN, directly and through the functional API, and profiles one
-# launch per layer with ncu when ncu is there (OUT/diag_depthwise.json; ncu's report in suite.log).
+# Steps: build check diag tests diag_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
+# bench_block bench_model summary (default: all but the opt-in bench_pw, bench_block and bench_model:
+# name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
+# forward per layer with the stride-1 row-reuse kernel on and off (MK_DW_ROW_REUSE), against cuDNN,
+# directly and through the functional API, and profiles one launch per layer with ncu when ncu is
+# there (OUT/diag_depthwise.json; ncu's report in suite.log).
+# bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
+# bias + activation + residual in the GEMM's epilogue), batch 256 at 224², bf16 channels_last, forward
+# and forward+backward, against eager and torch.compile default. bench_block (60 s):
+# inverted_residual_eval over the blocks without squeeze-excite of V3-Large and V2, batch 1 and 256,
+# bf16 channels_last, forward under no_grad, against the op-by-op eager block and its torch.compile;
+# its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB). Both compile every shape
+# (seconds each): when the limit cuts them off, the rows measured so far are kept.
 # bench_model: V3-Large and V2, training at batch 256 and inference at 1 and 256, 224², bf16 AMP,
 # channels_last, torchvision eager against ours on the cuda and triton backends, with recompute (no
 # torch.compile: compiling whole models does not fit the lease; `bench model` does it by default).
-# Files: suite.log, suite_<gpu>.json, one JSON per benchmark (at most 5) and diag_depthwise.json; the
-# benchmarks' markdown tables go into one tables.tar: at most 8 files with every step (run a subset).
+# Files: suite.log, suite_<gpu>.json, one JSON per benchmark (at most 7) and diag_depthwise.json; the
+# benchmarks' markdown tables go into one tables.tar: 8 files with the default steps, one more per
+# opt-in benchmark (with the opt-in ones, run a subset to stay within 8).
 # The tests step runs the CUDA-device cases only (MK_TEST_DEVICE=cuda; CI runs the CPU ones), with
 # one line per test in suite.log so a run cut off by its limit still shows what failed.
 # Result names carry the card (h100, h200) read off the device. A benchmark cut off by its time
@@ -75,6 +85,10 @@ step bench_bn_train 80 "${BN[@]}" --training --name "batch_norm_act_train_${GPU_
 if [ -f benchmarks/bench_depthwise.py ]; then
   step bench_depthwise 150 $PY benchmarks/bench_depthwise.py --quiet --no-autotune --no-compile-conv --layout nhwc --out "$OUT" --name "depthwise_${GPU_TAG}"
 fi
+step bench_pw 60 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
+  --name "pointwise_conv2d_${GPU_TAG}"
+step bench_block 60 $PY benchmarks/bench_inverted_residual.py --quiet --no-autotune --out "$OUT" \
+  --name "inverted_residual_${GPU_TAG}"
 MODEL_BACKENDS=(cuda triton)
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda)  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \

@@ -142,6 +142,96 @@ def test_bench_ops_writes_one_file_per_registered_op(ops_results):
                                                           ("conv_bn_act_train", "full")}
 
 
+def _tiny_ours() -> list[str]:
+    """Our backends that run on CPU tensors here without the rebuilt extension: torch, and triton
+    under its interpreter (conftest switches it on where there is no GPU)."""
+    from mobilenet_kernels import backends
+
+    return [b for b in ("torch", "triton") if b in backends.available("cpu")]
+
+
+# One model, batch 1 at 32 px: 17 distinct 1x1 convs (x2 modes) and 2 blocks of V3-Small.
+TINY_NEW_OPS = ["--models", "mobilenet_v3_small", "--size", "32", "--batch", "1", "--device", "cpu", "--threads", "1",
+                "--compile", "none", "--quiet"]
+
+
+def _read_op(out, name):
+    record = json.loads((out / f"{name}.json").read_text())
+    header = (out / f"{name}.md").read_text().splitlines()[2]  # after the environment line and a blank one
+    return record, [c.strip() for c in header.strip("|").split("|")]
+
+
+def test_bench_ops_pointwise(tmp_path):
+    """`bench ops --op pointwise`: one row per distinct 1x1 conv + BN of the model and mode, the GEMM's
+    bytes and FLOPs, our backends timed against eager."""
+    from mobilenet_kernels.benchmarking.shapes import pointwise_layers
+
+    ours = _tiny_ours()
+    assert main(["bench", "ops", "--op", "pointwise", *TINY_NEW_OPS, "--backend", *ours, "--out", str(tmp_path)]) == 0
+    record, columns = _read_op(tmp_path, "pointwise")
+    assert record["op"] == "pointwise_conv2d" and record["benchmark"] == "op" and record["interrupted"] is None
+    layers = pointwise_layers("mobilenet_v3_small", 32)
+    rows = record["rows"]
+    assert [(r["Cin"], r["Cout"], r["H"], r["W"], r["activation"], r["residual"], r["mode"]) for r in rows] == [
+        (*layer, mode) for layer in layers for mode in ("forward", "full")]
+    assert any(r["residual"] for r in rows) and {"relu", "hardswish", "identity"} <= {r["activation"] for r in rows}
+    for r in rows:
+        assert not any(k.endswith("error") for k in r), r
+        P, Cin, Cout = r["H"] * r["W"], r["Cin"], r["Cout"]
+        forward = 4 * (P * Cin + Cin * Cout + Cout + P * Cout * (2 if r["residual"] else 1))
+        assert r["bytes"] == (forward if r["mode"] == "forward" else forward + 4 * (P * Cout + 2 * P * Cin + Cin * Cout
+                                                                                   + Cout))
+        assert r["flops"] == 2 * P * Cin * Cout * (1 if r["mode"] == "forward" else 3)
+        for name in ("eager", *ours):
+            assert r[f"{name}_p50_ms"] > 0 and r[f"{name}_GBps"] > 0 and r[f"{name}_TFLOPS"] > 0, (name, r)
+        for name in ours:
+            assert r[f"{name}_speedup_vs_eager"] == pytest.approx(r["eager_p50_ms"] / r[f"{name}_p50_ms"])
+    assert {f"{mode}/float32/nhwc/b1/{name}_vs_eager" for mode in ("forward", "full") for name in ours} == set(
+        record["summary"])
+    expected = ["model", "Cin", "Cout", "H", "W", "activation", "residual", "batch", "dtype", "layout", "mode",
+                "eager_p50_ms"] + (["triton_p50_ms"] if "triton" in ours else [])
+    assert columns[:len(expected)] == expected, columns
+    if "triton" in ours:
+        assert {"triton_TFLOPS", "triton_speedup_vs_eager"} <= set(columns)
+
+
+def test_bench_ops_inverted_residual(tmp_path):
+    """`bench ops --op inverted_residual`: one forward row per block without squeeze-excite (the mode
+    setting is ignored: inference only), with the block's bytes and the op-by-op bytes."""
+    from mobilenet_kernels.benchmarking.shapes import inverted_residual_layers
+
+    ours = _tiny_ours()
+    args = ["bench", "ops", "--op", "inverted_residual", *TINY_NEW_OPS, "--backend", *ours, "--out", str(tmp_path)]
+    assert main(args) == 0
+    record, columns = _read_op(tmp_path, "inverted_residual")
+    assert record["op"] == "inverted_residual_eval" and record["interrupted"] is None
+    rows = record["rows"]
+    layers = inverted_residual_layers("mobilenet_v3_small", 32)
+    assert len(layers) == 2 and [(r["Cin"], r["Chid"], r["Cout"], r["H"], r["W"], r["k"], r["stride"], r["dilation"],
+                                  r["activation"], r["residual"]) for r in rows] == layers
+    assert {r["mode"] for r in rows} == {"forward"}
+    for r in rows:
+        assert not any(k.endswith("error") for k in r), r
+        k, s = r["k"], r["stride"]
+        OH, OW = (r["H"] - 1) // s + 1, (r["W"] - 1) // s + 1
+        x, y = r["Cin"] * r["H"] * r["W"], r["Cout"] * OH * OW
+        weights = r["Chid"] * (r["Cin"] + 1 + k * k + 1) + r["Cout"] * (r["Chid"] + 1)  # every block here expands
+        hidden, hidden_out = r["Chid"] * r["H"] * r["W"], r["Chid"] * OH * OW
+        assert r["bytes"] == 4 * (x + y + weights)
+        assert r["unfused_bytes"] == 4 * (x + 2 * hidden + 2 * hidden_out + y + (x if r["residual"] else 0) + weights)
+        assert r["unfused_MB"] > 2 * r["MB"] > 0 and r["MB"] == pytest.approx(r["bytes"] / 1e6)
+        for name in ("eager", *ours):
+            assert r[f"{name}_p50_ms"] > 0 and r[f"{name}_GBps"] > 0, (name, r)
+            if name != "eager":
+                assert r[f"{name}_speedup_vs_eager"] > 0
+    assert set(record["summary"]) == {f"forward/float32/nhwc/b1/{name}_vs_eager" for name in ours}
+    expected = ["model", "Cin", "Chid", "Cout", "H", "W", "k", "stride", "activation", "residual", "batch", "dtype",
+                "layout", "MB", "unfused_MB", "eager_p50_ms"]
+    assert columns[:len(expected)] == expected, columns
+    if "triton" in ours:
+        assert {"triton_p50_ms", "triton_GBps", "triton_speedup_vs_eager"} <= set(columns)
+
+
 def test_report_reads_op_model_and_committed_results(model_results, ops_results, tmp_path, capsys):
     files = [str(model_results[0] / "models.json"), str(ops_results[0] / "batch_norm_act.json"), *COMMITTED]
     report_dir = tmp_path / "report"

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import batch_norm_act, depthwise_conv2d, squeeze_excite
+from . import batch_norm_act, depthwise_conv2d, inverted_residual, pointwise_conv2d, squeeze_excite
 from .core import execute, geomean
 
 
@@ -70,6 +70,10 @@ OPS: dict[str, OpBenchmark] = {
                "depthwise conv alone (forward, forward+backward) and dw conv + BN + act in training"),
         _entry("squeeze_excite", "squeeze_excite", squeeze_excite,
                "squeeze-and-excite of MobileNetV3 (pool, excite, scale); forward and forward+backward"),
+        _entry("pointwise", "pointwise_conv2d", pointwise_conv2d,
+               "1x1 conv (BN folded) + bias + activation (+ residual add) as one GEMM; forward and forward+backward"),
+        _entry("inverted_residual", "inverted_residual_eval", inverted_residual,
+               "a whole inverted-residual block without SE, eval, BN folded (expand, dw, project); forward"),
     )
 }
 
@@ -146,6 +150,8 @@ def script_parser(description: str, *, models: list[str], batch: list[int], dtyp
     p.add_argument("--layout", nargs="+", default=layout if gpu else ["nhwc"], choices=["nhwc", "nchw"])
     p.add_argument("--mode", nargs="+", default=["forward", "full"], choices=["forward", "full"])
     p.add_argument("--no-autotune", action="store_true", help="skip torch.compile max-autotune (slow to compile)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="no torch.compile rows at all (every shape compiles for seconds): ours vs eager only")
     p.add_argument("--out", default="mk_results")
     p.add_argument("--name", default=name, help="file name stem")
     p.add_argument("--quiet", action="store_true")
@@ -168,7 +174,8 @@ def script_run(parser: "argparse.ArgumentParser", args, op: str, options: dict |
     settings = OpSettings(
         device=args.device, models=args.models, batch=args.batch, resolution=args.resolution, dtype=args.dtype,
         layout=args.layout, mode=args.mode,
-        compile=["default"] if args.device != "cuda" or args.no_autotune else ["default", "max-autotune"],
+        compile=[] if args.no_compile else ["default"] if args.device != "cuda" or args.no_autotune
+        else ["default", "max-autotune"],
         backends=[b for b in ("cuda", "triton") if b in backends.available(args.device)],
         options=options or {}, quiet=args.quiet,
     )

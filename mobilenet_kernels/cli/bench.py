@@ -92,7 +92,8 @@ def _ops_description() -> str:
 
     lines = ["Per-op sweeps over the distinct layers of MobileNet models: our backends vs eager PyTorch and",
              "torch.compile, forward and forward+backward. One NAME.json + NAME.md per op. Ops:", ""]
-    lines += [f"  {b.name:<16} {b.description}" for b in OPS.values()]
+    width = max(len(name) for name in OPS) + 1
+    lines += [f"  {b.name:<{width}} {b.description}" for b in OPS.values()]
     return "\n".join(lines)
 
 

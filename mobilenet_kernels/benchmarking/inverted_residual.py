@@ -1,0 +1,114 @@
+"""inverted_residual_eval over the inverted-residual blocks without squeeze-excite of MobileNets
+(eval, BatchNorm folded into the convs): our backends vs PyTorch eager (the folded block op by op,
+reference.inverted_residual_eval_ref: 1x1 F.conv2d + act, depthwise F.conv2d + act, 1x1 F.conv2d
+(+ the skip connection)) and torch.compile of that. Inference only: forward under torch.no_grad()
+(the mode setting is ignored; rows say "forward"). Our "triton" backend runs the block as one
+kernel that keeps the expanded tensor on chip; "cuda" runs it op by op on our kernels until the
+C++ whole-block kernels exist.
+
+Bytes (row "bytes", the % of peak and GB/s of every provider) are the whole block's minimum, each
+tensor read or written once (e = the element size; x: N Cin H W, y: N Cout OH OW): e (x + y +
+the weights and biases (Chid Cin + Chid if there is an expand conv, Chid k² + Chid, Cout Chid +
+Cout)). Row "unfused_bytes" is what the op-by-op sequence must move: the expand conv writes the
+hidden tensor (N Chid H W) and the dw conv reads it back, the dw conv writes its output (N Chid OH
+OW) and the project conv reads it back, and the skip connection reads x a second time: e (x +
+2 hidden + 2 hidden_out + y (+ x) + weights) (no hidden term for a block without an expand conv).
+The table shows both in MB; unfused_MB / MB is the HBM traffic a fused kernel saves.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from .. import functional as MF
+from ..reference import inverted_residual_eval_ref
+from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress
+from .shapes import inverted_residual_layers
+
+if TYPE_CHECKING:
+    from .ops import OpSettings
+
+COLUMNS = ["model", "Cin", "Chid", "Cout", "H", "W", "k", "stride", "activation", "residual", "batch", "dtype",
+           "layout", "MB", "unfused_MB", "eager_p50_ms", "cuda_p50_ms", "triton_p50_ms", "torch_compile_p50_ms",
+           "torch_compile_max_autotune_p50_ms", "triton_GBps", "triton_pct_peak", "triton_pct_copy", "cuda_GBps",
+           "cuda_pct_peak", "cuda_speedup_vs_eager", "triton_speedup_vs_eager", "cuda_speedup_vs_compile",
+           "triton_speedup_vs_compile"]
+GROUP_BY = ("mode", "dtype", "layout", "batch")
+OPTIONS: dict = {}
+
+
+def eager(x, we, be, wd, bd, wp, bp, stride, dilation, act, residual):
+    """The folded block op by op in eager PyTorch: F.conv2d + act, depthwise F.conv2d + act, F.conv2d (+ x)."""
+    return inverted_residual_eval_ref(x, we, be, wd, bd, wp, bp, stride, dilation, act, residual)
+
+
+def providers(compile_modes: list[str], backends: list[str]) -> dict[str, Callable]:
+    """``fn(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
+    dilation, activation, residual)`` per provider: eager, torch.compile per mode, and each of our
+    ``backends``; expand_weight/bias None for a block without an expand conv."""
+    found = {"eager": eager, **compiled_providers(eager, compile_modes)}
+    for name in backends:
+        found[name] = lambda x, we, be, wd, bd, wp, bp, s, d, act, res, _n=name: MF.inverted_residual_eval(
+            x, we, be, wd, bd, wp, bp, s, d, activation=act, residual=res, backend=_n)
+    return found
+
+
+def case(provs: dict[str, Callable], layer: tuple, batch: int, dtype_name: str, layout: str,
+         device: str) -> tuple[dict, dict[str, Callable[[], object]]]:
+    """One case: its row (what was timed, the block's and the op-by-op bytes) and a zero-argument
+    call per provider (under torch.no_grad()). ``layer`` is one of shapes.inverted_residual_layers:
+    (Cin, Chid, Cout, H, W, k, stride, dilation, activation, residual); Chid == Cin: no expand conv."""
+    Cin, Chid, Cout, H, W, k, stride, dilation, act, residual = layer
+    dtype = DTYPES[dtype_name]
+    x = torch.randn(batch, Cin, H, W, device=device, dtype=dtype)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    expand = Chid != Cin
+    rand = lambda *shape, scale=1.0: torch.randn(*shape, device=device, dtype=dtype) * scale  # noqa: E731
+    we, be = (rand(Chid, Cin, 1, 1, scale=Cin**-0.5), rand(Chid)) if expand else (None, None)
+    params = (we, be, rand(Chid, 1, k, k, scale=1 / k), rand(Chid), rand(Cout, Chid, 1, 1, scale=Chid**-0.5),
+              rand(Cout))
+    pad = (k - 1) // 2 * dilation
+    OH, OW = (H + 2 * pad - dilation * (k - 1) - 1) // stride + 1, (W + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    e = x.element_size()
+    x_bytes, y_bytes = x.numel() * e, batch * Cout * OH * OW * e
+    weight_bytes = sum(t.numel() * e for t in params if t is not None)
+    hidden, hidden_out = batch * Chid * H * W * e if expand else 0, batch * Chid * OH * OW * e
+    bytes_moved = x_bytes + y_bytes + weight_bytes
+    unfused = x_bytes + 2 * hidden + 2 * hidden_out + y_bytes + (x_bytes if residual else 0) + weight_bytes
+    row = {"Cin": Cin, "Chid": Chid, "Cout": Cout, "H": H, "W": W, "k": k, "stride": stride, "dilation": dilation,
+           "activation": act, "residual": residual, "batch": batch, "dtype": dtype_name, "layout": layout,
+           "mode": "forward", "bytes": bytes_moved, "unfused_bytes": unfused, "MB": bytes_moved / 1e6,
+           "unfused_MB": unfused / 1e6}
+
+    def no_grad(fn):
+        def call():
+            with torch.no_grad():
+                return fn(x, *params, stride, dilation, act, residual)
+
+        return call
+
+    return row, {name: no_grad(fn) for name, fn in provs.items()}
+
+
+def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
+    """Append one row per case to ``rows`` (in place, so an interrupted run keeps its rows)."""
+    provs = providers(s.compile, s.backends)
+    layers = [(model, layer) for model in s.models for layer in inverted_residual_layers(model, s.resolution)]
+    cases = [(model, layer, batch, dt, lay) for model, layer in layers for batch in s.batch for dt in s.dtype
+             for lay in s.layout]
+    peak = peak_bandwidth(s.device)
+    seen = set()
+    for model, layer, batch, dtype_name, layout in progress(cases, "inverted_residual", s.quiet):
+        key = (layer, batch, dtype_name, layout)
+        if key in seen:  # a block shape that an earlier model already had
+            continue
+        seen.add(key)
+        row, calls = case(provs, layer, batch, dtype_name, layout, s.device)
+        row = {"model": model, **row}
+        for name, call in calls.items():
+            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
+        add_speedups(row, calls, ours=tuple(s.backends))
+        rows.append(row)
