@@ -171,6 +171,16 @@ class SyncBatchNormAct2d(BatchNormAct2d):
                                   backend=self.backend)
         return self(out)
 
+    def forward_after_pointwise(self, conv: nn.Conv2d, input: torch.Tensor,
+                                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(conv(input)) + residual`` for a 1x1 conv: fused like BatchNormAct2d's when not
+        synchronising; otherwise our 1x1 GEMM, then the synchronised BatchNorm + activation (the
+        GEMM epilogue's statistics are those of one process's output only)."""
+        if not self._syncs():
+            return super().forward_after_pointwise(conv, input, residual)
+        out = self(MF.pointwise_conv2d(input, conv.weight, conv.bias, backend=self.backend))
+        return out if residual is None else out + residual
+
     def extra_repr(self) -> str:
         group = "" if self.process_group is None else f", process_group={self.process_group}"
         return super().extra_repr() + group
