@@ -38,17 +38,9 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_forward
+from .pointwise_conv2d import _dot
 
 _MAX_PROGRAMS = 1024
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        d = tl.dot(a, b, input_precision="ieee")
-    else:
-        d = tl.dot(a, b)
-    return d
 
 
 @triton.jit
