@@ -59,3 +59,116 @@ def register_twins(op: str, fake: Callable, backward_fake: Callable, backward: C
         backward(getattr(torch.ops.mobilenet_kernels, f"{op}_backward_triton")),
         setup_context=setup_context,
     )
+
+
+# ----------------------------------------------------------------------------- conv ops (depthwise, pointwise)
+# The conv ops share one anatomy: ``{conv}(input, weight, bias, *geometry, ..., activation)``,
+# ``{conv}_backward(grad, input, weight, *geometry, output_mask)``, ``{conv}_stats(input, weight,
+# *geometry)`` and the composite ``{conv}_bn_act_train``; geometry is (stride, padding, dilation)
+# for depthwise and empty for a 1x1 conv. The pieces below are written once for both.
+
+
+def output_for_activation_grad(output: torch.Tensor, activation: str, added_after: bool = False):
+    """What to save for act' when the output is ``act(z) (+ residual)``: the output itself for
+    relu/relu6 with nothing added after the activation (y > 0, and y < 6, exactly where z is), else
+    None (identity needs nothing; the others recompute z)."""
+    return output if activation in ("relu", "relu6") and not added_after else None
+
+
+def grad_through_activation(grad_output: torch.Tensor, activation: str, saved_output: torch.Tensor | None,
+                            recompute_preactivation: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``grad_output * act'(z)``: read off the saved output when there is one (see
+    output_for_activation_grad), else from the recomputed pre-activation z, in the accumulation
+    dtype. Recomputing is only reached when training through a frozen, folded BatchNorm."""
+    from ..activations import activation_derivative
+
+    if activation == "identity":
+        return grad_output
+    if saved_output is not None:
+        keep = (saved_output > 0) & (saved_output < 6) if activation == "relu6" else saved_output > 0
+        return grad_output * keep
+    z = recompute_preactivation()
+    acc = acc_dtype(z.dtype)
+    return (grad_output.to(acc) * activation_derivative(z.to(acc), activation)).to(z.dtype)
+
+
+def register_stats_autograd(conv: str) -> None:
+    """Autograd of ``{conv}_stats_triton(input, weight, *geometry) -> (out, mean, var)``: the
+    statistics are non-differentiable outputs (they feed BatchNorm, whose own backward accounts for
+    them), so only the conv output carries a gradient, through ``{conv}_backward_triton``. The
+    C++-backed op has the same formula in csrc/autograd.cpp."""
+    backward_op = getattr(torch.ops.mobilenet_kernels, f"{conv}_backward_triton")
+
+    def setup_context(ctx, inputs, output):
+        input, weight, *geometry = inputs
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.geometry = tuple(geometry)
+        ctx.save_for_backward(input, weight)
+
+    def backward(ctx, grad_output, _grad_mean, _grad_var):
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_input, grad_weight, _ = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)),
+                                                 input, weight, *ctx.geometry, [needs[0], needs[1], False])
+        return (grad_input if needs[0] else None, grad_weight if needs[1] else None) + (None,) * len(ctx.geometry)
+
+    torch.library.register_autograd(f"mobilenet_kernels::{conv}_stats_triton", backward, setup_context=setup_context)
+
+
+def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Callable) -> None:
+    """The composite ``{conv}_bn_act_train{,_triton}(input, conv_weight, weight, bias, *geometry,
+    eps, activation) -> (out, conv_out, mean, var)``: act(BatchNorm(conv(input))) with batch
+    statistics, as ``{conv}_stats`` (the statistics from the conv's epilogue) then the BatchNorm
+    apply kernel; backward = batch_norm_act_train_backward then ``{conv}_backward``. conv_out, mean
+    and var are non-differentiable outputs kept for the backward and for the running statistics.
+    Device-generic: one registration per backend's kernel ops.
+
+    ``check_args(input, conv_weight, weight, bias, *geometry, eps, activation)`` raises on bad input;
+    ``stats_fake(input, conv_weight, *geometry)`` is the stats op's fake (the output's shape)."""
+    ns = torch.ops.mobilenet_kernels
+
+    def fake(input, conv_weight, weight, bias, *rest):
+        check_args(input, conv_weight, weight, bias, *rest)
+        conv_out, mean, var = stats_fake(input, conv_weight, *rest[:-2])
+        return torch.empty_like(conv_out), conv_out, mean, var
+
+    def setup_context(ctx, inputs, output):
+        input, conv_weight, weight, bias, *geometry, eps, activation = inputs
+        _, conv_out, mean, var = output
+        ctx.mark_non_differentiable(conv_out, mean, var)
+        ctx.save_for_backward(input, conv_weight, weight, bias, conv_out, mean, var)
+        ctx.geometry = tuple(geometry)
+        ctx.eps, ctx.activation = eps, activation
+
+    def kernels(suffix):
+        stats_op = getattr(ns, f"{conv}_stats{suffix}")
+        apply_op = getattr(ns, f"batch_norm_act_eval{suffix}")
+        bn_backward = getattr(ns, f"batch_norm_act_train_backward{suffix}")
+        conv_backward = getattr(ns, f"{conv}_backward{suffix}")
+
+        def forward(input, conv_weight, weight, bias, *rest):
+            check_args(input, conv_weight, weight, bias, *rest)
+            *geometry, eps, activation = rest
+            conv_out, mean, var = stats_op(input, conv_weight, *geometry)
+            return apply_op(conv_out, mean, var, weight, bias, eps, activation), conv_out, mean, var
+
+        def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
+            input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
+            needs = ctx.needs_input_grad
+            grad_conv_out, sum_g_xhat, sum_g = bn_backward(
+                grad_output.contiguous(memory_format=output_memory_format(input)), conv_out, weight, bias, mean, var,
+                ctx.eps, ctx.activation)
+            grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, *ctx.geometry,
+                                                            [needs[0], needs[1], False])
+            return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
+                    sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
+                    *(None,) * (len(ctx.geometry) + 2))
+
+        return forward, backward
+
+    for suffix in ("", "_triton"):
+        forward, backward = kernels(suffix)
+        name = f"mobilenet_kernels::{conv}_bn_act_train{suffix}"
+        torch.library.register_kernel(name, ("cpu", "cuda"), forward)
+        torch.library.register_fake(name, fake)
+        torch.library.register_autograd(name, backward, setup_context=setup_context)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import activation_derivative, check_activation
-from ._common import acc_dtype, check_floating, empty_like_output, output_memory_format
+from ..activations import check_activation
+from ._common import (acc_dtype, check_floating, empty_like_output, grad_through_activation,
+                      output_for_activation_grad, output_memory_format, register_conv_bn_act_train,
+                      register_stats_autograd)
 from .depthwise_conv2d import check_stats_count
-
-# Activations whose derivative can be read off the output when nothing is added after them.
-_DERIVATIVE_FROM_OUTPUT = ("relu", "relu6")
 
 
 def check_pointwise_args(input, weight, bias=None, residual=None, activation="identity") -> int:
@@ -126,22 +125,14 @@ def _setup_context(ctx, inputs, output):
     ctx.activation = activation
     ctx.has_bias = bias is not None
     ctx.has_residual = residual is not None
-    from_output = activation in _DERIVATIVE_FROM_OUTPUT and residual is None
-    ctx.save_for_backward(input, weight, bias, output if from_output else None)
+    ctx.save_for_backward(input, weight, bias, output_for_activation_grad(output, activation, residual is not None))
 
 
 def _make_backward(forward_op, backward_op):
     def backward(ctx, grad_output):
         input, weight, bias, out = ctx.saved_tensors
-        act = ctx.activation
-        if act == "identity":
-            g = grad_output
-        elif out is not None:  # relu: y > 0; relu6: 0 < y < 6, exactly where z is
-            keep = (out > 0) & (out < 6) if act == "relu6" else out > 0
-            g = grad_output * keep
-        else:  # recompute the pre-activation
-            z = forward_op(input, weight, bias, None, "identity")
-            g = (grad_output.to(acc_dtype(z.dtype)) * activation_derivative(z.to(acc_dtype(z.dtype)), act)).to(z.dtype)
+        g = grad_through_activation(grad_output, ctx.activation, out,
+                                    lambda: forward_op(input, weight, bias, None, "identity"))
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], needs[2] and ctx.has_bias]
         grad_input, grad_weight, grad_bias = backward_op(g.contiguous(memory_format=output_memory_format(input)), input,
@@ -149,24 +140,6 @@ def _make_backward(forward_op, backward_op):
         grad_residual = grad_output if ctx.has_residual and needs[3] else None
         return (grad_input if mask[0] else None, grad_weight if mask[1] else None, grad_bias if mask[2] else None,
                 grad_residual, None)
-
-    return backward
-
-
-def _stats_setup_context(ctx, inputs, output):
-    input, weight = inputs
-    _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
-    ctx.save_for_backward(input, weight)
-
-
-def _make_stats_backward(backward_op):
-    def backward(ctx, grad_output, _grad_mean, _grad_var):
-        input, weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_input, grad_weight, _ = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)),
-                                                 input, weight, [needs[0], needs[1], False])
-        return grad_input if needs[0] else None, grad_weight if needs[1] else None
 
     return backward
 
@@ -180,9 +153,7 @@ for _suffix in ("", "_triton"):
 torch.library.register_autograd("mobilenet_kernels::pointwise_conv2d_triton",
                                 _make_backward(ns.pointwise_conv2d_triton, ns.pointwise_conv2d_backward_triton),
                                 setup_context=_setup_context)
-torch.library.register_autograd("mobilenet_kernels::pointwise_conv2d_stats_triton",
-                                _make_stats_backward(ns.pointwise_conv2d_backward_triton),
-                                setup_context=_stats_setup_context)
+register_stats_autograd("pointwise_conv2d")
 
 
 # ----------------------------------------------------------------------------- Triton
@@ -245,50 +216,5 @@ def check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activat
     return Co
 
 
-def _bn_train_fake(input, conv_weight, weight, bias, eps, activation):
-    Co = check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation)
-    acc = acc_dtype(input.dtype)
-    return _output(input, Co), _output(input, Co), input.new_empty(Co, dtype=acc), input.new_empty(Co, dtype=acc)
 
-
-def _make_bn_train_forward(suffix):
-    def forward(input, conv_weight, weight, bias, eps, activation):
-        check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation)
-        conv_out, mean, var = getattr(ns, f"pointwise_conv2d_stats{suffix}")(input, conv_weight)
-        out = getattr(ns, f"batch_norm_act_eval{suffix}")(conv_out, mean, var, weight, bias, eps, activation)
-        return out, conv_out, mean, var
-
-    return forward
-
-
-def _bn_train_setup_context(ctx, inputs, output):
-    input, conv_weight, weight, bias, eps, activation = inputs
-    _, conv_out, mean, var = output
-    ctx.mark_non_differentiable(conv_out, mean, var)
-    ctx.save_for_backward(input, conv_weight, weight, bias, conv_out, mean, var)
-    ctx.eps, ctx.activation = eps, activation
-
-
-def _make_bn_train_backward(suffix):
-    bn_backward = getattr(ns, f"batch_norm_act_train_backward{suffix}")
-    conv_backward = getattr(ns, f"pointwise_conv2d_backward{suffix}")
-
-    def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
-        input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        fmt = output_memory_format(input)
-        grad_conv_out, sum_g_xhat, sum_g = bn_backward(grad_output.contiguous(memory_format=fmt), conv_out, weight, bias,
-                                                       mean, var, ctx.eps, ctx.activation)
-        grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, [needs[0], needs[1], False])
-        return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
-                sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
-                None, None)
-
-    return backward
-
-
-for _suffix in ("", "_triton"):
-    _name = f"mobilenet_kernels::pointwise_conv2d_bn_act_train{_suffix}"
-    torch.library.register_kernel(_name, ("cpu", "cuda"), _make_bn_train_forward(_suffix))
-    torch.library.register_fake(_name, _bn_train_fake)
-    torch.library.register_autograd(_name, _make_bn_train_backward(_suffix), setup_context=_bn_train_setup_context)
+register_conv_bn_act_train("pointwise_conv2d", check_pointwise_bn_train_args, _stats_fake)

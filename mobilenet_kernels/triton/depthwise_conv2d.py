@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_forward
-from ._partials import merge_centred_partials
+from ._partials import chan_update, merge_centred_partials, store_centred_partials
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
 # per-program partials (stats, grad_weight, grad_bias): bounds the partials' size; derived from the
@@ -185,34 +185,18 @@ def _depthwise_conv2d_fwd_kernel(
         offs = _tile(_pixel_offset(n, oh, ow, C, OH, OW, CHANNELS_LAST), y_c, CHANNELS_LAST)
         tl.store(y_ptr + offs, y, mask=mask)
         if STATS:
-            # Centred statistics relative to a per-program shift (the first block's mean), so that
-            # the stored mean keeps the bits the spread needs when |mean| >> std; each block by the
-            # corrected two-pass formula, merged into the program's by Chan's formula.
+            # Centred on the program's first tile mean, merged by Chan's formula (triton/_partials.py).
             v = tl.where(mask, y.to(acc_ty), 0.0)
             n_b = tl.sum(p_mask.to(acc_ty), axis=0)
-            inv_n = 1.0 / tl.maximum(n_b, 1.0)
             sum_v = _sum_pixels(v, CHANNELS_LAST)
             plain_sum += sum_v
             if it == 0:
-                shift = sum_v * inv_n
+                shift = sum_v * (1.0 / tl.maximum(n_b, 1.0))
             u = tl.where(mask, v - _per_channel(shift, CHANNELS_LAST), 0.0)
-            sum_u = _sum_pixels(u, CHANNELS_LAST)
-            mean_b = sum_u * inv_n
-            m2_b = _sum_pixels(u * u, CHANNELS_LAST) - sum_u * mean_b
-            total = count + n_b
-            frac = n_b / tl.maximum(total, 1.0)
-            delta = mean_b - mean
-            mean += delta * frac
-            m2 += m2_b + delta * delta * count * frac
-            count = total
+            count, mean, m2 = chan_update(count, mean, m2, n_b, _sum_pixels(u, CHANNELS_LAST),
+                                          _sum_pixels(u * u, CHANNELS_LAST))
     if STATS:
-        row = pid_p.to(tl.int64) * C + c
-        plane = tl.num_programs(0).to(tl.int64) * C
-        tl.store(stats_ptr + row, count, mask=c_mask)
-        tl.store(stats_ptr + plane + row, shift, mask=c_mask)
-        tl.store(stats_ptr + 2 * plane + row, mean, mask=c_mask)
-        tl.store(stats_ptr + 3 * plane + row, m2, mask=c_mask)
-        tl.store(stats_ptr + 4 * plane + row, plain_sum, mask=c_mask)
+        store_centred_partials(stats_ptr, pid_p, C, c, c_mask, count, shift, mean, m2, plain_sum)
 
 
 @triton.jit

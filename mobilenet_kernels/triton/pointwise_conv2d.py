@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_forward
-from ._partials import merge_centred_partials
+from ._partials import chan_update, merge_centred_partials, store_centred_partials
 from .depthwise_conv2d import _round_bf16
 
 # Programs along the pixel axis (times output-channel tiles) aimed at by the kernels that write
@@ -112,33 +112,17 @@ def _pointwise_conv2d_fwd_kernel(
         y = y.to(y_ptr.dtype.element_ty)  # the value as stored
         tl.store(y_ptr + y_offs, y, mask=mask)
         if STATS:
-            # As depthwise_conv2d's stats epilogue: centred on the program's first tile mean, each
-            # tile by the corrected two-pass formula, merged into the program's by Chan's formula.
+            # Centred on the program's first tile mean, merged by Chan's formula (triton/_partials.py).
             v = tl.where(mask, y.to(acc_ty), 0.0)
             n_b = tl.sum(row_mask.to(acc_ty), axis=0)
-            inv_n = 1.0 / tl.maximum(n_b, 1.0)
             sum_v = tl.sum(v, axis=0)
             plain_sum += sum_v
             if it == 0:
-                shift = sum_v * inv_n
+                shift = sum_v * (1.0 / tl.maximum(n_b, 1.0))
             u = tl.where(mask, v - shift[None, :], 0.0)
-            sum_u = tl.sum(u, axis=0)
-            mean_b = sum_u * inv_n
-            m2_b = tl.sum(u * u, axis=0) - sum_u * mean_b
-            total = count + n_b
-            frac = n_b / tl.maximum(total, 1.0)
-            delta = mean_b - mean
-            mean += delta * frac
-            m2 += m2_b + delta * delta * count * frac
-            count = total
+            count, mean, m2 = chan_update(count, mean, m2, n_b, tl.sum(u, axis=0), tl.sum(u * u, axis=0))
     if STATS:
-        row = pid_m.to(tl.int64) * Co + cols
-        plane = tl.num_programs(0).to(tl.int64) * Co
-        tl.store(stats_ptr + row, count, mask=col_mask)
-        tl.store(stats_ptr + plane + row, shift, mask=col_mask)
-        tl.store(stats_ptr + 2 * plane + row, mean, mask=col_mask)
-        tl.store(stats_ptr + 3 * plane + row, m2, mask=col_mask)
-        tl.store(stats_ptr + 4 * plane + row, plain_sum, mask=col_mask)
+        store_centred_partials(stats_ptr, pid_m, Co, cols, col_mask, count, shift, mean, m2, plain_sum)
 
 
 @triton.jit
