@@ -1,9 +1,10 @@
 // depthwise_conv2d, CUDA kernels (sm_80+).
 //
 // Forward: act(conv2d(x, w, b, groups=C)), bias and activation in the epilogue. Stats variant: the
-//          conv without bias/activation, and from the same epilogue per-(tile, channel) centered
-//          partials (count, mean, M2) of the output as stored (rounded to its dtype), merged by a
-//          second small kernel in a fixed order with Chan's formula.
+//          conv without bias/activation; the same epilogue feeds the output as stored (rounded to
+//          its dtype) to per-thread shifted sums, merged per (tile, channel) into (count, mean, M2)
+//          and then over the tiles by a second small kernel, in fixed orders with Chan's formula
+//          (chan_stats.cuh, shared with pointwise_conv2d.cu; +-Inf gives torch's mean and variance).
 // Backward: grad_input by gathering (stride 1: the forward kernel on grad_output with the filter
 //          rotated 180 degrees and padding (k-1)d-p; stride > 1: a gather kernel); grad_weight and
 //          grad_bias two-stage: fp32 partials[tile][tap (+bias)][C] from fixed pixel tiles, then a
@@ -36,6 +37,7 @@
 #include <string>
 #include <type_traits>
 
+#include "chan_stats.cuh"
 #include "depthwise_conv2d.h"
 #include "mk_cuda.cuh"
 
@@ -45,25 +47,12 @@ namespace {
 constexpr int kThreads = 256;       // threads per block (at most)
 constexpr int kTW = 4;              // output columns per thread and work item
 constexpr int kTapsPerBlock = 9;    // weight-gradient taps accumulated in registers by one block
-constexpr int kFinishLanes = 8;     // tile lanes per channel in the stage-2 kernels
+constexpr int kFinishLanes = 8;     // tile lanes per channel in the weight-gradient stage 2
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kSpatialLimit = int64_t(1) << 30;
 
-using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, apply_activation (mk_cuda.cuh)
-
-// Chan et al.: merges partial statistics (nb, mb, m2b) into (na, ma, m2a); counts are whole
-// numbers, so n >= 1 whenever nb > 0. An empty side is exact.
-template <typename T>
-__device__ __forceinline__ void chan_merge(T& na, T& ma, T& m2a, T nb, T mb, T m2b) {
-  if (nb == T(0)) return;
-  const T n = na + nb;
-  const T d = mb - ma;
-  const T f = nb * recip_ge1(n);
-  ma += d * f;
-  m2a += m2b + d * d * na * f;
-  na = n;
-}
+using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, apply_activation (mk_cuda.cuh); chan_stats.cuh
 
 // Geometry of one launch: the kernel reads or writes x (N, C, H, W) and y (N, C, OH, OW) of the
 // conv y = conv(x). Strides are in elements, read off the dense tensors.
@@ -85,50 +74,23 @@ __device__ __forceinline__ int64_t first_channel(int64_t cy0, int VEC) {
   return ((cy0 + blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
 }
 
+// Work item -> (image n, row of the written tensor, column group q < Q), item < g.items.
+struct WorkItem {
+  int64_t n;
+  int row, q;
+};
+
+__device__ __forceinline__ WorkItem split_item(const Geom& g, int64_t item) {
+  const int64_t n = g.div_row_items.div(item);
+  const int64_t rem = item - n * g.row_items;
+  const int row = static_cast<int>(g.div_q.div(rem));
+  return {n, row, static_cast<int>(rem - static_cast<int64_t>(row) * g.Q)};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward. A work item is (n, oh, owq): output row oh of image n, columns owq + j*Q (K == 0:
 // strided, so adjacent threads write adjacent columns) or owq*kTW + j (K > 0: adjacent columns in
 // one thread, for row reuse; requires kW == K, sW == dW == 1), j < kTW.
-
-// Per-block reduction of the stats partials over threadIdx.y (fixed tree), written to
-// part_*[blockIdx.x * C + c] by the y == 0 threads.
-template <typename acc_t, int VEC>
-__device__ void write_stats_partials(int count, const acc_t (&mean)[VEC], const acc_t (&m2)[VEC], bool active,
-                                     int64_t c0, int64_t C, acc_t* __restrict__ part_n,
-                                     acc_t* __restrict__ part_mean, acc_t* __restrict__ part_m2) {
-  __shared__ acc_t s_n[kThreads];
-  __shared__ acc_t s_mean[kThreads * VEC];
-  __shared__ acc_t s_m2[kThreads * VEC];
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  s_n[tid] = static_cast<acc_t>(count);
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    s_mean[tid * VEC + v] = mean[v];
-    s_m2[tid * VEC + v] = m2[v];
-  }
-  __syncthreads();
-  for (int s = blockDim.y / 2; s > 0; s /= 2) {
-    if (threadIdx.y < s) {
-      const int o = tid + s * blockDim.x;  // thread (x, y + s): written last round, read-only now
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        acc_t n = s_n[tid];
-        chan_merge(n, s_mean[tid * VEC + v], s_m2[tid * VEC + v], s_n[o], s_mean[o * VEC + v], s_m2[o * VEC + v]);
-      }
-      s_n[tid] += s_n[o];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.y == 0 && active) {
-    const int64_t base = static_cast<int64_t>(blockIdx.x) * C + c0;
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      part_n[base + v] = s_n[tid];
-      part_mean[base + v] = s_mean[tid * VEC + v];
-      part_m2[base + v] = s_m2[tid * VEC + v];
-    }
-  }
-}
 
 // __launch_bounds__(kThreads, 1): with an explicit minimum of one block, ptxas allocates the
 // registers a kernel needs instead of spilling to reach a higher occupancy tier.
@@ -145,10 +107,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   static_assert(K == 0 || K == 3 || K == 5 || K == 7, "row reuse is specialized for kW in {3, 5, 7}");
   const int64_t c0 = first_channel(cy0, VEC);
   const bool active = c0 < g.C;  // no early return: the stats reduction needs every thread
-  int count = 0;                 // stats: outputs seen by this thread, and their Welford mean/M2
-  acc_t mean[VEC], m2[VEC];
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) mean[v] = m2[v] = acc_t(0);
+  ShiftedSums<acc_t, VEC> stats;  // kStats: this thread's outputs, as stored
 
   if (active) {
     acc_t b[VEC];
@@ -159,10 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int r = 0; r < R; ++r) {
       const int64_t item = first + static_cast<int64_t>(r) * blockDim.y;
       if (item >= g.items) break;
-      const int64_t n = g.div_row_items.div(item);
-      const int64_t rem = item - n * g.row_items;
-      const int oh = static_cast<int>(g.div_q.div(rem));
-      const int owq = static_cast<int>(rem - static_cast<int64_t>(oh) * g.Q);
+      const auto [n, oh, owq] = split_item(g, item);
 
       acc_t acc[kTW][VEC];
 #pragma unroll
@@ -243,77 +199,18 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int v = 0; v < VEC; ++v) o.v[v] = static_cast<scalar_t>(apply_activation(act, acc[j][v]));
           *reinterpret_cast<Vec<scalar_t, VEC>*>(yrow + static_cast<int64_t>(ow) * g.ysW) = o;
           if constexpr (kStats) {
-            ++count;
-            const acc_t inv = recip_ge1(static_cast<acc_t>(count));
+            acc_t s[VEC];
 #pragma unroll
-            for (int v = 0; v < VEC; ++v) {
-              const acc_t s = static_cast<acc_t>(o.v[v]);  // the value as stored
-              const acc_t d = s - mean[v];
-              mean[v] += d * inv;
-              m2[v] += d * (s - mean[v]);
-            }
+            for (int v = 0; v < VEC; ++v) s[v] = static_cast<acc_t>(o.v[v]);  // the value as stored
+            stats.add(s);
           }
         }
       }
     }
   }
-  if constexpr (kStats) write_stats_partials<acc_t, VEC>(count, mean, m2, active, c0, g.C, part_n, part_mean, part_m2);
-}
-
-// Stage 2 of the stats: channel c = blockIdx.x * 32 + x; lane y merges tiles y, y + 8, ... in
-// order, then a fixed tree over the lanes; all in double.
-template <typename acc_t>
-__global__ void __launch_bounds__(32 * kFinishLanes)
-    depthwise_conv2d_stats_finish_kernel(const acc_t* __restrict__ part_n,     // (tiles, C)
-                                         const acc_t* __restrict__ part_mean,  // (tiles, C)
-                                         const acc_t* __restrict__ part_m2,    // (tiles, C)
-                                         int64_t tiles, int64_t C,
-                                         acc_t* __restrict__ mean,             // (C,)
-                                         acc_t* __restrict__ var) {            // (C,) biased
-  __shared__ double s_n[kFinishLanes][32];
-  __shared__ double s_mean[kFinishLanes][32];
-  __shared__ double s_m2[kFinishLanes][32];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  double n = 0, m = 0, m2 = 0;
-  if (c < C) {
-    // Lane y merges tiles y, y + 8, y + 16, ... in that order; four tiles' loads are issued ahead.
-    int64_t t = threadIdx.y;
-    for (; t + 3 * kFinishLanes < tiles; t += 4 * kFinishLanes) {
-      double bn[4], bm[4], bm2[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int64_t i = (t + k * kFinishLanes) * C + c;
-        bn[k] = part_n[i];
-        bm[k] = part_mean[i];
-        bm2[k] = part_m2[i];
-      }
-#pragma unroll
-      for (int k = 0; k < 4; ++k) chan_merge<double>(n, m, m2, bn[k], bm[k], bm2[k]);
-    }
-#pragma unroll 1
-    for (; t < tiles; t += kFinishLanes) {
-      const int64_t i = t * C + c;
-      chan_merge<double>(n, m, m2, part_n[i], part_mean[i], part_m2[i]);
-    }
-  }
-  s_n[threadIdx.y][threadIdx.x] = n;
-  s_mean[threadIdx.y][threadIdx.x] = m;
-  s_m2[threadIdx.y][threadIdx.x] = m2;
-  __syncthreads();
-  for (int s = kFinishLanes / 2; s > 0; s /= 2) {
-    if (threadIdx.y < s) {
-      const int o = threadIdx.y + s;
-      chan_merge<double>(s_n[threadIdx.y][threadIdx.x], s_mean[threadIdx.y][threadIdx.x],
-                         s_m2[threadIdx.y][threadIdx.x], s_n[o][threadIdx.x], s_mean[o][threadIdx.x],
-                         s_m2[o][threadIdx.x]);
-    }
-    __syncthreads();
-  }
-  if (threadIdx.y == 0 && c < C) {
-    const double total = s_n[0][threadIdx.x];
-    mean[c] = static_cast<acc_t>(s_mean[0][threadIdx.x]);
-    const double v = total > 0 ? s_m2[0][threadIdx.x] * recip_ge1(total) : 0.0;
-    var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);  // NaN stays NaN
+  if constexpr (kStats) {
+    block_merge_write<kThreads>(stats, active, threadIdx.y, blockDim.y, blockDim.x, blockIdx.x, c0, g.C, part_n,
+                                part_mean, part_m2);
   }
 }
 
@@ -333,10 +230,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int r = 0; r < R; ++r) {
     const int64_t item = first + static_cast<int64_t>(r) * blockDim.y;
     if (item >= g.items) break;
-    const int64_t n = g.div_row_items.div(item);
-    const int64_t rem = item - n * g.row_items;
-    const int ih = static_cast<int>(g.div_q.div(rem));
-    const int iwq = static_cast<int>(rem - static_cast<int64_t>(ih) * g.Q);
+    const auto [n, ih, iwq] = split_item(g, item);
 
     int iw[kTW];
     bool ok[kTW];
@@ -861,12 +755,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_stats_cuda(const
     const at::Tensor part = run_conv<scalar_t, true>(a.input, out, taps_major(a.weight), at::Tensor(),
                                                      make_geom(a, a.input, out), a.N, a.channels_last(),
                                                      Act::kIdentity);
-    const int64_t tiles = part.size(1);
-    depthwise_conv2d_stats_finish_kernel<acc_t>
-        <<<static_cast<unsigned>(ceil_div(a.C, 32)), dim3(32, kFinishLanes), 0, at::cuda::getCurrentCUDAStream()>>>(
-            part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>(), tiles, a.C,
-            mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_stats_finish<acc_t>(part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>(),
+                               part.size(1), a.C, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
+                               at::cuda::getCurrentCUDAStream(), "depthwise_conv2d_stats");
   });
   return {out, mean, var};
 }

@@ -14,7 +14,7 @@
 //   (tile, channel) centred (count, mean, M2), from per-thread shifted sums (shift = the thread's
 //   first value, 0 if not finite, so an Inf gives torch's +-Inf mean and NaN variance) merged over
 //   the block's threads by Chan's formula in a fixed tree; a second kernel merges the tiles in a
-//   fixed order, in double. No atomics.
+//   fixed order, in double (chan_stats.cuh, shared with depthwise_conv2d.cu). No atomics.
 // Backward (all cuBLAS through ATen, no kernel of ours): grad_input = g . W (at::mm_out /
 //   at::bmm_out, as the forward); grad_weight = g^T . x over all N*H*W pixels as ONE GEMM
 //   (channels_last: views; NCHW: g and x are first copied to (C, N*H*W), a transposed copy of each,
@@ -48,40 +48,20 @@
 #include <string>
 #include <tuple>
 
+#include "chan_stats.cuh"
 #include "mk_cuda.cuh"
 #include "pointwise_conv2d.h"
 
 namespace mobilenet_kernels {
 namespace {
 
-using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, apply_activation (mk_cuda.cuh)
+using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, apply_activation (mk_cuda.cuh); chan_stats.cuh
 
 constexpr int kThreads = 256;     // threads per block
-constexpr int kFinishLanes = 8;   // tile lanes per channel in the stats' merge kernel
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// Chan et al.: merges partial statistics (nb, mb, m2b) into (na, ma, m2a). An empty side is exact.
-// A non-finite mean (the part holds an Inf or a NaN) passes through as in a plain sum (+-Inf, or NaN
-// for both signs) with a NaN M2, as torch.var_mean gives.
-template <typename T>
-__device__ __forceinline__ void chan_merge(T& na, T& ma, T& m2a, T nb, T mb, T m2b) {
-  if (nb == T(0)) return;
-  if (!isfinite(ma) || !isfinite(mb)) {
-    ma = na == T(0) ? mb : ma + mb;
-    m2a = ::nan("");
-    na += nb;
-    return;
-  }
-  const T n = na + nb;
-  const T d = mb - ma;
-  const T f = nb * recip_ge1(n);
-  ma += d * f;
-  m2a += m2b + d * d * na * f;
-  na = n;
-}
 
 // ---------------------------------------------------------------------------------------------
 // GEMM: y (N, C, H, W) = conv1x1(x (N, K, H, W), w (C, K)), x and y dense in one format.
@@ -169,83 +149,6 @@ void run_epilogue(const PointwiseArgs& a, at::Tensor& out) {
 // ---------------------------------------------------------------------------------------------
 // Statistics, stage 1: per-(tile, channel) partials (count, mean, M2) of the stored output.
 
-// A thread's shifted sums of VEC channels: s1 = sum (y - K), s2 = sum (y - K)^2, K its first
-// value (0 if not finite); an Inf makes s1 +-Inf (mean +-Inf) and s2 - s1^2 / n NaN, as in torch.
-template <typename acc_t, int VEC>
-struct ShiftedSums {
-  acc_t k[VEC], s1[VEC], s2[VEC];
-  int count = 0;
-  __device__ __forceinline__ ShiftedSums() {
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) k[v] = s1[v] = s2[v] = acc_t(0);
-  }
-  __device__ __forceinline__ void add(const acc_t (&y)[VEC]) {
-    if (count == 0) {
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) k[v] = finite_or_zero(y[v]);
-    }
-    ++count;
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      const acc_t d = y[v] - k[v];
-      s1[v] += d;
-      s2[v] += d * d;
-    }
-  }
-  // (mean, M2) of lane v; count > 0.
-  __device__ __forceinline__ void centred(int v, acc_t& mean, acc_t& m2) const {
-    const acc_t inv = recip_ge1(static_cast<acc_t>(count));
-    const acc_t d = s1[v] * inv;
-    mean = k[v] + d;
-    const acc_t q = s2[v] - s1[v] * d;
-    m2 = q < acc_t(0) ? acc_t(0) : q;  // NaN stays NaN
-  }
-};
-
-// Merges the per-thread partials of a block over `lanes` threads (a power of two; thread t and
-// t + s * stride merge, in a fixed tree) and has lane 0 write them to part_*[tile * C + c0 + v].
-template <typename acc_t, int VEC>
-__device__ __forceinline__ void block_merge_write(const ShiftedSums<acc_t, VEC>& s, bool active, int lane, int lanes,
-                                                  int lane_stride, int64_t tile, int64_t c0, int64_t C,
-                                                  int cstep, acc_t* __restrict__ part_n,
-                                                  acc_t* __restrict__ part_mean, acc_t* __restrict__ part_m2) {
-  __shared__ acc_t s_n[kThreads];
-  __shared__ acc_t s_mean[kThreads * VEC];
-  __shared__ acc_t s_m2[kThreads * VEC];
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  s_n[tid] = active ? static_cast<acc_t>(s.count) : acc_t(0);
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    acc_t mean = 0, m2 = 0;
-    if (active && s.count > 0) s.centred(v, mean, m2);
-    s_mean[tid * VEC + v] = mean;
-    s_m2[tid * VEC + v] = m2;
-  }
-  __syncthreads();
-  for (int h = lanes / 2; h > 0; h /= 2) {
-    if (lane < h) {
-      const int o = tid + h * lane_stride;  // written last round, read-only now
-      acc_t n = 0;
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        n = s_n[tid];
-        chan_merge(n, s_mean[tid * VEC + v], s_m2[tid * VEC + v], s_n[o], s_mean[o * VEC + v], s_m2[o * VEC + v]);
-      }
-      s_n[tid] = n;
-    }
-    __syncthreads();
-  }
-  if (lane == 0 && active) {
-    const int64_t base = tile * C + c0;
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      part_n[base + v * cstep] = s_n[tid];
-      part_mean[base + v * cstep] = s_mean[tid * VEC + v];
-      part_m2[base + v * cstep] = s_m2[tid * VEC + v];
-    }
-  }
-}
-
 // channels_last: y (P, C). Block (tx, ty): thread x owns channels c0 .. c0 + VEC - 1, c0 =
 // (blockIdx.y * tx + x) * VEC; rows tile * tile_rows + y, + ty, ... of its tile (blockIdx.x).
 template <typename scalar_t, int VEC>
@@ -268,8 +171,8 @@ __global__ void __launch_bounds__(kThreads)
       s.add(v);
     }
   }
-  block_merge_write<acc_t, VEC>(s, active, threadIdx.y, blockDim.y, blockDim.x, tile, c0, C, 1, part_n, part_mean,
-                                part_m2);
+  block_merge_write<kThreads>(s, active, threadIdx.y, blockDim.y, blockDim.x, tile, c0, C, part_n, part_mean,
+                              part_m2);
 }
 
 // NCHW: y (N, C, HW). Block = (tile blockIdx.x, channel blockIdx.y), kThreads threads in x; pixel
@@ -297,49 +200,7 @@ __global__ void __launch_bounds__(kThreads)
       s.add(one);
     }
   }
-  block_merge_write<acc_t, 1>(s, true, threadIdx.x, blockDim.x, 1, tile, c, C, 1, part_n, part_mean, part_m2);
-}
-
-// Stage 2: channel c = blockIdx.x * 32 + x; lane y merges tiles y, y + 8, ... in order, then a
-// fixed tree over the lanes; all in double.
-template <typename acc_t>
-__global__ void __launch_bounds__(32 * kFinishLanes)
-    pointwise_stats_finish_kernel(const acc_t* __restrict__ part_n,     // (tiles, C)
-                                  const acc_t* __restrict__ part_mean,  // (tiles, C)
-                                  const acc_t* __restrict__ part_m2,    // (tiles, C)
-                                  int64_t tiles, int64_t C,
-                                  acc_t* __restrict__ mean,             // (C,)
-                                  acc_t* __restrict__ var) {            // (C,) biased
-  __shared__ double s_n[kFinishLanes][32];
-  __shared__ double s_mean[kFinishLanes][32];
-  __shared__ double s_m2[kFinishLanes][32];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  double n = 0, m = 0, m2 = 0;
-  if (c < C) {
-    for (int64_t t = threadIdx.y; t < tiles; t += kFinishLanes) {
-      const int64_t i = t * C + c;
-      chan_merge<double>(n, m, m2, part_n[i], part_mean[i], part_m2[i]);
-    }
-  }
-  s_n[threadIdx.y][threadIdx.x] = n;
-  s_mean[threadIdx.y][threadIdx.x] = m;
-  s_m2[threadIdx.y][threadIdx.x] = m2;
-  __syncthreads();
-  for (int s = kFinishLanes / 2; s > 0; s /= 2) {
-    if (threadIdx.y < s) {
-      const int o = threadIdx.y + s;
-      chan_merge<double>(s_n[threadIdx.y][threadIdx.x], s_mean[threadIdx.y][threadIdx.x],
-                         s_m2[threadIdx.y][threadIdx.x], s_n[o][threadIdx.x], s_mean[o][threadIdx.x],
-                         s_m2[o][threadIdx.x]);
-    }
-    __syncthreads();
-  }
-  if (threadIdx.y == 0 && c < C) {
-    const double total = s_n[0][threadIdx.x];
-    mean[c] = static_cast<acc_t>(s_mean[0][threadIdx.x]);
-    const double v = total > 0 ? s_m2[0][threadIdx.x] * recip_ge1(total) : 0.0;
-    var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);  // NaN stays NaN
-  }
+  block_merge_write<kThreads>(s, true, threadIdx.x, blockDim.x, 1, tile, c, C, part_n, part_mean, part_m2);
 }
 
 template <typename scalar_t>
@@ -398,12 +259,8 @@ void run_stats(const PointwiseArgs& a, const at::Tensor& out, at::Tensor& mean, 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
-  const int64_t fblocks = ceil_div(C, 32);
-  TORCH_CHECK(fblocks <= kMaxGridX, "pointwise_conv2d_stats (CUDA): too many channels");
-  pointwise_stats_finish_kernel<acc_t><<<static_cast<unsigned>(fblocks), dim3(32, kFinishLanes), 0, stream>>>(
-      part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>(), tiles, C,
-      mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_stats_finish<acc_t>(part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>(), tiles, C,
+                             mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), stream, "pointwise_conv2d_stats");
 }
 
 // ---------------------------------------------------------------------------------------------
