@@ -299,9 +299,10 @@ def inverted_residual_eval(
     Triton: one kernel per block that keeps the expanded tensor on chip. "cuda" on CPU tensors: the
     C++ whole-block kernel (csrc/cpu/inverted_residual.cpp: bands of output rows whose expanded rows
     stay in cache; float16/bfloat16 keep every intermediate in float and round once, where the op-by-op
-    path rounds the expanded and depthwise tensors). "cuda" on CUDA tensors: no whole-block CUDA
-    kernel is written, so the block runs op by op on our kernels (pointwise_conv2d with the
-    activation, depthwise_conv2d with the activation, pointwise_conv2d with the residual).
+    path rounds the expanded and depthwise tensors). "cuda" on CUDA tensors: the CUDA whole-block
+    kernel (csrc/cuda/inverted_residual.cu: a tile of output pixels per thread block, the expanded
+    halo tile and the depthwise output in shared memory). At most 512 output channels (every
+    MobileNet block has at most 320).
     """
     tensors = _autocast(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)
     input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = tensors
@@ -312,15 +313,7 @@ def inverted_residual_eval(
                            "(run it under torch.no_grad() or use the modules, which fall back to the op-by-op path)")
     if name == "torch":
         return inverted_residual_eval_ref(*tensors, stride, dilation, activation, residual)
-    if name == "triton" or input.device.type == "cpu":
-        return _op("inverted_residual_eval", name)(*tensors, stride, dilation, activation, residual)
-    h = input
-    if expand_weight is not None:
-        h = _op("pointwise_conv2d", name)(h, expand_weight, expand_bias, None, activation)
-    pad = (dw_weight.shape[-1] - 1) // 2 * dilation
-    h = _op("depthwise_conv2d", name)(h, dw_weight, dw_bias, [stride, stride], [pad, pad], [dilation, dilation],
-                                      activation)
-    return _op("pointwise_conv2d", name)(h, project_weight, project_bias, input if residual else None, "identity")
+    return _op("inverted_residual_eval", name)(*tensors, stride, dilation, activation, residual)
 
 
 def squeeze_excite(

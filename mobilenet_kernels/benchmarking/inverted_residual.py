@@ -2,9 +2,9 @@
 (eval, BatchNorm folded into the convs): our backends vs PyTorch eager (the folded block op by op,
 reference.inverted_residual_eval_ref: 1x1 F.conv2d + act, depthwise F.conv2d + act, 1x1 F.conv2d
 (+ the skip connection)) and torch.compile of that. Inference only: forward under torch.no_grad()
-(the mode setting is ignored; rows say "forward"). Our "triton" backend runs the block as one
-kernel that keeps the expanded tensor on chip; "cuda" runs it op by op on our kernels until the
-C++ whole-block kernels exist.
+(the mode setting is ignored; rows say "forward"). Each of our backends runs the block as one
+kernel that keeps the expanded tensor on chip (Triton; "cuda": csrc/cpu/inverted_residual.cpp on the
+CPU, csrc/cuda/inverted_residual.cu on a GPU).
 
 Bytes (row "bytes", the % of peak and GB/s of every provider) are the whole block's minimum, each
 tensor read or written once (e = the element size; x: N Cin H W, y: N Cout OH OW): e (x + y +

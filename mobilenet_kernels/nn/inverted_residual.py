@@ -4,7 +4,8 @@ Both run the same forward: the "expanded side" (1x1 expand conv + BN + act, dept
 act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
 
 - Inference: in eval mode, with no gradient needed, every BatchNorm is folded into the conv before
-  it (nn.conv_bn_act). On a backend with a whole-block kernel (Triton; "cuda" on CPU tensors) a
+  it (nn.conv_bn_act). Where a whole-block kernel is known to pay (Triton; "cuda" on CPU tensors
+  for k3 blocks with an expand conv; "cuda" on CUDA tensors once USE_CUDA_BLOCK_KERNEL is set) a
   block without squeeze-excite runs as that one kernel (functional.inverted_residual_eval: the
   expanded tensor never reaches memory). Otherwise the 1x1 convs run as GEMMs with the bias and
   the activation (expand) or the residual add (project) in their epilogue
@@ -35,6 +36,12 @@ from .batch_norm_act import BatchNormAct2d
 from .conv_bn_act import ConvBNAct, _is_depthwise, _is_pointwise, conv_bn_act, folded_conv_weights
 from .depthwise_conv2d import DepthwiseConv2d
 from .squeeze_excite import SqueezeExcitation
+
+# The CUDA C++ whole-block kernel (csrc/cuda/inverted_residual.cu) has not been timed against the
+# op-by-op path on a GPU yet (nor run: it compiles for sm_80/sm_90, and its GPU tests are owed), so
+# eval blocks on CUDA tensors with the "cuda" backend run op by op unless this is set. Flip the
+# default once a committed benchmark (benchmarks/results) shows the kernel faster.
+USE_CUDA_BLOCK_KERNEL = False
 
 
 def _check_recompute(recompute: bool) -> bool:
@@ -91,7 +98,8 @@ class _InvertedResidualBase(nn.Module):
         gradient needed (every BatchNorm folded: folded_conv_weights), no squeeze-excite, a
         depthwise conv with a square odd kernel and "same" padding, 1x1 expand/project convs, one
         activation on the expanded side, and a backend with a whole-block kernel for the input's
-        device (Triton; "cuda" on CPU tensors, the C++ CPU kernel; no CUDA whole-block kernel)."""
+        device that is known to pay (Triton; "cuda" on CPU tensors for k3 blocks with an expand
+        conv; "cuda" on CUDA tensors with USE_CUDA_BLOCK_KERNEL)."""
         expanded_side, project_conv, project_bn = self._parts()
         if input.dim() != 4 or not 1 <= len(expanded_side) <= 2 or (torch.is_grad_enabled() and input.requires_grad):
             return None
@@ -107,7 +115,8 @@ class _InvertedResidualBase(nn.Module):
         # it measured faster than op by op with an expand conv and k3 (V2's blocks), slower for k5 and
         # without an expand conv, which therefore run op by op on the CPU.
         cpu_kernel_pays = name == "cuda" and input.device.type == "cpu" and bool(expand) and k == 3
-        if not (name == "triton" or cpu_kernel_pays) or project_conv.out_channels > 512:
+        cuda_kernel_pays = name == "cuda" and input.device.type == "cuda" and USE_CUDA_BLOCK_KERNEL
+        if not (name == "triton" or cpu_kernel_pays or cuda_kernel_pays) or project_conv.out_channels > 512:
             return None
         if not (_is_depthwise(dw_conv) and dw_conv.kernel_size == (k, k) and k % 2 == 1
                 and dw_conv.dilation == (dilation, dilation) and dw_conv.stride == (stride, stride)

@@ -1,10 +1,10 @@
 """inverted_residual_eval: a whole inverted-residual block (eval, BatchNorm folded) as one kernel.
 
-Schema in csrc/library.cpp; Triton kernel in mobilenet_kernels/triton/inverted_residual.py; C++ CPU
-kernel of the C++-backed op in csrc/cpu/inverted_residual.cpp (its checks, the twin of
-check_inverted_residual_args, in csrc/inverted_residual.h). No CUDA kernel of that op is written:
-on CUDA tensors the "cuda" backend of functional.inverted_residual_eval runs the block op by op
-(pointwise_conv2d, depthwise_conv2d, pointwise_conv2d with the residual), which is also the reference.
+Schema in csrc/library.cpp; Triton kernel in mobilenet_kernels/triton/inverted_residual.py; the
+C++-backed op's kernels in csrc/cpu/inverted_residual.cpp and csrc/cuda/inverted_residual.cu (their
+checks, the twin of check_inverted_residual_args, in csrc/inverted_residual.h). The op-by-op sequence
+(pointwise_conv2d, depthwise_conv2d, pointwise_conv2d with the residual) is the reference
+(reference.inverted_residual_eval_ref).
 
 Inference only: the op has no autograd formula; the modules call it only when no gradient is
 needed (nn.inverted_residual).
