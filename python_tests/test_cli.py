@@ -115,6 +115,19 @@ def test_bench_model_recompute_variant_saves_activations(tmp_path):
     assert "| mobilenet_v2 | train | 2 | ours[cuda] + recompute |" in (tmp_path / "models.md").read_text()
 
 
+def test_bench_model_saved_only_measures_activation_memory_without_steps(tmp_path):
+    """--saved-only: training rows with saved_mb and no timing (what gives batch-256 memory on a CPU)."""
+    args = ["bench", "model", *TINY_MODEL, "--recompute", "--saved-only", "--out", str(tmp_path)]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "models.json").read_text())
+    rows = {r["variant"]: r for r in record["rows"]}
+    assert list(rows) == ["torchvision", "ours[cuda]", "ours[cuda] + recompute"]
+    assert all(r["mode"] == "train" and r["saved_mb"] > 0 and "p50_ms" not in r for r in rows.values()), rows
+    ratio = record["summary"]["saved/mobilenet_v2/b2/ours[cuda] + recompute_vs_eager"]
+    assert ratio == pytest.approx(rows["ours[cuda] + recompute"]["saved_mb"] / rows["torchvision"]["saved_mb"])
+    assert ratio < 0.5
+
+
 def test_bench_ops_writes_one_file_per_registered_op(ops_results):
     out, printed = ops_results
     for name, bench in OPS.items():
@@ -257,6 +270,8 @@ def test_report_reads_op_model_and_committed_results(model_results, ops_results,
     (["bench", "model", "--device", "tpu"], "--device: unknown device 'tpu'"),
     (["bench", "model", "--mode", "sideways"], "argument --mode: invalid choice"),
     (["bench", "model", "--batch", "two"], "argument --batch: invalid int value"),
+    (["bench", "model", "--saved-only", "--mode", "infer"], "--saved-only: measures training activations"),
+    (["bench", "model", "--saved-only", "--compile", "default"], "--saved-only: measures training activations"),
     (["bench", "ops", "--op", "softmax"], "--op: unknown op 'softmax'"),
     (["bench", "ops", "--batch", "-4"], "--batch: must be positive"),
     (["bench", "ops", "--layout", "nwhc"], "--layout: 'nwhc' is not one of"),

@@ -15,7 +15,9 @@ on one of our backends, eager and compiled).
   keeps for backward over one training forward (:func:`saved_activation_bytes`), on any device.
   ``--recompute`` adds, for each of our backends, a training variant with ``recompute=True``
   (``ours[BACKEND] + recompute``): the inverted-residual blocks keep only their input and recompute
-  the expanded tensors in backward (V2, V3; V1 has no such blocks).
+  the expanded tensors in backward (V2, V3; V1 has no such blocks). ``--saved-only`` measures
+  nothing else (one forward per variant, no step timed): the bytes do not depend on the device, so
+  a CPU gives the batch-256 activation memory of every variant.
 - torchvision has no MobileNetV1; its baseline is our V1 on the "torch" backend (plain PyTorch ops),
   labelled "reference".
 - ``speedup_vs_eager``: the baseline's (torchvision or reference, not compiled) time over this
@@ -63,6 +65,7 @@ class ModelSettings:
     compile: list[str]                 # torch.compile modes (COMPILE_MODES); [] for none
     backends: list[str]                # our backends, one "ours" variant each
     recompute: bool = False            # also ours with recompute=True (training rows)
+    saved_only: bool = False           # training rows: saved_mb only, no timed steps (see measure_saved)
     quiet: bool = False
 
 
@@ -187,6 +190,18 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def measure_saved(model_name: str, variant: Variant, batch: int, state_dict: dict, s: ModelSettings) -> dict:
+    """Only the activation memory of a training step, ``saved_mb`` (saved_activation_bytes: one
+    forward, no backward, no timing). The bytes autograd keeps do not depend on the device, so this
+    gives batch-256 activation memory on a machine that cannot time batch 256."""
+    model = build(model_name, variant)
+    model.load_state_dict(state_dict)
+    model = model.to(s.device, memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
+    model.train()
+    with _autocast(s):
+        return {"saved_mb": saved_activation_bytes(model, _input(batch, s)) / 2**20}
+
+
 def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, state_dict: dict,
                     s: ModelSettings) -> dict:
     """Time one variant: first step (compilation included), peak memory over two warm-up steps,
@@ -258,7 +273,10 @@ def sweep(s: ModelSettings, rows: list[dict]) -> None:
                "channels_last": s.channels_last, "variant": variant.label, "impl": variant.impl,
                "backend": variant.backend, "compile": variant.compile, "recompute": variant.recompute}
         try:
-            row.update(measure_variant(model_name, variant, mode, batch, weights[model_name], s))
+            if s.saved_only:
+                row.update(measure_saved(model_name, variant, batch, weights[model_name], s))
+            else:
+                row.update(measure_variant(model_name, variant, mode, batch, weights[model_name], s))
         except Exception as exc:  # a variant that cannot run (out of memory, a compile error) is a result
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         finally:
@@ -269,8 +287,17 @@ def sweep(s: ModelSettings, rows: list[dict]) -> None:
 
 def summarize(rows: list[dict]) -> dict[str, float]:
     """Geometric-mean speed-ups per (mode, variant) over models and batch sizes:
-    ``"train/ours[cuda]_vs_eager": 1.1``."""
+    ``"train/ours[cuda]_vs_eager": 1.1``; and each training row's saved activations against its
+    baseline's: ``"saved/mobilenet_v2/b256/ours[cuda] + recompute_vs_eager": 0.1``."""
     summary = {}
+    for r in rows:
+        if r["impl"] != "ours" or not r.get("saved_mb"):
+            continue
+        case = (r["model"], r["mode"], r["batch"])
+        base = next((b["saved_mb"] for b in rows if (b["model"], b["mode"], b["batch"]) == case
+                     and b["impl"] != "ours" and b["compile"] == "none" and b.get("saved_mb")), None)
+        if base:
+            summary[f"saved/{r['model']}/b{r['batch']}/{r['variant']}_vs_eager"] = r["saved_mb"] / base
     for mode in MODES:
         for label in dict.fromkeys(r["variant"] for r in rows if r["mode"] == mode):
             for ref in ("eager", "compile"):
@@ -288,5 +315,7 @@ def run(s: ModelSettings, *, out: str, name: str = "models") -> int:
              "storage, weights excluded), eager variants")
     record = {"benchmark": "model", "settings": dataclasses.asdict(s), "peak_memory": peak_memory,
               "saved_activations": saved}
+    if s.saved_only:
+        record["saved_only"] = "training rows carry saved_mb only: no step was run or timed"
     return execute(device=s.device, out=out, name=name, record=record, fill=lambda rows, env: sweep(s, rows),
                    summarize=summarize, columns=COLUMNS)

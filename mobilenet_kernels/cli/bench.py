@@ -66,6 +66,10 @@ def add_parser(sub) -> None:
     model.add_argument("--recompute", action="store_true",
                        help="also train our V2/V3 with recompute=True (the blocks recompute their expanded tensors in "
                             "backward instead of storing them): rows 'ours[BACKEND] + recompute'; compare saved_mb")
+    model.add_argument("--saved-only", action="store_true",
+                       help="training rows record only saved_mb, the activation memory (one forward per variant, "
+                            "nothing timed): bytes do not depend on the device, so a CPU gives batch-256 numbers; "
+                            "implies --mode train and no torch.compile")
     model.set_defaults(run=run_model)
 
 
@@ -255,6 +259,11 @@ def run_model(args) -> int:
         s.compile = _compile_modes(args.compile, models.COMPILE_MODES)
     s.backends = _backends(args.backend, device) if args.backend else _fastest_backend(device)
     s.recompute = args.recompute
+    if args.saved_only:
+        if args.mode == "infer" or (args.compile and args.compile != ["none"]):
+            raise CliError("--saved-only: measures training activations of eager models (use --mode train, "
+                           "no --compile)")
+        s.saved_only, s.modes, s.compile = True, ["train"], []
     s.quiet = args.quiet
     if "train" in s.modes and min(s.batch["train"]) * ((s.size + 31) // 32) ** 2 < 2:
         raise CliError(f"--batch 1 at --size {s.size} cannot train: BatchNorm needs more than one value per "
