@@ -42,7 +42,8 @@
 //   only partition the channels). Per-lane accumulators make the summation order independent of
 //   how the compiler vectorizes. Stats: each sub-chunk's stored outputs (still in cache) give
 //   centered (count, mean, M2), summed about the sub-chunk's first value so a large mean costs no
-//   digits; these are merged by Chan's formula in double.
+//   digits; these are merged by Chan's formula in double (csrc/cpu/chan_stats.h, shared with
+//   pointwise_conv2d.cpp).
 // x86: each kernel is compiled twice, for the baseline ISA and for AVX2+FMA (picked at run time),
 //   since the extension is built without -march flags (csrc/cpu/cpu_dispatch.h). The direct kernels
 //   use GCC/Clang vector extensions (portable loops elsewhere), so one source serves both.
@@ -59,10 +60,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
+#include "chan_stats.h"
 #include "cpu_dispatch.h"
 #include "depthwise_conv2d.h"
 
@@ -406,110 +407,16 @@ C10_ALWAYS_INLINE void dot_pixels(const acc_t* a, int64_t sa, const acc_t* b, in
   }
 }
 
-// sum_i a[i] * b[i] (b == nullptr: sum_i a[i]) with lane-wise partial sums added in a fixed order.
-template <typename acc_t>
-C10_ALWAYS_INLINE acc_t dot_row(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n) {
-  constexpr int V = kVec<acc_t>;
-  acc_t s[2 * V];
-#pragma omp simd
-  for (int l = 0; l < 2 * V; ++l) s[l] = acc_t(0);
-  int64_t i = 0;
-  for (; i + 2 * V <= n; i += 2 * V) {
-#pragma omp simd
-    for (int l = 0; l < 2 * V; ++l) s[l] += a[i + l] * (b ? b[i + l] : acc_t(1));
-  }
-  for (; i < n; ++i) s[0] += a[i] * (b ? b[i] : acc_t(1));
-  acc_t total = 0;
-  for (int l = 0; l < 2 * V; ++l) total += s[l];
-  return total;
-}
-
 // ----------------------------------------------------------------------------- statistics
 
-// Merges (nb, mean_b, m2_b) into (na, mean_a, m2_a): Chan et al.'s pairwise update. A part holding
-// an Inf or a NaN has a non-finite mean, which the update would turn into NaN (inf - inf); it passes
-// through as in a plain sum instead (+-Inf, or NaN for both signs), with a NaN M2, as in torch.
-template <typename T>
-C10_ALWAYS_INLINE void chan_merge(T na, T& mean_a, T& m2_a, T nb, T mean_b, T m2_b) {
-  if (!std::isfinite(mean_a) || !std::isfinite(mean_b)) {
-    mean_a = na == 0 ? mean_b : mean_a + mean_b;
-    m2_a = std::numeric_limits<T>::quiet_NaN();
-    return;
-  }
-  const T n = na + nb;
-  const T delta = mean_b - mean_a;
-  mean_a += delta * (nb / n);
-  m2_a += m2_b + delta * delta * (na * nb / n);
-}
-
-// Centered (mean, M2) per channel of m pixels y[i * ld + c], c < cn, as stored, merged into the
-// running group statistics (count gn, in double). The sums run over y - K with K the first pixel
-// (0 if that is not finite), so a mean far from zero costs no digits (the differences of nearby
-// floats are exact).
-template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE void merge_channel_stats(const scalar_t* y, int64_t m, int64_t ld, int64_t cn, acc_t* tmp,
-                                           double& gn, double* g_mean, double* g_m2) {
-  acc_t* __restrict__ shift = tmp;
-  acc_t* __restrict__ mean = tmp + cn;
-  acc_t* __restrict__ m2 = tmp + 2 * cn;
+// Merges a part of m values per channel, (mean, M2) of channels c < cn from cpu::channel_stats or
+// cpu::plane_stats, into the running group statistics (count gn) in double.
+C10_ALWAYS_INLINE void merge_part(double& gn, double* g_mean, double* g_m2, const double* p_mean, const double* p_m2,
+                                  int64_t cn, int64_t m) {
   for (int64_t c = 0; c < cn; ++c) {
-    shift[c] = finite_or_zero(static_cast<acc_t>(y[c]));
-    mean[c] = m2[c] = acc_t(0);
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    const scalar_t* __restrict__ yi = y + i * ld;
-#pragma omp simd
-    for (int64_t c = 0; c < cn; ++c) mean[c] += static_cast<acc_t>(yi[c]) - shift[c];
-  }
-  const acc_t count = static_cast<acc_t>(m);
-  for (int64_t c = 0; c < cn; ++c) mean[c] /= count;
-  for (int64_t i = 0; i < m; ++i) {
-    const scalar_t* __restrict__ yi = y + i * ld;
-#pragma omp simd
-    for (int64_t c = 0; c < cn; ++c) {
-      const acc_t d = (static_cast<acc_t>(yi[c]) - shift[c]) - mean[c];
-      m2[c] += d * d;
-    }
-  }
-  for (int64_t c = 0; c < cn; ++c) {
-    chan_merge<double>(gn, g_mean[c], g_m2[c], static_cast<double>(m),
-                       static_cast<double>(shift[c]) + static_cast<double>(mean[c]), static_cast<double>(m2[c]));
+    cpu::chan_merge<double>(gn, g_mean[c], g_m2[c], static_cast<double>(m), p_mean[c], p_m2[c]);
   }
   gn += static_cast<double>(m);
-}
-
-// Centered (mean, M2) of m contiguous stored values, shifted by the first (0 if not finite), merged
-// into (gn, g_mean, g_m2).
-template <typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE void merge_plane_stats(const scalar_t* y, int64_t m, acc_t* tmp, double& gn, double& g_mean,
-                                         double& g_m2) {
-  const acc_t shift = finite_or_zero(static_cast<acc_t>(y[0]));
-  for (int64_t i = 0; i < m; ++i) tmp[i] = static_cast<acc_t>(y[i]) - shift;
-  const acc_t mean = dot_row<acc_t>(tmp, nullptr, m) / static_cast<acc_t>(m);
-  for (int64_t i = 0; i < m; ++i) tmp[i] -= mean;
-  chan_merge<double>(gn, g_mean, g_m2, static_cast<double>(m), static_cast<double>(shift) + static_cast<double>(mean),
-                     static_cast<double>(dot_row<acc_t>(tmp, tmp, m)));
-  gn += static_cast<double>(m);
-}
-
-// mean, var (C,) from per-group centered partials at pmean/pm2[g * C + c], merged in group order.
-template <typename acc_t>
-void finish_stats(const std::vector<double>& pmean, const std::vector<double>& pm2, const RowGroups& G,
-                  int64_t elems_per_row, int64_t C, at::Tensor& mean, at::Tensor& var) {
-  acc_t* out_mean = mean.data_ptr<acc_t>();
-  acc_t* out_var = var.data_ptr<acc_t>();
-  at::parallel_for(0, C, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double n = 0, mu = 0, m2 = 0;
-      for (int64_t g = 0; g < G.count; ++g) {
-        const double nb = static_cast<double>((G.end(g) - G.begin(g)) * elems_per_row);
-        chan_merge(n, mu, m2, nb, pmean[g * C + c], pm2[g * C + c]);
-        n += nb;
-      }
-      out_mean[c] = static_cast<acc_t>(mu);
-      out_var[c] = static_cast<acc_t>(m2 / n);
-    }
-  });
 }
 
 // ----------------------------------------------------------------------------- channels_last, direct (float, double)
@@ -1013,6 +920,7 @@ struct ForwardDirect {
     std::vector<int64_t> offs(static_cast<size_t>(4 * taps));
     std::vector<T> tmp(kStats ? 3 * chunks.width : 0);
     std::vector<double> g_mean(kStats ? chunks.width : 0), g_m2(kStats ? chunks.width : 0);
+    std::vector<double> p_mean(kStats ? chunks.width : 0), p_m2(kStats ? chunks.width : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / chunks.count, k = task % chunks.count;
       const int64_t c0 = chunks.first(k), cn = chunks.size(k);
@@ -1028,8 +936,8 @@ struct ForwardDirect {
           row(n, oh0 + i, c0, cn, offs.data(), offs.data() + taps, offs.data() + 2 * taps, offs.data() + 3 * taps);
         }
         if (kStats) {
-          merge_channel_stats(y + (n * OH + oh0) * OW * C + c0, rn * OW, C, cn, tmp.data(), gn, g_mean.data(),
-                              g_m2.data());
+          cpu::channel_stats(y + (n * OH + oh0) * OW * C + c0, rn * OW, C, cn, tmp.data(), p_mean.data(), p_m2.data());
+          merge_part(gn, g_mean.data(), g_m2.data(), p_mean.data(), p_m2.data(), cn, rn * OW);
         }
         r += rn;
       }
@@ -1378,6 +1286,7 @@ struct ForwardChannelsLast {
     const int64_t zero_off[1] = {0};
     std::vector<acc_t> tmp(kStats ? 3 * C : 0);
     std::vector<double> g_mean(kStats ? C : 0), g_m2(kStats ? C : 0);
+    std::vector<double> p_mean(kStats ? C : 0), p_m2(kStats ? C : 0);
     for (int64_t g = begin; g < end; ++g) {
       double gn = 0;
       if (kStats) {
@@ -1447,8 +1356,8 @@ struct ForwardChannelsLast {
           }
         }
         if (kStats) {
-          merge_channel_stats(y + (n * OH + oh0) * OW * C, rn * OW, C, C, tmp.data(), gn, g_mean.data(),
-                              g_m2.data());
+          cpu::channel_stats(y + (n * OH + oh0) * OW * C, rn * OW, C, C, tmp.data(), p_mean.data(), p_m2.data());
+          merge_part(gn, g_mean.data(), g_m2.data(), p_mean.data(), p_m2.data(), C, rn * OW);
         }
         row += rn;
       }
@@ -1504,7 +1413,6 @@ struct ForwardContiguous {
     const int64_t C = a.C, T = a.kH * a.kW, H = a.H, W = a.W, OH = a.OH, OW = a.OW, sH = a.sH, sW = a.sW;
     const int64_t row_len = sW * wq;
     std::vector<acc_t> buf(static_cast<size_t>(staged_rows(groups.chunk) * row_len));
-    std::vector<acc_t> tmp(kStats ? groups.chunk * OW : 0);
     std::vector<int64_t> tap_off(T);
     for (int64_t i = 0; i < a.kH; ++i) {
       for (int64_t j = 0; j < a.kW; ++j) {
@@ -1534,7 +1442,11 @@ struct ForwardContiguous {
             }
           }
         }
-        if (kStats) merge_plane_stats(yp, rn * OW, tmp.data(), gn, g_mean, g_m2);
+        if (kStats) {
+          double p_mean, p_m2;
+          cpu::plane_stats(yp, rn * OW, p_mean, p_m2);
+          merge_part(gn, &g_mean, &g_m2, &p_mean, &p_m2, 1, rn * OW);
+        }
         row += rn;
       }
       if (kStats) {
@@ -1557,7 +1469,11 @@ void forward(const DepthwiseArgs& a, at::Tensor& out, at::Tensor* mean, at::Tens
       k.part_m2 = pm2.data();
     }
     parallel_run(k, k.tasks());
-    if (kStats) finish_stats<acc_t>(pmean, pm2, k.groups, a.OW, a.C, *mean, *var);
+    if (kStats) {
+      const RowGroups& G = k.groups;
+      const auto group_pixels = [&](int64_t g) { return (G.end(g) - G.begin(g)) * a.OW; };
+      cpu::finish_stats<acc_t>(pmean.data(), pm2.data(), G.count, a.C, group_pixels, *mean, *var);
+    }
   };
   if (a.channels_last()) {
     if constexpr (std::is_same_v<scalar_t, acc_t>) {

@@ -28,7 +28,7 @@
 //   stats: each block's stored outputs (still in cache) give per-channel centred (mean, M2) about
 //          the block's first value (0 if that is not finite, so an Inf passes through as torch's
 //          +-Inf mean / NaN variance); the blocks' partials are merged in block order in double
-//          by Chan's formula.
+//          by Chan's formula (csrc/cpu/chan_stats.h, shared with depthwise_conv2d.cpp).
 //   grad_weight = sum over pixels g^T x: the blocks are split into at most 64 groups (fewer when
 //          Cout*Cin is large: <= 4M partial values); a group accumulates its blocks' GEMMs
 //          in block order into its own (Cout, Cin) partial (beta = 1), and the partials are summed
@@ -46,12 +46,12 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
+#include "chan_stats.h"
 #include "cpu_dispatch.h"
 #include "pointwise_conv2d.h"
 
@@ -135,46 +135,6 @@ struct Scratch {
     yp = y.data_ptr<acc_t>();
   }
 };
-
-// ----------------------------------------------------------------------------- statistics
-
-// Merges (nb, mean_b, m2_b) into (na, mean_a, m2_a): Chan et al.'s pairwise update. A part holding
-// an Inf or a NaN has a non-finite mean, which the update would turn into NaN (inf - inf); it passes
-// through as in a plain sum instead (+-Inf, or NaN for both signs), with a NaN M2, as in torch.
-// (The twin of the one in depthwise_conv2d.cpp.)
-C10_ALWAYS_INLINE void chan_merge(double na, double& mean_a, double& m2_a, double nb, double mean_b, double m2_b) {
-  if (!std::isfinite(mean_a) || !std::isfinite(mean_b)) {
-    mean_a = na == 0 ? mean_b : mean_a + mean_b;
-    m2_a = std::numeric_limits<double>::quiet_NaN();
-    return;
-  }
-  const double n = na + nb;
-  const double delta = mean_b - mean_a;
-  mean_a += delta * (nb / n);
-  m2_a += m2_b + delta * delta * (na * nb / n);
-}
-
-// mean, var (C,) from per-block centred partials pmean/pm2[b * C + c], merged in block order.
-template <typename acc_t>
-void finish_stats(const std::vector<double>& pmean, const std::vector<double>& pm2, const Blocks& B, int64_t C,
-                  at::Tensor& mean, at::Tensor& var) {
-  acc_t* out_mean = mean.data_ptr<acc_t>();
-  acc_t* out_var = var.data_ptr<acc_t>();
-  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double n = 0, mu = 0, m2 = 0;
-      for (int64_t b = 0; b < B.count; ++b) {
-        int64_t img, p0, m;
-        B.get(b, img, p0, m);
-        const double nb = static_cast<double>(m);
-        chan_merge(n, mu, m2, nb, pmean[b * C + c], pm2[b * C + c]);
-        n += nb;
-      }
-      out_mean[c] = static_cast<acc_t>(mu);
-      out_var[c] = static_cast<acc_t>(m2 / n);
-    }
-  });
-}
 
 // ----------------------------------------------------------------------------- forward (and grad_input)
 
@@ -281,56 +241,15 @@ struct ForwardKernel {
     }
   }
 
-  // Centred (mean, M2) per channel of the block's stored values, shifted by the channel's first
-  // value in the block (0 if not finite), into part_*[b * C + c].
+  // Centred (mean, M2) per channel of the block's stored values into part_*[b * C + c]
+  // (csrc/cpu/chan_stats.h).
   C10_ALWAYS_INLINE void run_stats(int64_t b, int64_t n, int64_t p0, int64_t m, acc_t* tmp) const {
     double* pmean = part_mean + b * C;
     double* pm2 = part_m2 + b * C;
-    const acc_t count = static_cast<acc_t>(m);
     if (B.cl) {
-      const scalar_t* yb = y + p0 * C;
-      acc_t* __restrict__ shift = tmp;
-      acc_t* __restrict__ mean = tmp + C;
-      acc_t* __restrict__ m2 = tmp + 2 * C;
-      for (int64_t c = 0; c < C; ++c) {
-        shift[c] = finite_or_zero(static_cast<acc_t>(yb[c]));
-        mean[c] = m2[c] = acc_t(0);
-      }
-      for (int64_t r = 0; r < m; ++r) {
-        const scalar_t* __restrict__ yr = yb + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) mean[c] += static_cast<acc_t>(yr[c]) - shift[c];
-      }
-      for (int64_t c = 0; c < C; ++c) mean[c] /= count;
-      for (int64_t r = 0; r < m; ++r) {
-        const scalar_t* __restrict__ yr = yb + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t d = (static_cast<acc_t>(yr[c]) - shift[c]) - mean[c];
-          m2[c] += d * d;
-        }
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        pmean[c] = static_cast<double>(shift[c]) + static_cast<double>(mean[c]);
-        pm2[c] = static_cast<double>(m2[c]);
-      }
-      return;
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      const scalar_t* __restrict__ yc = y + (n * C + c) * B.HW + p0;
-      const acc_t shift = finite_or_zero(static_cast<acc_t>(yc[0]));
-      acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < m; ++i) s += static_cast<acc_t>(yc[i]) - shift;
-      const acc_t mean = s / count;
-      acc_t s2 = 0;
-#pragma omp simd reduction(+ : s2)
-      for (int64_t i = 0; i < m; ++i) {
-        const acc_t d = (static_cast<acc_t>(yc[i]) - shift) - mean;
-        s2 += d * d;
-      }
-      pmean[c] = static_cast<double>(shift) + static_cast<double>(mean);
-      pm2[c] = static_cast<double>(s2);
+      cpu::channel_stats(y + p0 * C, m, C, C, tmp, pmean, pm2);
+    } else {
+      for (int64_t c = 0; c < C; ++c) cpu::plane_stats(y + (n * C + c) * B.HW + p0, m, pmean[c], pm2[c]);
     }
   }
 
@@ -340,7 +259,7 @@ struct ForwardKernel {
     const at::Tensor wt = wcl.t();
     std::unique_ptr<Scratch<acc_t>> s;
     if constexpr (!kDirect) s = std::make_unique<Scratch<acc_t>>(B.len * K, B.len * C);
-    std::vector<acc_t> tmp(kStats ? static_cast<size_t>(3 * C) : 0);
+    std::vector<acc_t> tmp(kStats && B.cl ? static_cast<size_t>(3 * C) : 0);  // channel_stats' scratch
     for (int64_t b = begin; b < end; ++b) {
       int64_t n, p0, m, ldz;
       B.get(b, n, p0, m);
@@ -378,7 +297,15 @@ void run_forward(const PointwiseArgs& a, const at::Tensor& x, int64_t K, int64_t
     k.part_m2 = pm2.data();
   }
   parallel_run(k, k.B.count);
-  if constexpr (kStats) finish_stats<acc_t>(pmean, pm2, k.B, C, *mean, *var);
+  if constexpr (kStats) {
+    const Blocks& B = k.B;
+    const auto block_pixels = [&](int64_t b) {
+      int64_t img, p0, m;
+      B.get(b, img, p0, m);
+      return m;
+    };
+    cpu::finish_stats<acc_t>(pmean.data(), pm2.data(), B.count, C, block_pixels, *mean, *var);
+  }
 }
 
 // ----------------------------------------------------------------------------- grad_weight, grad_bias
