@@ -714,10 +714,6 @@ void launch_bwd_weight(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor*
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_cuda(const at::Tensor& input) {
-  TORCH_CHECK_VALUE(input.is_cuda(), "input: expected a CUDA tensor, got device ", input.device());
-}
-
 at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation) {

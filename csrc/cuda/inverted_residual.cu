@@ -60,7 +60,7 @@
 namespace mobilenet_kernels {
 namespace {
 
-using namespace cuda;  // apply_activation, ceil_div (mk_cuda.cuh)
+using namespace cuda;  // apply_activation, ceil_div, check_cuda (mk_cuda.cuh)
 
 constexpr int kThreads = 256;  // threads per block
 constexpr int kBH = 32;        // hidden channels per chunk
@@ -387,7 +387,7 @@ at::Tensor inverted_residual_eval_cuda(const at::Tensor& input, const c10::optio
                                        const at::Tensor& dw_bias, const at::Tensor& project_weight,
                                        const at::Tensor& project_bias, int64_t stride, int64_t dilation,
                                        c10::string_view activation, bool residual) {
-  TORCH_CHECK_VALUE(input.is_cuda(), "input: expected a CUDA tensor, got device ", input.device());
+  check_cuda(input);
   const c10::cuda::CUDAGuard guard(input.device());
   const InvertedResidualArgs a =
       prepare_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,

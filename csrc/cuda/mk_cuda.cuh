@@ -19,6 +19,12 @@ struct alignas(sizeof(T) * N) Vec {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The entry check of every CUDA kernel: the dispatcher routes by the first tensor's device, so a
+// call reaching a CUDA kernel with a CPU input is a bad argument, not a crash.
+inline void check_cuda(const at::Tensor& input) {
+  TORCH_CHECK_VALUE(input.is_cuda(), "input: expected a CUDA tensor, got device ", input.device());
+}
+
 // Division of 0 <= n < 2^63 by a fixed d >= 1 as a multiply-high and a shift (Granlund and
 // Montgomery, the 64-bit twin of ATen's IntDivider): no division instruction, hence no call to a
 // division subroutine, in the kernels. With s = ceil(log2 d) and m = floor(2^64 (2^s - d) / d) + 1,

@@ -266,10 +266,6 @@ void run_stats(const PointwiseArgs& a, const at::Tensor& out, at::Tensor& mean, 
 // ---------------------------------------------------------------------------------------------
 // ops
 
-void check_cuda(const at::Tensor& input) {
-  TORCH_CHECK_VALUE(input.is_cuda(), "input: expected a CUDA tensor, got device ", input.device());
-}
-
 at::Tensor pointwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
                                  c10::string_view activation) {

@@ -437,10 +437,6 @@ void launch_scale(const ChannelLayout& L, const scalar_t* in, scalar_t* out, con
   }
 }
 
-void check_cuda(const at::Tensor& input) {
-  TORCH_CHECK_VALUE(input.is_cuda(), "input: expected a CUDA tensor, got device ", input.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> squeeze_excite_cuda(const at::Tensor& input, const at::Tensor& fc1_weight,
                                                        const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
                                                        const at::Tensor& fc2_bias, c10::string_view activation,
