@@ -73,7 +73,8 @@ def test_bench_model_writes_timings_and_ratios(model_results):
         assert (r["saved_mb"] > 0) if r["mode"] == "train" else "saved_mb" not in r
         assert r["recompute"] is False
     assert all("speedup_vs_eager" in r for r in rows if r["impl"] == "ours")
-    assert set(record["summary"]) == {"infer/ours[cuda]_vs_eager", "train/ours[cuda]_vs_eager"}
+    assert set(record["summary"]) == {"infer/ours[cuda]_vs_eager", "train/ours[cuda]_vs_eager",
+                                      "saved/mobilenet_v2/b2/ours[cuda]_vs_eager"}
     assert "| mobilenet_v2 | train | 2 | ours[cuda] |" in (out / "models.md").read_text()
 
 
