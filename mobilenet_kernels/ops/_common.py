@@ -15,6 +15,11 @@ def output_memory_format(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` dense in the format the op writes (output_memory_format): what the kernels index."""
+    return t.contiguous(memory_format=output_memory_format(t))
+
+
 def empty_like_output(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device, memory_format=output_memory_format(t))
 
@@ -90,6 +95,21 @@ def grad_through_activation(grad_output: torch.Tensor, activation: str, saved_ou
     z = recompute_preactivation()
     acc = acc_dtype(z.dtype)
     return (grad_output.to(acc) * activation_derivative(z.to(acc), activation)).to(z.dtype)
+
+
+def register_conv_op(conv: str, *, fake: Callable, backward_fake: Callable, stats_fake: Callable,
+                     make_backward: Callable, setup_context: Callable) -> None:
+    """The fakes of ``{conv}``, ``{conv}_backward`` and ``{conv}_stats`` and of their ``_triton``
+    twins, and the twins' autograd: ``make_backward(forward_op, backward_op)`` for the conv,
+    register_stats_autograd for the stats. The C++-backed ops have the same formulas in C++
+    (csrc/autograd.cpp: no Python per call)."""
+    ns = torch.ops.mobilenet_kernels
+    for suffix in ("", "_triton"):
+        for op, op_fake in ((conv, fake), (f"{conv}_backward", backward_fake), (f"{conv}_stats", stats_fake)):
+            torch.library.register_fake(f"mobilenet_kernels::{op}{suffix}", op_fake)
+    backward = make_backward(getattr(ns, f"{conv}_triton"), getattr(ns, f"{conv}_backward_triton"))
+    torch.library.register_autograd(f"mobilenet_kernels::{conv}_triton", backward, setup_context=setup_context)
+    register_stats_autograd(conv)
 
 
 def register_stats_autograd(conv: str) -> None:

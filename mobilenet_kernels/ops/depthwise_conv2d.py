@@ -24,9 +24,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, check_per_channel, empty_like_output, grad_through_activation,
-                      output_for_activation_grad, output_memory_format, register_conv_bn_act_train,
-                      register_stats_autograd)
+from ._common import (acc_dtype, check_floating, check_per_channel, dense, empty_like_output, grad_through_activation,
+                      output_for_activation_grad, output_memory_format, register_conv_bn_act_train, register_conv_op)
 
 
 def _pair(v, name: str, min_value: int) -> tuple[int, int]:
@@ -153,23 +152,11 @@ def _make_backward(forward_op, backward_op):
     return backward
 
 
-ns = torch.ops.mobilenet_kernels
-for _suffix in ("", "_triton"):
-    torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d{_suffix}", _fake)
-    torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d_backward{_suffix}", _backward_fake)
-    torch.library.register_fake(f"mobilenet_kernels::depthwise_conv2d_stats{_suffix}", _stats_fake)
-# Autograd of the Triton twins; the C++-backed ops have the same formulas in C++ (csrc/autograd.cpp).
-torch.library.register_autograd("mobilenet_kernels::depthwise_conv2d_triton",
-                                _make_backward(ns.depthwise_conv2d_triton, ns.depthwise_conv2d_backward_triton),
-                                setup_context=_setup_context)
-register_stats_autograd("depthwise_conv2d")
+register_conv_op("depthwise_conv2d", fake=_fake, backward_fake=_backward_fake, stats_fake=_stats_fake,
+                 make_backward=_make_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- Triton
-
-
-def _dense(t):
-    return t.contiguous(memory_format=output_memory_format(t))
 
 
 def _acc_weight(weight):
@@ -182,7 +169,7 @@ def _triton_forward(input, weight, bias, stride, padding, dilation, activation):
 
     check_depthwise_args(input, weight, bias, stride, padding, dilation, activation)
     b = None if bias is None else bias.to(acc_dtype(bias.dtype)).contiguous()
-    return depthwise_conv2d_fwd(_dense(input), _acc_weight(weight), b, tuple(stride), tuple(padding), tuple(dilation),
+    return depthwise_conv2d_fwd(dense(input), _acc_weight(weight), b, tuple(stride), tuple(padding), tuple(dilation),
                                 activation, output_memory_format(input))
 
 
@@ -194,7 +181,7 @@ def _triton_backward(grad_output, input, weight, stride, padding, dilation, outp
     _check_grad_output(grad_output, input, out_hw)
     fmt = output_memory_format(input)
     grad_input, grad_weight, grad_bias = depthwise_conv2d_bwd(
-        grad_output.contiguous(memory_format=fmt), _dense(input), _acc_weight(weight), tuple(stride), tuple(padding),
+        grad_output.contiguous(memory_format=fmt), dense(input), _acc_weight(weight), tuple(stride), tuple(padding),
         tuple(dilation), fmt, tuple(bool(m) for m in output_mask),
     )
     if output_mask[1]:
@@ -207,7 +194,7 @@ def _triton_stats(input, weight, stride, padding, dilation):
     from ..triton.depthwise_conv2d import depthwise_conv2d_stats_fwd
 
     check_stats_count(input, check_depthwise_args(input, weight, None, stride, padding, dilation))
-    return depthwise_conv2d_stats_fwd(_dense(input), _acc_weight(weight), tuple(stride), tuple(padding), tuple(dilation),
+    return depthwise_conv2d_stats_fwd(dense(input), _acc_weight(weight), tuple(stride), tuple(padding), tuple(dilation),
                                       output_memory_format(input))
 
 

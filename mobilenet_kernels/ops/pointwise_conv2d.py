@@ -24,9 +24,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, empty_like_output, grad_through_activation,
-                      output_for_activation_grad, output_memory_format, register_conv_bn_act_train,
-                      register_stats_autograd)
+from ._common import (acc_dtype, check_floating, dense, empty_like_output, grad_through_activation,
+                      output_for_activation_grad, output_memory_format, register_conv_bn_act_train, register_conv_op)
 from .depthwise_conv2d import check_stats_count
 
 
@@ -144,23 +143,11 @@ def _make_backward(forward_op, backward_op):
     return backward
 
 
-ns = torch.ops.mobilenet_kernels
-for _suffix in ("", "_triton"):
-    torch.library.register_fake(f"mobilenet_kernels::pointwise_conv2d{_suffix}", _fake)
-    torch.library.register_fake(f"mobilenet_kernels::pointwise_conv2d_backward{_suffix}", _backward_fake)
-    torch.library.register_fake(f"mobilenet_kernels::pointwise_conv2d_stats{_suffix}", _stats_fake)
-# Autograd of the Triton twins; the C++-backed ops have the same formulas in C++ (csrc/autograd.cpp).
-torch.library.register_autograd("mobilenet_kernels::pointwise_conv2d_triton",
-                                _make_backward(ns.pointwise_conv2d_triton, ns.pointwise_conv2d_backward_triton),
-                                setup_context=_setup_context)
-register_stats_autograd("pointwise_conv2d")
+register_conv_op("pointwise_conv2d", fake=_fake, backward_fake=_backward_fake, stats_fake=_stats_fake,
+                 make_backward=_make_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- Triton
-
-
-def _dense(t):
-    return t.contiguous(memory_format=output_memory_format(t))
 
 
 def _matrix(weight):
@@ -175,7 +162,7 @@ def _triton_forward(input, weight, bias, residual, activation):
     fmt = output_memory_format(input)
     b = None if bias is None else bias.to(acc_dtype(bias.dtype)).contiguous()
     r = None if residual is None else residual.contiguous(memory_format=fmt)
-    return pointwise_conv2d_fwd(_dense(input), _matrix(weight), b, r, activation, fmt)
+    return pointwise_conv2d_fwd(dense(input), _matrix(weight), b, r, activation, fmt)
 
 
 @torch.library.register_kernel("mobilenet_kernels::pointwise_conv2d_backward_triton", ("cpu", "cuda"))
@@ -185,7 +172,7 @@ def _triton_backward(grad_output, input, weight, output_mask):
     Co = check_pointwise_args(input, weight)
     _check_grad_output(grad_output, input, Co)
     fmt = output_memory_format(input)
-    grad_input, grad_weight, grad_bias = pointwise_conv2d_bwd(grad_output.contiguous(memory_format=fmt), _dense(input),
+    grad_input, grad_weight, grad_bias = pointwise_conv2d_bwd(grad_output.contiguous(memory_format=fmt), dense(input),
                                                               _matrix(weight), fmt, tuple(bool(m) for m in output_mask))
     if output_mask[1]:
         grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype).contiguous()
@@ -200,7 +187,7 @@ def _triton_stats(input, weight):
 
     check_pointwise_args(input, weight)
     check_stats_count(input, _spatial(input))
-    return pointwise_conv2d_stats_fwd(_dense(input), _matrix(weight), output_memory_format(input))
+    return pointwise_conv2d_stats_fwd(dense(input), _matrix(weight), output_memory_format(input))
 
 
 # ----------------------------------------------------------------------------- 1x1 conv + BN + act, training
