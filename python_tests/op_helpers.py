@@ -29,6 +29,17 @@ def max_err(a, b):
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
+def assert_within_2x_torch(ours, torchs, refs, names, context=""):
+    """The low-precision bound of every op: for each output, our error against the float64
+    reference is at most twice PyTorch's own error on the same inputs in the same dtype (plus 1e-6 of
+    the reference's scale, for outputs PyTorch computes exactly)."""
+    for what, a, t, r in zip(names, ours, torchs, refs, strict=True):
+        e_ours, e_torch = max_err(a, r), max_err(t, r)
+        assert e_ours <= 2 * e_torch + 1e-6 * r.abs().max().item(), (
+            f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g} {context}"
+        )
+
+
 def float64_tolerance(act: str, device: str) -> dict:
     """Tolerance for a float64 comparison against PyTorch's own activation. ATen's CUDA hardswish
     multiplies by a float32 1/6 even for float64 tensors (relative error 2^-25 ~ 3e-8, seen on an

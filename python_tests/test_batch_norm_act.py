@@ -10,7 +10,7 @@ from mobilenet_kernels.nn import BatchNormAct2d
 from mobilenet_kernels.reference import batch_norm_act_ref
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import assert_bitwise_repeatable, float64_tolerance, make_input, max_err
+from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, float64_tolerance, make_input
 
 ACTS = list(ACTIVATIONS)
 # Real MobileNet layers (scaled down in N and H/W for the interpreter) plus edge cases:
@@ -81,11 +81,8 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, act, device
         gxt, gwt = torch.autograd.grad(yt, (xt, wt), grad)
 
         assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == torch.float32
-        for ours, torchs, ref, what in ((y, yt, y64, "output"), (gx, gxt, gx64, "grad_input"), (gw, gwt, gw64, "grad_weight")):
-            e_ours, e_torch = max_err(ours, ref), max_err(torchs, ref)
-            assert e_ours <= 2 * e_torch + 1e-6 * ref.abs().max().item(), (
-                f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g} for shape {shape}"
-            )
+        assert_within_2x_torch((y, gx, gw), (yt, gxt, gwt), (y64, gx64, gw64), ("output", "grad_input", "grad_weight"),
+                               f"for shape {shape}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -325,11 +322,7 @@ def test_training_low_precision_error_within_2x_torch(backend, dtype, layout, de
                 y = apply_activation(F.batch_norm(xi, rm, rv, wi, bi, True, 0.1, 1e-5), "hardswish")
             runs[who] = (y, *torch.autograd.grad(y, (xi, wi, bi), grad.to(xi.dtype)), rm, rv)
         names = ("output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
-        for what, ours, torchs, ref in zip(names, runs["ours"], runs["torch"], runs["ref"]):
-            e_ours, e_torch = max_err(ours, ref), max_err(torchs, ref)
-            assert e_ours <= 2 * e_torch + 1e-6 * ref.abs().max().item(), (
-                f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g} for shape {shape}"
-            )
+        assert_within_2x_torch(runs["ours"], runs["torch"], runs["ref"], names, f"for shape {shape}")
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

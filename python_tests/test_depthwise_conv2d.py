@@ -12,7 +12,7 @@ from mobilenet_kernels.nn import DepthwiseConv2d
 from mobilenet_kernels.reference import depthwise_conv2d_bn_act_ref, depthwise_conv2d_ref
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import assert_bitwise_repeatable, float64_tolerance, make_input, max_err
+from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, float64_tolerance, make_input
 
 KERNEL_BACKENDS = ["cuda", "triton"]
 # gradcheck's finite differences cost hundreds of calls: too slow for the Triton interpreter, so
@@ -124,11 +124,8 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
         y64 = F.conv2d(x64, w64, None, s, p, d, groups=shape[1])
         refs = (y64, *torch.autograd.grad(y64, (x64, w64), grad.double()))
         assert all(t.dtype == dtype for t in ours)
-        for a, t, r, what in zip(ours, torchs, refs, ("output", "grad_input", "grad_weight")):
-            e_ours, e_torch = max_err(a, r), max_err(t, r)
-            assert e_ours <= 2 * e_torch + 1e-6 * r.abs().max().item(), (
-                f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g} for {shape} k{k} s{s} p{p} d{d}"
-            )
+        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"),
+                               f"for {shape} k{k} s{s} p{p} d{d}")
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -358,9 +355,7 @@ def test_fused_training_low_precision_error_within_2x_torch(backend, dtype, devi
                                                        bw.to(x.dtype), bb.to(x.dtype), True), "hardswish")
     torchs = run(eager, x, cw)
     refs = run(eager, x.double(), cw.double())
-    for a, t, r, what in zip(ours, torchs, refs, ("output", "grad_input", "grad_conv_weight")):
-        e_ours, e_torch = max_err(a, r), max_err(t, r)
-        assert e_ours <= 2 * e_torch + 1e-6 * r.abs().max().item(), f"{what}: {e_ours:.3g} vs torch's {e_torch:.3g}"
+    assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_conv_weight"))
 
 
 @pytest.mark.parametrize("backend", GRADCHECK_BACKENDS)

@@ -11,7 +11,7 @@ from mobilenet_kernels.nn import InvertedResidual, InvertedResidualV3
 from mobilenet_kernels.reference import inverted_residual_eval_ref
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import assert_bitwise_repeatable, make_input, max_err
+from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, make_input
 
 ns = torch.ops.mobilenet_kernels
 # (N, Cin, H, W, expand ratio, Cout, k, stride, dilation, activation): V2 and V3 blocks scaled down,
@@ -83,8 +83,7 @@ def test_wide_blocks_match_op_by_op_reference_on_gpu(backend, layout, dtype, dev
             # IEEE float32 on both backends; sums over up to 960 hidden channels
             torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4, msg=str(block))
         else:
-            torch_y = inverted_residual_eval_ref(x, *params, *args)
-            assert max_err(y, ref) <= 2 * max_err(torch_y, ref) + 1e-6 * ref.abs().max().item(), block
+            assert_within_2x_torch([y], [inverted_residual_eval_ref(x, *params, *args)], [ref], ["output"], str(block))
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -101,9 +100,8 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
         args = (kw["stride"], kw["dilation"], kw["activation"], kw["residual"])
         y = MF.inverted_residual_eval(x, *params, *args[:2], activation=args[2], residual=args[3], backend=backend)
         ref = inverted_residual_eval_ref(x.double(), *(None if p is None else p.double() for p in params), *args)
-        torch_y = inverted_residual_eval_ref(x, *params, *args)
         assert y.dtype == dtype
-        assert max_err(y, ref) <= 2 * max_err(torch_y, ref) + 1e-6 * ref.abs().max().item(), block
+        assert_within_2x_torch([y], [inverted_residual_eval_ref(x, *params, *args)], [ref], ["output"], str(block))
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])

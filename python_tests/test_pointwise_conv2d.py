@@ -10,7 +10,7 @@ from mobilenet_kernels.activations import apply_activation
 from mobilenet_kernels.reference import batch_norm_act_ref, pointwise_conv2d_ref
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import assert_bitwise_repeatable, float64_tolerance, make_input, max_err
+from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, float64_tolerance, make_input
 
 KERNEL_BACKENDS = ["cuda", "triton"]
 # gradcheck's finite differences cost hundreds of calls: too slow for the Triton interpreter, so
@@ -137,11 +137,7 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
 
         torchs, refs = eager(x, w), eager(x.double(), w.double())
         assert all(t.dtype == dtype for t in ours)
-        for a, t, ref, what in zip(ours, torchs, refs, ("output", "grad_input", "grad_weight")):
-            e_ours, e_torch = max_err(a, ref), max_err(t, ref)
-            assert e_ours <= 2 * e_torch + 1e-6 * ref.abs().max().item(), (
-                f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g} for {shape} -> {Co}"
-            )
+        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"), f"for {shape} -> {Co}")
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

@@ -12,7 +12,7 @@ from mobilenet_kernels.nn import SqueezeExcitation
 from mobilenet_kernels.reference import squeeze_excite_ref
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import assert_bitwise_repeatable, make_input, max_err
+from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, make_input
 
 KERNEL_BACKENDS = ["cuda", "triton"]
 GRADCHECK_BACKENDS = ["torch", "cuda"]  # Triton: too slow under the interpreter (see test_depthwise_conv2d)
@@ -125,11 +125,7 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
         refs = reference_grads(x, params, grad, "relu", "hardsigmoid")
         assert all(t.dtype == dtype for t in ours)
         names = ("output", "grad_input", "grad_fc1_weight", "grad_fc1_bias", "grad_fc2_weight", "grad_fc2_bias")
-        for a, t, r, what in zip(ours, torchs, refs, names):
-            e_ours, e_torch = max_err(a, r), max_err(t, r)
-            assert e_ours <= 2 * e_torch + 1e-6 * r.abs().max().item(), (
-                f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g} for {(N, C, H, W, S)}"
-            )
+        assert_within_2x_torch(ours, torchs, refs, names, f"for {(N, C, H, W, S)}")
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
