@@ -1,7 +1,9 @@
 // inverted_residual_eval, CUDA (sm_80+): a whole MobileNet inverted-residual block in eval mode with
 // every BatchNorm folded in (checks and geometry: csrc/inverted_residual.h). The CUDA twin of the
-// Triton kernel (mobilenet_kernels/triton/inverted_residual.py), with the same tiling; the
-// expanded tensor lives in shared memory instead of a cached scratch.
+// Triton kernel (mobilenet_kernels/triton/inverted_residual.py), the same algorithm (a tile of
+// output pixels x all output channels, hidden channels in chunks); here the expanded tile lives in
+// shared memory instead of a cached scratch, tiles shrink as the output channels grow (the
+// register budget of the project accumulators), and the expanded tensor is rounded as stored.
 //
 // What is fused: y = project(act(dw(act(expand(x) + b_e)) + b_d)) + b_p [+ x]: the 1x1 expand GEMM
 //   with its bias and activation, the k x k depthwise conv (stride, dilation, "same" zero padding)
@@ -12,14 +14,15 @@
 //   output channels; it walks the hidden channels in chunks of kBH = 32:
 //     1. expand: the tile's input halo, ((TH - 1) s + (k - 1) d + 1) rows by as many columns
 //        (HN <= kMaxHalo pixels), times the chunk's rows of W_e, kBK input channels at a time
-//        staged in shared memory (x halo and W_e^T slices); each thread holds 8 halo pixels x 4
-//        hidden channels in registers. Then + b_e, act, rounded to the input dtype (as the
+//        staged in shared memory (x halo and W_e^T slices); each thread holds up to 8 halo pixels
+//        x 4 hidden channels in registers (only the rows the halo has are computed). Then + b_e, act, rounded to the input dtype (as the
 //        op-by-op path stores the expanded tensor), into the shared halo tile E. Halo pixels
 //        outside the image are 0: the dw conv's zero padding (not act(b_e)). Without an expand
 //        conv, E is the input's halo itself.
 //     2. depthwise: a thread owns one hidden channel of up to 8 output pixels; the taps read E
-//        (the halo makes every tap exist: no bounds checks), + b_d, act, rounded to the input
-//        dtype (as stored op by op), into the shared tile D (P x kBH).
+//        (the halo makes every tap exist: no bounds checks) and the tap-major weights (a warp
+//        reads 32 consecutive channels), + b_d, act, rounded to the input dtype (as stored op by
+//        op), into the shared tile D (P x kBH).
 //     3. project: acc[p][co] += D[p][h] W_p[co][h] over the chunk; a thread owns PI pixels x NCO
 //        output channels (co = lane + 64 j: a warp reads 32 consecutive W_p^T entries), kept in
 //        registers across all chunks.
@@ -66,9 +69,11 @@ constexpr int kThreads = 256;  // threads per block
 constexpr int kBH = 32;        // hidden channels per chunk
 constexpr int kBK = 16;        // input channels staged per expand step
 constexpr int kXLd = kBK + 1;  // row stride of the staged input halo (conflict-free column reads)
+constexpr int kWLd = kBH + 1;  // row stride of the staged W_e^T slice (conflict-free staging stores)
 constexpr int kMaxHalo = 256;  // halo pixels of a tile
 constexpr int kHaloLanes = kThreads / (kBH / 4);       // expand: 32 pixel lanes x 8 lanes of 4 channels
 constexpr int kExpandPixels = kMaxHalo / kHaloLanes;  // 8 halo pixels per expand thread
+constexpr int64_t kSpatialLimit = int64_t(1) << 30;  // H, W: tile coordinates are int
 
 static_assert(kThreads == 64 * 4, "project lanes: 64 channels x 4 pixels");
 static_assert(kThreads == kBH * 8, "depthwise lanes: kBH channels x 8 pixels");
@@ -90,6 +95,7 @@ struct BlockGeom {
   int64_t xsN, xsC, xsH, xsW;
   int64_t ysN, ysC, ysH, ysW;
   bool channels_last;
+  bool has_expand;  // not `we != nullptr`: a (Chid, 0) weight (Cin = 0) has a null data pointer
   bool residual;
   Act act;
 };
@@ -101,7 +107,7 @@ __device__ __forceinline__ acc_t as_stored(acc_t v) {
 
 // Shared memory of one block, in acc_t elements: staged input halo, W_e^T slice, E, D.
 inline int64_t smem_elems(int halo_n, int P) {
-  return static_cast<int64_t>(halo_n) * kXLd + kBK * kBH + static_cast<int64_t>(halo_n) * kBH +
+  return static_cast<int64_t>(halo_n) * kXLd + kBK * kWLd + static_cast<int64_t>(halo_n) * kBH +
          static_cast<int64_t>(P) * kBH;
 }
 
@@ -110,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
     inverted_residual_eval_kernel(const scalar_t* __restrict__ x,                        // (N, Cin, H, W)
                                   const at::opmath_type<scalar_t>* __restrict__ we,      // (Chid, Cin) or null
                                   const at::opmath_type<scalar_t>* __restrict__ be,      // (Chid,) or null
-                                  const at::opmath_type<scalar_t>* __restrict__ wd,      // (Chid, k * k)
+                                  const at::opmath_type<scalar_t>* __restrict__ wd_t,    // (k * k, Chid)
                                   const at::opmath_type<scalar_t>* __restrict__ bd,      // (Chid,)
                                   const at::opmath_type<scalar_t>* __restrict__ wp_t,    // (Chid, Cout)
                                   const at::opmath_type<scalar_t>* __restrict__ bp,      // (Cout,)
@@ -121,8 +127,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int P = 4 * PI;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* xs = reinterpret_cast<acc_t*>(smem_raw);  // [halo_n][kXLd]
-  acc_t* wes = xs + g.halo_n * kXLd;                 // [kBK][kBH]
-  acc_t* es = wes + kBK * kBH;                       // [halo_n][kBH]
+  acc_t* wes = xs + g.halo_n * kXLd;                 // [kBK][kWLd]
+  acc_t* es = wes + kBK * kWLd;                      // [halo_n][kBH]
   acc_t* ds = es + g.halo_n * kBH;                   // [P][kBH]
 
   const int t = threadIdx.x;
@@ -164,9 +170,10 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t h0 = 0; h0 < g.Chid; h0 += kBH) {
     // ---- 1. E = the chunk of the expanded tensor over the halo
-    if (we != nullptr) {
+    if (g.has_expand) {
       const int hq = (t % (kBH / 4)) * 4;  // hidden channels h0 + hq .. h0 + hq + 3
       const int hp_lane = t / (kBH / 4);   // halo pixels hp_lane + kHaloLanes i
+      const int rows = (g.halo_n + kHaloLanes - 1) / kHaloLanes;  // halo rows per lane: block-uniform
       acc_t e[kExpandPixels][4];
 #pragma unroll
       for (int i = 0; i < kExpandPixels; ++i) {
@@ -189,17 +196,18 @@ __global__ void __launch_bounds__(kThreads)
           const int h = idx / kBK;
           const int64_t c = k0 + kk;
           const int64_t hc = h0 + h;
-          wes[kk * kBH + h] = c < g.Cin && hc < g.Chid ? we[hc * g.Cin + c] : acc_t(0);
+          wes[kk * kWLd + h] = c < g.Cin && hc < g.Chid ? we[hc * g.Cin + c] : acc_t(0);
         }
         __syncthreads();
 #pragma unroll 4
         for (int kk = 0; kk < kBK; ++kk) {
           acc_t w[4];
 #pragma unroll
-          for (int j = 0; j < 4; ++j) w[j] = wes[kk * kBH + hq + j];
+          for (int j = 0; j < 4; ++j) w[j] = wes[kk * kWLd + hq + j];
 #pragma unroll
           for (int i = 0; i < kExpandPixels; ++i) {
-            // rows past the halo read its last row: computed, never stored
+            if (i >= rows) break;
+            // a lane's last row may lie past the halo: it reads the halo's last pixel, never stored
             const acc_t xv = xs[min(hp_lane + kHaloLanes * i, g.halo_n - 1) * kXLd + kk];
 #pragma unroll
             for (int j = 0; j < 4; ++j) e[i][j] += xv * w[j];
@@ -241,10 +249,11 @@ __global__ void __launch_bounds__(kThreads)
       const int q_lane = t / kBH;
       const int64_t hc = h0 + h;
       const bool h_ok = hc < g.Chid;
-      const acc_t* __restrict__ wrow = wd + (h_ok ? hc : 0) * g.k * g.k;
+      const acc_t* __restrict__ wcol = wd_t + (h_ok ? hc : 0);  // tap t at wcol[t * Chid]
       const acc_t b = h_ok ? bd[hc] : acc_t(0);
 #pragma unroll
       for (int i = 0; i < P / 8; ++i) {
+        if (8 * i >= g.TH * g.TW) break;  // block-uniform: rows past the tile are never read
         const int q = q_lane + 8 * i;
         acc_t v = acc_t(0);
         if (h_ok && q < g.TH * g.TW) {
@@ -253,7 +262,8 @@ __global__ void __launch_bounds__(kThreads)
           acc_t a = b;
           for (int kh = 0; kh < g.k; ++kh) {
             const acc_t* erow = es + ((qh * g.s + kh * g.d) * g.halo_w + qw * g.s) * kBH + h;
-            for (int kw = 0; kw < g.k; ++kw) a += erow[kw * g.d * kBH] * wrow[kh * g.k + kw];
+            const acc_t* wtap = wcol + static_cast<int64_t>(kh) * g.k * g.Chid;
+            for (int kw = 0; kw < g.k; ++kw) a += erow[kw * g.d * kBH] * wtap[kw * g.Chid];
           }
           v = as_stored<scalar_t>(apply_activation(g.act, a));
         }
@@ -274,6 +284,7 @@ __global__ void __launch_bounds__(kThreads)
       }
 #pragma unroll
       for (int i = 0; i < PI; ++i) {
+        if (4 * i >= g.TH * g.TW) break;                   // block-uniform
         const acc_t dv = ds[(p_lane + 4 * i) * kBH + h];  // one address per warp: a broadcast
 #pragma unroll
         for (int j = 0; j < NCO; ++j) acc[i][j] += dv * w[j];
@@ -364,19 +375,21 @@ void launch(const InvertedResidualArgs& a, at::Tensor& out) {
   g.ysH = out.stride(2);
   g.ysW = out.stride(3);
   g.channels_last = a.channels_last();
+  g.has_expand = a.has_expand();
   g.residual = a.residual;
   g.act = a.act;
   const int64_t blocks = a.N * g.tiles_h * g.tiles_w;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "inverted_residual_eval (CUDA): input too large (",
               blocks, " tiles)");
   const at::Tensor wp_t = a.project_weight.t().contiguous();  // (Chid, Cout): rows read along Cout
+  const at::Tensor wd_t = a.dw_weight.t().contiguous();       // (k * k, Chid): taps read along Chid
   auto kernel = inverted_residual_eval_kernel<scalar_t, NCO>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(tl.smem_bytes)));
   kernel<<<static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(tl.smem_bytes),
            at::cuda::getCurrentCUDAStream()>>>(
       a.input.data_ptr<scalar_t>(), a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
-      a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr, a.dw_weight.data_ptr<acc_t>(),
+      a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr, wd_t.data_ptr<acc_t>(),
       a.dw_bias.data_ptr<acc_t>(), wp_t.data_ptr<acc_t>(), a.project_bias.data_ptr<acc_t>(),
       out.data_ptr<scalar_t>(), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -394,6 +407,8 @@ at::Tensor inverted_residual_eval_cuda(const at::Tensor& input, const c10::optio
                                 stride, dilation, std::string(activation), residual);
   TORCH_CHECK_VALUE(a.Cout <= 512, "project_weight: the CUDA whole-block kernel takes at most 512 output channels, got ",
                     a.Cout);
+  TORCH_CHECK_VALUE(a.H <= kSpatialLimit && a.W <= kSpatialLimit, "input: the CUDA whole-block kernel takes H and W up to ",
+                    kSpatialLimit, ", got ", a.H, " x ", a.W);
   at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
   if (out.numel() == 0) return out;
   const int64_t groups = ceil_div(a.Cout, 64);
