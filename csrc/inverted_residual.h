@@ -63,6 +63,7 @@ inline InvertedResidualArgs prepare_inverted_residual(
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected a 4-D tensor (N, C, H, W), got shape ", input.sizes());
   const int64_t Cin = input.size(1);
+  TORCH_CHECK_VALUE(Cin >= 1, "input: expected at least one channel, got shape ", input.sizes());
   TORCH_CHECK_VALUE(expand_weight.has_value() == expand_bias.has_value(),
                     "expand_weight, expand_bias: expected both or neither");
   int64_t Chid = Cin;

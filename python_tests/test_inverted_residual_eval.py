@@ -162,6 +162,8 @@ def _bad_cases():
         (dict(stride=2), ValueError, "residual"),
         (dict(activation="gelu"), ValueError, "activation"),
         (dict(input=torch.randn(8, 7, 7)), ValueError, "input"),
+        (dict(input=torch.randn(2, 0, 7, 7), expand_weight=torch.randn(48, 0, 1, 1)), ValueError,
+         "input: expected at least one channel"),
         (dict(input=torch.randint(0, 3, (2, 8, 7, 7))), TypeError, "input"),
     ]
 

@@ -35,6 +35,8 @@ def check_inverted_residual_args(input, expand_weight, expand_bias, dw_weight, d
     if input.dim() != 4:
         raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
     N, Cin, H, W = input.shape
+    if Cin < 1:
+        raise ValueError(f"input: expected at least one channel, got shape {tuple(input.shape)}")
     if (expand_weight is None) != (expand_bias is None):
         raise ValueError("expand_weight, expand_bias: expected both or neither")
     if expand_weight is not None:
