@@ -15,13 +15,12 @@
 //        row stride H*W, which BLAS takes as it is); float16/bfloat16 are converted to float
 //        first into a small staging buffer. Without an expand conv, E is the input rows copied
 //        (transposed for NCHW, converted for half types).
-//     2. depthwise over E into D (bh * OW pixels x Chp): per output pixel (two at a time where
-//        neighbours share their valid taps, sharing the weight loads) and 64-byte block of
-//        channels, register accumulators (a fixed-size array under `#pragma omp simd`) start at
-//        b_d and add the valid taps in (row, column) order (the same order either way); act at
-//        the store. The zero padding is
-//        not materialised: rows and columns outside the image are left out of the tap range (so
-//        padding acts as zeros of the expanded tensor, never act(b_e)).
+//     2. depthwise over E into D (bh * OW pixels x Chp), read in place by the depthwise op's
+//        channels_last direct rows (csrc/cpu/depthwise_direct.h: register blocks of pixels x
+//        vectors of channels, or sliding blocks for k 3/5/7 at dilation 1 and stride <= 2); each
+//        pixel's taps are summed in (row, column) order, then + b_d, act at the store. The zero
+//        padding is not materialised: rows and columns outside the image are left out of each
+//        pixel's tap list (so padding acts as zeros of the expanded tensor, never act(b_e)).
 //     3. project: one at::mm_out of D (bh * OW, Chid) with W_p^T into P (a float buffer: (pixels,
 //        Cout) for channels_last, (Cout, pixels) for NCHW), then y = P + b_p [+ x], rounded once at
 //        the store, in the output's layout.
@@ -38,7 +37,8 @@
 //   the shape (band heights do not depend on the thread count), so results are bitwise repeatable
 //   given a deterministic single-threaded BLAS; no atomics, no races.
 // Indexing: int64 throughout.
-// ISA: the kernel is compiled for the baseline ISA and for AVX2+FMA (csrc/cpu/cpu_dispatch.h).
+// ISA: the kernel is compiled for the baseline ISA and for AVX2+FMA (csrc/cpu/cpu_dispatch.h); its
+//   depthwise stage out of line, once per (accumulation dtype, activation, ISA) (DepthwiseStage).
 // Limits: inference only (no autograd formula); no squeeze-excite (such blocks run op by op); a
 //   band always spans the whole image width, so very wide images with many hidden channels get
 //   one-row bands whose buffers exceed L2 (still correct); NaN/Inf propagate as BLAS computes them.
@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "depthwise_direct.h"
 #include "inverted_residual.h"
 
 namespace mobilenet_kernels {
@@ -78,11 +79,60 @@ at::Tensor view2d(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs
   return at::from_blob(const_cast<T*>(p), {rows, cols}, {rs, cs}, opts_of<T>());
 }
 
+// 2. The depthwise stage: D (bh * OW, Chp) = act(dw(E) + b_d) for output rows [oh0, oh0 + bh), E
+// holding the input rows from r0 (pixel stride Chp, row stride W * Chp). The depthwise op's
+// channels_last direct rows (csrc/cpu/depthwise_direct.h) read E in place; the padding is left out
+// of each pixel's tap list. E and D hold Chp channels per pixel, all computed as whole vectors (those
+// beyond Chid are zeros, as are their weights and bias).
+template <typename T>
+struct DepthwiseStage {
+  cpu::DirectRowGeom g;
+  int64_t H = 0, k = 1, s = 1, d = 1, pad = 0;
+  const T* wd = nullptr;  // (k * k, Chp): tap-major, zero beyond Chid
+  const T* bd = nullptr;  // (Chp,), zero beyond Chid
+
+  // offs: 4 * k * k tap offsets (scratch).
+  template <Act A>
+  C10_ALWAYS_INLINE void rows(int64_t oh0, int64_t bh, int64_t r0, const T* E, T* D, int64_t* offs) const {
+    const int64_t row_out = g.OW * g.px;
+    for (int64_t r = 0; r < bh; ++r) {
+      const cpu::TapRange kh = cpu::valid_taps(oh0 + r, s, pad, d, k, H);
+      // E at (the row of the first valid kernel row, column 0); a row without one reads nothing
+      const T* erow = E + std::max<int64_t>(0, (oh0 + r) * s - pad + kh.lo * d - r0) * g.row;
+      cpu::direct_row<A, T>(g, kh, erow, wd, bd, D + r * row_out, g.px, offs, cpu::RowPrefetch());
+    }
+  }
+};
+
+// The stage compiled out of line once per (accumulation dtype, activation, ISA), not inlined into
+// the kernel of each input dtype: float16/bfloat16/float32 share the float code.
+template <Act A, typename T>
+__attribute__((noinline)) void depthwise_rows_baseline(const DepthwiseStage<T>& st, int64_t oh0, int64_t bh,
+                                                       int64_t r0, const T* E, T* D, int64_t* offs) {
+  st.template rows<A>(oh0, bh, r0, E, D, offs);
+}
+#ifdef MK_AVX2_CLONES
+template <Act A, typename T>
+__attribute__((noinline, target("avx2,fma"))) void depthwise_rows_avx2(const DepthwiseStage<T>& st, int64_t oh0,
+                                                                       int64_t bh, int64_t r0, const T* E, T* D,
+                                                                       int64_t* offs) {
+  st.template rows<A>(oh0, bh, r0, E, D, offs);
+}
+#endif
+template <Act A, typename T>
+C10_ALWAYS_INLINE void depthwise_rows_isa(const DepthwiseStage<T>& st, int64_t oh0, int64_t bh, int64_t r0,
+                                          const T* E, T* D, int64_t* offs) {
+#ifdef MK_AVX2_CLONES
+  if (cpu::use_avx2()) return depthwise_rows_avx2<A, T>(st, oh0, bh, r0, E, D, offs);
+#endif
+  depthwise_rows_baseline<A, T>(st, oh0, bh, r0, E, D, offs);
+}
+
 template <typename scalar_t, Act A>
 struct InvertedResidualKernel {
   using acc_t = at::opmath_type<scalar_t>;
   static constexpr bool kDirect = std::is_same_v<scalar_t, acc_t>;  // BLAS reads the input in place
-  static constexpr int64_t kCB = 64 / static_cast<int64_t>(sizeof(acc_t));  // channels per register block
+  static constexpr int64_t kCB = 64 / static_cast<int64_t>(sizeof(acc_t));  // channels per 64 bytes (Chp)
 
   int64_t N = 0, Cin = 0, Chid = 0, Chp = 0, Cout = 0, H = 0, W = 0, OH = 0, OW = 0;
   int64_t k = 1, s = 1, d = 1, pad = 0;
@@ -93,12 +143,9 @@ struct InvertedResidualKernel {
   scalar_t* y = nullptr;
   const acc_t* we = nullptr;  // (Chid, Cin)
   const acc_t* be = nullptr;  // (Chid,)
-  const acc_t* wd = nullptr;  // (k * k, Chp): tap-major, zero beyond Chid
-  const acc_t* bd = nullptr;  // (Chp,), zero beyond Chid
   const acc_t* wp = nullptr;  // (Cout, Chid)
   const acc_t* bp = nullptr;  // (Cout,)
-  const int64_t* col_lo = nullptr;  // (OW,): valid column taps [col_lo, col_hi) of each output column
-  const int64_t* col_hi = nullptr;
+  DepthwiseStage<acc_t> dw;
 
   // Staging of the input rows as float, only for half types with an expand conv.
   bool needs_staging() const { return has_expand && !kDirect; }
@@ -164,72 +211,10 @@ struct InvertedResidualKernel {
     }
   }
 
-  // 2. D (bh * OW, Chp) = act(dw(E) + b_d) for output rows [oh0, oh0 + bh); E holds input rows from r0.
-  C10_ALWAYS_INLINE void depthwise(int64_t oh0, int64_t bh, int64_t r0, const acc_t* E, acc_t* D) const {
-    for (int64_t r = 0; r < bh; ++r) {
-      const int64_t ih_base = (oh0 + r) * s - pad;
-      int64_t i_lo = 0, i_hi = k;  // valid kernel rows: 0 <= ih_base + i * d < H
-      while (i_lo < k && ih_base + i_lo * d < 0) ++i_lo;
-      while (i_hi > i_lo && ih_base + (i_hi - 1) * d >= H) --i_hi;
-      for (int64_t ow = 0; ow < OW;) {
-        if (ow + 1 < OW && col_lo[ow] == col_lo[ow + 1] && col_hi[ow] == col_hi[ow + 1]) {
-          // A pair of output columns with the same valid taps: 4 accumulator chains, shared weight loads.
-          const int64_t iw_base = ow * s - pad;
-          const int64_t j_lo = col_lo[ow], j_hi = col_hi[ow];
-          acc_t* out = D + (r * OW + ow) * Chp;
-          for (int64_t c0 = 0; c0 < Chp; c0 += kCB) {
-            acc_t acc0[kCB], acc1[kCB];
-#pragma omp simd
-            for (int64_t c = 0; c < kCB; ++c) acc0[c] = acc1[c] = bd[c0 + c];
-            for (int64_t i = i_lo; i < i_hi; ++i) {
-              const acc_t* erow = E + ((ih_base + i * d - r0) * W) * Chp + c0;
-              const acc_t* wrow = wd + (i * k) * Chp + c0;
-              for (int64_t j = j_lo; j < j_hi; ++j) {
-                const acc_t* __restrict__ e0 = erow + (iw_base + j * d) * Chp;
-                const acc_t* __restrict__ e1 = e0 + s * Chp;
-                const acc_t* __restrict__ w = wrow + j * Chp;
-#pragma omp simd
-                for (int64_t c = 0; c < kCB; ++c) {
-                  acc0[c] += w[c] * e0[c];
-                  acc1[c] += w[c] * e1[c];
-                }
-              }
-            }
-            acc_t* __restrict__ o0 = out + c0;
-            acc_t* __restrict__ o1 = out + Chp + c0;
-#pragma omp simd
-            for (int64_t c = 0; c < kCB; ++c) {
-              o0[c] = act_forward<A>(acc0[c]);
-              o1[c] = act_forward<A>(acc1[c]);
-            }
-          }
-          ow += 2;
-          continue;
-        }
-        const int64_t iw_base = ow * s - pad;
-        const int64_t j_lo = col_lo[ow], j_hi = col_hi[ow];
-        acc_t* out = D + (r * OW + ow) * Chp;
-        for (int64_t c0 = 0; c0 < Chp; c0 += kCB) {
-          acc_t acc[kCB];
-#pragma omp simd
-          for (int64_t c = 0; c < kCB; ++c) acc[c] = bd[c0 + c];
-          for (int64_t i = i_lo; i < i_hi; ++i) {
-            const acc_t* erow = E + ((ih_base + i * d - r0) * W) * Chp + c0;
-            const acc_t* wrow = wd + (i * k) * Chp + c0;
-            for (int64_t j = j_lo; j < j_hi; ++j) {
-              const acc_t* __restrict__ e = erow + (iw_base + j * d) * Chp;
-              const acc_t* __restrict__ w = wrow + j * Chp;
-#pragma omp simd
-              for (int64_t c = 0; c < kCB; ++c) acc[c] += w[c] * e[c];
-            }
-          }
-          acc_t* __restrict__ o = out + c0;
-#pragma omp simd
-          for (int64_t c = 0; c < kCB; ++c) o[c] = act_forward<A>(acc[c]);
-        }
-        ++ow;
-      }
-    }
+  // 2. D (bh * OW, Chp) = act(dw(E) + b_d) for output rows [oh0, oh0 + bh) (DepthwiseStage).
+  C10_ALWAYS_INLINE void depthwise(int64_t oh0, int64_t bh, int64_t r0, const acc_t* E, acc_t* D,
+                                   int64_t* offs) const {
+    depthwise_rows_isa<A, acc_t>(dw, oh0, bh, r0, E, D, offs);
   }
 
   // 3. y[rows oh0..] = D . W_p^T + b_p [+ x], via P (float), one rounding at the store.
@@ -285,13 +270,14 @@ struct InvertedResidualKernel {
     acc_t* D = d_buf.data_ptr<acc_t>();
     acc_t* P = p_buf.data_ptr<acc_t>();
     acc_t* xs = x_buf.defined() ? x_buf.data_ptr<acc_t>() : nullptr;
+    std::vector<int64_t> offs(static_cast<size_t>(4 * k * k));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / bands, oh0 = (t % bands) * band;
       const int64_t bh = std::min(band, OH - oh0);
       const int64_t first = oh0 * s - pad, last = (oh0 + bh - 1) * s - pad + (k - 1) * d;  // input rows read
       const int64_t r0 = std::max<int64_t>(0, first), r1 = std::min(H, last + 1);
       expand(n, r0, std::max<int64_t>(0, r1 - r0), E, xs);
-      depthwise(oh0, bh, r0, E, D);
+      depthwise(oh0, bh, r0, E, D, offs.data());
       project(n, oh0, bh, D, P);
     }
   }
@@ -331,35 +317,33 @@ void run_inverted_residual(const InvertedResidualArgs& a, at::Tensor& out) {
   kr.band = ceil_div(a.OH, kr.bands);  // balanced bands
   kr.max_in_rows = std::min(a.H, (kr.band - 1) * a.stride + halo);
 
-  // Valid column taps of each output column: 0 <= ow * s - pad + j * d < W.
-  std::vector<int64_t> col_lo(static_cast<size_t>(a.OW)), col_hi(static_cast<size_t>(a.OW));
-  for (int64_t ow = 0; ow < a.OW; ++ow) {
-    const int64_t base = ow * a.stride - a.pad;
-    int64_t lo = 0, hi = a.k;
-    while (lo < a.k && base + lo * a.dilation < 0) ++lo;
-    while (hi > lo && base + (hi - 1) * a.dilation >= a.W) --hi;
-    col_lo[ow] = lo;
-    col_hi[ow] = hi;
-  }
-  kr.col_lo = col_lo.data();
-  kr.col_hi = col_hi.data();
+  // The depthwise rows over E; E is in cache (a band's buffers fit L2), where sliding blocks
+  // measured faster in the depthwise op.
+  kr.dw.g.set(a.W, a.OW, a.k, a.dilation, a.k, a.stride, a.pad, a.dilation);
+  kr.dw.g.px = kr.Chp;
+  kr.dw.g.row = a.W * kr.Chp;
+  kr.dw.g.Cp = kr.Chp;
+  kr.dw.g.blk = cpu::direct_block_for(kr.Chp, cpu::kVec<acc_t>, false);
+  kr.dw.g.slide = a.dilation == 1 && a.stride <= 2 && cpu::slide_width(a.k);
+  kr.dw.H = a.H;
+  kr.dw.k = a.k;
+  kr.dw.s = a.stride;
+  kr.dw.d = a.dilation;
+  kr.dw.pad = a.pad;
 
   // Depthwise weights tap-major (k * k, Chp) and bias (Chp,), zero beyond Chid.
   const auto acc_opts = opts_of<acc_t>();
-  at::Tensor wd = at::zeros({a.k * a.k, kr.Chp}, acc_opts);
+  const std::vector<acc_t> wd = cpu::tap_major(a.dw_weight.data_ptr<acc_t>(), a.Chid, a.k * a.k, kr.Chp);
   at::Tensor bd = at::zeros({kr.Chp}, acc_opts);
-  if (a.Chid > 0) {
-    wd.narrow(1, 0, a.Chid).copy_(a.dw_weight.t());
-    bd.narrow(0, 0, a.Chid).copy_(a.dw_bias);
-  }
+  if (a.Chid > 0) bd.narrow(0, 0, a.Chid).copy_(a.dw_bias);
   kr.x = a.input.data_ptr<scalar_t>();
   kr.y = out.data_ptr<scalar_t>();
   if (kr.has_expand) {
     kr.we = a.expand_weight.data_ptr<acc_t>();
     kr.be = a.expand_bias.data_ptr<acc_t>();
   }
-  kr.wd = wd.data_ptr<acc_t>();
-  kr.bd = bd.data_ptr<acc_t>();
+  kr.dw.wd = wd.data();
+  kr.dw.bd = bd.data_ptr<acc_t>();
   kr.wp = a.project_weight.data_ptr<acc_t>();
   kr.bp = a.project_bias.data_ptr<acc_t>();
   parallel_run(kr, a.N * kr.bands);

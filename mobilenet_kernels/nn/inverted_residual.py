@@ -5,9 +5,9 @@ act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
 
 - Inference: in eval mode, with no gradient needed, every BatchNorm is folded into the conv before
   it (nn.conv_bn_act). Where a whole-block kernel is known to pay (Triton; "cuda" on CPU tensors
-  for k3 blocks with an expand conv; "cuda" on CUDA tensors once USE_CUDA_BLOCK_KERNEL is set) a
-  block without squeeze-excite runs as that one kernel (functional.inverted_residual_eval: the
-  expanded tensor never reaches memory). Otherwise the 1x1 convs run as GEMMs with the bias and
+  for k3 and k5 blocks with an expand conv; "cuda" on CUDA tensors once USE_CUDA_BLOCK_KERNEL is
+  set) a block without squeeze-excite runs as that one kernel (functional.inverted_residual_eval:
+  the expanded tensor never reaches memory). Otherwise the 1x1 convs run as GEMMs with the bias and
   the activation (expand) or the residual add (project) in their epilogue
   (functional.pointwise_conv2d), the depthwise conv with the fold in its weights and the
   activation in its epilogue. Folds are cached while no parameter or running statistic changes,
@@ -98,7 +98,7 @@ class _InvertedResidualBase(nn.Module):
         gradient needed (every BatchNorm folded: folded_conv_weights), no squeeze-excite, a
         depthwise conv with a square odd kernel and "same" padding, 1x1 expand/project convs, one
         activation on the expanded side, and a backend with a whole-block kernel for the input's
-        device that is known to pay (Triton; "cuda" on CPU tensors for k3 blocks with an expand
+        device that is known to pay (Triton; "cuda" on CPU tensors for k3 and k5 blocks with an expand
         conv; "cuda" on CUDA tensors with USE_CUDA_BLOCK_KERNEL)."""
         expanded_side, project_conv, project_bn = self._parts()
         if input.dim() != 4 or not 1 <= len(expanded_side) <= 2 or (torch.is_grad_enabled() and input.requires_grad):
@@ -111,10 +111,13 @@ class _InvertedResidualBase(nn.Module):
             return None
         name = backends.resolve(dw_bn.backend, input)
         k, dilation, stride = dw_conv.kernel_size[0], dw_conv.dilation[0], dw_conv.stride[0]
-        # The C++ CPU block kernel's depthwise loop is simpler than the dedicated depthwise kernel:
-        # it measured faster than op by op with an expand conv and k3 (V2's blocks), slower for k5 and
-        # without an expand conv, which therefore run op by op on the CPU.
-        cpu_kernel_pays = name == "cuda" and input.device.type == "cpu" and bool(expand) and k == 3
+        # The C++ CPU block kernel runs the depthwise op's direct channels-last code
+        # (csrc/cpu/depthwise_direct.h) over its expanded rows: with an expand conv it measured
+        # faster than op by op for k3 (V2's blocks) and about 10% faster on average for k5 (V3-Large's
+        # k5 shapes without SE, 1 and 2 threads, batch 1 and 8; the widest at par). Without an expand
+        # conv it was at par on average (slower at batch 1 for 16 channels), so those run op by op;
+        # k7 has not been timed.
+        cpu_kernel_pays = name == "cuda" and input.device.type == "cpu" and bool(expand) and k in (3, 5)
         cuda_kernel_pays = name == "cuda" and input.device.type == "cuda" and USE_CUDA_BLOCK_KERNEL
         if not (name == "triton" or cpu_kernel_pays or cuda_kernel_pays) or project_conv.out_channels > 512:
             return None
