@@ -147,15 +147,20 @@ __global__ void __launch_bounds__(kThreads)
     iw = iw0 + hp % g.halo_w;
     return ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
   };
-  // Element e of a [halo_n x width] staging pass: consecutive threads take consecutive channels
-  // (channels_last) or consecutive pixels (NCHW), the input's contiguous axis either way.
-  auto staging_slot = [&](int e, int width, int& hp, int& col) {
-    if (g.channels_last) {
-      hp = e / width;
-      col = e % width;
-    } else {
-      hp = e % g.halo_n;
-      col = e / g.halo_n;
+  // dst[hp * ld + j] = x[n, c0 + j, halo pixel hp] for j < width, 0 outside the image or past
+  // channel c_end: the input halo of `width` channels. Consecutive threads take consecutive
+  // channels (channels_last) or consecutive pixels (NCHW), the input's contiguous axis either way.
+  auto stage_halo = [&](acc_t* dst, int ld, int width, int64_t c0, int64_t c_end) {
+    for (int e = t; e < g.halo_n * width; e += kThreads) {
+      const int hp = g.channels_last ? e / width : e % g.halo_n;
+      const int j = g.channels_last ? e % width : e / g.halo_n;
+      const int64_t c = c0 + j;
+      int ih, iw;
+      acc_t v = acc_t(0);
+      if (c < c_end && halo_pixel(hp, ih, iw)) {
+        v = static_cast<acc_t>(xn[c * g.xsC + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW]);
+      }
+      dst[hp * ld + j] = v;
     }
   };
 
@@ -181,16 +186,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int j = 0; j < 4; ++j) e[i][j] = acc_t(0);
       }
       for (int64_t k0 = 0; k0 < g.Cin; k0 += kBK) {
-        for (int idx = t; idx < g.halo_n * kBK; idx += kThreads) {
-          int hp, kk, ih, iw;
-          staging_slot(idx, kBK, hp, kk);
-          const int64_t c = k0 + kk;
-          acc_t v = acc_t(0);
-          if (c < g.Cin && halo_pixel(hp, ih, iw)) {
-            v = static_cast<acc_t>(xn[c * g.xsC + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW]);
-          }
-          xs[hp * kXLd + kk] = v;
-        }
+        stage_halo(xs, kXLd, kBK, k0, g.Cin);
         for (int idx = t; idx < kBK * kBH; idx += kThreads) {
           const int kk = idx % kBK;  // consecutive threads along Cin: W_e's contiguous axis
           const int h = idx / kBK;
@@ -230,16 +226,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     } else {
-      for (int idx = t; idx < g.halo_n * kBH; idx += kThreads) {
-        int hp, h, ih, iw;
-        staging_slot(idx, kBH, hp, h);
-        const int64_t hc = h0 + h;
-        acc_t v = acc_t(0);
-        if (hc < g.Chid && halo_pixel(hp, ih, iw)) {
-          v = static_cast<acc_t>(xn[hc * g.xsC + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW]);
-        }
-        es[hp * kBH + h] = v;
-      }
+      stage_halo(es, kBH, kBH, h0, g.Chid);  // no expand conv: E is the input's halo (Chid = Cin)
     }
     __syncthreads();
 
