@@ -190,16 +190,26 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _ready_model(model_name: str, variant: Variant, mode: str, state_dict: dict, s: ModelSettings) -> torch.nn.Module:
+    """The (uncompiled) model of ``variant`` with ``state_dict``, on the device and in the layout
+    of ``s``, in training or eval mode for ``mode``."""
+    model = build(model_name, variant)
+    model.load_state_dict(state_dict)
+    model = model.to(s.device, memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
+    return model.train(mode == "train")
+
+
+def _saved_mb(model: torch.nn.Module, batch: int, s: ModelSettings) -> float:
+    """saved_activation_bytes of a training forward on a batch of ``s``'s inputs, in MB."""
+    with _autocast(s):
+        return saved_activation_bytes(model, _input(batch, s)) / 2**20
+
+
 def measure_saved(model_name: str, variant: Variant, batch: int, state_dict: dict, s: ModelSettings) -> dict:
     """Only the activation memory of a training step, ``saved_mb`` (saved_activation_bytes: one
     forward, no backward, no timing). The bytes autograd keeps do not depend on the device, so this
     gives batch-256 activation memory on a machine that cannot time batch 256."""
-    model = build(model_name, variant)
-    model.load_state_dict(state_dict)
-    model = model.to(s.device, memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
-    model.train()
-    with _autocast(s):
-        return {"saved_mb": saved_activation_bytes(model, _input(batch, s)) / 2**20}
+    return {"saved_mb": _saved_mb(_ready_model(model_name, variant, "train", state_dict, s), batch, s)}
 
 
 def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, state_dict: dict,
@@ -207,10 +217,7 @@ def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, st
     """Time one variant: first step (compilation included), peak memory over two warm-up steps,
     then p20/p50/p80 ms and images per second; training rows of eager variants also get the MB of
     saved activations (saved_activation_bytes)."""
-    model = build(model_name, variant)
-    model.load_state_dict(state_dict)
-    model = model.to(s.device, memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
-    model.train(mode == "train")
+    model = _ready_model(model_name, variant, mode, state_dict, s)
     runnable = model if variant.compile == "none" else torch.compile(model, mode=variant.compile)
     step = make_step(runnable, mode, batch, s)
     result: dict = {}
@@ -225,8 +232,7 @@ def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, st
     _synchronize(s.device)
     result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20 if s.device == "cuda" else None
     if mode == "train" and variant.compile == "none":
-        with _autocast(s):
-            result["saved_mb"] = saved_activation_bytes(model, _input(batch, s)) / 2**20
+        result["saved_mb"] = _saved_mb(model, batch, s)
     timing = time_ms(step, s.device, warmup_ms=100, rep_ms=_REP_MS[s.device])
     result.update(timing)
     result["img_per_s"] = batch / (timing["p50_ms"] * 1e-3)
