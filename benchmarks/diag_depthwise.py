@@ -3,9 +3,11 @@
 Times, per reference layer (bf16, channels_last, batch 256): cuDNN (F.conv2d), our CUDA op called
 directly (torch.ops, no Python wrapper), our functional API (checks + autograd wrapper), and the
 Triton op; with triton.testing.do_bench (L2 flushed) and do_bench_cudagraph (launch gaps removed).
-Run it twice, with MK_DW_ROW_REUSE=1 and =0, to compare the stride-1 row-reuse kernel with the
-generic one; the rows carry the setting. Prints a table and writes OUT/diag_depthwise.json
-(appending to an existing file, so the two runs end up side by side).
+Run it with MK_DW_ROW_REUSE=1 and =0, to compare the stride-1 row-reuse kernel with the generic
+one, and with MK_DW_TILED=1 for the shared-memory tiled kernel (csrc/cuda/depthwise_tiled.cuh);
+the rows carry the settings and the CUDA op's largest difference from cuDNN (cuda_max_abs_diff; both
+round an fp32 sum to bf16 once, so a few bf16 ulps of the output at most). Prints a table and
+writes OUT/diag_depthwise.json (appending to an existing file, so the runs end up side by side).
 
     python benchmarks/diag_depthwise.py OUT [--ncu]   # --ncu: one launch per layer, for ncu -k regex:depthwise
 """
@@ -38,6 +40,7 @@ def main() -> int:
     import triton.testing
 
     reuse = os.environ.get("MK_DW_ROW_REUSE", "1")
+    tiled = os.environ.get("MK_DW_TILED", "0")
     ns = torch.ops.mobilenet_kernels
     rows = []
     for C, H, k, s in LAYERS:
@@ -57,7 +60,9 @@ def main() -> int:
             continue
         out = variants["cudnn"]()
         nbytes = (x.numel() + out.numel()) * x.element_size()
-        row = dict(C=C, H=H, k=k, stride=s, batch=args.batch, row_reuse=reuse, bytes=nbytes)
+        diff = (variants["cuda_op"]().float() - out.float()).abs().max().item()
+        row = dict(C=C, H=H, k=k, stride=s, batch=args.batch, row_reuse=reuse, tiled=tiled, bytes=nbytes,
+                   cuda_max_abs_diff=diff)
         for name, fn in variants.items():
             row[f"{name}_ms"] = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
             with torch.cuda.stream(torch.cuda.Stream()):

@@ -128,6 +128,52 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
                                f"for {shape} k{k} s{s} p{p} d{d}")
 
 
+# channels_last layers whose channels fill 16-byte vectors (the CUDA vector paths, and the tiled
+# kernel of csrc/cuda/depthwise_tiled.cuh when MK_DW_TILED=1): k 3 and 5, stride 1 and 2, odd and
+# one-pixel images, channel counts that leave part of a channel block idle (72 bf16 channels are 9
+# vectors: two blocks of 5), a larger image than one tile, padding 0 and the "same" padding.
+VECTOR_GEOMETRIES = [
+    ((2, 72, 13, 13), 3, 1, 1, 1),
+    ((2, 72, 13, 13), 5, 2, 2, 1),
+    ((3, 40, 7, 7), 5, 1, 2, 1),
+    ((2, 24, 1, 1), 3, 1, 1, 1),
+    ((2, 32, 13, 7), 3, 2, 0, 1),
+    ((1, 144, 56, 56), 3, 2, 1, 1),
+    ((2, 16, 40, 40), 3, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_vector_layers_on_gpu(dtype, device):
+    """The CUDA op on channels_last layers with 16-byte channel vectors: forward, grad_input and
+    grad_weight within 2x PyTorch's error (fp32: PyTorch's own error is ~1e-7 too), and the
+    statistics of the stored output. On the CPU the tiled kernel's index math is checked by
+    test_cuda_emulation.py instead."""
+    if device != "cuda":
+        pytest.skip("the CUDA kernels' vector paths need a GPU")
+    for shape, k, s, p, d in VECTOR_GEOMETRIES:
+        where = f"for {shape} k{k} s{s} p{p} {dtype}"
+        x = make_input(shape, "channels_last", dtype, device).requires_grad_()
+        w, _ = make_conv(shape[1], k, device, dtype, bias=False)
+        w.requires_grad_()
+        y = MF.depthwise_conv2d(x, w, None, s, p, d, backend="cuda")
+        assert y.is_contiguous(memory_format=torch.channels_last) or y.shape[2] * y.shape[3] == 1, where
+        grad = make_input(tuple(y.shape), "channels_last", dtype, device)
+        ours = (y, *torch.autograd.grad(y, (x, w), grad))
+        xt, wt = x.detach().requires_grad_(), w.detach().requires_grad_()
+        yt = F.conv2d(xt, wt, None, s, p, d, groups=shape[1])
+        torchs = (yt, *torch.autograd.grad(yt, (xt, wt), grad))
+        x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        y64 = F.conv2d(x64, w64, None, s, p, d, groups=shape[1])
+        refs = (y64, *torch.autograd.grad(y64, (x64, w64), grad.double()))
+        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"), where)
+        out, mean, var = ns.depthwise_conv2d_stats(x.detach(), w.detach(), [s, s], [p, p], [d, d])
+        torch.testing.assert_close(out, y.detach(), rtol=0, atol=0, msg=where)
+        ref_var, ref_mean = torch.var_mean(out.double(), dim=(0, 2, 3), unbiased=False)
+        torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-5, msg=where)
+        torch.testing.assert_close(var.double(), ref_var, rtol=1e-4, atol=1e-5, msg=where)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_backward_is_bitwise_deterministic(backend, layout, device):

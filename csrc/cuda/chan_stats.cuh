@@ -184,6 +184,7 @@ __global__ void __launch_bounds__(32 * kStatsFinishLanes)
   }
 }
 
+#ifndef MK_CUDA_EMULATION  // a kernel launch: nvcc only (the host emulation runs kernels itself)
 // Launches stats_finish_kernel on `stream` over the (tiles, C) partials; `op` names the caller in
 // the error message.
 template <typename acc_t>
@@ -195,6 +196,7 @@ void launch_stats_finish(const acc_t* part_n, const acc_t* part_mean, const acc_
       part_n, part_mean, part_m2, tiles, C, mean, var);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+#endif  // MK_CUDA_EMULATION
 
 }  // namespace cuda
 }  // namespace mobilenet_kernels

@@ -19,8 +19,12 @@
 // Indexing: int64 memory offsets; spatial coordinates in int, with H + 2*pad and W + 2*pad checked
 //          below 2^30 on the host. The activation is a uniform runtime switch in the epilogue (not a
 //          template parameter) to keep the number of kernel instantiations, and build time, down.
-// Limits: no shared-memory input tiles (reuse across rows comes from L1/L2); grad_input at
-//          stride > 1 tests each tap for stride divisibility (no parity-phase split); the weight
+// Tiled: with MK_DW_TILED=1, channels_last convs with 16-byte vectors, square K in {3, 5}, equal
+//          strides 1 or 2 and dilation 1 (the forward, its statistics and grad_input at stride 1)
+//          run the shared-memory tiled kernel of depthwise_tiled.cuh instead (off by default until
+//          a GPU run has checked and timed it).
+// Limits: without MK_DW_TILED, no shared-memory input tiles (reuse across rows comes from L1/L2);
+//          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase split); the weight
 //          gradient loads every tap from L1 (L1-bound for k5/k7); grad_input and grad_weight read
 //          grad_output separately; at most 65534 kernel taps. Sums are deterministic for a given
 //          shape and vector path (the path depends on C, strides and pointer alignment).
@@ -39,6 +43,7 @@
 
 #include "chan_stats.cuh"
 #include "depthwise_conv2d.h"
+#include "depthwise_tiled.cuh"
 #include "mk_cuda.cuh"
 
 namespace mobilenet_kernels {
@@ -589,6 +594,11 @@ at::Tensor run_conv(const at::Tensor& x, at::Tensor& y, const at::Tensor& w_taps
   constexpr int kVec = 16 / sizeof(scalar_t);
   set_items(g, N, g.OH, g.OW);
   const int vec = can_vectorize<scalar_t>(channels_last, g.C, {&x, &y}) ? kVec : 1;
+  if (vec == kVec && kVec > 1 && tiled_enabled() && g.kH == g.kW && g.dH == 1 && g.dW == 1 && g.sH == g.sW) {
+    at::Tensor part;
+    const TiledConv c{&x, &y, &w_taps, &bias, &part, act, N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW};
+    if (run_tiled_conv<scalar_t, kStats>(c)) return part;
+  }
   ConvLaunch<scalar_t> L{};
   L.x = x.data_ptr<scalar_t>();
   L.y = y.data_ptr<scalar_t>();

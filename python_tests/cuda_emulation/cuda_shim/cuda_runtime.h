@@ -1,0 +1,121 @@
+// Host emulation of the few CUDA constructs the kernels of csrc/cuda/*.cuh use, so g++ (no nvcc)
+// can compile a kernel and run it on the CPU: python_tests/cuda_emulation/dw_tiled_host.cpp
+// launches one std::thread per CUDA thread of a block and runs the blocks one at a time.
+// This directory goes first on the include path (it shadows <cuda_runtime.h> and
+// <c10/cuda/CUDAException.h>). Under MK_CUDA_EMULATION, which the emulation build defines, the
+// headers leave out their kernel launches (<<<...>>>, chan_stats.cuh) and declare the dynamic
+// shared memory as a pointer the launcher sets (depthwise_tiled.cuh). The inline PTX of
+// recip_ge1(double) (mk_cuda.cuh) needs no guard while no emulated code calls it: g++ parses the
+// asm statement but never emits an unused inline function (the float statistics use the float one).
+#pragma once
+
+#ifndef MK_CUDA_EMULATION
+#error "cuda_shim/cuda_runtime.h is the host emulation's; build with -DMK_CUDA_EMULATION"
+#endif
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3() = default;
+  constexpr dim3(unsigned x_, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+using cudaStream_t = void*;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// Blocks run one at a time, so a function-local static is the block's shared memory. (A
+// namespace-scope `extern __shared__` array is declared differently under MK_CUDA_EMULATION.)
+#define __shared__ static
+#define __align__(n) alignas(n)
+#define __launch_bounds__(...)
+
+// The thread's coordinates; blockIdx is set by each thread of the block to the same value.
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
+
+namespace mk_emu {
+
+// A reusable barrier for the threads of one block (a generation counter and a futex), with a
+// timeout: a __syncthreads that not every thread of the block reaches (divergent control flow, an
+// early return) would hang a std::barrier; this one throws in every waiting thread instead, and the
+// launcher reports the error. Its acquire/release pairs order the block's shared-memory accesses
+// as __syncthreads does.
+class BlockBarrier {
+ public:
+  BlockBarrier(int count, const char* what) : count_(count), what_(what) {}
+  void arrive_and_wait() {
+    check_broken();
+    const uint32_t gen = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      futex(FUTEX_WAKE_PRIVATE, INT_MAX, nullptr);
+      return;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kTimeoutS);
+    while (generation_.load(std::memory_order_acquire) == gen) {
+      check_broken();
+      timespec ts{0, 100 * 1000 * 1000};  // re-check every 100 ms
+      futex(FUTEX_WAIT_PRIVATE, gen, &ts);
+      if (generation_.load(std::memory_order_acquire) == gen && std::chrono::steady_clock::now() > deadline) {
+        break_all();
+        throw std::runtime_error(std::string("emulated ") + what_ +
+                                 ": not every thread of the block arrived (divergent or missing barrier)");
+      }
+    }
+  }
+  // Wakes every waiting thread with an error (another thread of the block failed).
+  void break_all() {
+    broken_.store(true);
+    futex(FUTEX_WAKE_PRIVATE, INT_MAX, nullptr);
+  }
+
+ private:
+  static constexpr int kTimeoutS = 30;
+  void check_broken() const {
+    if (broken_.load()) throw std::runtime_error(std::string("emulated ") + what_ + ": barrier broken");
+  }
+  void futex(int op, uint32_t val, const timespec* ts) {
+    static_assert(sizeof(generation_) == sizeof(uint32_t) && std::atomic<uint32_t>::is_always_lock_free);
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), op, val, ts, nullptr, 0);
+  }
+  std::atomic<int> arrived_{0};
+  std::atomic<uint32_t> generation_{0};
+  std::atomic<bool> broken_{false};
+  const int count_;
+  const char* what_;
+};
+
+// The __syncthreads barrier of the block the calling thread belongs to (set by the launcher).
+inline thread_local BlockBarrier* current_barrier = nullptr;
+
+}  // namespace mk_emu
+
+inline void __syncthreads() {
+  mk_emu::current_barrier->arrive_and_wait();
+}
+
+inline float __fdividef(float a, float b) { return a / b; }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+using std::fma;
+using std::isfinite;
+using std::isinf;
+using std::isnan;

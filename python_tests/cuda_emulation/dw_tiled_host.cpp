@@ -1,0 +1,222 @@
+// Host emulation of depthwise_conv2d_fwd_tiled_kernel (csrc/cuda/depthwise_tiled.cuh): g++
+// compiles the very header against cuda_shim/ (dim3, threadIdx & co., __syncthreads as a block
+// barrier, __shared__ as a static) and runs the kernel on the CPU, so that the tests
+// (python_tests/test_cuda_emulation.py) can check its index math against PyTorch without a GPU.
+//
+// A launch: plan_tiled as the CUDA host code calls it; then one std::thread per CUDA thread of a
+// block (blockDim = (cbv, ty)), which run the grid's blocks one after the other, all threads of
+// the block on the same block, with a barrier between blocks (the kernel's function-local
+// __shared__ arrays are statics: one block at a time). Before each block the dynamic shared memory
+// is filled with 0xff bytes (NaN in every dtype), so a read of a tile entry nobody staged shows;
+// the output and the partials start as NaN, so an element the kernel misses shows; x is copied
+// into a buffer with NaN guard zones of an image and more on both sides, so a read outside x (a
+// missed bounds check) shows as a NaN output rather than a crash; guard zones around the output
+// (a sentinel value) and after the shared memory (0xff bytes) catch writes outside them.
+#include <torch/extension.h>
+
+#include <cuda_runtime.h>  // cuda_shim/cuda_runtime.h
+
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "cuda/depthwise_tiled.cuh"
+
+namespace {
+
+namespace mk = mobilenet_kernels;
+namespace mkc = mobilenet_kernels::cuda;
+
+constexpr int64_t kGuardElems = 1024;  // guard elements before and after x and y, at least
+constexpr size_t kSmemGuard = 256;     // bytes after the dynamic shared memory
+constexpr float kSentinel = -30720.0f;  // the output's guard zones (exact in fp32, bf16 and fp16)
+
+template <typename scalar_t, int K, int S, bool kStats>
+void launch(const at::Tensor& x, at::Tensor& y, const float* w, const float* bias, const mkc::TiledPlan& plan,
+            mk::Act act, float* part_n, float* part_mean, float* part_m2) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const int nthreads = static_cast<int>(plan.cbv * plan.ty);
+  TORCH_CHECK(nthreads >= 1 && nthreads <= mkc::kTiledMaxThreads, "emulation: block of ", nthreads, " threads");
+
+  // Dynamic shared memory: plan.smem bytes, 16-byte aligned, then a guard zone.
+  const size_t bytes = plan.smem + kSmemGuard;
+  std::unique_ptr<unsigned char[], void (*)(unsigned char*)> smem(
+      static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(16))),
+      [](unsigned char* p) { ::operator delete[](p, std::align_val_t(16)); });
+  std::memset(smem.get(), 0xff, bytes);
+  mkc::mk_dw_tiled_smem = smem.get();
+
+  blockDim = dim3(plan.cbv, plan.ty, 1);
+  gridDim = dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y), 1);
+
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  mk_emu::BlockBarrier sync_bar(nthreads, "__syncthreads");  // the kernel's
+  mk_emu::BlockBarrier block_bar(nthreads, "block boundary");  // the launcher's, between blocks
+  std::mutex err_mu;
+  std::string error;
+
+  auto body = [&](int tid) {
+    try {
+      threadIdx = dim3(static_cast<unsigned>(tid) % plan.cbv, static_cast<unsigned>(tid) / plan.cbv, 0);
+      mk_emu::current_barrier = &sync_bar;
+      for (int64_t by = 0; by < plan.blocks_y; ++by) {
+        for (int64_t bx = 0; bx < plan.blocks_x; ++bx) {
+          if (tid == 0) std::memset(smem.get(), 0xff, plan.smem);  // a fresh block's shared memory: garbage
+          block_bar.arrive_and_wait();
+          blockIdx = dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by), 0);
+          mkc::depthwise_conv2d_fwd_tiled_kernel<scalar_t, float, VEC, K, S, kStats>(
+              xp, yp, w, bias, plan.g, act, part_n, part_mean, part_m2);
+          block_bar.arrive_and_wait();  // the block's statics and shared memory are free again
+        }
+      }
+    } catch (const std::exception& e) {
+      {
+        std::lock_guard<std::mutex> lock(err_mu);
+        if (error.empty()) error = e.what();
+      }
+      sync_bar.break_all();
+      block_bar.break_all();
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(nthreads);
+  for (int tid = 0; tid < nthreads; ++tid) threads.emplace_back(body, tid);
+  for (auto& t : threads) t.join();
+  mkc::mk_dw_tiled_smem = nullptr;
+  TORCH_CHECK(error.empty(), "emulation: ", error);
+  for (size_t i = plan.smem; i < bytes; ++i) {
+    TORCH_CHECK(smem[i] == 0xff, "emulation: the kernel wrote past its ", plan.smem, " bytes of shared memory");
+  }
+}
+
+template <typename scalar_t, int K, int S>
+void dispatch_stats(bool stats, const at::Tensor& x, at::Tensor& y, const float* w, const float* bias,
+                    const mkc::TiledPlan& plan, mk::Act act, float* pn, float* pm, float* pm2) {
+  if (stats) {
+    launch<scalar_t, K, S, true>(x, y, w, bias, plan, act, pn, pm, pm2);
+  } else {
+    launch<scalar_t, K, S, false>(x, y, w, bias, plan, act, pn, pm, pm2);
+  }
+}
+
+template <typename scalar_t>
+void dispatch(int K, int S, bool stats, const at::Tensor& x, at::Tensor& y, const float* w, const float* bias,
+              const mkc::TiledPlan& plan, mk::Act act, float* pn, float* pm, float* pm2) {
+#define MK_EMU_CASE(KK, SS)                                                              \
+  if (K == KK && S == SS) {                                                              \
+    return dispatch_stats<scalar_t, KK, SS>(stats, x, y, w, bias, plan, act, pn, pm, pm2); \
+  }
+  MK_EMU_CASE(3, 1)
+  MK_EMU_CASE(3, 2)
+  MK_EMU_CASE(5, 1)
+  MK_EMU_CASE(5, 2)
+  MK_EMU_CASE(7, 1)
+  MK_EMU_CASE(7, 2)
+#undef MK_EMU_CASE
+  TORCH_CHECK(false, "emulation: K must be 3, 5 or 7 and S 1 or 2, got K=", K, " S=", S);
+}
+
+// y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
+// when `stats`. Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
+// tiles, blocks_x, blocks_y, cbv, ty, smem]; the partials are empty without stats. Raises when
+// plan_tiled rejects the conv.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>> run(
+    const at::Tensor& x_in, const at::Tensor& weight_taps, const at::Tensor& bias, int64_t K, int64_t S, int64_t pH,
+    int64_t pW, int64_t act_code, bool stats) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.device().is_cpu(), "x: expected a 4-d CPU tensor");
+  TORCH_CHECK(x_in.stride(0) >= 0 && x_in.stride(2) >= 0 && x_in.stride(3) >= 0, "x: expected non-negative strides");
+  // x, same sizes and strides, in a NaN buffer with guard zones of an image (and more) on both sides.
+  int64_t span = 1;
+  for (int d = 0; d < 4; ++d) span += (x_in.size(d) - 1) * x_in.stride(d);
+  const int64_t xguard = x_in.numel() / std::max<int64_t>(x_in.size(0), 1) + 2 * kGuardElems;
+  at::Tensor xbuf = at::full({span + 2 * xguard}, std::numeric_limits<float>::quiet_NaN(), x_in.options());
+  at::Tensor x = xbuf.as_strided(x_in.sizes(), x_in.strides(), xguard);
+  x.copy_(x_in);
+  TORCH_CHECK(x.stride(1) == 1, "x: expected channels_last (channel stride 1)");
+  TORCH_CHECK(act_code >= 0 && act_code <= 6, "act_code out of range");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t OH = (H + 2 * pH - K) / S + 1;
+  const int64_t OW = (W + 2 * pW - K) / S + 1;
+  TORCH_CHECK(H + 2 * pH >= K && W + 2 * pW >= K, "emulation: empty output");
+  TORCH_CHECK(weight_taps.scalar_type() == at::kFloat && weight_taps.is_contiguous() &&
+                  weight_taps.sizes() == at::IntArrayRef({K * K, C}),
+              "weight_taps: expected a contiguous float (K*K, C) tensor");
+  const bool has_bias = bias.numel() > 0;
+  TORCH_CHECK(!has_bias || (bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == C),
+              "bias: expected a contiguous float (C,) tensor or an empty one");
+  const int vec = static_cast<int>(16 / x.element_size());
+  TORCH_CHECK(C % vec == 0, "C must be a multiple of ", vec);
+  // 16-byte vectors: aligned data and strides (a size-1 dim's stride is never used: torch may set it to 1)
+  bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  for (int d : {0, 2, 3}) aligned = aligned && (x.size(d) == 1 || x.stride(d) % vec == 0);
+  TORCH_CHECK(aligned, "x: 16-byte vectors need aligned data and strides");
+
+  mkc::TiledPlan plan{};
+  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH),
+                              static_cast<int>(OW), static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH),
+                              static_cast<int>(pW), vec, stats, plan),
+              "plan_tiled rejected the conv");
+  // y: channels_last as NaN inside a buffer with sentinel guard zones on both sides.
+  const int64_t numel = N * C * OH * OW;
+  const int64_t yguard = C * OH * OW + 2 * kGuardElems;  // an image and more: a tile's overhang
+  at::Tensor buf = at::full({numel + 2 * yguard}, kSentinel, x.options());  // not NaN: NaN writes show too
+  at::Tensor y = buf.as_strided({N, C, OH, OW}, {OH * OW * C, 1, OW * C, C}, yguard);
+  y.fill_(std::numeric_limits<float>::quiet_NaN());
+  plan.g.xsN = x.stride(0);
+  plan.g.xsH = x.stride(2);
+  plan.g.xsW = x.stride(3);
+  plan.g.ysN = y.stride(0);
+  plan.g.ysH = y.stride(2);
+  plan.g.ysW = y.stride(3);
+
+  at::Tensor pn, pm, pm2;
+  if (stats) {
+    const auto fopt = x.options().dtype(at::kFloat);
+    pn = at::full({plan.blocks_x, C}, std::numeric_limits<float>::quiet_NaN(), fopt);
+    pm = at::full({plan.blocks_x, C}, std::numeric_limits<float>::quiet_NaN(), fopt);
+    pm2 = at::full({plan.blocks_x, C}, std::numeric_limits<float>::quiet_NaN(), fopt);
+  } else {
+    pn = pm = pm2 = at::empty({0}, x.options().dtype(at::kFloat));
+  }
+  float* pnp = stats ? pn.data_ptr<float>() : nullptr;
+  float* pmp = stats ? pm.data_ptr<float>() : nullptr;
+  float* pm2p = stats ? pm2.data_ptr<float>() : nullptr;
+  const float* wp = weight_taps.data_ptr<float>();
+  const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
+  const auto act = static_cast<mk::Act>(act_code);
+  const int k = static_cast<int>(K), s = static_cast<int>(S);
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      dispatch<float>(k, s, stats, x, y, wp, bp, plan, act, pnp, pmp, pm2p);
+      break;
+    case at::kBFloat16:
+      dispatch<c10::BFloat16>(k, s, stats, x, y, wp, bp, plan, act, pnp, pmp, pm2p);
+      break;
+    case at::kHalf:
+      dispatch<c10::Half>(k, s, stats, x, y, wp, bp, plan, act, pnp, pmp, pm2p);
+      break;
+    default:
+      TORCH_CHECK(false, "x: expected float32, bfloat16 or float16, got ", x.scalar_type());
+  }
+  TORCH_CHECK(buf.narrow(0, 0, yguard).eq(kSentinel).all().item<bool>() &&
+                  buf.narrow(0, yguard + numel, yguard).eq(kSentinel).all().item<bool>(),
+              "emulation: the kernel wrote outside the output");
+  const mkc::TiledGeom& g = plan.g;
+  std::vector<int64_t> info{g.TH, g.TW, g.strips, g.R, g.tiles, plan.blocks_x, plan.blocks_y, plan.cbv, plan.ty,
+                            static_cast<int64_t>(plan.smem)};
+  return {y, pn, pm, pm2, info};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("run", &run, "depthwise_conv2d_fwd_tiled_kernel emulated on the host", py::arg("x"), py::arg("weight_taps"),
+        py::arg("bias"), py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("act_code"),
+        py::arg("stats"));
+}

@@ -1,0 +1,207 @@
+"""The CUDA tiled depthwise kernel (csrc/cuda/depthwise_tiled.cuh) run on the CPU by host emulation.
+
+python_tests/cuda_emulation/dw_tiled_host.cpp compiles the very header with the host C++ compiler
+against cuda_shim/ (no nvcc) and runs depthwise_conv2d_fwd_tiled_kernel with one std::thread per
+CUDA thread and a barrier for __syncthreads, after plan_tiled as the CUDA host code calls it. These
+tests check its index math (tiles, halo, padding, strides, idle channel threads, the statistics
+partials) against an fp64 PyTorch reference on machines without a GPU. The output and the partials
+start as NaN, so an element the kernel leaves unwritten fails the comparison.
+"""
+
+import itertools
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU = Path(__file__).resolve().parent / "cuda_emulation"
+
+_CXX = os.environ.get("CXX", "c++")
+if shutil.which(_CXX) is None:
+    pytest.skip(f"the CUDA host emulation needs a C++ compiler ({_CXX!r} not found)", allow_module_level=True)
+if not cpp_extension.is_ninja_available():
+    pytest.skip("the CUDA host emulation is built with torch.utils.cpp_extension.load, which needs ninja",
+                allow_module_level=True)
+
+ACT = {"identity": 0, "relu": 1, "relu6": 2, "hardswish": 3, "hardsigmoid": 4, "sigmoid": 5, "silu": 6}
+VEC = {torch.float32: 4, torch.bfloat16: 8, torch.float16: 8}
+# Channel counts: one vector, and vector counts that split into channel blocks with idle threads
+# (fp32 36 = 9 vectors: two blocks of 5, the second one with an idle thread; bf16/fp16 72 likewise).
+CHANNELS = {torch.float32: (4, 12, 36), torch.bfloat16: (8, 40, 72), torch.float16: (8, 40, 72)}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The emulation extension, built once per session; ninja rebuilds it only when a source or a
+    header changed (the build directory persists under the temp dir, one per Python and torch)."""
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}".replace("+", "_")
+    build = Path(tempfile.gettempdir()) / f"mk_cuda_emulation_{tag}"
+    build.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name="mk_dw_tiled_host",
+        sources=[str(EMU / "dw_tiled_host.cpp")],
+        extra_include_paths=[str(EMU / "cuda_shim"), str(ROOT / "csrc")],
+        extra_cflags=["-std=c++20", "-O1", "-pthread", "-DMK_CUDA_EMULATION", "-Wno-unknown-pragmas"],
+        extra_ldflags=["-pthread"],
+        build_directory=str(build),
+        verbose=False,
+    )
+
+
+def act_ref(z: torch.Tensor, act: str) -> torch.Tensor:
+    return {"identity": lambda t: t, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
+            "hardsigmoid": F.hardsigmoid, "sigmoid": torch.sigmoid, "silu": F.silu}[act](z)
+
+
+def make_case(N, C, H, W, K, dtype, *, bias, x_pad_w=0):
+    """x channels_last (a W-slice of a wider tensor when x_pad_w > 0: H and N strides not dense),
+    weight (C, 1, K, K) with the tap-major copy the kernel takes, and bias or None."""
+    x = (torch.randn(N, C, H, W + x_pad_w) * 3).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = x[..., :W]
+    w = torch.randn(C, 1, K, K) / K
+    taps = w.reshape(C, K * K).t().contiguous()
+    b = torch.randn(C) if bias else None
+    return x, w, taps, b
+
+
+def run(emu, x, taps, b, K, S, pH, pW, act, stats):
+    y, pn, pm, pm2, info = emu.run(x, taps, b if b is not None else torch.empty(0), K, S, pH, pW, ACT[act], stats)
+    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, ty, smem = info
+    N, C, H, W = x.shape
+    OH, OW = (H + 2 * pH - K) // S + 1, (W + 2 * pW - K) // S + 1
+    where = f"x {tuple(x.shape)} {x.dtype} K{K} S{S} pad ({pH}, {pW}) {act} stats={stats} plan {info}"
+    assert y.shape == (N, C, OH, OW), where
+    assert TW == strips * 4 and 1 <= TH <= OH and cbv * ty <= 256 and ty >= TH * strips, where
+    assert tiles == N * math.ceil(OH / TH) * math.ceil(OW / TW) and blocks_x == math.ceil(tiles / R), where
+    assert blocks_y == math.ceil(C // VEC[x.dtype] / cbv) and smem <= 24 * 1024, where
+    assert not y.isnan().any(), f"output elements left unwritten: {where}"
+    return y, (pn, pm, pm2), info, where
+
+
+def reference(x, w, b, S, pH, pW, act):
+    """act(conv2d(x, w) + b) in fp64; F.pad crops for a negative padding (F.conv2d takes none)."""
+    xd = F.pad(x.double(), (pW, pW, pH, pH))
+    z = F.conv2d(xd, w.double(), None if b is None else b.double(), stride=S, groups=x.shape[1])
+    return act_ref(z, act)
+
+
+def assert_matches(y, ref, dtype, where):
+    if dtype == torch.float32:
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5, msg=where)
+    else:  # fp32 accumulation rounded once: within an ulp of the rounded fp64 reference
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(y.double(), ref.to(dtype).double(), rtol=eps, atol=1e-5, msg=where)
+
+
+def forward_cases(dtype, K):
+    """(N, C, H, W, pH, pW, bias, act): every shape and channel count with the usual padding and
+    one of padding 0, a negative padding (grad_input as a forward conv) or unequal paddings; skips
+    the combinations with an empty output."""
+    same = (K - 1) // 2
+    shapes = [(1, 1, 1), (2, 7, 7), (1, 13, 13), (2, 13, 7), (1, 7, 13)]
+    alts = [(0, 0), (-1, -2), (same, 0), (0, same), (-1, same)]
+    acts = ["identity", "relu6", "hardswish"]
+    cases = []
+    for i, ((N, H, W), C) in enumerate(itertools.product(shapes, CHANNELS[dtype])):
+        for j, (pH, pW) in enumerate([(same, same), alts[i % len(alts)]]):
+            if H + 2 * pH < K or W + 2 * pW < K:
+                continue
+            cases.append((N, C, H, W, pH, pW, (i + j) % 2 == 0, acts[(i + j) % len(acts)]))
+    return cases
+
+
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_matches_conv2d(emu, dtype, K, S):
+    """act(conv(x) + bias) for each shape, channel count and padding of forward_cases."""
+    cases = forward_cases(dtype, K)
+    assert len(cases) >= 15
+    for N, C, H, W, pH, pW, bias, act in cases:
+        x, w, taps, b = make_case(N, C, H, W, K, dtype, bias=bias)
+        y, _, _, where = run(emu, x, taps, b, K, S, pH, pW, act, False)
+        assert_matches(y, reference(x, w, b, S, pH, pW, act), dtype, where)
+
+
+# (dtype, N, C, H, W, K, S, pH, pW, x_pad_w): several tiles per image in both directions (a C of one
+# vector gives tiles of up to 128 rows), the footprint halved to fit the shared memory (8 vectors,
+# K 7 at stride 2), x with non-dense strides, and the other activations.
+MULTI_TILE = [
+    (torch.float32, 1, 4, 140, 9, 3, 1, 1, 1, 0),
+    (torch.float32, 2, 4, 9, 140, 5, 2, 2, 2, 0),
+    (torch.bfloat16, 1, 64, 24, 24, 7, 2, 3, 3, 0),
+    (torch.float16, 2, 64, 17, 21, 7, 1, 3, 3, 0),
+    (torch.float32, 2, 36, 20, 15, 3, 1, 1, 1, 3),
+    (torch.bfloat16, 3, 40, 11, 19, 5, 2, 2, -1, 8),
+    (torch.float32, 1, 32, 31, 33, 7, 1, -2, 3, 4),
+]
+
+
+@pytest.mark.parametrize("act", ["relu", "hardsigmoid", "sigmoid", "silu"])
+@pytest.mark.parametrize("case", MULTI_TILE, ids=lambda c: f"{c[0]}-N{c[1]}C{c[2]}-{c[3]}x{c[4]}-k{c[5]}s{c[6]}")
+def test_multi_tile_and_strides(emu, case, act):
+    dtype, N, C, H, W, K, S, pH, pW, x_pad_w = case
+    x, w, taps, b = make_case(N, C, H, W, K, dtype, bias=True, x_pad_w=x_pad_w)
+    assert x_pad_w == 0 or not x.is_contiguous(memory_format=torch.channels_last)
+    y, _, info, where = run(emu, x, taps, b, K, S, pH, pW, act, False)
+    if act in ("sigmoid", "silu") and dtype == torch.float32:  # __fdividef: within 2 ulp, not exact
+        torch.testing.assert_close(y.double(), reference(x, w, b, S, pH, pW, act), rtol=2e-5, atol=2e-5, msg=where)
+    else:
+        assert_matches(y, reference(x, w, b, S, pH, pW, act), dtype, where)
+
+
+def chan_merge_all(pn, pm, pm2):
+    """Merges the (blocks, C) partials over the blocks in float64 (Chan et al.)."""
+    n = torch.zeros(pn.shape[1], dtype=torch.float64)
+    mean = torch.zeros_like(n)
+    m2 = torch.zeros_like(n)
+    for nb, mb, m2b in zip(pn.double(), pm.double(), pm2.double()):
+        tot = n + nb
+        d = mb - mean
+        f = torch.where(tot > 0, nb / tot.clamp_min(1), torch.zeros_like(tot))
+        mean = mean + d * f
+        m2 = m2 + m2b + d * d * n * f
+        n = tot
+    return n, mean, m2
+
+
+# (N, H, W, pad): blocks of R > 1 tiles that cross images and a clipped last block (3 images of 2
+# tiles in groups of 4), several blocks per image, and one pixel.
+STATS_SHAPES = [(3, 13, 7, "same"), (2, 20, 20, "same"), (2, 1, 1, "same"), (1, 16, 11, 0)]
+
+
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stats_partials(emu, dtype, K, S):
+    """With statistics: the same output as without them (no bias, identity: as production calls
+    it), and the partials merged over the blocks give the variance and mean of the stored output."""
+    for (N, H, W, pad), C in itertools.product(STATS_SHAPES, CHANNELS[dtype][1:]):
+        p = (K - 1) // 2 if pad == "same" else pad
+        if H + 2 * p < K or W + 2 * p < K:
+            continue
+        x, w, taps, _ = make_case(N, C, H, W, K, dtype, bias=False)
+        x = x + 2.0  # a mean away from 0
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        y, (pn, pm, pm2), info, where = run(emu, x, taps, None, K, S, p, p, "identity", True)
+        y0, _, _, _ = run(emu, x, taps, None, K, S, p, p, "identity", False)
+        assert torch.equal(y, y0), where
+        assert_matches(y, reference(x, w, None, S, p, p, "identity"), dtype, where)
+        assert not (pn.isnan().any() or pm.isnan().any() or pm2.isnan().any()), f"partials left unwritten: {where}"
+        assert pn.shape == (info[5], C), where
+        n, mean, m2 = chan_merge_all(pn, pm, pm2)
+        count = N * y.shape[2] * y.shape[3]
+        assert torch.equal(n, torch.full_like(n, count)), where
+        ref_var, ref_mean = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+        scale = ref_var.sqrt() + ref_mean.abs()
+        assert ((mean - ref_mean).abs() <= 1e-5 * scale + 1e-7).all(), f"mean: {where}"
+        torch.testing.assert_close(m2 / count, ref_var, rtol=1e-5, atol=1e-7, msg=f"variance: {where}")
