@@ -39,22 +39,28 @@ CHANNELS = {torch.float32: (4, 12, 36), torch.bfloat16: (8, 40, 72), torch.float
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(scope="module")
-def emu():
-    """The emulation extension, built once per session; ninja rebuilds it only when a source or a
-    header changed (the build directory persists under the temp dir, one per Python and torch)."""
+def build_emulation(name: str, source: str):
+    """An emulation extension, built once per session; ninja rebuilds it only when a source or a
+    header changed (the build directories persist under the temp dir, one per extension, Python and
+    torch)."""
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}_torch{torch.__version__}".replace("+", "_")
-    build = Path(tempfile.gettempdir()) / f"mk_cuda_emulation_{tag}"
+    build = Path(tempfile.gettempdir()) / f"mk_cuda_emulation_{tag}" / name
     build.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
-        name="mk_dw_tiled_host",
-        sources=[str(EMU / "dw_tiled_host.cpp")],
+        name=name,
+        sources=[str(EMU / source)],
         extra_include_paths=[str(EMU / "cuda_shim"), str(ROOT / "csrc")],
         extra_cflags=["-std=c++20", "-O1", "-pthread", "-DMK_CUDA_EMULATION", "-Wno-unknown-pragmas"],
         extra_ldflags=["-pthread"],
         build_directory=str(build),
         verbose=False,
     )
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The emulated tiled depthwise kernel (dw_tiled_host.cpp)."""
+    return build_emulation("mk_dw_tiled_host", "dw_tiled_host.cpp")
 
 
 def act_ref(z: torch.Tensor, act: str) -> torch.Tensor:
@@ -75,12 +81,13 @@ def make_case(N, C, H, W, K, dtype, *, bias, x_pad_w=0):
 
 def run(emu, x, taps, b, K, S, pH, pW, act, stats):
     y, pn, pm, pm2, info = emu.run(x, taps, b if b is not None else torch.empty(0), K, S, pH, pW, ACT[act], stats)
-    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, ty, smem = info
+    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
     N, C, H, W = x.shape
     OH, OW = (H + 2 * pH - K) // S + 1, (W + 2 * pW - K) // S + 1
     where = f"x {tuple(x.shape)} {x.dtype} K{K} S{S} pad ({pH}, {pW}) {act} stats={stats} plan {info}"
     assert y.shape == (N, C, OH, OW), where
-    assert TW == strips * 4 and 1 <= TH <= OH and cbv * ty <= 256 and ty >= TH * strips, where
+    lanes = VEC[x.dtype] // min(VEC[x.dtype], 4)  # threads per channel vector
+    assert TW == strips * 4 and 1 <= TH <= OH and tx == cbv * lanes and tx * ty <= 256 and ty >= TH * strips, where
     assert tiles == N * math.ceil(OH / TH) * math.ceil(OW / TW) and blocks_x == math.ceil(tiles / R), where
     assert blocks_y == math.ceil(C // VEC[x.dtype] / cbv) and smem <= 24 * 1024, where
     assert not y.isnan().any(), f"output elements left unwritten: {where}"

@@ -22,7 +22,7 @@ void launch(const TiledPlan& p, const TiledConv& c) {
   acc_t* part = kStats ? c.part->data_ptr<acc_t>() : nullptr;
   const int64_t stride = kStats ? c.part->size(1) * c.part->size(2) : 0;  // (3, blocks_x, C)
   depthwise_conv2d_fwd_tiled_kernel<scalar_t, acc_t, VEC, K, S, kStats>
-      <<<dim3(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(p.blocks_y)), dim3(p.cbv, p.ty), p.smem,
+      <<<dim3(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(p.blocks_y)), dim3(p.tx, p.ty), p.smem,
          at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(),
           c.bias->defined() ? c.bias->data_ptr<acc_t>() : nullptr, p.g, c.act, part,

@@ -1,15 +1,17 @@
 // depthwise_conv2d forward, the shared-memory tiled kernel for channels_last (KERNELS.md §1).
 //
 // A thread block owns a TH x TW tile of output pixels of one image and cbv 16-byte vectors of
-// channels (blockDim.x == cbv, at most 8: 64 bf16 or 32 fp32 channels). It stages the tile's input
+// channels (at most 8: 64 bf16 or 32 fp32 channels). It stages the tile's input
 // footprint, ((TH - 1) S + K) x ((TW - 1) S + K) pixels x its channels, once in shared memory
 // (positions outside the image stored as zeros: the conv's padding, so the taps need no bounds
-// checks), then every thread computes kTiledRW adjacent output columns of one output row from
-// it: for each kernel row it reads the (kTiledRW - 1) S + K input vectors its columns need once and
-// feeds each to every (column, tap) pair that uses it, so shared memory serves
-// ((kTiledRW - 1) S + K) / kTiledRW reads per output and kernel row instead of K.
-// Threads: threadIdx.x the channel vector, threadIdx.y = output row * strips + strip (a strip is
-// kTiledRW columns; blockDim.y is a power of two >= TH * strips, the spare threads only stage).
+// checks), then every thread computes kTiledRW adjacent output columns of one output row for
+// kTiledCV = 4 channels (half a vector for 16-bit types: two lanes per vector, which halves the
+// accumulators and weights a thread holds, hence its registers): for each kernel row it reads the
+// (kTiledRW - 1) S + K input values its columns need once and feeds each to every (column, tap)
+// pair that uses it, so shared memory serves ((kTiledRW - 1) S + K) / kTiledRW reads per output
+// and kernel row instead of K.
+// Threads: threadIdx.x = vector * lanes + lane, threadIdx.y = output row * strips + strip (a strip
+// is kTiledRW columns; blockDim.y is a power of two >= TH * strips, the spare threads only stage).
 // Each global input vector is read once per tile (plus the halo the neighbouring tiles share,
 // from L2), instead of once per kernel row as in depthwise_conv2d_fwd_kernel.
 // A block walks R consecutive tiles of the same channels (R > 1 for the statistics, so that a
@@ -35,6 +37,7 @@ namespace mobilenet_kernels {
 namespace cuda {
 
 constexpr int kTiledRW = 4;             // output columns per thread
+constexpr int kTiledCV = 4;             // channels per thread (at most: VEC for float64)
 constexpr int kTiledMaxThreads = 256;   // threads per block, at most
 constexpr int kTiledMaxVectors = 8;     // channel vectors per block, at most
 constexpr int kTiledSmemBytes = 24 * 1024;  // staged tile, at most (kStats adds ~17 KB static)
@@ -61,6 +64,7 @@ inline unsigned char* mk_dw_tiled_smem = nullptr;
 #endif
 
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
+// ptxas (CUDA 13, sm_90) gives 72-96 registers for 16-bit types, 80-110 for float, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K, int S, bool kStats>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_fwd_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -73,23 +77,34 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
                                       acc_t* __restrict__ part_m2) {    // (gridDim.x, C), kStats only
   static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
   static_assert(S == 1 || S == 2, "the tiled kernel is specialized for stride 1 and 2");
+  constexpr int CV = VEC < kTiledCV ? VEC : kTiledCV;  // channels a thread computes
+  constexpr int kLanes = VEC / CV;                       // threads per channel vector
   using V = Vec<scalar_t, VEC>;
+  using VC = Vec<scalar_t, CV>;
   constexpr int kSpan = (kTiledRW - 1) * S + K;  // input columns one thread's strip reads per row
   V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [(IH * IW) pixels][cbv vectors]
-  const int cbv = blockDim.x;
+  const int cbv = blockDim.x / kLanes;
   const int IH = (g.TH - 1) * S + K;
   const int IW = (g.TW - 1) * S + K;
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * cbv + threadIdx.x) * VEC;  // staged and computed
+  const int64_t cb = static_cast<int64_t>(blockIdx.y) * cbv * VEC;  // the block's first channel
+  // Staging: vector sv of pixels p0, p0 + kLanes * blockDim.y, ...
+  const int sv = threadIdx.x % cbv;
+  const int p0 = threadIdx.y * kLanes + threadIdx.x / cbv;
+  const bool stages = cb + sv * VEC < g.C;
+  // Computing: channels c0, ..., c0 + CV - 1 (lane `lane` of vector `cv`).
+  const int cv = threadIdx.x / kLanes;
+  const int lane = threadIdx.x - cv * kLanes;
+  const int64_t c0 = cb + cv * VEC + lane * CV;
   const bool active = c0 < g.C;  // no early return: every thread stages and syncs
   const int row = threadIdx.y / g.strips;            // output row within the tile
   const int col0 = (threadIdx.y - row * g.strips) * kTiledRW;  // first output column within the tile
   const bool computes = active && row < g.TH;
-  ShiftedSums<acc_t, VEC> stats;  // kStats: this thread's outputs, as stored
+  ShiftedSums<acc_t, CV> stats;  // kStats: this thread's outputs, as stored
 
-  acc_t b[VEC];
+  acc_t b[CV];
 #pragma unroll
-  for (int v = 0; v < VEC; ++v) b[v] = acc_t(0);
-  if (bias != nullptr && active) load_vec<VEC>(bias + c0, b);
+  for (int v = 0; v < CV; ++v) b[v] = acc_t(0);
+  if (bias != nullptr && active) load_vec<CV>(bias + c0, b);
 
   const int64_t per_image = static_cast<int64_t>(g.tiles_h) * g.tiles_w;
   const int64_t t_begin = static_cast<int64_t>(blockIdx.x) * g.R;
@@ -103,51 +118,52 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     const int ih0 = oh0 * S - g.pH;
     const int iw0 = ow0 * S - g.pW;
 
-    // Stage the input footprint: thread (x, y) loads vector x of pixels y, y + blockDim.y, ...
-    // (a pixel's cbv vectors are adjacent in memory: coalesced).
+    // Stage the input footprint (a pixel's cbv vectors are adjacent in memory: coalesced).
     __syncthreads();  // the previous tile's reads are done
-    const scalar_t* xn = x + n * g.xsN + c0;
-    for (int p = threadIdx.y; p < IH * IW; p += blockDim.y) {
+    const scalar_t* xn = x + n * g.xsN + cb + sv * VEC;
+    for (int p = p0; p < IH * IW; p += kLanes * blockDim.y) {
       const int ph = p / IW;
       const int ih = ih0 + ph;
       const int iw = iw0 + (p - ph * IW);
       V val;
 #pragma unroll
       for (int v = 0; v < VEC; ++v) val.v[v] = scalar_t(0);
-      if (active && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+      if (stages && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
         val = *reinterpret_cast<const V*>(xn + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW);
       }
-      tile[p * cbv + threadIdx.x] = val;
+      tile[p * cbv + sv] = val;
     }
     __syncthreads();
 
     if (computes) {
-      acc_t acc[kTiledRW][VEC];
+      acc_t acc[kTiledRW][CV];
 #pragma unroll
       for (int j = 0; j < kTiledRW; ++j) {
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) acc[j][v] = b[v];
+        for (int v = 0; v < CV; ++v) acc[j][v] = b[v];
       }
       // Output column col0 + j, tap kw reads tile column (col0 + j) S + kw = col0 S + i, i = j S + kw.
       // Kernel rows not unrolled: one row's K weight vectors live in registers at a time.
 #pragma unroll 1
       for (int kh = 0; kh < K; ++kh) {
-        acc_t wr[K][VEC];
+        acc_t wr[K][CV];
 #pragma unroll
-        for (int kw = 0; kw < K; ++kw) load_vec<VEC>(w + static_cast<int64_t>(kh * K + kw) * g.C + c0, wr[kw]);
-        const V* src = tile + ((row * S + kh) * IW + col0 * S) * cbv + threadIdx.x;
+        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + c0, wr[kw]);
+        // This thread's part of tile pixel q: VC element (q * cbv + cv) * kLanes + lane.
+        const VC* src =
+            reinterpret_cast<const VC*>(tile) + (((row * S + kh) * IW + col0 * S) * cbv + cv) * kLanes + lane;
 #pragma unroll
         for (int i = 0; i < kSpan; ++i) {
-          acc_t xv[VEC];
-          const V in = src[i * cbv];
+          acc_t xv[CV];
+          const VC in = src[i * cbv * kLanes];
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
+          for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
 #pragma unroll
           for (int j = 0; j < kTiledRW; ++j) {
             const int kw = i - j * S;
             if (kw >= 0 && kw < K) {
 #pragma unroll
-              for (int v = 0; v < VEC; ++v) acc[j][v] += xv[v] * wr[kw][v];
+              for (int v = 0; v < CV; ++v) acc[j][v] += xv[v] * wr[kw][v];
             }
           }
         }
@@ -159,14 +175,14 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         for (int j = 0; j < kTiledRW; ++j) {
           const int ow = ow0 + col0 + j;
           if (ow < g.OW) {
-            V o;
+            VC o;
 #pragma unroll
-            for (int v = 0; v < VEC; ++v) o.v[v] = static_cast<scalar_t>(apply_activation(act, acc[j][v]));
-            *reinterpret_cast<V*>(yrow + static_cast<int64_t>(ow) * g.ysW) = o;
+            for (int v = 0; v < CV; ++v) o.v[v] = static_cast<scalar_t>(apply_activation(act, acc[j][v]));
+            *reinterpret_cast<VC*>(yrow + static_cast<int64_t>(ow) * g.ysW) = o;
             if constexpr (kStats) {
-              acc_t s[VEC];
+              acc_t s[CV];
 #pragma unroll
-              for (int v = 0; v < VEC; ++v) s[v] = static_cast<acc_t>(o.v[v]);  // the value as stored
+              for (int v = 0; v < CV; ++v) s[v] = static_cast<acc_t>(o.v[v]);  // the value as stored
               stats.add(s);
             }
           }
@@ -183,13 +199,14 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // The launch of the tiled kernel for one conv, or false when it does not apply (a tile's footprint
 // over the shared-memory budget even at one output row, or too many blocks). Host code, shared by
 // depthwise_conv2d.cu and the host emulation. `vec` channels per 16-byte vector, C % vec == 0.
-// Tile: up to 8 channel vectors (spread evenly over the channel blocks), 2 strips (8 columns) and
-// as many rows as 256 threads allow, halved until the footprint fits kTiledSmemBytes; rows and
+// Tile: up to 8 channel vectors (spread evenly over the channel blocks; `lanes` threads each),
+// 2 strips (8 columns) and as many rows as 256 threads allow, halved until the footprint fits kTiledSmemBytes; rows and
 // strips clipped to the output. Statistics: R tiles per block, so a partial covers >= 256 outputs
 // and there are at most ~2048 partials per channel; shape-derived only (deterministic).
 struct TiledPlan {
   TiledGeom g;
-  unsigned cbv, ty;           // block (cbv, ty)
+  unsigned cbv;                // channel vectors per block
+  unsigned tx, ty;             // block (tx = cbv * lanes, ty)
   int64_t blocks_x, blocks_y;  // grid
   size_t smem;                 // dynamic shared memory, bytes
 };
@@ -198,10 +215,11 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
                        bool stats, TiledPlan& plan) {
   const int64_t cvecs = C / vec;
   if (N < 1 || cvecs < 1 || OH < 1 || OW < 1) return false;
+  const int64_t lanes = vec / std::min(vec, kTiledCV);
   const int64_t cbv = ceil_div(cvecs, ceil_div(cvecs, kTiledMaxVectors));
   const int strips = OW > kTiledRW ? 2 : 1;
   int ty_max = 1;
-  while (ty_max * 2 * cbv <= kTiledMaxThreads) ty_max *= 2;
+  while (ty_max * 2 * cbv * lanes <= kTiledMaxThreads) ty_max *= 2;
   int TH = std::min(OH, std::max(1, ty_max / strips));
   const int TW = strips * kTiledRW;
   const auto bytes = [&](int th) {
@@ -231,6 +249,7 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   if (R > (int64_t(1) << 30)) return false;
   g.R = static_cast<int>(R);
   plan.cbv = static_cast<unsigned>(cbv);
+  plan.tx = static_cast<unsigned>(cbv * lanes);
   plan.ty = ty;
   plan.blocks_x = ceil_div(g.tiles, R);
   plan.blocks_y = ceil_div(cvecs, cbv);

@@ -4,7 +4,7 @@
 // (python_tests/test_cuda_emulation.py) can check its index math against PyTorch without a GPU.
 //
 // A launch: plan_tiled as the CUDA host code calls it; then one std::thread per CUDA thread of a
-// block (blockDim = (cbv, ty)), which run the grid's blocks one after the other, all threads of
+// block (blockDim = (tx, ty)), which run the grid's blocks one after the other, all threads of
 // the block on the same block, with a barrier between blocks (the kernel's function-local
 // __shared__ arrays are statics: one block at a time). Before each block the dynamic shared memory
 // is filled with 0xff bytes (NaN in every dtype), so a read of a tile entry nobody staged shows;
@@ -40,7 +40,7 @@ template <typename scalar_t, int K, int S, bool kStats>
 void launch(const at::Tensor& x, at::Tensor& y, const float* w, const float* bias, const mkc::TiledPlan& plan,
             mk::Act act, float* part_n, float* part_mean, float* part_m2) {
   constexpr int VEC = 16 / sizeof(scalar_t);
-  const int nthreads = static_cast<int>(plan.cbv * plan.ty);
+  const int nthreads = static_cast<int>(plan.tx * plan.ty);
   TORCH_CHECK(nthreads >= 1 && nthreads <= mkc::kTiledMaxThreads, "emulation: block of ", nthreads, " threads");
 
   // Dynamic shared memory: plan.smem bytes, 16-byte aligned, then a guard zone.
@@ -51,7 +51,7 @@ void launch(const at::Tensor& x, at::Tensor& y, const float* w, const float* bia
   std::memset(smem.get(), 0xff, bytes);
   mkc::mk_dw_tiled_smem = smem.get();
 
-  blockDim = dim3(plan.cbv, plan.ty, 1);
+  blockDim = dim3(plan.tx, plan.ty, 1);
   gridDim = dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y), 1);
 
   const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -63,7 +63,7 @@ void launch(const at::Tensor& x, at::Tensor& y, const float* w, const float* bia
 
   auto body = [&](int tid) {
     try {
-      threadIdx = dim3(static_cast<unsigned>(tid) % plan.cbv, static_cast<unsigned>(tid) / plan.cbv, 0);
+      threadIdx = dim3(static_cast<unsigned>(tid) % plan.tx, static_cast<unsigned>(tid) / plan.tx, 0);
       mk_emu::current_barrier = &sync_bar;
       for (int64_t by = 0; by < plan.blocks_y; ++by) {
         for (int64_t bx = 0; bx < plan.blocks_x; ++bx) {
@@ -124,7 +124,7 @@ void dispatch(int K, int S, bool stats, const at::Tensor& x, at::Tensor& y, cons
 
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
 // when `stats`. Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
-// tiles, blocks_x, blocks_y, cbv, ty, smem]; the partials are empty without stats. Raises when
+// tiles, blocks_x, blocks_y, cbv, tx, ty, smem]; the partials are empty without stats. Raises when
 // plan_tiled rejects the conv.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>> run(
     const at::Tensor& x_in, const at::Tensor& weight_taps, const at::Tensor& bias, int64_t K, int64_t S, int64_t pH,
@@ -208,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
                   buf.narrow(0, yguard + numel, yguard).eq(kSentinel).all().item<bool>(),
               "emulation: the kernel wrote outside the output");
   const mkc::TiledGeom& g = plan.g;
-  std::vector<int64_t> info{g.TH, g.TW, g.strips, g.R, g.tiles, plan.blocks_x, plan.blocks_y, plan.cbv, plan.ty,
+  std::vector<int64_t> info{g.TH, g.TW, g.strips, g.R, g.tiles, plan.blocks_x, plan.blocks_y, plan.cbv, plan.tx, plan.ty,
                             static_cast<int64_t>(plan.smem)};
   return {y, pn, pm, pm2, info};
 }
