@@ -110,22 +110,30 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
     skip_unless_usable(backend, device)
     if dtype == torch.float16 and device == "cpu":
         pytest.skip("PyTorch has no float16 depthwise conv on CPU to compare with")
-    for shape, k, s, p, d in GEOMETRIES[:5]:
-        x = make_input(shape, layout, dtype, device).requires_grad_()
-        w, _ = make_conv(shape[1], k, device, dtype, bias=False)
-        w.requires_grad_()
-        y = MF.depthwise_conv2d(x, w, None, s, p, d, backend=backend)
-        grad = make_input(tuple(y.shape), layout, dtype, device)
-        ours = (y, *torch.autograd.grad(y, (x, w), grad))
-        xt, wt = x.detach().requires_grad_(), w.detach().requires_grad_()
-        yt = F.conv2d(xt, wt, None, s, p, d, groups=shape[1])
-        torchs = (yt, *torch.autograd.grad(yt, (xt, wt), grad))
-        x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-        y64 = F.conv2d(x64, w64, None, s, p, d, groups=shape[1])
-        refs = (y64, *torch.autograd.grad(y64, (x64, w64), grad.double()))
-        assert all(t.dtype == dtype for t in ours)
-        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"),
-                               f"for {shape} k{k} s{s} p{p} d{d}")
+    for geometry in GEOMETRIES[:5]:
+        assert_conv_within_2x_torch(geometry, layout, dtype, device, backend)
+
+
+def assert_conv_within_2x_torch(geometry, layout, dtype, device, backend):
+    """Runs the conv of `geometry` forward and backward; asserts the output, grad_input and
+    grad_weight are within 2x PyTorch's error against float64; returns (x, w, y), detached."""
+    shape, k, s, p, d = geometry
+    x = make_input(shape, layout, dtype, device).requires_grad_()
+    w, _ = make_conv(shape[1], k, device, dtype, bias=False)
+    w.requires_grad_()
+    y = MF.depthwise_conv2d(x, w, None, s, p, d, backend=backend)
+    grad = make_input(tuple(y.shape), layout, dtype, device)
+    ours = (y, *torch.autograd.grad(y, (x, w), grad))
+    xt, wt = x.detach().requires_grad_(), w.detach().requires_grad_()
+    yt = F.conv2d(xt, wt, None, s, p, d, groups=shape[1])
+    torchs = (yt, *torch.autograd.grad(yt, (xt, wt), grad))
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    y64 = F.conv2d(x64, w64, None, s, p, d, groups=shape[1])
+    refs = (y64, *torch.autograd.grad(y64, (x64, w64), grad.double()))
+    assert all(t.dtype == dtype for t in ours)
+    assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"),
+                           f"for {shape} k{k} s{s} p{p} d{d} {layout} {dtype}")
+    return x.detach(), w.detach(), y.detach()
 
 
 # channels_last layers whose channels fill 16-byte vectors (the CUDA vector paths, and the tiled
@@ -144,31 +152,20 @@ VECTOR_GEOMETRIES = [
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_vector_layers_on_gpu(dtype, device):
-    """The CUDA op on channels_last layers with 16-byte channel vectors: forward, grad_input and
-    grad_weight within 2x PyTorch's error (fp32: PyTorch's own error is ~1e-7 too), and the
-    statistics of the stored output. On the CPU the tiled kernel's index math is checked by
-    test_cuda_emulation.py instead."""
-    if device != "cuda":
-        pytest.skip("the CUDA kernels' vector paths need a GPU")
-    for shape, k, s, p, d in VECTOR_GEOMETRIES:
+def test_vector_layers(dtype, device):
+    """The C++-backed op ("cuda" backend: the CUDA kernels' vector paths on a GPU, the C++ CPU
+    kernel's channels_last code on the CPU) on layers with 16-byte channel vectors: forward,
+    grad_input and grad_weight within 2x PyTorch's error, and the statistics of the stored output.
+    (The tiled CUDA kernel's index math is also checked on CPU boxes, by test_cuda_emulation.py.)"""
+    if dtype == torch.float16 and device == "cpu":
+        pytest.skip("PyTorch has no float16 depthwise conv on CPU to compare with")
+    for geometry in VECTOR_GEOMETRIES:
+        shape, k, s, p, d = geometry
         where = f"for {shape} k{k} s{s} p{p} {dtype}"
-        x = make_input(shape, "channels_last", dtype, device).requires_grad_()
-        w, _ = make_conv(shape[1], k, device, dtype, bias=False)
-        w.requires_grad_()
-        y = MF.depthwise_conv2d(x, w, None, s, p, d, backend="cuda")
+        x, w, y = assert_conv_within_2x_torch(geometry, "channels_last", dtype, device, "cuda")
         assert y.is_contiguous(memory_format=torch.channels_last) or y.shape[2] * y.shape[3] == 1, where
-        grad = make_input(tuple(y.shape), "channels_last", dtype, device)
-        ours = (y, *torch.autograd.grad(y, (x, w), grad))
-        xt, wt = x.detach().requires_grad_(), w.detach().requires_grad_()
-        yt = F.conv2d(xt, wt, None, s, p, d, groups=shape[1])
-        torchs = (yt, *torch.autograd.grad(yt, (xt, wt), grad))
-        x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-        y64 = F.conv2d(x64, w64, None, s, p, d, groups=shape[1])
-        refs = (y64, *torch.autograd.grad(y64, (x64, w64), grad.double()))
-        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"), where)
-        out, mean, var = ns.depthwise_conv2d_stats(x.detach(), w.detach(), [s, s], [p, p], [d, d])
-        torch.testing.assert_close(out, y.detach(), rtol=0, atol=0, msg=where)
+        out, mean, var = ns.depthwise_conv2d_stats(x, w, [s, s], [p, p], [d, d])
+        torch.testing.assert_close(out, y, rtol=0, atol=0, msg=where)
         ref_var, ref_mean = torch.var_mean(out.double(), dim=(0, 2, 3), unbiased=False)
         torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-5, msg=where)
         torch.testing.assert_close(var.double(), ref_var, rtol=1e-4, atol=1e-5, msg=where)

@@ -80,6 +80,23 @@ struct ShiftedSums {
   }
 };
 
+// The epilogue of the conv kernels: act(acc) rounded to scalar_t, stored as one vector at p; with
+// kStats, the values as stored are added to the thread's sums.
+template <bool kStats, typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void store_and_count(scalar_t* p, const acc_t (&acc)[VEC], Act act,
+                                                ShiftedSums<acc_t, VEC>& stats) {
+  Vec<scalar_t, VEC> o;
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) o.v[v] = static_cast<scalar_t>(apply_activation(act, acc[v]));
+  *reinterpret_cast<Vec<scalar_t, VEC>*>(p) = o;
+  if constexpr (kStats) {
+    acc_t s[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) s[v] = static_cast<acc_t>(o.v[v]);
+    stats.add(s);
+  }
+}
+
 // Merges the per-thread partials of a block over `lanes` threads (a power of two; thread tid and
 // tid + h * lane_stride merge, in a fixed tree) and has lane 0 write them, if active, to
 // part_*[tile * C + c0 + v], v < VEC. Every thread of the block must call it (it synchronizes);

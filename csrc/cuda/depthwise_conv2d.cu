@@ -198,18 +198,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int j = 0; j < kTW; ++j) {
         const int ow = K == 0 ? owq + j * g.Q : owq * kTW + j;
-        if (ow < g.OW) {
-          Vec<scalar_t, VEC> o;
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) o.v[v] = static_cast<scalar_t>(apply_activation(act, acc[j][v]));
-          *reinterpret_cast<Vec<scalar_t, VEC>*>(yrow + static_cast<int64_t>(ow) * g.ysW) = o;
-          if constexpr (kStats) {
-            acc_t s[VEC];
-#pragma unroll
-            for (int v = 0; v < VEC; ++v) s[v] = static_cast<acc_t>(o.v[v]);  // the value as stored
-            stats.add(s);
-          }
-        }
+        if (ow < g.OW) store_and_count<kStats>(yrow + static_cast<int64_t>(ow) * g.ysW, acc[j], act, stats);
       }
     }
   }

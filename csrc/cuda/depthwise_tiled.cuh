@@ -174,18 +174,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 #pragma unroll
         for (int j = 0; j < kTiledRW; ++j) {
           const int ow = ow0 + col0 + j;
-          if (ow < g.OW) {
-            VC o;
-#pragma unroll
-            for (int v = 0; v < CV; ++v) o.v[v] = static_cast<scalar_t>(apply_activation(act, acc[j][v]));
-            *reinterpret_cast<VC*>(yrow + static_cast<int64_t>(ow) * g.ysW) = o;
-            if constexpr (kStats) {
-              acc_t s[CV];
-#pragma unroll
-              for (int v = 0; v < CV; ++v) s[v] = static_cast<acc_t>(o.v[v]);  // the value as stored
-              stats.add(s);
-            }
-          }
+          if (ow < g.OW) store_and_count<kStats>(yrow + static_cast<int64_t>(ow) * g.ysW, acc[j], act, stats);
         }
       }
     }
