@@ -8,11 +8,12 @@
 # Steps: build check diag tests tests_tiled diag_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
 # bench_block bench_model summary (default: all but the opt-in bench_pw, bench_block and bench_model:
 # name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
-# forward per layer with the stride-1 row-reuse kernel on and off (MK_DW_ROW_REUSE), against cuDNN,
-# directly and through the functional API, and profiles one launch per layer with ncu when ncu is
-# there (OUT/diag_depthwise.json; ncu's report in suite.log), and once more with the shared-memory
-# tiled kernel (MK_DW_TILED=1, off by default until this run has checked it). tests_tiled (90 s)
-# runs the depthwise op's CUDA tests again with MK_DW_TILED=1.
+# forward per layer with the default kernels and with the shared-memory tiled kernel (MK_DW_TILED=1,
+# off by default until a GPU run has checked it), against cuDNN, directly and through the functional
+# API (OUT/diag_depthwise.json, with each row's largest difference from cuDNN), and profiles one
+# launch per layer of the tiled kernel with ncu when ncu is there (its report in suite.log).
+# tests_tiled (90 s) runs the depthwise op's CUDA tests again with MK_DW_TILED=1.
+# One lease call is at most 10 minutes: name a subset of steps that fits (each step's limit is below).
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
 # bias + activation + residual in the GEMM's epilogue), batch 256 at 224², bf16 channels_last, forward
 # and forward+backward, against eager and torch.compile default. bench_block (60 s):
@@ -77,11 +78,11 @@ step tests_tiled ${MK_TESTS_TILED_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED
   python_tests/test_depthwise_conv2d.py python_tests/test_large_tensors.py::test_depthwise_conv2d \
   python_tests/test_large_tensors.py::test_depthwise_conv2d_bn_act_train "${PYTEST_ARGS[@]}" -k "cuda and not triton"
 step diag_dw 60 env MK_DW_ROW_REUSE=1 $PY benchmarks/diag_depthwise.py "$OUT"
-step diag_dw 60 env MK_DW_ROW_REUSE=0 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
 if command -v ncu >/dev/null && want diag_dw; then
-  timeout 90 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    -k regex:depthwise_conv2d_fwd $PY benchmarks/diag_depthwise.py "$OUT" --ncu >>"$OUT/suite.log" 2>&1
+  timeout 90 env MK_DW_TILED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section WarpStateStats -k regex:depthwise_conv2d_fwd $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
+    >>"$OUT/suite.log" 2>&1
   echo "=== ncu rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
 fi
 step bench_se 90 $PY benchmarks/bench_squeeze_excite.py --quiet --no-autotune --out "$OUT" --name "squeeze_excite_${GPU_TAG}"
