@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils import cpp_extension
 
+from mobilenet_kernels.reference import depthwise_conv2d_ref, inverted_residual_eval_ref, pointwise_conv2d_ref
+from op_helpers import make_input
+
 ROOT = Path(__file__).resolve().parent.parent
 EMU = Path(__file__).resolve().parent / "cuda_emulation"
 
@@ -212,3 +215,176 @@ def test_stats_partials(emu, dtype, K, S):
         scale = ref_var.sqrt() + ref_mean.abs()
         assert ((mean - ref_mean).abs() <= 1e-5 * scale + 1e-7).all(), f"mean: {where}"
         torch.testing.assert_close(m2 / count, ref_var, rtol=1e-5, atol=1e-7, msg=f"variance: {where}")
+
+
+# ----------------------------------------------------------------------------- whole-block kernel
+# inverted_residual_eval_kernel (csrc/cuda/inverted_residual_block.cuh) emulated by
+# cuda_emulation/inverted_residual_host.cpp: the CUDA entry point's own preparation
+# (prepare_inverted_residual), limits, output allocation, template dispatch (nco_for) and launch
+# plan (plan_block), then the kernel, block by block, with NaN-poisoned shared memory and buffers.
+
+H100_SMEM = 232448  # sharedMemPerBlockOptin of an H100 (227 KiB); an A100 has 166912
+IR_P = {1: 64, 2: 64, 4: 32, 8: 16}  # output pixels per tile, at most, per NCO (4 * pixel_rows<NCO>)
+
+
+@pytest.fixture(scope="module")
+def ir_emu():
+    """The emulated whole-block kernel (inverted_residual_host.cpp)."""
+    return build_emulation("mk_inverted_residual_host", "inverted_residual_host.cpp")
+
+
+# (N, Cin, H, W, Chid or None (no expand conv), Cout, k, stride, dilation, activation, residual).
+# Cout selects the NCO template (channel groups of 64 per thread): 1 up to 64, 2 up to 128, 4 up to
+# 256, 8 beyond, hence tiles of up to 8x8, 8x8, 4x8 and 4x4 pixels; H, W of 1, 7, 13 and
+# non-square images give single and multi-tile images with clipped last tiles; Cin over several
+# staged steps of 16 channels, Chid over several chunks of 32 with a partial last one; channel
+# counts not multiples of 8; halos that limit the tile (k5 at dilation 2) and lanes past the halo.
+IR_CASES = [
+    (1, 5, 7, 7, 30, 16, 3, 1, 1, "relu6", False),
+    (2, 24, 13, 13, None, 24, 3, 1, 1, "hardswish", True),
+    (2, 20, 13, 13, 44, 20, 5, 1, 1, "relu6", True),
+    (1, 10, 1, 1, 60, 20, 3, 2, 1, "hardswish", False),
+    (2, 21, 13, 7, 50, 40, 3, 2, 2, "relu6", False),
+    (1, 13, 13, 7, 39, 100, 5, 2, 1, "relu6", False),
+    (1, 100, 7, 13, None, 100, 5, 1, 2, "hardswish", True),
+    (1, 72, 7, 7, 150, 72, 3, 1, 1, "hardswish", True),
+    (1, 12, 13, 13, 50, 200, 3, 1, 2, "hardswish", False),
+    (1, 12, 13, 13, 50, 200, 5, 2, 2, "relu6", False),
+    (2, 36, 7, 7, 70, 150, 3, 1, 1, "relu6", False),
+    (2, 20, 7, 7, 44, 320, 3, 1, 1, "relu6", False),
+    (1, 36, 1, 1, 70, 512, 5, 1, 2, "hardswish", False),
+    (1, 40, 13, 13, 90, 300, 3, 2, 1, "hardswish", False),
+    (1, 300, 7, 7, None, 300, 3, 1, 1, "relu6", True),
+]
+
+
+def ir_case_id(c):
+    N, Cin, H, W, Chid, Cout, k, s, d, act, res = c
+    return f"N{N}-{Cin}-{Chid or 'noexp'}-{Cout}-{H}x{W}-k{k}s{s}d{d}-{act}{'-res' if res else ''}"
+
+
+def make_ir_block(case, layout, dtype):
+    """Input and parameters as python_tests/test_inverted_residual_eval.py::make_block makes them."""
+    N, Cin, H, W, Chid, Cout, k, s, d, act, res = case
+    x = make_input((N, Cin, H, W), layout, dtype, "cpu")
+    w = lambda *shape, scale=1.0: (torch.randn(*shape) * scale).to(dtype)  # noqa: E731
+    Ch = Chid or Cin
+    we, be = (w(Ch, Cin, 1, 1, scale=Cin**-0.5), w(Ch)) if Chid else (None, None)
+    params = (we, be, w(Ch, 1, k, k, scale=1 / k), w(Ch), w(Cout, Ch, 1, 1, scale=Ch**-0.5), w(Cout))
+    return x, params, (s, d, act, res)
+
+
+def expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit):
+    """pick_tile's choice: the first candidate (clipped to the output) within P pixels, a halo of
+    256 pixels and the shared-memory limit."""
+    P = IR_P[nco]
+    for th, tw in [(8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1, 1)]:
+        th, tw = min(th, OH), min(tw, OW)
+        hh, hw = (th - 1) * s + (k - 1) * d + 1, (tw - 1) * s + (k - 1) * d + 1
+        smem = (hh * hw * 17 + 16 * 33 + hh * hw * 32 + P * 32) * acc_bytes
+        if th * tw <= P and hh * hw <= 256 and smem <= smem_limit:
+            return th, tw, hw, hh * hw, smem
+    raise AssertionError("no tile")
+
+
+def run_ir(ir_emu, x, params, args, smem_limit=H100_SMEM):
+    s, d, act, res = args
+    y, info = ir_emu.run(x, *params, s, d, act, res, smem_limit)
+    TH, TW, halo_w, halo_n, tiles_h, tiles_w, blocks, smem, nco = info
+    N, Cin, H, W = x.shape
+    Cout, k = params[4].shape[0], params[2].shape[-1]
+    pad = (k - 1) // 2 * d
+    OH, OW = (H + 2 * pad - d * (k - 1) - 1) // s + 1, (W + 2 * pad - d * (k - 1) - 1) // s + 1
+    where = (f"x {tuple(x.shape)} {x.dtype} stride {tuple(x.stride())} Cout {Cout} k{k} s{s} d{d} {act} "
+             f"res={res} plan {info}")
+    assert y.shape == (N, Cout, OH, OW), where
+    assert nco == {1: 1, 2: 2, 3: 4, 4: 4}.get(math.ceil(Cout / 64), 8), where
+    acc_bytes = 8 if x.dtype == torch.float64 else 4
+    assert (TH, TW, halo_w, halo_n, smem) == expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit), where
+    assert (tiles_h, tiles_w, blocks) == (math.ceil(OH / TH), math.ceil(OW / TW), N * tiles_h * tiles_w), where
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format), where
+    assert not y.isnan().any(), f"output elements left unwritten (or NaN read): {where}"
+    return y, info, where
+
+
+def ir_reference(x, params, args, *, rounded):
+    """The op-by-op reference: in float64 throughout, or (rounded) each of the three convs in
+    float64 with its output rounded to x's dtype, as the op-by-op path stores the expanded and
+    depthwise tensors (and as the kernel rounds them)."""
+    s, d, act, res = args
+    if rounded:
+        return inverted_residual_eval_ref(x, *params, s, d, act, res, upcast=True).double()
+    return inverted_residual_eval_ref(x.double(), *(None if p is None else p.double() for p in params), s, d, act, res)
+
+
+def assert_ir_matches(y, x, params, args, where):
+    if y.dtype in (torch.float32, torch.float64):
+        tol = 1e-5 if y.dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(y.double(), ir_reference(x, params, args, rounded=False), rtol=tol, atol=tol,
+                                   msg=where)
+        return
+    # bf16 / fp16: the kernel rounds E and D to x's dtype where the reference does, from float32
+    # instead of float64 sums. Where the two sums straddle a rounding boundary an E or D value lands
+    # one ulp (<= eps |value|) away, moving the output by at most |W_p[co, h]| eps |D[h]| for a D
+    # flip (an E flip moves D by |w_d| ulp(E), which again rounds to at most an ulp of D), so every
+    # output lies within eps |y| (its own rounding) + eps sum_h |W_p[co, h]| |D[h]| of the rounded
+    # reference. Such flips are rare (the float32 sum is ~2^-24 off, an ulp is 2^-8 or 2^-11), so
+    # nearly every output must equal the rounded reference bit for bit: over IR_CASES at least
+    # 99.77% do; an index error, or E or D left unrounded (30% to 80%), could not.
+    ref = ir_reference(x, params, args, rounded=True)
+    eps = torch.finfo(y.dtype).eps
+    s, d, act, res = args
+    we, be, wd, bd, wp, bp = params
+    h = x if we is None else pointwise_conv2d_ref(x, we, be, None, act, upcast=True)
+    k = wd.shape[-1]
+    D = depthwise_conv2d_ref(h, wd, bd, s, (k - 1) // 2 * d, d, act, upcast=True).double()
+    flips = eps * F.conv2d(D.abs(), wp.double().abs())
+    err = (y.double() - ref).abs()
+    assert (err <= eps * ref.abs() + flips + 1e-12).all(), f"max error {err.max().item():.3g}: {where}"
+    equal = (err == 0).double().mean().item()
+    assert equal >= 0.99, f"only {equal:.4f} of the outputs equal the rounded reference: {where}"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", IR_CASES, ids=ir_case_id)
+def test_inverted_residual_block_matches_op_by_op(ir_emu, case, dtype, layout):
+    x, params, args = make_ir_block(case, layout, dtype)
+    y, _, where = run_ir(ir_emu, x, params, args)
+    assert_ir_matches(y, x, params, args, where)
+
+
+# (case index, dtype, layout, smem_limit): float16; float64 (double accumulators: twice the shared
+# memory, and a 48 KiB limit that makes pick_tile shrink the tile); a sliced non-dense input (made
+# dense by prepare_inverted_residual).
+IR_EXTRA = [
+    (1, torch.float16, "channels_last", H100_SMEM),
+    (9, torch.float16, "nchw", H100_SMEM),
+    (2, torch.float64, "channels_last", H100_SMEM),
+    (11, torch.float64, "nchw", H100_SMEM),
+    (8, torch.float64, "channels_last", 48 * 1024),
+    (5, torch.float64, "nchw", 48 * 1024),
+    (12, torch.float32, "strided", H100_SMEM),
+]
+
+
+@pytest.mark.parametrize("extra", IR_EXTRA, ids=lambda e: f"{ir_case_id(IR_CASES[e[0]])}-{e[1]}-{e[2]}-{e[3]}")
+def test_inverted_residual_block_other_dtypes_and_limits(ir_emu, extra):
+    i, dtype, layout, smem_limit = extra
+    x, params, args = make_ir_block(IR_CASES[i], layout, dtype)
+    y, info, where = run_ir(ir_emu, x, params, args, smem_limit)
+    if smem_limit < H100_SMEM:  # the limit binds: a smaller tile than with an H100's shared memory
+        _, _, OH, OW = y.shape
+        k, (s, d) = params[2].shape[-1], args[:2]
+        assert expected_ir_tile(OH, OW, k, s, d, info[8], 8, H100_SMEM)[:2] != (info[0], info[1]), where
+    assert_ir_matches(y, x, params, args, where)
+
+
+@pytest.mark.parametrize("act", ["identity", "relu", "sigmoid", "silu", "hardsigmoid"])
+def test_inverted_residual_block_other_activations(ir_emu, act):
+    """The activation switch's other branches (float32; __fdividef is exact division here)."""
+    for i, layout in [(2, "channels_last"), (10, "nchw")]:
+        x, params, (s, d, _, res) = make_ir_block(IR_CASES[i], layout, torch.float32)
+        y, _, where = run_ir(ir_emu, x, params, (s, d, act, res))
+        assert_ir_matches(y, x, params, (s, d, act, res), where)

@@ -1,12 +1,16 @@
 // Host emulation of the few CUDA constructs the kernels of csrc/cuda/*.cuh use, so g++ (no nvcc)
-// can compile a kernel and run it on the CPU: python_tests/cuda_emulation/dw_tiled_host.cpp
-// launches one std::thread per CUDA thread of a block and runs the blocks one at a time.
+// can compile a kernel and run it on the CPU: python_tests/cuda_emulation/dw_tiled_host.cpp and
+// inverted_residual_host.cpp launch one std::thread per CUDA thread of a block and run the blocks
+// one at a time.
 // This directory goes first on the include path (it shadows <cuda_runtime.h> and
 // <c10/cuda/CUDAException.h>). Under MK_CUDA_EMULATION, which the emulation build defines, the
 // headers leave out their kernel launches (<<<...>>>, chan_stats.cuh) and declare the dynamic
-// shared memory as a pointer the launcher sets (depthwise_tiled.cuh). The inline PTX of
-// recip_ge1(double) (mk_cuda.cuh) needs no guard while no emulated code calls it: g++ parses the
-// asm statement but never emits an unused inline function (the float statistics use the float one).
+// shared memory as a pointer the launcher sets (depthwise_tiled.cuh, inverted_residual_block.cuh).
+// Inline PTX (the rcp.approx of recip_ge1(double), mk_cuda.cuh) cannot run here: `asm` is defined
+// below as a call that throws, so a kernel that instantiates it (the float64 whole-block kernel,
+// whose runtime activation switch includes sigmoid and silu) still compiles, and only an emulated
+// float64 sigmoid / silu fails, with an error that says why. Include this header after the
+// PyTorch headers (the macro must not reach them).
 #pragma once
 
 #ifndef MK_CUDA_EMULATION
@@ -119,3 +123,15 @@ using std::fma;
 using std::isfinite;
 using std::isinf;
 using std::isnan;
+// CUDA's integer min / max overloads (device code calls them unqualified).
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+namespace mk_emu {
+[[noreturn]] inline void inline_ptx_not_emulated() {
+  throw std::runtime_error("inline PTX (asm) has no host emulation (float64 sigmoid / silu: recip_ge1)");
+}
+}  // namespace mk_emu
+// `asm("..." : outputs : inputs)`: the whole statement becomes the throwing call (the variadic
+// macro swallows the operand lists).
+#define asm(...) ::mk_emu::inline_ptx_not_emulated()
