@@ -3,96 +3,38 @@
 // barrier, __shared__ as a static) and runs the kernel on the CPU, so that the tests
 // (python_tests/test_cuda_emulation.py) can check its index math against PyTorch without a GPU.
 //
-// A launch: plan_tiled as the CUDA host code calls it; then one std::thread per CUDA thread of a
-// block (blockDim = (tx, ty)), which run the grid's blocks one after the other, all threads of
-// the block on the same block, with a barrier between blocks (the kernel's function-local
-// __shared__ arrays are statics: one block at a time). Before each block the dynamic shared memory
-// is filled with 0xff bytes (NaN in every dtype), so a read of a tile entry nobody staged shows;
-// the output and the partials start as NaN, so an element the kernel misses shows; x is copied
-// into a buffer with NaN guard zones of an image and more on both sides, so a read outside x (a
-// missed bounds check) shows as a NaN output rather than a crash; guard zones around the output
-// (a sentinel value) and after the shared memory (0xff bytes) catch writes outside them.
+// A call: plan_tiled as the CUDA host code calls it, then the emulated launch (emulation.h), with x
+// inside NaN guard zones of an image and more, the output (NaN) inside sentinel guard zones and the
+// statistics partials starting as NaN: a missed bounds check, an element left unwritten or a write
+// outside the output shows.
 #include <torch/extension.h>
 
-#include <cuda_runtime.h>  // cuda_shim/cuda_runtime.h
-
-#include <cstring>
-#include <exception>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <thread>
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
+#include "emulation.h"  // the shim: after the PyTorch headers, before the kernel's
 #include "cuda/depthwise_tiled.cuh"
 
 namespace {
 
 namespace mk = mobilenet_kernels;
 namespace mkc = mobilenet_kernels::cuda;
-
-constexpr int64_t kGuardElems = 1024;  // guard elements before and after x and y, at least
-constexpr size_t kSmemGuard = 256;     // bytes after the dynamic shared memory
-constexpr float kSentinel = -30720.0f;  // the output's guard zones (exact in fp32, bf16 and fp16)
+using mk_emu::kGuardElems;
+using mk_emu::kNaN;
 
 template <typename scalar_t, int K, int S, bool kStats>
 void launch(const at::Tensor& x, at::Tensor& y, const float* w, const float* bias, const mkc::TiledPlan& plan,
             mk::Act act, float* part_n, float* part_mean, float* part_m2) {
   constexpr int VEC = 16 / sizeof(scalar_t);
-  const int nthreads = static_cast<int>(plan.tx * plan.ty);
-  TORCH_CHECK(nthreads >= 1 && nthreads <= mkc::kTiledMaxThreads, "emulation: block of ", nthreads, " threads");
-
-  // Dynamic shared memory: plan.smem bytes, 16-byte aligned, then a guard zone.
-  const size_t bytes = plan.smem + kSmemGuard;
-  std::unique_ptr<unsigned char[], void (*)(unsigned char*)> smem(
-      static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(16))),
-      [](unsigned char* p) { ::operator delete[](p, std::align_val_t(16)); });
-  std::memset(smem.get(), 0xff, bytes);
-  mkc::mk_dw_tiled_smem = smem.get();
-
-  blockDim = dim3(plan.tx, plan.ty, 1);
-  gridDim = dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y), 1);
-
+  TORCH_CHECK(plan.tx * plan.ty <= static_cast<unsigned>(mkc::kTiledMaxThreads), "emulation: block too large");
   const scalar_t* xp = x.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
-  mk_emu::BlockBarrier sync_bar(nthreads, "__syncthreads");  // the kernel's
-  mk_emu::BlockBarrier block_bar(nthreads, "block boundary");  // the launcher's, between blocks
-  std::mutex err_mu;
-  std::string error;
-
-  auto body = [&](int tid) {
-    try {
-      threadIdx = dim3(static_cast<unsigned>(tid) % plan.tx, static_cast<unsigned>(tid) / plan.tx, 0);
-      mk_emu::current_barrier = &sync_bar;
-      for (int64_t by = 0; by < plan.blocks_y; ++by) {
-        for (int64_t bx = 0; bx < plan.blocks_x; ++bx) {
-          if (tid == 0) std::memset(smem.get(), 0xff, plan.smem);  // a fresh block's shared memory: garbage
-          block_bar.arrive_and_wait();
-          blockIdx = dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by), 0);
-          mkc::depthwise_conv2d_fwd_tiled_kernel<scalar_t, float, VEC, K, S, kStats>(
-              xp, yp, w, bias, plan.g, act, part_n, part_mean, part_m2);
-          block_bar.arrive_and_wait();  // the block's statics and shared memory are free again
-        }
-      }
-    } catch (const std::exception& e) {
-      {
-        std::lock_guard<std::mutex> lock(err_mu);
-        if (error.empty()) error = e.what();
-      }
-      sync_bar.break_all();
-      block_bar.break_all();
-    }
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(nthreads);
-  for (int tid = 0; tid < nthreads; ++tid) threads.emplace_back(body, tid);
-  for (auto& t : threads) t.join();
-  mkc::mk_dw_tiled_smem = nullptr;
-  TORCH_CHECK(error.empty(), "emulation: ", error);
-  for (size_t i = plan.smem; i < bytes; ++i) {
-    TORCH_CHECK(smem[i] == 0xff, "emulation: the kernel wrote past its ", plan.smem, " bytes of shared memory");
-  }
+  mk_emu::launch_grid(dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y)),
+                      dim3(plan.tx, plan.ty), plan.smem, mkc::mk_dw_tiled_smem, [&] {
+                        mkc::depthwise_conv2d_fwd_tiled_kernel<scalar_t, float, VEC, K, S, kStats>(
+                            xp, yp, w, bias, plan.g, act, part_n, part_mean, part_m2);
+                      });
 }
 
 template <typename scalar_t, int K, int S>
@@ -131,13 +73,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
     int64_t pW, int64_t act_code, bool stats) {
   TORCH_CHECK(x_in.dim() == 4 && x_in.device().is_cpu(), "x: expected a 4-d CPU tensor");
   TORCH_CHECK(x_in.stride(0) >= 0 && x_in.stride(2) >= 0 && x_in.stride(3) >= 0, "x: expected non-negative strides");
-  // x, same sizes and strides, in a NaN buffer with guard zones of an image (and more) on both sides.
-  int64_t span = 1;
-  for (int d = 0; d < 4; ++d) span += (x_in.size(d) - 1) * x_in.stride(d);
-  const int64_t xguard = x_in.numel() / std::max<int64_t>(x_in.size(0), 1) + 2 * kGuardElems;
-  at::Tensor xbuf = at::full({span + 2 * xguard}, std::numeric_limits<float>::quiet_NaN(), x_in.options());
-  at::Tensor x = xbuf.as_strided(x_in.sizes(), x_in.strides(), xguard);
-  x.copy_(x_in);
+  // x in a NaN buffer with guard zones of an image (and more) on both sides.
+  const at::Tensor x =
+      mk_emu::in_guarded_buffer(x_in, x_in.numel() / std::max<int64_t>(x_in.size(0), 1) + 2 * kGuardElems, kNaN);
   TORCH_CHECK(x.stride(1) == 1, "x: expected channels_last (channel stride 1)");
   TORCH_CHECK(act_code >= 0 && act_code <= 6, "act_code out of range");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -162,12 +100,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
                               static_cast<int>(OW), static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH),
                               static_cast<int>(pW), vec, stats, plan),
               "plan_tiled rejected the conv");
-  // y: channels_last as NaN inside a buffer with sentinel guard zones on both sides.
-  const int64_t numel = N * C * OH * OW;
-  const int64_t yguard = C * OH * OW + 2 * kGuardElems;  // an image and more: a tile's overhang
-  at::Tensor buf = at::full({numel + 2 * yguard}, kSentinel, x.options());  // not NaN: NaN writes show too
-  at::Tensor y = buf.as_strided({N, C, OH, OW}, {OH * OW * C, 1, OW * C, C}, yguard);
-  y.fill_(std::numeric_limits<float>::quiet_NaN());
+  // y: channels_last, NaN, inside sentinel guard zones of an image and more (a tile's overhang).
+  const mk_emu::GuardedOutput out(at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast)),
+                                  C * OH * OW + 2 * kGuardElems);
+  at::Tensor y = out.y;
   plan.g.xsN = x.stride(0);
   plan.g.xsH = x.stride(2);
   plan.g.xsW = x.stride(3);
@@ -178,9 +114,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   at::Tensor pn, pm, pm2;
   if (stats) {
     const auto fopt = x.options().dtype(at::kFloat);
-    pn = at::full({plan.blocks_x, C}, std::numeric_limits<float>::quiet_NaN(), fopt);
-    pm = at::full({plan.blocks_x, C}, std::numeric_limits<float>::quiet_NaN(), fopt);
-    pm2 = at::full({plan.blocks_x, C}, std::numeric_limits<float>::quiet_NaN(), fopt);
+    pn = at::full({plan.blocks_x, C}, kNaN, fopt);
+    pm = at::full({plan.blocks_x, C}, kNaN, fopt);
+    pm2 = at::full({plan.blocks_x, C}, kNaN, fopt);
   } else {
     pn = pm = pm2 = at::empty({0}, x.options().dtype(at::kFloat));
   }
@@ -204,9 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
     default:
       TORCH_CHECK(false, "x: expected float32, bfloat16 or float16, got ", x.scalar_type());
   }
-  TORCH_CHECK(buf.narrow(0, 0, yguard).eq(kSentinel).all().item<bool>() &&
-                  buf.narrow(0, yguard + numel, yguard).eq(kSentinel).all().item<bool>(),
-              "emulation: the kernel wrote outside the output");
+  out.check();
   const mkc::TiledGeom& g = plan.g;
   std::vector<int64_t> info{g.TH, g.TW, g.strips, g.R, g.tiles, plan.blocks_x, plan.blocks_y, plan.cbv, plan.tx, plan.ty,
                             static_cast<int64_t>(plan.smem)};

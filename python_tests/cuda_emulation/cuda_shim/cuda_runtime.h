@@ -1,7 +1,6 @@
 // Host emulation of the few CUDA constructs the kernels of csrc/cuda/*.cuh use, so g++ (no nvcc)
-// can compile a kernel and run it on the CPU: python_tests/cuda_emulation/dw_tiled_host.cpp and
-// inverted_residual_host.cpp launch one std::thread per CUDA thread of a block and run the blocks
-// one at a time.
+// can compile a kernel and run it on the CPU: python_tests/cuda_emulation/emulation.h (launch_grid)
+// starts one std::thread per CUDA thread of a block and runs the blocks one at a time.
 // This directory goes first on the include path (it shadows <cuda_runtime.h> and
 // <c10/cuda/CUDAException.h>). Under MK_CUDA_EMULATION, which the emulation build defines, the
 // headers leave out their kernel launches (<<<...>>>, chan_stats.cuh) and declare the dynamic
