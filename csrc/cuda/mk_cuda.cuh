@@ -65,7 +65,11 @@ __device__ __forceinline__ float recip_ge1(float y) { return __fdividef(1.0f, y)
 __device__ __forceinline__ double recip_ge1(double y) {
   if (isinf(y)) return 0.0;
   double r;
+#ifndef MK_CUDA_EMULATION
   asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(r) : "d"(y));
+#else
+  r = mk_emu::rcp_approx_ftz_f64(y);  // the host emulation's model of the instruction (cuda_shim)
+#endif
 #pragma unroll
   for (int i = 0; i < 3; ++i) r = fma(r, fma(-y, r, 1.0), r);
   return r;

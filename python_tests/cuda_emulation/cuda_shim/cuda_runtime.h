@@ -5,11 +5,9 @@
 // <c10/cuda/CUDAException.h>). Under MK_CUDA_EMULATION, which the emulation build defines, the
 // headers leave out their kernel launches (<<<...>>>, chan_stats.cuh) and declare the dynamic
 // shared memory as a pointer the launcher sets (depthwise_tiled.cuh, inverted_residual_block.cuh).
-// Inline PTX (the rcp.approx of recip_ge1(double), mk_cuda.cuh) cannot run here: `asm` is defined
-// below as a call that throws, so a kernel that instantiates it (the float64 whole-block kernel,
-// whose runtime activation switch includes sigmoid and silu) still compiles, and only an emulated
-// float64 sigmoid / silu fails, with an error that says why. Include this header after the
-// PyTorch headers (the macro must not reach them).
+// Inline PTX cannot run here: the one statement the kernels have, the rcp.approx.ftz.f64 of
+// recip_ge1(double) (mk_cuda.cuh), calls mk_emu::rcp_approx_ftz_f64 below under MK_CUDA_EMULATION.
+// Include this header after the PyTorch headers (its macros must not reach them).
 #pragma once
 
 #ifndef MK_CUDA_EMULATION
@@ -26,6 +24,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -127,10 +126,20 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
 namespace mk_emu {
-[[noreturn]] inline void inline_ptx_not_emulated() {
-  throw std::runtime_error("inline PTX (asm) has no host emulation (float64 sigmoid / silu: recip_ge1)");
+// rcp.approx.ftz.f64 (recip_ge1(double) in mk_cuda.cuh calls this under MK_CUDA_EMULATION instead
+// of its inline PTX): the hardware gives about 20 correct bits of 1 / y (MUFU.RCP64H: the high word
+// of the reciprocal), modelled as 1 / y with its low 32 bits cleared, so that recip_ge1's Newton
+// steps have the same work to do as on the GPU (+-0 -> +-inf, inf -> 0, NaN -> NaN; inputs below
+// the normal range are flushed to zero).
+inline double rcp_approx_ftz_f64(double y) {
+  if (std::fpclassify(y) == FP_SUBNORMAL) y = std::copysign(0.0, y);
+  double q = 1.0 / y;
+  if (std::isfinite(q) && q != 0.0) {
+    uint64_t bits;
+    std::memcpy(&bits, &q, sizeof bits);
+    bits &= ~uint64_t(0xffffffff);
+    std::memcpy(&q, &bits, sizeof bits);
+  }
+  return q;
 }
 }  // namespace mk_emu
-// `asm("..." : outputs : inputs)`: the whole statement becomes the throwing call (the variadic
-// macro swallows the operand lists).
-#define asm(...) ::mk_emu::inline_ptx_not_emulated()
