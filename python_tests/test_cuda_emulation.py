@@ -1,11 +1,14 @@
-"""The CUDA tiled depthwise kernel (csrc/cuda/depthwise_tiled.cuh) run on the CPU by host emulation.
+"""Our CUDA kernels run on the CPU by host emulation: the tiled depthwise forward
+(csrc/cuda/depthwise_tiled.cuh), the whole-block inverted_residual_eval kernel
+(inverted_residual_block.cuh) and the default depthwise kernels (depthwise_kernels.cuh).
 
-python_tests/cuda_emulation/dw_tiled_host.cpp compiles the very header with the host C++ compiler
-against cuda_shim/ (no nvcc) and runs depthwise_conv2d_fwd_tiled_kernel with one std::thread per
-CUDA thread and a barrier for __syncthreads, after plan_tiled as the CUDA host code calls it. These
-tests check its index math (tiles, halo, padding, strides, idle channel threads, the statistics
-partials) against an fp64 PyTorch reference on machines without a GPU. The output and the partials
-start as NaN, so an element the kernel leaves unwritten fails the comparison.
+python_tests/cuda_emulation/*_host.cpp compile the very headers with the host C++ compiler against
+cuda_shim/ (no nvcc) and run each kernel with one std::thread per CUDA thread and a barrier for
+__syncthreads (emulation.h), after the launch plan the CUDA host code uses. These tests check the
+kernels' index math (tiles, halos, padding, strides, idle threads, the statistics partials)
+against fp64 PyTorch references on machines without a GPU. Shared memory is NaN-poisoned before
+each block, outputs start as NaN and every buffer sits in guard zones, so an unstaged read, an
+unwritten element or an out-of-bounds access fails a test.
 """
 
 import itertools
@@ -217,6 +220,29 @@ def test_stats_partials(emu, dtype, K, S):
         torch.testing.assert_close(m2 / count, ref_var, rtol=1e-5, atol=1e-7, msg=f"variance: {where}")
 
 
+@pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
+    """plan_tiled (nothing runs) takes every depthwise layer of the model at 224², batch 256, in
+    16-bit and fp32 vectors, with and without statistics, with at least two warps per block, the
+    tile within the output and the statistics partials at most ~2048 per channel, each covering at
+    least 256 outputs (or all of them)."""
+    from mobilenet_kernels.benchmarking.shapes import depthwise_layers
+
+    for C, H, W, k, s, p, d, _ in depthwise_layers(model, 224):
+        assert d == 1 and k in (3, 5) and s in (1, 2)
+        OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+        for vec, stats in itertools.product((8, 4), (False, True)):
+            info = emu.plan(256, C, H, W, k, s, p, p, vec, stats)
+            where = f"{model} C{C} {H}x{W} k{k} s{s} vec {vec} stats={stats}: plan {info}"
+            assert info, where
+            TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
+            assert 64 <= tx * ty <= 256 and TH <= OH and TW <= max(OW, 4) * 2, where
+            if stats:
+                assert blocks_x <= 2048 + 1 and (R * TH * TW >= 256 or R == tiles), where
+            else:
+                assert R == 1, where
+
+
 # ----------------------------------------------------------------------------- whole-block kernel
 # inverted_residual_eval_kernel (csrc/cuda/inverted_residual_block.cuh) emulated by
 # cuda_emulation/inverted_residual_host.cpp: the CUDA entry point's own preparation
@@ -388,3 +414,243 @@ def test_inverted_residual_block_other_activations(ir_emu, act):
         x, params, (s, d, _, res) = make_ir_block(IR_CASES[i], layout, torch.float32)
         y, _, where = run_ir(ir_emu, x, params, (s, d, act, res))
         assert_ir_matches(y, x, params, (s, d, act, res), where)
+
+
+# ------------------------------------------------------------------- default depthwise kernels
+# depthwise_conv2d_fwd_kernel (plain and with statistics, then stats_finish_kernel),
+# depthwise_conv2d_bwd_input_kernel and the two weight-gradient kernels (csrc/cuda/depthwise_kernels.cuh)
+# emulated by cuda_emulation/dw_default_host.cpp, after the CUDA entry points' own preparation and
+# launch planning (plan_fwd, rotated_geom, plan_bwd_input, plan_bwd_weight). The paths: 16-byte
+# channel vectors (channels_last, C % VEC == 0) or one channel per thread (NCHW, or C not a
+# multiple of VEC); the row-reuse kernels K = 3/5/7 (stride_w == dilation_w == 1, and with
+# channels_last C * itemsize >= 128) or the generic K = 0 kernel (also forced by row_reuse=False);
+# grad_input at stride 1 as the forward kernel with the rotated filter (padding (k-1)d - p, negative
+# when p > (k-1)d), else the gather kernel.
+
+DW_VEC = {torch.float64: 2, torch.float32: 4, torch.bfloat16: 8, torch.float16: 8}
+# channels_last: one vector (no row reuse), not a multiple of VEC (scalar path), several vectors
+# with C * itemsize >= 128 (row reuse) and idle channel threads in the last chunk (fp32 40 = 10
+# vectors: one block of 10; bf16/fp16 72 = 9 vectors).
+DW_CL_CHANNELS = {torch.float64: (2, 13, 18), torch.float32: (8, 13, 40), torch.bfloat16: (8, 12, 72),
+                  torch.float16: (8, 12, 72)}
+DW_NCHW_CHANNELS = (3,)  # NCHW: a block per channel (256 threads each), so few channels keep it fast
+DW_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@pytest.fixture(scope="module")
+def dw_emu():
+    """The emulated default depthwise kernels (dw_default_host.cpp)."""
+    return build_emulation("mk_dw_default_host", "dw_default_host.cpp")
+
+
+def dw_expected_path(x, C, kW, sW, dW, OW, channels_last, row_reuse):
+    """(vec, K) as depthwise_conv2d.cu chooses them for the forward conv x -> y (make_geom
+    normalizes the stride of a single output column, and the dilation of a single tap, to 1)."""
+    vec = DW_VEC[x.dtype] if channels_last and C % DW_VEC[x.dtype] == 0 else 1
+    sW = 1 if OW == 1 else sW
+    dW = 1 if kW == 1 else dW
+    K = 0
+    if (row_reuse and sW == 1 and dW == 1 and kW in (3, 5, 7) and x.dtype != torch.float64
+            and (not channels_last or C * x.element_size() >= 128)):
+        K = kW
+    return vec, K
+
+
+def dw_is_channels_last(x):
+    """The op's layout decision (output_memory_format): channels_last only when x is not also NCHW."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def dw_case(layout, N, C, H, W, kH, kW, dtype, bias):
+    x = torch.randn(N, C, H, W).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C, 1, kH, kW) / math.sqrt(kH * kW)).to(dtype)
+    b = torch.randn(C).to(dtype) if bias else None
+    return x, w, b
+
+
+def dw_reference(x, w, b, stride, padding, dilation, act):
+    z = F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride=stride, padding=padding,
+                 dilation=dilation, groups=x.shape[1])
+    return act_ref(z, act)
+
+
+def dw_assert_forward(y, ref, dtype, where):
+    if dtype == torch.float64:
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12, msg=where)
+    else:
+        assert_matches(y, ref, dtype, where)
+
+
+def dw_forward_cases(dtype, K):
+    """(layout, N, C, H, W, stride, dilation, padding, bias, act, row_reuse): every channels_last
+    channel count and NCHW over H/W of 1, 7, 13 and non-square images, strides 1 and 2, dilations
+    1 and 2, the usual padding or a large one ((k-1)d + 1: the stride-1 grad_input runs with
+    padding -1), with and without bias, the three activations, row reuse on and forced off."""
+    shapes = [(1, 1, 1), (2, 7, 7), (1, 13, 13), (2, 13, 7), (1, 7, 13)]
+    acts = ["identity", "relu6", "hardswish"]
+    chans = [("channels_last", C) for C in DW_CL_CHANNELS[dtype]] + [("nchw", C) for C in DW_NCHW_CHANNELS]
+    cases = []
+    i = 0
+    for layout, C in chans:
+        for S, D in [(1, 1), (2, 1), (1, 2), (2, 2)]:
+            N, H, W = shapes[i % len(shapes)]
+            same = (K - 1) // 2 * D
+            pad = same if i % 3 else (K - 1) * D + 1
+            if H + 2 * pad < (K - 1) * D + 1 or W + 2 * pad < (K - 1) * D + 1:
+                pad = same
+            cases.append((layout, N, C, H, W, S, D, pad, i % 2 == 0, acts[i % 3], i % 4 != 3))
+            i += 1
+    return cases
+
+
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DW_DTYPES)
+def test_dw_default_forward(dw_emu, dtype, K):
+    """act(conv(x) + bias) by the plain forward kernel, on the path the CUDA code picks."""
+    paths = set()
+    for layout, N, C, H, W, S, D, pad, bias, act, reuse in dw_forward_cases(dtype, K):
+        x, w, b = dw_case(layout, N, C, H, W, K, K, dtype, bias)
+        y, _, _, _, info = dw_emu.forward(x, w, b, [S, S], [pad, pad], [D, D], act, False, reuse)
+        where = f"x {tuple(x.shape)} {layout} {dtype} k{K} s{S} d{D} p{pad} bias={bias} {act} reuse={reuse} {info}"
+        ref = dw_reference(x, w, b, S, pad, D, act)
+        assert y.shape == ref.shape and not y.isnan().any(), where
+        cl = dw_is_channels_last(x)  # as the op decides (a 1x1 image is NCHW)
+        assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format), where
+        assert tuple(info[:2]) == dw_expected_path(x, C, K, S, D, ref.shape[3], cl, reuse), where
+        paths.add((info[0] > 1, info[1] > 0))
+        dw_assert_forward(y, ref, dtype, where)
+    expected = {(True, False), (False, False)} | ({(True, True), (False, True)} if dtype != torch.float64 else set())
+    assert paths == expected, paths
+
+
+# (layout, N, C, H, W, kH, kW, stride, padding, dilation, act): unequal strides, paddings and
+# dilations, non-square kernels (row reuse follows kW), a 1x1 kernel, a large batch of tiny images.
+DW_ODD = [
+    ("channels_last", 2, 40, 9, 11, 3, 5, (2, 1), (1, 2), (1, 1), "relu6"),
+    ("nchw", 1, 3, 11, 9, 5, 3, (1, 2), (0, 3), (2, 1), "hardswish"),
+    ("channels_last", 1, 72, 8, 10, 7, 1, (1, 1), (3, 0), (1, 3), "identity"),
+    ("channels_last", 2, 13, 6, 9, 1, 1, (2, 2), (0, 1), (1, 1), "relu6"),
+    ("nchw", 3, 2, 5, 14, 3, 7, (1, 1), (2, 4), (2, 1), "hardswish"),
+    ("channels_last", 9, 40, 2, 3, 3, 3, (1, 1), (1, 1), (1, 1), "identity"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", DW_ODD, ids=lambda c: f"{c[0]}-C{c[2]}-{c[3]}x{c[4]}-k{c[5]}x{c[6]}")
+def test_dw_default_odd_geometry(dw_emu, case, dtype):
+    """Forward, statistics and gradients of convs with unequal strides / paddings / dilations."""
+    layout, N, C, H, W, kH, kW, S, P, D, act = case
+    C = C if dtype == torch.float32 or C % 4 else C * 2  # keep bf16 on the vector path where fp32 is
+    x, w, b = dw_case(layout, N, C, H, W, kH, kW, dtype, True)
+    where = f"x {tuple(x.shape)} {layout} {dtype} k{kH}x{kW} s{S} p{P} d{D} {act}"
+    y, _, _, _, info = dw_emu.forward(x, w, b, list(S), list(P), list(D), act, False)
+    ref = dw_reference(x, w, b, S, P, D, act)
+    assert tuple(info[:2]) == dw_expected_path(x, C, kW, S[1], D[1], ref.shape[3], dw_is_channels_last(x), True)
+    dw_assert_forward(y, ref, dtype, where)
+    dw_check_stats(dw_emu, x, w, S, P, D, where)
+    dw_check_backward(dw_emu, x, w, S, P, D, [True, True, True], True, where)
+
+
+def dw_check_stats(dw_emu, x, w, S, P, D, where, reuse=True):
+    S, P, D = (list(v) if isinstance(v, tuple) else [v, v] for v in (S, P, D))
+    y, mean, var, part, info = dw_emu.forward(x, w, None, S, P, D, "identity", True, reuse)
+    y0, _, _, _, info0 = dw_emu.forward(x, w, None, S, P, D, "identity", False, reuse)
+    where = f"{where} stats plan {info} (plain {info0})"
+    assert info[:2] == info0[:2] and info[4:] == info0[4:], where  # same kernel path and block shape
+    assert torch.equal(y, y0), where
+    C = x.shape[1]
+    assert part.shape == (3, info[3], C) and not part.isnan().any(), f"partials left unwritten: {where}"
+    count = y.shape[0] * y.shape[2] * y.shape[3]
+    assert torch.equal(part[0].double().sum(0), torch.full((C,), float(count), dtype=torch.float64)), where
+    ref_var, ref_mean = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    assert mean.dtype == acc and var.dtype == acc, where
+    tol = 1e-12 if x.dtype == torch.float64 else 1e-5
+    scale = ref_var.sqrt() + ref_mean.abs()
+    assert ((mean.double() - ref_mean).abs() <= tol * scale + tol * 1e-2).all(), f"mean: {where}"
+    torch.testing.assert_close(var.double(), ref_var, rtol=tol, atol=tol * 1e-2, msg=f"variance: {where}")
+
+
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DW_DTYPES)
+def test_dw_default_stats(dw_emu, dtype, K):
+    """With statistics: the output equals the plain forward's (no bias, identity), the partials
+    count every output once and stats_finish_kernel gives var_mean of the stored output."""
+    for layout, N, C, H, W, S, D, pad, _, _, reuse in dw_forward_cases(dtype, K)[::2]:
+        x, w, _ = dw_case(layout, N, C, H, W, K, K, dtype, False)
+        x = (x.double() + 3.0).to(dtype)  # a mean away from 0
+        x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x.contiguous()
+        if N * ((H + 2 * pad - (K - 1) * D - 1) // S + 1) * ((W + 2 * pad - (K - 1) * D - 1) // S + 1) < 2:
+            continue  # a single value per channel: the op rejects it
+        where = f"x {tuple(x.shape)} {layout} {dtype} k{K} s{S} d{D} p{pad} reuse={reuse}"
+        dw_check_stats(dw_emu, x, w, S, pad, D, where, reuse)
+
+
+def dw_check_backward(dw_emu, x, w, S, P, D, mask, reuse, where):
+    """Gradients against fp64 autograd on the same (rounded) inputs. Each output is one sum of
+    products accumulated in float (double for float64) and rounded once to the dtype, so its error
+    is at most an ulp of itself plus the accumulation error, bounded by n 2^-24 sum |terms| (n <=
+    N OH OW terms, here < 2^9): tol_dtype |ref| + 2^-14 sum |terms|, with the sum of |terms| from
+    autograd on |x|, |w|, |grad_out|."""
+    S, P, D = (list(v) if isinstance(v, tuple) else [v, v] for v in (S, P, D))
+    C = x.shape[1]
+    y = F.conv2d(x.double(), w.double(), stride=S, padding=P, dilation=D, groups=C)
+    gy = torch.randn(y.shape).to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        gy = gy.contiguous(memory_format=torch.channels_last)
+    gi, gw, gb, info_in, info_w = dw_emu.backward(gy, x, w, S, P, D, mask, reuse)
+    where = f"{where} backward plans {info_in} {info_w}"
+
+    def grads(xv, wv, gv):
+        xr, wr = xv.detach().double().clone().requires_grad_(), wv.detach().double().clone().requires_grad_()
+        br = torch.zeros(C, dtype=torch.float64, requires_grad=True)
+        F.conv2d(xr, wr, br, stride=S, padding=P, dilation=D, groups=C).backward(gv.double())
+        return xr.grad, wr.grad, br.grad
+
+    refs = grads(x, w, gy)
+    absrefs = grads(x.abs(), w.abs(), gy.abs())
+    rel = {torch.float64: 1e-14, torch.float32: 2.0**-23}.get(x.dtype, torch.finfo(x.dtype).eps)
+    acc_eps = 1e-13 if x.dtype == torch.float64 else 2.0**-14
+    for name, want, got, ref, absref in zip(("grad_input", "grad_weight", "grad_bias"), mask, (gi, gw, gb), refs,
+                                            absrefs):
+        if not want:
+            assert got.numel() == 0, f"{name}: {where}"
+            continue
+        assert got.shape == ref.shape and got.dtype == x.dtype, f"{name}: {where}"
+        assert not got.isnan().any(), f"{name} left unwritten: {where}"
+        err = (got.double() - ref).abs()
+        bound = rel * ref.abs() + acc_eps * absref + 1e-300
+        assert (err <= bound).all(), f"{name}: max error {err.max().item():.3g} ({(err / bound).max().item():.2f}x the bound): {where}"
+    if mask[0]:
+        cl = dw_is_channels_last(x)
+        assert gi.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format), where
+        s_eff = [1 if y.shape[2 + i] == 1 else S[i] for i in range(2)]
+        assert info_in[0] == (0 if s_eff == [1, 1] else 1), where
+        if info_in[0] == 0:  # the forward kernel on grad_out, on the path it picks for that conv
+            assert tuple(info_in[1:3]) == dw_expected_path(x, C, w.shape[3], 1, D[1], x.shape[3], cl, reuse), where
+        else:
+            assert info_in[1] == (DW_VEC[x.dtype] if cl and C % DW_VEC[x.dtype] == 0 else 1), where
+    if mask[1] or mask[2]:
+        cl = dw_is_channels_last(x)
+        assert info_w[0] == (DW_VEC[x.dtype] if cl and C % DW_VEC[x.dtype] == 0 else 1), where
+        taps = w.shape[2] * w.shape[3] if mask[1] else 0
+        assert info_w[4] == taps + int(mask[2]) and info_w[2] == max(1, math.ceil(taps / 9)), where
+
+
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DW_DTYPES)
+def test_dw_default_backward(dw_emu, dtype, K):
+    """grad_input (the forward kernel with the rotated filter at stride 1, incl. negative padding;
+    the gather kernel at stride 2), grad_weight and grad_bias, over the forward cases (half of them
+    with row reuse forced off, some with outputs masked off). The weight gradient's block tree
+    reductions make the emulation slow (about 2 s a case), so each (dtype, K) takes two of the 16
+    cases, a different pair each: over the 12 tests every layout, channel count, stride and
+    dilation runs; test_dw_default_odd_geometry adds more."""
+    masks = [[True, True, True], [True, False, False], [False, True, False], [False, False, True]]
+    j = (DW_DTYPES.index(dtype) * 3 + K // 2 - 1) % 8
+    for i, (layout, N, C, H, W, S, D, pad, _, _, reuse) in list(enumerate(dw_forward_cases(dtype, K)))[j::8]:
+        x, w, _ = dw_case(layout, N, C, H, W, K, K, dtype, False)
+        where = f"x {tuple(x.shape)} {layout} {dtype} k{K} s{S} d{D} p{pad} reuse={reuse}"
+        dw_check_backward(dw_emu, x, w, S, pad, D, masks[i % 4] if i % 3 == 2 else masks[0], reuse, where)

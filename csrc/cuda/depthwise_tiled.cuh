@@ -188,8 +188,8 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // The launch of the tiled kernel for one conv, or false when it does not apply (a tile's footprint
 // over the shared-memory budget even at one output row, or too many blocks). Host code, shared by
 // depthwise_conv2d.cu and the host emulation. `vec` channels per 16-byte vector, C % vec == 0.
-// Tile: up to 8 channel vectors (spread evenly over the channel blocks; `lanes` threads each),
-// 2 strips (8 columns) and as many rows as 256 threads allow, halved until the footprint fits kTiledSmemBytes; rows and
+// Tile: up to 8 channel vectors (spread evenly over the channel blocks; `lanes` threads each; fewer
+// where that gives more threads), 2 strips (8 columns) and as many rows as 256 threads allow, halved until the footprint fits kTiledSmemBytes; rows and
 // strips clipped to the output. Statistics: R tiles per block, so a partial covers >= 256 outputs
 // and there are at most ~2048 partials per channel; shape-derived only (deterministic).
 struct TiledPlan {
@@ -205,19 +205,33 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   const int64_t cvecs = C / vec;
   if (N < 1 || cvecs < 1 || OH < 1 || OW < 1) return false;
   const int64_t lanes = vec / std::min(vec, kTiledCV);
-  const int64_t cbv = ceil_div(cvecs, ceil_div(cvecs, kTiledMaxVectors));
   const int strips = OW > kTiledRW ? 2 : 1;
-  int ty_max = 1;
-  while (ty_max * 2 * cbv * lanes <= kTiledMaxThreads) ty_max *= 2;
-  int TH = std::min(OH, std::max(1, ty_max / strips));
   const int TW = strips * kTiledRW;
-  const auto bytes = [&](int th) {
+  const auto bytes = [&](int th, int64_t cbv) {
     return static_cast<size_t>((th - 1) * S + K) * ((TW - 1) * S + K) * cbv * 16;
   };
-  while (TH > 1 && bytes(TH) > kTiledSmemBytes) TH = (TH + 1) / 2;
-  if (bytes(TH) > kTiledSmemBytes) return false;
-  unsigned ty = 1;
-  while (ty < static_cast<unsigned>(TH * strips)) ty *= 2;
+  // Candidates: at most 8, 4, 2, 1 channel vectors per block; the one with the most threads wins
+  // (ties: the most channels). A large footprint (stride 2, k5) makes the rows shrink at 8 vectors;
+  // fewer vectors keep more rows, hence less halo per output and more threads per SM.
+  int64_t cbv = 0;
+  int TH = 0;
+  unsigned ty = 0;
+  for (int64_t cap = kTiledMaxVectors; cap >= 1; cap /= 2) {
+    const int64_t c = ceil_div(cvecs, ceil_div(cvecs, cap));
+    int ty_max = 1;
+    while (ty_max * 2 * c * lanes <= kTiledMaxThreads) ty_max *= 2;
+    int th = std::min(OH, std::max(1, ty_max / strips));
+    while (th > 1 && bytes(th, c) > kTiledSmemBytes) th = (th + 1) / 2;
+    if (bytes(th, c) > kTiledSmemBytes) continue;
+    unsigned t = 1;
+    while (t < static_cast<unsigned>(th * strips)) t *= 2;
+    if (cbv == 0 || c * lanes * t > cbv * lanes * ty) {
+      cbv = c;
+      TH = th;
+      ty = t;
+    }
+  }
+  if (cbv == 0) return false;
 
   TiledGeom& g = plan.g;
   g.C = C;
@@ -242,7 +256,7 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   plan.ty = ty;
   plan.blocks_x = ceil_div(g.tiles, R);
   plan.blocks_y = ceil_div(cvecs, cbv);
-  plan.smem = bytes(TH);
+  plan.smem = bytes(TH, cbv);
   return plan.blocks_x <= 2147483647 && plan.blocks_y <= 65535;
 }
 

@@ -64,6 +64,13 @@ void dispatch(int K, int S, bool stats, const at::Tensor& x, at::Tensor& y, cons
   TORCH_CHECK(false, "emulation: K must be 3, 5 or 7 and S 1 or 2, got K=", K, " S=", S);
 }
 
+// [TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem]
+std::vector<int64_t> plan_info(const mkc::TiledPlan& plan) {
+  const mkc::TiledGeom& g = plan.g;
+  return {g.TH, g.TW, g.strips, g.R, g.tiles, plan.blocks_x, plan.blocks_y, plan.cbv, plan.tx, plan.ty,
+          static_cast<int64_t>(plan.smem)};
+}
+
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
 // when `stats`. Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
 // tiles, blocks_x, blocks_y, cbv, tx, ty, smem]; the partials are empty without stats. Raises when
@@ -141,10 +148,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
       TORCH_CHECK(false, "x: expected float32, bfloat16 or float16, got ", x.scalar_type());
   }
   out.check();
-  const mkc::TiledGeom& g = plan.g;
-  std::vector<int64_t> info{g.TH, g.TW, g.strips, g.R, g.tiles, plan.blocks_x, plan.blocks_y, plan.cbv, plan.tx, plan.ty,
-                            static_cast<int64_t>(plan.smem)};
-  return {y, pn, pm, pm2, info};
+  return {y, pn, pm, pm2, plan_info(plan)};
+}
+
+// plan_tiled alone, for a conv of any size (nothing runs): the plan as run() returns it, or an
+// empty list when plan_tiled rejects the conv.
+std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t S, int64_t pH, int64_t pW,
+                          int64_t vec, bool stats) {
+  const int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
+  mkc::TiledPlan p{};
+  if (!mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH), static_cast<int>(OW),
+                       static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH), static_cast<int>(pW),
+                       static_cast<int>(vec), stats, p)) {
+    return {};
+  }
+  return plan_info(p);
 }
 
 }  // namespace
@@ -153,4 +171,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run", &run, "depthwise_conv2d_fwd_tiled_kernel emulated on the host", py::arg("x"), py::arg("weight_taps"),
         py::arg("bias"), py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("act_code"),
         py::arg("stats"));
+  m.def("plan", &plan, "plan_tiled of a conv (nothing runs)", py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
+        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("stats"));
 }
