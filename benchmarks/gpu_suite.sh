@@ -5,13 +5,13 @@
 #   MK_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh OUT
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
-# Steps: build check diag tests tests_tiled diag_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
+# Steps: build check diag tests tests_tiled diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
 # bench_block bench_model summary (default: all but the opt-in bench_pw, bench_block and bench_model:
 # name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
 # forward per layer with the default kernels and with the shared-memory tiled kernel (MK_DW_TILED=1,
 # off by default until a GPU run has checked it), against cuDNN, directly and through the functional
-# API (OUT/diag_depthwise.json, with each row's largest difference from cuDNN), and profiles one
-# launch per layer of the tiled kernel with ncu when ncu is there (its report in suite.log).
+# API (OUT/diag_depthwise.json, with each row's largest difference from cuDNN); ncu_dw (90 s)
+# profiles one launch per layer of the tiled kernel with ncu when ncu is there (report in suite.log).
 # tests_tiled (90 s) runs the depthwise op's CUDA tests again with MK_DW_TILED=1.
 # One lease call is at most 10 minutes: name a subset of steps that fits (each step's limit is below).
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
@@ -40,7 +40,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export MK_GIT_COMMIT=${MK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export MK_BENCH_WARMUP_MS=${MK_BENCH_WARMUP_MS:-10} MK_BENCH_REP_MS=${MK_BENCH_REP_MS:-40}
-STEPS=" ${MK_SUITE_STEPS:-build check diag tests tests_tiled diag_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
+STEPS=" ${MK_SUITE_STEPS:-build check diag tests tests_tiled diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JUNIT=$(mktemp -d)/pytest.xml  # summarised into suite_<gpu>.json; the failures' text is in suite.log
 status=0
@@ -79,7 +79,7 @@ step tests_tiled ${MK_TESTS_TILED_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED
   python_tests/test_large_tensors.py::test_depthwise_conv2d_bn_act_train "${PYTEST_ARGS[@]}" -k "cuda and not triton"
 step diag_dw 60 env MK_DW_ROW_REUSE=1 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
-if command -v ncu >/dev/null && want diag_dw; then
+if command -v ncu >/dev/null && want ncu_dw; then
   timeout 90 env MK_DW_TILED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
     --section WarpStateStats -k regex:depthwise_conv2d_fwd $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
     >>"$OUT/suite.log" 2>&1
