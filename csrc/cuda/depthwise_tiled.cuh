@@ -13,12 +13,14 @@
 // Threads: threadIdx.x = vector * lanes + lane, threadIdx.y = output row * strips + strip (a strip
 // is kTiledRW columns; blockDim.y is a power of two >= TH * strips, the spare threads only stage).
 // Each global input vector is read once per tile (plus the halo the neighbouring tiles share,
-// from L2), instead of once per kernel row as in depthwise_conv2d_fwd_kernel.
+// from L2), instead of once per kernel row as in depthwise_conv2d_fwd_kernel
+// (depthwise_kernels.cuh).
 // A block walks R consecutive tiles of the same channels (R > 1 for the statistics, so that a
 // partial covers enough outputs); the statistics epilogue is the one of the other kernels
 // (ShiftedSums + block_merge_write, chan_stats.cuh), with one partial per block.
-// Compile-time: K (3, 5, 7), S (1, 2), VEC (16 bytes of scalar_t); dilation 1 only. The host side
-// (depthwise_conv2d.cu) sends other convs to the other kernels.
+// Compile-time: K (3, 5, 7; depthwise_tiled.cu instantiates 3 and 5), S (1, 2), VEC (16 bytes of
+// scalar_t); dilation 1 only. The host side (depthwise_conv2d.cu) sends other convs to the default
+// kernels (depthwise_kernels.cuh).
 // Indexing: int64 memory offsets, int spatial coordinates (H, W + padding checked below 2^30).
 //
 // The kernel's only CUDA-specific constructs are threadIdx/blockIdx/blockDim, __syncthreads and
@@ -40,7 +42,7 @@ constexpr int kTiledRW = 4;             // output columns per thread
 constexpr int kTiledCV = 4;             // channels per thread (at most: VEC for float64)
 constexpr int kTiledMaxThreads = 256;   // threads per block, at most
 constexpr int kTiledMaxVectors = 8;     // channel vectors per block, at most
-constexpr int kTiledSmemBytes = 24 * 1024;  // staged tile, at most (kStats adds ~17 KB static)
+constexpr int kTiledSmemBytes = 24 * 1024;  // staged tile, at most (kStats adds 9 KB static)
 
 // The geometry of one tiled launch. Strides in elements; the channel stride is 1.
 struct TiledGeom {
@@ -189,9 +191,10 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // over the shared-memory budget even at one output row, or too many blocks). Host code, shared by
 // depthwise_conv2d.cu and the host emulation. `vec` channels per 16-byte vector, C % vec == 0.
 // Tile: up to 8 channel vectors (spread evenly over the channel blocks; `lanes` threads each; fewer
-// where that gives more threads), 2 strips (8 columns) and as many rows as 256 threads allow, halved until the footprint fits kTiledSmemBytes; rows and
-// strips clipped to the output. Statistics: R tiles per block, so a partial covers >= 256 outputs
-// and there are at most ~2048 partials per channel; shape-derived only (deterministic).
+// where that gives more threads), 2 strips (8 columns) and as many rows as 256 threads allow,
+// halved until the footprint fits kTiledSmemBytes; rows and strips clipped to the output.
+// Statistics: R tiles per block, so a partial covers >= 256 outputs and there are at most ~2048
+// partials per channel; shape-derived only (deterministic).
 struct TiledPlan {
   TiledGeom g;
   unsigned cbv;                // channel vectors per block
