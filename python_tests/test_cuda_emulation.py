@@ -100,15 +100,20 @@ def run(emu, x, taps, b, K, S, pH, pW, act, stats):
     return y, (pn, pm, pm2), info, where
 
 
-def reference(x, w, b, S, pH, pW, act):
-    """act(conv2d(x, w) + b) in fp64; F.pad crops for a negative padding (F.conv2d takes none)."""
+def reference(x, w, b, stride, padding, act, dilation=1):
+    """act(conv2d(x, w) + b) in fp64; padding an int or (pH, pW), applied with F.pad, which crops
+    for a negative padding (F.conv2d takes none)."""
+    pH, pW = (padding, padding) if isinstance(padding, int) else padding
     xd = F.pad(x.double(), (pW, pW, pH, pH))
-    z = F.conv2d(xd, w.double(), None if b is None else b.double(), stride=S, groups=x.shape[1])
+    z = F.conv2d(xd, w.double(), None if b is None else b.double(), stride=stride, dilation=dilation,
+                 groups=x.shape[1])
     return act_ref(z, act)
 
 
 def assert_matches(y, ref, dtype, where):
-    if dtype == torch.float32:
+    if dtype == torch.float64:
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12, msg=where)
+    elif dtype == torch.float32:
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5, msg=where)
     else:  # fp32 accumulation rounded once: within an ulp of the rounded fp64 reference
         eps = torch.finfo(dtype).eps
@@ -142,7 +147,7 @@ def test_forward_matches_conv2d(emu, dtype, K, S):
     for N, C, H, W, pH, pW, bias, act in cases:
         x, w, taps, b = make_case(N, C, H, W, K, dtype, bias=bias)
         y, _, _, where = run(emu, x, taps, b, K, S, pH, pW, act, False)
-        assert_matches(y, reference(x, w, b, S, pH, pW, act), dtype, where)
+        assert_matches(y, reference(x, w, b, S, (pH, pW), act), dtype, where)
 
 
 # (dtype, N, C, H, W, K, S, pH, pW, x_pad_w): several tiles per image in both directions (a C of one
@@ -167,9 +172,9 @@ def test_multi_tile_and_strides(emu, case, act):
     assert x_pad_w == 0 or not x.is_contiguous(memory_format=torch.channels_last)
     y, _, info, where = run(emu, x, taps, b, K, S, pH, pW, act, False)
     if act in ("sigmoid", "silu") and dtype == torch.float32:  # __fdividef: within 2 ulp, not exact
-        torch.testing.assert_close(y.double(), reference(x, w, b, S, pH, pW, act), rtol=2e-5, atol=2e-5, msg=where)
+        torch.testing.assert_close(y.double(), reference(x, w, b, S, (pH, pW), act), rtol=2e-5, atol=2e-5, msg=where)
     else:
-        assert_matches(y, reference(x, w, b, S, pH, pW, act), dtype, where)
+        assert_matches(y, reference(x, w, b, S, (pH, pW), act), dtype, where)
 
 
 def chan_merge_all(pn, pm, pm2):
@@ -208,7 +213,7 @@ def test_stats_partials(emu, dtype, K, S):
         y, (pn, pm, pm2), info, where = run(emu, x, taps, None, K, S, p, p, "identity", True)
         y0, _, _, _ = run(emu, x, taps, None, K, S, p, p, "identity", False)
         assert torch.equal(y, y0), where
-        assert_matches(y, reference(x, w, None, S, p, p, "identity"), dtype, where)
+        assert_matches(y, reference(x, w, None, S, p, "identity"), dtype, where)
         assert not (pn.isnan().any() or pm.isnan().any() or pm2.isnan().any()), f"partials left unwritten: {where}"
         assert pn.shape == (info[5], C), where
         n, mean, m2 = chan_merge_all(pn, pm, pm2)
@@ -470,19 +475,6 @@ def dw_case(layout, N, C, H, W, kH, kW, dtype, bias):
     return x, w, b
 
 
-def dw_reference(x, w, b, stride, padding, dilation, act):
-    z = F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride=stride, padding=padding,
-                 dilation=dilation, groups=x.shape[1])
-    return act_ref(z, act)
-
-
-def dw_assert_forward(y, ref, dtype, where):
-    if dtype == torch.float64:
-        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12, msg=where)
-    else:
-        assert_matches(y, ref, dtype, where)
-
-
 def dw_forward_cases(dtype, K):
     """(layout, N, C, H, W, stride, dilation, padding, bias, act, row_reuse): every channels_last
     channel count and NCHW over H/W of 1, 7, 13 and non-square images, strides 1 and 2, dilations
@@ -514,13 +506,13 @@ def test_dw_default_forward(dw_emu, dtype, K):
         x, w, b = dw_case(layout, N, C, H, W, K, K, dtype, bias)
         y, _, _, _, info = dw_emu.forward(x, w, b, [S, S], [pad, pad], [D, D], act, False, reuse)
         where = f"x {tuple(x.shape)} {layout} {dtype} k{K} s{S} d{D} p{pad} bias={bias} {act} reuse={reuse} {info}"
-        ref = dw_reference(x, w, b, S, pad, D, act)
+        ref = reference(x, w, b, S, pad, act, D)
         assert y.shape == ref.shape and not y.isnan().any(), where
         cl = dw_is_channels_last(x)  # as the op decides (a 1x1 image is NCHW)
         assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format), where
         assert tuple(info[:2]) == dw_expected_path(x, C, K, S, D, ref.shape[3], cl, reuse), where
         paths.add((info[0] > 1, info[1] > 0))
-        dw_assert_forward(y, ref, dtype, where)
+        assert_matches(y, ref, dtype, where)
     expected = {(True, False), (False, False)} | ({(True, True), (False, True)} if dtype != torch.float64 else set())
     assert paths == expected, paths
 
@@ -546,9 +538,9 @@ def test_dw_default_odd_geometry(dw_emu, case, dtype):
     x, w, b = dw_case(layout, N, C, H, W, kH, kW, dtype, True)
     where = f"x {tuple(x.shape)} {layout} {dtype} k{kH}x{kW} s{S} p{P} d{D} {act}"
     y, _, _, _, info = dw_emu.forward(x, w, b, list(S), list(P), list(D), act, False)
-    ref = dw_reference(x, w, b, S, P, D, act)
+    ref = reference(x, w, b, S, P, act, D)
     assert tuple(info[:2]) == dw_expected_path(x, C, kW, S[1], D[1], ref.shape[3], dw_is_channels_last(x), True)
-    dw_assert_forward(y, ref, dtype, where)
+    assert_matches(y, ref, dtype, where)
     dw_check_stats(dw_emu, x, w, S, P, D, where)
     dw_check_backward(dw_emu, x, w, S, P, D, [True, True, True], True, where)
 

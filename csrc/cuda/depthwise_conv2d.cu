@@ -39,7 +39,6 @@
 #include <initializer_list>
 #include <limits>
 #include <string>
-#include <type_traits>
 
 #include "chan_stats.cuh"
 #include "depthwise_conv2d.h"
@@ -105,19 +104,7 @@ void launch_fwd(const ConvLaunch<scalar_t>& L, const Geom& g) {
 
 template <typename scalar_t, int VEC, bool kStats>
 void launch_fwd_k(const ConvLaunch<scalar_t>& L, const Geom& g, int K) {
-  if constexpr (!std::is_same_v<scalar_t, double>) {
-    switch (K) {
-      case 3:
-        return launch_fwd<scalar_t, VEC, 3, kStats>(L, g);
-      case 5:
-        return launch_fwd<scalar_t, VEC, 5, kStats>(L, g);
-      case 7:
-        return launch_fwd<scalar_t, VEC, 7, kStats>(L, g);
-      default:
-        break;
-    }
-  }
-  launch_fwd<scalar_t, VEC, 0, kStats>(L, g);
+  dispatch_fwd_k<scalar_t>(K, [&](auto k) { launch_fwd<scalar_t, VEC, decltype(k)::value, kStats>(L, g); });
 }
 
 // Runs the conv x -> y described by g (x, y: dense tensors of N images). With kStats, returns the

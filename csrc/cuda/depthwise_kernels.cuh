@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <type_traits>
 
 #include "chan_stats.cuh"
 #include "depthwise_conv2d.h"
@@ -488,7 +489,7 @@ inline at::Tensor fresh_copy(const at::Tensor& t) {
 // The launch of the forward kernel (depthwise_conv2d_fwd_kernel) for the conv g, after set_items:
 // block shape, channel chunks (grid y, split into launches of kMaxGridY), tiles (grid x), work
 // items per thread R and the row-reuse specialization K (0: the generic kernel; float64 always
-// takes it, see launch_fwd_k). vec: the channel vector (1 or 16 / sizeof(scalar_t)).
+// takes it, see dispatch_fwd_k). vec: the channel vector (1 or 16 / sizeof(scalar_t)).
 struct FwdPlan {
   dim3 block;
   int64_t chunks, tiles;
@@ -516,6 +517,27 @@ inline FwdPlan plan_fwd(const Geom& g, bool channels_last, int vec, bool stats, 
     p.K = g.kW;
   }
   return p;
+}
+
+// Calls f(std::integral_constant<int, K>{}) with the K of the forward kernel instantiation that runs
+// a conv planned with row-reuse width `K` (FwdPlan::K): 3, 5 or 7, else 0 (the generic kernel);
+// always 0 for float64, whose row-reuse kernels are not instantiated. Shared by the CUDA launcher
+// and the host emulation, so both pick the same kernel.
+template <typename scalar_t, typename F>
+void dispatch_fwd_k(int K, F&& f) {
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    switch (K) {
+      case 3:
+        return f(std::integral_constant<int, 3>{});
+      case 5:
+        return f(std::integral_constant<int, 5>{});
+      case 7:
+        return f(std::integral_constant<int, 7>{});
+      default:
+        break;
+    }
+  }
+  f(std::integral_constant<int, 0>{});
 }
 
 // grad_input at stride 1 as a forward conv: grad_in = conv(grad_out, w rotated by 180 degrees,

@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <string>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "emulation.h"  // the shim: after the PyTorch headers, before the kernels'
@@ -69,22 +68,15 @@ void launch_fwd(const FwdArgs<scalar_t>& L, const dw::Geom& g, const dw::FwdPlan
   }
 }
 
-// launch_fwd_k of depthwise_conv2d.cu: float64 always takes the generic kernel.
+// launch_fwd_k of depthwise_conv2d.cu (the same dispatch_fwd_k); returns the K it launched.
 template <typename scalar_t, int VEC, bool kStats>
-void launch_fwd_k(const FwdArgs<scalar_t>& L, const dw::Geom& g, const dw::FwdPlan& p, int K) {
-  if constexpr (!std::is_same_v<scalar_t, double>) {
-    switch (K) {
-      case 3:
-        return launch_fwd<scalar_t, VEC, 3, kStats>(L, g, p);
-      case 5:
-        return launch_fwd<scalar_t, VEC, 5, kStats>(L, g, p);
-      case 7:
-        return launch_fwd<scalar_t, VEC, 7, kStats>(L, g, p);
-      default:
-        break;
-    }
-  }
-  launch_fwd<scalar_t, VEC, 0, kStats>(L, g, p);
+int launch_fwd_k(const FwdArgs<scalar_t>& L, const dw::Geom& g, const dw::FwdPlan& p, int K) {
+  int launched = -1;
+  dw::dispatch_fwd_k<scalar_t>(K, [&](auto k) {
+    launched = decltype(k)::value;
+    launch_fwd<scalar_t, VEC, decltype(k)::value, kStats>(L, g, p);
+  });
+  return launched;
 }
 
 // run_conv of depthwise_conv2d.cu. info: [vec, K as launched, R, tiles, block.x, block.y, chunks].
@@ -109,13 +101,9 @@ at::Tensor run_conv(const at::Tensor& x, at::Tensor& y, const at::Tensor& w_taps
     L.part_mean = part[1].data_ptr<acc_t>();
     L.part_m2 = part[2].data_ptr<acc_t>();
   }
-  const int K = std::is_same_v<scalar_t, double> ? 0 : p.K;
+  const int K = vec == kVec && kVec > 1 ? launch_fwd_k<scalar_t, kVec, kStats>(L, g, p, p.K)
+                                        : launch_fwd_k<scalar_t, 1, kStats>(L, g, p, p.K);
   info = {vec, K, p.R, p.tiles, p.block.x, p.block.y, p.chunks};
-  if (vec == kVec && kVec > 1) {
-    launch_fwd_k<scalar_t, kVec, kStats>(L, g, p, p.K);
-  } else {
-    launch_fwd_k<scalar_t, 1, kStats>(L, g, p, p.K);
-  }
   return part;
 }
 
