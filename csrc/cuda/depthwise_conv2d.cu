@@ -24,10 +24,11 @@
 //          run the shared-memory tiled kernel of depthwise_tiled.cuh instead (off by default until
 //          a GPU run has checked and timed it).
 // Limits: without MK_DW_TILED, no shared-memory input tiles (reuse across rows comes from L1/L2);
-//          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase split); the weight
-//          gradient loads every tap from L1 (L1-bound for k5/k7); grad_input and grad_weight read
-//          grad_output separately; at most 65534 kernel taps. Sums are deterministic for a given
-//          shape and vector path (the path depends on C, strides and pointer alignment).
+//          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase
+//          split); the weight gradient loads every tap from L1 (L1-bound for k5/k7); grad_input
+//          and grad_weight read grad_output separately; at most 65534 kernel taps. Sums are
+//          deterministic for a given shape and vector path (the path depends on C, strides and
+//          pointer alignment).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>

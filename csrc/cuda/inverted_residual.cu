@@ -15,8 +15,9 @@
 //     1. expand: the tile's input halo, ((TH - 1) s + (k - 1) d + 1) rows by as many columns
 //        (HN <= kMaxHalo pixels), times the chunk's rows of W_e, kBK input channels at a time
 //        staged in shared memory (x halo and W_e^T slices); each thread holds up to 8 halo pixels
-//        x 4 hidden channels in registers (only the rows the halo has are computed). Then + b_e, act, rounded to the input dtype (as the
-//        op-by-op path stores the expanded tensor), into the shared halo tile E. Halo pixels
+//        x 4 hidden channels in registers (only the rows the halo has are computed). Then + b_e,
+//        act, rounded to the input dtype (as the op-by-op path stores the expanded tensor), into
+//        the shared halo tile E. Halo pixels
 //        outside the image are 0: the dw conv's zero padding (not act(b_e)). Without an expand
 //        conv, E is the input's halo itself.
 //     2. depthwise: a thread owns one hidden channel of up to 8 output pixels; the taps read E
