@@ -1,12 +1,15 @@
-"""Depthwise forward diagnostics for one GPU run: where does the CUDA kernel's time go?
+"""Depthwise diagnostics for one GPU run: where does the CUDA kernels' time go?
 
-Times, per reference layer (bf16, channels_last, batch 256): cuDNN (F.conv2d), our CUDA op called
-directly (torch.ops, no Python wrapper), our functional API (checks + autograd wrapper), and the
-Triton op; with triton.testing.do_bench (L2 flushed) and do_bench_cudagraph (launch gaps removed).
+Times, per reference layer (bf16, channels_last, batch 256): the forward by cuDNN (F.conv2d), our
+CUDA op called directly (torch.ops, no Python wrapper), our functional API (checks + autograd
+wrapper), and the Triton op; the weight gradient (grad_weight alone) by cuDNN
+(aten.convolution_backward) and by our CUDA backward op; with triton.testing.do_bench (L2 flushed)
+and do_bench_cudagraph (launch gaps removed).
 Run it with MK_DW_ROW_REUSE=1 and =0, to compare the stride-1 row-reuse kernel with the generic
 one, and with MK_DW_TILED=1 for the shared-memory tiled kernel (csrc/cuda/depthwise_tiled.cuh);
 the rows carry the settings and the CUDA op's largest difference from cuDNN (cuda_max_abs_diff; both
-round an fp32 sum to bf16 once, so a few bf16 ulps of the output at most). Prints a table and
+round an fp32 sum to bf16 once, so a few bf16 ulps of the output at most; cuda_wgrad_max_rel_diff:
+the weight gradient's, relative to cuDNN's largest |grad_weight|). Prints a table and
 writes OUT/diag_depthwise.json (appending to an existing file, so the runs end up side by side).
 
     python benchmarks/diag_depthwise.py OUT [--ncu]   # --ncu: one launch per layer, for ncu -k regex:depthwise
@@ -47,11 +50,18 @@ def main() -> int:
         x = torch.randn(args.batch, C, H, H, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
         w = torch.randn(C, 1, k, k, device="cuda", dtype=torch.bfloat16)
         p = k // 2
+        OH = (H + 2 * p - k) // s + 1
+        gy = torch.randn(args.batch, C, OH, OH, device="cuda", dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last)
         variants = {
             "cudnn": lambda: F.conv2d(x, w, None, s, p, 1, C),
             "cuda_op": lambda: ns.depthwise_conv2d(x, w, None, [s, s], [p, p], [1, 1], "identity"),
             "cuda_functional": lambda: MF.depthwise_conv2d(x, w, None, s, p, 1, backend="cuda"),
             "triton_op": lambda: ns.depthwise_conv2d_triton(x, w, None, [s, s], [p, p], [1, 1], "identity"),
+            "cudnn_wgrad": lambda: torch.ops.aten.convolution_backward(
+                gy, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], C, [False, True, False])[1],
+            "cuda_wgrad": lambda: ns.depthwise_conv2d_backward(gy, x, w, [s, s], [p, p], [1, 1],
+                                                                [False, True, False])[1],
         }
         if args.ncu:
             for fn in variants.values():
@@ -61,8 +71,10 @@ def main() -> int:
         out = variants["cudnn"]()
         nbytes = (x.numel() + out.numel()) * x.element_size()
         diff = (variants["cuda_op"]().float() - out.float()).abs().max().item()
+        gw_ref = variants["cudnn_wgrad"]().float()
+        wdiff = ((variants["cuda_wgrad"]().float() - gw_ref).abs().max() / gw_ref.abs().max()).item()
         row = dict(C=C, H=H, k=k, stride=s, batch=args.batch, row_reuse=reuse, tiled=tiled, bytes=nbytes,
-                   cuda_max_abs_diff=diff)
+                   cuda_max_abs_diff=diff, cuda_wgrad_max_rel_diff=wdiff)
         for name, fn in variants.items():
             row[f"{name}_ms"] = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
             with torch.cuda.stream(torch.cuda.Stream()):

@@ -1,5 +1,5 @@
-"""Our CUDA kernels run on the CPU by host emulation: the tiled depthwise forward
-(csrc/cuda/depthwise_tiled.cuh), the whole-block inverted_residual_eval kernel
+"""Our CUDA kernels run on the CPU by host emulation: the tiled depthwise forward, weight gradient
+and stride-2 grad_input (csrc/cuda/depthwise_tiled.cuh), the whole-block inverted_residual_eval kernel
 (inverted_residual_block.cuh) and the default depthwise kernels (depthwise_kernels.cuh).
 
 python_tests/cuda_emulation/*_host.cpp compile the very headers with the host C++ compiler against
@@ -225,25 +225,143 @@ def test_stats_partials(emu, dtype, K, S):
         torch.testing.assert_close(m2 / count, ref_var, rtol=1e-5, atol=1e-7, msg=f"variance: {where}")
 
 
+def wgrad_reference(x, gy, K, S, padding):
+    """(grad_weight (C, 1, K, K), grad_bias (C,)) of the conv in fp64, and the same sums over |x| and
+    |gy| (the scale of their rounding error); padding (pH, pW) applied with F.pad (crops when < 0)."""
+    pH, pW = padding
+    xd = F.pad(x.double(), (pW, pW, pH, pH))
+    C = x.shape[1]
+    gyd = gy.double()
+    gw = torch.nn.grad.conv2d_weight(xd, (C, 1, K, K), gyd, stride=S, groups=C)
+    scale = torch.nn.grad.conv2d_weight(xd.abs(), (C, 1, K, K), gyd.abs(), stride=S, groups=C)
+    return gw, gyd.sum((0, 2, 3)), scale, gyd.abs().sum((0, 2, 3))
+
+
+def run_wgrad(emu, x, gy, K, S, pH, pW, bias):
+    """The emulated tiled weight-gradient stage 1: its partials, summed over the blocks in fp64, as
+    (grad_weight (C, 1, K, K), grad_bias or None), the partials and the plan."""
+    part, info = emu.wgrad(x, gy, K, S, pH, pW, bias)
+    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
+    N, C = x.shape[:2]
+    where = f"x {tuple(x.shape)} {x.dtype} K{K} S{S} pad ({pH}, {pW}) bias={bias} plan {info}"
+    lanes = VEC[x.dtype] // min(VEC[x.dtype], 4 if K == 3 else 2)  # threads per channel vector
+    assert tx == cbv * lanes and tx * ty <= 256 and ty >= TH * strips and blocks_x == math.ceil(tiles / R), where
+    assert part.shape == (blocks_x, K * K + bias, C), where
+    assert not part.isnan().any(), f"partials left unwritten: {where}"
+    total = part.double().sum(0)
+    gw = total[: K * K].t().reshape(C, 1, K, K)
+    return gw, (total[K * K] if bias else None), part, info, where
+
+
+def assert_wgrad_matches(emu, x, gy, K, S, pH, pW, bias):
+    gw, gb, part, info, where = run_wgrad(emu, x, gy, K, S, pH, pW, bias)
+    ref_w, ref_b, scale_w, scale_b = wgrad_reference(x, gy, K, S, (pH, pW))
+    # fp32 sums of exact products (16-bit inputs) or of fp32-rounded ones: ~1e-7 relative per term.
+    assert ((gw - ref_w).abs() <= 2e-6 * scale_w + 1e-9).all(), f"grad_weight: {where}"
+    if bias:
+        assert ((gb - ref_b).abs() <= 2e-6 * scale_b + 1e-9).all(), f"grad_bias: {where}"
+    return part, info, where
+
+
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wgrad_partials_sum_to_weight_grad(emu, dtype, K, S):
+    """The tiled weight-gradient kernel: its partials sum to grad_weight (and grad_bias) for every
+    shape, channel count and padding of forward_cases (zero, negative and unequal paddings)."""
+    cases = forward_cases(dtype, K)
+    for N, C, H, W, pH, pW, bias, _ in cases:
+        x, _, _, _ = make_case(N, C, H, W, K, dtype, bias=False)
+        OH, OW = (H + 2 * pH - K) // S + 1, (W + 2 * pW - K) // S + 1
+        gy = torch.randn(N, C, OH, OW).to(dtype).contiguous(memory_format=torch.channels_last)
+        assert_wgrad_matches(emu, x, gy, K, S, pH, pW, bias)
+
+
+# (dtype, N, C, H, W, K, S, pad, x_pad_w): several blocks along x, each walking R > 1 tiles that
+# cross images, a clipped last block, non-dense x strides.
+WGRAD_MULTI_BLOCK = [
+    (torch.float32, 3, 4, 40, 40, 3, 1, 1, 0),
+    (torch.bfloat16, 3, 16, 29, 27, 5, 2, 2, 8),
+    (torch.float16, 2, 8, 33, 35, 3, 2, 1, 0),
+    (torch.float32, 1, 12, 70, 21, 5, 1, 2, 4),
+]
+
+
+@pytest.mark.parametrize("case", WGRAD_MULTI_BLOCK, ids=lambda c: f"{c[0]}-N{c[1]}C{c[2]}-{c[3]}x{c[4]}-k{c[5]}s{c[6]}")
+def test_wgrad_multi_block_deterministic(emu, case):
+    """Several blocks of R > 1 tiles: the sums match, a second run gives the same partials bit for
+    bit (no atomics, a fixed tile -> block map and reduction tree), and grad_output, a W-slice whose
+    gaps hold NaN in the emulation's buffer, is never read past its last column (the tiles overhang
+    the output)."""
+    dtype, N, C, H, W, K, S, pad, x_pad_w = case
+    x, _, _, _ = make_case(N, C, H, W, K, dtype, bias=False, x_pad_w=x_pad_w)
+    OH, OW = (H + 2 * pad - K) // S + 1, (W + 2 * pad - K) // S + 1
+    gy = torch.randn(N, C, OH, OW + 3).to(dtype).contiguous(memory_format=torch.channels_last)[..., :OW]
+    part, info, where = assert_wgrad_matches(emu, x, gy, K, S, pad, pad, True)
+    TH, TW, strips, R, tiles, blocks_x = info[:6]
+    assert blocks_x >= 2 and R >= 2 and tiles % R != 0, where
+    part2, _ = emu.wgrad(x, gy, K, S, pad, pad, True)
+    assert torch.equal(part, part2), where
+
+
+def dgrad_s2_cases(dtype, K):
+    """(N, C, H, W, pH, pW): input sizes that the stride-2 conv covers fully or not (odd H + 2p - K),
+    one pixel, several tiles; paddings of both parities on each axis (the tiles shift by one for an
+    odd padding), including 0 and unequal ones."""
+    same = (K - 1) // 2
+    pads = [(same, same), (0, 0), (1, 0), (0, 1), (1, 1), (2, 3)]
+    shapes = [(1, 1, 1), (2, 7, 7), (1, 13, 14), (2, 8, 13), (1, 14, 6), (1, 40, 9)]
+    cases = []
+    for i, ((N, H, W), C) in enumerate(itertools.product(shapes, CHANNELS[dtype])):
+        for pH, pW in (pads[i % len(pads)], pads[(i + 2) % len(pads)]):
+            if H + 2 * pH >= K and W + 2 * pW >= K:
+                cases.append((N, C, H, W, pH, pW))
+    return cases
+
+
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dgrad_s2_matches_conv_input_grad(emu, dtype, K):
+    """The parity-split tiled grad_input of stride-2 convs against torch's fp64 grad_input."""
+    cases = dgrad_s2_cases(dtype, K)
+    assert len(cases) >= 20 and {(pH % 2, pW % 2) for *_, pH, pW in cases} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    for N, C, H, W, pH, pW in cases:
+        OH, OW = (H + 2 * pH - K) // 2 + 1, (W + 2 * pW - K) // 2 + 1
+        gy = (torch.randn(N, C, OH, OW) * 3).to(dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(C, 1, K, K) / K
+        taps = w.reshape(C, K * K).t().contiguous()
+        gx, info = emu.dgrad_s2(gy, taps, H, W, K, pH, pW)
+        where = f"gx ({N}, {C}, {H}, {W}) {dtype} K{K} pad ({pH}, {pW}) plan {info}"
+        assert gx.shape == (N, C, H, W) and not gx.isnan().any(), f"elements left unwritten: {where}"
+        ref = torch.nn.grad.conv2d_input((N, C, H, W), w.double(), gy.double(), stride=2, padding=(pH, pW), groups=C)
+        assert_matches(gx, ref, dtype, where)
+
+
 @pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
 def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
     """plan_tiled (nothing runs) takes every depthwise layer of the model at 224², batch 256, in
-    16-bit and fp32 vectors, with and without statistics, with at least two warps per block, the
-    tile within the output and the statistics partials at most ~2048 per channel, each covering at
-    least 256 outputs (or all of them)."""
+    16-bit and fp32 vectors, for the forward, its statistics, the weight gradient and (stride 2)
+    grad_input, with at least two warps per block and the tile within the written tensor; the
+    statistics partials at most ~2048 per channel, each covering at least 256 outputs (or all of
+    them), the weight gradient's at most ~1024, each covering at least 512."""
     from mobilenet_kernels.benchmarking.shapes import depthwise_layers
 
     for C, H, W, k, s, p, d, _ in depthwise_layers(model, 224):
         assert d == 1 and k in (3, 5) and s in (1, 2)
         OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        for vec, stats in itertools.product((8, 4), (False, True)):
-            info = emu.plan(256, C, H, W, k, s, p, p, vec, stats)
-            where = f"{model} C{C} {H}x{W} k{k} s{s} vec {vec} stats={stats}: plan {info}"
+        for vec, kind in itertools.product((8, 4), ("forward", "stats", "wgrad", "dgrad_s2")):
+            if kind == "dgrad_s2" and s != 2:
+                continue
+            info = emu.plan(256, C, H, W, k, s, p, p, vec, kind)
+            where = f"{model} C{C} {H}x{W} k{k} s{s} vec {vec} {kind}: plan {info}"
             assert info, where
             TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
-            assert 64 <= tx * ty <= 256 and TH <= OH and TW <= max(OW, 4) * 2, where
-            if stats:
+            rows, cols = (H + p % 2, W + p % 2) if kind == "dgrad_s2" else (OH, OW)  # the written extent
+            assert 64 <= tx * ty <= 256 and TH <= rows and TW <= max(cols, 4) * 2, where
+            if kind == "stats":
                 assert blocks_x <= 2048 + 1 and (R * TH * TW >= 256 or R == tiles), where
+            elif kind == "wgrad":
+                assert blocks_x <= 1024 + 1 and (R * TH * TW >= 512 or R == tiles), where
             else:
                 assert R == 1, where
 

@@ -20,9 +20,10 @@
 //          below 2^30 on the host. The activation is a uniform runtime switch in the epilogue (not a
 //          template parameter) to keep the number of kernel instantiations, and build time, down.
 // Tiled: with MK_DW_TILED=1, channels_last convs with 16-byte vectors, square K in {3, 5}, equal
-//          strides 1 or 2 and dilation 1 (the forward, its statistics and grad_input at stride 1)
-//          run the shared-memory tiled kernel of depthwise_tiled.cuh instead (off by default until
-//          a GPU run has checked and timed it).
+//          strides 1 or 2 and dilation 1 (the forward, its statistics, grad_input: at stride 1 as
+//          a forward conv, at stride 2 split into parity phases, and the weight gradient's stage
+//          1) run the shared-memory tiled kernels of depthwise_tiled.cuh instead (off by default
+//          until a GPU run has checked and timed them).
 // Limits: without MK_DW_TILED, no shared-memory input tiles (reuse across rows comes from L1/L2);
 //          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase
 //          split); the weight gradient loads every tap from L1 (L1-bound for k5/k7); grad_input
@@ -176,6 +177,12 @@ void run_bwd_input(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx)
   } else {
     const at::Tensor w = taps_major(a.weight);
     const Geom g = make_geom(a, gx, gy);
+    if (vec && kVec > 1 && tiled_enabled() && g.kH == g.kW && g.dH == 1 && g.dW == 1 && g.sH == 2 && g.sW == 2) {
+      // grad_output -> grad_input: the tiled kernel reads gy (OH x OW) and writes gx (H x W).
+      const TiledConv c{&gy, &gx, &w, nullptr, nullptr, Act::kIdentity, a.N, a.C, g.OH, g.OW, g.H, g.W, g.kH, 2,
+                        g.pH, g.pW};
+      if (run_tiled_bwd_input_s2<scalar_t>(c)) return;
+    }
     if (vec && kVec > 1) {
       launch_bwd_input<scalar_t, kVec>(gy, gx, w, g, a.N, a.channels_last());
     } else {
@@ -189,21 +196,28 @@ void launch_bwd_weight(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor*
   using acc_t = at::opmath_type<scalar_t>;
   const Geom g = make_geom(a, a.input, gy);
   const BwdWeightPlan p = plan_bwd_weight(a, VEC, grad_weight != nullptr, grad_bias != nullptr);
-  at::Tensor part =
-      at::empty({p.tiles, p.rows, a.C}, a.input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   const auto stream = at::cuda::getCurrentCUDAStream();
-  for (int64_t cy0 = 0; cy0 < p.cchunks; cy0 += kMaxGridY) {
-    const dim3 grid(static_cast<unsigned>(p.tiles * p.chunks),
-                    static_cast<unsigned>(std::min(kMaxGridY, p.cchunks - cy0)));
-    depthwise_conv2d_bwd_weight_kernel<scalar_t, acc_t, VEC><<<grid, p.block, 0, stream>>>(
-        gy.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), g, make_divider(a.OH * a.OW), make_divider(a.OW),
-        p.pixels, p.tile_px, p.chunks, p.taps, p.do_bias, p.rows, cy0,
-        part.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor part;  // (tiles, rows, C)
+  if (VEC > 1 && tiled_enabled() && grad_weight != nullptr && g.kH == g.kW && g.dH == 1 && g.dW == 1 &&
+      g.sH == g.sW) {
+    const TiledWgrad c{&a.input, &gy, &part, grad_bias != nullptr, a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH,
+                       g.pH, g.pW};
+    run_tiled_bwd_weight<scalar_t>(c);  // leaves part undefined when it does not apply
+  }
+  if (!part.defined()) {
+    part = at::empty({p.tiles, p.rows, a.C}, a.input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    for (int64_t cy0 = 0; cy0 < p.cchunks; cy0 += kMaxGridY) {
+      const dim3 grid(static_cast<unsigned>(p.tiles * p.chunks),
+                      static_cast<unsigned>(std::min(kMaxGridY, p.cchunks - cy0)));
+      depthwise_conv2d_bwd_weight_kernel<scalar_t, acc_t, VEC><<<grid, p.block, 0, stream>>>(
+          gy.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), g, make_divider(a.OH * a.OW), make_divider(a.OW),
+          p.pixels, p.tile_px, p.chunks, p.taps, p.do_bias, p.rows, cy0, part.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   }
   depthwise_conv2d_bwd_weight_finish_kernel<scalar_t, acc_t>
       <<<static_cast<unsigned>(p.fblocks), dim3(32, kFinishLanes), 0, stream>>>(
-          part.data_ptr<acc_t>(), p.tiles, p.rows, p.taps, a.C, static_cast<unsigned>(ceil_div(a.C, 32)),
+          part.data_ptr<acc_t>(), part.size(0), p.rows, p.taps, a.C, static_cast<unsigned>(ceil_div(a.C, 32)),
           grad_weight != nullptr ? grad_weight->data_ptr<scalar_t>() : nullptr,
           grad_bias != nullptr ? grad_bias->data_ptr<scalar_t>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

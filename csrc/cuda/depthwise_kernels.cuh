@@ -254,32 +254,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 // [tile * tile_px, +tile_px) of the flattened (n, oh, ow), the chunk is taps [chunk * 9, +9) (chunk
 // 0 also sums grad_out for the bias). Adjacent blocks share a tile, so the grad_out re-reads of
 // the other chunks hit L2. Each thread walks pixels y, y + blockDim.y, ...; the block then sums
-// its threads per row with a fixed tree and writes part[tile][row][c] (rows: taps, then bias).
-
-// Sums `val` over threadIdx.y (fixed tree in `buf`); y == 0 threads with `store` write the sum to
-// out[offset + v], v < VEC.
-template <typename acc_t, int VEC>
-__device__ void block_sum_store(const acc_t (&val)[VEC], acc_t* buf, bool store, acc_t* __restrict__ out,
-                                int64_t offset) {
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) buf[tid * VEC + v] = val[v];
-  __syncthreads();
-  for (int s = blockDim.y / 2; s > 0; s /= 2) {
-    if (threadIdx.y < s) {
-      const int o = tid + s * blockDim.x;
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) buf[tid * VEC + v] += buf[o * VEC + v];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.y == 0 && store) {
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) out[offset + v] = buf[tid * VEC + v];
-  }
-  __syncthreads();  // buf is rewritten by the next call
-}
-
+// its threads per row with a fixed tree (block_sum_store, mk_cuda.cuh) and writes
+// part[tile][row][c] (rows: taps, then bias).
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kThreads, 2)
     depthwise_conv2d_bwd_weight_kernel(const scalar_t* __restrict__ gy,  // (N, C, OH, OW), y strides

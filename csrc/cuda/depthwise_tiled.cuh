@@ -1,4 +1,5 @@
-// depthwise_conv2d forward, the shared-memory tiled kernel for channels_last (KERNELS.md §1).
+// depthwise_conv2d forward, stride-2 grad_input and weight gradient: the shared-memory tiled kernels
+// for channels_last (KERNELS.md §1).
 //
 // A thread block owns a TH x TW tile of output pixels of one image and cbv 16-byte vectors of
 // channels (at most 8: 64 bf16 or 32 fp32 channels). It stages the tile's input
@@ -18,6 +19,10 @@
 // A block walks R consecutive tiles of the same channels (R > 1 for the statistics, so that a
 // partial covers enough outputs); the statistics epilogue is the one of the other kernels
 // (ShiftedSums + block_merge_write, chan_stats.cuh), with one partial per block.
+// The weight gradient's stage 1 (depthwise_conv2d_bwd_weight_tiled_kernel) stages the same input
+// tiles and reads grad_output instead of writing y: each staged value serves all K * K taps' sums.
+// grad_input of a stride-2 conv (depthwise_conv2d_bwd_input_s2_tiled_kernel) stages grad_output
+// tiles and computes each parity phase of grad_input as a dense conv with its own taps.
 // Compile-time: K (3, 5, 7; depthwise_tiled.cu instantiates 3 and 5), S (1, 2), VEC (16 bytes of
 // scalar_t); dilation 1 only. The host side (depthwise_conv2d.cu) sends other convs to the default
 // kernels (depthwise_kernels.cuh).
@@ -65,8 +70,81 @@ extern __shared__ __align__(16) unsigned char mk_dw_tiled_smem[];
 inline unsigned char* mk_dw_tiled_smem = nullptr;
 #endif
 
+// What a thread of a tiled block does. Staging: vector sv of the tile pixels p0, p0 + step, ...
+// Computing: channels c0 .. c0 + CV - 1 (lane `lane` of channel vector `cv`), output row `row` of
+// the tile, columns col0 .. col0 + kTiledRW - 1. Threads past C or past the tile's rows still
+// stage and synchronize: no early return in the tiled kernels.
+struct TiledThread {
+  int cbv;           // channel vectors per block
+  int64_t cb;        // the block's first channel
+  int sv, p0, step;  // staging
+  bool stages;       // vector sv holds channels < C
+  int cv, lane;      // computing
+  int64_t c0;
+  bool active;       // c0 < C
+  int row, col0;
+  bool computes;     // active and row < TH
+};
+
+template <int VEC, int CV>
+__device__ __forceinline__ TiledThread tiled_thread(const TiledGeom& g) {
+  constexpr int kLanes = VEC / CV;
+  TiledThread t;
+  t.cbv = blockDim.x / kLanes;
+  t.cb = static_cast<int64_t>(blockIdx.y) * t.cbv * VEC;
+  t.sv = threadIdx.x % t.cbv;
+  t.p0 = threadIdx.y * kLanes + threadIdx.x / t.cbv;
+  t.step = kLanes * blockDim.y;
+  t.stages = t.cb + t.sv * VEC < g.C;
+  t.cv = threadIdx.x / kLanes;
+  t.lane = threadIdx.x - t.cv * kLanes;
+  t.c0 = t.cb + t.cv * VEC + t.lane * CV;
+  t.active = t.c0 < g.C;
+  t.row = threadIdx.y / g.strips;
+  t.col0 = (threadIdx.y - t.row * g.strips) * kTiledRW;
+  t.computes = t.active && t.row < g.TH;
+  return t;
+}
+
+// Stages the IH x IW input pixels from (ih0, iw0) of image n, zeros outside the image (the conv's
+// padding), into tile[pixel * cbv + vector]; a pixel's cbv vectors are adjacent in memory, so the
+// loads are coalesced. The caller synchronizes before (the previous tile's reads) and after.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ void stage_tile(Vec<scalar_t, VEC>* tile, const scalar_t* __restrict__ x,
+                                           const TiledGeom& g, const TiledThread& t, int64_t n, int ih0, int iw0,
+                                           int IH, int IW) {
+  using V = Vec<scalar_t, VEC>;
+  const scalar_t* xn = x + n * g.xsN + t.cb + t.sv * VEC;
+  for (int p = t.p0; p < IH * IW; p += t.step) {
+    const int ph = p / IW;
+    const int ih = ih0 + ph;
+    const int iw = iw0 + (p - ph * IW);
+    V val;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) val.v[v] = scalar_t(0);
+    if (t.stages && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+      val = *reinterpret_cast<const V*>(xn + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW);
+    }
+    tile[p * t.cbv + t.sv] = val;
+  }
+}
+
+// Tile t of the flattened (image, tile row, tile column): its image and first output row/column.
+struct TileOrigin {
+  int64_t n;
+  int oh0, ow0;
+};
+
+__device__ __forceinline__ TileOrigin tile_origin(const TiledGeom& g, int64_t tile) {
+  const int64_t per_image = static_cast<int64_t>(g.tiles_h) * g.tiles_w;
+  const int64_t n = tile / per_image;
+  const int rem = static_cast<int>(tile - n * per_image);
+  const int th = rem / g.tiles_w;
+  return {n, th * g.TH, (rem - th * g.tiles_w) * g.TW};
+}
+
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
-// ptxas (CUDA 13, sm_90) gives 72-96 registers for 16-bit types, 80-110 for float, no spills.
+// ptxas (CUDA 13, sm_90) gives 72-96 registers for 16-bit types, 90-116 for float, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K, int S, bool kStats>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_fwd_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -85,59 +163,25 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   using VC = Vec<scalar_t, CV>;
   constexpr int kSpan = (kTiledRW - 1) * S + K;  // input columns one thread's strip reads per row
   V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [(IH * IW) pixels][cbv vectors]
-  const int cbv = blockDim.x / kLanes;
+  const TiledThread t = tiled_thread<VEC, CV>(g);
   const int IH = (g.TH - 1) * S + K;
   const int IW = (g.TW - 1) * S + K;
-  const int64_t cb = static_cast<int64_t>(blockIdx.y) * cbv * VEC;  // the block's first channel
-  // Staging: vector sv of pixels p0, p0 + kLanes * blockDim.y, ...
-  const int sv = threadIdx.x % cbv;
-  const int p0 = threadIdx.y * kLanes + threadIdx.x / cbv;
-  const bool stages = cb + sv * VEC < g.C;
-  // Computing: channels c0, ..., c0 + CV - 1 (lane `lane` of vector `cv`).
-  const int cv = threadIdx.x / kLanes;
-  const int lane = threadIdx.x - cv * kLanes;
-  const int64_t c0 = cb + cv * VEC + lane * CV;
-  const bool active = c0 < g.C;  // no early return: every thread stages and syncs
-  const int row = threadIdx.y / g.strips;            // output row within the tile
-  const int col0 = (threadIdx.y - row * g.strips) * kTiledRW;  // first output column within the tile
-  const bool computes = active && row < g.TH;
   ShiftedSums<acc_t, CV> stats;  // kStats: this thread's outputs, as stored
 
   acc_t b[CV];
 #pragma unroll
   for (int v = 0; v < CV; ++v) b[v] = acc_t(0);
-  if (bias != nullptr && active) load_vec<CV>(bias + c0, b);
+  if (bias != nullptr && t.active) load_vec<CV>(bias + t.c0, b);
 
-  const int64_t per_image = static_cast<int64_t>(g.tiles_h) * g.tiles_w;
   const int64_t t_begin = static_cast<int64_t>(blockIdx.x) * g.R;
   const int64_t t_end = t_begin + g.R < g.tiles ? t_begin + g.R : g.tiles;
-  for (int64_t t = t_begin; t < t_end; ++t) {  // uniform over the block
-    const int64_t n = t / per_image;
-    const int rem = static_cast<int>(t - n * per_image);
-    const int th = rem / g.tiles_w;
-    const int oh0 = th * g.TH;
-    const int ow0 = (rem - th * g.tiles_w) * g.TW;
-    const int ih0 = oh0 * S - g.pH;
-    const int iw0 = ow0 * S - g.pW;
-
-    // Stage the input footprint (a pixel's cbv vectors are adjacent in memory: coalesced).
+  for (int64_t tile_id = t_begin; tile_id < t_end; ++tile_id) {  // uniform over the block
+    const TileOrigin o = tile_origin(g, tile_id);
     __syncthreads();  // the previous tile's reads are done
-    const scalar_t* xn = x + n * g.xsN + cb + sv * VEC;
-    for (int p = p0; p < IH * IW; p += kLanes * blockDim.y) {
-      const int ph = p / IW;
-      const int ih = ih0 + ph;
-      const int iw = iw0 + (p - ph * IW);
-      V val;
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) val.v[v] = scalar_t(0);
-      if (stages && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
-        val = *reinterpret_cast<const V*>(xn + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW);
-      }
-      tile[p * cbv + sv] = val;
-    }
+    stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
     __syncthreads();
 
-    if (computes) {
+    if (t.computes) {
       acc_t acc[kTiledRW][CV];
 #pragma unroll
       for (int j = 0; j < kTiledRW; ++j) {
@@ -150,14 +194,14 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
       for (int kh = 0; kh < K; ++kh) {
         acc_t wr[K][CV];
 #pragma unroll
-        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + c0, wr[kw]);
+        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + t.c0, wr[kw]);
         // This thread's part of tile pixel q: VC element (q * cbv + cv) * kLanes + lane.
-        const VC* src =
-            reinterpret_cast<const VC*>(tile) + (((row * S + kh) * IW + col0 * S) * cbv + cv) * kLanes + lane;
+        const VC* src = reinterpret_cast<const VC*>(tile) +
+                        (((t.row * S + kh) * IW + t.col0 * S) * t.cbv + t.cv) * kLanes + t.lane;
 #pragma unroll
         for (int i = 0; i < kSpan; ++i) {
           acc_t xv[CV];
-          const VC in = src[i * cbv * kLanes];
+          const VC in = src[i * t.cbv * kLanes];
 #pragma unroll
           for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
 #pragma unroll
@@ -170,31 +214,244 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
           }
         }
       }
-      const int oh = oh0 + row;
+      const int oh = o.oh0 + t.row;
       if (oh < g.OH) {
-        scalar_t* yrow = y + n * g.ysN + c0 + static_cast<int64_t>(oh) * g.ysH;
+        scalar_t* yrow = y + o.n * g.ysN + t.c0 + static_cast<int64_t>(oh) * g.ysH;
 #pragma unroll
         for (int j = 0; j < kTiledRW; ++j) {
-          const int ow = ow0 + col0 + j;
+          const int ow = o.ow0 + t.col0 + j;
           if (ow < g.OW) store_and_count<kStats>(yrow + static_cast<int64_t>(ow) * g.ysW, acc[j], act, stats);
         }
       }
     }
   }
   if constexpr (kStats) {
-    block_merge_write<kTiledMaxThreads>(stats, active, threadIdx.y, blockDim.y, blockDim.x, blockIdx.x, c0, g.C,
+    block_merge_write<kTiledMaxThreads>(stats, t.active, threadIdx.y, blockDim.y, blockDim.x, blockIdx.x, t.c0, g.C,
                                         part_n, part_mean, part_m2);
   }
 }
 
-// The launch of the tiled kernel for one conv, or false when it does not apply (a tile's footprint
+// Channels a thread of the tiled weight-gradient kernel owns: its K * K * CV accumulators stay
+// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 104-128 registers, no spills.
+constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
+
+// grad_weight (and grad_bias) stage 1, tiled (KERNELS.md §1 wgrad): the same blocks, tiles and
+// staged input footprint as the forward kernel, x = the conv's input and y = grad_output. A thread
+// loads its kTiledRW grad_output vectors of a tile once, then for each kernel row reads the
+// ((kTiledRW - 1) S + K) staged input values its columns need and adds gy[j] * x[j S + kw] to
+// the accumulator of tap (kh, kw), for all K * K taps at once: every staged value serves every tap
+// that reads it, instead of one L1 load per (output, tap) as in depthwise_conv2d_bwd_weight_kernel.
+// A block walks g.R consecutive tiles, then sums its threads per tap over threadIdx.y
+// (block_sum_store, a fixed tree) and writes part[blockIdx.x][tap][c], then the bias row
+// part[blockIdx.x][K * K][c] when `do_bias`. Stage 2 is depthwise_conv2d_bwd_weight_finish_kernel
+// (depthwise_kernels.cuh) over gridDim.x tiles. No atomics, a shape-derived tile -> block map:
+// bitwise deterministic.
+template <typename scalar_t, typename acc_t, int VEC, int K, int S>
+__global__ void __launch_bounds__(kTiledMaxThreads, 2)
+    depthwise_conv2d_bwd_weight_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
+                                             const scalar_t* __restrict__ gy,  // (N, C, OH, OW), channels_last
+                                             TiledGeom g, bool do_bias,
+                                             acc_t* __restrict__ part) {  // (gridDim.x, K * K + do_bias, C)
+  static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
+  static_assert(S == 1 || S == 2, "the tiled kernel is specialized for stride 1 and 2");
+  constexpr int CV = VEC < tiled_wgrad_cv(K) ? VEC : tiled_wgrad_cv(K);
+  constexpr int kLanes = VEC / CV;
+  using V = Vec<scalar_t, VEC>;
+  using VC = Vec<scalar_t, CV>;
+  constexpr int kSpan = (kTiledRW - 1) * S + K;
+  __shared__ acc_t red[kTiledMaxThreads * CV];  // block_sum_store's tree
+  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);
+  const TiledThread t = tiled_thread<VEC, CV>(g);
+  const int IH = (g.TH - 1) * S + K;
+  const int IW = (g.TW - 1) * S + K;
+
+  acc_t acc[K][K][CV], accb[CV];
+#pragma unroll
+  for (int v = 0; v < CV; ++v) {
+    accb[v] = acc_t(0);
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) acc[kh][kw][v] = acc_t(0);
+    }
+  }
+
+  const int64_t t_begin = static_cast<int64_t>(blockIdx.x) * g.R;
+  const int64_t t_end = t_begin + g.R < g.tiles ? t_begin + g.R : g.tiles;
+  for (int64_t tile_id = t_begin; tile_id < t_end; ++tile_id) {  // uniform over the block
+    const TileOrigin o = tile_origin(g, tile_id);
+    __syncthreads();
+    stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
+    __syncthreads();
+
+    const int oh = o.oh0 + t.row;
+    if (t.computes && oh < g.OH) {
+      // This thread's grad_output: columns past OW are skipped (not zeroed: 0 * inf would be NaN).
+      acc_t gv[kTiledRW][CV];
+      bool ok[kTiledRW];
+      const scalar_t* gyrow = gy + o.n * g.ysN + t.c0 + static_cast<int64_t>(oh) * g.ysH;
+#pragma unroll
+      for (int j = 0; j < kTiledRW; ++j) {
+        const int ow = o.ow0 + t.col0 + j;
+        ok[j] = ow < g.OW;
+#pragma unroll
+        for (int v = 0; v < CV; ++v) gv[j][v] = acc_t(0);
+        if (ok[j]) load_vec<CV>(gyrow + static_cast<int64_t>(ow) * g.ysW, gv[j]);
+        if (do_bias && ok[j]) {
+#pragma unroll
+          for (int v = 0; v < CV; ++v) accb[v] += gv[j][v];
+        }
+      }
+      // Every kernel row unrolled: the accumulators are indexed by (kh, kw) at compile time.
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const VC* src = reinterpret_cast<const VC*>(tile) +
+                        (((t.row * S + kh) * IW + t.col0 * S) * t.cbv + t.cv) * kLanes + t.lane;
+#pragma unroll
+        for (int i = 0; i < kSpan; ++i) {
+          acc_t xv[CV];
+          const VC in = src[i * t.cbv * kLanes];
+#pragma unroll
+          for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
+#pragma unroll
+          for (int j = 0; j < kTiledRW; ++j) {
+            const int kw = i - j * S;
+            if (kw >= 0 && kw < K && ok[j]) {
+#pragma unroll
+              for (int v = 0; v < CV; ++v) acc[kh][kw][v] += gv[j][v] * xv[v];
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // Rows of this block's partial: part[(blockIdx.x * rows + r) * C + c0].
+  const int rows = K * K + (do_bias ? 1 : 0);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows;
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) {
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw) {
+      block_sum_store<acc_t, CV>(acc[kh][kw], red, t.active, part, (row0 + kh * K + kw) * g.C + t.c0);
+    }
+  }
+  if (do_bias) block_sum_store<acc_t, CV>(accb, red, t.active, part, (row0 + K * K) * g.C + t.c0);
+}
+
+// grad_input of a stride-2 conv, tiled and split by parity (KERNELS.md §1 dgrad): grad_in[ih, iw]
+// = sum over taps kh = ih + pH (mod 2), kw = iw + pW (mod 2) of gy[(ih + pH - kh) / 2,
+// (iw + pW - kw) / 2] * w[kh, kw]: each parity phase of grad_in is a dense conv over grad_output
+// with its own taps (4/2/2/1 for k3), with no zero-insertion and no per-tap divisibility test.
+// Here x = grad_output (read, g.H x g.W) and y = grad_input (written, g.OH x g.OW). Tiles are
+// shifted by the padding's parity (tile rows start at th * TH - (pH & 1), columns likewise), so
+// that every tile starts on an even padded coordinate: a thread's kTiledRW columns then have
+// compile-time parities (column j takes the taps kw = j mod 2) and its row's parity is r mod 2. A
+// block stages the grad_output footprint of its tile, ((TH - 1) / 2 + (K - 1) / 2 + 1) x
+// ((TW - 1) / 2 + (K - 1) / 2 + 1) pixels (zeros outside grad_output), and a thread reads
+// (K + 3) / 2 staged values per kernel row of its phase, each for the taps of its kTiledRW columns
+// that read it.
+// ptxas (CUDA 13, sm_90): 69-88 registers, no spills.
+template <typename scalar_t, typename acc_t, int VEC, int K>
+__global__ void __launch_bounds__(kTiledMaxThreads, 2)
+    depthwise_conv2d_bwd_input_s2_tiled_kernel(const scalar_t* __restrict__ gy,  // (N, C, OH, OW), channels_last
+                                               scalar_t* __restrict__ gx,        // (N, C, H, W), channels_last
+                                               const acc_t* __restrict__ w,      // (K * K, C), not rotated
+                                               TiledGeom g) {
+  static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
+  constexpr int CV = VEC < kTiledCV ? VEC : kTiledCV;
+  constexpr int kLanes = VEC / CV;
+  constexpr int kHalf = (K - 1) / 2;
+  constexpr int kSpan = kHalf + (kTiledRW - 1) / 2 + 1;  // staged columns one thread reads per row
+  using V = Vec<scalar_t, VEC>;
+  using VC = Vec<scalar_t, CV>;
+  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);
+  const TiledThread t = tiled_thread<VEC, CV>(g);
+  const int GH = (g.TH - 1) / 2 + kHalf + 1;
+  const int GW = (g.TW - 1) / 2 + kHalf + 1;
+  const int shift_h = g.pH & 1, shift_w = g.pW & 1;
+
+  const int64_t t_begin = static_cast<int64_t>(blockIdx.x) * g.R;
+  const int64_t t_end = t_begin + g.R < g.tiles ? t_begin + g.R : g.tiles;
+  for (int64_t tile_id = t_begin; tile_id < t_end; ++tile_id) {  // uniform over the block
+    const TileOrigin o = tile_origin(g, tile_id);
+    const int ih0 = o.oh0 - shift_h, iw0 = o.ow0 - shift_w;  // (ih0 + pH), (iw0 + pW) even
+    __syncthreads();
+    stage_tile<scalar_t, VEC>(tile, gy, g, t, o.n, (ih0 + g.pH) / 2 - kHalf, (iw0 + g.pW) / 2 - kHalf, GH, GW);
+    __syncthreads();
+
+    if (t.computes) {
+      acc_t acc[kTiledRW][CV];
+#pragma unroll
+      for (int j = 0; j < kTiledRW; ++j) {
+#pragma unroll
+        for (int v = 0; v < CV; ++v) acc[j][v] = acc_t(0);
+      }
+      // Row r takes the taps kh = r (mod 2), grad_output row (r - kh) / 2 + kHalf of the stage;
+      // column j the taps kw = j (mod 2), stage column col0 / 2 + (j - kw) / 2 + kHalf = col0 / 2 + i.
+#pragma unroll 1
+      for (int kh = t.row & 1; kh < K; kh += 2) {
+        acc_t wr[K][CV];
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + t.c0, wr[kw]);
+        const int srow = (t.row - kh) / 2 + kHalf;  // r - kh is even
+        const VC* src = reinterpret_cast<const VC*>(tile) + ((srow * GW + t.col0 / 2) * t.cbv + t.cv) * kLanes + t.lane;
+#pragma unroll
+        for (int i = 0; i < kSpan; ++i) {
+          acc_t xv[CV];
+          const VC in = src[i * t.cbv * kLanes];
+#pragma unroll
+          for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
+#pragma unroll
+          for (int j = 0; j < kTiledRW; ++j) {
+            const int kw = j - 2 * (i - kHalf);  // i = (j - kw) / 2 + kHalf
+            if (kw >= 0 && kw < K) {
+#pragma unroll
+              for (int v = 0; v < CV; ++v) acc[j][v] += xv[v] * wr[kw][v];
+            }
+          }
+        }
+      }
+      const int ih = ih0 + t.row;
+      if (ih >= 0 && ih < g.OH) {
+        scalar_t* yrow = gx + o.n * g.ysN + t.c0 + static_cast<int64_t>(ih) * g.ysH;
+#pragma unroll
+        for (int j = 0; j < kTiledRW; ++j) {
+          const int iw = iw0 + t.col0 + j;
+          if (iw >= 0 && iw < g.OW) {
+            VC out;
+#pragma unroll
+            for (int v = 0; v < CV; ++v) out.v[v] = static_cast<scalar_t>(acc[j][v]);
+            *reinterpret_cast<VC*>(yrow + static_cast<int64_t>(iw) * g.ysW) = out;
+          }
+        }
+      }
+    }
+  }
+}
+
+// What a launch asks of plan_tiled: `cv` channels per thread, and how many consecutive tiles a block
+// walks: one when min_outputs is 0, else enough for min_outputs outputs per block and at most
+// max_blocks blocks along x (the number of partials per channel). Shape-derived only: deterministic.
+// `dgrad_s2`: the stride-2 grad_input kernel, whose footprint is ((TH - 1) / 2 + (K - 1) / 2 + 1)
+// rows (likewise columns) of the read tensor and whose tiles are shifted by the padding's parity.
+struct TiledWork {
+  int cv;
+  int64_t min_outputs, max_blocks;
+  bool dgrad_s2;
+};
+constexpr TiledWork kTiledForward{kTiledCV, 0, 0, false};
+constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false};  // a statistics partial per block
+constexpr TiledWork kTiledDgradS2{kTiledCV, 0, 0, true};
+inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024, false}; }
+
+// The launch of a tiled kernel for one conv, or false when it does not apply (a tile's footprint
 // over the shared-memory budget even at one output row, or too many blocks). Host code, shared by
-// depthwise_conv2d.cu and the host emulation. `vec` channels per 16-byte vector, C % vec == 0.
-// Tile: up to 8 channel vectors (spread evenly over the channel blocks; `lanes` threads each; fewer
+// the launchers (depthwise_tiled.cu) and the host emulation. `vec` channels per 16-byte vector,
+// C % vec == 0.
+// Tile: up to 8 channel vectors (spread evenly over the channel blocks; vec / cv threads each; fewer
 // where that gives more threads), 2 strips (8 columns) and as many rows as 256 threads allow,
 // halved until the footprint fits kTiledSmemBytes; rows and strips clipped to the output.
-// Statistics: R tiles per block, so a partial covers >= 256 outputs and there are at most ~2048
-// partials per channel; shape-derived only (deterministic).
 struct TiledPlan {
   TiledGeom g;
   unsigned cbv;                // channel vectors per block
@@ -204,15 +461,20 @@ struct TiledPlan {
 };
 
 inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K, int S, int pH, int pW, int vec,
-                       bool stats, TiledPlan& plan) {
+                       TiledWork work, TiledPlan& plan) {
   const int64_t cvecs = C / vec;
-  if (N < 1 || cvecs < 1 || OH < 1 || OW < 1) return false;
-  const int64_t lanes = vec / std::min(vec, kTiledCV);
-  const int strips = OW > kTiledRW ? 2 : 1;
+  if (N < 1 || cvecs < 1 || OH < 1 || OW < 1 || work.cv < 1) return false;
+  if (work.dgrad_s2 && (S != 2 || pH < 0 || pW < 0)) return false;
+  const int64_t lanes = vec / std::min(vec, work.cv);
+  // The written extent the tiles cover: the dgrad_s2 tiles start one row/column early for an odd
+  // padding. Their footprint in the read tensor: extent(rows) rows, extent(TW) columns.
+  const int OHc = OH + (work.dgrad_s2 ? (pH & 1) : 0), OWc = OW + (work.dgrad_s2 ? (pW & 1) : 0);
+  const int strips = OWc > kTiledRW ? 2 : 1;
   const int TW = strips * kTiledRW;
-  const auto bytes = [&](int th, int64_t cbv) {
-    return static_cast<size_t>((th - 1) * S + K) * ((TW - 1) * S + K) * cbv * 16;
+  const auto extent = [&](int outputs) {
+    return work.dgrad_s2 ? (outputs - 1) / 2 + (K - 1) / 2 + 1 : (outputs - 1) * S + K;
   };
+  const auto bytes = [&](int th, int64_t cbv) { return static_cast<size_t>(extent(th)) * extent(TW) * cbv * 16; };
   // Candidates: at most 8, 4, 2, 1 channel vectors per block; the one with the most threads wins
   // (ties: the most channels). A large footprint (stride 2, k5) makes the rows shrink at 8 vectors;
   // fewer vectors keep more rows, hence less halo per output and more threads per SM.
@@ -223,7 +485,7 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
     const int64_t c = ceil_div(cvecs, ceil_div(cvecs, cap));
     int ty_max = 1;
     while (ty_max * 2 * c * lanes <= kTiledMaxThreads) ty_max *= 2;
-    int th = std::min(OH, std::max(1, ty_max / strips));
+    int th = std::min(OHc, std::max(1, ty_max / strips));
     while (th > 1 && bytes(th, c) > kTiledSmemBytes) th = (th + 1) / 2;
     if (bytes(th, c) > kTiledSmemBytes) continue;
     unsigned t = 1;
@@ -247,11 +509,14 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   g.TH = TH;
   g.TW = TW;
   g.strips = strips;
-  g.tiles_h = static_cast<int>(ceil_div(OH, TH));
-  g.tiles_w = static_cast<int>(ceil_div(OW, TW));
+  g.tiles_h = static_cast<int>(ceil_div(OHc, TH));
+  g.tiles_w = static_cast<int>(ceil_div(OWc, TW));
   g.tiles = N * g.tiles_h * g.tiles_w;
   int64_t R = 1;
-  if (stats) R = std::min(g.tiles, std::max(ceil_div(g.tiles, 2048), ceil_div(256, static_cast<int64_t>(TH) * TW)));
+  if (work.min_outputs > 0) {
+    R = std::min(g.tiles, std::max(ceil_div(g.tiles, work.max_blocks),
+                                   ceil_div(work.min_outputs, static_cast<int64_t>(TH) * TW)));
+  }
   if (R > (int64_t(1) << 30)) return false;
   g.R = static_cast<int>(R);
   plan.cbv = static_cast<unsigned>(cbv);
@@ -277,6 +542,18 @@ struct TiledConv {
   int H, W, OH, OW, K, S, pH, pW;
 };
 
+// One weight gradient for run_tiled_bwd_weight: x (the conv's input) and gy (grad_output) dense
+// channels_last with 16-byte aligned vectors; part receives the (blocks, K * K + bias, C) stage-1
+// partials that depthwise_conv2d_bwd_weight_finish_kernel sums.
+struct TiledWgrad {
+  const at::Tensor* x;
+  const at::Tensor* gy;
+  at::Tensor* part;
+  bool bias;
+  int64_t N, C;
+  int H, W, OH, OW, K, S, pH, pW;
+};
+
 // MK_DW_TILED=1 (read once per process) lets run_conv use the tiled kernel: off by default until a
 // GPU run has checked and timed it (benchmarks/diag_depthwise.py compares the two).
 bool tiled_enabled();
@@ -285,6 +562,18 @@ bool tiled_enabled();
 // it does not apply: float64, K not in {3, 5}, S not in {1, 2}, or no plan (plan_tiled).
 template <typename scalar_t, bool kStats>
 bool run_tiled_conv(const TiledConv& c);
+
+// Runs grad_input of a stride-2 conv through the parity-split tiled kernel and returns true, or
+// returns false (nothing launched) when it does not apply (as run_tiled_conv, or S != 2). c.x is
+// grad_output (c.H x c.W), c.y grad_input (c.OH x c.OW), c.w_taps the conv's (K * K, C) taps (not
+// rotated), c.pH/c.pW the conv's padding; no bias, no activation.
+template <typename scalar_t>
+bool run_tiled_bwd_input_s2(const TiledConv& c);
+
+// Runs stage 1 of the weight gradient through the tiled kernel and returns true (*c.part set), or
+// returns false (nothing launched) when it does not apply, for the same reasons as run_tiled_conv.
+template <typename scalar_t>
+bool run_tiled_bwd_weight(const TiledWgrad& c);
 
 }  // namespace cuda
 }  // namespace mobilenet_kernels

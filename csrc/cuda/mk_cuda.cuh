@@ -55,6 +55,31 @@ __device__ __forceinline__ void load_vec(const T* p, acc_t (&out)[VEC]) {
   for (int i = 0; i < VEC; ++i) out[i] = static_cast<acc_t>(v.v[i]);
 }
 
+// Sums `val` over threadIdx.y (blockDim.y a power of two) with a fixed tree in `buf` (blockDim.x *
+// blockDim.y * VEC elements); y == 0 threads with `store` write the sum to out[offset + v], v < VEC.
+// Every thread of the block must call it (it synchronizes). Used by the weight-gradient kernels.
+template <typename acc_t, int VEC>
+__device__ void block_sum_store(const acc_t (&val)[VEC], acc_t* buf, bool store, acc_t* __restrict__ out,
+                                int64_t offset) {
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) buf[tid * VEC + v] = val[v];
+  __syncthreads();
+  for (int s = blockDim.y / 2; s > 0; s /= 2) {
+    if (threadIdx.y < s) {
+      const int o = tid + s * blockDim.x;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) buf[tid * VEC + v] += buf[o * VEC + v];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.y == 0 && store) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) out[offset + v] = buf[tid * VEC + v];
+  }
+  __syncthreads();  // buf is rewritten by the next call
+}
+
 // The kernels use no IEEE division or reciprocal: those compile to a call into a slow-path
 // subroutine, and its register save/restore shows up as stack frame and spills in ptxas' report.
 // recip_ge1(y) = 1 / y for y >= 1 (or +inf, or NaN): float: __fdividef (within 2 ulp); double: the

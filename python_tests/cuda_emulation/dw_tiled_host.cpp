@@ -1,15 +1,17 @@
-// Host emulation of depthwise_conv2d_fwd_tiled_kernel (csrc/cuda/depthwise_tiled.cuh): g++
+// Host emulation of the tiled depthwise kernels (csrc/cuda/depthwise_tiled.cuh: the forward, the
+// stride-2 grad_input and the weight gradient's stage 1): g++
 // compiles the very header against cuda_shim/ (dim3, threadIdx & co., __syncthreads as a block
 // barrier, __shared__ as a static) and runs the kernel on the CPU, so that the tests
 // (python_tests/test_cuda_emulation.py) can check its index math against PyTorch without a GPU.
 //
 // A call: plan_tiled as the CUDA host code calls it, then the emulated launch (emulation.h), with x
 // inside NaN guard zones of an image and more, the output (NaN) inside sentinel guard zones and the
-// statistics partials starting as NaN: a missed bounds check, an element left unwritten or a write
-// outside the output shows.
+// statistics or weight-gradient partials starting as NaN: a missed bounds check, an element left
+// unwritten or a write outside the output shows.
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -71,6 +73,24 @@ std::vector<int64_t> plan_info(const mkc::TiledPlan& plan) {
           static_cast<int64_t>(plan.smem)};
 }
 
+// An input of the kernels (4-d, channels_last, C a multiple of the 16-byte vector) copied into a
+// NaN buffer with guard zones of an image (and more) on both sides; raises unless its data and
+// strides allow 16-byte vectors (a size-1 dim's stride is never used: torch may set it to 1).
+at::Tensor guarded_input(const at::Tensor& x_in, const char* name) {
+  TORCH_CHECK(x_in.dim() == 4 && x_in.device().is_cpu(), name, ": expected a 4-d CPU tensor");
+  TORCH_CHECK(x_in.stride(0) >= 0 && x_in.stride(2) >= 0 && x_in.stride(3) >= 0, name,
+              ": expected non-negative strides");
+  const at::Tensor x =
+      mk_emu::in_guarded_buffer(x_in, x_in.numel() / std::max<int64_t>(x_in.size(0), 1) + 2 * kGuardElems, kNaN);
+  TORCH_CHECK(x.stride(1) == 1, name, ": expected channels_last (channel stride 1)");
+  const int vec = static_cast<int>(16 / x.element_size());
+  TORCH_CHECK(x.size(1) % vec == 0, name, ": C must be a multiple of ", vec);
+  bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  for (int d : {0, 2, 3}) aligned = aligned && (x.size(d) == 1 || x.stride(d) % vec == 0);
+  TORCH_CHECK(aligned, name, ": 16-byte vectors need aligned data and strides");
+  return x;
+}
+
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
 // when `stats`. Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
 // tiles, blocks_x, blocks_y, cbv, tx, ty, smem]; the partials are empty without stats. Raises when
@@ -78,12 +98,7 @@ std::vector<int64_t> plan_info(const mkc::TiledPlan& plan) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>> run(
     const at::Tensor& x_in, const at::Tensor& weight_taps, const at::Tensor& bias, int64_t K, int64_t S, int64_t pH,
     int64_t pW, int64_t act_code, bool stats) {
-  TORCH_CHECK(x_in.dim() == 4 && x_in.device().is_cpu(), "x: expected a 4-d CPU tensor");
-  TORCH_CHECK(x_in.stride(0) >= 0 && x_in.stride(2) >= 0 && x_in.stride(3) >= 0, "x: expected non-negative strides");
-  // x in a NaN buffer with guard zones of an image (and more) on both sides.
-  const at::Tensor x =
-      mk_emu::in_guarded_buffer(x_in, x_in.numel() / std::max<int64_t>(x_in.size(0), 1) + 2 * kGuardElems, kNaN);
-  TORCH_CHECK(x.stride(1) == 1, "x: expected channels_last (channel stride 1)");
+  const at::Tensor x = guarded_input(x_in, "x");
   TORCH_CHECK(act_code >= 0 && act_code <= 6, "act_code out of range");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t OH = (H + 2 * pH - K) / S + 1;
@@ -96,16 +111,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   TORCH_CHECK(!has_bias || (bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == C),
               "bias: expected a contiguous float (C,) tensor or an empty one");
   const int vec = static_cast<int>(16 / x.element_size());
-  TORCH_CHECK(C % vec == 0, "C must be a multiple of ", vec);
-  // 16-byte vectors: aligned data and strides (a size-1 dim's stride is never used: torch may set it to 1)
-  bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-  for (int d : {0, 2, 3}) aligned = aligned && (x.size(d) == 1 || x.stride(d) % vec == 0);
-  TORCH_CHECK(aligned, "x: 16-byte vectors need aligned data and strides");
 
   mkc::TiledPlan plan{};
   TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH),
                               static_cast<int>(OW), static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH),
-                              static_cast<int>(pW), vec, stats, plan),
+                              static_cast<int>(pW), vec, stats ? mkc::kTiledStats : mkc::kTiledForward, plan),
               "plan_tiled rejected the conv");
   // y: channels_last, NaN, inside sentinel guard zones of an image and more (a tile's overhang).
   const mk_emu::GuardedOutput out(at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast)),
@@ -151,15 +161,166 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   return {y, pn, pm, pm2, plan_info(plan)};
 }
 
-// plan_tiled alone, for a conv of any size (nothing runs): the plan as run() returns it, or an
-// empty list when plan_tiled rejects the conv.
-std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t S, int64_t pH, int64_t pW,
-                          int64_t vec, bool stats) {
+// The work plan_tiled is asked for: "forward", "stats", "wgrad" or "dgrad_s2" (of a K x K conv).
+mkc::TiledWork work_of(const std::string& kind, int64_t K) {
+  if (kind == "forward") return mkc::kTiledForward;
+  if (kind == "stats") return mkc::kTiledStats;
+  if (kind == "dgrad_s2") return mkc::kTiledDgradS2;
+  TORCH_CHECK(kind == "wgrad", "kind: expected forward, stats, wgrad or dgrad_s2, got ", kind);
+  return mkc::tiled_wgrad_work(static_cast<int>(K));
+}
+
+template <typename scalar_t>
+void launch_wgrad(int K, int S, const at::Tensor& x, const at::Tensor& gy, const mkc::TiledPlan& plan, bool bias,
+                  float* part) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* gp = gy.data_ptr<scalar_t>();
+#define MK_EMU_CASE(KK, SS)                                                                                     \
+  if (K == KK && S == SS) {                                                                                     \
+    return mk_emu::launch_grid(                                                                                 \
+        dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y)), dim3(plan.tx, plan.ty), \
+        plan.smem, mkc::mk_dw_tiled_smem, [&] {                                                                 \
+          mkc::depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, float, VEC, KK, SS>(xp, gp, plan.g, bias, part); \
+        });                                                                                                     \
+  }
+  MK_EMU_CASE(3, 1)
+  MK_EMU_CASE(3, 2)
+  MK_EMU_CASE(5, 1)
+  MK_EMU_CASE(5, 2)
+  MK_EMU_CASE(7, 1)
+  MK_EMU_CASE(7, 2)
+#undef MK_EMU_CASE
+  TORCH_CHECK(false, "emulation: K must be 3, 5 or 7 and S 1 or 2, got K=", K, " S=", S);
+}
+
+// Stage 1 of the weight gradient by the emulated tiled kernel: x the conv's input, gy its
+// grad_output (both channels_last). Returns (part, plan): part (blocks_x, K * K + bias, C) float
+// partials whose sum over dim 0 is grad_weight's taps (then grad_bias), plan as run() returns it.
+std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const at::Tensor& gy_in, int64_t K,
+                                                   int64_t S, int64_t pH, int64_t pW, bool bias) {
+  const at::Tensor x = guarded_input(x_in, "x");
+  const at::Tensor gy = guarded_input(gy_in, "gy");
+  TORCH_CHECK(x.scalar_type() == gy.scalar_type(), "gy: expected x's dtype");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
+  TORCH_CHECK(H + 2 * pH >= K && W + 2 * pW >= K, "emulation: empty output");
+  TORCH_CHECK(gy.sizes() == at::IntArrayRef({N, C, OH, OW}), "gy: expected the conv's output shape");
+  const int vec = static_cast<int>(16 / x.element_size());
+  mkc::TiledPlan plan{};
+  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH),
+                              static_cast<int>(OW), static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH),
+                              static_cast<int>(pW), vec, mkc::tiled_wgrad_work(static_cast<int>(K)), plan),
+              "plan_tiled rejected the conv");
+  plan.g.xsN = x.stride(0);
+  plan.g.xsH = x.stride(2);
+  plan.g.xsW = x.stride(3);
+  plan.g.ysN = gy.stride(0);
+  plan.g.ysH = gy.stride(2);
+  plan.g.ysW = gy.stride(3);
+  // The partials inside sentinel guard zones, NaN: every (block, row, channel) must be written.
+  const int64_t rows = K * K + (bias ? 1 : 0);
+  const mk_emu::GuardedOutput out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)), kGuardElems);
+  at::Tensor part = out.y;
+  float* pp = part.data_ptr<float>();
+  const int k = static_cast<int>(K), s = static_cast<int>(S);
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      launch_wgrad<float>(k, s, x, gy, plan, bias, pp);
+      break;
+    case at::kBFloat16:
+      launch_wgrad<c10::BFloat16>(k, s, x, gy, plan, bias, pp);
+      break;
+    case at::kHalf:
+      launch_wgrad<c10::Half>(k, s, x, gy, plan, bias, pp);
+      break;
+    default:
+      TORCH_CHECK(false, "x: expected float32, bfloat16 or float16, got ", x.scalar_type());
+  }
+  out.check();
+  return {part, plan_info(plan)};
+}
+
+template <typename scalar_t>
+void launch_dgrad_s2(int K, const at::Tensor& gy, at::Tensor& gx, const float* w, const mkc::TiledPlan& plan) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const scalar_t* gp = gy.data_ptr<scalar_t>();
+  scalar_t* xp = gx.data_ptr<scalar_t>();
+#define MK_EMU_CASE(KK)                                                                                          \
+  if (K == KK) {                                                                                                 \
+    return mk_emu::launch_grid(                                                                                  \
+        dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y)), dim3(plan.tx, plan.ty), \
+        plan.smem, mkc::mk_dw_tiled_smem,                                                                        \
+        [&] { mkc::depthwise_conv2d_bwd_input_s2_tiled_kernel<scalar_t, float, VEC, KK>(gp, xp, w, plan.g); });   \
+  }
+  MK_EMU_CASE(3)
+  MK_EMU_CASE(5)
+  MK_EMU_CASE(7)
+#undef MK_EMU_CASE
+  TORCH_CHECK(false, "emulation: K must be 3, 5 or 7, got K=", K);
+}
+
+// grad_input of a stride-2 conv (input H x W, padding pH, pW) by the emulated parity-split tiled
+// kernel: gy its grad_output (channels_last), weight_taps the conv's (K * K, C) float taps (not
+// rotated). Returns (grad_input, plan), plan as run() returns it.
+std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, const at::Tensor& weight_taps,
+                                                      int64_t H, int64_t W, int64_t K, int64_t pH, int64_t pW) {
+  const at::Tensor gy = guarded_input(gy_in, "gy");
+  const int64_t N = gy.size(0), C = gy.size(1), OH = gy.size(2), OW = gy.size(3);
+  TORCH_CHECK((H + 2 * pH - K) / 2 + 1 == OH && (W + 2 * pW - K) / 2 + 1 == OW && H + 2 * pH >= K &&
+                  W + 2 * pW >= K,
+              "gy: expected the output shape of the stride-2 conv of an H x W input");
+  TORCH_CHECK(weight_taps.scalar_type() == at::kFloat && weight_taps.is_contiguous() &&
+                  weight_taps.sizes() == at::IntArrayRef({K * K, C}),
+              "weight_taps: expected a contiguous float (K*K, C) tensor");
+  const int vec = static_cast<int>(16 / gy.element_size());
+  mkc::TiledPlan plan{};
+  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(OH), static_cast<int>(OW), static_cast<int>(H),
+                              static_cast<int>(W), static_cast<int>(K), 2, static_cast<int>(pH), static_cast<int>(pW),
+                              vec, mkc::kTiledDgradS2, plan),
+              "plan_tiled rejected the conv");
+  const mk_emu::GuardedOutput out(at::empty({N, C, H, W}, gy.options().memory_format(at::MemoryFormat::ChannelsLast)),
+                                  C * H * W + 2 * kGuardElems);
+  at::Tensor gx = out.y;
+  plan.g.xsN = gy.stride(0);
+  plan.g.xsH = gy.stride(2);
+  plan.g.xsW = gy.stride(3);
+  plan.g.ysN = gx.stride(0);
+  plan.g.ysH = gx.stride(2);
+  plan.g.ysW = gx.stride(3);
+  const float* wp = weight_taps.data_ptr<float>();
+  const int k = static_cast<int>(K);
+  switch (gy.scalar_type()) {
+    case at::kFloat:
+      launch_dgrad_s2<float>(k, gy, gx, wp, plan);
+      break;
+    case at::kBFloat16:
+      launch_dgrad_s2<c10::BFloat16>(k, gy, gx, wp, plan);
+      break;
+    case at::kHalf:
+      launch_dgrad_s2<c10::Half>(k, gy, gx, wp, plan);
+      break;
+    default:
+      TORCH_CHECK(false, "gy: expected float32, bfloat16 or float16, got ", gy.scalar_type());
+  }
+  out.check();
+  return {gx, plan_info(plan)};
+}
+
+// plan_tiled alone, for a conv of any size (nothing runs): the plan as run() returns it, or an
+// empty list when plan_tiled rejects the conv. kind: "forward", "stats", "wgrad" (of the conv) or
+// "dgrad_s2" (grad_input of the conv as the stride-2 kernel plans it: grad_output -> grad_input).
+std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t S, int64_t pH, int64_t pW,
+                          int64_t vec, const std::string& kind) {
+  int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
+  if (kind == "dgrad_s2") {  // reads grad_output, writes grad_input
+    std::swap(H, OH);
+    std::swap(W, OW);
+  }
   mkc::TiledPlan p{};
   if (!mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH), static_cast<int>(OW),
                        static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH), static_cast<int>(pW),
-                       static_cast<int>(vec), stats, p)) {
+                       static_cast<int>(vec), work_of(kind, K), p)) {
     return {};
   }
   return plan_info(p);
@@ -172,5 +333,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias"), py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("act_code"),
         py::arg("stats"));
   m.def("plan", &plan, "plan_tiled of a conv (nothing runs)", py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
-        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("stats"));
+        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("kind"));
+  m.def("dgrad_s2", &dgrad_s2, "depthwise_conv2d_bwd_input_s2_tiled_kernel emulated on the host", py::arg("gy"),
+        py::arg("weight_taps"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("pH"), py::arg("pW"));
+  m.def("wgrad", &wgrad, "depthwise_conv2d_bwd_weight_tiled_kernel emulated on the host", py::arg("x"), py::arg("gy"),
+        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"));
 }
