@@ -120,7 +120,7 @@ at::Tensor run_conv(const at::Tensor& x, at::Tensor& y, const at::Tensor& w_taps
   const int vec = can_vectorize<scalar_t>(channels_last, g.C, {&x, &y}) ? kVec : 1;
   if (vec == kVec && kVec > 1 && tiled_enabled() && g.kH == g.kW && g.dH == 1 && g.dW == 1 && g.sH == g.sW) {
     at::Tensor part;
-    const TiledConv c{&x, &y, &w_taps, &bias, &part, act, N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW};
+    const TiledConv c{&x, &y, &w_taps, &bias, &part, act, {N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
     if (run_tiled_conv<scalar_t, kStats>(c)) return part;
   }
   const FwdPlan p = plan_fwd(g, channels_last, vec, kStats, row_reuse_enabled(), sizeof(scalar_t));
@@ -179,8 +179,8 @@ void run_bwd_input(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx)
     const Geom g = make_geom(a, gx, gy);
     if (vec && kVec > 1 && tiled_enabled() && g.kH == g.kW && g.dH == 1 && g.dW == 1 && g.sH == 2 && g.sW == 2) {
       // grad_output -> grad_input: the tiled kernel reads gy (OH x OW) and writes gx (H x W).
-      const TiledConv c{&gy, &gx, &w, nullptr, nullptr, Act::kIdentity, a.N, a.C, g.OH, g.OW, g.H, g.W, g.kH, 2,
-                        g.pH, g.pW};
+      const TiledConv c{&gy, &gx, &w, nullptr, nullptr, Act::kIdentity,
+                        {a.N, a.C, g.OH, g.OW, g.H, g.W, g.kH, 2, g.pH, g.pW}};
       if (run_tiled_bwd_input_s2<scalar_t>(c)) return;
     }
     if (vec && kVec > 1) {
@@ -200,8 +200,8 @@ void launch_bwd_weight(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor*
   at::Tensor part;  // (tiles, rows, C)
   if (VEC > 1 && tiled_enabled() && grad_weight != nullptr && g.kH == g.kW && g.dH == 1 && g.dW == 1 &&
       g.sH == g.sW) {
-    const TiledWgrad c{&a.input, &gy, &part, grad_bias != nullptr, a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH,
-                       g.pH, g.pW};
+    const TiledWgrad c{&a.input, &gy, &part, grad_bias != nullptr,
+                       {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
     run_tiled_bwd_weight<scalar_t>(c);  // leaves part undefined when it does not apply
   }
   if (!part.defined()) {

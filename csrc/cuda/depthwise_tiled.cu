@@ -51,18 +51,26 @@ void launch_dgrad_s2(const TiledPlan& p, const TiledConv& c) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// plan_tiled for x -> y with the strides of the two tensors; false when it does not apply.
-bool plan_for(const at::Tensor& x, const at::Tensor& y, int64_t N, int64_t C, int H, int W, int OH, int OW, int K,
-              int S, int pH, int pW, int vec, TiledWork work, TiledPlan& p) {
-  if (!(K == 3 || K == 5) || !(S == 1 || S == 2)) return false;
-  if (!plan_tiled(N, C, H, W, OH, OW, K, S, pH, pW, vec, work, p)) return false;
-  p.g.xsN = x.stride(0);
-  p.g.xsH = x.stride(2);
-  p.g.xsW = x.stride(3);
-  p.g.ysN = y.stride(0);
-  p.g.ysH = y.stride(2);
-  p.g.ysW = y.stride(3);
+// plan_tiled of `work` for x -> y, with the strides of the two tensors; false when it does not apply.
+bool plan_for(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, int vec, TiledWork work, TiledPlan& p) {
+  if (!(s.K == 3 || s.K == 5) || !(s.S == 1 || s.S == 2)) return false;
+  if (!plan_tiled(s.N, s.C, s.H, s.W, s.OH, s.OW, s.K, s.S, s.pH, s.pW, vec, work, p)) return false;
+  set_tiled_strides(p.g, x, y);
   return true;
+}
+
+// false for float64 (no tiled kernels); else plans `work` for x -> y and, when it applies, calls
+// launch(plan) and returns true. `launch` is a generic lambda: not instantiated for float64.
+template <typename scalar_t, typename F>
+bool plan_and_launch(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, TiledWork work, F&& launch) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    TiledPlan p{};
+    if (!plan_for(x, y, s, 16 / sizeof(scalar_t), work, p)) return false;
+    launch(p);
+    return true;
+  }
 }
 
 // f(integral_constant<K>, integral_constant<S>) for K in {3, 5}, S in {1, 2} (plan_for checked them).
@@ -91,56 +99,37 @@ bool tiled_enabled() {
 
 template <typename scalar_t, bool kStats>
 bool run_tiled_conv(const TiledConv& c) {
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    return false;
-  } else {
-    using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = at::opmath_type<scalar_t>;
+  return plan_and_launch<scalar_t>(*c.x, *c.y, c.shape, kStats ? kTiledStats : kTiledForward, [&](const auto& p) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    TiledPlan p{};
-    if (!plan_for(*c.x, *c.y, c.N, c.C, c.H, c.W, c.OH, c.OW, c.K, c.S, c.pH, c.pW, kVec,
-                  kStats ? kTiledStats : kTiledForward, p)) {
-      return false;
-    }
     if constexpr (kStats) {
-      *c.part = at::empty({3, p.blocks_x, c.C}, c.x->options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      *c.part = at::empty({3, p.blocks_x, c.shape.C}, c.x->options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     }
-    dispatch_k_s(c.K, c.S, [&](auto k, auto s) { launch<scalar_t, kVec, decltype(k)::value, decltype(s)::value, kStats>(p, c); });
-    return true;
-  }
+    dispatch_k_s(c.shape.K, c.shape.S,
+                 [&](auto k, auto s) { launch<scalar_t, kVec, decltype(k)::value, decltype(s)::value, kStats>(p, c); });
+  });
 }
 
 template <typename scalar_t>
 bool run_tiled_bwd_weight(const TiledWgrad& c) {
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    return false;
-  } else {
-    using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = at::opmath_type<scalar_t>;
+  const TiledShape& s = c.shape;
+  return plan_and_launch<scalar_t>(*c.x, *c.gy, s, tiled_wgrad_work(s.K), [&](const auto& p) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    TiledPlan p{};
-    if (!plan_for(*c.x, *c.gy, c.N, c.C, c.H, c.W, c.OH, c.OW, c.K, c.S, c.pH, c.pW, kVec, tiled_wgrad_work(c.K),
-                  p)) {
-      return false;
-    }
-    *c.part = at::empty({p.blocks_x, c.K * c.K + (c.bias ? 1 : 0), c.C},
+    *c.part = at::empty({p.blocks_x, s.K * s.K + (c.bias ? 1 : 0), s.C},
                         c.x->options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    dispatch_k_s(c.K, c.S, [&](auto k, auto s) { launch_wgrad<scalar_t, kVec, decltype(k)::value, decltype(s)::value>(p, c); });
-    return true;
-  }
+    dispatch_k_s(s.K, s.S,
+                 [&](auto k, auto st) { launch_wgrad<scalar_t, kVec, decltype(k)::value, decltype(st)::value>(p, c); });
+  });
 }
 
 template <typename scalar_t>
 bool run_tiled_bwd_input_s2(const TiledConv& c) {
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    return false;
-  } else {
+  if (c.shape.S != 2) return false;
+  return plan_and_launch<scalar_t>(*c.x, *c.y, c.shape, kTiledDgradS2, [&](const auto& p) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    TiledPlan p{};
-    if (c.S != 2 || !plan_for(*c.x, *c.y, c.N, c.C, c.H, c.W, c.OH, c.OW, c.K, c.S, c.pH, c.pW, kVec, kTiledDgradS2, p)) {
-      return false;
-    }
-    c.K == 3 ? launch_dgrad_s2<scalar_t, kVec, 3>(p, c) : launch_dgrad_s2<scalar_t, kVec, 5>(p, c);
-    return true;
-  }
+    c.shape.K == 3 ? launch_dgrad_s2<scalar_t, kVec, 3>(p, c) : launch_dgrad_s2<scalar_t, kVec, 5>(p, c);
+  });
 }
 
 #define MK_INSTANTIATE(T)                                   \

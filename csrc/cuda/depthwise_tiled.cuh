@@ -143,6 +143,27 @@ __device__ __forceinline__ TileOrigin tile_origin(const TiledGeom& g, int64_t ti
   return {n, th * g.TH, (rem - th * g.tiles_w) * g.TW};
 }
 
+// The inner loop of the tiled kernels: reads the kSpan staged values of one tile row that this
+// thread's kTiledRW columns need (src: the first; step: VC elements between staged pixels), each
+// once, and calls f(j, kw, xv) for every (column j, tap kw) pair that reads value i, with
+// kw = kw_of(i, j) (pairs with kw outside [0, K) do not exist). Fully unrolled: i, j and kw are
+// compile-time constants in f, so per-column and per-tap accumulators stay in registers.
+template <int K, int kSpan, typename acc_t, int CV, typename VC, typename KwOf, typename F>
+__device__ __forceinline__ void feed_staged_row(const VC* src, int step, KwOf kw_of, F f) {
+#pragma unroll
+  for (int i = 0; i < kSpan; ++i) {
+    acc_t xv[CV];
+    const VC in = src[i * step];
+#pragma unroll
+    for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
+#pragma unroll
+    for (int j = 0; j < kTiledRW; ++j) {
+      const int kw = kw_of(i, j);
+      if (kw >= 0 && kw < K) f(j, kw, xv);
+    }
+  }
+}
+
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
 // ptxas (CUDA 13, sm_90) gives 72-96 registers for 16-bit types, 90-116 for float, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K, int S, bool kStats>
@@ -198,21 +219,11 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         // This thread's part of tile pixel q: VC element (q * cbv + cv) * kLanes + lane.
         const VC* src = reinterpret_cast<const VC*>(tile) +
                         (((t.row * S + kh) * IW + t.col0 * S) * t.cbv + t.cv) * kLanes + t.lane;
-#pragma unroll
-        for (int i = 0; i < kSpan; ++i) {
-          acc_t xv[CV];
-          const VC in = src[i * t.cbv * kLanes];
-#pragma unroll
-          for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
-#pragma unroll
-          for (int j = 0; j < kTiledRW; ++j) {
-            const int kw = i - j * S;
-            if (kw >= 0 && kw < K) {
+        feed_staged_row<K, kSpan, acc_t, CV>(
+            src, t.cbv * kLanes, [](int i, int j) { return i - j * S; }, [&](int j, int kw, const acc_t(&xv)[CV]) {
 #pragma unroll
               for (int v = 0; v < CV; ++v) acc[j][v] += xv[v] * wr[kw][v];
-            }
-          }
-        }
+            });
       }
       const int oh = o.oh0 + t.row;
       if (oh < g.OH) {
@@ -232,7 +243,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 }
 
 // Channels a thread of the tiled weight-gradient kernel owns: its K * K * CV accumulators stay
-// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 104-128 registers, no spills.
+// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 94-128 registers, no spills.
 constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
 
 // grad_weight (and grad_bias) stage 1, tiled (KERNELS.md §1 wgrad): the same blocks, tiles and
@@ -307,21 +318,13 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
       for (int kh = 0; kh < K; ++kh) {
         const VC* src = reinterpret_cast<const VC*>(tile) +
                         (((t.row * S + kh) * IW + t.col0 * S) * t.cbv + t.cv) * kLanes + t.lane;
+        feed_staged_row<K, kSpan, acc_t, CV>(
+            src, t.cbv * kLanes, [](int i, int j) { return i - j * S; }, [&](int j, int kw, const acc_t(&xv)[CV]) {
+              if (ok[j]) {
 #pragma unroll
-        for (int i = 0; i < kSpan; ++i) {
-          acc_t xv[CV];
-          const VC in = src[i * t.cbv * kLanes];
-#pragma unroll
-          for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
-#pragma unroll
-          for (int j = 0; j < kTiledRW; ++j) {
-            const int kw = i - j * S;
-            if (kw >= 0 && kw < K && ok[j]) {
-#pragma unroll
-              for (int v = 0; v < CV; ++v) acc[kh][kw][v] += gv[j][v] * xv[v];
-            }
-          }
-        }
+                for (int v = 0; v < CV; ++v) acc[kh][kw][v] += gv[j][v] * xv[v];
+              }
+            });
       }
     }
   }
@@ -396,21 +399,12 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + t.c0, wr[kw]);
         const int srow = (t.row - kh) / 2 + kHalf;  // r - kh is even
         const VC* src = reinterpret_cast<const VC*>(tile) + ((srow * GW + t.col0 / 2) * t.cbv + t.cv) * kLanes + t.lane;
-#pragma unroll
-        for (int i = 0; i < kSpan; ++i) {
-          acc_t xv[CV];
-          const VC in = src[i * t.cbv * kLanes];
-#pragma unroll
-          for (int v = 0; v < CV; ++v) xv[v] = static_cast<acc_t>(in.v[v]);
-#pragma unroll
-          for (int j = 0; j < kTiledRW; ++j) {
-            const int kw = j - 2 * (i - kHalf);  // i = (j - kw) / 2 + kHalf
-            if (kw >= 0 && kw < K) {
+        feed_staged_row<K, kSpan, acc_t, CV>(
+            src, t.cbv * kLanes, [](int i, int j) { return j - 2 * (i - kHalf); },  // i = (j - kw) / 2 + kHalf
+            [&](int j, int kw, const acc_t(&xv)[CV]) {
 #pragma unroll
               for (int v = 0; v < CV; ++v) acc[j][v] += xv[v] * wr[kw][v];
-            }
-          }
-        }
+            });
       }
       const int ih = ih0 + t.row;
       if (ih >= 0 && ih < g.OH) {
@@ -528,6 +522,23 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   return plan.blocks_x <= 2147483647 && plan.blocks_y <= 65535;
 }
 
+// The sizes of one tiled launch: x (N, C, H, W) is read, y (N, C, OH, OW) written; a K x K
+// conv with stride S and padding (pH, pW).
+struct TiledShape {
+  int64_t N, C;
+  int H, W, OH, OW, K, S, pH, pW;
+};
+
+// The strides of x (read) and y (written), dense channels_last: into a plan's geometry.
+inline void set_tiled_strides(TiledGeom& g, const at::Tensor& x, const at::Tensor& y) {
+  g.xsN = x.stride(0);
+  g.xsH = x.stride(2);
+  g.xsW = x.stride(3);
+  g.ysN = y.stride(0);
+  g.ysH = y.stride(2);
+  g.ysW = y.stride(3);
+}
+
 // One conv for run_tiled_conv (depthwise_tiled.cu): y = act(conv(x, w) + bias), x and y dense
 // channels_last with 16-byte aligned vectors (can_vectorize), w_taps (K * K, C) and bias (C,) or
 // undefined in the accumulation dtype; part receives the (3, blocks, C) statistics partials.
@@ -538,8 +549,7 @@ struct TiledConv {
   const at::Tensor* bias;
   at::Tensor* part;  // kStats only
   Act act;
-  int64_t N, C;
-  int H, W, OH, OW, K, S, pH, pW;
+  TiledShape shape;
 };
 
 // One weight gradient for run_tiled_bwd_weight: x (the conv's input) and gy (grad_output) dense
@@ -550,8 +560,7 @@ struct TiledWgrad {
   const at::Tensor* gy;
   at::Tensor* part;
   bool bias;
-  int64_t N, C;
-  int H, W, OH, OW, K, S, pH, pW;
+  TiledShape shape;  // of the conv: x -> gy
 };
 
 // MK_DW_TILED=1 (read once per process) lets run_conv use the tiled kernel: off by default until a
@@ -565,8 +574,8 @@ bool run_tiled_conv(const TiledConv& c);
 
 // Runs grad_input of a stride-2 conv through the parity-split tiled kernel and returns true, or
 // returns false (nothing launched) when it does not apply (as run_tiled_conv, or S != 2). c.x is
-// grad_output (c.H x c.W), c.y grad_input (c.OH x c.OW), c.w_taps the conv's (K * K, C) taps (not
-// rotated), c.pH/c.pW the conv's padding; no bias, no activation.
+// grad_output (shape H x W), c.y grad_input (shape OH x OW), c.w_taps the conv's (K * K, C) taps
+// (not rotated), the shape's pH/pW the conv's padding; no bias, no activation.
 template <typename scalar_t>
 bool run_tiled_bwd_input_s2(const TiledConv& c);
 

@@ -121,12 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   const mk_emu::GuardedOutput out(at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * OH * OW + 2 * kGuardElems);
   at::Tensor y = out.y;
-  plan.g.xsN = x.stride(0);
-  plan.g.xsH = x.stride(2);
-  plan.g.xsW = x.stride(3);
-  plan.g.ysN = y.stride(0);
-  plan.g.ysH = y.stride(2);
-  plan.g.ysW = y.stride(3);
+  mkc::set_tiled_strides(plan.g, x, y);
 
   at::Tensor pn, pm, pm2;
   if (stats) {
@@ -212,12 +207,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
                               static_cast<int>(OW), static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH),
                               static_cast<int>(pW), vec, mkc::tiled_wgrad_work(static_cast<int>(K)), plan),
               "plan_tiled rejected the conv");
-  plan.g.xsN = x.stride(0);
-  plan.g.xsH = x.stride(2);
-  plan.g.xsW = x.stride(3);
-  plan.g.ysN = gy.stride(0);
-  plan.g.ysH = gy.stride(2);
-  plan.g.ysW = gy.stride(3);
+  mkc::set_tiled_strides(plan.g, x, gy);
   // The partials inside sentinel guard zones, NaN: every (block, row, channel) must be written.
   const int64_t rows = K * K + (bias ? 1 : 0);
   const mk_emu::GuardedOutput out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)), kGuardElems);
@@ -282,12 +272,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
   const mk_emu::GuardedOutput out(at::empty({N, C, H, W}, gy.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * H * W + 2 * kGuardElems);
   at::Tensor gx = out.y;
-  plan.g.xsN = gy.stride(0);
-  plan.g.xsH = gy.stride(2);
-  plan.g.xsW = gy.stride(3);
-  plan.g.ysN = gx.stride(0);
-  plan.g.ysH = gx.stride(2);
-  plan.g.ysW = gx.stride(3);
+  mkc::set_tiled_strides(plan.g, gy, gx);
   const float* wp = weight_taps.data_ptr<float>();
   const int k = static_cast<int>(K);
   switch (gy.scalar_type()) {
