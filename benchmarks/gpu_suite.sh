@@ -37,6 +37,10 @@
 # Works on a CPU-only box too (the GPU cases skip), which is how it is checked before a GPU run.
 set -uo pipefail
 OUT=${1:?usage: gpu_suite.sh OUT}
+# Triton launch tuning (mobilenet_kernels/triton/_tuning.py) compiles and times every candidate
+# config at the first call per shape: seconds per shape, which the lease cannot spare across the
+# tests' and benchmarks' many shapes. Off unless asked for (MK_TRITON_TUNE=1); the results record it.
+export MK_TRITON_TUNE=${MK_TRITON_TUNE:-0}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export MK_GIT_COMMIT=${MK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}

@@ -44,8 +44,9 @@ def git_commit() -> str:
 
 
 def environment(device: str) -> dict:
-    """Where and with what a result was measured: device, commit, versions, time; on CUDA also the
-    measured copy bandwidth, on CPU the thread count and the load average (other processes)."""
+    """Where and with what a result was measured: device, commit, versions, time, the kernel switches
+    set in the environment; on CUDA also the measured copy bandwidth, on CPU the thread count and the
+    load average (other processes)."""
     try:
         import triton
 
@@ -64,6 +65,8 @@ def environment(device: str) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # the kernel switches read from the environment (unset: the default kernels / tuning on)
+        "switches": {k: os.environ.get(k) for k in ("MK_DW_TILED", "MK_DW_ROW_REUSE", "MK_TRITON_TUNE")},
     }
     if device == "cuda":
         record["copy_GBps"] = copy_bandwidth() / 1e9

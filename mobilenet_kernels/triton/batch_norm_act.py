@@ -10,9 +10,11 @@ Layouts: any (N, C, *) tensor made dense as NCHW or channels_last; a program own
          [BLOCK_M pixels x BLOCK_C channels] tile addressed through (n, c, pixel) strides.
 dtypes: float64, float32, float16, bfloat16; arithmetic in float32 (float64 for float64 input).
 Indexing: int64 offsets. Runs on CPU tensors under TRITON_INTERPRET=1.
-Limits: block sizes are a fixed heuristic, not autotuned yet. The interpreter rounds fp32 -> bf16
-        toward zero (GPUs round to nearest even), so on CPU tensors bf16 results are stored as fp32 and
-        rounded by torch (``_store_dtype``).
+Tuning: on a GPU the apply pass's tile (BLOCK_M, BLOCK_C, num_warps) is picked per shape by timing
+        numerics-identical candidates (triton/_tuning.py, eval_fwd_configs); the passes that write
+        per-program partials keep the fixed heuristic.
+Limits: the interpreter rounds fp32 -> bf16 toward zero (GPUs round to nearest even), so on CPU
+        tensors bf16 results are stored as fp32 and rounded by torch (``_store_dtype``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_derivative, act_forward
+from ._tuning import LaunchTuner, tuning_enabled, unique
 
 
 @triton.jit
@@ -199,13 +202,40 @@ class _Launch:
         return torch.empty((2, self.grid[0], self.C), dtype=self.acc, device=device)
 
 
-def batch_norm_act_eval_fwd(x, mean, var, weight, bias, eps, activation, memory_format):
-    """x dense in ``memory_format``; returns y in the same format."""
+def eval_fwd_configs(x) -> list[tuple[int, int, int]]:
+    """The eval forward's launch configs (BLOCK_M, BLOCK_C, num_warps) for LaunchTuner
+    (triton/_tuning.py), the heuristic first: an elementwise pass, so all give the same bits."""
+    M, C = _geometry(x)[:2]
+    configs = [(*_blocks(M, C), 4)]
+    for bc in sorted({min(w, triton.next_power_of_2(max(C, 1))) for w in (16, 32, 64)}):
+        for tile, warps in ((2048, 4), (8192, 8)):
+            configs.append((min(triton.next_power_of_2(max(M, 1)), tile // bc), bc, warps))
+    return unique(configs)
+
+
+_EVAL_FWD_TUNER = LaunchTuner("batch_norm_act_eval_fwd")
+
+
+def batch_norm_act_eval_fwd(x, mean, var, weight, bias, eps, activation, memory_format, config=None):
+    """x dense in ``memory_format``; returns y in the same format. `config` (BLOCK_M, BLOCK_C,
+    num_warps) forces a launch config (tests); else the tuner picks one."""
     y = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
     if x.numel() == 0:
         return y.to(x.dtype)
     L = _Launch(x, mean, var, weight, bias, activation, eps)
-    _batch_norm_act_eval_fwd_kernel[L.grid](x, y, *L.params, *L.geometry, L.eps, **L.flags)
+    M, C = L.geometry[:2]
+
+    def run(cfg):
+        block_m, block_c, warps = cfg
+        flags = dict(L.flags, BLOCK_M=block_m, BLOCK_C=block_c)
+        _batch_norm_act_eval_fwd_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
+            x, y, *L.params, *L.geometry, L.eps, **flags, num_warps=warps)
+
+    if config is not None:
+        run(config)
+    else:
+        key = (x.device, x.dtype, memory_format, tuple(x.shape), activation, weight is not None, bias is not None)
+        _EVAL_FWD_TUNER.launch(key, eval_fwd_configs(x), run, tuning_enabled(x.device))
     return y.to(x.dtype)
 
 

@@ -22,10 +22,13 @@ dtypes: float64, float32, float16, bfloat16; accumulation in the weight's dtype 
 Runs on CPU tensors under TRITON_INTERPRET=1; as in batch_norm_act.py, bf16 outputs are then stored
 as fp32 and rounded by torch, and the stats round to bf16 in software (the interpreter's cast
 truncates; GPUs round to nearest even).
-Limits: block sizes are a fixed heuristic, not autotuned. Every tap is loaded from global memory
-        (L1 catches the reuse): fine for k3, L1-bound for k5 (KERNELS.md section 1). grad_weight
-        reduces each tap over the tile's pixels once per pixel block. NCHW at stride 2 loses
-        coalescing (strided phase pixels in grad_input, strided taps in the forward).
+Tuning: on a GPU the plain forward's tile (BLOCK_P, BLOCK_C, num_warps) is picked per shape by
+        timing numerics-identical candidates (triton/_tuning.py, forward_configs); the statistics
+        forward and the backward keep the fixed heuristic (their partials follow the tile).
+Limits: every tap is loaded from global memory (L1 catches the reuse): fine for k3, L1-bound for
+        k5 (KERNELS.md section 1). grad_weight reduces each tap over the tile's pixels once per
+        pixel block. NCHW at stride 2 loses coalescing (strided phase pixels in grad_input, strided
+        taps in the forward).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import triton.language as tl
 from ..activations import activation_code
 from ._activations import act_forward
 from ._partials import chan_update, merge_centred_partials, store_centred_partials
+from ._tuning import LaunchTuner, tuning_enabled, unique
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
 # per-program partials (stats, grad_weight, grad_bias): bounds the partials' size; derived from the
@@ -347,7 +351,27 @@ def _taps(kH, kW, stride, dilation) -> dict:
     return dict(KH=kH, KW=kW, SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1])
 
 
-def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats):
+def forward_configs(x, weight, stride, padding, dilation, fmt) -> list[tuple[int, int, int]]:
+    """The forward's launch configs (BLOCK_P, BLOCK_C, num_warps) for LaunchTuner (triton/_tuning.py),
+    the heuristic first: all give the same bits (one program per output tile, the taps in a fixed
+    order), so only the statistics launch, whose partials follow the tile, keeps the heuristic."""
+    N, C, H, W, OH, OW, kH, kW = _geometry(x, weight, stride, padding, dilation)
+    P = N * OH * OW
+    block_p, block_c = _blocks(P, C, fmt == torch.channels_last, kH * kW, x.dtype, x.device.type == "cpu")
+    configs = [(block_p, block_c, 4)]
+    widths = (16, 32, 64) if fmt == torch.channels_last else (2, 4, 8)
+    for bc in sorted({min(w, triton.next_power_of_2(max(C, 1))) for w in widths}):
+        for tile, warps in ((1024, 4), (2048, 8)):
+            configs.append((max(16, min(triton.next_power_of_2(max(P, 1)), tile // bc)), bc, warps))
+    return unique(configs)
+
+
+_FORWARD_TUNER = LaunchTuner("depthwise_conv2d_fwd")
+
+
+def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats, config=None):
+    """The forward launch; `config` (BLOCK_P, BLOCK_C, num_warps) forces a launch config (tests),
+    else the statistics launch takes the heuristic and the plain one the tuner's choice."""
     N, C, H, W, OH, OW, kH, kW = _geometry(x, weight, stride, padding, dilation)
     assert x.is_contiguous(memory_format=fmt) and weight.is_contiguous() and weight.numel() == C * kH * kW
     channels_last = fmt == torch.channels_last
@@ -355,19 +379,32 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats)
     P = N * OH * OW
     if out.numel() == 0:
         return out.to(x.dtype), None
-    block_p, block_c = _blocks(P, C, channels_last, kH * kW, x.dtype, x.device.type == "cpu")
-    c_blocks = triton.cdiv(C, block_c)
-    blocks = triton.cdiv(P, block_p)
-    iters, programs = _split(blocks, _TARGET_PROGRAMS // c_blocks) if stats else (1, blocks)
-    partial = torch.empty((5, programs, C) if stats else (0,), dtype=weight.dtype, device=x.device)
-    _depthwise_conv2d_fwd_kernel[(programs, c_blocks)](
-        x, weight, bias if bias is not None else weight, out, partial,
-        C, H, W, OH, OW, P, padding[0], padding[1], iters,
-        **_taps(kH, kW, stride, dilation),
-        HAS_BIAS=bias is not None, ACT=activation_code(activation), STATS=stats,
-        ROUND_BF16=stats and out.dtype != x.dtype,
-        CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p), BLOCK_P=block_p, BLOCK_C=block_c,
-    )
+    partial = None
+
+    def run(cfg):
+        nonlocal partial
+        block_p, block_c, warps = cfg
+        c_blocks = triton.cdiv(C, block_c)
+        blocks = triton.cdiv(P, block_p)
+        iters, programs = _split(blocks, _TARGET_PROGRAMS // c_blocks) if stats else (1, blocks)
+        partial = torch.empty((5, programs, C) if stats else (0,), dtype=weight.dtype, device=x.device)
+        _depthwise_conv2d_fwd_kernel[(programs, c_blocks)](
+            x, weight, bias if bias is not None else weight, out, partial,
+            C, H, W, OH, OW, P, padding[0], padding[1], iters,
+            **_taps(kH, kW, stride, dilation),
+            HAS_BIAS=bias is not None, ACT=activation_code(activation), STATS=stats,
+            ROUND_BF16=stats and out.dtype != x.dtype,
+            CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p), BLOCK_P=block_p, BLOCK_C=block_c,
+            num_warps=warps,
+        )
+
+    configs = [config] if config is not None else forward_configs(x, weight, stride, padding, dilation, fmt)
+    if stats or config is not None:
+        run(configs[0])
+    else:
+        key = (x.device, x.dtype, fmt, tuple(x.shape), (kH, kW), tuple(stride), tuple(padding), tuple(dilation),
+               activation, bias is not None)
+        _FORWARD_TUNER.launch(key, configs, run, tuning_enabled(x.device))
     return out.to(x.dtype), partial
 
 

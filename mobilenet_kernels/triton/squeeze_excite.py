@@ -15,8 +15,10 @@ torch on the scratch rows (a fixed reduction order, deterministic).
 Layouts: dense NCHW or channels_last (N, C, H, W) through (n, c, pixel) strides.
 dtypes: float64, float32, float16, bfloat16; arithmetic in float32 (float64 for float64 input).
 Indexing: int64 offsets. Runs on CPU tensors under TRITON_INTERPRET=1.
-Limits: fixed block-size heuristics, not autotuned; the reduce launches one program per (image,
-        channel block), so at batch 1 a large plane is reduced by few programs.
+Tuning: on a GPU the apply pass's tile (BLOCK_M, BLOCK_C, num_warps) is picked per shape by timing
+        numerics-identical candidates (triton/_tuning.py, apply_configs).
+Limits: the reduce and excite launches keep fixed block-size heuristics; the reduce launches one
+        program per (image, channel block), so at batch 1 a large plane is reduced by few programs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import triton.language as tl
 
 from ..activations import activation_code, apply_activation
 from ._activations import _div, act_derivative, act_forward
+from ._tuning import LaunchTuner, tuning_enabled, unique
 from .batch_norm_act import _geometry, _store_dtype
 
 
@@ -166,16 +169,40 @@ def _reduce(x: torch.Tensor, g: torch.Tensor | None, acc: torch.dtype) -> torch.
     return out
 
 
-def _apply(x: torch.Tensor, s: torch.Tensor, add: torch.Tensor | None, memory_format) -> torch.Tensor:
-    M, C, HW, sn, sc, sp = _geometry(x)
-    y = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
+def apply_configs(x: torch.Tensor) -> list[tuple[int, int, int]]:
+    """The apply pass's launch configs (BLOCK_M, BLOCK_C, num_warps) for LaunchTuner
+    (triton/_tuning.py), the heuristic first: an elementwise pass, so all give the same bits."""
+    M, C = _geometry(x)[:2]
     block_c = min(triton.next_power_of_2(C), 64)
     budget = 65536 if _interpreted(x) else 4096
-    block_m = min(triton.next_power_of_2(M), max(budget // block_c, 1))
-    _se_apply_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
-        x, s, s if add is None else add, y, M, C, HW, sn, sc, sp, HAS_ADD=add is not None, BLOCK_M=block_m,
-        BLOCK_C=block_c,
-    )
+    configs = [(min(triton.next_power_of_2(M), max(budget // block_c, 1)), block_c, 4)]
+    for bc in sorted({min(w, triton.next_power_of_2(C)) for w in (16, 32, 64)}):
+        for tile, warps in ((2048, 4), (8192, 8)):
+            configs.append((min(triton.next_power_of_2(M), max(tile // bc, 1)), bc, warps))
+    return unique(configs)
+
+
+_APPLY_TUNER = LaunchTuner("squeeze_excite_apply")
+
+
+def _apply(x: torch.Tensor, s: torch.Tensor, add: torch.Tensor | None, memory_format, config=None) -> torch.Tensor:
+    """y = x * s (+ add / HW): `config` (BLOCK_M, BLOCK_C, num_warps) forces a launch config (tests);
+    else the tuner picks one."""
+    M, C, HW, sn, sc, sp = _geometry(x)
+    y = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
+
+    def run(cfg):
+        block_m, block_c, warps = cfg
+        _se_apply_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
+            x, s, s if add is None else add, y, M, C, HW, sn, sc, sp, HAS_ADD=add is not None, BLOCK_M=block_m,
+            BLOCK_C=block_c, num_warps=warps,
+        )
+
+    if config is not None:
+        run(config)
+    else:
+        key = (x.device, x.dtype, memory_format, tuple(x.shape), add is not None)
+        _APPLY_TUNER.launch(key, apply_configs(x), run, tuning_enabled(x.device))
     return y.to(x.dtype)
 
 
