@@ -2,14 +2,16 @@
 
 Times, per reference layer (bf16, channels_last, batch 256): the forward by cuDNN (F.conv2d), our
 CUDA op called directly (torch.ops, no Python wrapper), our functional API (checks + autograd
-wrapper), and the Triton op; the weight gradient (grad_weight alone) by cuDNN
-(aten.convolution_backward) and by our CUDA backward op; with triton.testing.do_bench (L2 flushed)
-and do_bench_cudagraph (launch gaps removed).
+wrapper), and the Triton op; the weight gradient alone and the backward (grad_input and
+grad_weight: with MK_DW_TILED=1 the fused kernel at stride 1) by cuDNN (aten.convolution_backward)
+and by our CUDA backward op; with triton.testing.do_bench (L2 flushed) and do_bench_cudagraph
+(launch gaps removed).
 Run it with MK_DW_ROW_REUSE=1 and =0, to compare the stride-1 row-reuse kernel with the generic
 one, and with MK_DW_TILED=1 for the shared-memory tiled kernel (csrc/cuda/depthwise_tiled.cuh);
 the rows carry the settings and the CUDA op's largest difference from cuDNN (cuda_max_abs_diff; both
 round an fp32 sum to bf16 once, so a few bf16 ulps of the output at most; cuda_wgrad_max_rel_diff:
-the weight gradient's, relative to cuDNN's largest |grad_weight|). Prints a table and
+the weight gradient's, relative to cuDNN's largest |grad_weight|; cuda_bwd_max_rel_diff: the larger
+of grad_input's and grad_weight's, likewise). Prints a table and
 writes OUT/diag_depthwise.json (appending to an existing file, so the runs end up side by side).
 
     python benchmarks/diag_depthwise.py OUT [--ncu]   # --ncu: one launch per layer, for ncu -k regex:depthwise
@@ -62,6 +64,10 @@ def main() -> int:
                 gy, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], C, [False, True, False])[1],
             "cuda_wgrad": lambda: ns.depthwise_conv2d_backward(gy, x, w, [s, s], [p, p], [1, 1],
                                                                 [False, True, False])[1],
+            "cudnn_bwd": lambda: torch.ops.aten.convolution_backward(
+                gy, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], C, [True, True, False])[:2],
+            "cuda_bwd": lambda: ns.depthwise_conv2d_backward(gy, x, w, [s, s], [p, p], [1, 1],
+                                                              [True, True, False])[:2],
         }
         if args.ncu:
             for fn in variants.values():
@@ -73,8 +79,12 @@ def main() -> int:
         diff = (variants["cuda_op"]().float() - out.float()).abs().max().item()
         gw_ref = variants["cudnn_wgrad"]().float()
         wdiff = ((variants["cuda_wgrad"]().float() - gw_ref).abs().max() / gw_ref.abs().max()).item()
+        gx_ref, gw_ref2 = (t.float() for t in variants["cudnn_bwd"]())
+        gx, gw = (t.float() for t in variants["cuda_bwd"]())
+        bdiff = max(((gx - gx_ref).abs().max() / gx_ref.abs().max()).item(),
+                    ((gw - gw_ref2).abs().max() / gw_ref2.abs().max()).item())
         row = dict(C=C, H=H, k=k, stride=s, batch=args.batch, row_reuse=reuse, tiled=tiled, bytes=nbytes,
-                   cuda_max_abs_diff=diff, cuda_wgrad_max_rel_diff=wdiff)
+                   cuda_max_abs_diff=diff, cuda_wgrad_max_rel_diff=wdiff, cuda_bwd_max_rel_diff=bdiff)
         for name, fn in variants.items():
             row[f"{name}_ms"] = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
             with torch.cuda.stream(torch.cuda.Stream()):

@@ -8,11 +8,11 @@
 # Steps: build check diag tests tests_tiled diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
 # bench_block bench_model summary (default: all but the opt-in bench_pw, bench_block and bench_model:
 # name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
-# forward and weight gradient per layer with the default kernels and with the shared-memory tiled
-# kernels (MK_DW_TILED=1, off by default until a GPU run has checked them), against cuDNN, directly
-# and through the functional API (OUT/diag_depthwise.json, with each row's largest differences from
-# cuDNN); ncu_dw (90 s) profiles one launch per layer of the tiled kernels with ncu when ncu is there
-# (report in suite.log).
+# forward, weight gradient and backward per layer with the default kernels and with the
+# shared-memory tiled kernels (MK_DW_TILED=1, off by default until a GPU run has checked them),
+# against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
+# largest differences from cuDNN); ncu_dw (90 s) profiles one launch per layer of the tiled kernels
+# with ncu when ncu is there (report in suite.log).
 # tests_tiled (90 s) runs the depthwise op's CUDA tests again with MK_DW_TILED=1.
 # One lease call is at most 10 minutes: name a subset of steps that fits (each step's limit is below).
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
@@ -86,7 +86,7 @@ step diag_dw 60 env MK_DW_ROW_REUSE=1 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
 if command -v ncu >/dev/null && want ncu_dw; then
   timeout 90 env MK_DW_TILED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
-    --section WarpStateStats -k regex:'depthwise_conv2d_(fwd|bwd_weight)' $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
+    --section WarpStateStats -k regex:tiled_kernel $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
     >>"$OUT/suite.log" 2>&1
   echo "=== ncu rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
 fi

@@ -1,6 +1,7 @@
-"""Our CUDA kernels run on the CPU by host emulation: the tiled depthwise forward, weight gradient
-and stride-2 grad_input (csrc/cuda/depthwise_tiled.cuh), the whole-block inverted_residual_eval kernel
-(inverted_residual_block.cuh) and the default depthwise kernels (depthwise_kernels.cuh).
+"""Our CUDA kernels run on the CPU by host emulation: the tiled depthwise forward, weight gradient,
+stride-2 grad_input and fused stride-1 backward (csrc/cuda/depthwise_tiled.cuh), the whole-block
+inverted_residual_eval kernel (inverted_residual_block.cuh) and the default depthwise kernels
+(depthwise_kernels.cuh).
 
 python_tests/cuda_emulation/*_host.cpp compile the very headers with the host C++ compiler against
 cuda_shim/ (no nvcc) and run each kernel with one std::thread per CUDA thread and a barrier for
@@ -337,20 +338,57 @@ def test_dgrad_s2_matches_conv_input_grad(emu, dtype, K):
         assert_matches(gx, ref, dtype, where)
 
 
+# (N, C index, H, W, x_pad_w): one pixel, odd sizes, several tiles and blocks (R > 1, a clipped last
+# block), x and grad_output W-slices of wider tensors (their gaps hold NaN in the emulation).
+FUSED_SHAPES = [(1, 0, 1, 1, 0), (2, 1, 7, 7, 0), (1, 2, 13, 13, 4), (3, 1, 13, 7, 0), (2, 0, 40, 36, 4)]
+
+
+@pytest.mark.parametrize("K", [3, 5, 7])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_backward_matches_conv_grads(emu, dtype, K):
+    """The fused stride-1 backward: grad_input against torch's fp64 grad_input and the partials'
+    sums against grad_weight / grad_bias, for "same" convs (padding (K - 1) / 2); a second run gives
+    the same partials bit for bit."""
+    P = (K - 1) // 2
+    for i, (N, ci, H, W, pad_w) in enumerate(FUSED_SHAPES):
+        C = CHANNELS[dtype][ci]
+        bias = i % 2 == 0
+        x, w, taps, _ = make_case(N, C, H, W, K, dtype, bias=False, x_pad_w=pad_w)
+        gy = (torch.randn(N, C, H, W + pad_w) * 2).to(dtype).contiguous(memory_format=torch.channels_last)[..., :W]
+        assert gy.stride() == x.stride()
+        gx, part, info = emu.bwd_fused(x, gy, taps, K, bias)
+        where = f"x {tuple(x.shape)} {dtype} K{K} bias={bias} plan {info}"
+        TH, TW, strips, R, tiles, blocks_x = info[:6]
+        assert part.shape == (blocks_x, K * K + bias, C) and not part.isnan().any(), f"partials unwritten: {where}"
+        assert not gx.isnan().any(), f"grad_input left unwritten: {where}"
+        ref_gx = torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), padding=P, groups=C)
+        assert_matches(gx, ref_gx, dtype, where)
+        total = part.double().sum(0)
+        ref_w, ref_b, scale_w, scale_b = wgrad_reference(x, gy, K, 1, (P, P))
+        gw = total[: K * K].t().reshape(C, 1, K, K)
+        assert ((gw - ref_w).abs() <= 2e-6 * scale_w + 1e-9).all(), f"grad_weight: {where}"
+        if bias:
+            assert ((total[K * K] - ref_b).abs() <= 2e-6 * scale_b + 1e-9).all(), f"grad_bias: {where}"
+        if i == len(FUSED_SHAPES) - 1:
+            assert blocks_x >= 2 and R >= 2, where
+            assert torch.equal(part, emu.bwd_fused(x, gy, taps, K, bias)[1]), where
+
+
 @pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
 def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
     """plan_tiled (nothing runs) takes every depthwise layer of the model at 224², batch 256, in
-    16-bit and fp32 vectors, for the forward, its statistics, the weight gradient and (stride 2)
-    grad_input, with at least two warps per block and the tile within the written tensor; the
-    statistics partials at most ~2048 per channel, each covering at least 256 outputs (or all of
-    them), the weight gradient's at most ~1024, each covering at least 512."""
+    16-bit and fp32 vectors, for the forward, its statistics, the weight gradient, (stride 2)
+    grad_input and (stride 1) the fused backward, with at least two warps per block and the tile
+    within the written tensor; the statistics partials at most ~2048 per channel, each covering at
+    least 256 outputs (or all of them), the weight gradient's at most ~1024, each covering at least
+    512."""
     from mobilenet_kernels.benchmarking.shapes import depthwise_layers
 
     for C, H, W, k, s, p, d, _ in depthwise_layers(model, 224):
         assert d == 1 and k in (3, 5) and s in (1, 2)
         OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        for vec, kind in itertools.product((8, 4), ("forward", "stats", "wgrad", "dgrad_s2")):
-            if kind == "dgrad_s2" and s != 2:
+        for vec, kind in itertools.product((8, 4), ("forward", "stats", "wgrad", "dgrad_s2", "bwd_fused")):
+            if (kind == "dgrad_s2" and s != 2) or (kind == "bwd_fused" and s != 1):
                 continue
             info = emu.plan(256, C, H, W, k, s, p, p, vec, kind)
             where = f"{model} C{C} {H}x{W} k{k} s{s} vec {vec} {kind}: plan {info}"
@@ -360,7 +398,7 @@ def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
             assert 64 <= tx * ty <= 256 and TH <= rows and TW <= max(cols, 4) * 2, where
             if kind == "stats":
                 assert blocks_x <= 2048 + 1 and (R * TH * TW >= 256 or R == tiles), where
-            elif kind == "wgrad":
+            elif kind in ("wgrad", "bwd_fused"):
                 assert blocks_x <= 1024 + 1 and (R * TH * TW >= 512 or R == tiles), where
             else:
                 assert R == 1, where

@@ -22,14 +22,16 @@
 // Tiled: with MK_DW_TILED=1, channels_last convs with 16-byte vectors, square K in {3, 5}, equal
 //          strides 1 or 2 and dilation 1 (the forward, its statistics, grad_input: at stride 1 as
 //          a forward conv, at stride 2 split into parity phases, and the weight gradient's stage
-//          1) run the shared-memory tiled kernels of depthwise_tiled.cuh instead (off by default
-//          until a GPU run has checked and timed them).
+//          1; for stride-1 "same" convs grad_input and the weight gradient in one pass) run the
+//          shared-memory tiled kernels of depthwise_tiled.cuh instead (off by default until a GPU
+//          run has checked and timed them).
 // Limits: without MK_DW_TILED, no shared-memory input tiles (reuse across rows comes from L1/L2);
 //          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase
 //          split); the weight gradient loads every tap from L1 (L1-bound for k5/k7); grad_input
 //          and grad_weight read grad_output separately; at most 65534 kernel taps. Sums are
 //          deterministic for a given shape and vector path (the path depends on C, strides and
-//          pointer alignment).
+//          pointer alignment; with MK_DW_TILED=1 also on whether grad_input is asked for with
+//          grad_weight, which selects the fused backward).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -191,15 +193,33 @@ void run_bwd_input(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx)
   }
 }
 
+// With MK_DW_TILED=1: grad_input and the weight gradient's stage-1 partials of a stride-1 "same"
+// conv (channels_last, 16-byte vectors) in one pass, reading grad_output once; returns false
+// (nothing launched) when the fused kernel does not apply.
+template <typename scalar_t>
+bool try_bwd_fused(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx, bool want_bias, at::Tensor& part) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  if (kVec == 1 || !tiled_enabled() || !can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &gy, &gx})) {
+    return false;
+  }
+  const Geom g = make_geom(a, a.input, gy);
+  if (g.kH != g.kW || g.dH != 1 || g.dW != 1 || g.sH != 1 || g.sW != 1) return false;
+  const at::Tensor w = taps_major(a.weight);
+  const TiledBwd c{&a.input, &gy, &gx, &w, &part, want_bias, {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, 1, g.pH, g.pW}};
+  return run_tiled_bwd_fused_s1<scalar_t>(c);
+}
+
+// grad_weight / grad_bias: stage 1 (unless `part`, the (tiles, rows, C) partials, comes from the
+// fused backward already), then the fixed-order sum over the tiles.
 template <typename scalar_t, int VEC>
-void launch_bwd_weight(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor* grad_weight, at::Tensor* grad_bias) {
+void launch_bwd_weight(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor* grad_weight, at::Tensor* grad_bias,
+                       at::Tensor part = at::Tensor()) {
   using acc_t = at::opmath_type<scalar_t>;
   const Geom g = make_geom(a, a.input, gy);
   const BwdWeightPlan p = plan_bwd_weight(a, VEC, grad_weight != nullptr, grad_bias != nullptr);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor part;  // (tiles, rows, C)
-  if (VEC > 1 && tiled_enabled() && grad_weight != nullptr && g.kH == g.kW && g.dH == 1 && g.dW == 1 &&
-      g.sH == g.sW) {
+  if (!part.defined() && VEC > 1 && tiled_enabled() && grad_weight != nullptr && g.kH == g.kW && g.dH == 1 &&
+      g.dW == 1 && g.sH == g.sW) {
     const TiledWgrad c{&a.input, &gy, &part, grad_bias != nullptr,
                        {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
     run_tiled_bwd_weight<scalar_t>(c);  // leaves part undefined when it does not apply
@@ -287,14 +307,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cuda", [&] {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    if (output_mask[0] && grad_input.numel() > 0) run_bwd_input<scalar_t>(a, gy, grad_input);
+    at::Tensor part;  // the weight gradient's partials, when the fused backward computed them
+    const bool fused = output_mask[0] && output_mask[1] && grad_input.numel() > 0 &&
+                       try_bwd_fused<scalar_t>(a, gy, grad_input, output_mask[2], part);
+    if (output_mask[0] && grad_input.numel() > 0 && !fused) run_bwd_input<scalar_t>(a, gy, grad_input);
     if (reduce && a.N * a.OH * a.OW > 0) {
       at::Tensor* gw = output_mask[1] ? &grad_weight : nullptr;
       at::Tensor* gb = output_mask[2] ? &grad_bias : nullptr;
       if (kVec > 1 && can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &gy})) {
-        launch_bwd_weight<scalar_t, kVec>(a, gy, gw, gb);
+        launch_bwd_weight<scalar_t, kVec>(a, gy, gw, gb, part);
       } else {
-        launch_bwd_weight<scalar_t, 1>(a, gy, gw, gb);
+        launch_bwd_weight<scalar_t, 1>(a, gy, gw, gb, part);
       }
     }
   });

@@ -23,8 +23,7 @@ void launch(const TiledPlan& p, const TiledConv& c) {
   acc_t* part = kStats ? c.part->data_ptr<acc_t>() : nullptr;
   const int64_t stride = kStats ? c.part->size(1) * c.part->size(2) : 0;  // (3, blocks_x, C)
   depthwise_conv2d_fwd_tiled_kernel<scalar_t, acc_t, VEC, K, S, kStats>
-      <<<dim3(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(p.blocks_y)), dim3(p.tx, p.ty), p.smem,
-         at::cuda::getCurrentCUDAStream()>>>(
+      <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(),
           c.bias->defined() ? c.bias->data_ptr<acc_t>() : nullptr, p.g, c.act, part,
           kStats ? part + stride : nullptr, kStats ? part + 2 * stride : nullptr);
@@ -35,9 +34,8 @@ template <typename scalar_t, int VEC, int K, int S>
 void launch_wgrad(const TiledPlan& p, const TiledWgrad& c) {
   using acc_t = at::opmath_type<scalar_t>;
   depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, acc_t, VEC, K, S>
-      <<<dim3(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(p.blocks_y)), dim3(p.tx, p.ty), p.smem,
-         at::cuda::getCurrentCUDAStream()>>>(c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), p.g, c.bias,
-                                             c.part->data_ptr<acc_t>());
+      <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
+          c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), p.g, c.bias, c.part->data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -45,9 +43,18 @@ template <typename scalar_t, int VEC, int K>
 void launch_dgrad_s2(const TiledPlan& p, const TiledConv& c) {
   using acc_t = at::opmath_type<scalar_t>;
   depthwise_conv2d_bwd_input_s2_tiled_kernel<scalar_t, acc_t, VEC, K>
-      <<<dim3(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(p.blocks_y)), dim3(p.tx, p.ty), p.smem,
-         at::cuda::getCurrentCUDAStream()>>>(c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(),
-                                             c.w_taps->data_ptr<acc_t>(), p.g);
+      <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
+          c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(), p.g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int VEC, int K>
+void launch_bwd_fused(const TiledPlan& p, const TiledBwd& c) {
+  using acc_t = at::opmath_type<scalar_t>;
+  depthwise_conv2d_bwd_fused_s1_tiled_kernel<scalar_t, acc_t, VEC, K>
+      <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
+          c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), c.gx->data_ptr<scalar_t>(),
+          c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -132,11 +139,30 @@ bool run_tiled_bwd_input_s2(const TiledConv& c) {
   });
 }
 
+template <typename scalar_t>
+bool run_tiled_bwd_fused_s1(const TiledBwd& c) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const TiledShape& s = c.shape;
+  const int P = (s.K - 1) / 2;
+  if (s.S != 1 || s.K % 2 == 0 || s.pH != P || s.pW != P || s.OH != s.H || s.OW != s.W ||
+      c.gy->strides() != c.x->strides()) {
+    return false;
+  }
+  // x -> gx: the input's and grad_input's strides (grad_output is staged with the input's).
+  return plan_and_launch<scalar_t>(*c.x, *c.gx, s, kTiledBwdFused, [&](const auto& p) {
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    *c.part = at::empty({p.blocks_x, s.K * s.K + (c.bias ? 1 : 0), s.C},
+                        c.x->options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    s.K == 3 ? launch_bwd_fused<scalar_t, kVec, 3>(p, c) : launch_bwd_fused<scalar_t, kVec, 5>(p, c);
+  });
+}
+
 #define MK_INSTANTIATE(T)                                   \
   template bool run_tiled_conv<T, false>(const TiledConv&); \
   template bool run_tiled_conv<T, true>(const TiledConv&);  \
   template bool run_tiled_bwd_weight<T>(const TiledWgrad&); \
-  template bool run_tiled_bwd_input_s2<T>(const TiledConv&);
+  template bool run_tiled_bwd_input_s2<T>(const TiledConv&); \
+  template bool run_tiled_bwd_fused_s1<T>(const TiledBwd&);
 MK_INSTANTIATE(float)
 MK_INSTANTIATE(double)
 MK_INSTANTIATE(at::Half)

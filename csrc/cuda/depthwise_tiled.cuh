@@ -1,5 +1,5 @@
-// depthwise_conv2d forward, stride-2 grad_input and weight gradient: the shared-memory tiled kernels
-// for channels_last (KERNELS.md §1).
+// depthwise_conv2d forward, grad_input and weight gradient: the shared-memory tiled kernels for
+// channels_last (KERNELS.md §1).
 //
 // A thread block owns a TH x TW tile of output pixels of one image and cbv 16-byte vectors of
 // channels (at most 8: 64 bf16 or 32 fp32 channels). It stages the tile's input
@@ -22,7 +22,9 @@
 // The weight gradient's stage 1 (depthwise_conv2d_bwd_weight_tiled_kernel) stages the same input
 // tiles and reads grad_output instead of writing y: each staged value serves all K * K taps' sums.
 // grad_input of a stride-2 conv (depthwise_conv2d_bwd_input_s2_tiled_kernel) stages grad_output
-// tiles and computes each parity phase of grad_input as a dense conv with its own taps.
+// tiles and computes each parity phase of grad_input as a dense conv with its own taps. For
+// stride-1 "same" convs, depthwise_conv2d_bwd_fused_s1_tiled_kernel stages grad_output's and the
+// input's tiles and computes grad_input and the weight gradient's partials in one pass.
 // Compile-time: K (3, 5, 7; depthwise_tiled.cu instantiates 3 and 5), S (1, 2), VEC (16 bytes of
 // scalar_t); dilation 1 only. The host side (depthwise_conv2d.cu) sends other convs to the default
 // kernels (depthwise_kernels.cuh).
@@ -143,6 +145,16 @@ __device__ __forceinline__ TileOrigin tile_origin(const TiledGeom& g, int64_t ti
   return {n, th * g.TH, (rem - th * g.tiles_w) * g.TW};
 }
 
+// The tiles this block walks: [begin, end), g.R consecutive ones (fewer in the last block).
+struct TileRange {
+  int64_t begin, end;
+};
+
+__device__ __forceinline__ TileRange block_tiles(const TiledGeom& g) {
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * g.R;
+  return {begin, begin + g.R < g.tiles ? begin + g.R : g.tiles};
+}
+
 // The inner loop of the tiled kernels: reads the kSpan staged values of one tile row that this
 // thread's kTiledRW columns need (src: the first; step: VC elements between staged pixels), each
 // once, and calls f(j, kw, xv) for every (column j, tap kw) pair that reads value i, with
@@ -194,9 +206,8 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   for (int v = 0; v < CV; ++v) b[v] = acc_t(0);
   if (bias != nullptr && t.active) load_vec<CV>(bias + t.c0, b);
 
-  const int64_t t_begin = static_cast<int64_t>(blockIdx.x) * g.R;
-  const int64_t t_end = t_begin + g.R < g.tiles ? t_begin + g.R : g.tiles;
-  for (int64_t tile_id = t_begin; tile_id < t_end; ++tile_id) {  // uniform over the block
+  const TileRange tiles = block_tiles(g);
+  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
     const TileOrigin o = tile_origin(g, tile_id);
     __syncthreads();  // the previous tile's reads are done
     stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
@@ -243,8 +254,72 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 }
 
 // Channels a thread of the tiled weight-gradient kernel owns: its K * K * CV accumulators stay
-// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 94-128 registers, no spills.
+// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 104-128 registers, no spills.
 constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
+
+// A thread's share of the weight gradient's stage 1: sums of grad_output x input per tap (kh, kw)
+// and channel, and of grad_output for the bias, over the thread's outputs; at the end, one partial
+// row per tap (then the bias) per block. The arguments called kh below are compile-time constants
+// at every call (unrolled loops), so the sums stay in registers.
+template <typename acc_t, int K, int CV>
+struct TapSums {
+  acc_t w[K][K][CV];
+  acc_t b[CV];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int v = 0; v < CV; ++v) {
+      b[v] = acc_t(0);
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) w[kh][kw][v] = acc_t(0);
+      }
+    }
+  }
+
+  // gv[j]: grad_output at the thread's column j of one row, for the columns with ok[j].
+  __device__ __forceinline__ void add_bias(const acc_t (&gv)[kTiledRW][CV], const bool (&ok)[kTiledRW]) {
+#pragma unroll
+    for (int j = 0; j < kTiledRW; ++j) {
+      if (ok[j]) {
+#pragma unroll
+        for (int v = 0; v < CV; ++v) b[v] += gv[j][v];
+      }
+    }
+  }
+
+  // Kernel row kh: src is the staged input row that column 0 reads (column j, tap kw reads
+  // staged value i = j S + kw), step the VC elements between staged pixels.
+  template <int S, typename VC>
+  __device__ __forceinline__ void add_row(int kh, const VC* src, int step, const acc_t (&gv)[kTiledRW][CV],
+                                          const bool (&ok)[kTiledRW]) {
+    feed_staged_row<K, (kTiledRW - 1) * S + K, acc_t, CV>(
+        src, step, [](int i, int j) { return i - j * S; }, [&](int j, int kw, const acc_t(&xv)[CV]) {
+          if (ok[j]) {
+#pragma unroll
+            for (int v = 0; v < CV; ++v) w[kh][kw][v] += gv[j][v] * xv[v];
+          }
+        });
+  }
+
+  // Sums the block's threads per tap over threadIdx.y (block_sum_store, a fixed tree in `red`) and
+  // writes part[(blockIdx.x * rows + row) * C + c0], rows = K * K taps then the bias if do_bias.
+  // Every thread of the block must call it.
+  __device__ __forceinline__ void write(acc_t* red, bool active, bool do_bias, int64_t C, int64_t c0,
+                                        acc_t* __restrict__ part) {
+    const int rows = K * K + (do_bias ? 1 : 0);
+    const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows;
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        block_sum_store<acc_t, CV>(w[kh][kw], red, active, part, (row0 + kh * K + kw) * C + c0);
+      }
+    }
+    if (do_bias) block_sum_store<acc_t, CV>(b, red, active, part, (row0 + K * K) * C + c0);
+  }
+};
 
 // grad_weight (and grad_bias) stage 1, tiled (KERNELS.md §1 wgrad): the same blocks, tiles and
 // staged input footprint as the forward kernel, x = the conv's input and y = grad_output. A thread
@@ -253,7 +328,7 @@ constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
 // the accumulator of tap (kh, kw), for all K * K taps at once: every staged value serves every tap
 // that reads it, instead of one L1 load per (output, tap) as in depthwise_conv2d_bwd_weight_kernel.
 // A block walks g.R consecutive tiles, then sums its threads per tap over threadIdx.y
-// (block_sum_store, a fixed tree) and writes part[blockIdx.x][tap][c], then the bias row
+// (TapSums::write: block_sum_store, a fixed tree) and writes part[blockIdx.x][tap][c], then the bias row
 // part[blockIdx.x][K * K][c] when `do_bias`. Stage 2 is depthwise_conv2d_bwd_weight_finish_kernel
 // (depthwise_kernels.cuh) over gridDim.x tiles. No atomics, a shape-derived tile -> block map:
 // bitwise deterministic.
@@ -269,27 +344,18 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   constexpr int kLanes = VEC / CV;
   using V = Vec<scalar_t, VEC>;
   using VC = Vec<scalar_t, CV>;
-  constexpr int kSpan = (kTiledRW - 1) * S + K;
   __shared__ acc_t red[kTiledMaxThreads * CV];  // block_sum_store's tree
   V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int IH = (g.TH - 1) * S + K;
   const int IW = (g.TW - 1) * S + K;
+  const int step = t.cbv * kLanes;  // VC elements between staged pixels
+  const VC* src = reinterpret_cast<const VC*>(tile) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
+  TapSums<acc_t, K, CV> sums;
+  sums.zero();
 
-  acc_t acc[K][K][CV], accb[CV];
-#pragma unroll
-  for (int v = 0; v < CV; ++v) {
-    accb[v] = acc_t(0);
-#pragma unroll
-    for (int kh = 0; kh < K; ++kh) {
-#pragma unroll
-      for (int kw = 0; kw < K; ++kw) acc[kh][kw][v] = acc_t(0);
-    }
-  }
-
-  const int64_t t_begin = static_cast<int64_t>(blockIdx.x) * g.R;
-  const int64_t t_end = t_begin + g.R < g.tiles ? t_begin + g.R : g.tiles;
-  for (int64_t tile_id = t_begin; tile_id < t_end; ++tile_id) {  // uniform over the block
+  const TileRange tiles = block_tiles(g);
+  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
     const TileOrigin o = tile_origin(g, tile_id);
     __syncthreads();
     stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
@@ -308,38 +374,15 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 #pragma unroll
         for (int v = 0; v < CV; ++v) gv[j][v] = acc_t(0);
         if (ok[j]) load_vec<CV>(gyrow + static_cast<int64_t>(ow) * g.ysW, gv[j]);
-        if (do_bias && ok[j]) {
-#pragma unroll
-          for (int v = 0; v < CV; ++v) accb[v] += gv[j][v];
-        }
       }
-      // Every kernel row unrolled: the accumulators are indexed by (kh, kw) at compile time.
+      if (do_bias) sums.add_bias(gv, ok);
 #pragma unroll
       for (int kh = 0; kh < K; ++kh) {
-        const VC* src = reinterpret_cast<const VC*>(tile) +
-                        (((t.row * S + kh) * IW + t.col0 * S) * t.cbv + t.cv) * kLanes + t.lane;
-        feed_staged_row<K, kSpan, acc_t, CV>(
-            src, t.cbv * kLanes, [](int i, int j) { return i - j * S; }, [&](int j, int kw, const acc_t(&xv)[CV]) {
-              if (ok[j]) {
-#pragma unroll
-                for (int v = 0; v < CV; ++v) acc[kh][kw][v] += gv[j][v] * xv[v];
-              }
-            });
+        sums.template add_row<S>(kh, src + ((t.row * S + kh) * IW + t.col0 * S) * step, step, gv, ok);
       }
     }
   }
-
-  // Rows of this block's partial: part[(blockIdx.x * rows + r) * C + c0].
-  const int rows = K * K + (do_bias ? 1 : 0);
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows;
-#pragma unroll
-  for (int kh = 0; kh < K; ++kh) {
-#pragma unroll
-    for (int kw = 0; kw < K; ++kw) {
-      block_sum_store<acc_t, CV>(acc[kh][kw], red, t.active, part, (row0 + kh * K + kw) * g.C + t.c0);
-    }
-  }
-  if (do_bias) block_sum_store<acc_t, CV>(accb, red, t.active, part, (row0 + K * K) * g.C + t.c0);
+  sums.write(red, t.active, do_bias, g.C, t.c0, part);
 }
 
 // grad_input of a stride-2 conv, tiled and split by parity (KERNELS.md §1 dgrad): grad_in[ih, iw]
@@ -374,9 +417,8 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   const int GW = (g.TW - 1) / 2 + kHalf + 1;
   const int shift_h = g.pH & 1, shift_w = g.pW & 1;
 
-  const int64_t t_begin = static_cast<int64_t>(blockIdx.x) * g.R;
-  const int64_t t_end = t_begin + g.R < g.tiles ? t_begin + g.R : g.tiles;
-  for (int64_t tile_id = t_begin; tile_id < t_end; ++tile_id) {  // uniform over the block
+  const TileRange tiles = block_tiles(g);
+  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
     const TileOrigin o = tile_origin(g, tile_id);
     const int ih0 = o.oh0 - shift_h, iw0 = o.ow0 - shift_w;  // (ih0 + pH), (iw0 + pW) even
     __syncthreads();
@@ -424,20 +466,127 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   }
 }
 
+// Channels a thread of the fused backward owns: kTiledRW grad_input and K * K weight-gradient
+// accumulators per channel.
+constexpr int kTiledFusedCV = 2;
+
+// grad_input and stage 1 of grad_weight (and grad_bias) of a stride-1 "same" conv (K odd, padding
+// (K - 1) / 2, output size = input size) in one pass (KERNELS.md section 1: "fuse with dgrad"):
+// grad_output is read once for both instead of once each. A block stages two footprints of its
+// TH x TW tile, both starting P = (K - 1) / 2 rows and columns before it: grad_output's (for
+// grad_input, the conv with the filter rotated 180 degrees: staged row r + K - 1 - kh, column
+// c + K - 1 - kw) and the input's (for the weight gradient: staged row r + kh, column c + kw
+// against grad_output at staged (r + P, c + P)). Threads, tiles (x = the input, y = grad_input,
+// both H x W) and partials as in the forward and weight-gradient kernels above; R tiles per
+// block. The partials are those of depthwise_conv2d_bwd_weight_tiled_kernel (same rows).
+// ptxas (CUDA 13, sm_90): 78-96 registers for k3, 119-128 for k5, no spills.
+template <typename scalar_t, typename acc_t, int VEC, int K>
+__global__ void __launch_bounds__(kTiledMaxThreads, 2)
+    depthwise_conv2d_bwd_fused_s1_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
+                                               const scalar_t* __restrict__ gy,  // (N, C, H, W), x's strides
+                                               scalar_t* __restrict__ gx,        // (N, C, H, W), channels_last
+                                               const acc_t* __restrict__ w,      // (K * K, C), not rotated
+                                               TiledGeom g, bool do_bias,
+                                               acc_t* __restrict__ part) {  // (gridDim.x, K * K + do_bias, C)
+  static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
+  constexpr int CV = VEC < kTiledFusedCV ? VEC : kTiledFusedCV;
+  constexpr int kLanes = VEC / CV;
+  constexpr int P = (K - 1) / 2;
+  constexpr int kSpan = kTiledRW - 1 + K;
+  using V = Vec<scalar_t, VEC>;
+  using VC = Vec<scalar_t, CV>;
+  __shared__ acc_t red[kTiledMaxThreads * CV];
+  const TiledThread t = tiled_thread<VEC, CV>(g);
+  const int IH = g.TH - 1 + K;
+  const int IW = g.TW - 1 + K;
+  V* gtile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // grad_output's footprint, then the input's
+  V* xtile = gtile + IH * IW * t.cbv;
+  const int step = t.cbv * kLanes;  // VC elements between staged pixels
+  const VC* gsrc = reinterpret_cast<const VC*>(gtile) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
+  const VC* xsrc = reinterpret_cast<const VC*>(xtile) + t.cv * kLanes + t.lane;
+  TapSums<acc_t, K, CV> sums;
+  sums.zero();
+
+  const TileRange tiles = block_tiles(g);
+  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
+    const TileOrigin o = tile_origin(g, tile_id);
+    __syncthreads();
+    stage_tile<scalar_t, VEC>(gtile, gy, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
+    stage_tile<scalar_t, VEC>(xtile, x, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
+    __syncthreads();
+
+    const int oh = o.oh0 + t.row;
+    if (t.computes && oh < g.OH) {
+      // grad_output at this thread's pixels (staged row row + P, columns col0 + P + j); columns
+      // past the image are skipped.
+      acc_t gv[kTiledRW][CV];
+      bool ok[kTiledRW];
+#pragma unroll
+      for (int j = 0; j < kTiledRW; ++j) {
+        ok[j] = o.ow0 + t.col0 + j < g.OW;
+        const VC in = gsrc[((t.row + P) * IW + t.col0 + P + j) * step];
+#pragma unroll
+        for (int v = 0; v < CV; ++v) gv[j][v] = static_cast<acc_t>(in.v[v]);
+      }
+      if (do_bias) sums.add_bias(gv, ok);
+      // grad_input: staged grad_output row row + K - 1 - kh; column j, tap kw reads staged column
+      // col0 + j + K - 1 - kw = col0 + i. Rows not unrolled: one row's weights in registers at a time.
+      acc_t accd[kTiledRW][CV];
+#pragma unroll
+      for (int j = 0; j < kTiledRW; ++j) {
+#pragma unroll
+        for (int v = 0; v < CV; ++v) accd[j][v] = acc_t(0);
+      }
+#pragma unroll 1
+      for (int kh = 0; kh < K; ++kh) {
+        acc_t wr[K][CV];
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + t.c0, wr[kw]);
+        feed_staged_row<K, kSpan, acc_t, CV>(
+            gsrc + ((t.row + K - 1 - kh) * IW + t.col0) * step, step,
+            [](int i, int j) { return j + K - 1 - i; }, [&](int j, int kw, const acc_t(&gv_in)[CV]) {
+#pragma unroll
+              for (int v = 0; v < CV; ++v) accd[j][v] += gv_in[v] * wr[kw][v];
+            });
+      }
+      // grad_weight: tap (kh, kw) of column j reads the input at staged row row + kh, column
+      // col0 + j + kw (the weight-gradient kernel's rows at stride 1).
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        sums.template add_row<1>(kh, xsrc + ((t.row + kh) * IW + t.col0) * step, step, gv, ok);
+      }
+      scalar_t* gxrow = gx + o.n * g.ysN + t.c0 + static_cast<int64_t>(oh) * g.ysH;
+#pragma unroll
+      for (int j = 0; j < kTiledRW; ++j) {
+        if (ok[j]) {
+          VC out;
+#pragma unroll
+          for (int v = 0; v < CV; ++v) out.v[v] = static_cast<scalar_t>(accd[j][v]);
+          *reinterpret_cast<VC*>(gxrow + static_cast<int64_t>(o.ow0 + t.col0 + j) * g.ysW) = out;
+        }
+      }
+    }
+  }
+  sums.write(red, t.active, do_bias, g.C, t.c0, part);
+}
+
 // What a launch asks of plan_tiled: `cv` channels per thread, and how many consecutive tiles a block
 // walks: one when min_outputs is 0, else enough for min_outputs outputs per block and at most
 // max_blocks blocks along x (the number of partials per channel). Shape-derived only: deterministic.
 // `dgrad_s2`: the stride-2 grad_input kernel, whose footprint is ((TH - 1) / 2 + (K - 1) / 2 + 1)
 // rows (likewise columns) of the read tensor and whose tiles are shifted by the padding's parity.
+// `footprints`: staged tiles per block (2 for the fused backward: grad_output's and the input's).
 struct TiledWork {
   int cv;
   int64_t min_outputs, max_blocks;
   bool dgrad_s2;
+  int footprints;
 };
-constexpr TiledWork kTiledForward{kTiledCV, 0, 0, false};
-constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false};  // a statistics partial per block
-constexpr TiledWork kTiledDgradS2{kTiledCV, 0, 0, true};
-inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024, false}; }
+constexpr TiledWork kTiledForward{kTiledCV, 0, 0, false, 1};
+constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 1};  // a statistics partial per block
+constexpr TiledWork kTiledDgradS2{kTiledCV, 0, 0, true, 1};
+constexpr TiledWork kTiledBwdFused{kTiledFusedCV, 512, 1024, false, 2};
+inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024, false, 1}; }
 
 // The launch of a tiled kernel for one conv, or false when it does not apply (a tile's footprint
 // over the shared-memory budget even at one output row, or too many blocks). Host code, shared by
@@ -457,7 +606,7 @@ struct TiledPlan {
 inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K, int S, int pH, int pW, int vec,
                        TiledWork work, TiledPlan& plan) {
   const int64_t cvecs = C / vec;
-  if (N < 1 || cvecs < 1 || OH < 1 || OW < 1 || work.cv < 1) return false;
+  if (N < 1 || cvecs < 1 || OH < 1 || OW < 1 || work.cv < 1 || work.footprints < 1) return false;
   if (work.dgrad_s2 && (S != 2 || pH < 0 || pW < 0)) return false;
   const int64_t lanes = vec / std::min(vec, work.cv);
   // The written extent the tiles cover: the dgrad_s2 tiles start one row/column early for an odd
@@ -468,7 +617,9 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   const auto extent = [&](int outputs) {
     return work.dgrad_s2 ? (outputs - 1) / 2 + (K - 1) / 2 + 1 : (outputs - 1) * S + K;
   };
-  const auto bytes = [&](int th, int64_t cbv) { return static_cast<size_t>(extent(th)) * extent(TW) * cbv * 16; };
+  const auto bytes = [&](int th, int64_t cbv) {
+    return static_cast<size_t>(extent(th)) * extent(TW) * cbv * 16 * work.footprints;
+  };
   // Candidates: at most 8, 4, 2, 1 channel vectors per block; the one with the most threads wins
   // (ties: the most channels). A large footprint (stride 2, k5) makes the rows shrink at 8 vectors;
   // fewer vectors keep more rows, hence less halo per output and more threads per SM.
@@ -522,6 +673,12 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   return plan.blocks_x <= 2147483647 && plan.blocks_y <= 65535;
 }
 
+// A plan's launch shape: <<<tiled_grid(p), tiled_block(p), p.smem>>>.
+inline dim3 tiled_grid(const TiledPlan& p) {
+  return dim3(static_cast<unsigned>(p.blocks_x), static_cast<unsigned>(p.blocks_y));
+}
+inline dim3 tiled_block(const TiledPlan& p) { return dim3(p.tx, p.ty); }
+
 // The sizes of one tiled launch: x (N, C, H, W) is read, y (N, C, OH, OW) written; a K x K
 // conv with stride S and padding (pH, pW).
 struct TiledShape {
@@ -563,6 +720,20 @@ struct TiledWgrad {
   TiledShape shape;  // of the conv: x -> gy
 };
 
+// grad_input and the weight gradient's stage 1 of a stride-1 "same" conv in one pass, for
+// run_tiled_bwd_fused_s1: x (the conv's input), gy (grad_output, x's sizes and strides) and gx
+// (grad_input) dense channels_last with 16-byte aligned vectors, w_taps the conv's (K * K, C) taps
+// in the accumulation dtype; part receives the (blocks, K * K + bias, C) partials.
+struct TiledBwd {
+  const at::Tensor* x;
+  const at::Tensor* gy;
+  at::Tensor* gx;
+  const at::Tensor* w_taps;
+  at::Tensor* part;
+  bool bias;
+  TiledShape shape;  // of the conv: x -> gy
+};
+
 // MK_DW_TILED=1 (read once per process) lets run_conv use the tiled kernel: off by default until a
 // GPU run has checked and timed it (benchmarks/diag_depthwise.py compares the two).
 bool tiled_enabled();
@@ -578,6 +749,12 @@ bool run_tiled_conv(const TiledConv& c);
 // (not rotated), the shape's pH/pW the conv's padding; no bias, no activation.
 template <typename scalar_t>
 bool run_tiled_bwd_input_s2(const TiledConv& c);
+
+// Runs the fused stride-1 backward (depthwise_conv2d_bwd_fused_s1_tiled_kernel) and returns true,
+// or returns false (nothing launched) when it does not apply: as run_tiled_conv, or not a stride-1
+// conv with K odd, padding (K - 1) / 2 on both axes, and gy with x's strides.
+template <typename scalar_t>
+bool run_tiled_bwd_fused_s1(const TiledBwd& c);
 
 // Runs stage 1 of the weight gradient through the tiled kernel and returns true (*c.part set), or
 // returns false (nothing launched) when it does not apply, for the same reasons as run_tiled_conv.

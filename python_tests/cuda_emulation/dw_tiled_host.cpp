@@ -1,5 +1,5 @@
 // Host emulation of the tiled depthwise kernels (csrc/cuda/depthwise_tiled.cuh: the forward, the
-// stride-2 grad_input and the weight gradient's stage 1): g++
+// stride-2 grad_input, the weight gradient's stage 1 and the fused stride-1 backward): g++
 // compiles the very header against cuda_shim/ (dim3, threadIdx & co., __syncthreads as a block
 // barrier, __shared__ as a static) and runs the kernel on the CPU, so that the tests
 // (python_tests/test_cuda_emulation.py) can check its index math against PyTorch without a GPU.
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "emulation.h"  // the shim: after the PyTorch headers, before the kernel's
@@ -25,45 +26,38 @@ namespace mkc = mobilenet_kernels::cuda;
 using mk_emu::kGuardElems;
 using mk_emu::kNaN;
 
-template <typename scalar_t, int K, int S, bool kStats>
-void launch(const at::Tensor& x, at::Tensor& y, const float* w, const float* bias, const mkc::TiledPlan& plan,
-            mk::Act act, float* part_n, float* part_mean, float* part_m2) {
-  constexpr int VEC = 16 / sizeof(scalar_t);
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// f(scalar_t{}) for t float32, bfloat16 or float16; raises naming `name` otherwise.
+template <typename F>
+void dispatch_dtype(at::ScalarType t, const char* name, F&& f) {
+  switch (t) {
+    case at::kFloat:
+      return f(float{});
+    case at::kBFloat16:
+      return f(c10::BFloat16{});
+    case at::kHalf:
+      return f(c10::Half{});
+    default:
+      TORCH_CHECK(false, name, ": expected float32, bfloat16 or float16, got ", t);
+  }
+}
+
+// f(Int<K>{}, Int<S>{}) for K in {3, 5, 7} and S in {1, 2} (all the kernels' instantiations).
+template <typename F>
+void dispatch_k_s(int64_t K, int64_t S, F&& f) {
+  TORCH_CHECK((K == 3 || K == 5 || K == 7) && (S == 1 || S == 2), "emulation: K must be 3, 5 or 7 and S 1 or 2, got K=",
+              K, " S=", S);
+  const auto with_s = [&](auto k) { S == 1 ? f(k, Int<1>{}) : f(k, Int<2>{}); };
+  K == 3 ? with_s(Int<3>{}) : K == 5 ? with_s(Int<5>{}) : with_s(Int<7>{});
+}
+
+// kernel<<<plan's grid, plan's block, plan.smem>>>, emulated: `kernel()` calls the kernel.
+template <typename Kernel>
+void launch_planned(const mkc::TiledPlan& plan, const Kernel& kernel) {
   TORCH_CHECK(plan.tx * plan.ty <= static_cast<unsigned>(mkc::kTiledMaxThreads), "emulation: block too large");
-  const scalar_t* xp = x.data_ptr<scalar_t>();
-  scalar_t* yp = y.data_ptr<scalar_t>();
-  mk_emu::launch_grid(dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y)),
-                      dim3(plan.tx, plan.ty), plan.smem, mkc::mk_dw_tiled_smem, [&] {
-                        mkc::depthwise_conv2d_fwd_tiled_kernel<scalar_t, float, VEC, K, S, kStats>(
-                            xp, yp, w, bias, plan.g, act, part_n, part_mean, part_m2);
-                      });
-}
-
-template <typename scalar_t, int K, int S>
-void dispatch_stats(bool stats, const at::Tensor& x, at::Tensor& y, const float* w, const float* bias,
-                    const mkc::TiledPlan& plan, mk::Act act, float* pn, float* pm, float* pm2) {
-  if (stats) {
-    launch<scalar_t, K, S, true>(x, y, w, bias, plan, act, pn, pm, pm2);
-  } else {
-    launch<scalar_t, K, S, false>(x, y, w, bias, plan, act, pn, pm, pm2);
-  }
-}
-
-template <typename scalar_t>
-void dispatch(int K, int S, bool stats, const at::Tensor& x, at::Tensor& y, const float* w, const float* bias,
-              const mkc::TiledPlan& plan, mk::Act act, float* pn, float* pm, float* pm2) {
-#define MK_EMU_CASE(KK, SS)                                                              \
-  if (K == KK && S == SS) {                                                              \
-    return dispatch_stats<scalar_t, KK, SS>(stats, x, y, w, bias, plan, act, pn, pm, pm2); \
-  }
-  MK_EMU_CASE(3, 1)
-  MK_EMU_CASE(3, 2)
-  MK_EMU_CASE(5, 1)
-  MK_EMU_CASE(5, 2)
-  MK_EMU_CASE(7, 1)
-  MK_EMU_CASE(7, 2)
-#undef MK_EMU_CASE
-  TORCH_CHECK(false, "emulation: K must be 3, 5 or 7 and S 1 or 2, got K=", K, " S=", S);
+  mk_emu::launch_grid(mkc::tiled_grid(plan), mkc::tiled_block(plan), plan.smem, mkc::mk_dw_tiled_smem, kernel);
 }
 
 // [TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem]
@@ -138,55 +132,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   const float* wp = weight_taps.data_ptr<float>();
   const float* bp = has_bias ? bias.data_ptr<float>() : nullptr;
   const auto act = static_cast<mk::Act>(act_code);
-  const int k = static_cast<int>(K), s = static_cast<int>(S);
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      dispatch<float>(k, s, stats, x, y, wp, bp, plan, act, pnp, pmp, pm2p);
-      break;
-    case at::kBFloat16:
-      dispatch<c10::BFloat16>(k, s, stats, x, y, wp, bp, plan, act, pnp, pmp, pm2p);
-      break;
-    case at::kHalf:
-      dispatch<c10::Half>(k, s, stats, x, y, wp, bp, plan, act, pnp, pmp, pm2p);
-      break;
-    default:
-      TORCH_CHECK(false, "x: expected float32, bfloat16 or float16, got ", x.scalar_type());
-  }
+  dispatch_dtype(x.scalar_type(), "x", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr int VEC = 16 / sizeof(scalar_t);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    dispatch_k_s(K, S, [&](auto k, auto s) {
+      const auto go = [&](auto with_stats) {
+        launch_planned(plan, [&] {
+          mkc::depthwise_conv2d_fwd_tiled_kernel<scalar_t, float, VEC, decltype(k)::value, decltype(s)::value,
+                                                 decltype(with_stats)::value>(xp, yp, wp, bp, plan.g, act, pnp, pmp,
+                                                                              pm2p);
+        });
+      };
+      stats ? go(std::true_type{}) : go(std::false_type{});
+    });
+  });
   out.check();
   return {y, pn, pm, pm2, plan_info(plan)};
 }
 
-// The work plan_tiled is asked for: "forward", "stats", "wgrad" or "dgrad_s2" (of a K x K conv).
+// The work plan_tiled is asked for: "forward", "stats", "wgrad", "dgrad_s2" or "bwd_fused" (of a
+// K x K conv).
 mkc::TiledWork work_of(const std::string& kind, int64_t K) {
   if (kind == "forward") return mkc::kTiledForward;
   if (kind == "stats") return mkc::kTiledStats;
   if (kind == "dgrad_s2") return mkc::kTiledDgradS2;
-  TORCH_CHECK(kind == "wgrad", "kind: expected forward, stats, wgrad or dgrad_s2, got ", kind);
+  if (kind == "bwd_fused") return mkc::kTiledBwdFused;
+  TORCH_CHECK(kind == "wgrad", "kind: expected forward, stats, wgrad, dgrad_s2 or bwd_fused, got ", kind);
   return mkc::tiled_wgrad_work(static_cast<int>(K));
-}
-
-template <typename scalar_t>
-void launch_wgrad(int K, int S, const at::Tensor& x, const at::Tensor& gy, const mkc::TiledPlan& plan, bool bias,
-                  float* part) {
-  constexpr int VEC = 16 / sizeof(scalar_t);
-  const scalar_t* xp = x.data_ptr<scalar_t>();
-  const scalar_t* gp = gy.data_ptr<scalar_t>();
-#define MK_EMU_CASE(KK, SS)                                                                                     \
-  if (K == KK && S == SS) {                                                                                     \
-    return mk_emu::launch_grid(                                                                                 \
-        dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y)), dim3(plan.tx, plan.ty), \
-        plan.smem, mkc::mk_dw_tiled_smem, [&] {                                                                 \
-          mkc::depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, float, VEC, KK, SS>(xp, gp, plan.g, bias, part); \
-        });                                                                                                     \
-  }
-  MK_EMU_CASE(3, 1)
-  MK_EMU_CASE(3, 2)
-  MK_EMU_CASE(5, 1)
-  MK_EMU_CASE(5, 2)
-  MK_EMU_CASE(7, 1)
-  MK_EMU_CASE(7, 2)
-#undef MK_EMU_CASE
-  TORCH_CHECK(false, "emulation: K must be 3, 5 or 7 and S 1 or 2, got K=", K, " S=", S);
 }
 
 // Stage 1 of the weight gradient by the emulated tiled kernel: x the conv's input, gy its
@@ -213,41 +187,20 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
   const mk_emu::GuardedOutput out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)), kGuardElems);
   at::Tensor part = out.y;
   float* pp = part.data_ptr<float>();
-  const int k = static_cast<int>(K), s = static_cast<int>(S);
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      launch_wgrad<float>(k, s, x, gy, plan, bias, pp);
-      break;
-    case at::kBFloat16:
-      launch_wgrad<c10::BFloat16>(k, s, x, gy, plan, bias, pp);
-      break;
-    case at::kHalf:
-      launch_wgrad<c10::Half>(k, s, x, gy, plan, bias, pp);
-      break;
-    default:
-      TORCH_CHECK(false, "x: expected float32, bfloat16 or float16, got ", x.scalar_type());
-  }
+  dispatch_dtype(x.scalar_type(), "x", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr int VEC = 16 / sizeof(scalar_t);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gp = gy.data_ptr<scalar_t>();
+    dispatch_k_s(K, S, [&](auto k, auto s) {
+      launch_planned(plan, [&] {
+        mkc::depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, float, VEC, decltype(k)::value, decltype(s)::value>(
+            xp, gp, plan.g, bias, pp);
+      });
+    });
+  });
   out.check();
   return {part, plan_info(plan)};
-}
-
-template <typename scalar_t>
-void launch_dgrad_s2(int K, const at::Tensor& gy, at::Tensor& gx, const float* w, const mkc::TiledPlan& plan) {
-  constexpr int VEC = 16 / sizeof(scalar_t);
-  const scalar_t* gp = gy.data_ptr<scalar_t>();
-  scalar_t* xp = gx.data_ptr<scalar_t>();
-#define MK_EMU_CASE(KK)                                                                                          \
-  if (K == KK) {                                                                                                 \
-    return mk_emu::launch_grid(                                                                                  \
-        dim3(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y)), dim3(plan.tx, plan.ty), \
-        plan.smem, mkc::mk_dw_tiled_smem,                                                                        \
-        [&] { mkc::depthwise_conv2d_bwd_input_s2_tiled_kernel<scalar_t, float, VEC, KK>(gp, xp, w, plan.g); });   \
-  }
-  MK_EMU_CASE(3)
-  MK_EMU_CASE(5)
-  MK_EMU_CASE(7)
-#undef MK_EMU_CASE
-  TORCH_CHECK(false, "emulation: K must be 3, 5 or 7, got K=", K);
 }
 
 // grad_input of a stride-2 conv (input H x W, padding pH, pW) by the emulated parity-split tiled
@@ -274,27 +227,75 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
   at::Tensor gx = out.y;
   mkc::set_tiled_strides(plan.g, gy, gx);
   const float* wp = weight_taps.data_ptr<float>();
-  const int k = static_cast<int>(K);
-  switch (gy.scalar_type()) {
-    case at::kFloat:
-      launch_dgrad_s2<float>(k, gy, gx, wp, plan);
-      break;
-    case at::kBFloat16:
-      launch_dgrad_s2<c10::BFloat16>(k, gy, gx, wp, plan);
-      break;
-    case at::kHalf:
-      launch_dgrad_s2<c10::Half>(k, gy, gx, wp, plan);
-      break;
-    default:
-      TORCH_CHECK(false, "gy: expected float32, bfloat16 or float16, got ", gy.scalar_type());
-  }
+  dispatch_dtype(gy.scalar_type(), "gy", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr int VEC = 16 / sizeof(scalar_t);
+    const scalar_t* gp = gy.data_ptr<scalar_t>();
+    scalar_t* xp = gx.data_ptr<scalar_t>();
+    dispatch_k_s(K, 2, [&](auto k, auto) {
+      launch_planned(plan, [&] {
+        mkc::depthwise_conv2d_bwd_input_s2_tiled_kernel<scalar_t, float, VEC, decltype(k)::value>(gp, xp, wp, plan.g);
+      });
+    });
+  });
   out.check();
   return {gx, plan_info(plan)};
 }
 
+// grad_input and the weight gradient's stage-1 partials of a stride-1 "same" conv (padding
+// (K - 1) / 2) by the emulated fused kernel: x the conv's input, gy its grad_output (both
+// channels_last, the same sizes and strides), weight_taps the conv's (K * K, C) float taps.
+// Returns (grad_input, part (blocks_x, K * K + bias, C), plan), plan as run() returns it.
+std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Tensor& x_in, const at::Tensor& gy_in,
+                                                                   const at::Tensor& weight_taps, int64_t K,
+                                                                   bool bias) {
+  const at::Tensor x = guarded_input(x_in, "x");
+  const at::Tensor gy = guarded_input(gy_in, "gy");
+  TORCH_CHECK(x.scalar_type() == gy.scalar_type() && x.sizes() == gy.sizes() && x.strides() == gy.strides(),
+              "gy: expected x's dtype, sizes and strides");
+  TORCH_CHECK(K % 2 == 1, "K: expected an odd kernel size");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = (K - 1) / 2;
+  TORCH_CHECK(weight_taps.scalar_type() == at::kFloat && weight_taps.is_contiguous() &&
+                  weight_taps.sizes() == at::IntArrayRef({K * K, C}),
+              "weight_taps: expected a contiguous float (K*K, C) tensor");
+  const int vec = static_cast<int>(16 / x.element_size());
+  mkc::TiledPlan plan{};
+  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(H),
+                              static_cast<int>(W), static_cast<int>(K), 1, static_cast<int>(P), static_cast<int>(P),
+                              vec, mkc::kTiledBwdFused, plan),
+              "plan_tiled rejected the conv");
+  const mk_emu::GuardedOutput gx_out(
+      at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)), C * H * W + 2 * kGuardElems);
+  at::Tensor gx = gx_out.y;
+  mkc::set_tiled_strides(plan.g, x, gx);
+  const int64_t rows = K * K + (bias ? 1 : 0);
+  const mk_emu::GuardedOutput part_out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)),
+                                       kGuardElems);
+  at::Tensor part = part_out.y;
+  const float* wp = weight_taps.data_ptr<float>();
+  float* pp = part.data_ptr<float>();
+  dispatch_dtype(x.scalar_type(), "x", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr int VEC = 16 / sizeof(scalar_t);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gp = gy.data_ptr<scalar_t>();
+    scalar_t* gxp = gx.data_ptr<scalar_t>();
+    dispatch_k_s(K, 1, [&](auto k, auto) {
+      launch_planned(plan, [&] {
+        mkc::depthwise_conv2d_bwd_fused_s1_tiled_kernel<scalar_t, float, VEC, decltype(k)::value>(
+            xp, gp, gxp, wp, plan.g, bias, pp);
+      });
+    });
+  });
+  gx_out.check();
+  part_out.check();
+  return {gx, part, plan_info(plan)};
+}
+
 // plan_tiled alone, for a conv of any size (nothing runs): the plan as run() returns it, or an
 // empty list when plan_tiled rejects the conv. kind: "forward", "stats", "wgrad" (of the conv) or
-// "dgrad_s2" (grad_input of the conv as the stride-2 kernel plans it: grad_output -> grad_input).
+// "dgrad_s2" (grad_input of the conv as the stride-2 kernel plans it: grad_output -> grad_input),
+// "bwd_fused" (the stride-1 fused backward).
 std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t S, int64_t pH, int64_t pW,
                           int64_t vec, const std::string& kind) {
   int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
@@ -321,6 +322,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("kind"));
   m.def("dgrad_s2", &dgrad_s2, "depthwise_conv2d_bwd_input_s2_tiled_kernel emulated on the host", py::arg("gy"),
         py::arg("weight_taps"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("pH"), py::arg("pW"));
+  m.def("bwd_fused", &bwd_fused, "depthwise_conv2d_bwd_fused_s1_tiled_kernel emulated on the host", py::arg("x"),
+        py::arg("gy"), py::arg("weight_taps"), py::arg("K"), py::arg("bias"));
   m.def("wgrad", &wgrad, "depthwise_conv2d_bwd_weight_tiled_kernel emulated on the host", py::arg("x"), py::arg("gy"),
         py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"));
 }
