@@ -176,6 +176,24 @@ __device__ __forceinline__ void feed_staged_row(const VC* src, int step, KwOf kw
   }
 }
 
+// acc[j][v] = init[v] for every column j of the thread (the per-column accumulators' start).
+template <typename acc_t, int CV>
+__device__ __forceinline__ void fill_columns(acc_t (&acc)[kTiledRW][CV], const acc_t (&init)[CV]) {
+#pragma unroll
+  for (int j = 0; j < kTiledRW; ++j) {
+#pragma unroll
+    for (int v = 0; v < CV; ++v) acc[j][v] = init[v];
+  }
+}
+
+// The K weights of kernel row kh for this thread's channels c0 .. c0 + CV - 1: w is (K * K, C).
+template <int K, int CV, typename acc_t>
+__device__ __forceinline__ void load_row_weights(const acc_t* __restrict__ w, int kh, int64_t C, int64_t c0,
+                                                 acc_t (&wr)[K][CV]) {
+#pragma unroll
+  for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * C + c0, wr[kw]);
+}
+
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
 // ptxas (CUDA 13, sm_90) gives 72-96 registers for 16-bit types, 90-116 for float, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K, int S, bool kStats>
@@ -215,18 +233,13 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 
     if (t.computes) {
       acc_t acc[kTiledRW][CV];
-#pragma unroll
-      for (int j = 0; j < kTiledRW; ++j) {
-#pragma unroll
-        for (int v = 0; v < CV; ++v) acc[j][v] = b[v];
-      }
+      fill_columns(acc, b);
       // Output column col0 + j, tap kw reads tile column (col0 + j) S + kw = col0 S + i, i = j S + kw.
       // Kernel rows not unrolled: one row's K weight vectors live in registers at a time.
 #pragma unroll 1
       for (int kh = 0; kh < K; ++kh) {
         acc_t wr[K][CV];
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + t.c0, wr[kw]);
+        load_row_weights<K, CV>(w, kh, g.C, t.c0, wr);
         // This thread's part of tile pixel q: VC element (q * cbv + cv) * kLanes + lane.
         const VC* src = reinterpret_cast<const VC*>(tile) +
                         (((t.row * S + kh) * IW + t.col0 * S) * t.cbv + t.cv) * kLanes + t.lane;
@@ -426,19 +439,15 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     __syncthreads();
 
     if (t.computes) {
+      const acc_t zero[CV] = {};
       acc_t acc[kTiledRW][CV];
-#pragma unroll
-      for (int j = 0; j < kTiledRW; ++j) {
-#pragma unroll
-        for (int v = 0; v < CV; ++v) acc[j][v] = acc_t(0);
-      }
+      fill_columns(acc, zero);
       // Row r takes the taps kh = r (mod 2), grad_output row (r - kh) / 2 + kHalf of the stage;
       // column j the taps kw = j (mod 2), stage column col0 / 2 + (j - kw) / 2 + kHalf = col0 / 2 + i.
 #pragma unroll 1
       for (int kh = t.row & 1; kh < K; kh += 2) {
         acc_t wr[K][CV];
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + t.c0, wr[kw]);
+        load_row_weights<K, CV>(w, kh, g.C, t.c0, wr);
         const int srow = (t.row - kh) / 2 + kHalf;  // r - kh is even
         const VC* src = reinterpret_cast<const VC*>(tile) + ((srow * GW + t.col0 / 2) * t.cbv + t.cv) * kLanes + t.lane;
         feed_staged_row<K, kSpan, acc_t, CV>(
@@ -531,17 +540,13 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
       if (do_bias) sums.add_bias(gv, ok);
       // grad_input: staged grad_output row row + K - 1 - kh; column j, tap kw reads staged column
       // col0 + j + K - 1 - kw = col0 + i. Rows not unrolled: one row's weights in registers at a time.
+      const acc_t zero[CV] = {};
       acc_t accd[kTiledRW][CV];
-#pragma unroll
-      for (int j = 0; j < kTiledRW; ++j) {
-#pragma unroll
-        for (int v = 0; v < CV; ++v) accd[j][v] = acc_t(0);
-      }
+      fill_columns(accd, zero);
 #pragma unroll 1
       for (int kh = 0; kh < K; ++kh) {
         acc_t wr[K][CV];
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * g.C + t.c0, wr[kw]);
+        load_row_weights<K, CV>(w, kh, g.C, t.c0, wr);
         feed_staged_row<K, kSpan, acc_t, CV>(
             gsrc + ((t.row + K - 1 - kh) * IW + t.col0) * step, step,
             [](int i, int j) { return j + K - 1 - i; }, [&](int j, int kw, const acc_t(&gv_in)[CV]) {

@@ -85,6 +85,12 @@ at::Tensor guarded_input(const at::Tensor& x_in, const char* name) {
   return x;
 }
 
+void check_weight_taps(const at::Tensor& weight_taps, int64_t K, int64_t C) {
+  TORCH_CHECK(weight_taps.scalar_type() == at::kFloat && weight_taps.is_contiguous() &&
+                  weight_taps.sizes() == at::IntArrayRef({K * K, C}),
+              "weight_taps: expected a contiguous float (K*K, C) tensor");
+}
+
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
 // when `stats`. Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
 // tiles, blocks_x, blocks_y, cbv, tx, ty, smem]; the partials are empty without stats. Raises when
@@ -98,9 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   const int64_t OH = (H + 2 * pH - K) / S + 1;
   const int64_t OW = (W + 2 * pW - K) / S + 1;
   TORCH_CHECK(H + 2 * pH >= K && W + 2 * pW >= K, "emulation: empty output");
-  TORCH_CHECK(weight_taps.scalar_type() == at::kFloat && weight_taps.is_contiguous() &&
-                  weight_taps.sizes() == at::IntArrayRef({K * K, C}),
-              "weight_taps: expected a contiguous float (K*K, C) tensor");
+  check_weight_taps(weight_taps, K, C);
   const bool has_bias = bias.numel() > 0;
   TORCH_CHECK(!has_bias || (bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == C),
               "bias: expected a contiguous float (C,) tensor or an empty one");
@@ -213,9 +217,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
   TORCH_CHECK((H + 2 * pH - K) / 2 + 1 == OH && (W + 2 * pW - K) / 2 + 1 == OW && H + 2 * pH >= K &&
                   W + 2 * pW >= K,
               "gy: expected the output shape of the stride-2 conv of an H x W input");
-  TORCH_CHECK(weight_taps.scalar_type() == at::kFloat && weight_taps.is_contiguous() &&
-                  weight_taps.sizes() == at::IntArrayRef({K * K, C}),
-              "weight_taps: expected a contiguous float (K*K, C) tensor");
+  check_weight_taps(weight_taps, K, C);
   const int vec = static_cast<int>(16 / gy.element_size());
   mkc::TiledPlan plan{};
   TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(OH), static_cast<int>(OW), static_cast<int>(H),
@@ -255,9 +257,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
               "gy: expected x's dtype, sizes and strides");
   TORCH_CHECK(K % 2 == 1, "K: expected an odd kernel size");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = (K - 1) / 2;
-  TORCH_CHECK(weight_taps.scalar_type() == at::kFloat && weight_taps.is_contiguous() &&
-                  weight_taps.sizes() == at::IntArrayRef({K * K, C}),
-              "weight_taps: expected a contiguous float (K*K, C) tensor");
+  check_weight_taps(weight_taps, K, C);
   const int vec = static_cast<int>(16 / x.element_size());
   mkc::TiledPlan plan{};
   TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(H),
