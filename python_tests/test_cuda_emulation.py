@@ -238,9 +238,22 @@ def wgrad_reference(x, gy, K, S, padding):
     return gw, gyd.sum((0, 2, 3)), scale, gyd.abs().sum((0, 2, 3))
 
 
-def run_wgrad(emu, x, gy, K, S, pH, pW, bias):
-    """The emulated tiled weight-gradient stage 1: its partials, summed over the blocks in fp64, as
-    (grad_weight (C, 1, K, K), grad_bias or None), the partials and the plan."""
+def assert_partials_sum_to_grads(part, x, gy, K, S, padding, bias, where):
+    """The (blocks, K * K + bias, C) weight-gradient partials, summed over the blocks in fp64, match
+    grad_weight (and grad_bias) of the conv."""
+    C = x.shape[1]
+    total = part.double().sum(0)
+    gw = total[: K * K].t().reshape(C, 1, K, K)
+    ref_w, ref_b, scale_w, scale_b = wgrad_reference(x, gy, K, S, padding)
+    # fp32 sums of exact products (16-bit inputs) or of fp32-rounded ones: ~1e-7 relative per term.
+    assert ((gw - ref_w).abs() <= 2e-6 * scale_w + 1e-9).all(), f"grad_weight: {where}"
+    if bias:
+        assert ((total[K * K] - ref_b).abs() <= 2e-6 * scale_b + 1e-9).all(), f"grad_bias: {where}"
+
+
+def assert_wgrad_matches(emu, x, gy, K, S, pH, pW, bias):
+    """The emulated tiled weight-gradient stage 1: its plan, every partial written, and the partials'
+    sums; returns (part, plan, where)."""
     part, info = emu.wgrad(x, gy, K, S, pH, pW, bias)
     TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
     N, C = x.shape[:2]
@@ -249,18 +262,7 @@ def run_wgrad(emu, x, gy, K, S, pH, pW, bias):
     assert tx == cbv * lanes and tx * ty <= 256 and ty >= TH * strips and blocks_x == math.ceil(tiles / R), where
     assert part.shape == (blocks_x, K * K + bias, C), where
     assert not part.isnan().any(), f"partials left unwritten: {where}"
-    total = part.double().sum(0)
-    gw = total[: K * K].t().reshape(C, 1, K, K)
-    return gw, (total[K * K] if bias else None), part, info, where
-
-
-def assert_wgrad_matches(emu, x, gy, K, S, pH, pW, bias):
-    gw, gb, part, info, where = run_wgrad(emu, x, gy, K, S, pH, pW, bias)
-    ref_w, ref_b, scale_w, scale_b = wgrad_reference(x, gy, K, S, (pH, pW))
-    # fp32 sums of exact products (16-bit inputs) or of fp32-rounded ones: ~1e-7 relative per term.
-    assert ((gw - ref_w).abs() <= 2e-6 * scale_w + 1e-9).all(), f"grad_weight: {where}"
-    if bias:
-        assert ((gb - ref_b).abs() <= 2e-6 * scale_b + 1e-9).all(), f"grad_bias: {where}"
+    assert_partials_sum_to_grads(part, x, gy, K, S, (pH, pW), bias, where)
     return part, info, where
 
 
@@ -363,12 +365,7 @@ def test_fused_backward_matches_conv_grads(emu, dtype, K):
         assert not gx.isnan().any(), f"grad_input left unwritten: {where}"
         ref_gx = torch.nn.grad.conv2d_input(x.shape, w.double(), gy.double(), padding=P, groups=C)
         assert_matches(gx, ref_gx, dtype, where)
-        total = part.double().sum(0)
-        ref_w, ref_b, scale_w, scale_b = wgrad_reference(x, gy, K, 1, (P, P))
-        gw = total[: K * K].t().reshape(C, 1, K, K)
-        assert ((gw - ref_w).abs() <= 2e-6 * scale_w + 1e-9).all(), f"grad_weight: {where}"
-        if bias:
-            assert ((total[K * K] - ref_b).abs() <= 2e-6 * scale_b + 1e-9).all(), f"grad_bias: {where}"
+        assert_partials_sum_to_grads(part, x, gy, K, 1, (P, P), bias, where)
         if i == len(FUSED_SHAPES) - 1:
             assert blocks_x >= 2 and R >= 2, where
             assert torch.equal(part, emu.bwd_fused(x, gy, taps, K, bias)[1]), where

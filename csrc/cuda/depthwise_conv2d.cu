@@ -111,6 +111,12 @@ void launch_fwd_k(const ConvLaunch<scalar_t>& L, const Geom& g, int K) {
   dispatch_fwd_k<scalar_t>(K, [&](auto k) { launch_fwd<scalar_t, VEC, decltype(k)::value, kStats>(L, g); });
 }
 
+// Whether the tiled kernels (depthwise_tiled.cuh) may take the conv g: MK_DW_TILED=1, a square
+// kernel, equal strides, dilation 1. Each run_tiled_* checks the rest (its K and stride, the plan).
+bool tiled_candidate(const Geom& g) {
+  return tiled_enabled() && g.kH == g.kW && g.sH == g.sW && g.dH == 1 && g.dW == 1;
+}
+
 // Runs the conv x -> y described by g (x, y: dense tensors of N images). With kStats, returns the
 // (3, tiles, C) partials (count, mean, M2); else an undefined tensor.
 template <typename scalar_t, bool kStats>
@@ -120,7 +126,7 @@ at::Tensor run_conv(const at::Tensor& x, at::Tensor& y, const at::Tensor& w_taps
   constexpr int kVec = 16 / sizeof(scalar_t);
   set_items(g, N, g.OH, g.OW);
   const int vec = can_vectorize<scalar_t>(channels_last, g.C, {&x, &y}) ? kVec : 1;
-  if (vec == kVec && kVec > 1 && tiled_enabled() && g.kH == g.kW && g.dH == 1 && g.dW == 1 && g.sH == g.sW) {
+  if (vec == kVec && kVec > 1 && tiled_candidate(g)) {
     at::Tensor part;
     const TiledConv c{&x, &y, &w_taps, &bias, &part, act, {N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
     if (run_tiled_conv<scalar_t, kStats>(c)) return part;
@@ -179,10 +185,10 @@ void run_bwd_input(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx)
   } else {
     const at::Tensor w = taps_major(a.weight);
     const Geom g = make_geom(a, gx, gy);
-    if (vec && kVec > 1 && tiled_enabled() && g.kH == g.kW && g.dH == 1 && g.dW == 1 && g.sH == 2 && g.sW == 2) {
+    if (vec && kVec > 1 && tiled_candidate(g)) {
       // grad_output -> grad_input: the tiled kernel reads gy (OH x OW) and writes gx (H x W).
       const TiledConv c{&gy, &gx, &w, nullptr, nullptr, Act::kIdentity,
-                        {a.N, a.C, g.OH, g.OW, g.H, g.W, g.kH, 2, g.pH, g.pW}};
+                        {a.N, a.C, g.OH, g.OW, g.H, g.W, g.kH, g.sH, g.pH, g.pW}};
       if (run_tiled_bwd_input_s2<scalar_t>(c)) return;
     }
     if (vec && kVec > 1) {
@@ -198,14 +204,10 @@ void run_bwd_input(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx)
 // (nothing launched) when the fused kernel does not apply.
 template <typename scalar_t>
 bool try_bwd_fused(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx, bool want_bias, at::Tensor& part) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  if (kVec == 1 || !tiled_enabled() || !can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &gy, &gx})) {
-    return false;
-  }
   const Geom g = make_geom(a, a.input, gy);
-  if (g.kH != g.kW || g.dH != 1 || g.dW != 1 || g.sH != 1 || g.sW != 1) return false;
+  if (!tiled_candidate(g) || !can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &gy, &gx})) return false;
   const at::Tensor w = taps_major(a.weight);
-  const TiledBwd c{&a.input, &gy, &gx, &w, &part, want_bias, {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, 1, g.pH, g.pW}};
+  const TiledBwd c{&a.input, &gy, &gx, &w, &part, want_bias, {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
   return run_tiled_bwd_fused_s1<scalar_t>(c);
 }
 
@@ -218,8 +220,7 @@ void launch_bwd_weight(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor*
   const Geom g = make_geom(a, a.input, gy);
   const BwdWeightPlan p = plan_bwd_weight(a, VEC, grad_weight != nullptr, grad_bias != nullptr);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (!part.defined() && VEC > 1 && tiled_enabled() && grad_weight != nullptr && g.kH == g.kW && g.dH == 1 &&
-      g.dW == 1 && g.sH == g.sW) {
+  if (!part.defined() && VEC > 1 && grad_weight != nullptr && tiled_candidate(g)) {
     const TiledWgrad c{&a.input, &gy, &part, grad_bias != nullptr,
                        {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
     run_tiled_bwd_weight<scalar_t>(c);  // leaves part undefined when it does not apply

@@ -58,12 +58,9 @@ void launch_bwd_fused(const TiledPlan& p, const TiledBwd& c) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// plan_tiled of `work` for x -> y, with the strides of the two tensors; false when it does not apply.
+// plan_tiled_for, for the instantiated K (3, 5) and S (1, 2) only; false when it does not apply.
 bool plan_for(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, int vec, TiledWork work, TiledPlan& p) {
-  if (!(s.K == 3 || s.K == 5) || !(s.S == 1 || s.S == 2)) return false;
-  if (!plan_tiled(s.N, s.C, s.H, s.W, s.OH, s.OW, s.K, s.S, s.pH, s.pW, vec, work, p)) return false;
-  set_tiled_strides(p.g, x, y);
-  return true;
+  return (s.K == 3 || s.K == 5) && (s.S == 1 || s.S == 2) && plan_tiled_for(x, y, s, vec, work, p);
 }
 
 // false for float64 (no tiled kernels); else plans `work` for x -> y and, when it applies, calls
@@ -80,18 +77,25 @@ bool plan_and_launch(const at::Tensor& x, const at::Tensor& y, const TiledShape&
   }
 }
 
-// f(integral_constant<K>, integral_constant<S>) for K in {3, 5}, S in {1, 2} (plan_for checked them).
+// f(integral_constant<K>) for K in {3, 5}; dispatch_k_s also passes integral_constant<S> for S in
+// {1, 2} (plan_for checked both).
+template <typename F>
+void dispatch_k(int K, F&& f) {
+  K == 3 ? f(std::integral_constant<int, 3>{}) : f(std::integral_constant<int, 5>{});
+}
+
 template <typename F>
 void dispatch_k_s(int K, int S, F&& f) {
-  using I3 = std::integral_constant<int, 3>;
-  using I5 = std::integral_constant<int, 5>;
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;
-  if (K == 3) {
-    S == 1 ? f(I3{}, I1{}) : f(I3{}, I2{});
-  } else {
-    S == 1 ? f(I5{}, I1{}) : f(I5{}, I2{});
-  }
+  dispatch_k(K, [&](auto k) { S == 1 ? f(k, I1{}) : f(k, I2{}); });
+}
+
+// The (blocks, K * K + bias, C) weight-gradient partials of a plan, in the accumulation dtype.
+template <typename acc_t>
+at::Tensor wgrad_partials(const TiledPlan& p, const TiledShape& s, bool bias, const at::Tensor& like) {
+  return at::empty({p.blocks_x, s.K * s.K + (bias ? 1 : 0), s.C},
+                   like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
 }
 
 }  // namespace
@@ -123,8 +127,7 @@ bool run_tiled_bwd_weight(const TiledWgrad& c) {
   const TiledShape& s = c.shape;
   return plan_and_launch<scalar_t>(*c.x, *c.gy, s, tiled_wgrad_work(s.K), [&](const auto& p) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    *c.part = at::empty({p.blocks_x, s.K * s.K + (c.bias ? 1 : 0), s.C},
-                        c.x->options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    *c.part = wgrad_partials<acc_t>(p, s, c.bias, *c.x);
     dispatch_k_s(s.K, s.S,
                  [&](auto k, auto st) { launch_wgrad<scalar_t, kVec, decltype(k)::value, decltype(st)::value>(p, c); });
   });
@@ -135,7 +138,7 @@ bool run_tiled_bwd_input_s2(const TiledConv& c) {
   if (c.shape.S != 2) return false;
   return plan_and_launch<scalar_t>(*c.x, *c.y, c.shape, kTiledDgradS2, [&](const auto& p) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    c.shape.K == 3 ? launch_dgrad_s2<scalar_t, kVec, 3>(p, c) : launch_dgrad_s2<scalar_t, kVec, 5>(p, c);
+    dispatch_k(c.shape.K, [&](auto k) { launch_dgrad_s2<scalar_t, kVec, decltype(k)::value>(p, c); });
   });
 }
 
@@ -151,9 +154,8 @@ bool run_tiled_bwd_fused_s1(const TiledBwd& c) {
   // x -> gx: the input's and grad_input's strides (grad_output is staged with the input's).
   return plan_and_launch<scalar_t>(*c.x, *c.gx, s, kTiledBwdFused, [&](const auto& p) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    *c.part = at::empty({p.blocks_x, s.K * s.K + (c.bias ? 1 : 0), s.C},
-                        c.x->options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    s.K == 3 ? launch_bwd_fused<scalar_t, kVec, 3>(p, c) : launch_bwd_fused<scalar_t, kVec, 5>(p, c);
+    *c.part = wgrad_partials<acc_t>(p, s, c.bias, *c.x);
+    dispatch_k(s.K, [&](auto k) { launch_bwd_fused<scalar_t, kVec, decltype(k)::value>(p, c); });
   });
 }
 

@@ -701,6 +701,16 @@ inline void set_tiled_strides(TiledGeom& g, const at::Tensor& x, const at::Tenso
   g.ysW = y.stride(3);
 }
 
+// plan_tiled for the tiled launch x -> y of shape s, with the strides of the two tensors (dense
+// channels_last) in the plan's geometry; false when plan_tiled rejects it. Shared by the launchers
+// (depthwise_tiled.cu) and the host emulation.
+inline bool plan_tiled_for(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, int vec, TiledWork work,
+                           TiledPlan& p) {
+  if (!plan_tiled(s.N, s.C, s.H, s.W, s.OH, s.OW, s.K, s.S, s.pH, s.pW, vec, work, p)) return false;
+  set_tiled_strides(p.g, x, y);
+  return true;
+}
+
 // One conv for run_tiled_conv (depthwise_tiled.cu): y = act(conv(x, w) + bias), x and y dense
 // channels_last with 16-byte aligned vectors (can_vectorize), w_taps (K * K, C) and bias (C,) or
 // undefined in the accumulation dtype; part receives the (3, blocks, C) statistics partials.

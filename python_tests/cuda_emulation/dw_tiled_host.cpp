@@ -4,7 +4,7 @@
 // barrier, __shared__ as a static) and runs the kernel on the CPU, so that the tests
 // (python_tests/test_cuda_emulation.py) can check its index math against PyTorch without a GPU.
 //
-// A call: plan_tiled as the CUDA host code calls it, then the emulated launch (emulation.h), with x
+// A call: plan_tiled_for as the CUDA host code calls it, then the emulated launch (emulation.h), with x
 // inside NaN guard zones of an image and more, the output (NaN) inside sentinel guard zones and the
 // statistics or weight-gradient partials starting as NaN: a missed bounds check, an element left
 // unwritten or a write outside the output shows.
@@ -91,6 +91,27 @@ void check_weight_taps(const at::Tensor& weight_taps, int64_t K, int64_t C) {
               "weight_taps: expected a contiguous float (K*K, C) tensor");
 }
 
+// The plan the CUDA launcher makes (plan_tiled_for) for the tiled launch x -> y (sizes from the two
+// tensors, x read and y written) of a K x K conv with stride S and padding (pH, pW); raises when
+// plan_tiled rejects it.
+mkc::TiledPlan plan_or_raise(const at::Tensor& x, const at::Tensor& y, int64_t K, int64_t S, int64_t pH, int64_t pW,
+                             mkc::TiledWork work) {
+  const mkc::TiledShape shape{x.size(0),
+                              x.size(1),
+                              static_cast<int>(x.size(2)),
+                              static_cast<int>(x.size(3)),
+                              static_cast<int>(y.size(2)),
+                              static_cast<int>(y.size(3)),
+                              static_cast<int>(K),
+                              static_cast<int>(S),
+                              static_cast<int>(pH),
+                              static_cast<int>(pW)};
+  mkc::TiledPlan plan{};
+  TORCH_CHECK(mkc::plan_tiled_for(x, y, shape, static_cast<int>(16 / x.element_size()), work, plan),
+              "plan_tiled rejected the conv");
+  return plan;
+}
+
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
 // when `stats`. Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
 // tiles, blocks_x, blocks_y, cbv, tx, ty, smem]; the partials are empty without stats. Raises when
@@ -108,18 +129,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   const bool has_bias = bias.numel() > 0;
   TORCH_CHECK(!has_bias || (bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == C),
               "bias: expected a contiguous float (C,) tensor or an empty one");
-  const int vec = static_cast<int>(16 / x.element_size());
-
-  mkc::TiledPlan plan{};
-  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH),
-                              static_cast<int>(OW), static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH),
-                              static_cast<int>(pW), vec, stats ? mkc::kTiledStats : mkc::kTiledForward, plan),
-              "plan_tiled rejected the conv");
   // y: channels_last, NaN, inside sentinel guard zones of an image and more (a tile's overhang).
   const mk_emu::GuardedOutput out(at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * OH * OW + 2 * kGuardElems);
   at::Tensor y = out.y;
-  mkc::set_tiled_strides(plan.g, x, y);
+  const mkc::TiledPlan plan = plan_or_raise(x, y, K, S, pH, pW, stats ? mkc::kTiledStats : mkc::kTiledForward);
 
   at::Tensor pn, pm, pm2;
   if (stats) {
@@ -179,13 +193,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
   const int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
   TORCH_CHECK(H + 2 * pH >= K && W + 2 * pW >= K, "emulation: empty output");
   TORCH_CHECK(gy.sizes() == at::IntArrayRef({N, C, OH, OW}), "gy: expected the conv's output shape");
-  const int vec = static_cast<int>(16 / x.element_size());
-  mkc::TiledPlan plan{};
-  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH),
-                              static_cast<int>(OW), static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH),
-                              static_cast<int>(pW), vec, mkc::tiled_wgrad_work(static_cast<int>(K)), plan),
-              "plan_tiled rejected the conv");
-  mkc::set_tiled_strides(plan.g, x, gy);
+  const mkc::TiledPlan plan = plan_or_raise(x, gy, K, S, pH, pW, mkc::tiled_wgrad_work(static_cast<int>(K)));
   // The partials inside sentinel guard zones, NaN: every (block, row, channel) must be written.
   const int64_t rows = K * K + (bias ? 1 : 0);
   const mk_emu::GuardedOutput out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)), kGuardElems);
@@ -218,16 +226,10 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
                   W + 2 * pW >= K,
               "gy: expected the output shape of the stride-2 conv of an H x W input");
   check_weight_taps(weight_taps, K, C);
-  const int vec = static_cast<int>(16 / gy.element_size());
-  mkc::TiledPlan plan{};
-  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(OH), static_cast<int>(OW), static_cast<int>(H),
-                              static_cast<int>(W), static_cast<int>(K), 2, static_cast<int>(pH), static_cast<int>(pW),
-                              vec, mkc::kTiledDgradS2, plan),
-              "plan_tiled rejected the conv");
   const mk_emu::GuardedOutput out(at::empty({N, C, H, W}, gy.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * H * W + 2 * kGuardElems);
   at::Tensor gx = out.y;
-  mkc::set_tiled_strides(plan.g, gy, gx);
+  const mkc::TiledPlan plan = plan_or_raise(gy, gx, K, 2, pH, pW, mkc::kTiledDgradS2);
   const float* wp = weight_taps.data_ptr<float>();
   dispatch_dtype(gy.scalar_type(), "gy", [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -258,16 +260,10 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
   TORCH_CHECK(K % 2 == 1, "K: expected an odd kernel size");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = (K - 1) / 2;
   check_weight_taps(weight_taps, K, C);
-  const int vec = static_cast<int>(16 / x.element_size());
-  mkc::TiledPlan plan{};
-  TORCH_CHECK(mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(H),
-                              static_cast<int>(W), static_cast<int>(K), 1, static_cast<int>(P), static_cast<int>(P),
-                              vec, mkc::kTiledBwdFused, plan),
-              "plan_tiled rejected the conv");
   const mk_emu::GuardedOutput gx_out(
       at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)), C * H * W + 2 * kGuardElems);
   at::Tensor gx = gx_out.y;
-  mkc::set_tiled_strides(plan.g, x, gx);
+  const mkc::TiledPlan plan = plan_or_raise(x, gx, K, 1, P, P, mkc::kTiledBwdFused);
   const int64_t rows = K * K + (bias ? 1 : 0);
   const mk_emu::GuardedOutput part_out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)),
                                        kGuardElems);
