@@ -26,6 +26,7 @@ import os
 from typing import Callable, Hashable, Sequence
 
 import torch
+import triton
 
 Config = tuple  # the op's launch parameters, e.g. (BLOCK_P, BLOCK_C, num_warps)
 
@@ -56,7 +57,11 @@ class LaunchTuner:
         self.best: dict[Hashable, Config] = {}
 
     def launch(self, key: Hashable, candidates: Sequence[Config], run: Callable[[Config], None],
-               tune: bool) -> Config:
+               tune: bool, force: Config | None = None) -> Config:
+        """`force`: run that config instead (tests pinning a config; launches that must not be tuned)."""
+        if force is not None:
+            run(force)
+            return force
         if not candidates:
             raise ValueError(f"{self.name}: no launch config to choose from")
         config = self.best.get(key)
@@ -74,3 +79,16 @@ def unique(configs: Sequence[Config]) -> list[Config]:
     """The configs in order, without repeats (the heuristic one may also be a fixed candidate)."""
     seen: set = set()
     return [c for c in configs if not (c in seen or seen.add(c))]
+
+
+def tile_candidates(heuristic: Config, rows: int, channels: int, widths: Sequence[int],
+                    tiles: Sequence[tuple[int, int]], min_rows: int = 1) -> list[Config]:
+    """Candidate (row block, channel block, num_warps) configs of a [rows x channels] tile launch:
+    `heuristic` first, then for each channel block in `widths` (capped at the channels, a power of
+    two) and each (tile elements, num_warps) in `tiles` the row block tile // width, capped at the
+    rows (a power of two) and at least min_rows; without repeats."""
+    configs = [heuristic]
+    for bc in sorted({min(w, triton.next_power_of_2(max(channels, 1))) for w in widths}):
+        for tile, warps in tiles:
+            configs.append((max(min_rows, min(triton.next_power_of_2(max(rows, 1)), tile // bc)), bc, warps))
+    return unique(configs)

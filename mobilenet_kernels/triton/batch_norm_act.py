@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_derivative, act_forward
-from ._tuning import LaunchTuner, tuning_enabled, unique
+from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
 
 
 @triton.jit
@@ -206,11 +206,7 @@ def eval_fwd_configs(x) -> list[tuple[int, int, int]]:
     """The eval forward's launch configs (BLOCK_M, BLOCK_C, num_warps) for LaunchTuner
     (triton/_tuning.py), the heuristic first: an elementwise pass, so all give the same bits."""
     M, C = _geometry(x)[:2]
-    configs = [(*_blocks(M, C), 4)]
-    for bc in sorted({min(w, triton.next_power_of_2(max(C, 1))) for w in (16, 32, 64)}):
-        for tile, warps in ((2048, 4), (8192, 8)):
-            configs.append((min(triton.next_power_of_2(max(M, 1)), tile // bc), bc, warps))
-    return unique(configs)
+    return tile_candidates((*_blocks(M, C), 4), M, C, (16, 32, 64), ((2048, 4), (8192, 8)))
 
 
 _EVAL_FWD_TUNER = LaunchTuner("batch_norm_act_eval_fwd")
@@ -231,11 +227,8 @@ def batch_norm_act_eval_fwd(x, mean, var, weight, bias, eps, activation, memory_
         _batch_norm_act_eval_fwd_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
             x, y, *L.params, *L.geometry, L.eps, **flags, num_warps=warps)
 
-    if config is not None:
-        run(config)
-    else:
-        key = (x.device, x.dtype, memory_format, tuple(x.shape), activation, weight is not None, bias is not None)
-        _EVAL_FWD_TUNER.launch(key, eval_fwd_configs(x), run, tuning_enabled(x.device))
+    key = (x.device, x.dtype, memory_format, tuple(x.shape), activation, weight is not None, bias is not None)
+    _EVAL_FWD_TUNER.launch(key, eval_fwd_configs(x), run, tuning_enabled(x.device), force=config)
     return y.to(x.dtype)
 
 

@@ -40,7 +40,7 @@ import triton.language as tl
 from ..activations import activation_code
 from ._activations import act_forward
 from ._partials import chan_update, merge_centred_partials, store_centred_partials
-from ._tuning import LaunchTuner, tuning_enabled, unique
+from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
 # per-program partials (stats, grad_weight, grad_bias): bounds the partials' size; derived from the
@@ -358,12 +358,8 @@ def forward_configs(x, weight, stride, padding, dilation, fmt) -> list[tuple[int
     N, C, H, W, OH, OW, kH, kW = _geometry(x, weight, stride, padding, dilation)
     P = N * OH * OW
     block_p, block_c = _blocks(P, C, fmt == torch.channels_last, kH * kW, x.dtype, x.device.type == "cpu")
-    configs = [(block_p, block_c, 4)]
     widths = (16, 32, 64) if fmt == torch.channels_last else (2, 4, 8)
-    for bc in sorted({min(w, triton.next_power_of_2(max(C, 1))) for w in widths}):
-        for tile, warps in ((1024, 4), (2048, 8)):
-            configs.append((max(16, min(triton.next_power_of_2(max(P, 1)), tile // bc)), bc, warps))
-    return unique(configs)
+    return tile_candidates((block_p, block_c, 4), P, C, widths, ((1024, 4), (2048, 8)), min_rows=16)
 
 
 _FORWARD_TUNER = LaunchTuner("depthwise_conv2d_fwd")
@@ -398,13 +394,12 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats,
             num_warps=warps,
         )
 
-    configs = [config] if config is not None else forward_configs(x, weight, stride, padding, dilation, fmt)
-    if stats or config is not None:
-        run(configs[0])
-    else:
-        key = (x.device, x.dtype, fmt, tuple(x.shape), (kH, kW), tuple(stride), tuple(padding), tuple(dilation),
-               activation, bias is not None)
-        _FORWARD_TUNER.launch(key, configs, run, tuning_enabled(x.device))
+    configs = forward_configs(x, weight, stride, padding, dilation, fmt)
+    if stats and config is None:
+        config = configs[0]  # the statistics partials follow the tile: the heuristic, never tuned
+    key = (x.device, x.dtype, fmt, tuple(x.shape), (kH, kW), tuple(stride), tuple(padding), tuple(dilation),
+           activation, bias is not None)
+    _FORWARD_TUNER.launch(key, configs, run, tuning_enabled(x.device), force=config)
     return out.to(x.dtype), partial
 
 

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..activations import activation_code, apply_activation
 from ._activations import _div, act_derivative, act_forward
-from ._tuning import LaunchTuner, tuning_enabled, unique
+from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
 from .batch_norm_act import _geometry, _store_dtype
 
 
@@ -175,11 +175,8 @@ def apply_configs(x: torch.Tensor) -> list[tuple[int, int, int]]:
     M, C = _geometry(x)[:2]
     block_c = min(triton.next_power_of_2(C), 64)
     budget = 65536 if _interpreted(x) else 4096
-    configs = [(min(triton.next_power_of_2(M), max(budget // block_c, 1)), block_c, 4)]
-    for bc in sorted({min(w, triton.next_power_of_2(C)) for w in (16, 32, 64)}):
-        for tile, warps in ((2048, 4), (8192, 8)):
-            configs.append((min(triton.next_power_of_2(M), max(tile // bc, 1)), bc, warps))
-    return unique(configs)
+    heuristic = (min(triton.next_power_of_2(M), max(budget // block_c, 1)), block_c, 4)
+    return tile_candidates(heuristic, M, C, (16, 32, 64), ((2048, 4), (8192, 8)))
 
 
 _APPLY_TUNER = LaunchTuner("squeeze_excite_apply")
@@ -198,11 +195,8 @@ def _apply(x: torch.Tensor, s: torch.Tensor, add: torch.Tensor | None, memory_fo
             BLOCK_C=block_c, num_warps=warps,
         )
 
-    if config is not None:
-        run(config)
-    else:
-        key = (x.device, x.dtype, memory_format, tuple(x.shape), add is not None)
-        _APPLY_TUNER.launch(key, apply_configs(x), run, tuning_enabled(x.device))
+    key = (x.device, x.dtype, memory_format, tuple(x.shape), add is not None)
+    _APPLY_TUNER.launch(key, apply_configs(x), run, tuning_enabled(x.device), force=config)
     return y.to(x.dtype)
 
 
