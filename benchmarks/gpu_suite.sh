@@ -5,19 +5,22 @@
 #   MK_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh OUT
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
-# Steps: build check diag tests tests_tiled diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
-# bench_block bench_model summary (default: all but the opt-in bench_pw, bench_block and bench_model:
+# Steps: build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
+# bench_pw_fused bench_block bench_model summary (default: all but the opt-in bench_pw, bench_pw_fused, bench_block and bench_model:
 # name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
 # forward, weight gradient and backward per layer with the default kernels and with the
 # shared-memory tiled kernels (MK_DW_TILED=1, off by default until a GPU run has checked them),
 # against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
 # largest differences from cuDNN); ncu_dw (90 s) profiles one launch per layer of the tiled kernels
 # with ncu when ncu is there (report in suite.log).
-# tests_tiled (90 s) runs the depthwise op's CUDA tests again with MK_DW_TILED=1.
+# tests_optin (90 s) runs the depthwise and pointwise ops' CUDA tests again with the opt-in kernels
+# on (MK_DW_TILED=1: the tiled depthwise kernels; MK_PW_FUSED=1: the tensor-core pointwise GEMM with
+# its epilogue, csrc/cuda/pointwise_gemm.cuh).
 # One lease call is at most 10 minutes: name a subset of steps that fits (each step's limit is below).
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
 # bias + activation + residual in the GEMM's epilogue), batch 256 at 224², bf16 channels_last, forward
-# and forward+backward, against eager and torch.compile default. bench_block (60 s):
+# and forward+backward, against eager and torch.compile default; bench_pw_fused (60 s) the same with
+# MK_PW_FUSED=1 (its JSON records the switch; compare the two files' "ours" rows). bench_block (60 s):
 # inverted_residual_eval over the blocks without squeeze-excite of V3-Large and V2, batch 1 and 256,
 # bf16 channels_last, forward under no_grad, against the op-by-op eager block and its torch.compile;
 # its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB). Both compile every shape
@@ -45,7 +48,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export MK_GIT_COMMIT=${MK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export MK_BENCH_WARMUP_MS=${MK_BENCH_WARMUP_MS:-10} MK_BENCH_REP_MS=${MK_BENCH_REP_MS:-40}
-STEPS=" ${MK_SUITE_STEPS:-build check diag tests tests_tiled diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
+STEPS=" ${MK_SUITE_STEPS:-build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JUNIT=$(mktemp -d)/pytest.xml  # summarised into suite_<gpu>.json; the failures' text is in suite.log
 status=0
@@ -79,8 +82,9 @@ PYTEST_ARGS=(-v --tb=short -rfE -p no:cacheprovider)
 $PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
 step tests ${MK_TESTS_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest python_tests "${PYTEST_ARGS[@]}" --junitxml="$JUNIT"
-step tests_tiled ${MK_TESTS_TILED_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED=1 $PY -m pytest \
-  python_tests/test_depthwise_conv2d.py python_tests/test_large_tensors.py::test_depthwise_conv2d \
+step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED=1 MK_PW_FUSED=1 $PY -m pytest \
+  python_tests/test_depthwise_conv2d.py python_tests/test_pointwise_conv2d.py \
+  python_tests/test_large_tensors.py::test_depthwise_conv2d \
   python_tests/test_large_tensors.py::test_depthwise_conv2d_bn_act_train "${PYTEST_ARGS[@]}" -k "cuda and not triton"
 step diag_dw 60 env MK_DW_ROW_REUSE=1 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
@@ -99,6 +103,8 @@ if [ -f benchmarks/bench_depthwise.py ]; then
 fi
 step bench_pw 60 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
   --name "pointwise_conv2d_${GPU_TAG}"
+step bench_pw_fused 60 env MK_PW_FUSED=1 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
+  --name "pointwise_conv2d_fused_${GPU_TAG}"
 step bench_block 60 $PY benchmarks/bench_inverted_residual.py --quiet --no-autotune --out "$OUT" \
   --name "inverted_residual_${GPU_TAG}"
 MODEL_BACKENDS=(cuda triton)

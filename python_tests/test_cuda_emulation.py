@@ -1,7 +1,7 @@
 """Our CUDA kernels run on the CPU by host emulation: the tiled depthwise forward, weight gradient,
 stride-2 grad_input and fused stride-1 backward (csrc/cuda/depthwise_tiled.cuh), the whole-block
-inverted_residual_eval kernel (inverted_residual_block.cuh) and the default depthwise kernels
-(depthwise_kernels.cuh).
+inverted_residual_eval kernel (inverted_residual_block.cuh), the default depthwise kernels
+(depthwise_kernels.cuh) and the tensor-core pointwise GEMM with its epilogue (pointwise_gemm.cuh).
 
 python_tests/cuda_emulation/*_host.cpp compile the very headers with the host C++ compiler against
 cuda_shim/ (no nvcc) and run each kernel with one std::thread per CUDA thread and a barrier for
@@ -799,3 +799,119 @@ def test_dw_default_backward(dw_emu, dtype, K):
         x, w, _ = dw_case(layout, N, C, H, W, K, K, dtype, False)
         where = f"x {tuple(x.shape)} {layout} {dtype} k{K} s{S} d{D} p{pad} reuse={reuse}"
         dw_check_backward(dw_emu, x, w, S, pad, D, masks[i % 4] if i % 3 == 2 else masks[0], reuse, where)
+
+
+# ----------------------------------------------------------------------------- pointwise GEMM
+# pointwise_gemm_kernel (csrc/cuda/pointwise_gemm.cuh: tensor-core 1x1 conv, epilogue or statistics
+# in the GEMM) emulated by cuda_emulation/pw_gemm_host.cpp: prepare_pointwise, the eligibility
+# check, plan_gemm and dispatch_bn as try_pointwise_gemm calls them, then the kernel, whose wmma
+# fragments the shim's mma.h computes on the host.
+
+PW_DTYPES = [torch.bfloat16, torch.float16]
+# (N, Cin, H, W, Cout): two M tiles with a 54-row tail (P = 182) and two K steps with an 8-channel
+# tail (Cin 40) for each tile width (Cout 24 -> BN 32; 48 -> two BN 32 tiles, the second half idle;
+# 64 -> BN 64; 120 -> BN 128 with an idle vector; 200 -> BN 64, four tiles), one pixel with one K
+# chunk, and a K of several full steps.
+PW_SHAPES = [(2, 40, 13, 7, 24), (2, 40, 13, 7, 48), (1, 40, 13, 7, 64), (1, 40, 7, 13, 120), (1, 16, 5, 5, 200),
+             (1, 8, 1, 1, 16), (1, 96, 3, 7, 32)]
+
+
+@pytest.fixture(scope="module")
+def pw_emu():
+    """The emulated tensor-core pointwise GEMM (pw_gemm_host.cpp)."""
+    return build_emulation("mk_pw_gemm_host", "pw_gemm_host.cpp")
+
+
+def pw_case(N, Cin, H, W, Cout, dtype, *, bias, residual):
+    x = torch.randn(N, Cin, H, W).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(Cout, Cin, 1, 1) / math.sqrt(Cin)).to(dtype)
+    b = torch.randn(Cout).to(dtype) if bias else None
+    r = torch.randn(N, Cout, H, W).to(dtype).contiguous(memory_format=torch.channels_last) if residual else None
+    return x, w, b, r
+
+
+def pw_expected_bn(Cout):
+    for bn in (128, 64):
+        if math.ceil(Cout / bn) * bn - Cout <= Cout // 4:
+            return bn
+    return 32
+
+
+def pw_run(pw_emu, x, w, b, r, act, stats):
+    y, part, info = pw_emu.run(x, w, b, r, act, stats)
+    bn, tiles_m, tiles_n, smem, bx, by = info
+    N, Cin, H, W = x.shape
+    Cout = w.shape[0]
+    where = f"x {tuple(x.shape)} {x.dtype} Cout {Cout} {act} bias={b is not None} res={r is not None} plan {info}"
+    assert y.shape == (N, Cout, H, W) and y.is_contiguous(memory_format=torch.channels_last), where
+    assert bn == pw_expected_bn(Cout) and tiles_m == math.ceil(N * H * W / 128), where
+    assert tiles_n == math.ceil(Cout / bn) and bx == bn // 8 and bx * by == 256, where
+    assert smem == max(2 * (128 + bn) * 40 * 2, 128 * (bn + 4) * 4), where
+    assert not y.isnan().any(), f"output elements left unwritten: {where}"
+    return y, part, info, where
+
+
+def pw_reference(x, w, b, r, act):
+    z = pointwise_conv2d_ref(x.double(), w.double(), None if b is None else b.double())
+    z = act_ref(z, act)
+    return z if r is None else z + r.double()
+
+
+@pytest.mark.parametrize("dtype", PW_DTYPES)
+@pytest.mark.parametrize("shape", PW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_pw_gemm_matches_reference(pw_emu, shape, dtype):
+    """Every tile width, M/K/N tails and idle channel vectors: act(x . W^T + b) (+ residual),
+    rounded once, within an ulp of the rounded fp64 reference."""
+    for act, bias, residual in [("identity", False, False), ("hardswish", True, False), ("relu6", True, True)]:
+        x, w, b, r = pw_case(*shape, dtype, bias=bias, residual=residual)
+        y, _, _, where = pw_run(pw_emu, x, w, b, r, act, False)
+        assert_matches(y, pw_reference(x, w, b, r, act), dtype, where)
+
+
+@pytest.mark.parametrize("dtype", PW_DTYPES)
+def test_pw_gemm_other_activations(pw_emu, dtype):
+    for act in ("relu", "hardsigmoid", "sigmoid", "silu"):
+        x, w, b, _ = pw_case(2, 40, 13, 7, 24, dtype, bias=True, residual=False)
+        y, _, _, where = pw_run(pw_emu, x, w, b, None, act, False)
+        assert_matches(y, pw_reference(x, w, b, None, act), dtype, where)
+
+
+@pytest.mark.parametrize("dtype", PW_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 40, 13, 7, 48), (1, 40, 7, 13, 120), (1, 8, 1, 1, 16)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_pw_gemm_stats_partials(pw_emu, shape, dtype):
+    """The statistics variant stores what the plain GEMM stores, and its (tiles_m, Cout) partials
+    merged over the tiles give the count, mean and variance of the stored output."""
+    x, w, _, _ = pw_case(*shape, dtype, bias=False, residual=False)
+    x = (x + 2.0).to(dtype)  # a mean away from 0
+    y, part, info, where = pw_run(pw_emu, x, w, None, None, "identity", True)
+    y0, _, _, _ = pw_run(pw_emu, x, w, None, None, "identity", False)
+    assert torch.equal(y, y0), where
+    assert part.shape == (3, info[1], w.shape[0]) and not part.isnan().any(), f"partials left unwritten: {where}"
+    n, mean, m2 = chan_merge_all(*part)
+    count = shape[0] * shape[2] * shape[3]
+    assert torch.equal(n, torch.full_like(n, count)), where
+    ref_var, ref_mean = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    scale = ref_var.sqrt() + ref_mean.abs()
+    assert ((mean - ref_mean).abs() <= 1e-5 * scale + 1e-7).all(), f"mean: {where}"
+    torch.testing.assert_close(m2 / count, ref_var, rtol=1e-5, atol=1e-7, msg=f"variance: {where}")
+
+
+@pytest.mark.parametrize("case", ["float32", "nchw", "cin_12", "cout_20"])
+def test_pw_gemm_eligibility(pw_emu, case):
+    """The kernel refuses what it cannot take (the launcher then runs cuBLAS + epilogue): 32-bit
+    types, NCHW, and channel counts that are not whole 16-byte vectors."""
+    N, Cin, H, W, Cout = 1, 16, 3, 3, 16
+    dtype, fmt = torch.bfloat16, torch.channels_last
+    if case == "float32":
+        dtype = torch.float32
+    elif case == "nchw":
+        fmt = torch.contiguous_format
+    elif case == "cin_12":
+        Cin = 12
+    else:
+        Cout = 20
+    x = torch.randn(N, Cin, H, W).to(dtype).contiguous(memory_format=fmt)
+    w = torch.randn(Cout, Cin, 1, 1).to(dtype)
+    with pytest.raises(RuntimeError, match="pointwise_gemm_eligible refuses"):
+        pw_emu.run(x, w, None, None, "identity", False)

@@ -345,6 +345,52 @@ def test_depthwise_conv2d_bn_act_train(backend, case, device, request):
     assert_close_sum(gcw, cw64.grad, 2e-2, "grad_conv_weight")
 
 
+# ----------------------------------------------------------------------------- pointwise
+
+
+@pytest.mark.large_tensors
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", ["wide-nchw", "wide-channels_last"])
+def test_pointwise_conv2d(backend, case, device, request):
+    """1x1 conv C -> C with bias, activation and residual (the residual, output and gradients have
+    the input's 2^31+ elements), then the statistics variant over the same input. (The
+    "one-channel" case, a 1 -> 1 channel conv, is no MobileNet layer: not run.)"""
+    dtype = torch.bfloat16
+    shape, layout = setup_case(case, backend, device, request, dtype, tensors=6)
+    N, C, H, W = shape
+    gen = torch.Generator(device=device).manual_seed(11)
+    w = (torch.randn(C, C, 1, 1, device=device, generator=gen) / C**0.5).to(dtype).requires_grad_()
+    b = torch.randn(C, device=device, generator=gen).to(dtype).requires_grad_()
+    x = big(shape, layout, dtype, device, seed=12, last_shift=LAST_SHIFT).requires_grad_()
+    r = big(shape, layout, dtype, device, seed=13)
+    y = MF.pointwise_conv2d(x, w, b, r, activation=ACT, backend=backend)
+    assert y.shape == shape and y.dtype == dtype
+    w64, b64 = w.detach().double(), b.detach().double()
+    x_last = x.detach()[-1:].double().requires_grad_()
+    y_last = apply_activation(F.conv2d(x_last, w64, b64), ACT) + r[-1:].double()
+    assert_close_last(y.detach()[-1], y_last.detach()[0], 1e-2, "output")
+    g = big_grad(shape, layout, dtype, device, seed=14)
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), g)
+    del y, r
+    (gx_last,) = torch.autograd.grad(y_last, x_last, g[-1:].double())
+    assert_close_last(gx[-1], gx_last[0], 1e-2, "grad_input")
+    del gx
+    w64.requires_grad_()
+    b64.requires_grad_()
+    for s, e in chunks(N, C * H * W):
+        apply_activation(F.conv2d(x.detach()[s:e].double(), w64, b64), ACT).backward(g[s:e].double())
+    assert_close_sum(gw, w64.grad, 1e-2, "grad_weight")
+    assert_close_sum(gb, b64.grad, 1e-2, "grad_bias")
+    del g
+    suffix = "" if backend == "cuda" else "_triton"
+    out, mean, var = getattr(torch.ops.mobilenet_kernels, "pointwise_conv2d_stats" + suffix)(x.detach(), w.detach())
+    ref_mean, ref_var, _ = batch_stats64(lambda s, e: out[s:e].double(), N, C * H * W, C, device)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-3, atol=1e-4)
+    w64 = w.detach().double()
+    assert_close_last(out[-1], F.conv2d(x.detach()[-1:].double(), w64)[0], 1e-2, "statistics variant's output")
+
+
 # ----------------------------------------------------------------------------- squeeze_excite
 
 

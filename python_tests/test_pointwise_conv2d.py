@@ -140,6 +140,48 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
         assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"), f"for {shape} -> {Co}")
 
 
+# channels_last layers with whole 16-byte channel vectors (what the tensor-core GEMM of
+# csrc/cuda/pointwise_gemm.cuh takes when MK_PW_FUSED=1): expand and project convs of V2/V3 at
+# reduced sizes, with M (pixel) tails, K steps with a tail (Cin 40), every tile width (Cout 24, 64,
+# 120, 144) and a one-pixel image.
+VECTOR_GEOMETRIES = [((2, 24, 28, 28), 144), ((2, 144, 14, 14), 24), ((3, 40, 7, 13), 120), ((2, 96, 9, 9), 64),
+                     ((4, 16, 1, 1), 16)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_vector_layers(dtype, device):
+    """The C++-backed op ("cuda" backend: on a GPU cuBLAS + epilogue, or with MK_PW_FUSED=1 our
+    tensor-core GEMM; on the CPU the C++ kernel) on channels_last MobileNet-like layers: output,
+    grad_input and grad_weight within 2x PyTorch's error (hardswish + residual epilogue), and the
+    statistics variant storing the same output with the statistics of what it stored. (The GEMM
+    kernel's tiles and tails are also checked on CPU boxes, by test_cuda_emulation.py.)"""
+    if dtype == torch.float16 and device == "cpu":
+        pytest.skip("PyTorch has no float16 conv on CPU to compare with")
+    for shape, Co in VECTOR_GEOMETRIES:
+        where = f"for {shape} -> {Co} {dtype}"
+        x = make_input(shape, "channels_last", dtype, device).requires_grad_()
+        w, b = make_conv(shape[1], Co, device, dtype)
+        w.requires_grad_()
+        r = make_input(output_shape(shape, Co), "channels_last", dtype, device)
+        y = MF.pointwise_conv2d(x, w, b, r, activation="hardswish", backend="cuda")
+        assert y.is_contiguous(memory_format=torch.channels_last), where
+        grad = make_input(tuple(y.shape), "channels_last", dtype, device)
+        ours = (y, *torch.autograd.grad(y, (x, w), grad))
+
+        def eager(x, w):
+            x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+            y = apply_activation(F.conv2d(x, w, b.to(x.dtype)), "hardswish") + r.to(x.dtype)
+            return (y, *torch.autograd.grad(y, (x, w), grad.to(x.dtype)))
+
+        torchs, refs = eager(x, w), eager(x.double(), w.double())
+        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"), where)
+        out, mean, var = ns.pointwise_conv2d_stats(x.detach(), w.detach())
+        torch.testing.assert_close(out, MF.pointwise_conv2d(x.detach(), w.detach(), backend="cuda"), rtol=0, atol=0)
+        ref_var, ref_mean = torch.var_mean(out.double(), dim=(0, 2, 3), unbiased=False)
+        torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-5, msg=where)
+        torch.testing.assert_close(var.double(), ref_var, rtol=1e-4, atol=1e-5, msg=where)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_backward_is_bitwise_deterministic(backend, layout, device):

@@ -427,8 +427,6 @@ inline int64_t channel_chunks(bool channels_last, int64_t C, int vec, const dim3
   return channels_last ? ceil_div(C / vec, block.x) : C;
 }
 
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // 16-byte channel vectors need: channels_last, C % VEC == 0, unit channel stride, every other
 // stride a multiple of VEC, and 16-byte aligned base pointers.
 template <typename scalar_t>

@@ -19,6 +19,9 @@ struct alignas(sizeof(T) * N) Vec {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Whether p may be read or written as 16-byte vectors.
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // The entry check of every CUDA kernel: the dispatcher routes by the first tensor's device, so a
 // call reaching a CUDA kernel with a CPU input is a bad argument, not a crash.
 inline void check_cuda(const at::Tensor& input) {

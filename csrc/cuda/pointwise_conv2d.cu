@@ -1,9 +1,11 @@
 // pointwise_conv2d, CUDA (sm_80+).
 //
-// What runs, honestly: the GEMM is cuBLAS, called through ATen (at::mm_out / at::bmm_out into the
-// output tensor), and the epilogue is a SECOND pass over the output, one fused vectorized kernel
-// that rewrites it in place. A GEMM with the epilogue fused into its register tiles (CUTLASS, or
-// cuBLASLt's epilogues, which cover neither every activation nor the residual) is future work.
+// What runs, honestly: by default the GEMM is cuBLAS, called through ATen (at::mm_out / at::bmm_out
+// into the output tensor), and the epilogue is a SECOND pass over the output, one fused vectorized
+// kernel that rewrites it in place. With MK_PW_FUSED=1, float16/bfloat16 channels_last convs with
+// whole 16-byte channel vectors run instead through our tensor-core GEMM with the epilogue (and the
+// statistics) in it (pointwise_gemm.cuh: one pass, one rounding); opt-in until a GPU run has
+// checked and timed it. The backward stays on cuBLAS.
 //   channels_last: out (P = N*H*W, Cout) = x (P, Cin) . W^T, one at::mm_out on 2-D views;
 //   NCHW:          out[n] (Cout, H*W) = W . x[n] (Cin, H*W), one at::bmm_out with W expanded over
 //                  the batch (batch stride 0: ATen passes it to cublasGemmStridedBatched, no copy).
@@ -51,6 +53,7 @@
 #include "chan_stats.cuh"
 #include "mk_cuda.cuh"
 #include "pointwise_conv2d.h"
+#include "pointwise_gemm.cuh"  // try_pointwise_gemm, try_pointwise_gemm_stats (MK_PW_FUSED=1)
 
 namespace mobilenet_kernels {
 namespace {
@@ -60,8 +63,6 @@ using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, apply_activation (m
 constexpr int kThreads = 256;     // threads per block
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // ---------------------------------------------------------------------------------------------
 // GEMM: y (N, C, H, W) = conv1x1(x (N, K, H, W), w (C, K)), x and y dense in one format.
@@ -274,7 +275,7 @@ at::Tensor pointwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const PointwiseArgs a = prepare_pointwise(input, weight, bias, residual, std::string(activation));
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the ATen calls below are part of this kernel
   at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0 || try_pointwise_gemm(a, out)) return out;
   conv_gemm(a.input, a.weight, out, a.channels_last());
   if (a.act != Act::kIdentity || a.bias.defined() || a.residual.defined()) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pointwise_conv2d_cuda",
@@ -294,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_stats_cuda(const
   at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
   at::Tensor mean = at::zeros({a.Cout}, acc_opts);
   at::Tensor var = at::zeros({a.Cout}, acc_opts);
-  if (out.numel() == 0) return {out, mean, var};
+  if (out.numel() == 0 || try_pointwise_gemm_stats(a, out, mean, var)) return {out, mean, var};
   conv_gemm(a.input, a.weight, out, a.channels_last());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pointwise_conv2d_stats_cuda",
                                   [&] { run_stats<scalar_t>(a, out, mean, var); });

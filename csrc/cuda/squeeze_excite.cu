@@ -303,8 +303,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Launchers. Every launcher expects N * C > 0 (HW >= 1 always).
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // The vector width for dense tensors whose innermost extent is `inner`.
 template <typename scalar_t>
 int vector_width(int64_t inner, std::initializer_list<const void*> ptrs) {

@@ -69,7 +69,8 @@ struct GuardedOutput {
 };
 
 // kernel<<<grid, block, smem_bytes>>>, emulated: `smem` (the kernel header's dynamic shared-memory
-// pointer under MK_CUDA_EMULATION) points at a fresh 16-byte aligned buffer while `kernel()` (a
+// pointer under MK_CUDA_EMULATION) points at a fresh 128-byte aligned buffer (the
+// largest alignment a kernel declares for it: pointwise_gemm.cuh's wmma tiles need 32) while `kernel()` (a
 // callable that calls the kernel with its arguments) runs for every thread of every block. Raises
 // the first error a thread raised (a broken barrier included), or when the kernel wrote past its
 // shared memory.
@@ -79,8 +80,8 @@ void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem,
   TORCH_CHECK(nthreads >= 1 && nthreads <= 1024, "emulation: a block of ", nthreads, " threads");
   const size_t bytes = smem_bytes + kSmemGuard;
   std::unique_ptr<unsigned char[], void (*)(unsigned char*)> buf(
-      static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(16))),
-      [](unsigned char* p) { ::operator delete[](p, std::align_val_t(16)); });
+      static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(128))),
+      [](unsigned char* p) { ::operator delete[](p, std::align_val_t(128)); });
   std::memset(buf.get(), 0xff, bytes);
   smem = buf.get();
   blockDim = block;

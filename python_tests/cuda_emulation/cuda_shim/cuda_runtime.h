@@ -5,8 +5,10 @@
 // <c10/cuda/CUDAException.h>). Under MK_CUDA_EMULATION, which the emulation build defines, the
 // headers leave out their kernel launches (<<<...>>>, chan_stats.cuh) and declare the dynamic
 // shared memory as a pointer the launcher sets (depthwise_tiled.cuh, inverted_residual_block.cuh).
-// Inline PTX cannot run here: the one statement the kernels have, the rcp.approx.ftz.f64 of
-// recip_ge1(double) (mk_cuda.cuh), calls mk_emu::rcp_approx_ftz_f64 below under MK_CUDA_EMULATION.
+// Inline PTX cannot run here: the rcp.approx.ftz.f64 of recip_ge1(double) (mk_cuda.cuh) calls
+// mk_emu::rcp_approx_ftz_f64 below under MK_CUDA_EMULATION, and pointwise_gemm.cuh's cp.async
+// copies are plain copies there. Tensor cores: mma.h (nvcuda::wmma); fp16/bf16 types:
+// cuda_fp16.h / cuda_bf16.h (ATen's types, the same bits).
 // Include this header after the PyTorch headers (its macros must not reach them).
 #pragma once
 

@@ -1,0 +1,92 @@
+// pointwise_conv2d (and its statistics variant) through the tensor-core GEMM with the epilogue in
+// it (pointwise_gemm.cuh), when MK_PW_FUSED=1: the launcher pointwise_conv2d.cu tries it first and
+// falls back to cuBLAS + epilogue when it does not apply. A file of its own so that its kernel
+// instantiations (2 dtypes x 3 tile widths x (forward, statistics)) compile in parallel with the
+// others.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "pointwise_gemm.cuh"
+
+namespace mobilenet_kernels {
+namespace cuda {
+namespace {
+
+using namespace pw_gemm;
+
+bool enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("MK_PW_FUSED");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
+
+// The kernel's static shared memory (block_merge_write's buffers) is below this; the device must
+// grant the plan's dynamic bytes on top of it.
+constexpr int64_t kStaticSmemBound = 20 * 1024;
+
+bool device_takes(const GemmPlan& p) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  return prop->major >= 8 && p.smem_bytes + kStaticSmemBound <= static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+}
+
+// Launches the kernel for the prepared, eligible conv; kStats: part (3, tiles_m, Cout) float.
+template <typename scalar_t, bool kStats>
+void launch(const PointwiseArgs& a, const GemmPlan& p, at::Tensor& out, float* part) {
+  const GemmShape s = gemm_shape(a);
+  const int64_t part_stride = p.tiles_m * a.Cout;
+  const float* bias = a.bias.defined() ? a.bias.data_ptr<float>() : nullptr;
+  const scalar_t* res = a.residual.defined() ? a.residual.data_ptr<scalar_t>() : nullptr;
+  dispatch_bn(p.bn, [&](auto bn) {
+    constexpr int BN = decltype(bn)::value;
+    const auto kernel = pointwise_gemm_kernel<scalar_t, BN, kStats>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(p.smem_bytes)));
+    kernel<<<dim3(static_cast<unsigned>(p.tiles_m), static_cast<unsigned>(p.tiles_n)), gemm_block(p), p.smem_bytes,
+             at::cuda::getCurrentCUDAStream()>>>(a.input.data_ptr<scalar_t>(), a.weight.data_ptr<scalar_t>(), bias,
+                                                 res, out.data_ptr<scalar_t>(), s, a.act, part,
+                                                 kStats ? part + part_stride : nullptr,
+                                                 kStats ? part + 2 * part_stride : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// f(scalar_t{}) for float16 / bfloat16 (eligible convs have one of these).
+template <typename F>
+void dispatch_16bit(at::ScalarType dt, const F& f) {
+  if (dt == at::kHalf) {
+    f(at::Half{});
+  } else {
+    f(at::BFloat16{});
+  }
+}
+
+}  // namespace
+
+bool try_pointwise_gemm(const PointwiseArgs& a, at::Tensor& out) {
+  if (!enabled() || !pointwise_gemm_eligible(a, out)) return false;
+  const GemmPlan p = plan_gemm(gemm_shape(a), a.input.element_size());
+  if (!device_takes(p)) return false;
+  dispatch_16bit(a.input.scalar_type(), [&](auto t) { launch<decltype(t), false>(a, p, out, nullptr); });
+  return true;
+}
+
+bool try_pointwise_gemm_stats(const PointwiseArgs& a, at::Tensor& out, at::Tensor& mean, at::Tensor& var) {
+  if (!enabled() || !pointwise_gemm_eligible(a, out)) return false;
+  const GemmPlan p = plan_gemm(gemm_shape(a), a.input.element_size());
+  if (!device_takes(p)) return false;
+  at::Tensor part = at::empty({3, p.tiles_m, a.Cout}, a.input.options().dtype(at::kFloat));
+  float* pp = part.data_ptr<float>();
+  dispatch_16bit(a.input.scalar_type(), [&](auto t) { launch<decltype(t), true>(a, p, out, pp); });
+  launch_stats_finish<float>(pp, pp + p.tiles_m * a.Cout, pp + 2 * p.tiles_m * a.Cout, p.tiles_m, a.Cout,
+                             mean.data_ptr<float>(), var.data_ptr<float>(), at::cuda::getCurrentCUDAStream(),
+                             "pointwise_conv2d_stats");
+  return true;
+}
+
+}  // namespace cuda
+}  // namespace mobilenet_kernels
