@@ -5,9 +5,10 @@
 #   MK_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh OUT
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
-# Steps: build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise bench_pw
-# bench_pw_fused bench_block bench_model summary (default: all but the opt-in bench_pw, bench_pw_fused, bench_block and bench_model:
-# name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
+# Steps: build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train
+# bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model summary (default: all but
+# the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block and bench_model: name them in
+# MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
 # forward, weight gradient and backward per layer with the default kernels and with the
 # shared-memory tiled kernels (MK_DW_TILED=1, off by default until a GPU run has checked them),
 # against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
@@ -20,10 +21,12 @@
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
 # bias + activation + residual in the GEMM's epilogue), batch 256 at 224², bf16 channels_last, forward
 # and forward+backward, against eager and torch.compile default; bench_pw_fused (60 s) the same with
-# MK_PW_FUSED=1 (its JSON records the switch; compare the two files' "ours" rows). bench_block (60 s):
-# inverted_residual_eval over the blocks without squeeze-excite of V3-Large and V2, batch 1 and 256,
-# bf16 channels_last, forward under no_grad, against the op-by-op eager block and its torch.compile;
-# its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB). Both compile every shape
+# MK_PW_FUSED=1 (its JSON records the switch; compare the two files' "ours" rows); ncu_pw (90 s)
+# profiles the first 16 launches of our pointwise GEMM over V2's 1x1 convs (report in suite.log).
+# bench_block (60 s): inverted_residual_eval over the blocks without squeeze-excite of V3-Large and
+# V2, batch 1 and 256, bf16 channels_last, forward under no_grad, against the op-by-op eager block
+# and its torch.compile; its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB).
+# Both compile every shape
 # (seconds each): when the limit cuts them off, the rows measured so far are kept.
 # bench_model: V3-Large and V2, training at batch 256 and inference at 1 and 256, 224², bf16 AMP,
 # channels_last, torchvision eager against ours on the cuda and triton backends, with recompute (no
@@ -105,6 +108,12 @@ step bench_pw 60 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune 
   --name "pointwise_conv2d_${GPU_TAG}"
 step bench_pw_fused 60 env MK_PW_FUSED=1 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
   --name "pointwise_conv2d_fused_${GPU_TAG}"
+if command -v ncu >/dev/null && want ncu_pw; then
+  timeout 90 env MK_PW_FUSED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section MemoryWorkloadAnalysis -k regex:pointwise_gemm_kernel -c 16 $PY benchmarks/bench_pointwise_conv2d.py \
+    --quiet --no-compile --mode forward --models mobilenet_v2 --out "$(mktemp -d)" >>"$OUT/suite.log" 2>&1
+  echo "=== ncu_pw rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
+fi
 step bench_block 60 $PY benchmarks/bench_inverted_residual.py --quiet --no-autotune --out "$OUT" \
   --name "inverted_residual_${GPU_TAG}"
 MODEL_BACKENDS=(cuda triton)

@@ -122,22 +122,30 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
     residual add in that dtype on the same inputs), for the output, grad_input and grad_weight."""
     skip_unless_usable(backend, device)
     for shape, Co in GEOMETRIES[:4]:
-        x = make_input(shape, layout, dtype, device).requires_grad_()
-        w, b = make_conv(shape[1], Co, device, dtype)
-        w.requires_grad_()
-        r = make_input(output_shape(shape, Co), layout, dtype, device)
-        y = MF.pointwise_conv2d(x, w, b, r, activation="hardswish", backend=backend)
-        grad = make_input(tuple(y.shape), layout, dtype, device)
-        ours = (y, *torch.autograd.grad(y, (x, w), grad))
+        assert_conv_within_2x_torch(shape, Co, layout, dtype, device, backend)
 
-        def eager(x, w):
-            x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
-            y = apply_activation(F.conv2d(x, w, b.to(x.dtype)), "hardswish") + r.to(x.dtype)
-            return (y, *torch.autograd.grad(y, (x, w), grad.to(x.dtype)))
 
-        torchs, refs = eager(x, w), eager(x.double(), w.double())
-        assert all(t.dtype == dtype for t in ours)
-        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"), f"for {shape} -> {Co}")
+def assert_conv_within_2x_torch(shape, Co, layout, dtype, device, backend):
+    """hardswish(conv1x1(x, w, b)) + r by the op: output, grad_input and grad_weight within 2x
+    PyTorch's error in `dtype` (F.conv2d + activation + add) against float64. Returns (x, w, y)."""
+    x = make_input(shape, layout, dtype, device).requires_grad_()
+    w, b = make_conv(shape[1], Co, device, dtype)
+    w.requires_grad_()
+    r = make_input(output_shape(shape, Co), layout, dtype, device)
+    y = MF.pointwise_conv2d(x, w, b, r, activation="hardswish", backend=backend)
+    grad = make_input(tuple(y.shape), layout, dtype, device)
+    ours = (y, *torch.autograd.grad(y, (x, w), grad))
+
+    def eager(x, w):
+        x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+        y = apply_activation(F.conv2d(x, w, b.to(x.dtype)), "hardswish") + r.to(x.dtype)
+        return (y, *torch.autograd.grad(y, (x, w), grad.to(x.dtype)))
+
+    torchs, refs = eager(x, w), eager(x.double(), w.double())
+    assert all(t.dtype == dtype for t in ours)
+    assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"),
+                           f"for {shape} -> {Co} {layout} {dtype}")
+    return x.detach(), w.detach(), y.detach()
 
 
 # channels_last layers with whole 16-byte channel vectors (what the tensor-core GEMM of
@@ -159,24 +167,10 @@ def test_vector_layers(dtype, device):
         pytest.skip("PyTorch has no float16 conv on CPU to compare with")
     for shape, Co in VECTOR_GEOMETRIES:
         where = f"for {shape} -> {Co} {dtype}"
-        x = make_input(shape, "channels_last", dtype, device).requires_grad_()
-        w, b = make_conv(shape[1], Co, device, dtype)
-        w.requires_grad_()
-        r = make_input(output_shape(shape, Co), "channels_last", dtype, device)
-        y = MF.pointwise_conv2d(x, w, b, r, activation="hardswish", backend="cuda")
+        x, w, y = assert_conv_within_2x_torch(shape, Co, "channels_last", dtype, device, "cuda")
         assert y.is_contiguous(memory_format=torch.channels_last), where
-        grad = make_input(tuple(y.shape), "channels_last", dtype, device)
-        ours = (y, *torch.autograd.grad(y, (x, w), grad))
-
-        def eager(x, w):
-            x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
-            y = apply_activation(F.conv2d(x, w, b.to(x.dtype)), "hardswish") + r.to(x.dtype)
-            return (y, *torch.autograd.grad(y, (x, w), grad.to(x.dtype)))
-
-        torchs, refs = eager(x, w), eager(x.double(), w.double())
-        assert_within_2x_torch(ours, torchs, refs, ("output", "grad_input", "grad_weight"), where)
-        out, mean, var = ns.pointwise_conv2d_stats(x.detach(), w.detach())
-        torch.testing.assert_close(out, MF.pointwise_conv2d(x.detach(), w.detach(), backend="cuda"), rtol=0, atol=0)
+        out, mean, var = ns.pointwise_conv2d_stats(x, w)
+        torch.testing.assert_close(out, MF.pointwise_conv2d(x, w, backend="cuda"), rtol=0, atol=0, msg=where)
         ref_var, ref_mean = torch.var_mean(out.double(), dim=(0, 2, 3), unbiased=False)
         torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-5, msg=where)
         torch.testing.assert_close(var.double(), ref_var, rtol=1e-4, atol=1e-5, msg=where)

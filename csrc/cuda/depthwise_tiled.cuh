@@ -64,13 +64,8 @@ struct TiledGeom {
   int64_t ysN, ysH, ysW;   // y strides
 };
 
-// The dynamic shared memory of the tiled kernel: the staged input tile. (The host emulation,
-// python_tests/cuda_emulation, points it at a 16-byte aligned buffer of plan.smem bytes.)
-#ifndef MK_CUDA_EMULATION
-extern __shared__ __align__(16) unsigned char mk_dw_tiled_smem[];
-#else
-inline unsigned char* mk_dw_tiled_smem = nullptr;
-#endif
+// The dynamic shared memory of the tiled kernel (plan.smem bytes): the staged input tile.
+MK_DYNAMIC_SMEM(mk_dw_tiled_smem, 16);
 
 // What a thread of a tiled block does. Staging: vector sv of the tile pixels p0, p0 + step, ...
 // Computing: channels c0 .. c0 + CV - 1 (lane `lane` of channel vector `cv`), output row `row` of

@@ -67,13 +67,8 @@ inline int64_t smem_elems(int halo_n, int P) {
          static_cast<int64_t>(P) * kBH;
 }
 
-// The dynamic shared memory of the kernel (smem_elems acc_t elements). The host emulation
-// (python_tests/cuda_emulation) points it at a 16-byte aligned buffer of BlockPlan::smem_bytes.
-#ifndef MK_CUDA_EMULATION
-extern __shared__ __align__(16) unsigned char mk_ir_block_smem[];
-#else
-inline unsigned char* mk_ir_block_smem = nullptr;
-#endif
+// The dynamic shared memory of the kernel (smem_elems acc_t elements, BlockPlan::smem_bytes).
+MK_DYNAMIC_SMEM(mk_ir_block_smem, 16);
 
 template <typename scalar_t, int NCO>
 __global__ void __launch_bounds__(kThreads)

@@ -12,6 +12,15 @@
 namespace mobilenet_kernels {
 namespace cuda {
 
+// Declares `name`, the dynamic shared memory of a kernel header's kernel: under nvcc the extern
+// __shared__ array, `align`-byte aligned; under the host emulation (python_tests/cuda_emulation) a
+// pointer that the emulated launch points at a fresh 128-byte aligned buffer of the launch's bytes.
+#ifndef MK_CUDA_EMULATION
+#define MK_DYNAMIC_SMEM(name, align) extern __shared__ __align__(align) unsigned char name[]
+#else
+#define MK_DYNAMIC_SMEM(name, align) inline unsigned char* name = nullptr
+#endif
+
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];

@@ -46,11 +46,9 @@ void launch(const PointwiseArgs& a, const GemmPlan& p, at::Tensor& out, float* p
     const auto kernel = pointwise_gemm_kernel<scalar_t, BN, kStats>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(p.smem_bytes)));
-    kernel<<<dim3(static_cast<unsigned>(p.tiles_m), static_cast<unsigned>(p.tiles_n)), gemm_block(p), p.smem_bytes,
-             at::cuda::getCurrentCUDAStream()>>>(a.input.data_ptr<scalar_t>(), a.weight.data_ptr<scalar_t>(), bias,
-                                                 res, out.data_ptr<scalar_t>(), s, a.act, part,
-                                                 kStats ? part + part_stride : nullptr,
-                                                 kStats ? part + 2 * part_stride : nullptr);
+    kernel<<<gemm_grid(p), gemm_block(p), p.smem_bytes, at::cuda::getCurrentCUDAStream()>>>(
+        a.input.data_ptr<scalar_t>(), a.weight.data_ptr<scalar_t>(), bias, res, out.data_ptr<scalar_t>(), s, a.act,
+        part, kStats ? part + part_stride : nullptr, kStats ? part + 2 * part_stride : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -58,8 +58,10 @@ struct GemmShape {
   int Cin = 0, Cout = 0;
 };
 
-// The launch: BN, a grid of (M tiles, N tiles) blocks of (BN / 8, 256 / (BN / 8)) threads and
-// smem_bytes of dynamic shared memory.
+// The launch: BN, a 1-D grid of tiles_m * tiles_n blocks (gemm_grid) of (BN / 8, 256 / (BN / 8))
+// threads and smem_bytes of dynamic shared memory. Block b takes M tile b / tiles_n and N tile
+// b % tiles_n: the blocks that read the same input rows run side by side, so that the rows come
+// from HBM once and from L2 for the other N tiles.
 struct GemmPlan {
   int bn = 0;
   int64_t tiles_m = 0, tiles_n = 0;
@@ -98,16 +100,18 @@ inline GemmPlan plan_gemm(const GemmShape& s, int64_t elem_bytes) {
 // non-empty output and int-sized channel counts.
 inline bool pointwise_gemm_eligible(const PointwiseArgs& a, const at::Tensor& out) {
   const auto dt = a.input.scalar_type();
-  return (dt == at::kHalf || dt == at::kBFloat16) && (a.channels_last() || a.HW() == 1) && a.pixels() > 0 && a.Cin % kVec == 0 &&
-         a.Cout % kVec == 0 && a.Cin <= std::numeric_limits<int>::max() && a.Cout <= 65535 * 32 &&
-         ceil_div(a.pixels(), kBM) <= std::numeric_limits<int32_t>::max() && aligned16(a.input.data_ptr()) &&
-         aligned16(a.weight.data_ptr()) && aligned16(out.data_ptr()) &&
+  return (dt == at::kHalf || dt == at::kBFloat16) && (a.channels_last() || a.HW() == 1) && a.pixels() > 0 &&
+         a.Cin % kVec == 0 && a.Cout % kVec == 0 && a.Cin <= std::numeric_limits<int>::max() &&
+         ceil_div(a.pixels(), kBM) * ceil_div(a.Cout, 32) <= std::numeric_limits<int32_t>::max() &&
+         aligned16(a.input.data_ptr()) && aligned16(a.weight.data_ptr()) && aligned16(out.data_ptr()) &&
          (!a.residual.defined() || aligned16(a.residual.data_ptr()));
 }
 
 inline GemmShape gemm_shape(const PointwiseArgs& a) {
   return GemmShape{a.pixels(), static_cast<int>(a.Cin), static_cast<int>(a.Cout)};
 }
+
+inline dim3 gemm_grid(const GemmPlan& p) { return dim3(static_cast<unsigned>(p.tiles_m * p.tiles_n)); }
 
 inline dim3 gemm_block(const GemmPlan& p) {
   const unsigned tx = static_cast<unsigned>(p.bn / kVec);
@@ -170,12 +174,8 @@ __device__ __forceinline__ void copy_async_wait() {
 #endif
 }
 
-// The dynamic shared memory (GemmPlan::smem_bytes). The host emulation points it at its buffer.
-#ifndef MK_CUDA_EMULATION
-extern __shared__ __align__(128) unsigned char mk_pw_gemm_smem[];
-#else
-inline unsigned char* mk_pw_gemm_smem = nullptr;
-#endif
+// The dynamic shared memory (GemmPlan::smem_bytes): the operand stages, then the accumulator tile.
+MK_DYNAMIC_SMEM(mk_pw_gemm_smem, 128);
 
 // One K step's operands into a stage: A rows m0.. of x (kBM x kBK), B rows n0.. of W (BN x kBK).
 template <typename scalar_t, int BN>
@@ -198,7 +198,7 @@ __device__ __forceinline__ void load_stage(scalar_t* as, scalar_t* bs, const sca
 }
 
 // y = act(x . W^T + bias) + res (kStats: y = x . W^T and the partials of y as stored, part_* of
-// (tiles_m, Cout)). Block (blockIdx.x, blockIdx.y) = (M tile, N tile); blockDim = gemm_block(plan).
+// (tiles_m, Cout)). Grid gemm_grid(plan), blockDim gemm_block(plan).
 template <typename scalar_t, int BN, bool kStats>
 __global__ void __launch_bounds__(kThreads)
     pointwise_gemm_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
@@ -217,8 +217,10 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   const int warp = tid / 32;
   const int wm = warp / kWarpsN, wn = warp % kWarpsN;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
-  const int n0 = blockIdx.y * BN;
+  const int tiles_n = (s.Cout + BN - 1) / BN;
+  const int64_t tile_m = blockIdx.x / tiles_n;
+  const int64_t m0 = tile_m * kBM;
+  const int n0 = static_cast<int>(blockIdx.x - tile_m * tiles_n) * BN;
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFM][kFN];
 #pragma unroll
@@ -295,7 +297,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if constexpr (kStats) {
-    block_merge_write<kThreads>(stats, active, threadIdx.y, blockDim.y, blockDim.x, blockIdx.x, c0, s.Cout, part_n,
+    block_merge_write<kThreads>(stats, active, threadIdx.y, blockDim.y, blockDim.x, tile_m, c0, s.Cout, part_n,
                                 part_mean, part_m2);
   }
 #endif

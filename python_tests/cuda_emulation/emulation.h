@@ -50,6 +50,10 @@ inline at::Tensor in_guarded_buffer(const at::Tensor& t, int64_t guard, double f
   return g;
 }
 
+// t inside a NaN buffer with guard zones of its own size and more on both sides (a small operand:
+// weights, biases).
+inline at::Tensor guarded_nan(const at::Tensor& t) { return in_guarded_buffer(t, t.numel() + kGuardElems, kNaN); }
+
 // A kernel's output: `like`'s sizes and strides, NaN, inside sentinel guard zones of `guard`
 // elements; check() raises if the kernel wrote into them.
 struct GuardedOutput {

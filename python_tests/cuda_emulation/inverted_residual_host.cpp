@@ -24,10 +24,9 @@ namespace {
 
 namespace mk = mobilenet_kernels;
 namespace irb = mobilenet_kernels::cuda::ir_block;
+using mk_emu::guarded_nan;
 using mk_emu::kGuardElems;
 using mk_emu::kNaN;
-
-at::Tensor guarded_nan(const at::Tensor& t) { return mk_emu::in_guarded_buffer(t, t.numel() + kGuardElems, kNaN); }
 
 template <typename scalar_t, int NCO>
 std::vector<int64_t> launch(const mk::InvertedResidualArgs& a, at::Tensor& y, const at::Tensor& wd_t,

@@ -23,10 +23,9 @@ namespace {
 
 namespace mk = mobilenet_kernels;
 namespace pwg = mobilenet_kernels::cuda::pw_gemm;
+using mk_emu::guarded_nan;
 using mk_emu::kGuardElems;
 using mk_emu::kNaN;
-
-at::Tensor guarded_nan(const at::Tensor& t) { return mk_emu::in_guarded_buffer(t, t.numel() + kGuardElems, kNaN); }
 
 template <typename scalar_t, bool kStats>
 void launch(const mk::PointwiseArgs& a, const pwg::GemmPlan& p, at::Tensor& y, at::Tensor& part) {
@@ -39,7 +38,7 @@ void launch(const mk::PointwiseArgs& a, const pwg::GemmPlan& p, at::Tensor& y, a
   float* pn = kStats ? part[0].data_ptr<float>() : nullptr;
   float* pm = kStats ? part[1].data_ptr<float>() : nullptr;
   float* pm2 = kStats ? part[2].data_ptr<float>() : nullptr;
-  const dim3 grid(static_cast<unsigned>(p.tiles_m), static_cast<unsigned>(p.tiles_n));
+  const dim3 grid = pwg::gemm_grid(p);
   pwg::dispatch_bn(p.bn, [&](auto bn) {
     constexpr int BN = decltype(bn)::value;
     mk_emu::launch_grid(grid, pwg::gemm_block(p), static_cast<size_t>(p.smem_bytes), pwg::mk_pw_gemm_smem, [&] {

@@ -40,7 +40,9 @@ template <typename Use, typename T, typename Layout>
 inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
   constexpr bool row = std::is_same_v<Layout, row_major>;
   static_assert(row || std::is_same_v<Layout, col_major>, "emulated wmma: a layout is needed");
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) throw std::runtime_error("wmma::load_matrix_sync: pointer not 32-byte aligned");
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    throw std::runtime_error("wmma::load_matrix_sync: pointer not 32-byte aligned");
+  }
   if (ldm % (16 / sizeof(T)) != 0) throw std::runtime_error("wmma::load_matrix_sync: ldm not a multiple of 16 bytes");
   for (int r = 0; r < 16; ++r) {
     for (int c = 0; c < 16; ++c) f.x[r * 16 + c] = row ? p[r * ldm + c] : p[c * ldm + r];
@@ -64,7 +66,9 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment
 
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
                               layout_t layout) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) throw std::runtime_error("wmma::store_matrix_sync: pointer not 32-byte aligned");
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    throw std::runtime_error("wmma::store_matrix_sync: pointer not 32-byte aligned");
+  }
   if (ldm % 4 != 0) throw std::runtime_error("wmma::store_matrix_sync: ldm not a multiple of 16 bytes");
   const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   if (tid % 32 != 0) return;
