@@ -16,8 +16,9 @@
 // the operand stages), then thread (x, y) of the (BN/8) x (256 / (BN/8)) block owns channel vector x
 // (8 channels, one 16-byte store) and rows y, y + 256/(BN/8), ... of the tile, which keeps the
 // stores coalesced and hands block_merge_write its (lane = y) layout.
-// Requires (pointwise_gemm_eligible): channels_last (or 1x1 images) dense x / residual / y, Cin % 8 == 0 and
-// Cout % 8 == 0 (whole 16-byte vectors), 16-byte aligned pointers. Indexing: int64 row offsets.
+// Requires (pointwise_gemm_eligible): channels_last (or 1x1 images) dense x / residual / y,
+// Cin % 8 == 0 and Cout % 8 == 0 (whole 16-byte vectors), 16-byte aligned pointers. Indexing: int64
+// row offsets.
 // Precision: each product of two 16-bit values is exact in fp32 and the MMAs accumulate in fp32
 // (the order within an MMA is the hardware's); bias, activation and residual are applied in fp32 to
 // the accumulator and rounded once, where cuBLAS + epilogue rounds twice.
