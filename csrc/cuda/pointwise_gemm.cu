@@ -6,7 +6,9 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <array>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 
 #include "pointwise_gemm.cuh"
@@ -44,8 +46,15 @@ void launch(const PointwiseArgs& a, const GemmPlan& p, at::Tensor& out, float* p
   dispatch_bn(p.bn, [&](auto bn) {
     constexpr int BN = decltype(bn)::value;
     const auto kernel = pointwise_gemm_kernel<scalar_t, BN, kStats>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(p.smem_bytes)));
+    // The dynamic shared memory of an instantiation is fixed (BN and the dtype): grant it once per
+    // device, not per launch (batch-1 inference launches many small convs).
+    static std::array<std::once_flag, 64> granted;
+    const int dev = at::cuda::current_device();
+    TORCH_CHECK(dev >= 0 && dev < static_cast<int>(granted.size()), "pointwise_conv2d (CUDA): device index ", dev);
+    std::call_once(granted[dev], [&] {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem_bytes_for<BN>(sizeof(scalar_t)))));
+    });
     kernel<<<gemm_grid(p), gemm_block(p), p.smem_bytes, at::cuda::getCurrentCUDAStream()>>>(
         a.input.data_ptr<scalar_t>(), a.weight.data_ptr<scalar_t>(), bias, res, out.data_ptr<scalar_t>(), s, a.act,
         part, kStats ? part + part_stride : nullptr, kStats ? part + 2 * part_stride : nullptr);
