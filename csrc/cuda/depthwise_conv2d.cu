@@ -39,7 +39,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <initializer_list>
 #include <limits>
 #include <string>
@@ -74,10 +73,7 @@ void check_geometry(const DepthwiseArgs& a) {
 // MK_DW_ROW_REUSE=0 (read once per process) sends stride-1 convs to the generic kernel instead of
 // the row-reuse one: a switch for benchmarks/diag_depthwise.py to compare the two on a GPU.
 bool row_reuse_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("MK_DW_ROW_REUSE");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static const bool enabled = !env_is("MK_DW_ROW_REUSE", "0");
   return enabled;
 }
 

@@ -7,8 +7,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "depthwise_tiled.cuh"
@@ -101,10 +99,7 @@ at::Tensor wgrad_partials(const TiledPlan& p, const TiledShape& s, bool bias, co
 }  // namespace
 
 bool tiled_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("MK_DW_TILED");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool enabled = env_is("MK_DW_TILED", "1");
   return enabled;
 }
 

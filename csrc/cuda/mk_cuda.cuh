@@ -6,6 +6,8 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "mk_common.h"
 
@@ -27,6 +29,13 @@ struct alignas(sizeof(T) * N) Vec {
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Whether the environment variable `name` is set to `value` (the kernels' switches, MK_DW_TILED
+// and the like; each caller reads it once per process).
+inline bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
 
 // Whether p may be read or written as 16-byte vectors.
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

@@ -7,9 +7,8 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <array>
-#include <cstdlib>
 #include <mutex>
-#include <string>
+#include <optional>
 
 #include "pointwise_gemm.cuh"
 
@@ -19,21 +18,21 @@ namespace {
 
 using namespace pw_gemm;
 
-bool enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("MK_PW_FUSED");
-    return v != nullptr && std::string(v) == "1";
-  }();
-  return on;
-}
-
 // The kernel's static shared memory (block_merge_write's buffers) is below this; the device must
 // grant the plan's dynamic bytes on top of it.
 constexpr int64_t kStaticSmemBound = 20 * 1024;
 
-bool device_takes(const GemmPlan& p) {
+// The plan for the prepared conv `a` writing `out`, or none when the kernel is not to take it:
+// MK_PW_FUSED unset, the conv not eligible, or a device before sm_80 or without the shared memory.
+std::optional<GemmPlan> fused_plan(const PointwiseArgs& a, const at::Tensor& out) {
+  static const bool enabled = env_is("MK_PW_FUSED", "1");
+  if (!enabled || !pointwise_gemm_eligible(a, out)) return std::nullopt;
+  const GemmPlan p = plan_gemm(gemm_shape(a), a.input.element_size());
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  return prop->major >= 8 && p.smem_bytes + kStaticSmemBound <= static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  if (prop->major < 8 || p.smem_bytes + kStaticSmemBound > static_cast<int64_t>(prop->sharedMemPerBlockOptin)) {
+    return std::nullopt;
+  }
+  return p;
 }
 
 // Launches the kernel for the prepared, eligible conv; kStats: part (3, tiles_m, Cout) float.
@@ -62,30 +61,19 @@ void launch(const PointwiseArgs& a, const GemmPlan& p, at::Tensor& out, float* p
   });
 }
 
-// f(scalar_t{}) for float16 / bfloat16 (eligible convs have one of these).
-template <typename F>
-void dispatch_16bit(at::ScalarType dt, const F& f) {
-  if (dt == at::kHalf) {
-    f(at::Half{});
-  } else {
-    f(at::BFloat16{});
-  }
-}
-
 }  // namespace
 
 bool try_pointwise_gemm(const PointwiseArgs& a, at::Tensor& out) {
-  if (!enabled() || !pointwise_gemm_eligible(a, out)) return false;
-  const GemmPlan p = plan_gemm(gemm_shape(a), a.input.element_size());
-  if (!device_takes(p)) return false;
-  dispatch_16bit(a.input.scalar_type(), [&](auto t) { launch<decltype(t), false>(a, p, out, nullptr); });
+  const std::optional<GemmPlan> plan = fused_plan(a, out);
+  if (!plan) return false;
+  dispatch_16bit(a.input.scalar_type(), [&](auto t) { launch<decltype(t), false>(a, *plan, out, nullptr); });
   return true;
 }
 
 bool try_pointwise_gemm_stats(const PointwiseArgs& a, at::Tensor& out, at::Tensor& mean, at::Tensor& var) {
-  if (!enabled() || !pointwise_gemm_eligible(a, out)) return false;
-  const GemmPlan p = plan_gemm(gemm_shape(a), a.input.element_size());
-  if (!device_takes(p)) return false;
+  const std::optional<GemmPlan> plan = fused_plan(a, out);
+  if (!plan) return false;
+  const GemmPlan& p = *plan;
   at::Tensor part = at::empty({3, p.tiles_m, a.Cout}, a.input.options().dtype(at::kFloat));
   float* pp = part.data_ptr<float>();
   dispatch_16bit(a.input.scalar_type(), [&](auto t) { launch<decltype(t), true>(a, p, out, pp); });

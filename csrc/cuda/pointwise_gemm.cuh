@@ -85,13 +85,39 @@ inline int pick_bn(int64_t Cout) {
   return 32;
 }
 
+// f(std::integral_constant<int, BN>{}) for BN in {128, 64, 32}: plan_gemm, the launcher and the
+// emulation dispatch alike.
+template <typename F>
+void dispatch_bn(int bn, const F& f) {
+  switch (bn) {
+    case 128:
+      f(std::integral_constant<int, 128>{});
+      break;
+    case 64:
+      f(std::integral_constant<int, 64>{});
+      break;
+    default:
+      f(std::integral_constant<int, 32>{});
+  }
+}
+
+// f(scalar_t{}) for float16 / bfloat16 (an eligible conv has one of these): the launcher and the
+// emulation dispatch alike.
+template <typename F>
+void dispatch_16bit(at::ScalarType dt, const F& f) {
+  if (dt == at::kHalf) {
+    f(at::Half{});
+  } else {
+    f(at::BFloat16{});
+  }
+}
+
 inline GemmPlan plan_gemm(const GemmShape& s, int64_t elem_bytes) {
   GemmPlan p;
   p.bn = pick_bn(s.Cout);
   p.tiles_m = ceil_div(s.P, kBM);
   p.tiles_n = ceil_div(s.Cout, p.bn);
-  p.smem_bytes = p.bn == 128 ? smem_bytes_for<128>(elem_bytes)
-                             : (p.bn == 64 ? smem_bytes_for<64>(elem_bytes) : smem_bytes_for<32>(elem_bytes));
+  dispatch_bn(p.bn, [&](auto bn) { p.smem_bytes = smem_bytes_for<decltype(bn)::value>(elem_bytes); });
   return p;
 }
 
@@ -117,21 +143,6 @@ inline dim3 gemm_grid(const GemmPlan& p) { return dim3(static_cast<unsigned>(p.t
 inline dim3 gemm_block(const GemmPlan& p) {
   const unsigned tx = static_cast<unsigned>(p.bn / kVec);
   return dim3(tx, kThreads / tx);
-}
-
-// f(std::integral_constant<int, BN>{}) for the plan's BN: the launcher and the emulation dispatch alike.
-template <typename F>
-void dispatch_bn(int bn, const F& f) {
-  switch (bn) {
-    case 128:
-      f(std::integral_constant<int, 128>{});
-      break;
-    case 64:
-      f(std::integral_constant<int, 64>{});
-      break;
-    default:
-      f(std::integral_constant<int, 32>{});
-  }
 }
 
 // The wmma element type of a 16-bit ATen type (the same bits).

@@ -7,7 +7,7 @@
 //
 // A call does what try_pointwise_gemm (csrc/cuda/pointwise_gemm.cu) does, on CPU tensors:
 // prepare_pointwise, pointwise_gemm_eligible (raises when the kernel would not take the conv),
-// plan_gemm, dispatch_bn; then the emulated launch (emulation.h) with the input, weight, bias and
+// plan_gemm, dispatch_16bit, dispatch_bn; then the emulated launch (emulation.h) with the input, weight, bias and
 // residual inside NaN guard zones, the output (NaN) inside sentinel guard zones and the partials
 // starting as NaN: an unguarded tail read, an element left unwritten or a stray write shows.
 #include <torch/extension.h>
@@ -69,12 +69,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> run(const at::Tensor& i
   if (a.residual.defined()) a.residual = mk_emu::in_guarded_buffer(a.residual, kGuardElems, kNaN);
   at::Tensor part = stats ? at::full({3, p.tiles_m, a.Cout}, kNaN, input.options().dtype(at::kFloat))
                           : at::empty({0}, input.options().dtype(at::kFloat));
-  const bool half = input.scalar_type() == at::kHalf;
-  if (stats) {
-    half ? launch<c10::Half, true>(a, p, y, part) : launch<c10::BFloat16, true>(a, p, y, part);
-  } else {
-    half ? launch<c10::Half, false>(a, p, y, part) : launch<c10::BFloat16, false>(a, p, y, part);
-  }
+  pwg::dispatch_16bit(input.scalar_type(), [&](auto t) {
+    stats ? launch<decltype(t), true>(a, p, y, part) : launch<decltype(t), false>(a, p, y, part);
+  });
   out.check();
   const dim3 block = pwg::gemm_block(p);
   return {y, part, {p.bn, p.tiles_m, p.tiles_n, p.smem_bytes, block.x, block.y}};
