@@ -3,10 +3,17 @@
 A GPU run once saw processes die with SIGSEGV where our C++ argument checks threw (the same tests
 pass on the CPU build boxes). Each case runs in a fresh interpreter, so one crash does not hide the
 next; rc -11 is a segfault. Prints one line per case; exits non-zero if any case crashed.
+
+For a case that dies, where cuda-gdb is installed (the GPU image has it; it debugs host code too),
+the case runs again under it and the native backtrace at the signal is printed, with the shared
+libraries that define the unwinder (_Unwind_RaiseException) and __cxa_throw in that process: a
+throw that resolves them from two different runtimes is the usual way a C++ throw becomes SIGSEGV.
+Then the compilers that built our extension and libtorch (their .comment sections).
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -38,14 +45,60 @@ CASES = {
 }
 
 
+GDB_COMMANDS = ["set pagination off", "set confirm off", "run", "bt 30", "info symbol $pc",
+                "info symbol _Unwind_RaiseException", "info symbol __cxa_throw", "info symbol _Unwind_Find_FDE",
+                "info symbol __gxx_personality_v0"]
+
+
+def native_backtrace(code: str) -> str:
+    """The case under cuda-gdb: its backtrace where the signal hit, and where the unwinder lives."""
+    gdb = shutil.which("cuda-gdb")
+    if gdb is None:
+        return "(no cuda-gdb here: no native backtrace)"
+    cmd = [gdb, "-q", "-batch", *(a for c in GDB_COMMANDS for a in ("-ex", c)), "--args", sys.executable, "-c", code]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        return "(cuda-gdb timed out)"
+    keep = [line for line in (r.stdout + r.stderr).splitlines()
+            if line.startswith(("#", "Thread", "Program received", "_Unwind", "__cxa", "__gxx")) or " in section " in line]
+    return "\n".join(keep[-60:])
+
+
+def compilers() -> str:
+    """The .comment section (the compilers and versions) of our extension and of libtorch_cpu."""
+    import glob
+    import os
+
+    import torch
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mobilenet_kernels")
+    libs = glob.glob(os.path.join(root, "_C*.so")) + glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib",
+                                                                          "libtorch_cpu.so"))
+    lines = []
+    for lib in libs:
+        readelf = shutil.which("readelf")
+        if readelf is None:
+            return "(no readelf here)"
+        r = subprocess.run([readelf, "-p", ".comment", lib], capture_output=True, text=True)
+        found = sorted({line.split("]", 1)[-1].strip() for line in r.stdout.splitlines() if "]" in line})
+        lines.append(f"{os.path.basename(lib)}: {'; '.join(found)}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     crashed = 0
     for name, code in CASES.items():
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         out = (r.stdout.strip().splitlines() or [""])[-1]
         err = (r.stderr.strip().splitlines() or [""])[-1]
-        print(f"{name:45s} rc={r.returncode:4d}  {out or err}"[:200])
-        crashed += r.returncode != 0
+        print(f"{name:45s} rc={r.returncode:4d}  {out or err}"[:200], flush=True)
+        if r.returncode != 0:
+            crashed += 1
+            if crashed == 1:  # one backtrace tells the story; the others would repeat it
+                print(native_backtrace(code), flush=True)
+    if crashed:
+        print(compilers())
     return 1 if crashed else 0
 
 

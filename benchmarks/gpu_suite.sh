@@ -49,6 +49,9 @@ OUT=${1:?usage: gpu_suite.sh OUT}
 export MK_TRITON_TUNE=${MK_TRITON_TUNE:-0}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
+# The steps import the package from this checkout also where no step installs it (a warm machine's
+# second call skips the build: its in-place build is still there).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MK_GIT_COMMIT=${MK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export MK_BENCH_WARMUP_MS=${MK_BENCH_WARMUP_MS:-10} MK_BENCH_REP_MS=${MK_BENCH_REP_MS:-40}
 STEPS=" ${MK_SUITE_STEPS:-build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
@@ -62,7 +65,9 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT/suite.
   local name=$1 limit=$2; shift 2
   want "$name" || return 0
   echo "=== $name ($(date -u +%T))" | tee -a "$OUT/suite.log"
-  timeout "$limit" "$@" >>"$OUT/suite.log" 2>&1
+  # SIGINT first: pytest then still prints its failures and writes the junit file, a benchmark
+  # keeps the rows it measured; a step that ignores it is killed 20 s later.
+  timeout -s INT -k 20 "$limit" "$@" >>"$OUT/suite.log" 2>&1
   local rc=$?
   echo "=== $name rc=$rc ($(date -u +%T))" | tee -a "$OUT/suite.log"
   [ $rc -eq 0 ] || status=1
@@ -84,7 +89,15 @@ step diag 40 $PY benchmarks/check_cpp_exceptions.py
 PYTEST_ARGS=(-v --tb=short -rfE -p no:cacheprovider)
 $PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
-step tests ${MK_TESTS_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest python_tests "${PYTEST_ARGS[@]}" --junitxml="$JUNIT"
+# The tests in the order they matter, in case the limit cuts the step off (xdist hands them out
+# in this order): the kernels' parity first, the bad-input cases (many and cheap) last.
+FIRST="depthwise_conv2d pointwise_conv2d inverted_residual_eval inverted_residual batch_norm_act squeeze_excite
+  models convert properties determinism large_tensors memory checkpoints"
+TEST_FILES=()
+for t in $FIRST; do TEST_FILES+=("python_tests/test_$t.py"); done
+for f in python_tests/test_*.py; do [[ " ${TEST_FILES[*]} " == *" $f "* ]] || TEST_FILES+=("$f"); done
+step tests ${MK_TESTS_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest "${TEST_FILES[@]}" "${PYTEST_ARGS[@]}" \
+  --durations=20 --junitxml="$JUNIT"
 step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED=1 MK_PW_FUSED=1 $PY -m pytest \
   python_tests/test_depthwise_conv2d.py python_tests/test_pointwise_conv2d.py \
   python_tests/test_large_tensors.py::test_depthwise_conv2d \

@@ -51,9 +51,13 @@ def _self_test_cases():
 
 
 def self_test(backend: str, device: str) -> tuple[bool, float]:
-    """Every op, forward + backward, vs the float64 torch reference: (ok, worst relative error)."""
-    results = [test(backend, device) for test in (_self_test_batch_norm_act, _self_test_depthwise,
-                                                    _self_test_squeeze_excite)]
+    """Every op, forward + backward, vs the float64 torch reference: (ok, worst error over its
+    tolerance). float32 cases are held to float32 tolerances, so cuDNN runs them in IEEE float32."""
+    from .reference import ieee_fp32
+
+    with ieee_fp32():
+        results = [test(backend, device) for test in (_self_test_batch_norm_act, _self_test_depthwise,
+                                                        _self_test_squeeze_excite)]
     return all(ok for ok, _ in results), max(err for _, err in results)
 
 
@@ -90,9 +94,9 @@ def _self_test_depthwise(backend: str, device: str) -> tuple[bool, float]:
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         for ours, ref in ((y, y64), (y2, y264), *zip(grads, grads64)):
             scale = max(1.0, ref.abs().max().item())  # gradients summed over many terms: judge on their scale
-            err = _rel_err(ours / scale, ref / scale)
+            err = _rel_err(ours / scale, ref / scale) / tol
             worst = max(worst, err)
-            ok &= err <= tol
+            ok &= err <= 1
         ok &= y.is_contiguous(memory_format=fmt) and y2.is_contiguous(memory_format=fmt)
     return ok, worst
 
@@ -121,9 +125,9 @@ def _self_test_squeeze_excite(backend: str, device: str) -> tuple[bool, float]:
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         for ours, ref in ((y, y64), *zip(grads, grads64)):
             scale = max(1.0, ref.abs().max().item())
-            err = _rel_err(ours / scale, ref / scale)
+            err = _rel_err(ours / scale, ref / scale) / tol
             worst = max(worst, err)
-            ok &= err <= tol
+            ok &= err <= 1
         ok &= y.is_contiguous(memory_format=fmt)
     return ok, worst
 
@@ -153,9 +157,9 @@ def _self_test_batch_norm_act(backend: str, device: str) -> tuple[bool, float]:
             gx64, gw64 = torch.autograd.grad(y64, (x64, w64), torch.ones_like(y64))
             tol = 1e-4 if dtype == torch.float32 else 3e-2
             for ours, ref in ((y, y64), (gx, gx64), (gw, gw64), (mean, mean64), (var, var64)):
-                err = ((ours.double() - ref).abs() / (1 + ref.abs())).max().item()
+                err = _rel_err(ours, ref) / tol
                 worst = max(worst, err)
-                ok &= err <= tol
+                ok &= err <= 1
             ok &= y.is_contiguous(memory_format=fmt)
     return ok, worst
 
@@ -191,6 +195,6 @@ def run_check() -> int:
                 print(f"  {device:<5} {name:<7} FAIL  ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
                 continue
             failures += not ok
-            print(f"  {device:<5} {name:<7} {'PASS' if ok else 'FAIL'}  (max rel. error {err:.2e})")
+            print(f"  {device:<5} {name:<7} {'PASS' if ok else 'FAIL'}  (worst error / tolerance {err:.2f})")
     print("\nOK" if failures == 0 else f"\n{failures} backend(s) FAILED")
     return 0 if failures == 0 else 1

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
 from .activations import apply_activation
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """float32 convolutions in cuDNN with IEEE float32 arithmetic, not TF32, inside the block.
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 by default (torch.backends.cudnn.allow_tf32),
+    ~1e-3 relative error: the "torch" backend's float32 1x1 convolutions on a GPU then miss a
+    float32 tolerance against float64, although our own kernels (and cuBLAS, whose TF32 switch is
+    off by default) compute in float32. Tests and the self-test compare float32 with float32.
+    """
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def batch_norm_act_ref(
