@@ -1,4 +1,4 @@
-// Per-channel batch statistics of stored conv outputs (the *_stats ops of depthwise_conv2d.cpp and
+// Per-channel batch statistics of stored conv outputs (the *_stats ops of depthwise_conv2d_kernels.h and
 // pointwise_conv2d.cpp): a part of the output (a block, a sub-chunk of rows) gives per-channel
 // centred (mean, M2) in fp32 (double for float64) while it is still in cache; the parts are merged
 // by Chan's formula in double, in an order fixed by the shape.

@@ -28,7 +28,7 @@
 //   stats: each block's stored outputs (still in cache) give per-channel centred (mean, M2) about
 //          the block's first value (0 if that is not finite, so an Inf passes through as torch's
 //          +-Inf mean / NaN variance); the blocks' partials are merged in block order in double
-//          by Chan's formula (csrc/cpu/chan_stats.h, shared with depthwise_conv2d.cpp).
+//          by Chan's formula (csrc/cpu/chan_stats.h, shared with depthwise_conv2d_kernels.h).
 //   grad_weight = sum over pixels g^T x: the blocks are split into at most 64 groups (fewer when
 //          Cout*Cin is large: <= 4M partial values); a group accumulates its blocks' GEMMs
 //          in block order into its own (Cout, Cin) partial (beta = 1), and the partials are summed

@@ -26,7 +26,7 @@
 //   thread count or the register block a value lands in. Parameter grads sum over n in order. So
 //   results are bitwise identical from run to run and for any number of threads.
 // x86: each kernel is compiled twice, for the baseline ISA and for AVX2+FMA (picked at run time),
-//   since the extension is built without -march flags (the scheme of depthwise_conv2d.cpp).
+//   since the extension is built without -march flags (the scheme of depthwise_conv2d_kernels.h).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
