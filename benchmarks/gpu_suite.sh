@@ -5,10 +5,17 @@
 #   MK_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_suite.sh OUT
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
+# A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
+# the second at once; its in-place build is kept, so it names no build step):
+#   1. timeout_s 450: MK_SUITE_STEPS="build diag tests summary" MK_TESTS_LIMIT=180
+#   2. timeout_s 400: MK_SUITE_STEPS="bench_depthwise bench_pw bench_pw_fused bench_block"
+# Run 3 (an H200 at c5a8899) took ~30 s to start, ~10 s between warm calls, and 311 s to build
+# (that build is now split into more units); tests_optin passed there in 38 s.
+#
 # Steps: build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train
-# bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model summary (default: all but
-# the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block and bench_model: name them in
-# MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
+# bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model loss_curves summary
+# (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, bench_model and
+# loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
 # forward, weight gradient and backward per layer with the default kernels and with the
 # shared-memory tiled kernels (MK_DW_TILED=1, off by default until a GPU run has checked them),
 # against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
@@ -28,6 +35,7 @@
 # and its torch.compile; its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB).
 # Both compile every shape
 # (seconds each): when the limit cuts them off, the rows measured so far are kept.
+# loss_curves: issue 7's bf16 training curves, ours against eager within the seeds' noise (below).
 # bench_model: V3-Large and V2, training at batch 256 and inference at 1 and 256, 224², bf16 AMP,
 # channels_last, torchvision eager against ours on the cuda and triton backends, with recompute (no
 # torch.compile: compiling whole models does not fit the lease; `bench model` does it by default).
@@ -135,6 +143,10 @@ MODEL_BACKENDS=(cuda triton)
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda)  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \
   --compile none --backend "${MODEL_BACKENDS[@]}" --recompute --quiet --out "$OUT" --name "models_${GPU_TAG}"
+# loss_curves (150 s, opt-in): V3-Large trained 200 steps (batch 64, 128², bf16, 3 seeds) by
+# torchvision eager and by ours on each backend from the same weights and batches; JSON + table + plot.
+step loss_curves 150 $PY benchmarks/loss_curves.py "$OUT" --name "loss_curves_${GPU_TAG}" \
+  --backends "${MODEL_BACKENDS[@]}"
 if want summary; then
   $PY benchmarks/suite_summary.py "$JUNIT" "$OUT/suite_${GPU_TAG}.json" | tee -a "$OUT/suite.log"
 fi
