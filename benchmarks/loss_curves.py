@@ -4,7 +4,8 @@ mobilenet_kernels/benchmarking/loss_curves.py.
 
 Writes OUT/NAME.json (environment, settings, every step's loss per variant and seed, the
 comparisons), OUT/NAME.md (the comparison table) and OUT/NAME.png (mean curves, the seeds' spread
-shaded) unless --no-plot. Exit status 1 if a backend is outside eager's noise.
+shaded) unless --no-plot. Exit status 1 if a backend is outside eager's noise or the run was cut
+off (SIGINT/SIGTERM: the seeds finished so far are kept).
 
     python benchmarks/loss_curves.py OUT                      # GPU: V3-Large, 200 steps, bf16, 3 seeds
     python benchmarks/loss_curves.py OUT --model mobilenet_v3_small --steps 8 --batch 8 --size 32 \\
@@ -80,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write(table)
     print(table)
-    if not args.no_plot:
+    if not args.no_plot and result["curves"]["eager"]:
         plot(result, os.path.join(args.out, f"{args.name}.png"))
-    return 0 if all(r["within_noise"] for r in rows) else 1
+    if result["interrupted"]:
+        print(result["interrupted"], file=sys.stderr)
+    return 0 if rows and not result["interrupted"] and all(r["within_noise"] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -118,13 +118,22 @@ def compare(eager: list[list[float]], ours: list[list[float]]) -> dict:
 
 
 def run(s: CurveSettings, progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Every seed's curve for eager and each backend, and each backend's comparison with eager."""
+    """Every seed's curve for eager and each backend, and each backend's comparison with eager. Cut
+    off (KeyboardInterrupt, as a time limit's signal arrives), it keeps the seeds every variant
+    finished and says so in "interrupted"; comparisons need two of them."""
     curves: dict[str, list[list[float]]] = {"eager": [], **{f"ours[{b}]": [] for b in s.backends}}
-    for seed in range(s.seeds):
-        batches = _batches(s, seed)
-        for label, backend in [("eager", None), *((f"ours[{b}]", b) for b in s.backends)]:
-            progress(f"seed {seed}: {label}")
-            curves[label].append(train_curve(s, backend, seed, batches))
-        del batches
-    verdicts = {label: compare(curves["eager"], runs) for label, runs in curves.items() if label != "eager"}
-    return {"settings": dataclasses.asdict(s), "curves": curves, "comparison": verdicts}
+    interrupted = None
+    try:
+        for seed in range(s.seeds):
+            batches = _batches(s, seed)
+            for label, backend in [("eager", None), *((f"ours[{b}]", b) for b in s.backends)]:
+                progress(f"seed {seed}: {label}")
+                curves[label].append(train_curve(s, backend, seed, batches))
+            del batches
+    except KeyboardInterrupt as exc:
+        interrupted = f"stopped after {min(len(runs) for runs in curves.values())} complete seeds: {exc}"
+    done = min(len(runs) for runs in curves.values())
+    curves = {label: runs[:done] for label, runs in curves.items()}
+    verdicts = {label: compare(curves["eager"], runs) for label, runs in curves.items()
+                if label != "eager" and done >= 2}
+    return {"settings": dataclasses.asdict(s), "interrupted": interrupted, "curves": curves, "comparison": verdicts}
