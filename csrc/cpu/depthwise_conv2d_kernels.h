@@ -48,7 +48,7 @@
 //   since the extension is built without -march flags (csrc/cpu/cpu_dispatch.h). The direct kernels
 //   use GCC/Clang vector extensions (portable loops elsewhere), so one source serves both.
 // The direct channels_last code (vectors, register and sliding blocks, prefetch, one output row) is
-//   in csrc/cpu/depthwise_direct.h, shared with the whole-block kernel (csrc/cpu/inverted_residual.cpp).
+//   in csrc/cpu/depthwise_direct.h, shared with the whole-block kernel (csrc/cpu/inverted_residual_kernels.h).
 // Build: the instantiations are spread over translation units that a parallel build compiles side
 //   by side (as one unit this took five minutes of a 16-core build, a third of a GPU lease): the
 //   forward, one unit per activation (depthwise_conv2d_fwd_<act>.cpp), depthwise_conv2d_stats.cpp,
@@ -82,7 +82,7 @@ namespace mobilenet_kernels {
 namespace {
 
 using cpu::parallel_run;  // csrc/cpu/cpu_dispatch.h: baseline and AVX2 clones of each kernel
-// csrc/cpu/depthwise_direct.h: the channels_last direct code, shared with inverted_residual.cpp
+// csrc/cpu/depthwise_direct.h: the channels_last direct code, shared with inverted_residual_kernels.h
 using cpu::div_ceil;
 using cpu::div_floor;
 using cpu::direct_act;

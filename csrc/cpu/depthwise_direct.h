@@ -1,7 +1,7 @@
 // Channels-last "direct" depthwise convolution, shared by the C++ CPU kernels: the depthwise op's
 // float32/float64 channels_last forward and grad_input (csrc/cpu/depthwise_conv2d_kernels.h, which
 // describes the method) and the depthwise stage of the whole-block kernel
-// (csrc/cpu/inverted_residual.cpp, over its expanded rows in a per-thread buffer).
+// (csrc/cpu/inverted_residual_kernels.h, over its expanded rows in a per-thread buffer).
 // The input is read in place: pixels `px` elements apart (channels innermost), rows `row` elements
 // apart; the zero padding is never materialised: each output pixel sums only its valid taps, the
 // interior pixels of a row (window inside the image) through one tap list without bounds checks
