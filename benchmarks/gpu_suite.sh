@@ -15,8 +15,8 @@
 # Steps: build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train
 # bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model loss_curves summary
 # (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, bench_model and
-# loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times the depthwise
-# forward, weight gradient and backward per layer with the default kernels and with the
+# loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times
+# the depthwise forward, weight gradient and backward per layer with the default kernels and with the
 # shared-memory tiled kernels (MK_DW_TILED=1, off by default until a GPU run has checked them),
 # against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
 # largest differences from cuDNN); ncu_dw (90 s) profiles one launch per layer of the tiled kernels
@@ -83,8 +83,8 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT/suite.
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv >>"$OUT/suite.log" 2>&1
-# The build took 311 s on an H200 machine's 16 cores at c5a8899 (one CPU unit, the depthwise
-# kernels, took most of it; now four units); a build cut off wastes the lease, so its limit is wide.
+# The build took 311 s on an H200 machine's 16 cores at c5a8899, most of it in two CPU units (the
+# depthwise and whole-block kernels, since split per activation); a build cut off wastes the lease.
 step build 330 env MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
   $PY -m pip install --no-build-isolation --no-deps -e . || { tail -40 "$OUT/suite.log"; exit 1; }
 GPU_TAG=${MK_GPU_TAG:-$($PY -c "
