@@ -24,7 +24,7 @@
 //          a forward conv, at stride 2 split into parity phases, and the weight gradient's stage
 //          1; for stride-1 "same" convs grad_input and the weight gradient in one pass) run the
 //          shared-memory tiled kernels of depthwise_tiled.cuh instead (off by default until a GPU
-//          run has checked and timed them).
+//          run has timed them; their GPU tests passed on an H200, run 3).
 // Limits: without MK_DW_TILED, no shared-memory input tiles (reuse across rows comes from L1/L2);
 //          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase
 //          split); the weight gradient loads every tap from L1 (L1-bound for k5/k7); grad_input

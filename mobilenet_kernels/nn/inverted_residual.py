@@ -37,10 +37,10 @@ from .conv_bn_act import ConvBNAct, _is_depthwise, _is_pointwise, conv_bn_act, f
 from .depthwise_conv2d import DepthwiseConv2d
 from .squeeze_excite import SqueezeExcitation
 
-# The CUDA C++ whole-block kernel (csrc/cuda/inverted_residual.cu) has not been timed against the
-# op-by-op path on a GPU yet (nor run: it compiles for sm_80/sm_90, and its GPU tests are owed), so
-# eval blocks on CUDA tensors with the "cuda" backend run op by op unless this is set. Flip the
-# default once a committed benchmark (benchmarks/results) shows the kernel faster.
+# The CUDA C++ whole-block kernel (csrc/cuda/inverted_residual.cu) passed its GPU tests on an H200
+# (benchmarks/results/gpu_tests_run3_h200.json) but has not been timed against the op-by-op path,
+# so eval blocks on CUDA tensors with the "cuda" backend run op by op unless this is set. Flip the
+# default once a committed benchmark (benchmarks/results, bench_block) shows the kernel faster.
 USE_CUDA_BLOCK_KERNEL = False
 
 
