@@ -100,6 +100,11 @@ def _smooth(curve: list[float]) -> list[float]:
     return [statistics.fmean(curve[max(0, t - SMOOTH + 1):t + 1]) for t in range(len(curve))]
 
 
+def _ratio(gap: float, noise: float) -> float:
+    """gap / noise, where noise 0 (seeds that agree exactly) makes any gap infinite and none 0."""
+    return gap / noise if noise > 0 else (0.0 if gap == 0 else math.copysign(math.inf, gap))
+
+
 def compare(eager: list[list[float]], ours: list[list[float]]) -> dict:
     """Ours against eager, one curve per seed each (same seeds, same order): see the module doc."""
     steps, seeds = len(eager[0]), len(eager)
@@ -107,12 +112,12 @@ def compare(eager: list[list[float]], ours: list[list[float]]) -> dict:
     final_e = [statistics.fmean(c[tail]) for c in eager]
     final_o = [statistics.fmean(c[tail]) for c in ours]
     spread = statistics.stdev(final_e) if seeds > 1 else float("nan")
-    z = (statistics.fmean(final_o) - statistics.fmean(final_e)) / (spread / math.sqrt(seeds))
+    z = _ratio(statistics.fmean(final_o) - statistics.fmean(final_e), spread / math.sqrt(seeds))
     smooth_e, smooth_o = [_smooth(c) for c in eager], [_smooth(c) for c in ours]
     gaps = []
     for t in range(steps):
         std_t = statistics.stdev(c[t] for c in smooth_e) if seeds > 1 else float("nan")
-        gaps.append(max(abs(o[t] - e[t]) for o, e in zip(smooth_o, smooth_e)) / std_t)
+        gaps.append(_ratio(max(abs(o[t] - e[t]) for o, e in zip(smooth_o, smooth_e)), std_t))
     return {"final_loss_eager": statistics.fmean(final_e), "final_loss_ours": statistics.fmean(final_o),
             "final_loss_seed_std": spread, "z": z, "within_noise": abs(z) <= 2.0, "max_paired_gap": max(gaps)}
 
