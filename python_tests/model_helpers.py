@@ -80,9 +80,8 @@ def assert_eval_parity(model: nn.Module, ref_model: nn.Module, shape: tuple[int,
     ref_model.eval().to(device)
     model.eval().to(device)
     x = torch.randn(shape, device=device)
-    # TF32 off: cuDNN would run the reference's depthwise convs (and both models' other convs) in
-    # TF32 on Ampere+, ~1e-3 relative, while our depthwise kernels compute in fp32.
-    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+    # (cuDNN runs in IEEE fp32 here, not TF32: conftest's session fixture _ieee_fp32_convolutions)
+    with torch.no_grad():
         actual = model(x)
         assert_matches_fp32_reference(actual, ref_model, x)
 

@@ -98,7 +98,7 @@ def assert_same_eval_outputs(model: nn.Module, ref: nn.Module, shape=(2, 3, 32, 
     ref.eval().to(device)
     model.eval().to(device)
     x = torch.randn(shape, device=device)
-    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+    with torch.no_grad():  # (cuDNN in IEEE fp32: conftest's _ieee_fp32_convolutions)
         assert_matches_fp32_reference(model(x), ref, x, rtol=1e-4)
 
 
