@@ -75,11 +75,11 @@ def compilers() -> str:
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mobilenet_kernels")
     libs = glob.glob(os.path.join(root, "_C*.so")) + glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib",
                                                                           "libtorch_cpu.so"))
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return "(no readelf here)"
     lines = []
     for lib in libs:
-        readelf = shutil.which("readelf")
-        if readelf is None:
-            return "(no readelf here)"
         r = subprocess.run([readelf, "-p", ".comment", lib], capture_output=True, text=True)
         found = sorted({line.split("]", 1)[-1].strip() for line in r.stdout.splitlines() if "]" in line})
         lines.append(f"{os.path.basename(lib)}: {'; '.join(found)}")

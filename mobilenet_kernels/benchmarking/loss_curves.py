@@ -127,7 +127,7 @@ def run(s: CurveSettings, progress: Callable[[str], None] = lambda _: None) -> d
     off (KeyboardInterrupt, as a time limit's signal arrives), it keeps the seeds every variant
     finished and says so in "interrupted"; comparisons need two of them."""
     curves: dict[str, list[list[float]]] = {"eager": [], **{f"ours[{b}]": [] for b in s.backends}}
-    interrupted = None
+    stop: KeyboardInterrupt | None = None
     try:
         for seed in range(s.seeds):
             batches = _batches(s, seed)
@@ -136,8 +136,9 @@ def run(s: CurveSettings, progress: Callable[[str], None] = lambda _: None) -> d
                 curves[label].append(train_curve(s, backend, seed, batches))
             del batches
     except KeyboardInterrupt as exc:
-        interrupted = f"stopped after {min(len(runs) for runs in curves.values())} complete seeds: {exc}"
+        stop = exc
     done = min(len(runs) for runs in curves.values())
+    interrupted = None if stop is None else f"stopped after {done} complete seeds: {stop}"
     curves = {label: runs[:done] for label, runs in curves.items()}
     verdicts = {label: compare(curves["eager"], runs) for label, runs in curves.items()
                 if label != "eager" and done >= 2}
