@@ -9,6 +9,9 @@ the case runs again under it and the native backtrace at the signal is printed, 
 libraries that define the unwinder (_Unwind_RaiseException) and __cxa_throw in that process: a
 throw that resolves them from two different runtimes is the usual way a C++ throw becomes SIGSEGV.
 Then the compilers that built our extension and libtorch (their .comment sections).
+Before the cases, and cheaper than any debugger: which C++ runtimes and unwinders the process has
+mapped once torch and our extension are loaded (two different libstdc++ or libgcc_s is the classic
+cause; OpenMP runtimes listed too), where _C's own lookup finds __cxa_throw and _Unwind_RaiseException, and _C's NEEDED/RUNPATH.
 """
 
 from __future__ import annotations
@@ -45,9 +48,48 @@ CASES = {
 }
 
 
+RUNTIMES = r"""
+import ctypes, glob, os, re, torch, mobilenet_kernels
+so = glob.glob(os.path.join(os.path.dirname(mobilenet_kernels.__file__), '_C*.so'))
+maps = sorted({line.split()[-1] for line in open('/proc/self/maps') if re.search(r'lib(stdc\+\+|gcc_s|c\+\+|unwind|g?omp)', line)})
+print('mapped C++ runtimes:', *maps, sep='\n  ')
+class DlInfo(ctypes.Structure):
+    _fields_ = [('fname', ctypes.c_char_p), ('fbase', ctypes.c_void_p), ('sname', ctypes.c_char_p), ('saddr', ctypes.c_void_p)]
+libdl = ctypes.CDLL(None)
+for lib in so:
+    handle = ctypes.CDLL(lib)
+    for sym in ('__cxa_throw', '_Unwind_RaiseException', '__gxx_personality_v0'):
+        try:
+            addr = ctypes.cast(getattr(handle, sym), ctypes.c_void_p).value
+        except AttributeError:
+            print(f'{sym}: not found from {os.path.basename(lib)}'); continue
+        info = DlInfo()
+        libdl.dladdr(ctypes.c_void_p(addr), ctypes.byref(info))
+        print(f'{sym} as {os.path.basename(lib)} finds it: {info.fname.decode() if info.fname else "?"}')
+"""
+
+
+def runtimes() -> str:
+    """The C++ runtimes mapped after importing torch and our extension, and _C's dynamic section."""
+    r = subprocess.run([sys.executable, "-c", RUNTIMES], capture_output=True, text=True, timeout=120)
+    lines = [r.stdout.strip() or (r.stderr.strip().splitlines() or ["(no output)"])[-1]]
+    readelf = shutil.which("readelf")
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mobilenet_kernels")
+    for lib in glob.glob(os.path.join(root, "_C*.so")) if readelf else []:
+        d = subprocess.run([readelf, "-d", lib], capture_output=True, text=True).stdout
+        lines += [line.strip() for line in d.splitlines() if "NEEDED" in line or "RUNPATH" in line or "RPATH" in line]
+    return "\n".join(lines)
+
+
 GDB_COMMANDS = ["set pagination off", "set confirm off", "run", "bt 30", "info symbol $pc",
                 "info symbol _Unwind_RaiseException", "info symbol __cxa_throw", "info symbol _Unwind_Find_FDE",
                 "info symbol __gxx_personality_v0"]
+
+
+GDB_TIMEOUT_S = 100  # within the suite's diag step (150 s), after the cases' ~10 s each
 
 
 def native_backtrace(code: str) -> str:
@@ -57,7 +99,7 @@ def native_backtrace(code: str) -> str:
         return "(no cuda-gdb here: no native backtrace)"
     cmd = [gdb, "-q", "-batch", *(a for c in GDB_COMMANDS for a in ("-ex", c)), "--args", sys.executable, "-c", code]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=GDB_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return "(cuda-gdb timed out)"
     keep = [line for line in (r.stdout + r.stderr).splitlines()
@@ -87,6 +129,7 @@ def compilers() -> str:
 
 
 def main() -> int:
+    print(runtimes(), flush=True)
     crashed = 0
     for name, code in CASES.items():
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

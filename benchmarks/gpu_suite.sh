@@ -7,13 +7,14 @@
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step):
-#   1. timeout_s 450: MK_SUITE_STEPS="build diag tests summary" MK_TESTS_LIMIT=180
-#   2. timeout_s 400: MK_SUITE_STEPS="bench_depthwise bench_pw bench_pw_fused bench_block"
+#   1. timeout_s 560: MK_SUITE_STEPS="build diag_dw bench_pw bench_pw_fused bench_block diag"
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="bench_model tests summary" MK_TESTS_LIMIT=...
 # Run 3 (an H200 at c5a8899) took ~30 s to start, ~10 s between warm calls, and 311 s to build
-# (that build is now split into more units); tests_optin passed there in 38 s.
+# (most of it two CPU units, since split: single units now take at most ~1.5 minutes).
 #
-# Steps: build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train
-# bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model loss_curves summary
+# Steps, in the order they run: build check tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval
+# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model loss_curves
+# diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, bench_model and
 # loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times
 # the depthwise forward, weight gradient and backward per layer with the default kernels and with the
@@ -28,7 +29,8 @@
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
 # bias + activation + residual in the GEMM's epilogue), batch 256 at 224², bf16 channels_last, forward
 # and forward+backward, against eager and torch.compile default; bench_pw_fused (60 s) the same with
-# MK_PW_FUSED=1 (its JSON records the switch; compare the two files' "ours" rows); ncu_pw (90 s)
+# MK_PW_FUSED=1 and no torch.compile rows (its JSON records the switch; compare the two files' "ours"
+# rows); ncu_pw (90 s)
 # profiles the first 16 launches of our pointwise GEMM over V2's 1x1 convs (report in suite.log).
 # bench_block (60 s): inverted_residual_eval over the blocks without squeeze-excite of V3-Large and
 # V2, batch 1 and 256, bf16 channels_last, forward under no_grad, against the op-by-op eager block
@@ -72,6 +74,7 @@ want() { [[ "$STEPS" == *" $1 "* ]]; }
 step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT/suite.log, remember failures
   local name=$1 limit=$2; shift 2
   want "$name" || return 0
+  local override="MK_LIMIT_$name"; limit=${!override:-$limit}  # e.g. MK_LIMIT_bench_model=120
   echo "=== $name ($(date -u +%T))" | tee -a "$OUT/suite.log"
   # SIGINT first: pytest then still prints its failures and writes the junit file, a benchmark
   # keeps the rows it measured; a step that ignores it is killed 20 s later.
@@ -95,7 +98,6 @@ print(m.group(1).lower() if m else 'cpu')" 2>/dev/null || echo unknown)}
 echo "gpu tag: $GPU_TAG" | tee -a "$OUT/suite.log"
 
 step check 45 $PY -m mobilenet_kernels check
-step diag 150 $PY benchmarks/check_cpp_exceptions.py  # (a crash adds a cuda-gdb rerun)
 PYTEST_ARGS=(-v --tb=short -rfE -p no:cacheprovider)
 $PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
@@ -129,7 +131,7 @@ if [ -f benchmarks/bench_depthwise.py ]; then
 fi
 step bench_pw 60 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
   --name "pointwise_conv2d_${GPU_TAG}"
-step bench_pw_fused 60 env MK_PW_FUSED=1 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
+step bench_pw_fused 60 env MK_PW_FUSED=1 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --no-compile --out "$OUT" \
   --name "pointwise_conv2d_fused_${GPU_TAG}"
 if command -v ncu >/dev/null && want ncu_pw; then
   timeout 90 env MK_PW_FUSED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
@@ -147,6 +149,8 @@ step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_l
 # torchvision eager and by ours on each backend from the same weights and batches; JSON + table + plot.
 step loss_curves 150 $PY benchmarks/loss_curves.py "$OUT" --name "loss_curves_${GPU_TAG}" \
   --backends "${MODEL_BACKENDS[@]}"
+# Last of the steps: a crashing case's rerun under cuda-gdb can take most of its limit.
+step diag 150 $PY benchmarks/check_cpp_exceptions.py
 if want summary; then
   $PY benchmarks/suite_summary.py "$JUNIT" "$OUT/suite_${GPU_TAG}.json" | tee -a "$OUT/suite.log"
 fi
