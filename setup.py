@@ -83,6 +83,27 @@ def _default_max_jobs():
     return str(max(1, min(cores, int(mem_gb // 3))))
 
 
+def _shared_cxx_runtime_link_args():
+    """Link _C against the C++ runtime torch has loaded, never a private static copy of it.
+
+    On the lent GPU image the compiler (/opt/gcc) linked libstdc++ statically into _C, and Python's
+    LDSHARED there carries -Wl,-Bsymbolic-functions: that copy's functions bound inside _C while its
+    data (the locale facets' ids) resolved to the libstdc++.so libtorch had loaded, so the first
+    c10::str that formatted an integer for an error message crashed the process (SIGSEGV in
+    ostream::_M_insert<long>, GPU run 4; with matching versions the message comes out cut short).
+    Naming the loaded libstdc++.so.6 on the link line makes _C need it and resolve against it;
+    --exclude-libs keeps private to _C whatever a static archive must still supply (symbols newer
+    than that runtime), so no copy's code meets another copy's data.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    import torch  # noqa: F401  (maps the C++ runtime torch runs on into this process)
+
+    with open("/proc/self/maps") as maps:
+        loaded = sorted({line.split()[-1] for line in maps if "/libstdc++.so" in line})
+    return loaded[:1] + ["-Wl,--exclude-libs,ALL"]
+
+
 def _extensions():
     skip_cuda = _env_flag("MK_SKIP_CUDA_BUILD")
     force_cuda = _env_flag("MK_FORCE_CUDA_BUILD")
@@ -105,7 +126,7 @@ def _extensions():
     # not speculate a float multiply that might trap otherwise); it changes no result: no
     # reassociation, no fast-math. 10x on the CPU backward kernels.
     cxx_flags += ["-fopenmp", "-fno-trapping-math"]
-    extra_link = ["-fopenmp"]
+    extra_link = ["-fopenmp", *_shared_cxx_runtime_link_args()]
     include_dirs = [os.path.join(ROOT, "csrc")]
 
     if cuda_home is None:

@@ -49,23 +49,12 @@ CASES = {
 
 
 RUNTIMES = r"""
-import ctypes, glob, os, re, torch, mobilenet_kernels
-so = glob.glob(os.path.join(os.path.dirname(mobilenet_kernels.__file__), '_C*.so'))
+import re, torch
+from mobilenet_kernels import _extension
 maps = sorted({line.split()[-1] for line in open('/proc/self/maps') if re.search(r'lib(stdc\+\+|gcc_s|c\+\+|unwind|g?omp)', line)})
 print('mapped C++ runtimes:', *maps, sep='\n  ')
-class DlInfo(ctypes.Structure):
-    _fields_ = [('fname', ctypes.c_char_p), ('fbase', ctypes.c_void_p), ('sname', ctypes.c_char_p), ('saddr', ctypes.c_void_p)]
-libdl = ctypes.CDLL(None)
-for lib in so:
-    handle = ctypes.CDLL(lib)
-    for sym in ('__cxa_throw', '_Unwind_RaiseException', '__gxx_personality_v0'):
-        try:
-            addr = ctypes.cast(getattr(handle, sym), ctypes.c_void_p).value
-        except AttributeError:
-            print(f'{sym}: not found from {os.path.basename(lib)}'); continue
-        info = DlInfo()
-        libdl.dladdr(ctypes.c_void_p(addr), ctypes.byref(info))
-        print(f'{sym} as {os.path.basename(lib)} finds it: {info.fname.decode() if info.fname else "?"}')
+for sym in ('__cxa_throw', '_Unwind_RaiseException', '__gxx_personality_v0'):
+    print(f'{sym}: _C finds it in {_extension.library_defining(sym)}')
 """
 
 

@@ -6,6 +6,9 @@ shows up as a clear message from ``python -m mobilenet_kernels check`` rather th
 
 from __future__ import annotations
 
+import ctypes
+import os
+
 import torch
 
 try:
@@ -29,3 +32,26 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 # Probed once, on an op every build has: a CUDA kernel exists only where nvcc built csrc/cuda.
 CPU_BUILT = has_kernel("batch_norm_act_eval", "CPU")
 CUDA_BUILT = has_kernel("batch_norm_act_eval", "CUDA")
+
+
+def library_defining(symbol: str) -> str | None:
+    """The file of the shared library where ``_C``'s own symbol lookup finds ``symbol`` (Linux),
+    e.g. ``library_defining("__cxa_throw")``: a C++ runtime symbol found in ``_C`` itself means a
+    static copy of libstdc++ lives there (see setup.py: it crashed our error messages on a GPU image).
+    None when ``_C`` is not loaded, the platform has no dladdr, or nothing defines the symbol."""
+    if not LOADED or not hasattr(ctypes, "CDLL"):
+        return None
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                    ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+
+    try:
+        address = ctypes.cast(getattr(ctypes.CDLL(_C.__file__), symbol), ctypes.c_void_p).value
+        dladdr = ctypes.CDLL(None).dladdr
+    except (AttributeError, OSError):
+        return None
+    info = DlInfo()
+    if not dladdr(ctypes.c_void_p(address), ctypes.byref(info)) or not info.fname:
+        return None
+    return os.path.realpath(info.fname.decode())

@@ -11,6 +11,7 @@ tensors.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -396,7 +397,7 @@ for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
             call()
             print(d, name, "NO ERROR")
         except (ValueError, TypeError, RuntimeError, IndexError) as e:
-            print(d, name, "raised", type(e).__name__)
+            print(d, name, "raised", type(e).__name__, str(e).splitlines()[0][:120])
     ns.depthwise_conv2d(x, w, None, [1, 1], [1, 1], [1, 1], "relu")  # and the process still launches
     if d == "cuda":
         torch.cuda.synchronize()
@@ -414,6 +415,24 @@ def test_failing_kernel_op_calls_do_not_take_the_process_down():
     lines = result.stdout.strip().splitlines()
     assert lines and lines[-1] == "alive", result.stdout[-3000:]
     assert not [line for line in lines if line.endswith("NO ERROR")], result.stdout
+    # The message is whole: the numbers c10::str formats come out (a static libstdc++ copy in _C
+    # cut it short at the first integer, or crashed there; see setup.py).
+    expected = "bn_eval-running_mean raised ValueError running_mean: expected shape (4,) to match input channels, got [3]"
+    assert f"cpu {expected}" in lines, result.stdout
+
+
+def test_extension_uses_the_cxx_runtime_torch_loaded():
+    """_C resolves the C++ runtime (__cxa_throw, the personality routine) in the libstdc++ that
+    libtorch uses, not in a copy linked into itself: a static copy whose functions run on the shared
+    copy's data crashed the first error message that formatted an integer (GPU run 4)."""
+    skip_unless_usable("cuda", "cpu")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("dladdr and the ELF C++ runtime: Linux only")
+    from mobilenet_kernels import _C, _extension
+
+    for symbol in ("__cxa_throw", "__gxx_personality_v0"):
+        where = _extension.library_defining(symbol)
+        assert where is not None and "libstdc++" in os.path.basename(where), (symbol, where, _C.__file__)
 
 
 # ----------------------------------------------------------------------------- modules
