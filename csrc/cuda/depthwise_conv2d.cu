@@ -19,18 +19,19 @@
 // Indexing: int64 memory offsets; spatial coordinates in int, with H + 2*pad and W + 2*pad checked
 //          below 2^30 on the host. The activation is a uniform runtime switch in the epilogue (not a
 //          template parameter) to keep the number of kernel instantiations, and build time, down.
-// Tiled: with MK_DW_TILED=1, channels_last convs with 16-byte vectors, square K in {3, 5}, equal
-//          strides 1 or 2 and dilation 1 (the forward, its statistics, grad_input: at stride 1 as
-//          a forward conv, at stride 2 split into parity phases, and the weight gradient's stage
-//          1; for stride-1 "same" convs grad_input and the weight gradient in one pass) run the
-//          shared-memory tiled kernels of depthwise_tiled.cuh instead (off by default until a GPU
-//          run has timed them; their GPU tests passed on an H200, run 3).
-// Limits: without MK_DW_TILED, no shared-memory input tiles (reuse across rows comes from L1/L2);
+// Tiled: channels_last convs with 16-byte vectors, square K in {3, 5}, equal strides 1 (2 as
+//          well with MK_DW_TILED=1; none with MK_DW_TILED=0) and dilation 1 (the forward, its
+//          statistics, grad_input: at stride 1 as a forward conv, at stride 2 split into parity
+//          phases, and the weight gradient's stage 1; for stride-1 "same" convs grad_input and the
+//          weight gradient in one pass) run the shared-memory tiled kernels of depthwise_tiled.cuh
+//          instead: faster than the default kernels at stride 1, slower at stride 2 (GPU run 4);
+//          their GPU tests passed on an H200 (run 3).
+// Limits: the default kernels have no shared-memory input tiles (reuse across rows from L1/L2);
 //          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase
 //          split); the weight gradient loads every tap from L1 (L1-bound for k5/k7); grad_input
 //          and grad_weight read grad_output separately; at most 65534 kernel taps. Sums are
 //          deterministic for a given shape and vector path (the path depends on C, strides and
-//          pointer alignment; with MK_DW_TILED=1 also on whether grad_input is asked for with
+//          pointer alignment; for tiled convs also on whether grad_input is asked for with
 //          grad_weight, which selects the fused backward).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -107,10 +108,11 @@ void launch_fwd_k(const ConvLaunch<scalar_t>& L, const Geom& g, int K) {
   dispatch_fwd_k<scalar_t>(K, [&](auto k) { launch_fwd<scalar_t, VEC, decltype(k)::value, kStats>(L, g); });
 }
 
-// Whether the tiled kernels (depthwise_tiled.cuh) may take the conv g: MK_DW_TILED=1, a square
-// kernel, equal strides, dilation 1. Each run_tiled_* checks the rest (its K and stride, the plan).
+// Whether the tiled kernels (depthwise_tiled.cuh) may take the conv g: a square kernel, equal
+// strides up to tiled_max_stride() (1 by default, 2 with MK_DW_TILED=1, 0 with MK_DW_TILED=0),
+// dilation 1. Each run_tiled_* checks the rest (its K and stride, the plan).
 bool tiled_candidate(const Geom& g) {
-  return tiled_enabled() && g.kH == g.kW && g.sH == g.sW && g.dH == 1 && g.dW == 1;
+  return g.kH == g.kW && g.sH == g.sW && g.sH <= tiled_max_stride() && g.dH == 1 && g.dW == 1;
 }
 
 // Runs the conv x -> y described by g (x, y: dense tensors of N images). With kStats, returns the
@@ -195,7 +197,7 @@ void run_bwd_input(const DepthwiseArgs& a, const at::Tensor& gy, at::Tensor& gx)
   }
 }
 
-// With MK_DW_TILED=1: grad_input and the weight gradient's stage-1 partials of a stride-1 "same"
+// Tiled (tiled_candidate): grad_input and the weight gradient's stage-1 partials of a stride-1 "same"
 // conv (channels_last, 16-byte vectors) in one pass, reading grad_output once; returns false
 // (nothing launched) when the fused kernel does not apply.
 template <typename scalar_t>

@@ -744,9 +744,12 @@ struct TiledBwd {
   TiledShape shape;  // of the conv: x -> gy
 };
 
-// MK_DW_TILED=1 (read once per process) lets run_conv use the tiled kernel: off by default until a
-// GPU run has checked and timed it (benchmarks/diag_depthwise.py compares the two).
-bool tiled_enabled();
+// The largest stride the tiled kernels take, from MK_DW_TILED (read once per process): unset, 1:
+// at stride 1 they beat the default kernels on every layer timed (forward, weight gradient and
+// backward, 4-48 % less time; GPU run 4, H200, benchmarks/results/diag_depthwise_h200.json);
+// MK_DW_TILED=1: 2, where they took 5-15 % more time than the default kernels in that run;
+// MK_DW_TILED=0: 0, never. benchmarks/diag_depthwise.py compares them.
+int tiled_max_stride();
 
 // Runs the conv through the tiled kernel and returns true, or returns false (nothing launched) when
 // it does not apply: float64, K not in {3, 5}, S not in {1, 2}, or no plan (plan_tiled).
