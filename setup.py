@@ -86,7 +86,7 @@ def _default_max_jobs():
 def _shared_cxx_runtime_link_args():
     """Link _C against the C++ runtime torch has loaded, never a private static copy of it.
 
-    On the lent GPU image the compiler (/opt/gcc) linked libstdc++ statically into _C, and Python's
+    On the lent GPU image the C++ toolchain linked libstdc++ statically into _C, and Python's
     LDSHARED there carries -Wl,-Bsymbolic-functions: that copy's functions bound inside _C while its
     data (the locale facets' ids) resolved to the libstdc++.so libtorch had loaded, so the first
     c10::str that formatted an integer for an error message crashed the process (SIGSEGV in

@@ -7,24 +7,24 @@
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step):
-#   1. timeout_s 560: MK_SUITE_STEPS="build diag_dw bench_pw bench_pw_fused bench_block diag"
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="bench_model tests summary" MK_TESTS_LIMIT=...
-# Run 3 (an H200 at c5a8899) took ~30 s to start, ~10 s between warm calls, and 311 s to build
-# (most of it two CPU units, since split: single units now take at most ~1.5 minutes).
+#   1. timeout_s 560: MK_SUITE_STEPS="build tests diag summary" MK_TESTS_LIMIT=300
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="bench_depthwise ncu_dw"
+# Run 4 (an H200 at d156789) took ~30 s to start, ~10 s between warm calls and 163 s to build;
+# its step times are in benchmarks/results/gpu_diag_run4_h200.json.
 #
 # Steps, in the order they run: build check tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model loss_curves
 # diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, bench_model and
 # loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times
-# the depthwise forward, weight gradient and backward per layer with the default kernels and with the
-# shared-memory tiled kernels (MK_DW_TILED=1, off by default until a GPU run has checked them),
-# against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
+# the depthwise forward, weight gradient and backward per layer with the default kernels
+# (MK_DW_TILED=0) and with the shared-memory tiled kernels at every stride (MK_DW_TILED=1; by
+# default they take stride 1 only, where run 4 found them faster), against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
 # largest differences from cuDNN); ncu_dw (90 s) profiles one launch per layer of the tiled kernels
 # with ncu when ncu is there (report in suite.log).
 # tests_optin (90 s) runs the depthwise and pointwise ops' CUDA tests again with the opt-in kernels
-# on (MK_DW_TILED=1: the tiled depthwise kernels; MK_PW_FUSED=1: the tensor-core pointwise GEMM with
-# its epilogue, csrc/cuda/pointwise_gemm.cuh).
+# on (MK_DW_TILED=1: the tiled depthwise kernels at stride 2 too; MK_PW_FUSED=1: the tensor-core
+# pointwise GEMM with its epilogue, csrc/cuda/pointwise_gemm.cuh).
 # One lease call is at most 10 minutes: name a subset of steps that fits (each step's limit is below).
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
 # bias + activation + residual in the GEMM's epilogue), batch 256 at 224², bf16 channels_last, forward
@@ -114,7 +114,7 @@ step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED
   python_tests/test_depthwise_conv2d.py python_tests/test_pointwise_conv2d.py \
   python_tests/test_large_tensors.py::test_depthwise_conv2d \
   python_tests/test_large_tensors.py::test_depthwise_conv2d_bn_act_train "${PYTEST_ARGS[@]}" -k "cuda and not triton"
-step diag_dw 60 env MK_DW_ROW_REUSE=1 $PY benchmarks/diag_depthwise.py "$OUT"
+step diag_dw 60 env MK_DW_TILED=0 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
 if command -v ncu >/dev/null && want ncu_dw; then
   timeout 90 env MK_DW_TILED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
