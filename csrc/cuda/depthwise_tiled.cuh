@@ -30,9 +30,10 @@
 // kernels (depthwise_kernels.cuh).
 // Indexing: int64 memory offsets, int spatial coordinates (H, W + padding checked below 2^30).
 //
-// The kernel's only CUDA-specific constructs are threadIdx/blockIdx/blockDim, __syncthreads and
-// shared memory, so python_tests/cuda_emulation runs it on the host (one std::thread per CUDA
-// thread, a barrier for __syncthreads) to check its index math on machines without a GPU.
+// The kernel's only CUDA-specific constructs are threadIdx/blockIdx/blockDim, __syncthreads,
+// shared memory and cp.async (copy16_async), so python_tests/cuda_emulation runs it on the host
+// (one std::thread per CUDA thread, a barrier for __syncthreads, cp.async a plain copy) to check
+// its index math on machines without a GPU.
 #pragma once
 
 #include <algorithm>
@@ -105,25 +106,31 @@ __device__ __forceinline__ TiledThread tiled_thread(const TiledGeom& g) {
 
 // Stages the IH x IW input pixels from (ih0, iw0) of image n, zeros outside the image (the conv's
 // padding), into tile[pixel * cbv + vector]; a pixel's cbv vectors are adjacent in memory, so the
-// loads are coalesced. The caller synchronizes before (the previous tile's reads) and after.
+// loads are coalesced. The copies are asynchronous (copy16_async: cp.async, zero-filled outside
+// the image), so each thread has all of its share of the tile in flight at once instead of one
+// load per loop trip; the caller synchronizes before (the previous tile's reads) and, after
+// copy_async_wait<0>(), after: staged_barrier().
 template <typename scalar_t, int VEC>
 __device__ __forceinline__ void stage_tile(Vec<scalar_t, VEC>* tile, const scalar_t* __restrict__ x,
                                            const TiledGeom& g, const TiledThread& t, int64_t n, int ih0, int iw0,
                                            int IH, int IW) {
-  using V = Vec<scalar_t, VEC>;
   const scalar_t* xn = x + n * g.xsN + t.cb + t.sv * VEC;
   for (int p = t.p0; p < IH * IW; p += t.step) {
     const int ph = p / IW;
     const int ih = ih0 + ph;
     const int iw = iw0 + (p - ph * IW);
-    V val;
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) val.v[v] = scalar_t(0);
-    if (t.stages && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
-      val = *reinterpret_cast<const V*>(xn + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW);
-    }
-    tile[p * t.cbv + t.sv] = val;
+    const bool inside = t.stages && ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+    // Outside the image (or past C) nothing is read; x, the tensor's first element, is named then.
+    const scalar_t* src = inside ? xn + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW : x;
+    copy16_async(tile + p * t.cbv + t.sv, src, inside);
   }
+  copy_async_commit();
+}
+
+// After a block's stage_tile calls: waits for this thread's copies, then for the whole block's.
+__device__ __forceinline__ void staged_barrier() {
+  copy_async_wait<0>();
+  __syncthreads();
 }
 
 // Tile t of the flattened (image, tile row, tile column): its image and first output row/column.
@@ -224,7 +231,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     const TileOrigin o = tile_origin(g, tile_id);
     __syncthreads();  // the previous tile's reads are done
     stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
-    __syncthreads();
+    staged_barrier();
 
     if (t.computes) {
       acc_t acc[kTiledRW][CV];
@@ -367,7 +374,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     const TileOrigin o = tile_origin(g, tile_id);
     __syncthreads();
     stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
-    __syncthreads();
+    staged_barrier();
 
     const int oh = o.oh0 + t.row;
     if (t.computes && oh < g.OH) {
@@ -431,7 +438,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     const int ih0 = o.oh0 - shift_h, iw0 = o.ow0 - shift_w;  // (ih0 + pH), (iw0 + pW) even
     __syncthreads();
     stage_tile<scalar_t, VEC>(tile, gy, g, t, o.n, (ih0 + g.pH) / 2 - kHalf, (iw0 + g.pW) / 2 - kHalf, GH, GW);
-    __syncthreads();
+    staged_barrier();
 
     if (t.computes) {
       const acc_t zero[CV] = {};
@@ -517,7 +524,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     __syncthreads();
     stage_tile<scalar_t, VEC>(gtile, gy, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
     stage_tile<scalar_t, VEC>(xtile, x, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
-    __syncthreads();
+    staged_barrier();
 
     const int oh = o.oh0 + t.row;
     if (t.computes && oh < g.OH) {

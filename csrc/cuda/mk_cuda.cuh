@@ -1,6 +1,6 @@
-// Device helpers shared by the CUDA kernels (csrc/cuda/*.cu): 16-byte vectors, division by a
-// fixed divisor without a division instruction, and the activations as a runtime switch written
-// without IEEE division.
+// Device helpers shared by the CUDA kernels (csrc/cuda/*.cu): asynchronous 16-byte copies to shared
+// memory, 16-byte vectors, division by a fixed divisor without a division instruction, and the
+// activations as a runtime switch written without IEEE division.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -22,6 +22,48 @@ namespace cuda {
 #else
 #define MK_DYNAMIC_SMEM(name, align) inline unsigned char* name = nullptr
 #endif
+
+// 16 bytes global -> shared, asynchronous (cp.async.cg, sm_80+: L2 only, no registers held while
+// in flight, so a thread can have all its copies of a tile in flight at once), or 16 zero bytes
+// when !valid (src-size 0: nothing is read from src, which must still be a valid address). Both
+// addresses 16-byte aligned. Complete for this thread after copy_async_commit() and
+// copy_async_wait<N>(); for the block after a __syncthreads() that follows. The host emulation
+// (cuda_shim) defers each group's copies to the copy_async_wait that completes it, so a read
+// before the wait sees its poisoned shared memory; before sm_80 (no cp.async) a plain copy.
+#if !defined(MK_CUDA_EMULATION) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+#define MK_CP_ASYNC 1
+#else
+#define MK_CP_ASYNC 0
+#endif
+
+__device__ __forceinline__ void copy16_async(void* dst, const void* src, bool valid) {
+#if defined(MK_CUDA_EMULATION)
+  mk_emu::cp_async16(dst, src, valid);
+#elif MK_CP_ASYNC
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+#else
+  *static_cast<uint4*>(dst) = valid ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#endif
+}
+
+__device__ __forceinline__ void copy_async_commit() {
+#if defined(MK_CUDA_EMULATION)
+  mk_emu::cp_async_commit();
+#elif MK_CP_ASYNC
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most N committed groups of this thread are still in flight.
+template <int N>
+__device__ __forceinline__ void copy_async_wait() {
+#if defined(MK_CUDA_EMULATION)
+  mk_emu::cp_async_wait(N);
+#elif MK_CP_ASYNC
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {

@@ -25,7 +25,7 @@
 // Determinism: no atomics; a fixed tile -> block map and a fixed merge tree: bitwise repeatable.
 // Host emulation: python_tests/cuda_emulation/pw_gemm_host.cpp compiles this header with g++
 // against cuda_shim/ (its mma.h computes each fragment's whole tile per thread, lane 0 stores it;
-// cp.async is a plain copy) and checks the kernel against an fp64 reference on CPU boxes.
+// cp.async copies land at their wait) and checks the kernel against an fp64 reference on CPU boxes.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -156,35 +156,6 @@ template <>
 struct MmaType<at::BFloat16> {
   using type = __nv_bfloat16;
 };
-
-// 16 bytes global -> shared, asynchronous (cp.async.cg: L2 only, the operands are streamed), or 16
-// zero bytes when !valid (src-size 0: nothing is read from src).
-__device__ __forceinline__ void copy16_async(void* dst, const void* src, bool valid) {
-#ifndef MK_CUDA_EMULATION
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
-#else
-  if (valid) {
-    std::memcpy(dst, src, 16);
-  } else {
-    std::memset(dst, 0, 16);
-  }
-#endif
-}
-
-__device__ __forceinline__ void copy_async_commit() {
-#ifndef MK_CUDA_EMULATION
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-// Waits until at most N committed groups of this thread are still in flight.
-template <int N>
-__device__ __forceinline__ void copy_async_wait() {
-#ifndef MK_CUDA_EMULATION
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
 
 // The dynamic shared memory (GemmPlan::smem_bytes): the operand stages, then the accumulator tile.
 MK_DYNAMIC_SMEM(mk_pw_gemm_smem, 128);

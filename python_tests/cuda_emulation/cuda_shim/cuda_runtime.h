@@ -6,8 +6,8 @@
 // headers leave out their kernel launches (<<<...>>>, chan_stats.cuh) and declare the dynamic
 // shared memory as a pointer the launcher sets (depthwise_tiled.cuh, inverted_residual_block.cuh).
 // Inline PTX cannot run here: the rcp.approx.ftz.f64 of recip_ge1(double) (mk_cuda.cuh) calls
-// mk_emu::rcp_approx_ftz_f64 below under MK_CUDA_EMULATION, and pointwise_gemm.cuh's cp.async
-// copies are plain copies there. Tensor cores: mma.h (nvcuda::wmma); fp16/bf16 types:
+// mk_emu::rcp_approx_ftz_f64 below under MK_CUDA_EMULATION, and the cp.async copies of
+// mk_cuda.cuh (copy16_async) land at their wait (mk_emu::cp_async_wait below). Tensor cores: mma.h (nvcuda::wmma); fp16/bf16 types:
 // cuda_fp16.h / cuda_bf16.h (ATen's types, the same bits).
 // Include this header after the PyTorch headers (its macros must not reach them).
 #pragma once
@@ -29,6 +29,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -143,5 +144,33 @@ inline double rcp_approx_ftz_f64(double y) {
     std::memcpy(&q, &bits, sizeof bits);
   }
   return q;
+}
+
+// cp.async (copy16_async and friends, mk_cuda.cuh): every emulated CUDA thread is a std::thread
+// with its own queue of copies, grouped by commit; copy_async_wait<N> lands all but the newest N
+// committed groups. A kernel that reads staged shared memory before waiting reads the NaN poison,
+// and a block's copies never waited for are lost with its threads, as on a GPU.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  bool valid;  // false: 16 zero bytes, src not read
+};
+inline thread_local std::vector<std::vector<AsyncCopy>> async_groups(1);  // the last is still open
+
+inline void cp_async16(void* dst, const void* src, bool valid) { async_groups.back().push_back({dst, src, valid}); }
+
+inline void cp_async_commit() { async_groups.emplace_back(); }
+
+inline void cp_async_wait(int n) {
+  while (async_groups.size() - 1 > static_cast<size_t>(n)) {  // committed groups beyond the newest n
+    for (const AsyncCopy& c : async_groups.front()) {
+      if (c.valid) {
+        std::memcpy(c.dst, c.src, 16);
+      } else {
+        std::memset(c.dst, 0, 16);
+      }
+    }
+    async_groups.erase(async_groups.begin());
+  }
 }
 }  // namespace mk_emu
