@@ -8,7 +8,7 @@
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step):
 #   1. timeout_s 560: MK_SUITE_STEPS="build tests diag summary" MK_TESTS_LIMIT=300
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="bench_depthwise ncu_dw"
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="diag_dw bench_depthwise" (ncu_dw after)
 # Run 4 (an H200 at d156789) took ~30 s to start, ~10 s between warm calls and 163 s to build;
 # its step times are in benchmarks/results/gpu_diag_run4_h200.json.
 #
