@@ -11,14 +11,22 @@ throw that resolves them from two different runtimes is the usual way a C++ thro
 Then the compilers that built our extension and libtorch (their .comment sections).
 Before the cases, and cheaper than any debugger: which C++ runtimes and unwinders the process has
 mapped once torch and our extension are loaded (two different libstdc++ or libgcc_s is the classic
-cause; OpenMP runtimes listed too), where _C's own lookup finds __cxa_throw and _Unwind_RaiseException, and _C's NEEDED/RUNPATH.
+cause; OpenMP runtimes listed too), where _C's own lookup finds __cxa_throw and
+_Unwind_RaiseException, and _C's NEEDED/RUNPATH. (GPU run 4 found libstdc++ linked statically into
+_C this way: benchmarks/results/gpu_diag_run4_h200.json; setup.py links it dynamically since.)
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 import subprocess
 import sys
+
+# Our extension as built in place (the suite's build): _C*.so next to the package's sources.
+EXTENSION_FILES = glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mobilenet_kernels",
+                                         "_C*.so"))
 
 PRELUDE = "import torch\n"
 BAD_OP = (
@@ -63,11 +71,7 @@ def runtimes() -> str:
     r = subprocess.run([sys.executable, "-c", RUNTIMES], capture_output=True, text=True, timeout=120)
     lines = [r.stdout.strip() or (r.stderr.strip().splitlines() or ["(no output)"])[-1]]
     readelf = shutil.which("readelf")
-    import glob
-    import os
-
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mobilenet_kernels")
-    for lib in glob.glob(os.path.join(root, "_C*.so")) if readelf else []:
+    for lib in EXTENSION_FILES if readelf else []:
         d = subprocess.run([readelf, "-d", lib], capture_output=True, text=True).stdout
         lines += [line.strip() for line in d.splitlines() if "NEEDED" in line or "RUNPATH" in line or "RPATH" in line]
     return "\n".join(lines)
@@ -98,14 +102,9 @@ def native_backtrace(code: str) -> str:
 
 def compilers() -> str:
     """The .comment section (the compilers and versions) of our extension and of libtorch_cpu."""
-    import glob
-    import os
-
     import torch
 
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mobilenet_kernels")
-    libs = glob.glob(os.path.join(root, "_C*.so")) + glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib",
-                                                                          "libtorch_cpu.so"))
+    libs = EXTENSION_FILES + glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
     readelf = shutil.which("readelf")
     if readelf is None:
         return "(no readelf here)"

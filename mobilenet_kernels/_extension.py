@@ -39,7 +39,7 @@ def library_defining(symbol: str) -> str | None:
     e.g. ``library_defining("__cxa_throw")``: a C++ runtime symbol found in ``_C`` itself means a
     static copy of libstdc++ lives there (see setup.py: it crashed our error messages on a GPU image).
     None when ``_C`` is not loaded, the platform has no dladdr, or nothing defines the symbol."""
-    if not LOADED or not hasattr(ctypes, "CDLL"):
+    if not LOADED:
         return None
 
     class DlInfo(ctypes.Structure):

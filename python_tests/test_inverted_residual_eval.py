@@ -215,7 +215,7 @@ def _randomize_bn(module):
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_eval_block_uses_the_whole_block_kernel_and_matches(make, backend, device, monkeypatch):
     skip_unless_usable(backend, device)
-    # on CUDA tensors the "cuda" backend uses its block kernel only when asked (not yet timed on a GPU)
+    # on CUDA tensors the "cuda" backend uses its block kernel only when asked (slower, GPU run 4)
     monkeypatch.setattr(ir_module, "USE_CUDA_BLOCK_KERNEL", True)
     block, reference = make(backend).to(device).double(), make("torch").to(device).double()
     _randomize_bn(block)

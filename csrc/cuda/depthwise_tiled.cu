@@ -1,9 +1,9 @@
 // depthwise_conv2d forward, stride-2 grad_input and weight-gradient stage 1 through the
 // shared-memory tiled kernels (depthwise_tiled.cuh): the launcher depthwise_conv2d.cu calls them
 // for channels_last convs with 16-byte channel vectors, square K in {3, 5}, stride 1 or 2,
-// dilation 1 (stride 2 only with MK_DW_TILED=1; see tiled_max_stride). A file of its own so that its kernel instantiations (3 dtypes x
-// 2 K x (2 strides x (forward, statistics, weight gradient) + stride-2 grad_input)) compile in
-// parallel with the others.
+// dilation 1 (stride 2 only with MK_DW_TILED=1; see tiled_max_stride). A file of its own so that
+// its kernel instantiations (3 dtypes x 2 K x (2 strides x (forward, statistics, weight gradient)
+// + stride-2 grad_input)) compile in parallel with the others.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 

@@ -32,8 +32,8 @@
 //
 // The kernel's only CUDA-specific constructs are threadIdx/blockIdx/blockDim, __syncthreads,
 // shared memory and cp.async (copy16_async), so python_tests/cuda_emulation runs it on the host
-// (one std::thread per CUDA thread, a barrier for __syncthreads, cp.async a plain copy) to check
-// its index math on machines without a GPU.
+// (one std::thread per CUDA thread, a barrier for __syncthreads, each cp.async group's copies
+// landing at its wait) to check its index math on machines without a GPU.
 #pragma once
 
 #include <algorithm>

@@ -45,8 +45,10 @@
 //   output: such blocks run op by op); output channels up to 512 (MobileNets have at most 320);
 //   the halo rows are expanded once per tile (1.56x the expand FLOPs for 8x8 tiles at k3 s1);
 //   W_p and W_e are re-read from L2 by every tile. Checked on a GPU by the CUDA tests of
-//   python_tests/test_inverted_residual_eval.py (passed on an H200, GPU run 3; not yet timed),
-//   and on CPU boxes by a host emulation (python_tests/test_cuda_emulation.py).
+//   python_tests/test_inverted_residual_eval.py (passed on an H200, GPU run 3), and on CPU boxes
+//   by a host emulation (python_tests/test_cuda_emulation.py). Slow: 5-8x the eager op-by-op
+//   block's time at batch 256 in GPU run 4 (its 1x1 GEMMs on CUDA cores, no tensor cores;
+//   benchmarks/results/inverted_residual_h200.json), about even at batch 1.
 // The kernel and the plan of its launch live in inverted_residual_block.cuh (host-emulated by
 // python_tests/cuda_emulation); this file holds the entry point, the dispatch and the launch.
 #include <ATen/Dispatch.h>

@@ -4,8 +4,9 @@
 // into the output tensor), and the epilogue is a SECOND pass over the output, one fused vectorized
 // kernel that rewrites it in place. With MK_PW_FUSED=1, float16/bfloat16 channels_last convs with
 // whole 16-byte channel vectors run instead through our tensor-core GEMM with the epilogue (and the
-// statistics) in it (pointwise_gemm.cuh: one pass, one rounding); opt-in until a GPU run has
-// timed it (its GPU tests passed on an H200, run 3). The backward stays on cuBLAS.
+// statistics) in it (pointwise_gemm.cuh: one pass, one rounding); opt-in: correct on an H200 (run
+// 3), but its forward took 1.05x the time of cuBLAS + epilogue in run 4
+// (benchmarks/results/pointwise_conv2d_fused_h200.json). The backward stays on cuBLAS.
 //   channels_last: out (P = N*H*W, Cout) = x (P, Cin) . W^T, one at::mm_out on 2-D views;
 //   NCHW:          out[n] (Cout, H*W) = W . x[n] (Cin, H*W), one at::bmm_out with W expanded over
 //                  the batch (batch stride 0: ATen passes it to cublasGemmStridedBatched, no copy).
