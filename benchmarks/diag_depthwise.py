@@ -15,7 +15,8 @@ the weight gradient's, relative to cuDNN's largest |grad_weight|; cuda_bwd_max_r
 of grad_input's and grad_weight's, likewise). Prints a table and
 writes OUT/diag_depthwise.json (appending to an existing file, so the runs end up side by side).
 
-    python benchmarks/diag_depthwise.py OUT [--ncu]   # --ncu: one launch per layer, for ncu -k regex:depthwise
+    python benchmarks/diag_depthwise.py OUT [--ncu [--variants cudnn cuda_op ...]]
+    # --ncu: one launch of each variant (or of those named) per layer, untimed, for ncu
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--ncu", action="store_true", help="one launch of each variant per layer, no timing")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help="with --ncu: launch only these variants (cudnn, cuda_op, cuda_wgrad, cuda_bwd, ...)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("diag_depthwise: no CUDA device, nothing to do")
@@ -71,8 +74,12 @@ def main() -> int:
                                                               [True, True, False])[:2],
         }
         if args.ncu:
-            for fn in variants.values():
-                fn()
+            unknown = set(args.variants or ()) - set(variants)
+            if unknown:
+                parser.error(f"--variants: unknown {sorted(unknown)}; known: {sorted(variants)}")
+            for name, fn in variants.items():
+                if args.variants is None or name in args.variants:
+                    fn()
             torch.cuda.synchronize()
             continue
         out = variants["cudnn"]()

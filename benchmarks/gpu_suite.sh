@@ -20,8 +20,8 @@
 # the depthwise forward, weight gradient and backward per layer with the default kernels
 # (MK_DW_TILED=0) and with the shared-memory tiled kernels at every stride (MK_DW_TILED=1; by
 # default they take stride 1 only, where run 4 found them faster), against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
-# largest differences from cuDNN); ncu_dw (90 s) profiles one launch per layer of the tiled kernels
-# with ncu when ncu is there (report in suite.log).
+# largest differences from cuDNN); ncu_dw (2 x 50 s) profiles one launch per layer of cuDNN's
+# forward and of our default and tiled kernels with ncu when ncu is there (reports in suite.log).
 # tests_optin (90 s) runs the depthwise and pointwise ops' CUDA tests again with the opt-in kernels
 # on (MK_DW_TILED=1: the tiled depthwise kernels at stride 2 too; MK_PW_FUSED=1: the tensor-core
 # pointwise GEMM with its epilogue, csrc/cuda/pointwise_gemm.cuh).
@@ -116,11 +116,16 @@ step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED
   python_tests/test_large_tensors.py::test_depthwise_conv2d_bn_act_train "${PYTEST_ARGS[@]}" -k "cuda and not triton"
 step diag_dw 60 env MK_DW_TILED=0 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
-if command -v ncu >/dev/null && want ncu_dw; then
-  timeout 90 env MK_DW_TILED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
-    --section WarpStateStats -k regex:tiled_kernel $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
-    >>"$OUT/suite.log" 2>&1
-  echo "=== ncu rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
+# ncu_dw: what limits each depthwise kernel (issue 4). Two profiles of one launch per layer: the
+# forward by cuDNN and by our default kernels (MK_DW_TILED=0), then our forward and backward with
+# the tiled kernels at stride 1 (the default); cuDNN's kernel names vary by version, hence the
+# broad name filter. Reports in suite.log.
+NCU_DW=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+  --section MemoryWorkloadAnalysis -k "regex:conv|depthwise|tiled|xmma|cutlass|cudnn|nhwc" -c 24)
+if command -v ncu >/dev/null; then
+  step ncu_dw 50 env MK_DW_TILED=0 "${NCU_DW[@]}" $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
+    --variants cudnn cuda_op
+  step ncu_dw 50 "${NCU_DW[@]}" $PY benchmarks/diag_depthwise.py "$OUT" --ncu --variants cuda_op cuda_bwd
 fi
 step bench_se 90 $PY benchmarks/bench_squeeze_excite.py --quiet --no-autotune --out "$OUT" --name "squeeze_excite_${GPU_TAG}"
 BN=($PY benchmarks/bench_batch_norm_act.py --quiet --no-autotune --dtype bfloat16 --layout nhwc --out "$OUT")
@@ -134,7 +139,7 @@ step bench_pw 60 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune 
 step bench_pw_fused 60 env MK_PW_FUSED=1 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --no-compile --out "$OUT" \
   --name "pointwise_conv2d_fused_${GPU_TAG}"
 if command -v ncu >/dev/null && want ncu_pw; then
-  timeout 90 env MK_PW_FUSED=1 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
+  timeout 90 env MK_PW_FUSED=1 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
     --section MemoryWorkloadAnalysis -k regex:pointwise_gemm_kernel -c 16 $PY benchmarks/bench_pointwise_conv2d.py \
     --quiet --no-compile --mode forward --models mobilenet_v2 --out "$(mktemp -d)" >>"$OUT/suite.log" 2>&1
   echo "=== ncu_pw rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
