@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import apply_activation
+from .ops._common import output_memory_format
 
 
 @contextlib.contextmanager
@@ -98,7 +99,7 @@ def depthwise_conv2d_ref(
     dtype = torch.float64 if upcast else input.dtype
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     out = F.conv2d(cast(input), cast(weight), cast(bias), stride, padding, dilation, groups=input.shape[1])
-    return apply_activation(out, activation).to(input.dtype)
+    return _in_layout_of(input, apply_activation(out, activation).to(input.dtype))
 
 
 def pointwise_conv2d_ref(
@@ -117,7 +118,14 @@ def pointwise_conv2d_ref(
     out = apply_activation(F.conv2d(cast(input), cast(weight), cast(bias)), activation)
     if residual is not None:
         out = out + cast(residual)
-    return out.to(input.dtype)
+    return _in_layout_of(input, out.to(input.dtype))
+
+
+def _in_layout_of(input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` in the memory format our ops write for ``input`` (output_memory_format): F.conv2d
+    chooses its own on some paths (float64 channels_last on CUDA comes back NCHW), and the "torch"
+    backend keeps the promise every backend makes."""
+    return out.contiguous(memory_format=output_memory_format(input))
 
 
 def inverted_residual_eval_ref(

@@ -54,6 +54,20 @@ def assert_layout_kept(y, x):
         assert y.is_contiguous()
 
 
+def test_torch_backend_keeps_the_layout_where_conv2d_does_not(monkeypatch):
+    """F.conv2d picks its own output layout on some paths (float64 channels_last on CUDA comes back
+    NCHW; GPU run 5): the "torch" backend still writes the input's format, as every backend does."""
+    import mobilenet_kernels.reference as ref
+
+    conv2d = F.conv2d
+    monkeypatch.setattr(ref.F, "conv2d", lambda *a, **k: conv2d(*a, **k).contiguous())
+    x = make_input((2, 8, 5, 5), "channels_last", torch.float64, "cpu")
+    pw = MF.pointwise_conv2d(x, torch.randn(6, 8, 1, 1, dtype=torch.float64), activation="relu6", backend="torch")
+    dw = MF.depthwise_conv2d(x, torch.randn(8, 1, 3, 3, dtype=torch.float64), padding=1, backend="torch")
+    for y in (pw, dw):
+        assert_layout_kept(y, x)
+
+
 # ----------------------------------------------------------------------------- pointwise_conv2d
 
 
