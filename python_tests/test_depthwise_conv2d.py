@@ -137,7 +137,7 @@ def assert_conv_within_2x_torch(geometry, layout, dtype, device, backend):
 
 
 # channels_last layers whose channels fill 16-byte vectors (the CUDA vector paths, and the tiled
-# kernels of csrc/cuda/depthwise_tiled.cuh: stride 1, and stride 2 with MK_DW_TILED=1): k 3 and 5,
+# kernels of csrc/cuda/depthwise_tiled.cuh, unless MK_DW_TILED=0): k 3 and 5,
 # stride 1 and 2, odd and one-pixel images, channel counts that leave part of a channel block idle
 # (72 bf16 channels are 9 vectors: two blocks of 5), a larger image than one tile, padding 0 and the
 # "same" padding.

@@ -19,13 +19,13 @@
 // Indexing: int64 memory offsets; spatial coordinates in int, with H + 2*pad and W + 2*pad checked
 //          below 2^30 on the host. The activation is a uniform runtime switch in the epilogue (not a
 //          template parameter) to keep the number of kernel instantiations, and build time, down.
-// Tiled: channels_last convs with 16-byte vectors, square K in {3, 5}, equal strides 1 (2 as
-//          well with MK_DW_TILED=1; none with MK_DW_TILED=0) and dilation 1 (the forward, its
+// Tiled: channels_last convs with 16-byte vectors, square K in {3, 5}, equal strides 1 or 2
+//          (none with MK_DW_TILED=0) and dilation 1 (the forward, its
 //          statistics, grad_input: at stride 1 as a forward conv, at stride 2 split into parity
 //          phases, and the weight gradient's stage 1; for stride-1 "same" convs grad_input and the
 //          weight gradient in one pass) run the shared-memory tiled kernels of depthwise_tiled.cuh
-//          instead: faster than the default kernels at stride 1, slower at stride 2 (GPU run 4);
-//          their GPU tests passed on an H200 (run 3).
+//          instead: faster than the default kernels at both strides (GPU run 5, H200); their GPU
+//          tests passed on an H200 (runs 3 and 5).
 // Limits: the default kernels have no shared-memory input tiles (reuse across rows from L1/L2);
 //          grad_input at stride > 1 tests each tap for stride divisibility (no parity-phase
 //          split); the weight gradient loads every tap from L1 (L1-bound for k5/k7); grad_input
@@ -109,7 +109,7 @@ void launch_fwd_k(const ConvLaunch<scalar_t>& L, const Geom& g, int K) {
 }
 
 // Whether the tiled kernels (depthwise_tiled.cuh) may take the conv g: a square kernel, equal
-// strides up to tiled_max_stride() (1 by default, 2 with MK_DW_TILED=1, 0 with MK_DW_TILED=0),
+// strides up to tiled_max_stride() (2, or 0 with MK_DW_TILED=0),
 // dilation 1. Each run_tiled_* checks the rest (its K and stride, the plan).
 bool tiled_candidate(const Geom& g) {
   return g.kH == g.kW && g.sH == g.sW && g.sH <= tiled_max_stride() && g.dH == 1 && g.dW == 1;

@@ -1,7 +1,7 @@
 // depthwise_conv2d forward, stride-2 grad_input and weight-gradient stage 1 through the
 // shared-memory tiled kernels (depthwise_tiled.cuh): the launcher depthwise_conv2d.cu calls them
 // for channels_last convs with 16-byte channel vectors, square K in {3, 5}, stride 1 or 2,
-// dilation 1 (stride 2 only with MK_DW_TILED=1; see tiled_max_stride). A file of its own so that
+// dilation 1 (none with MK_DW_TILED=0; see tiled_max_stride). A file of its own so that
 // its kernel instantiations (3 dtypes x 2 K x (2 strides x (forward, statistics, weight gradient)
 // + stride-2 grad_input)) compile in parallel with the others.
 #include <ATen/OpMathType.h>
@@ -99,7 +99,7 @@ at::Tensor wgrad_partials(const TiledPlan& p, const TiledShape& s, bool bias, co
 }  // namespace
 
 int tiled_max_stride() {
-  static const int stride = env_is("MK_DW_TILED", "0") ? 0 : env_is("MK_DW_TILED", "1") ? 2 : 1;
+  static const int stride = env_is("MK_DW_TILED", "0") ? 0 : 2;
   return stride;
 }
 

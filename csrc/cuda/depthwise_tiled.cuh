@@ -751,11 +751,11 @@ struct TiledBwd {
   TiledShape shape;  // of the conv: x -> gy
 };
 
-// The largest stride the tiled kernels take, from MK_DW_TILED (read once per process): unset, 1:
-// at stride 1 they beat the default kernels on every layer timed (forward, weight gradient and
-// backward, 4-48 % less time; GPU run 4, H200, benchmarks/results/diag_depthwise_h200.json);
-// MK_DW_TILED=1: 2, where they took 5-15 % more time than the default kernels in that run;
-// MK_DW_TILED=0: 0, never. benchmarks/diag_depthwise.py compares them.
+// The largest stride the tiled kernels take, from MK_DW_TILED (read once per process): 2 (every
+// stride they have), unless MK_DW_TILED=0: 0, never. With their cp.async staging they beat the
+// default kernels on every layer timed, stride 2 included (GPU run 5, H200: forward 20-43 %,
+// weight gradient 23-53 %, backward 12-58 % less time; benchmarks/results/diag_depthwise_h200.json;
+// in run 4, before cp.async, they lost at stride 2). benchmarks/diag_depthwise.py compares them.
 int tiled_max_stride();
 
 // Runs the conv through the tiled kernel and returns true, or returns false (nothing launched) when

@@ -13,7 +13,7 @@
 // launch_fwd_k; then the emulated launches (emulation.h), with every input inside NaN guard zones,
 // the outputs (NaN) inside sentinel guard zones and the partials starting as NaN: a missed bounds
 // check, an element left unwritten or a write outside an output shows. Two differences: the tiled
-// kernels (taken at stride 1 by default, see MK_DW_TILED) are not (dw_tiled_host.cpp emulates
+// kernels (taken at strides 1 and 2 by default, see MK_DW_TILED) are not (dw_tiled_host.cpp emulates
 // them), and the row reuse switch (MK_DW_ROW_REUSE, read by the CUDA code) is an argument here, on
 // by default as there. check_geometry's limits (2^30 pixels, 65534 taps) are not reached by the
 // tests.
