@@ -3,12 +3,12 @@
 Times, per reference layer (bf16, channels_last, batch 256): the forward by cuDNN (F.conv2d), our
 CUDA op called directly (torch.ops, no Python wrapper), our functional API (checks + autograd
 wrapper), and the Triton op; the weight gradient alone and the backward (grad_input and
-grad_weight: the tiled fused kernel at stride 1 unless MK_DW_TILED=0) by cuDNN (aten.convolution_backward)
+grad_weight: the tiled kernels unless MK_DW_TILED=0) by cuDNN (aten.convolution_backward)
 and by our CUDA backward op; with triton.testing.do_bench (L2 flushed) and do_bench_cudagraph
 (launch gaps removed).
 Run it with MK_DW_TILED=0 (the default kernels; MK_DW_ROW_REUSE=0 as well for the generic one
-instead of the stride-1 row-reuse kernel), unset (the shared-memory tiled kernels of
-csrc/cuda/depthwise_tiled.cuh at stride 1, the default) and MK_DW_TILED=1 (tiled at stride 2 too);
+instead of the stride-1 row-reuse kernel) and unset (the shared-memory tiled kernels of
+csrc/cuda/depthwise_tiled.cuh at strides 1 and 2, the default; MK_DW_TILED=1 is the same);
 the rows carry the settings and the CUDA op's largest difference from cuDNN (cuda_max_abs_diff; both
 round an fp32 sum to bf16 once, so a few bf16 ulps of the output at most; cuda_wgrad_max_rel_diff:
 the weight gradient's, relative to cuDNN's largest |grad_weight|; cuda_bwd_max_rel_diff: the larger
@@ -49,7 +49,7 @@ def main() -> int:
     import triton.testing
 
     reuse = os.environ.get("MK_DW_ROW_REUSE", "1")
-    tiled = os.environ.get("MK_DW_TILED", "stride 1")  # the CUDA code's default when unset
+    tiled = os.environ.get("MK_DW_TILED", "1")  # the CUDA code's default when unset: tiled
     ns = torch.ops.mobilenet_kernels
     rows = []
     for C, H, k, s in LAYERS:
@@ -101,7 +101,8 @@ def main() -> int:
         print(" ".join(f"{key}={val:.4g}" if isinstance(val, float) else f"{key}={val}" for key, val in row.items()), flush=True)
     if rows:
         path = os.path.join(args.out, "diag_depthwise.json")
-        record = json.load(open(path)) if os.path.exists(path) else {"environment": environment("cuda"), "rows": []}
+        record = json.load(open(path)) if os.path.exists(path) else {
+            "environment": environment("cuda"), "op": "depthwise_conv2d_diagnostics", "rows": []}
         record["rows"] += rows
         with open(path, "w") as f:
             json.dump(record, f, indent=1)

@@ -7,24 +7,23 @@
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step):
-#   1. timeout_s 560: MK_SUITE_STEPS="build tests diag summary" MK_TESTS_LIMIT=300
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="diag_dw bench_depthwise" (ncu_dw after)
-# Run 4 (an H200 at d156789) took ~30 s to start, ~10 s between warm calls and 163 s to build;
-# its step times are in benchmarks/results/gpu_diag_run4_h200.json.
-#
+#   1. timeout_s 590: MK_SUITE_STEPS="build diag_dw ncu_dw bench_depthwise bench_model"
+#      MK_LIMIT_bench_depthwise=110 MK_LIMIT_bench_model=150
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="tests tests_optin summary" MK_TESTS_LIMIT=...
+# Run 5 (an H200 at fa04ee6) took ~40 s to start, ~10 s between warm calls and 155 s to build;
+# its step times are in benchmarks/results/gpu_tests_run5_h200.json.
 # Steps, in the order they run: build check tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model loss_curves
 # diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, bench_model and
 # loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times
 # the depthwise forward, weight gradient and backward per layer with the default kernels
-# (MK_DW_TILED=0) and with the shared-memory tiled kernels at every stride (MK_DW_TILED=1; by
-# default they take stride 1 only, where run 4 found them faster), against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
+# (MK_DW_TILED=0) and with the shared-memory tiled kernels (MK_DW_TILED=1, the default), against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
 # largest differences from cuDNN); ncu_dw (2 x 50 s) profiles one launch per layer of cuDNN's
 # forward and of our default and tiled kernels with ncu when ncu is there (reports in suite.log).
-# tests_optin (90 s) runs the depthwise and pointwise ops' CUDA tests again with the opt-in kernels
-# on (MK_DW_TILED=1: the tiled depthwise kernels at stride 2 too; MK_PW_FUSED=1: the tensor-core
-# pointwise GEMM with its epilogue, csrc/cuda/pointwise_gemm.cuh).
+# tests_optin (90 s) runs the depthwise and pointwise ops' CUDA tests again with the other kernels:
+# MK_DW_TILED=0 (the default depthwise kernels, which the tiled ones replace where they apply) and
+# MK_PW_FUSED=1 (the opt-in tensor-core pointwise GEMM with its epilogue, csrc/cuda/pointwise_gemm.cuh).
 # One lease call is at most 10 minutes: name a subset of steps that fits (each step's limit is below).
 # bench_pw (60 s): pointwise_conv2d over the 1x1 convs of V3-Large and V2 (expand/project, BN folded;
 # bias + activation + residual in the GEMM's epilogue), batch 256 at 224², bf16 channels_last, forward
@@ -110,7 +109,7 @@ for t in $FIRST; do TEST_FILES+=("python_tests/test_$t.py"); done
 for f in python_tests/test_*.py; do [[ " ${TEST_FILES[*]} " == *" $f "* ]] || TEST_FILES+=("$f"); done
 step tests ${MK_TESTS_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest "${TEST_FILES[@]}" "${PYTEST_ARGS[@]}" \
   --durations=20 --junitxml="$JUNIT"
-step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED=1 MK_PW_FUSED=1 $PY -m pytest \
+step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED=0 MK_PW_FUSED=1 $PY -m pytest \
   python_tests/test_depthwise_conv2d.py python_tests/test_pointwise_conv2d.py \
   python_tests/test_large_tensors.py::test_depthwise_conv2d \
   python_tests/test_large_tensors.py::test_depthwise_conv2d_bn_act_train "${PYTEST_ARGS[@]}" -k "cuda and not triton"
@@ -118,14 +117,16 @@ step diag_dw 60 env MK_DW_TILED=0 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
 # ncu_dw: what limits each depthwise kernel (issue 4). Two profiles of one launch per layer: the
 # forward by cuDNN and by our default kernels (MK_DW_TILED=0), then our forward and backward with
-# the tiled kernels at stride 1 (the default); cuDNN's kernel names vary by version, hence the
+# the tiled kernels (the default); cuDNN's kernel names vary by version, hence the
 # broad name filter. Reports in suite.log.
 NCU_DW=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
   --section MemoryWorkloadAnalysis -k "regex:conv|depthwise|tiled|xmma|cutlass|cudnn|nhwc" -c 24)
 if command -v ncu >/dev/null; then
   step ncu_dw 50 env MK_DW_TILED=0 "${NCU_DW[@]}" $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
     --variants cudnn cuda_op
-  step ncu_dw 50 "${NCU_DW[@]}" $PY benchmarks/diag_depthwise.py "$OUT" --ncu --variants cuda_op cuda_bwd
+  # the tiled kernels' stall reasons (run 5 had WarpStateStats' summary only) and instruction count
+  step ncu_dw 50 "${NCU_DW[@]}" --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum" \
+    $PY benchmarks/diag_depthwise.py "$OUT" --ncu --variants cuda_op cuda_bwd
 fi
 step bench_se 90 $PY benchmarks/bench_squeeze_excite.py --quiet --no-autotune --out "$OUT" --name "squeeze_excite_${GPU_TAG}"
 BN=($PY benchmarks/bench_batch_norm_act.py --quiet --no-autotune --dtype bfloat16 --layout nhwc --out "$OUT")

@@ -16,6 +16,7 @@ import platform
 import signal
 import subprocess
 import sys
+import time
 from typing import Callable, Iterable
 
 import torch
@@ -115,7 +116,7 @@ def time_ms(fn: Callable[[], object], device: str, *, warmup_ms: float = 25, rep
         import triton.testing
 
         p20, p50, p80 = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.2, 0.5, 0.8])
-        return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80}
+        return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "host_ms": host_ms(fn, p50)}
     from torch.utils.benchmark import Timer
 
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
@@ -124,10 +125,27 @@ def time_ms(fn: Callable[[], object], device: str, *, warmup_ms: float = 25, rep
     return {"p20_ms": q.quantile(0.2).item(), "p50_ms": m.median * 1e3, "p80_ms": q.quantile(0.8).item()}
 
 
+def host_ms(fn: Callable[[], object], gpu_ms: float, calls: int = 32) -> float:
+    """Host (Python + launch) time of one ``fn()`` call on CUDA: ``calls`` calls enqueued back to
+    back on an idle GPU, timed on the host without waiting for the GPU (no timing tool measures
+    enqueueing alone). At or above the GPU time (``gpu_ms``, do_bench's median), the GPU waits for
+    the host: the case is host-bound, and a CUDA graph or torch.compile would change its time.
+    Fewer calls for long ones, so as not to fill the launch queue (1024 launches) and block."""
+    calls = max(4, min(calls, int(100 / max(gpu_ms, 1e-3))))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed * 1e3 / calls
+
+
 def measure(row: dict, name: str, call: Callable[[], object], device: str, bytes_moved: int,
             peak: float | None, copy_bw: float | None) -> None:
-    """Time ``call`` as provider ``name`` into ``row``: p20/p50/p80 ms, GB/s, % of the datasheet peak
-    and of the measured copy bandwidth; a provider that cannot run the case is recorded, not fatal."""
+    """Time ``call`` as provider ``name`` into ``row``: p20/p50/p80 ms (and host_ms on CUDA), GB/s, %
+    of the datasheet peak and of the measured copy bandwidth; a provider that cannot run the case
+    is recorded, not fatal."""
     try:
         t = time_ms(call, device)
     except Exception as exc:
