@@ -86,8 +86,9 @@ def make_case(N, C, H, W, K, dtype, *, bias, x_pad_w=0):
     return x, w, taps, b
 
 
-def run(emu, x, taps, b, K, S, pH, pW, act, stats):
-    y, pn, pm, pm2, info = emu.run(x, taps, b if b is not None else torch.empty(0), K, S, pH, pW, ACT[act], stats)
+def run(emu, x, taps, b, K, S, pH, pW, act, stats, min_blocks=-1):
+    y, pn, pm, pm2, info = emu.run(x, taps, b if b is not None else torch.empty(0), K, S, pH, pW, ACT[act], stats,
+                                   min_blocks)
     TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
     N, C, H, W = x.shape
     OH, OW = (H + 2 * pH - K) // S + 1, (W + 2 * pW - K) // S + 1
@@ -96,7 +97,7 @@ def run(emu, x, taps, b, K, S, pH, pW, act, stats):
     lanes = VEC[x.dtype] // min(VEC[x.dtype], 4)  # threads per channel vector
     assert TW == strips * 4 and 1 <= TH <= OH and tx == cbv * lanes and tx * ty <= 256 and ty >= TH * strips, where
     assert tiles == N * math.ceil(OH / TH) * math.ceil(OW / TW) and blocks_x == math.ceil(tiles / R), where
-    assert blocks_y == math.ceil(C // VEC[x.dtype] / cbv) and smem <= 24 * 1024, where
+    assert blocks_y == math.ceil(C // VEC[x.dtype] / cbv) and smem <= 48 * 1024, where  # two buffers
     assert not y.isnan().any(), f"output elements left unwritten: {where}"
     return y, (pn, pm, pm2), info, where
 
@@ -176,6 +177,31 @@ def test_multi_tile_and_strides(emu, case, act):
         torch.testing.assert_close(y.double(), reference(x, w, b, S, (pH, pW), act), rtol=2e-5, atol=2e-5, msg=where)
     else:
         assert_matches(y, reference(x, w, b, S, (pH, pW), act), dtype, where)
+
+
+def double_buffered_run(emu, case) -> int:
+    """Runs MULTI_TILE ``case`` with blocks of one tile and with blocks of several tiles (the
+    forward's plan at large batches: tile i + 1 staged into the other buffer while tile i is
+    computed); checks the outputs are equal bit for bit; returns the tiles per block."""
+    dtype, N, C, H, W, K, S, pH, pW, x_pad_w = case
+    x, w, taps, b = make_case(N, C, H, W, K, dtype, bias=True, x_pad_w=x_pad_w)
+    y1, _, info1, _ = run(emu, x, taps, b, K, S, pH, pW, "hardswish", False)
+    y, _, info, where = run(emu, x, taps, b, K, S, pH, pW, "hardswish", False, min_blocks=0)
+    TH, TW, R, tiles = info[0], info[1], info[3], info[4]
+    assert info1[3] == 1 and R == min(tiles, math.ceil(512 / (TH * TW))) and info[5] == math.ceil(tiles / R), where
+    assert torch.equal(y, y1), where
+    return R
+
+
+@pytest.mark.parametrize("case", MULTI_TILE, ids=lambda c: f"{c[0]}-N{c[1]}C{c[2]}-{c[3]}x{c[4]}-k{c[5]}s{c[6]}")
+def test_double_buffered_blocks_give_the_same_output(emu, case):
+    double_buffered_run(emu, case)
+
+
+def test_double_buffered_cases_have_several_tiles_per_block(emu):
+    """The cases above do exercise blocks of several tiles (the bf16/fp16 ones: 4 and more)."""
+    Rs = [double_buffered_run(emu, case) for case in MULTI_TILE[2:4]]
+    assert min(Rs) >= 2, Rs
 
 
 def chan_merge_all(pn, pm, pm2):
@@ -397,6 +423,8 @@ def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
                 assert blocks_x <= 2048 + 1 and (R * TH * TW >= 256 or R == tiles), where
             elif kind in ("wgrad", "bwd_fused"):
                 assert blocks_x <= 1024 + 1 and (R * TH * TW >= 512 or R == tiles), where
+            elif kind == "forward":  # several tiles per block, double-buffered, while 1024 blocks remain
+                assert R <= max(1, math.ceil(512 / (TH * TW))) and (R == 1 or blocks_x * blocks_y >= 1024), where
             else:
                 assert R == 1, where
 

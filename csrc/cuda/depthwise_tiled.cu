@@ -6,7 +6,10 @@
 // + stride-2 grad_input)) compile in parallel with the others.
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 
+#include <atomic>
+#include <cstdint>
 #include <type_traits>
 
 #include "depthwise_tiled.cuh"
@@ -15,13 +18,27 @@ namespace mobilenet_kernels {
 namespace cuda {
 namespace {
 
+// The statistics kernel holds block_merge_write's static shared memory (9 KB) besides its two
+// staged buffers (up to 2 * kTiledSmemBytes): more than the 48 KB a kernel gets without opting in.
+// Once per device (a function attribute is per device).
+template <typename Kernel>
+void allow_double_buffers(Kernel kernel) {
+  static std::atomic<uint64_t> done{0};
+  const uint64_t bit = uint64_t(1) << (c10::cuda::current_device() % 64);
+  if ((done.load() & bit) == 0) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * kTiledSmemBytes));
+    done.fetch_or(bit);
+  }
+}
+
 template <typename scalar_t, int VEC, int K, int S, bool kStats>
 void launch(const TiledPlan& p, const TiledConv& c) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t* part = kStats ? c.part->data_ptr<acc_t>() : nullptr;
   const int64_t stride = kStats ? c.part->size(1) * c.part->size(2) : 0;  // (3, blocks_x, C)
-  depthwise_conv2d_fwd_tiled_kernel<scalar_t, acc_t, VEC, K, S, kStats>
-      <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
+  const auto kernel = depthwise_conv2d_fwd_tiled_kernel<scalar_t, acc_t, VEC, K, S, kStats>;
+  if constexpr (kStats) allow_double_buffers(kernel);
+  kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(),
           c.bias->defined() ? c.bias->data_ptr<acc_t>() : nullptr, p.g, c.act, part,
           kStats ? part + stride : nullptr, kStats ? part + 2 * stride : nullptr);

@@ -17,8 +17,11 @@
 // from L2), instead of once per kernel row as in depthwise_conv2d_fwd_kernel
 // (depthwise_kernels.cuh).
 // A block walks R consecutive tiles of the same channels (R > 1 for the statistics, so that a
-// partial covers enough outputs); the statistics epilogue is the one of the other kernels
-// (ShiftedSums + block_merge_write, chan_stats.cuh), with one partial per block.
+// partial covers enough outputs, and for the forward at large batches) with two staging buffers:
+// tile i + 1's cp.async copies are in flight while tile i is computed. GPU run 5's profile (ncu)
+// showed one-tile blocks latency-bound, staging and computing in turn. The statistics epilogue is
+// the one of the other kernels (ShiftedSums + block_merge_write, chan_stats.cuh), one partial per
+// block.
 // The weight gradient's stage 1 (depthwise_conv2d_bwd_weight_tiled_kernel) stages the same input
 // tiles and reads grad_output instead of writing y: each staged value serves all K * K taps' sums.
 // grad_input of a stride-2 conv (depthwise_conv2d_bwd_input_s2_tiled_kernel) stages grad_output
@@ -50,7 +53,7 @@ constexpr int kTiledRW = 4;             // output columns per thread
 constexpr int kTiledCV = 4;             // channels per thread (at most: VEC for float64)
 constexpr int kTiledMaxThreads = 256;   // threads per block, at most
 constexpr int kTiledMaxVectors = 8;     // channel vectors per block, at most
-constexpr int kTiledSmemBytes = 24 * 1024;  // staged tile, at most (kStats adds 9 KB static)
+constexpr int kTiledSmemBytes = 24 * 1024;  // staged footprints of a block, at most (see TiledWork)
 
 // The geometry of one tiled launch. Strides in elements; the channel stride is 1.
 struct TiledGeom {
@@ -197,7 +200,8 @@ __device__ __forceinline__ void load_row_weights(const acc_t* __restrict__ w, in
 }
 
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
-// ptxas (CUDA 13, sm_90) gives 72-96 registers for 16-bit types, 90-116 for float, no spills.
+// ptxas (CUDA 13, sm_90), double-buffered: 72-80 registers for 16-bit types (95-107 with the
+// statistics), 80-95 for float (96-112), no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K, int S, bool kStats>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_fwd_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -215,10 +219,11 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   using V = Vec<scalar_t, VEC>;
   using VC = Vec<scalar_t, CV>;
   constexpr int kSpan = (kTiledRW - 1) * S + K;  // input columns one thread's strip reads per row
-  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [(IH * IW) pixels][cbv vectors]
+  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [2 buffers][(IH * IW) pixels][cbv vectors]
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int IH = (g.TH - 1) * S + K;
   const int IW = (g.TW - 1) * S + K;
+  const int buffer = IH * IW * t.cbv;  // vectors per staged footprint
   ShiftedSums<acc_t, CV> stats;  // kStats: this thread's outputs, as stored
 
   acc_t b[CV];
@@ -226,12 +231,26 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   for (int v = 0; v < CV; ++v) b[v] = acc_t(0);
   if (bias != nullptr && t.active) load_vec<CV>(bias + t.c0, b);
 
+  // Double-buffered: tile i + 1's copies are in flight while tile i is computed, from the other
+  // buffer (tiles i, i + 2, ... in buffer 0). Every thread commits one group per tile, empty after
+  // the last, so copy_async_wait<1> leaves exactly the next tile's copies in flight.
   const TileRange tiles = block_tiles(g);
-  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
+  const auto stage = [&](int64_t tile_id, V* buf) {
     const TileOrigin o = tile_origin(g, tile_id);
-    __syncthreads();  // the previous tile's reads are done
-    stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
-    staged_barrier();
+    stage_tile<scalar_t, VEC>(buf, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
+  };
+  if (tiles.begin < tiles.end) stage(tiles.begin, tile);
+  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
+    const int parity = static_cast<int>((tile_id - tiles.begin) & 1);
+    if (tile_id + 1 < tiles.end) {
+      stage(tile_id + 1, tile + (1 - parity) * buffer);  // its buffer's reads ended at the last barrier
+    } else {
+      copy_async_commit();
+    }
+    copy_async_wait<1>();
+    __syncthreads();  // every thread's copies of this tile have landed
+    const V* cur = tile + parity * buffer;
+    const TileOrigin o = tile_origin(g, tile_id);
 
     if (t.computes) {
       acc_t acc[kTiledRW][CV];
@@ -243,7 +262,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         acc_t wr[K][CV];
         load_row_weights<K, CV>(w, kh, g.C, t.c0, wr);
         // This thread's part of tile pixel q: VC element (q * cbv + cv) * kLanes + lane.
-        const VC* src = reinterpret_cast<const VC*>(tile) +
+        const VC* src = reinterpret_cast<const VC*>(cur) +
                         (((t.row * S + kh) * IW + t.col0 * S) * t.cbv + t.cv) * kLanes + t.lane;
         feed_staged_row<K, kSpan, acc_t, CV>(
             src, t.cbv * kLanes, [](int i, int j) { return i - j * S; }, [&](int j, int kw, const acc_t(&xv)[CV]) {
@@ -261,6 +280,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         }
       }
     }
+    __syncthreads();  // this tile's reads are done: the next trip stages tile + 2 into its buffer
   }
   if constexpr (kStats) {
     block_merge_write<kTiledMaxThreads>(stats, t.active, threadIdx.y, blockDim.y, blockDim.x, blockIdx.x, t.c0, g.C,
@@ -579,18 +599,27 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 
 // What a launch asks of plan_tiled: `cv` channels per thread, and how many consecutive tiles a block
 // walks: one when min_outputs is 0, else enough for min_outputs outputs per block and at most
-// max_blocks blocks along x (the number of partials per channel). Shape-derived only: deterministic.
+// max_blocks blocks along x (the number of partials per channel), and, when min_blocks > 0, not
+// so many that fewer than min_blocks blocks remain (a small batch keeps its parallelism).
+// Shape-derived only: deterministic.
 // `dgrad_s2`: the stride-2 grad_input kernel, whose footprint is ((TH - 1) / 2 + (K - 1) / 2 + 1)
 // rows (likewise columns) of the read tensor and whose tiles are shifted by the padding's parity.
-// `footprints`: staged tiles per block (2 for the fused backward: grad_output's and the input's).
+// `footprints`: staged tiles per block (2 for the fused backward: grad_output's and the input's; 2
+// for the double-buffered forward: this tile's and the next one's), within `smem` bytes in all.
 struct TiledWork {
   int cv;
   int64_t min_outputs, max_blocks;
   bool dgrad_s2;
   int footprints;
+  int smem = kTiledSmemBytes;
+  int64_t min_blocks = 0;
 };
-constexpr TiledWork kTiledForward{kTiledCV, 0, 0, false, 1};
-constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 1};  // a statistics partial per block
+// The forward: double-buffered, at least 512 outputs (4 tiles of 16 x 8) per block where the grid
+// keeps 1024 blocks, each buffer within kTiledSmemBytes (48 KB in all, the most a kernel gets
+// without opting in; with statistics the kernel also holds block_merge_write's 9 KB of static
+// shared memory, and its launcher opts in: depthwise_tiled.cu).
+constexpr TiledWork kTiledForward{kTiledCV, 512, int64_t(1) << 40, false, 2, 2 * kTiledSmemBytes, 1024};
+constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 2, 2 * kTiledSmemBytes};  // a partial per block
 constexpr TiledWork kTiledDgradS2{kTiledCV, 0, 0, true, 1};
 constexpr TiledWork kTiledBwdFused{kTiledFusedCV, 512, 1024, false, 2};
 inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024, false, 1}; }
@@ -601,7 +630,7 @@ inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024,
 // C % vec == 0.
 // Tile: up to 8 channel vectors (spread evenly over the channel blocks; vec / cv threads each; fewer
 // where that gives more threads), 2 strips (8 columns) and as many rows as 256 threads allow,
-// halved until the footprint fits kTiledSmemBytes; rows and strips clipped to the output.
+// halved until the footprints fit work.smem; rows and strips clipped to the output.
 struct TiledPlan {
   TiledGeom g;
   unsigned cbv;                // channel vectors per block
@@ -638,8 +667,8 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
     int ty_max = 1;
     while (ty_max * 2 * c * lanes <= kTiledMaxThreads) ty_max *= 2;
     int th = std::min(OHc, std::max(1, ty_max / strips));
-    while (th > 1 && bytes(th, c) > kTiledSmemBytes) th = (th + 1) / 2;
-    if (bytes(th, c) > kTiledSmemBytes) continue;
+    while (th > 1 && bytes(th, c) > static_cast<size_t>(work.smem)) th = (th + 1) / 2;
+    if (bytes(th, c) > static_cast<size_t>(work.smem)) continue;
     unsigned t = 1;
     while (t < static_cast<unsigned>(th * strips)) t *= 2;
     if (cbv == 0 || c * lanes * t > cbv * lanes * ty) {
@@ -664,18 +693,20 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   g.tiles_h = static_cast<int>(ceil_div(OHc, TH));
   g.tiles_w = static_cast<int>(ceil_div(OWc, TW));
   g.tiles = N * g.tiles_h * g.tiles_w;
+  const int64_t blocks_y = ceil_div(cvecs, cbv);
   int64_t R = 1;
   if (work.min_outputs > 0) {
     R = std::min(g.tiles, std::max(ceil_div(g.tiles, work.max_blocks),
                                    ceil_div(work.min_outputs, static_cast<int64_t>(TH) * TW)));
   }
+  if (work.min_blocks > 0) R = std::max<int64_t>(1, std::min(R, g.tiles * blocks_y / work.min_blocks));
   if (R > (int64_t(1) << 30)) return false;
   g.R = static_cast<int>(R);
   plan.cbv = static_cast<unsigned>(cbv);
   plan.tx = static_cast<unsigned>(cbv * lanes);
   plan.ty = ty;
   plan.blocks_x = ceil_div(g.tiles, R);
-  plan.blocks_y = ceil_div(cvecs, cbv);
+  plan.blocks_y = blocks_y;
   plan.smem = bytes(TH, cbv);
   return plan.blocks_x <= 2147483647 && plan.blocks_y <= 65535;
 }

@@ -113,12 +113,13 @@ mkc::TiledPlan plan_or_raise(const at::Tensor& x, const at::Tensor& y, int64_t K
 }
 
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
-// when `stats`. Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
+// when `stats`; min_blocks >= 0 replaces the plan's TiledWork::min_blocks (0: blocks of several
+// tiles, double-buffered, also for the small shapes of the tests). Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
 // tiles, blocks_x, blocks_y, cbv, tx, ty, smem]; the partials are empty without stats. Raises when
 // plan_tiled rejects the conv.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>> run(
     const at::Tensor& x_in, const at::Tensor& weight_taps, const at::Tensor& bias, int64_t K, int64_t S, int64_t pH,
-    int64_t pW, int64_t act_code, bool stats) {
+    int64_t pW, int64_t act_code, bool stats, int64_t min_blocks) {
   const at::Tensor x = guarded_input(x_in, "x");
   TORCH_CHECK(act_code >= 0 && act_code <= 6, "act_code out of range");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -133,7 +134,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   const mk_emu::GuardedOutput out(at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * OH * OW + 2 * kGuardElems);
   at::Tensor y = out.y;
-  const mkc::TiledPlan plan = plan_or_raise(x, y, K, S, pH, pW, stats ? mkc::kTiledStats : mkc::kTiledForward);
+  mkc::TiledWork work = stats ? mkc::kTiledStats : mkc::kTiledForward;
+  if (min_blocks >= 0) work.min_blocks = min_blocks;
+  const mkc::TiledPlan plan = plan_or_raise(x, y, K, S, pH, pW, work);
 
   at::Tensor pn, pm, pm2;
   if (stats) {
@@ -313,7 +316,7 @@ std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run", &run, "depthwise_conv2d_fwd_tiled_kernel emulated on the host", py::arg("x"), py::arg("weight_taps"),
         py::arg("bias"), py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("act_code"),
-        py::arg("stats"));
+        py::arg("stats"), py::arg("min_blocks") = -1);
   m.def("plan", &plan, "plan_tiled of a conv (nothing runs)", py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
         py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("kind"));
   m.def("dgrad_s2", &dgrad_s2, "depthwise_conv2d_bwd_input_s2_tiled_kernel emulated on the host", py::arg("gy"),

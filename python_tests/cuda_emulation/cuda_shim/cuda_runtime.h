@@ -148,8 +148,10 @@ inline double rcp_approx_ftz_f64(double y) {
 
 // cp.async (copy16_async and friends, mk_cuda.cuh): every emulated CUDA thread is a std::thread
 // with its own queue of copies, grouped by commit; copy_async_wait<N> lands all but the newest N
-// committed groups. A kernel that reads staged shared memory before waiting reads the NaN poison,
-// and a block's copies never waited for are lost with its threads, as on a GPU.
+// committed groups. A copy's destination holds NaN from its issue to its wait (undefined on a GPU
+// while the copy is in flight): a kernel that reads staged shared memory before waiting, or that
+// issues a copy into a buffer still being read (double buffering), reads NaN; a block's copies
+// never waited for are lost with its threads, as on a GPU.
 struct AsyncCopy {
   void* dst;
   const void* src;
@@ -157,7 +159,10 @@ struct AsyncCopy {
 };
 inline thread_local std::vector<std::vector<AsyncCopy>> async_groups(1);  // the last is still open
 
-inline void cp_async16(void* dst, const void* src, bool valid) { async_groups.back().push_back({dst, src, valid}); }
+inline void cp_async16(void* dst, const void* src, bool valid) {
+  std::memset(dst, 0xff, 16);  // NaN in every floating type until the wait lands the copy
+  async_groups.back().push_back({dst, src, valid});
+}
 
 inline void cp_async_commit() { async_groups.emplace_back(); }
 
