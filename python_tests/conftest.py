@@ -52,14 +52,16 @@ def device(request):
 
 
 def pytest_collection_modifyitems(config, items):
-    """MK_TEST_DEVICE=cuda keeps only the CUDA-device cases: the GPU suite runs those, CI the rest."""
+    """MK_TEST_DEVICE=cuda keeps only the CUDA-device cases (and those marked gpu_suite): the GPU
+    suite runs those, CI the rest."""
     only = os.environ.get("MK_TEST_DEVICE")
     if not only:
         return
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        (keep if params.get("device") == only else drop).append(item)
+        wanted = params.get("device") == only or (only == "cuda" and item.get_closest_marker("gpu_suite") is not None)
+        (keep if wanted else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -405,6 +405,7 @@ print("alive")
 """
 
 
+@pytest.mark.gpu_suite
 def test_failing_kernel_op_calls_do_not_take_the_process_down():
     """In a fresh interpreter (a crash there cannot take this test run down with it): C++ argument
     checks that throw, on CPU tensors and on CUDA tensors where there is a GPU, after a kernel
@@ -421,6 +422,7 @@ def test_failing_kernel_op_calls_do_not_take_the_process_down():
     assert f"cpu {expected}" in lines, result.stdout
 
 
+@pytest.mark.gpu_suite
 def test_extension_uses_the_cxx_runtime_torch_loaded():
     """_C resolves the C++ runtime (__cxa_throw, the personality routine) in the libstdc++ that
     libtorch uses, not in a copy linked into itself: a static copy whose functions run on the shared

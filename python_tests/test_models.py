@@ -369,6 +369,7 @@ def test_deepcopy_and_state_dict_roundtrip():
         torch.testing.assert_close(fresh.eval()(x), clone.eval()(x), rtol=0, atol=0)
 
 
+@pytest.mark.gpu_suite
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_large"])
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_cuda_graph_batch1_inference(arch, backend):
