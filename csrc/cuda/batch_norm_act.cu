@@ -427,9 +427,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_cuda(const a
   const auto fmt = output_memory_format(input);
   const at::Tensor x = input.contiguous(fmt);
   const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
-  at::Tensor mean = at::zeros({input.size(1)}, acc_opts);
-  at::Tensor var = at::zeros({input.size(1)}, acc_opts);
-  if (input.numel() == 0) return {at::empty(input.sizes(), input.options().memory_format(fmt)), mean, var};
+  at::Tensor mean = at::empty({input.size(1)}, acc_opts);  // StoreMeanVar writes every channel
+  at::Tensor var = at::empty({input.size(1)}, acc_opts);
+  if (input.numel() == 0) {
+    return {at::empty(input.sizes(), input.options().memory_format(fmt)), mean.zero_(), var.zero_()};
+  }
   const ChannelLayout L = channel_layout(x, fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_stats_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

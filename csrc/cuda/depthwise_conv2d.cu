@@ -272,9 +272,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_stats_cuda(const
   check_geometry(a);
   const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
   at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
-  at::Tensor mean = at::zeros({a.C}, acc_opts);
-  at::Tensor var = at::zeros({a.C}, acc_opts);
-  if (out.numel() == 0) return {out, mean, var};
+  at::Tensor mean = at::empty({a.C}, acc_opts);  // the finish kernel writes every channel
+  at::Tensor var = at::empty({a.C}, acc_opts);
+  if (out.numel() == 0) return {out, mean.zero_(), var.zero_()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_stats_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor part = run_conv<scalar_t, true>(a.input, out, taps_major(a.weight), at::Tensor(),

@@ -294,9 +294,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pointwise_conv2d_stats_cuda(const
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
   at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
-  at::Tensor mean = at::zeros({a.Cout}, acc_opts);
-  at::Tensor var = at::zeros({a.Cout}, acc_opts);
-  if (out.numel() == 0 || try_pointwise_gemm_stats(a, out, mean, var)) return {out, mean, var};
+  at::Tensor mean = at::empty({a.Cout}, acc_opts);  // the statistics kernels write every channel
+  at::Tensor var = at::empty({a.Cout}, acc_opts);
+  if (out.numel() == 0) return {out, mean.zero_(), var.zero_()};
+  if (try_pointwise_gemm_stats(a, out, mean, var)) return {out, mean, var};
   conv_gemm(a.input, a.weight, out, a.channels_last());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "pointwise_conv2d_stats_cuda",
                                   [&] { run_stats<scalar_t>(a, out, mean, var); });
