@@ -7,16 +7,19 @@
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step):
-#   1. timeout_s 590: MK_SUITE_STEPS="build diag_dw ncu_dw bench_depthwise bench_model"
-#      MK_LIMIT_bench_depthwise=110 MK_LIMIT_bench_model=150
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="tests tests_optin summary" MK_TESTS_LIMIT=...
+#   1. timeout_s 590: MK_SUITE_STEPS="build diag_dw ncu_dw profile_model bench_model" MK_LIMIT_bench_model=150
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="bench_depthwise tests summary"
+#      MK_LIMIT_bench_depthwise=110 MK_TESTS_LIMIT=(what is left)
 # Run 5 (an H200 at fa04ee6) took ~40 s to start, ~10 s between warm calls and 155 s to build;
 # its step times are in benchmarks/results/gpu_tests_run5_h200.json.
 # Steps, in the order they run: build check tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval
-# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block bench_model loss_curves
-# diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
-# (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, bench_model and
-# loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes). diag_dw times
+# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model bench_model
+# loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
+# (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, profile_model,
+# bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes).
+# profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
+# channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
+# launches, the GPU's idle share, ms per kernel category, the top kernels. diag_dw times
 # the depthwise forward, weight gradient and backward per layer with the default kernels
 # (MK_DW_TILED=0) and with the shared-memory tiled kernels (MK_DW_TILED=1, the default), against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
 # largest differences from cuDNN); ncu_dw (2 x 50 s) profiles one launch per layer of cuDNN's
@@ -147,6 +150,10 @@ if command -v ncu >/dev/null && want ncu_pw; then
 fi
 step bench_block 60 $PY benchmarks/bench_inverted_residual.py --quiet --no-autotune --out "$OUT" \
   --name "inverted_residual_${GPU_TAG}"
+PROFILE_ARGS=()
+[ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
+step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
+  "${PROFILE_ARGS[@]}"
 MODEL_BACKENDS=(cuda triton)
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda)  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \

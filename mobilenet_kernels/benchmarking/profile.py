@@ -1,0 +1,116 @@
+"""Where a model's training step spends its time: torch.profiler over a few steps of torchvision eager
+and of ours on each backend (the steps of ``bench model``: models.make_step), on one device.
+
+Per variant: the step's wall time (CUDA events via time_ms), its host time (host_ms: the Python and
+launch work of one step, the GPU not waited for), the device work per step (the sum of the GPU
+kernels' durations on CUDA; the CPU ops' self time on a CPU) and the launches per step, the share of
+the wall time the GPU was idle, the time per kernel category and the top kernels. A step whose host
+time reaches its wall time is host-bound: the GPU waits for launches, and fewer launches (or a CUDA
+graph) would speed it up; a busy GPU points at the kernels in the top list instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from .core import host_ms, time_ms
+from .models import ModelSettings, Variant, _ready_model, _synchronize, build, make_step
+
+# Kernel (or CPU op) name -> category, first match wins. Our CUDA kernels carry the namespace
+# mobilenet_kernels:: in their names (our C++ ops on a CPU: mobilenet_kernels::<op>); their
+# generic names (per_channel_nhwc_kernel, finish_kernel) are ours only with it.
+OURS = [
+    ("ours: depthwise", r"depthwise_conv2d"),
+    ("ours: pointwise", r"pointwise_"),
+    ("ours: squeeze-excite", r"squeeze_excite"),
+    ("ours: block", r"inverted_residual"),
+    ("ours: batch norm", r"batch_norm|per_channel|reduce_n|stats|finish"),
+]
+CATEGORIES = [
+    ("triton", r"^triton_|_triton\b"),
+    ("cuDNN conv", r"conv2d_c1|cudnn|xmma|implicit_gemm|fprop|dgrad|wgrad|convolution|conv"),
+    ("GEMM", r"gemm|nvjet|cutlass|cublas|addmm|\bmm\b|matmul|linear"),
+    ("batch norm (ATen)", r"batch_norm|welford|bn_fw|bn_bw"),
+    ("optimizer", r"multi_tensor|foreach|sgd|_amp_|unscale"),
+    ("copies, casts, fills", r"copy|_to_copy|fill|zero|cast|CatArray|\bcat\b"),
+    ("elementwise", r"elementwise|vectorized|unrolled|hardswish|hardsigmoid|hardtanh|relu|add|mul|where|clamp"),
+    ("reductions", r"reduce|sum|mean|var"),
+]
+TOP = 20
+
+
+def category(name: str) -> str:
+    if "mobilenet_kernels" in name:
+        return next((label for label, pattern in OURS if re.search(pattern, name)), "ours: other")
+    return next((label for label, pattern in CATEGORIES if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+def short_name(name: str, width: int = 110) -> str:
+    """A kernel's name without its template arguments' namespaces, cut to ``width``."""
+    name = re.sub(r"\b(void|mobilenet_kernels::|c10::|at::native::|\(anonymous namespace\)::)", "", name).strip()
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def device_work(prof, device: str) -> list[tuple[str, float]]:
+    """(name, microseconds) of every unit of device work the profiler saw: each GPU kernel on CUDA;
+    on a CPU each op's self time (the CPU is the device there)."""
+    if device == "cuda":
+        return [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+                if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [(e.key, e.self_cpu_time_total / max(e.count, 1)) for e in prof.key_averages() for _ in range(e.count)]
+
+
+def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: dict, s: ModelSettings,
+                    steps: int = 3) -> dict:
+    """One variant's training step, timed (wall and host) and then profiled over ``steps`` steps."""
+    model = _ready_model(model_name, variant, "train", state_dict, s)
+    step = make_step(model, "train", batch, s)
+    for _ in range(3):  # warm-up: Triton's JIT, cuDNN's heuristics, the allocator
+        step()
+    _synchronize(s.device)
+    wall = time_ms(step, s.device, warmup_ms=0, rep_ms=300 if s.device == "cuda" else 200)["p50_ms"]
+    host = host_ms(step, wall, calls=4) if s.device == "cuda" else None
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _synchronize(s.device)
+    work = device_work(prof, s.device)
+    per_category: dict[str, float] = defaultdict(float)
+    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for name, us in work:
+        per_category[category(name)] += us / 1e3 / steps
+        entry = per_kernel[short_name(name)]
+        entry[0] += 1 / steps
+        entry[1] += us / 1e3 / steps
+    work_ms = sum(per_category.values())
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:TOP]
+    return {
+        "variant": variant.label,
+        "wall_ms": wall,
+        "host_ms": host,
+        "work_ms": work_ms,
+        "launches": len(work) / steps,
+        "idle_pct": 100 * max(0.0, 1 - work_ms / wall) if s.device == "cuda" else None,
+        "categories_ms": dict(sorted(per_category.items(), key=lambda kv: -kv[1])),
+        "top": [{"name": name, "calls": round(calls, 2), "ms": ms} for name, (calls, ms) in top],
+    }
+
+
+def run_profiles(model_name: str, batch: int, s: ModelSettings, steps: int = 3) -> list[dict]:
+    """profile_variant for torchvision eager and for ours on each of ``s.backends``, from one set of
+    weights (a variant that fails is recorded with its error, the others still run)."""
+    state_dict = build(model_name, Variant("torchvision", None, "none")).state_dict()
+    found = []
+    for variant in [Variant("torchvision", None, "none")] + [Variant("ours", b, "none") for b in s.backends]:
+        try:
+            found.append(profile_variant(model_name, variant, batch, state_dict, s, steps))
+        except Exception as exc:  # noqa: BLE001  (recorded: the other variants still run)
+            found.append({"variant": variant.label, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        if s.device == "cuda":
+            torch.cuda.empty_cache()
+    return found

@@ -1,0 +1,86 @@
+"""benchmarks/profile_model.py (where a training step's time goes, issue 7) on the CPU: its JSON and
+table, and the kernel-name categories it sums on a GPU, checked on real kernel names."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from mobilenet_kernels.benchmarking.profile import category, short_name
+
+from conftest import skip_unless_usable
+
+pytest.importorskip("torchvision")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("profile_model", os.path.join(ROOT, "benchmarks", "profile_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("void mobilenet_kernels::cuda::depthwise_conv2d_fwd_tiled_kernel<c10::BFloat16, float, 8, 3, 1, false>(...)",
+     "ours: depthwise"),
+    ("void mobilenet_kernels::cuda::pointwise_gemm_kernel<c10::BFloat16, 2>(...)", "ours: pointwise"),
+    ("void mobilenet_kernels::(anonymous namespace)::per_channel_nhwc_kernel<c10::BFloat16, float, ...>(...)",
+     "ours: batch norm"),
+    ("void mobilenet_kernels::cuda::dw::depthwise_conv2d_bwd_weight_finish_kernel<float>(...)", "ours: depthwise"),
+    ("void mobilenet_kernels::cuda::stats_finish_kernel<float>(...)", "ours: batch norm"),
+    ("void mobilenet_kernels::(anonymous namespace)::squeeze_excite_reduce_nhwc_kernel<float>(...)",
+     "ours: squeeze-excite"),
+    ("mobilenet_kernels::pointwise_conv2d_backward", "ours: pointwise"),
+    ("void mobilenet_kernels::something_new_kernel(...)", "ours: other"),
+    ("conv2d_c1_k1_nhwc_specialized", "cuDNN conv"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "cuDNN conv"),
+    ("nvjet_tst_128x64_64x8_1x1_v_bz_TNT", "GEMM"),
+    ("void at::native::batch_norm_collect_statistics_channels_last_kernel<float, float, float, 4>(...)",
+     "batch norm (ATen)"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, ...>(...)", "elementwise"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(...)>(...)",
+     "copies, casts, fills"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>(...)", "optimizer"),
+    ("triton_poi_fused_add_hardswish_0", "triton"),
+    ("some_other_kernel", "other"),
+])
+def test_kernel_categories(name, expected):
+    assert category(name) == expected
+    assert "mobilenet_kernels::" not in short_name(name) and len(short_name(name, 40)) <= 40
+
+
+def test_profile_model_on_cpu(tmp_path, capsys):
+    skip_unless_usable("cuda", "cpu")
+    script = load_script()
+    rc = script.main([str(tmp_path), "--device", "cpu", "--batch", "2", "--size", "32", "--dtype", "float32",
+                      "--backends", "cuda", "--steps", "1", "--name", "prof"])
+    assert rc == 0
+    record = json.loads((tmp_path / "prof.json").read_text())
+    assert record["op"] == "model_profile" and record["settings"]["model"] == "mobilenet_v3_large"
+    eager, ours = record["rows"]
+    assert (eager["variant"], ours["variant"]) == ("torchvision", "ours[cuda]")
+    for row in (eager, ours):
+        assert row["wall_ms"] > 0 and row["launches"] > 0 and row["host_ms"] is None  # host_ms: CUDA only
+        assert sum(row["categories_ms"].values()) == pytest.approx(row["work_ms"])
+        ms = [t["ms"] for t in row["top"]]
+        assert ms == sorted(ms, reverse=True) and 0 < len(ms) <= 20
+    assert "ours: depthwise" in ours["categories_ms"] and "cuDNN conv" in eager["categories_ms"]
+    table = (tmp_path / "prof.md").read_text()
+    assert "| ours[cuda] |" in table and table in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "1"], "--batch: training needs at least 2 images"),
+    (["--size", "16"], "--size: at least 32"),
+    (["--steps", "0"], "--steps: must be positive"),
+    (["--model", "resnet50"], "invalid choice"),
+])
+def test_profile_model_bad_arguments(tmp_path, args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_script().main([str(tmp_path), "--device", "cpu", *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
