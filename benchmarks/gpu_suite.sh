@@ -22,8 +22,9 @@
 # launches, the GPU's idle share, ms per kernel category, the top kernels. diag_dw times
 # the depthwise forward, weight gradient and backward per layer with the default kernels
 # (MK_DW_TILED=0) and with the shared-memory tiled kernels (MK_DW_TILED=1, the default), against cuDNN, directly and through the functional API (OUT/diag_depthwise.json, with each row's
-# largest differences from cuDNN); ncu_dw (2 x 50 s) profiles one launch per layer of cuDNN's
-# forward and of our default and tiled kernels with ncu when ncu is there (reports in suite.log).
+# largest differences from cuDNN); ncu_dw (2 x 50 s + 40 s) profiles one launch per layer of cuDNN's
+# forward and of our default and tiled kernels with ncu when ncu is there, then the tiled forward's
+# stall reasons (reports in suite.log).
 # tests_optin (90 s) runs the depthwise and pointwise ops' CUDA tests again with the other kernels:
 # MK_DW_TILED=0 (the default depthwise kernels, which the tiled ones replace where they apply) and
 # MK_PW_FUSED=1 (the opt-in tensor-core pointwise GEMM with its epilogue, csrc/cuda/pointwise_gemm.cuh).
@@ -127,9 +128,11 @@ NCU_DW=(ncu --clock-control none --section SpeedOfLight --section Occupancy --se
 if command -v ncu >/dev/null; then
   step ncu_dw 50 env MK_DW_TILED=0 "${NCU_DW[@]}" $PY benchmarks/diag_depthwise.py "$OUT" --ncu \
     --variants cudnn cuda_op
-  # the tiled kernels' stall reasons (run 5 had WarpStateStats' summary only) and instruction count
-  step ncu_dw 50 "${NCU_DW[@]}" --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum" \
-    $PY benchmarks/diag_depthwise.py "$OUT" --ncu --variants cuda_op cuda_bwd
+  step ncu_dw 50 "${NCU_DW[@]}" $PY benchmarks/diag_depthwise.py "$OUT" --ncu --variants cuda_op cuda_bwd
+  # the tiled forward's stall reasons (run 5 had WarpStateStats' summary only) and instruction count
+  step ncu_dw 40 ncu --clock-control none -k regex:fwd_tiled -c 6 \
+    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum" \
+    $PY benchmarks/diag_depthwise.py "$OUT" --ncu --variants cuda_op
 fi
 step bench_se 90 $PY benchmarks/bench_squeeze_excite.py --quiet --no-autotune --out "$OUT" --name "squeeze_excite_${GPU_TAG}"
 BN=($PY benchmarks/bench_batch_norm_act.py --quiet --no-autotune --dtype bfloat16 --layout nhwc --out "$OUT")
