@@ -7,16 +7,16 @@
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step):
-#   1. timeout_s 590: MK_SUITE_STEPS="build diag_dw ncu_dw profile_model bench_model" MK_LIMIT_bench_model=150
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="bench_depthwise tests summary"
-#      MK_LIMIT_bench_depthwise=110 MK_TESTS_LIMIT=(what is left)
+#   1. timeout_s 590: MK_SUITE_STEPS="build sanitize large_tensors diag" (issue 9's GPU items)
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="diag_dw ncu_dw profile_model bench_model"
+#      with limits that fit (MK_LIMIT_bench_model=...); the tests step in the lease after.
 # Run 5 (an H200 at fa04ee6) took ~40 s to start, ~10 s between warm calls and 155 s to build;
 # its step times are in benchmarks/results/gpu_tests_run5_h200.json.
-# Steps, in the order they run: build check tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval
+# Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model bench_model
 # loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
-# (default: all but the opt-in bench_pw, bench_pw_fused, ncu_pw, bench_block, profile_model,
-# bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes).
+# (default: all but the opt-in sanitize, large_tensors, bench_pw, bench_pw_fused, ncu_pw, bench_block,
+# profile_model, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
 # launches, the GPU's idle share, ms per kernel category, the top kernels. diag_dw times
@@ -117,6 +117,12 @@ step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED
   python_tests/test_depthwise_conv2d.py python_tests/test_pointwise_conv2d.py \
   python_tests/test_large_tensors.py::test_depthwise_conv2d \
   python_tests/test_large_tensors.py::test_depthwise_conv2d_bn_act_train "${PYTEST_ARGS[@]}" -k "cuda and not triton"
+# sanitize (300 s): python_tests/gpu/sanitize.sh (compute-sanitizer memcheck, then racecheck, over
+# a few CUDA-device tests per op; MK_SANITIZE_TOOLS / MK_SANITIZE_LIMIT per run), its summary in
+# suite.log. large_tensors (200 s): the >2^31-element cases (-m large_tensors, one process).
+step sanitize 300 env MK_SANITIZE_LIMIT=${MK_SANITIZE_LIMIT:-120} bash python_tests/gpu/sanitize.sh "$(mktemp -d)"
+step large_tensors 200 env MK_TEST_DEVICE=cuda $PY -m pytest python_tests/test_large_tensors.py -m large_tensors \
+  -v --tb=short -rfE -p no:cacheprovider
 step diag_dw 60 env MK_DW_TILED=0 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
 # ncu_dw: what limits each depthwise kernel (issue 4). Two profiles of one launch per layer: the
