@@ -130,7 +130,8 @@ def host_ms(fn: Callable[[], object], gpu_ms: float, calls: int = 32) -> float:
     back on an idle GPU, timed on the host without waiting for the GPU (no timing tool measures
     enqueueing alone). At or above the GPU time (``gpu_ms``, do_bench's median), the GPU waits for
     the host: the case is host-bound, and a CUDA graph or torch.compile would change its time.
-    Fewer calls for long ones, so as not to fill the launch queue (1024 launches) and block."""
+    Fewer calls for long ones (about 100 ms of GPU work), so as not to fill the launch queue, which
+    would block the host and count GPU time."""
     calls = max(4, min(calls, int(100 / max(gpu_ms, 1e-3))))
     torch.cuda.synchronize()
     start = time.perf_counter()

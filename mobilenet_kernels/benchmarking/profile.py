@@ -17,7 +17,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .core import host_ms, time_ms
+from .core import time_ms
 from .models import ModelSettings, Variant, _ready_model, _synchronize, build, make_step
 
 # Kernel (or CPU op) name -> category, first match wins. Our CUDA kernels carry the namespace
@@ -72,8 +72,8 @@ def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: d
     for _ in range(3):  # warm-up: Triton's JIT, cuDNN's heuristics, the allocator
         step()
     _synchronize(s.device)
-    wall = time_ms(step, s.device, warmup_ms=0, rep_ms=300 if s.device == "cuda" else 200)["p50_ms"]
-    host = host_ms(step, wall, calls=4) if s.device == "cuda" else None
+    timing = time_ms(step, s.device, warmup_ms=0, rep_ms=300 if s.device == "cuda" else 200)  # host_ms on CUDA
+    wall, host = timing["p50_ms"], timing.get("host_ms")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
