@@ -145,7 +145,7 @@ BN=($PY benchmarks/bench_batch_norm_act.py --quiet --no-autotune --dtype bfloat1
 step bench_bn_eval 80 "${BN[@]}" --name "batch_norm_act_eval_${GPU_TAG}"
 step bench_bn_train 80 "${BN[@]}" --training --name "batch_norm_act_train_${GPU_TAG}"
 if [ -f benchmarks/bench_depthwise.py ]; then
-  step bench_depthwise 150 $PY benchmarks/bench_depthwise.py --quiet --no-autotune --no-compile-conv --layout nhwc --out "$OUT" --name "depthwise_${GPU_TAG}"
+  step bench_depthwise 150 env MK_BENCH_GRAPH=1 $PY benchmarks/bench_depthwise.py --quiet --no-autotune --no-compile-conv --layout nhwc --out "$OUT" --name "depthwise_${GPU_TAG}"
 fi
 step bench_pw 60 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
   --name "pointwise_conv2d_${GPU_TAG}"

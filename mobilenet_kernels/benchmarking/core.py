@@ -107,16 +107,20 @@ def peak_bandwidth(device: str) -> float | None:
 
 def time_ms(fn: Callable[[], object], device: str, *, warmup_ms: float = 25, rep_ms: float | None = None) -> dict:
     """p20/p50/p80 of ``fn()`` in milliseconds, measured for about ``rep_ms`` (default: CUDA 100,
-    CPU 200). CUDA: do_bench with ``warmup_ms`` of warm-up; CPU: blocked_autorange. The environment
-    variables MK_BENCH_WARMUP_MS / MK_BENCH_REP_MS override both (the GPU suite shortens them to fit
-    its lease; the tests to a millisecond)."""
+    CPU 200). CUDA: do_bench with ``warmup_ms`` of warm-up, the host time per call (host_ms) and,
+    with MK_BENCH_GRAPH=1, the CUDA-graph replay time (graph_ms); CPU: blocked_autorange. The
+    environment variables MK_BENCH_WARMUP_MS / MK_BENCH_REP_MS override both (the GPU suite shortens
+    them to fit its lease; the tests to a millisecond)."""
     warmup = float(os.environ.get("MK_BENCH_WARMUP_MS", warmup_ms))
     rep = float(os.environ.get("MK_BENCH_REP_MS", rep_ms or (100 if device == "cuda" else 200)))
     if device == "cuda":
         import triton.testing
 
         p20, p50, p80 = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.2, 0.5, 0.8])
-        return {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "host_ms": host_ms(fn, p50)}
+        timing = {"p20_ms": p20, "p50_ms": p50, "p80_ms": p80, "host_ms": host_ms(fn, p50)}
+        if os.environ.get("MK_BENCH_GRAPH") == "1":
+            timing.update(graph_ms(fn, rep))
+        return timing
     from torch.utils.benchmark import Timer
 
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
@@ -140,6 +144,21 @@ def host_ms(fn: Callable[[], object], gpu_ms: float, calls: int = 32) -> float:
     elapsed = time.perf_counter() - start
     torch.cuda.synchronize()
     return elapsed * 1e3 / calls
+
+
+def graph_ms(fn: Callable[[], object], rep_ms: float) -> dict:
+    """``{"graph_ms": median}`` of ``fn()`` replayed from a CUDA graph (do_bench_cudagraph, captured
+    on a side stream): the GPU time without the host's launch work, for rows that host_ms shows to
+    be host-bound (the L2 is not flushed between replays: small cases read warm data). A call that
+    cannot be captured gives ``{"graph_error": ...}`` instead."""
+    import triton.testing
+
+    try:
+        with torch.cuda.stream(torch.cuda.Stream()):
+            return {"graph_ms": triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")}
+    except Exception as exc:  # noqa: BLE001  (recorded in the row; the other timings stand)
+        torch.cuda.synchronize()
+        return {"graph_error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def measure(row: dict, name: str, call: Callable[[], object], device: str, bytes_moved: int,
