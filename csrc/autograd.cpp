@@ -1,5 +1,6 @@
 // Autograd for the C++-backed kernel ops, in C++: one torch::autograd::Function per op, registered
-// to the Autograd dispatch key, so an eager call runs no Python between the op call and the kernel.
+// to the Autograd dispatch key, so an eager call runs no Python between the op call and the kernel;
+// also the two training composites conv + BatchNorm + activation (kernel and autograd).
 // (A Python register_autograd formula costs tens of microseconds per call, grad or no grad, which
 // dominated small layers and batch-1 inference.) The `_triton` twins keep their Python formulas
 // (mobilenet_kernels/ops/*.py), which are the same formulas written in Python: keep them in step.
@@ -16,7 +17,9 @@
 #include <string>
 #include <tuple>
 
+#include "depthwise_conv2d.h"  // check_depthwise, check_stats_count
 #include "mk_common.h"
+#include "pointwise_conv2d.h"  // check_pointwise, check_pointwise_stats_count
 
 namespace mobilenet_kernels {
 namespace {
@@ -405,9 +408,182 @@ std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Te
   return {r[0], r[1]};
 }
 
+// ----------------------------------------------------------------------------- conv + BN + act, training
+// depthwise_conv2d_bn_act_train and pointwise_conv2d_bn_act_train (the C++-backed ones; their
+// `_triton` twins are composed in Python, mobilenet_kernels/ops/_common.py::register_conv_bn_act_train,
+// with the same formulas): the conv's statistics op (the batch statistics from the conv's epilogue),
+// then the BatchNorm apply kernel with them; backward: batch_norm_act_train_backward, then the
+// conv's backward op. conv_out, mean and var are non-differentiable outputs kept for the backward
+// and the running statistics. All checks run before the first kernel. In C++ rather than Python: a
+// Python composite with a register_autograd formula cost ~150 us more per training call (forward
+// and backward) than its four kernel ops on a CPU box, once per BatchNorm layer and step.
+
+// BatchNorm's parameters against the conv's `channels` output channels (`what`: the message's
+// name for them, as the Python checks word it).
+void check_bn_params(const Tensor& input, int64_t channels, const char* what, const OptTensor& weight,
+                     const OptTensor& bias, double eps) {
+  for (const auto& [t, name] : {std::pair<const OptTensor&, const char*>{weight, "weight"}, {bias, "bias"}}) {
+    if (!t.has_value()) continue;
+    check_floating(*t, name);
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == channels, name, ": expected shape (", channels, ",) to match ",
+                      what, ", got ", t->sizes());
+    TORCH_CHECK_VALUE(t->device() == input.device(), name, ": expected device ", input.device(), ", got ",
+                      t->device());
+  }
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
+}
+
+// The conv of one composite: its checks, its statistics op and its backward op.
+struct DepthwiseConv {
+  std::vector<int64_t> stride, padding, dilation;
+
+  void save(AutogradContext* ctx) const { save_geometry(ctx, stride, padding, dilation); }
+  static DepthwiseConv load(AutogradContext* ctx) {
+    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+            ctx->saved_data["dilation"].toIntVector()};
+  }
+
+  void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
+             double eps, const std::string& activation) const {
+    check_stats_count(check_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation, activation));
+    check_bn_params(input, input.size(1), "input channels", weight, bias, eps);
+  }
+  std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
+    static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
+    return op.call(input, conv_weight, stride, padding, dilation);
+  }
+  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                                              std::array<bool, 3> mask) const {
+    static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
+    return op.call(grad, input, conv_weight, stride, padding, dilation, mask);
+  }
+};
+
+struct PointwiseConv {
+  void save(AutogradContext*) const {}
+  static PointwiseConv load(AutogradContext*) { return {}; }
+  void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
+             double eps, const std::string& activation) const {
+    const PointwiseArgs a = check_pointwise(input, conv_weight, c10::nullopt, c10::nullopt, activation);
+    check_pointwise_stats_count(a);
+    check_bn_params(input, a.Cout, "the output channels", weight, bias, eps);
+  }
+  std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
+    static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
+    return op.call(input, conv_weight);
+  }
+  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                                              std::array<bool, 3> mask) const {
+    static const auto op = find_op<PwBackwardSig>("mobilenet_kernels::pointwise_conv2d_backward");
+    return op.call(grad, input, conv_weight, mask);
+  }
+};
+
+// The composite's forward below autograd: (out, conv_out, mean, var).
+template <typename Conv>
+std::tuple<Tensor, Tensor, Tensor, Tensor> conv_bn_act_train(const Conv& conv, const Tensor& input,
+                                                             const Tensor& conv_weight, const OptTensor& weight,
+                                                             const OptTensor& bias, double eps,
+                                                             const std::string& activation) {
+  conv.check(input, conv_weight, weight, bias, eps, activation);
+  static const auto apply_op = find_op<BnEvalSig>("mobilenet_kernels::batch_norm_act_eval");
+  auto [conv_out, mean, var] = conv.stats(input, conv_weight);
+  Tensor out = apply_op.call(conv_out, mean, var, weight, bias, eps, activation);
+  return {out, conv_out, mean, var};
+}
+
+// Arguments: input 0, conv_weight 1, weight 2 and bias 3 (both optional), then the conv's geometry
+// (in Conv), eps and activation.
+template <typename Conv>
+struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& conv_weight,
+                               const OptTensor& weight, const OptTensor& bias, const Conv& conv, double eps,
+                               const std::string& activation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, conv_out, mean, var] = conv_bn_act_train(conv, input, conv_weight, weight, bias, eps, activation);
+    ctx->mark_non_differentiable({conv_out, mean, var});
+    ctx->save_for_backward(
+        {input, conv_weight, defined_or_empty(weight), defined_or_empty(bias), conv_out, mean, var});
+    conv.save(ctx);
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["activation"] = activation;
+    return {out, conv_out, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bn_backward = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &conv_weight = saved[1], &weight = saved[2], &bias = saved[3];
+    const Tensor &conv_out = saved[4], &mean = saved[5], &var = saved[6];
+    const auto [grad_conv_out, sum_g_xhat, sum_g] =
+        bn_backward.call(grads[0].contiguous(output_memory_format(input)), conv_out, optional(weight), optional(bias),
+                         mean, var, ctx->saved_data["eps"].toDouble(), ctx->saved_data["activation"].toStringRef());
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
+    Tensor grad_input, grad_conv_weight;
+    if (mask[0] || mask[1]) {
+      std::tie(grad_input, grad_conv_weight, std::ignore) =
+          Conv::load(ctx).backward(grad_conv_out, input, conv_weight, mask);
+    }
+    return {
+        mask[0] ? grad_input : Tensor(),
+        mask[1] ? grad_conv_weight : Tensor(),
+        optional_needs_grad(ctx, weight, 2, 0) ? sum_g_xhat.to(weight.scalar_type()) : Tensor(),
+        optional_needs_grad(ctx, bias, 3, !weight.defined()) ? sum_g.to(bias.scalar_type()) : Tensor(),
+        Tensor(),
+        Tensor(),
+        Tensor(),
+    };
+  }
+};
+
+using ConvBnActOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+DepthwiseConv depthwise_conv(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return {stride.vec(), padding.vec(), dilation.vec()};
+}
+
+ConvBnActOut depthwise_conv2d_bn_act_train(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
+                                           const OptTensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                           at::IntArrayRef dilation, double eps, c10::string_view activation) {
+  return conv_bn_act_train(depthwise_conv(stride, padding, dilation), input, conv_weight, weight, bias, eps,
+                           std::string(activation));
+}
+
+ConvBnActOut depthwise_conv2d_bn_act_train_autograd(const Tensor& input, const Tensor& conv_weight,
+                                                    const OptTensor& weight, const OptTensor& bias,
+                                                    at::IntArrayRef stride, at::IntArrayRef padding,
+                                                    at::IntArrayRef dilation, double eps,
+                                                    c10::string_view activation) {
+  const auto r = ConvBnActTrain<DepthwiseConv>::apply(input, conv_weight, weight, bias,
+                                                      depthwise_conv(stride, padding, dilation), eps,
+                                                      std::string(activation));
+  return {r[0], r[1], r[2], r[3]};
+}
+
+ConvBnActOut pointwise_conv2d_bn_act_train(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
+                                           const OptTensor& bias, double eps, c10::string_view activation) {
+  return conv_bn_act_train(PointwiseConv{}, input, conv_weight, weight, bias, eps, std::string(activation));
+}
+
+ConvBnActOut pointwise_conv2d_bn_act_train_autograd(const Tensor& input, const Tensor& conv_weight,
+                                                    const OptTensor& weight, const OptTensor& bias, double eps,
+                                                    c10::string_view activation) {
+  const auto r = ConvBnActTrain<PointwiseConv>::apply(input, conv_weight, weight, bias, PointwiseConv{}, eps,
+                                                      std::string(activation));
+  return {r[0], r[1], r[2], r[3]};
+}
+
 }  // namespace
 
+// The composites below autograd (torch.compile's graphs, inference mode): device-generic.
+TORCH_LIBRARY_IMPL(mobilenet_kernels, CompositeExplicitAutograd, m) {
+  m.impl("depthwise_conv2d_bn_act_train", &depthwise_conv2d_bn_act_train);
+  m.impl("pointwise_conv2d_bn_act_train", &pointwise_conv2d_bn_act_train);
+}
+
 TORCH_LIBRARY_IMPL(mobilenet_kernels, Autograd, m) {
+  m.impl("depthwise_conv2d_bn_act_train", &depthwise_conv2d_bn_act_train_autograd);
+  m.impl("pointwise_conv2d_bn_act_train", &pointwise_conv2d_bn_act_train_autograd);
   m.impl("batch_norm_act_eval", &batch_norm_act_eval_autograd);
   m.impl("batch_norm_act_train", &batch_norm_act_train_autograd);
   m.impl("depthwise_conv2d", &depthwise_conv2d_autograd);

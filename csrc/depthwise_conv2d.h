@@ -29,10 +29,11 @@ inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
 }
 
 // Every check runs before anything touches a device, so a bad call modifies nothing.
-inline DepthwiseArgs prepare_depthwise(const at::Tensor& input, const at::Tensor& weight,
-                                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, at::IntArrayRef dilation,
-                                       const std::string& activation = "identity") {
+// The checks and the geometry (every field but the tensors): no copy, nothing launched.
+inline DepthwiseArgs check_depthwise(const at::Tensor& input, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     const std::string& activation = "identity") {
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected a 4-D tensor (N, C, H, W), got shape ", input.sizes());
   check_floating(weight, "weight");
@@ -74,6 +75,15 @@ inline DepthwiseArgs prepare_depthwise(const at::Tensor& input, const at::Tensor
   a.OH = (a.H + 2 * a.pH - eff_h) / a.sH + 1;
   a.OW = (a.W + 2 * a.pW - eff_w) / a.sW + 1;
   a.format = output_memory_format(input);
+  return a;
+}
+
+// check_depthwise, then the operands as the kernels take them.
+inline DepthwiseArgs prepare_depthwise(const at::Tensor& input, const at::Tensor& weight,
+                                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       const std::string& activation = "identity") {
+  DepthwiseArgs a = check_depthwise(input, weight, bias, stride, padding, dilation, activation);
   a.input = input.contiguous(a.format);
   const auto acc = acc_type_for(input.scalar_type());
   a.weight = weight.reshape({a.C, a.kH, a.kW}).to(acc).contiguous();

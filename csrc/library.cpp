@@ -1,7 +1,8 @@
 // Every mobilenet_kernels schema, in one block. Backends register implementations elsewhere:
-// csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA); the `_triton` twins are implemented in Python
-// (mobilenet_kernels/ops/*.py, torch.library.register_kernel), and every fake and autograd
-// formula is registered in Python next to its op.
+// csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA); the C++-backed ops' autograd (and the two training
+// composites) in csrc/autograd.cpp; the `_triton` twins are implemented in Python
+// (mobilenet_kernels/ops/*.py, torch.library.register_kernel, with their autograd), and every fake
+// is registered in Python next to its op.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -57,8 +58,9 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   // depthwise_conv2d_bn_act_train: act(BatchNorm(depthwise_conv2d(input, conv_weight))) with batch
   // statistics, as depthwise_conv2d_stats + the BatchNorm apply kernel (the statistics come from the
   // conv's epilogue). Returns (output, conv output, batch mean, biased batch variance); the last three
-  // feed the backward and batch_norm_update_stats. A device-generic composite over the kernel ops,
-  // registered in Python (mobilenet_kernels/ops/depthwise_conv2d.py).
+  // feed the backward and batch_norm_update_stats. A device-generic composite over the kernel ops
+  // with its autograd, in C++ (csrc/autograd.cpp); the _triton twin's in Python
+  // (mobilenet_kernels/ops/_common.py::register_conv_bn_act_train).
   m.def(
       "depthwise_conv2d_bn_act_train(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, int[2] stride, "
       "int[2] padding, int[2] dilation, float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
@@ -107,8 +109,7 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   // a fixed order, no float atomics).
   m.def("pointwise_conv2d_stats(Tensor input, Tensor weight) -> (Tensor, Tensor, Tensor)");
   // pointwise_conv2d_bn_act_train: act(BatchNorm(pointwise_conv2d(input, conv_weight))) with batch
-  // statistics; as depthwise_conv2d_bn_act_train, a composite registered in Python
-  // (mobilenet_kernels/ops/pointwise_conv2d.py).
+  // statistics; a composite as depthwise_conv2d_bn_act_train is.
   m.def(
       "pointwise_conv2d_bn_act_train(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, float eps, "
       "str activation) -> (Tensor, Tensor, Tensor, Tensor)");

@@ -40,10 +40,11 @@ struct PointwiseArgs {
 };
 
 // Every check runs before anything touches a device, so a bad call modifies nothing.
-inline PointwiseArgs prepare_pointwise(const at::Tensor& input, const at::Tensor& weight,
-                                       const c10::optional<at::Tensor>& bias,
-                                       const c10::optional<at::Tensor>& residual,
-                                       const std::string& activation = "identity") {
+// The checks and the sizes (every field but the tensors): no copy, nothing launched.
+inline PointwiseArgs check_pointwise(const at::Tensor& input, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& bias,
+                                     const c10::optional<at::Tensor>& residual,
+                                     const std::string& activation = "identity") {
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected a 4-D tensor (N, C, H, W), got shape ", input.sizes());
   check_floating(weight, "weight");
@@ -84,6 +85,16 @@ inline PointwiseArgs prepare_pointwise(const at::Tensor& input, const at::Tensor
   a.H = input.size(2);
   a.W = input.size(3);
   a.format = output_memory_format(input);
+  return a;
+}
+
+// check_pointwise, then the operands as the kernels take them.
+inline PointwiseArgs prepare_pointwise(const at::Tensor& input, const at::Tensor& weight,
+                                       const c10::optional<at::Tensor>& bias,
+                                       const c10::optional<at::Tensor>& residual,
+                                       const std::string& activation = "identity") {
+  PointwiseArgs a = check_pointwise(input, weight, bias, residual, activation);
+  const int64_t Cout = a.Cout, Cin = a.Cin;
   a.input = input.contiguous(a.format);
   a.weight = weight.reshape({Cout, Cin}).contiguous();
   if (bias.has_value()) a.bias = bias->to(acc_type_for(input.scalar_type())).contiguous();

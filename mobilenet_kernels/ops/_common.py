@@ -141,7 +141,9 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
     statistics, as ``{conv}_stats`` (the statistics from the conv's epilogue) then the BatchNorm
     apply kernel; backward = batch_norm_act_train_backward then ``{conv}_backward``. conv_out, mean
     and var are non-differentiable outputs kept for the backward and for the running statistics.
-    Device-generic: one registration per backend's kernel ops.
+    Device-generic. Here: both ops' fakes and the ``_triton`` twin's kernel and autograd; the
+    C++-backed op's kernel and autograd are the same formulas in C++ (csrc/autograd.cpp: this Python
+    path cost ~150 us more per training call).
 
     ``check_args(input, conv_weight, weight, bias, *geometry, eps, activation)`` raises on bad input;
     ``stats_fake(input, conv_weight, *geometry)`` is the stats op's fake (the output's shape)."""
@@ -160,7 +162,7 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         ctx.geometry = tuple(geometry)
         ctx.eps, ctx.activation = eps, activation
 
-    def kernels(suffix):
+    def kernels(suffix):  # the formulas over one backend's kernel ops
         stats_op = getattr(ns, f"{conv}_stats{suffix}")
         apply_op = getattr(ns, f"batch_norm_act_eval{suffix}")
         bn_backward = getattr(ns, f"batch_norm_act_train_backward{suffix}")
@@ -186,9 +188,9 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
 
         return forward, backward
 
-    for suffix in ("", "_triton"):
-        forward, backward = kernels(suffix)
-        name = f"mobilenet_kernels::{conv}_bn_act_train{suffix}"
-        torch.library.register_kernel(name, ("cpu", "cuda"), forward)
-        torch.library.register_fake(name, fake)
-        torch.library.register_autograd(name, backward, setup_context=setup_context)
+    torch.library.register_fake(f"mobilenet_kernels::{conv}_bn_act_train", fake)
+    name = f"mobilenet_kernels::{conv}_bn_act_train_triton"
+    forward, backward = kernels("_triton")
+    torch.library.register_kernel(name, ("cpu", "cuda"), forward)
+    torch.library.register_fake(name, fake)
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
