@@ -418,22 +418,8 @@ std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Te
 // Python composite with a register_autograd formula cost ~150 us more per training call (forward
 // and backward) than its four kernel ops on a CPU box, once per BatchNorm layer and step.
 
-// BatchNorm's parameters against the conv's `channels` output channels (`what`: the message's
-// name for them, as the Python checks word it).
-void check_bn_params(const Tensor& input, int64_t channels, const char* what, const OptTensor& weight,
-                     const OptTensor& bias, double eps) {
-  for (const auto& [t, name] : {std::pair<const OptTensor&, const char*>{weight, "weight"}, {bias, "bias"}}) {
-    if (!t.has_value()) continue;
-    check_floating(*t, name);
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == channels, name, ": expected shape (", channels, ",) to match ",
-                      what, ", got ", t->sizes());
-    TORCH_CHECK_VALUE(t->device() == input.device(), name, ": expected device ", input.device(), ", got ",
-                      t->device());
-  }
-  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
-}
-
-// The conv of one composite: its checks, its statistics op and its backward op.
+// The conv of one composite: its checks (with BatchNorm's weight and bias, per output channel),
+// its statistics op and its backward op.
 struct DepthwiseConv {
   std::vector<int64_t> stride, padding, dilation;
 
@@ -444,9 +430,10 @@ struct DepthwiseConv {
   }
 
   void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
-             double eps, const std::string& activation) const {
+             const std::string& activation) const {
     check_stats_count(check_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation, activation));
-    check_bn_params(input, input.size(1), "input channels", weight, bias, eps);
+    check_per_channel(weight, "weight", input);
+    check_per_channel(bias, "bias", input);
   }
   std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
     static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
@@ -463,10 +450,11 @@ struct PointwiseConv {
   void save(AutogradContext*) const {}
   static PointwiseConv load(AutogradContext*) { return {}; }
   void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
-             double eps, const std::string& activation) const {
+             const std::string& activation) const {
     const PointwiseArgs a = check_pointwise(input, conv_weight, c10::nullopt, c10::nullopt, activation);
     check_pointwise_stats_count(a);
-    check_bn_params(input, a.Cout, "the output channels", weight, bias, eps);
+    check_per_output_channel(weight, "weight", input, a.Cout);
+    check_per_output_channel(bias, "bias", input, a.Cout);
   }
   std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
     static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
@@ -485,7 +473,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> conv_bn_act_train(const Conv& conv, c
                                                              const Tensor& conv_weight, const OptTensor& weight,
                                                              const OptTensor& bias, double eps,
                                                              const std::string& activation) {
-  conv.check(input, conv_weight, weight, bias, eps, activation);
+  conv.check(input, conv_weight, weight, bias, activation);
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
   static const auto apply_op = find_op<BnEvalSig>("mobilenet_kernels::batch_norm_act_eval");
   auto [conv_out, mean, var] = conv.stats(input, conv_weight);
   Tensor out = apply_op.call(conv_out, mean, var, weight, bias, eps, activation);

@@ -39,6 +39,17 @@ struct PointwiseArgs {
   std::vector<int64_t> output_sizes() const { return {N, Cout, H, W}; }
 };
 
+// `t` absent or a (Cout,) float tensor on input's device: a per-output-channel operand.
+inline void check_per_output_channel(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& input,
+                                     int64_t Cout) {
+  if (!t.has_value()) return;
+  check_floating(*t, name);
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == Cout, name, ": expected shape (", Cout,
+                    ",) to match the output channels, got ", t->sizes());
+  TORCH_CHECK_VALUE(t->device() == input.device(), name, ": expected device ", input.device(), ", got ",
+                    t->device());
+}
+
 // Every check runs before anything touches a device, so a bad call modifies nothing.
 // The checks and the sizes (every field but the tensors): no copy, nothing launched.
 inline PointwiseArgs check_pointwise(const at::Tensor& input, const at::Tensor& weight,
@@ -59,11 +70,7 @@ inline PointwiseArgs check_pointwise(const at::Tensor& input, const at::Tensor& 
                     weight.device());
   const int64_t Cout = weight.size(0);
   if (bias.has_value()) {
-    check_floating(*bias, "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == Cout, "bias: expected shape (", Cout,
-                      ",) to match the output channels, got ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->device() == input.device(), "bias: expected device ", input.device(), ", got ",
-                      bias->device());
+    check_per_output_channel(bias, "bias", input, Cout);
     TORCH_CHECK_TYPE(bias->scalar_type() == input.scalar_type(), "bias: expected dtype ", input.scalar_type(),
                      " (the input's), got ", bias->scalar_type());
   }

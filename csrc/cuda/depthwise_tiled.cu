@@ -20,12 +20,13 @@ namespace {
 
 // The statistics kernel holds block_merge_write's static shared memory (9 KB) besides its two
 // staged buffers (up to 2 * kTiledSmemBytes): more than the 48 KB a kernel gets without opting in.
-// Once per device (a function attribute is per device).
+// Once per device (a function attribute is per device) for devices 0-63, at every launch beyond.
 template <typename Kernel>
 void allow_double_buffers(Kernel kernel) {
   static std::atomic<uint64_t> done{0};
-  const uint64_t bit = uint64_t(1) << (c10::cuda::current_device() % 64);
-  if ((done.load() & bit) == 0) {
+  const int device = c10::cuda::current_device();
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bit == 0 || (done.load() & bit) == 0) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * kTiledSmemBytes));
     done.fetch_or(bit);
   }

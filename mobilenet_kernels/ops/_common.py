@@ -162,35 +162,32 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         ctx.geometry = tuple(geometry)
         ctx.eps, ctx.activation = eps, activation
 
-    def kernels(suffix):  # the formulas over one backend's kernel ops
-        stats_op = getattr(ns, f"{conv}_stats{suffix}")
-        apply_op = getattr(ns, f"batch_norm_act_eval{suffix}")
-        bn_backward = getattr(ns, f"batch_norm_act_train_backward{suffix}")
-        conv_backward = getattr(ns, f"{conv}_backward{suffix}")
+    # The Triton twin's formulas over its kernel ops.
+    stats_op = getattr(ns, f"{conv}_stats_triton")
+    apply_op = ns.batch_norm_act_eval_triton
+    bn_backward = ns.batch_norm_act_train_backward_triton
+    conv_backward = getattr(ns, f"{conv}_backward_triton")
 
-        def forward(input, conv_weight, weight, bias, *rest):
-            check_args(input, conv_weight, weight, bias, *rest)
-            *geometry, eps, activation = rest
-            conv_out, mean, var = stats_op(input, conv_weight, *geometry)
-            return apply_op(conv_out, mean, var, weight, bias, eps, activation), conv_out, mean, var
+    def forward(input, conv_weight, weight, bias, *rest):
+        check_args(input, conv_weight, weight, bias, *rest)
+        *geometry, eps, activation = rest
+        conv_out, mean, var = stats_op(input, conv_weight, *geometry)
+        return apply_op(conv_out, mean, var, weight, bias, eps, activation), conv_out, mean, var
 
-        def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
-            input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
-            needs = ctx.needs_input_grad
-            grad_conv_out, sum_g_xhat, sum_g = bn_backward(
-                grad_output.contiguous(memory_format=output_memory_format(input)), conv_out, weight, bias, mean, var,
-                ctx.eps, ctx.activation)
-            grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, *ctx.geometry,
-                                                            [needs[0], needs[1], False])
-            return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
-                    sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
-                    *(None,) * (len(ctx.geometry) + 2))
-
-        return forward, backward
+    def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
+        input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_conv_out, sum_g_xhat, sum_g = bn_backward(
+            grad_output.contiguous(memory_format=output_memory_format(input)), conv_out, weight, bias, mean, var,
+            ctx.eps, ctx.activation)
+        grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, *ctx.geometry,
+                                                        [needs[0], needs[1], False])
+        return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
+                sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
+                *(None,) * (len(ctx.geometry) + 2))
 
     torch.library.register_fake(f"mobilenet_kernels::{conv}_bn_act_train", fake)
     name = f"mobilenet_kernels::{conv}_bn_act_train_triton"
-    forward, backward = kernels("_triton")
     torch.library.register_kernel(name, ("cpu", "cuda"), forward)
     torch.library.register_fake(name, fake)
     torch.library.register_autograd(name, backward, setup_context=setup_context)
