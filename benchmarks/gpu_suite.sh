@@ -42,8 +42,10 @@
 # (seconds each): when the limit cuts them off, the rows measured so far are kept.
 # loss_curves: issue 7's bf16 training curves, ours against eager within the seeds' noise (below).
 # bench_model: V3-Large and V2, training at batch 256 and inference at 1 and 256, 224², bf16 AMP,
-# channels_last, torchvision eager against ours on the cuda and triton backends, with recompute (no
-# torch.compile: compiling whole models does not fit the lease; `bench model` does it by default).
+# channels_last, torchvision eager against ours on the cuda and triton backends, with recompute, and
+# each inference variant also replayed from a CUDA graph (--cuda-graph: batch-1 latency without the
+# host's launch work; no torch.compile: compiling whole models does not fit the lease; `bench model`
+# does it by default).
 # Files: suite.log, suite_<gpu>.json, one JSON per benchmark (at most 7) and diag_depthwise.json; the
 # benchmarks' markdown tables go into one tables.tar: 8 files with the default steps, one more per
 # opt-in benchmark (with the opt-in ones, run a subset to stay within 8).
@@ -164,9 +166,10 @@ PROFILE_ARGS=()
 step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
   "${PROFILE_ARGS[@]}"
 MODEL_BACKENDS=(cuda triton)
-[ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda)  # (the CPU check: Triton needs the interpreter there)
+GRAPH_ARGS=(--cuda-graph)  # inference rows replayed from a CUDA graph too (graph_inference): batch-1 latency
+[ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda) && GRAPH_ARGS=()  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \
-  --compile none --backend "${MODEL_BACKENDS[@]}" --recompute --quiet --out "$OUT" --name "models_${GPU_TAG}"
+  --compile none --backend "${MODEL_BACKENDS[@]}" --recompute "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_${GPU_TAG}"
 # loss_curves (150 s, opt-in): V3-Large trained 200 steps (batch 64, 128², bf16, 3 seeds) by
 # torchvision eager and by ours on each backend from the same weights and batches; JSON + table + plot.
 step loss_curves 150 $PY benchmarks/loss_curves.py "$OUT" --name "loss_curves_${GPU_TAG}" \

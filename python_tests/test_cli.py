@@ -116,6 +116,30 @@ def test_bench_model_recompute_variant_saves_activations(tmp_path):
     assert "| mobilenet_v2 | train | 2 | ours[cuda] + recompute |" in (tmp_path / "models.md").read_text()
 
 
+def test_bench_model_cuda_graph_variants_and_ratios():
+    """With cuda_graph, inference cases get a "+ cuda graph" row for the baseline and for ours per
+    backend (training cases none); ours' graph row is compared with the baseline's graph row, and
+    the uncompiled rows' speedup_vs_compile stays against the first torch.compile mode."""
+    from mobilenet_kernels.benchmarking import models
+
+    s = models.default_settings("cpu")
+    s.compile, s.backends, s.cuda_graph = ["default"], ["cuda", "triton"], True
+    labels = [v.label for v in models.variants("mobilenet_v2", s, "infer")]
+    assert labels == ["torchvision", "torchvision + compile", "torchvision + cuda graph", "ours[cuda]",
+                      "ours[cuda] + compile", "ours[cuda] + cuda graph", "ours[triton]", "ours[triton] + compile",
+                      "ours[triton] + cuda graph"]
+    assert "cuda graph" not in " ".join(v.label for v in models.variants("mobilenet_v2", s, "train"))
+    rows = [{"impl": "torchvision", "compile": "none", "p50_ms": 6.0},
+            {"impl": "torchvision", "compile": models.CUDA_GRAPH, "p50_ms": 2.0},
+            {"impl": "torchvision", "compile": "default", "p50_ms": 3.0},
+            {"impl": "ours", "compile": "none", "p50_ms": 4.0},
+            {"impl": "ours", "compile": models.CUDA_GRAPH, "p50_ms": 1.0}]
+    models._add_ratios(rows)
+    assert rows[1]["speedup_vs_eager"] == 3.0 and "speedup_vs_compile" not in rows[1]
+    assert rows[3]["speedup_vs_eager"] == 1.5 and rows[3]["speedup_vs_compile"] == 0.75
+    assert rows[4]["speedup_vs_eager"] == 6.0 and rows[4]["speedup_vs_compile"] == 2.0
+
+
 def test_bench_model_saved_only_measures_activation_memory_without_steps(tmp_path):
     """--saved-only: training rows with saved_mb and no timing (what gives batch-256 memory on a CPU)."""
     args = ["bench", "model", *TINY_MODEL, "--recompute", "--saved-only", "--out", str(tmp_path)]
@@ -273,6 +297,7 @@ def test_report_reads_op_model_and_committed_results(model_results, ops_results,
     (["bench", "model", "--batch", "two"], "argument --batch: invalid int value"),
     (["bench", "model", "--saved-only", "--mode", "infer"], "--saved-only: measures training activations"),
     (["bench", "model", "--saved-only", "--compile", "default"], "--saved-only: measures training activations"),
+    (["bench", "model", "--cuda-graph", "--device", "cpu"], "--cuda-graph: CUDA graphs need --device cuda"),
     (["bench", "ops", "--op", "softmax"], "--op: unknown op 'softmax'"),
     (["bench", "ops", "--batch", "-4"], "--batch: must be positive"),
     (["bench", "ops", "--layout", "nwhc"], "--layout: 'nwhc' is not one of"),

@@ -18,6 +18,11 @@ on one of our backends, eager and compiled).
   the expanded tensors in backward (V2, V3; V1 has no such blocks). ``--saved-only`` measures
   nothing else (one forward per variant, no step timed): the bytes do not depend on the device, so
   a CPU gives the batch-256 activation memory of every variant.
+- ``--cuda-graph`` (CUDA, inference rows) adds, for the baseline and for ours on each backend, the
+  forward replayed from a CUDA graph (``+ cuda graph``: mobilenet_kernels.graph_inference, captured
+  under the same autocast): one launch per step, so batch-1 rows measure the GPU's work rather than
+  the host's. Its ``speedup_vs_compile`` is against the baseline's CUDA-graph row, so each kind of
+  row is compared with its like.
 - torchvision has no MobileNetV1; its baseline is our V1 on the "torch" backend (plain PyTorch ops),
   labelled "reference".
 - ``speedup_vs_eager``: the baseline's (torchvision or reference, not compiled) time over this
@@ -44,6 +49,7 @@ from .core import DTYPES, execute, geomean, progress, time_ms
 MODELS = ("mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v2", "mobilenet_v1")
 MODES = ("infer", "train")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH = "cuda-graph"  # Variant.compile of a forward replayed by graph_inference (not a torch.compile mode)
 MIN_SIZE = 32  # five stride-2 stages: 32 px is the smallest input that still has one pixel at the end
 
 COLUMNS = ["model", "mode", "batch", "variant", "p50_ms", "img_per_s", "peak_mem_mb", "saved_mb", "speedup_vs_eager",
@@ -66,6 +72,7 @@ class ModelSettings:
     backends: list[str]                # our backends, one "ours" variant each
     recompute: bool = False            # also ours with recompute=True (training rows)
     saved_only: bool = False           # training rows: saved_mb only, no timed steps (see measure_saved)
+    cuda_graph: bool = False           # inference rows: also each variant replayed from a CUDA graph
     quiet: bool = False
 
 
@@ -84,7 +91,7 @@ def default_settings(device: str) -> ModelSettings:
 class Variant:
     impl: str                 # "torchvision", "reference" (V1's baseline) or "ours"
     backend: str | None       # ours: the backend; the baselines: None
-    compile: str              # "none" or a torch.compile mode
+    compile: str              # "none", a torch.compile mode or CUDA_GRAPH (graph_inference)
     recompute: bool = False   # ours: the blocks recompute their expanded tensors in backward
 
     @property
@@ -94,17 +101,20 @@ class Variant:
             name += " + recompute"
         if self.compile == "none":
             return name
+        if self.compile == CUDA_GRAPH:
+            return f"{name} + cuda graph"
         return f"{name} + compile" + ("" if self.compile == "default" else f" {self.compile}")
 
 
 def variants(model_name: str, s: ModelSettings, mode: str = "train") -> list[Variant]:
-    """The baseline (eager, then each compile mode), then ours per backend (eager, then compiled;
-    with ``s.recompute``, in training and for the models with inverted-residual blocks, then the
-    same with recompute)."""
+    """The baseline (eager, then each compile mode, then replayed from a CUDA graph with
+    ``s.cuda_graph`` in inference), then ours per backend likewise (with ``s.recompute``, in training
+    and for the models with inverted-residual blocks, then the same with recompute)."""
     baseline = "reference" if model_name == "mobilenet_v1" else "torchvision"
-    found = [Variant(baseline, None, c) for c in ["none", *s.compile]]
+    runs = ["none", *s.compile, *([CUDA_GRAPH] if s.cuda_graph and mode == "infer" else [])]
+    found = [Variant(baseline, None, c) for c in runs]
     recompute = [False, True] if s.recompute and mode == "train" and model_name != "mobilenet_v1" else [False]
-    found += [Variant("ours", backend, c, r) for backend in s.backends for r in recompute for c in ["none", *s.compile]]
+    found += [Variant("ours", backend, c, r) for backend in s.backends for r in recompute for c in runs]
     return found
 
 
@@ -218,10 +228,18 @@ def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, st
     then p20/p50/p80 ms and images per second; training rows of eager variants also get the MB of
     saved activations (saved_activation_bytes)."""
     model = _ready_model(model_name, variant, mode, state_dict, s)
-    runnable = model if variant.compile == "none" else torch.compile(model, mode=variant.compile)
+    start = time.perf_counter()  # first_step_s includes the capture of a CUDA graph, as the compilation
+    if variant.compile == "none":
+        runnable = model
+    elif variant.compile == CUDA_GRAPH:
+        from ..cuda_graphs import graph_inference
+
+        dtype = DTYPES[s.dtype]
+        runnable = graph_inference(model, _input(batch, s), dtype=None if dtype == torch.float32 else dtype)
+    else:
+        runnable = torch.compile(model, mode=variant.compile)
     step = make_step(runnable, mode, batch, s)
     result: dict = {}
-    start = time.perf_counter()
     step()
     _synchronize(s.device)
     result["first_step_s"] = time.perf_counter() - start
@@ -250,7 +268,7 @@ def _release(device: str) -> None:
 def _add_ratios(case_rows: list[dict]) -> None:
     """speedup_vs_eager and speedup_vs_compile of the rows of one (model, mode, batch) case."""
     baseline = {r["compile"]: r["p50_ms"] for r in case_rows if r["impl"] != "ours" and "p50_ms" in r}
-    first_compiled = next((ms for mode, ms in baseline.items() if mode != "none"), None)
+    first_compiled = next((ms for mode, ms in baseline.items() if mode not in ("none", CUDA_GRAPH)), None)
     for r in case_rows:
         if "p50_ms" not in r:
             continue

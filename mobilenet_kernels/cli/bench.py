@@ -66,6 +66,9 @@ def add_parser(sub) -> None:
     model.add_argument("--recompute", action="store_true",
                        help="also train our V2/V3 with recompute=True (the blocks recompute their expanded tensors in "
                             "backward instead of storing them): rows 'ours[BACKEND] + recompute'; compare saved_mb")
+    model.add_argument("--cuda-graph", action="store_true",
+                       help="CUDA: also run each inference variant replayed from a CUDA graph "
+                            "(mobilenet_kernels.graph_inference): rows 'VARIANT + cuda graph'")
     model.add_argument("--saved-only", action="store_true",
                        help="training rows record only saved_mb, the activation memory (one forward per variant, "
                             "nothing timed): bytes do not depend on the device, so a CPU gives batch-256 numbers; "
@@ -259,6 +262,12 @@ def run_model(args) -> int:
         s.compile = _compile_modes(args.compile, models.COMPILE_MODES)
     s.backends = _backends(args.backend, device) if args.backend else _fastest_backend(device)
     s.recompute = args.recompute
+    if args.cuda_graph:
+        if device != "cuda":
+            raise CliError("--cuda-graph: CUDA graphs need --device cuda")
+        if args.mode == "train" or args.saved_only:
+            raise CliError("--cuda-graph: replays inference only (use --mode infer or both)")
+        s.cuda_graph = True
     if args.saved_only:
         if args.mode == "infer" or (args.compile and args.compile != ["none"]):
             raise CliError("--saved-only: measures training activations of eager models (use --mode train, "
