@@ -2,8 +2,9 @@
 torchvision eager and of ours on each backend (mobilenet_kernels/benchmarking/profile.py).
 
 Writes OUT/NAME.json (environment, settings, one row per variant: wall, host and device-work ms per
-step, launches per step, the GPU's idle share, ms per kernel category, the top kernels) and
-OUT/NAME.md (the summary table).
+step, launches per step, the GPU's idle share, ms per kernel category, the top kernels, and the
+step's peak memory with what was alive at the peak, per op and phase) and OUT/NAME.md (the summary
+table).
 
     python benchmarks/profile_model.py OUT                    # GPU: V3-Large, batch 128, 224², bf16 AMP
     python benchmarks/profile_model.py OUT --device cpu --batch 2 --size 32 --dtype float32   # CPU: seconds
@@ -23,7 +24,8 @@ from mobilenet_kernels.benchmarking.models import MODELS, ModelSettings
 from mobilenet_kernels.benchmarking.profile import run_profiles
 
 
-COLUMNS = ["variant", "wall ms", "host ms", "device work ms", "launches", "GPU idle %", "largest categories (ms)"]
+COLUMNS = ["variant", "wall ms", "host ms", "device work ms", "launches", "GPU idle %", "peak MB (tensors / allocator)",
+           "largest categories (ms)", "largest at the peak (MB)"]
 
 
 def table(rows: list[dict]) -> str:
@@ -33,9 +35,14 @@ def table(rows: list[dict]) -> str:
             body.append({"variant": r["variant"], "largest categories (ms)": "error: " + r["error"][:80]})
             continue
         top3 = ", ".join(f"{k} {v:.2f}" for k, v in list(r["categories_ms"].items())[:3])
+        mem = r["memory"]
+        peak = f"{mem['tensor_peak_mb']:.4g}" + ("" if mem["allocator_peak_mb"] is None
+                                                 else f" / {mem['allocator_peak_mb']:.4g}")
+        held = ", ".join(f"{e['op']} ({e['phase'][:3]}) {e['mb']:.3g}" for e in mem["at_peak"][:3])
         body.append({"variant": r["variant"], "wall ms": r["wall_ms"], "host ms": r["host_ms"],
                      "device work ms": r["work_ms"], "launches": round(r["launches"]), "GPU idle %": r["idle_pct"],
-                     "largest categories (ms)": top3})
+                     "peak MB (tensors / allocator)": peak, "largest categories (ms)": top3,
+                     "largest at the peak (MB)": held})
     return markdown_table(body, COLUMNS)
 
 

@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from mobilenet_kernels.benchmarking.profile import category, short_name
 
@@ -70,6 +71,14 @@ def test_profile_model_on_cpu(tmp_path, capsys):
         ms = [t["ms"] for t in row["top"]]
         assert ms == sorted(ms, reverse=True) and 0 < len(ms) <= 20
     assert "ours: depthwise" in ours["categories_ms"] and "cuDNN conv" in eager["categories_ms"]
+    for row in (eager, ours):
+        mem = row["memory"]
+        held = [e["mb"] for e in mem["at_peak"]]
+        assert mem["allocator_peak_mb"] is None  # CUDA only
+        assert held == sorted(held, reverse=True) and 0 < sum(held) <= mem["tensor_peak_mb"] + 1e-9
+        assert mem["peak_during"]["phase"] in ("forward", "backward")
+    assert any(e["op"].startswith("mobilenet_kernels.") for e in ours["memory"]["at_peak"])
+    assert any(e["op"] == "aten.convolution" for e in eager["memory"]["at_peak"])
     table = (tmp_path / "prof.md").read_text()
     assert "| ours[cuda] |" in table and table in capsys.readouterr().out
 
@@ -84,3 +93,29 @@ def test_profile_model_bad_arguments(tmp_path, args, message, capsys):
     with pytest.raises(SystemExit) as exc:
         load_script().main([str(tmp_path), "--device", "cpu", *args])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_live_memory_counts_what_is_alive_at_the_peak():
+    """LiveMemory: the peak of the storage allocated in the region and alive at once, attributed to
+    the op that returned it; views and in-place ops allocate nothing, freed storage is subtracted,
+    and the autograd engine's ops count as backward."""
+    from mobilenet_kernels.benchmarking.profile import LiveMemory
+
+    x = torch.ones(1024, requires_grad=True)  # 4 KiB each; allocated before the region: not counted
+    w = torch.ones(1024)
+    with LiveMemory() as mem:
+        w.mul_(2)                  # in place: nothing allocated
+        a = x * 2                  # 4 KiB
+        view = a[:512]             # a view: the same storage
+        tmp = w + 1                # 4 KiB, freed below
+        del tmp
+        b = torch.stack([a, a])    # 8 KiB: the forward's peak, 12 KiB (a, b)
+        forward = mem.summary()
+        (b.sum() + view.sum()).backward()
+    assert forward["tensor_peak_mb"] * 1024 == pytest.approx(12)
+    assert forward["peak_during"] == {"phase": "forward", "op": "aten.stack"}
+    held = {(e["phase"], e["op"]): e["mb"] * 1024 for e in forward["at_peak"]}
+    assert held == {("forward", "aten.mul"): pytest.approx(4), ("forward", "aten.stack"): pytest.approx(8)}
+    after = {(e["phase"], e["op"]) for e in mem.summary()["at_peak"]}
+    assert any(phase == "backward" for phase, _ in after)  # the backward's buffers raised the peak
+    assert x.grad is not None and mem.current < mem.peak

@@ -7,15 +7,26 @@ kernels' durations on CUDA; the CPU ops' self time on a CPU) and the launches pe
 the wall time the GPU was idle, the time per kernel category and the top kernels. A step whose host
 time reaches its wall time is host-bound: the GPU waits for launches, and fewer launches (or a CUDA
 graph) would speed it up; a busy GPU points at the kernels in the top list instead.
+
+Memory (``memory``, one more step per variant): the peak of the tensor storage allocated during a
+step and alive at once, and what was alive at that peak by the op that allocated it and the phase
+(forward or backward), from a dispatch mode that sees every op, those our C++ ops call inside
+(their ``aten::empty`` temporaries) included (:class:`LiveMemory`); on CUDA also the caching
+allocator's own peak over the step (``allocator_peak_mb``, above what was allocated before it): a gap
+between the two is memory no op returned (library workspaces). This is where a training step's peak
+memory goes, per op, on any device.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+import weakref
+from collections import Counter, defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from .core import time_ms
 from .models import ModelSettings, Variant, _ready_model, _synchronize, build, make_step
@@ -64,6 +75,83 @@ def device_work(prof, device: str) -> list[tuple[str, float]]:
     return [(e.key, e.self_cpu_time_total / max(e.count, 1)) for e in prof.key_averages() for _ in range(e.count)]
 
 
+class LiveMemory(TorchDispatchMode):
+    """Within the mode: the bytes of tensor storage that ops allocate and that are still alive, their
+    peak, and at the peak the live bytes per (phase, op). The op of an allocation is the outermost op
+    on the dispatch stack (an ``aten::empty`` inside one of our C++ ops counts as that op); the phase
+    is "backward" inside the autograd engine, else "forward" (the optimizer's step included). A
+    storage counts from the op that first returns it (not one of the op's inputs': in-place ops and
+    views allocate nothing) until it is freed (a finalizer on the storage:
+    PyTorch keeps a storage's Python object alive as long as the storage itself)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[tuple[str, str], int]] = {}  # storage address -> ((phase, op), bytes)
+        self.current = 0
+        self.by_op: Counter = Counter()  # live bytes per (phase, op)
+        self.peak = 0
+        self.at_peak: Counter = Counter()
+        self.peak_during: tuple[str, str] = ("", "")
+        self._stack: list[str] = []
+
+    def _free(self, key: int) -> None:
+        entry = self.live.pop(key, None)
+        if entry is not None:
+            self.current -= entry[1]
+            self.by_op[entry[0]] -= entry[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._stack.append(str(func.overloadpacket).replace("aten::", "aten.").replace("mobilenet_kernels::", ""))
+        try:
+            out = func(*args, **(kwargs or {}))
+        finally:
+            op = self._stack[0]
+            self._stack.pop()
+        phase = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
+        inputs = None
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.is_meta:
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self.live:
+                continue
+            if inputs is None:  # an in-place op or a view returns an input's storage: not an allocation
+                inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                          if isinstance(a, torch.Tensor) and not a.is_meta}
+            if key in inputs:
+                continue
+            self.live[key] = ((phase, op), nbytes)
+            self.current += nbytes
+            self.by_op[(phase, op)] += nbytes
+            weakref.finalize(storage, self._free, key)
+            if self.current > self.peak:
+                self.peak, self.peak_during, self.at_peak = self.current, (phase, op), self.by_op.copy()
+        return out
+
+    def summary(self, top: int = 12) -> dict:
+        mb = 2.0 ** -20
+        return {"tensor_peak_mb": self.peak * mb, "peak_during": {"phase": self.peak_during[0], "op": self.peak_during[1]},
+                "at_peak": [{"phase": phase, "op": op, "mb": n * mb} for (phase, op), n in self.at_peak.most_common(top)
+                            if n > 0]}
+
+
+def step_memory(step, device: str) -> dict:
+    """LiveMemory.summary of one call of ``step`` (a training step) and, on CUDA, the caching
+    allocator's peak over it above what was allocated before (``allocator_peak_mb``; None on a CPU)."""
+    _synchronize(device)
+    if device == "cuda":
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    tracker = LiveMemory()
+    with tracker:
+        step()
+        _synchronize(device)
+    found = tracker.summary()
+    found["allocator_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20 if device == "cuda" else None
+    return found
+
+
 def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: dict, s: ModelSettings,
                     steps: int = 3) -> dict:
     """One variant's training step, timed (wall and host) and then profiled over ``steps`` steps."""
@@ -79,6 +167,7 @@ def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: d
         for _ in range(steps):
             step()
         _synchronize(s.device)
+    memory = step_memory(step, s.device)
     work = device_work(prof, s.device)
     per_category: dict[str, float] = defaultdict(float)
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
@@ -98,6 +187,7 @@ def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: d
         "idle_pct": 100 * max(0.0, 1 - work_ms / wall) if s.device == "cuda" else None,
         "categories_ms": dict(sorted(per_category.items(), key=lambda kv: -kv[1])),
         "top": [{"name": name, "calls": round(calls, 2), "ms": ms} for name, (calls, ms) in top],
+        "memory": memory,
     }
 
 
