@@ -8,7 +8,8 @@ and by our CUDA backward op; with triton.testing.do_bench (L2 flushed) and do_be
 (launch gaps removed).
 Run it with MK_DW_TILED=0 (the default kernels; MK_DW_ROW_REUSE=0 as well for the generic one
 instead of the stride-1 row-reuse kernel) and unset (the shared-memory tiled kernels of
-csrc/cuda/depthwise_tiled.cuh at strides 1 and 2, the default; MK_DW_TILED=1 is the same);
+csrc/cuda/depthwise_tiled.cuh at strides 1 and 2, the default; MK_DW_TILED=1 is the same), and
+MK_DW_STAGES=1 (the tiled kernels with one staging buffer instead of two: stage, wait, compute);
 the rows carry the settings and the CUDA op's largest difference from cuDNN (cuda_max_abs_diff; both
 round an fp32 sum to bf16 once, so a few bf16 ulps of the output at most; cuda_wgrad_max_rel_diff:
 the weight gradient's, relative to cuDNN's largest |grad_weight|; cuda_bwd_max_rel_diff: the larger
@@ -50,6 +51,7 @@ def main() -> int:
 
     reuse = os.environ.get("MK_DW_ROW_REUSE", "1")
     tiled = os.environ.get("MK_DW_TILED", "1")  # the CUDA code's default when unset: tiled
+    stages = os.environ.get("MK_DW_STAGES", "2")  # likewise: double-buffered
     ns = torch.ops.mobilenet_kernels
     rows = []
     for C, H, k, s in LAYERS:
@@ -91,7 +93,8 @@ def main() -> int:
         gx, gw = (t.float() for t in variants["cuda_bwd"]())
         bdiff = max(((gx - gx_ref).abs().max() / gx_ref.abs().max()).item(),
                     ((gw - gw_ref2).abs().max() / gw_ref2.abs().max()).item())
-        row = dict(C=C, H=H, k=k, stride=s, batch=args.batch, row_reuse=reuse, tiled=tiled, bytes=nbytes,
+        row = dict(C=C, H=H, k=k, stride=s, batch=args.batch, row_reuse=reuse, tiled=tiled, stages=stages,
+                   bytes=nbytes,
                    cuda_max_abs_diff=diff, cuda_wgrad_max_rel_diff=wdiff, cuda_bwd_max_rel_diff=bdiff)
         for name, fn in variants.items():
             row[f"{name}_ms"] = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")

@@ -127,6 +127,7 @@ step large_tensors 200 env MK_TEST_DEVICE=cuda $PY -m pytest python_tests/test_l
   -v --tb=short -rfE -p no:cacheprovider
 step diag_dw 60 env MK_DW_TILED=0 $PY benchmarks/diag_depthwise.py "$OUT"
 step diag_dw 60 env MK_DW_TILED=1 $PY benchmarks/diag_depthwise.py "$OUT"
+step diag_dw 60 env MK_DW_TILED=1 MK_DW_STAGES=1 $PY benchmarks/diag_depthwise.py "$OUT"  # one staging buffer
 # ncu_dw: what limits each depthwise kernel (issue 4). Two profiles of one launch per layer: the
 # forward by cuDNN and by our default kernels (MK_DW_TILED=0), then our forward and backward with
 # the tiled kernels (the default); cuDNN's kernel names vary by version, hence the

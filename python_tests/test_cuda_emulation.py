@@ -86,10 +86,10 @@ def make_case(N, C, H, W, K, dtype, *, bias, x_pad_w=0):
     return x, w, taps, b
 
 
-def run(emu, x, taps, b, K, S, pH, pW, act, stats, min_blocks=-1):
+def run(emu, x, taps, b, K, S, pH, pW, act, stats, min_blocks=-1, stages=2):
     y, pn, pm, pm2, info = emu.run(x, taps, b if b is not None else torch.empty(0), K, S, pH, pW, ACT[act], stats,
-                                   min_blocks)
-    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
+                                   stages, min_blocks)
+    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem, used_stages = info
     N, C, H, W = x.shape
     OH, OW = (H + 2 * pH - K) // S + 1, (W + 2 * pW - K) // S + 1
     where = f"x {tuple(x.shape)} {x.dtype} K{K} S{S} pad ({pH}, {pW}) {act} stats={stats} plan {info}"
@@ -98,6 +98,7 @@ def run(emu, x, taps, b, K, S, pH, pW, act, stats, min_blocks=-1):
     assert TW == strips * 4 and 1 <= TH <= OH and tx == cbv * lanes and tx * ty <= 256 and ty >= TH * strips, where
     assert tiles == N * math.ceil(OH / TH) * math.ceil(OW / TW) and blocks_x == math.ceil(tiles / R), where
     assert blocks_y == math.ceil(C // VEC[x.dtype] / cbv) and smem <= 48 * 1024, where  # two buffers
+    assert used_stages == (stages if R > 1 else 1), where  # a second buffer only where a block has a next tile
     assert not y.isnan().any(), f"output elements left unwritten: {where}"
     return y, (pn, pm, pm2), info, where
 
@@ -181,15 +182,18 @@ def test_multi_tile_and_strides(emu, case, act):
 
 def double_buffered_run(emu, case) -> int:
     """Runs MULTI_TILE ``case`` with blocks of one tile and with blocks of several tiles (the
-    forward's plan at large batches: tile i + 1 staged into the other buffer while tile i is
-    computed); checks the outputs are equal bit for bit; returns the tiles per block."""
+    forward's plan at large batches), these with two staging buffers (tile i + 1 staged into the
+    other buffer while tile i is computed) and with one (MK_DW_STAGES=1); checks the outputs are
+    equal bit for bit; returns the tiles per block."""
     dtype, N, C, H, W, K, S, pH, pW, x_pad_w = case
     x, w, taps, b = make_case(N, C, H, W, K, dtype, bias=True, x_pad_w=x_pad_w)
     y1, _, info1, _ = run(emu, x, taps, b, K, S, pH, pW, "hardswish", False)
     y, _, info, where = run(emu, x, taps, b, K, S, pH, pW, "hardswish", False, min_blocks=0)
+    ys, _, info_s, _ = run(emu, x, taps, b, K, S, pH, pW, "hardswish", False, min_blocks=0, stages=1)
     TH, TW, R, tiles = info[0], info[1], info[3], info[4]
     assert info1[3] == 1 and R == min(tiles, math.ceil(512 / (TH * TW))) and info[5] == math.ceil(tiles / R), where
-    assert torch.equal(y, y1), where
+    assert info_s[:10] == info[:10] and (R == 1 or info_s[10] * 2 == info[10]), where  # same tiles, half the memory
+    assert torch.equal(y, y1) and torch.equal(ys, y1), where
     return R
 
 
@@ -281,11 +285,12 @@ def assert_wgrad_matches(emu, x, gy, K, S, pH, pW, bias):
     """The emulated tiled weight-gradient stage 1: its plan, every partial written, and the partials'
     sums; returns (part, plan, where)."""
     part, info = emu.wgrad(x, gy, K, S, pH, pW, bias)
-    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
+    TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem, stages = info
     N, C = x.shape[:2]
     where = f"x {tuple(x.shape)} {x.dtype} K{K} S{S} pad ({pH}, {pW}) bias={bias} plan {info}"
     lanes = VEC[x.dtype] // min(VEC[x.dtype], 4 if K == 3 else 2)  # threads per channel vector
     assert tx == cbv * lanes and tx * ty <= 256 and ty >= TH * strips and blocks_x == math.ceil(tiles / R), where
+    assert stages == (2 if R > 1 else 1) and smem <= 48 * 1024, where
     assert part.shape == (blocks_x, K * K + bias, C), where
     assert not part.isnan().any(), f"partials left unwritten: {where}"
     assert_partials_sum_to_grads(part, x, gy, K, S, (pH, pW), bias, where)
@@ -319,9 +324,9 @@ WGRAD_MULTI_BLOCK = [
 @pytest.mark.parametrize("case", WGRAD_MULTI_BLOCK, ids=lambda c: f"{c[0]}-N{c[1]}C{c[2]}-{c[3]}x{c[4]}-k{c[5]}s{c[6]}")
 def test_wgrad_multi_block_deterministic(emu, case):
     """Several blocks of R > 1 tiles: the sums match, a second run gives the same partials bit for
-    bit (no atomics, a fixed tile -> block map and reduction tree), and grad_output, a W-slice whose
-    gaps hold NaN in the emulation's buffer, is never read past its last column (the tiles overhang
-    the output)."""
+    bit (no atomics, a fixed tile -> block map and reduction tree), and so does a run with one
+    staging buffer (MK_DW_STAGES=1), and grad_output, a W-slice whose gaps hold NaN in the
+    emulation's buffer, is never read past its last column (the tiles overhang the output)."""
     dtype, N, C, H, W, K, S, pad, x_pad_w = case
     x, _, _, _ = make_case(N, C, H, W, K, dtype, bias=False, x_pad_w=x_pad_w)
     OH, OW = (H + 2 * pad - K) // S + 1, (W + 2 * pad - K) // S + 1
@@ -331,6 +336,8 @@ def test_wgrad_multi_block_deterministic(emu, case):
     assert blocks_x >= 2 and R >= 2 and tiles % R != 0, where
     part2, _ = emu.wgrad(x, gy, K, S, pad, pad, True)
     assert torch.equal(part, part2), where
+    part1, info1 = emu.wgrad(x, gy, K, S, pad, pad, True, 1)
+    assert info1[-1] == 1 and info1[:10] == info[:10] and torch.equal(part, part1), where
 
 
 def dgrad_s2_cases(dtype, K):
@@ -359,11 +366,20 @@ def test_dgrad_s2_matches_conv_input_grad(emu, dtype, K):
         gy = (torch.randn(N, C, OH, OW) * 3).to(dtype).contiguous(memory_format=torch.channels_last)
         w = torch.randn(C, 1, K, K) / K
         taps = w.reshape(C, K * K).t().contiguous()
-        gx, info = emu.dgrad_s2(gy, taps, H, W, K, pH, pW)
-        where = f"gx ({N}, {C}, {H}, {W}) {dtype} K{K} pad ({pH}, {pW}) plan {info}"
-        assert gx.shape == (N, C, H, W) and not gx.isnan().any(), f"elements left unwritten: {where}"
         ref = torch.nn.grad.conv2d_input((N, C, H, W), w.double(), gy.double(), stride=2, padding=(pH, pW), groups=C)
-        assert_matches(gx, ref, dtype, where)
+        # the plan of small batches (one tile per block), then blocks of several tiles with two
+        # staging buffers and with one: the same values, bit for bit
+        gx = None
+        for stages, min_blocks in ((2, -1), (2, 0), (1, 0)):
+            out, info = emu.dgrad_s2(gy, taps, H, W, K, pH, pW, stages, min_blocks)
+            where = f"gx ({N}, {C}, {H}, {W}) {dtype} K{K} pad ({pH}, {pW}) stages {stages} plan {info}"
+            assert out.shape == (N, C, H, W) and not out.isnan().any(), f"elements left unwritten: {where}"
+            assert info[-1] == (stages if info[3] > 1 else 1) and info[10] <= 48 * 1024, where
+            if gx is None:
+                assert_matches(out, ref, dtype, where)
+                gx = out
+            else:
+                assert torch.equal(out, gx), where
 
 
 # (N, C index, H, W, x_pad_w): one pixel, odd sizes, several tiles and blocks (R > 1, a clipped last
@@ -393,8 +409,11 @@ def test_fused_backward_matches_conv_grads(emu, dtype, K):
         assert_matches(gx, ref_gx, dtype, where)
         assert_partials_sum_to_grads(part, x, gy, K, 1, (P, P), bias, where)
         if i == len(FUSED_SHAPES) - 1:
-            assert blocks_x >= 2 and R >= 2, where
+            assert blocks_x >= 2 and R >= 2 and info[-1] == 2, where
             assert torch.equal(part, emu.bwd_fused(x, gy, taps, K, bias)[1]), where
+            gx1, part1, info1 = emu.bwd_fused(x, gy, taps, K, bias, 1)  # one staging buffer: the same values
+            assert info1[:10] == info[:10] and info1[10] * 2 == info[10], where
+            assert torch.equal(gx1, gx) and torch.equal(part1, part), where
 
 
 @pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
@@ -416,17 +435,16 @@ def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
             info = emu.plan(256, C, H, W, k, s, p, p, vec, kind)
             where = f"{model} C{C} {H}x{W} k{k} s{s} vec {vec} {kind}: plan {info}"
             assert info, where
-            TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem = info
+            TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem, stages = info
             rows, cols = (H + p % 2, W + p % 2) if kind == "dgrad_s2" else (OH, OW)  # the written extent
             assert 64 <= tx * ty <= 256 and TH <= rows and TW <= max(cols, 4) * 2, where
+            assert stages == (2 if R > 1 else 1) and smem <= 48 * 1024, where
             if kind == "stats":
                 assert blocks_x <= 2048 + 1 and (R * TH * TW >= 256 or R == tiles), where
             elif kind in ("wgrad", "bwd_fused"):
                 assert blocks_x <= 1024 + 1 and (R * TH * TW >= 512 or R == tiles), where
-            elif kind == "forward":  # several tiles per block, double-buffered, while 1024 blocks remain
+            else:  # forward, dgrad_s2: several tiles per block, double-buffered, while 1024 blocks remain
                 assert R <= max(1, math.ceil(512 / (TH * TW))) and (R == 1 or blocks_x * blocks_y >= 1024), where
-            else:
-                assert R == 1, where
 
 
 # ----------------------------------------------------------------------------- whole-block kernel

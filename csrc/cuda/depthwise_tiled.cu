@@ -18,16 +18,19 @@ namespace mobilenet_kernels {
 namespace cuda {
 namespace {
 
-// The statistics kernel holds block_merge_write's static shared memory (9 KB) besides its two
-// staged buffers (up to 2 * kTiledSmemBytes): more than the 48 KB a kernel gets without opting in.
-// Once per device (a function attribute is per device) for devices 0-63, at every launch beyond.
-template <typename Kernel>
-void allow_double_buffers(Kernel kernel) {
+// The kernels with static shared memory besides their two staged buffers (up to 2 * kTiledSmemBytes
+// of dynamic shared memory): the statistics (block_merge_write's 9 KB) and the weight-gradient
+// and fused backward kernels (TapSums::write's tree, 2-4 KB), more than the 48 KB a kernel gets
+// without opting in. Once per kernel and device (a function attribute is per device) for devices
+// 0-63, at every launch beyond. A template on the kernel itself, not on its type: kernels of one
+// signature (other K or S) have the same function-pointer type but each its own attribute.
+template <auto kKernel>
+void allow_double_buffers() {
   static std::atomic<uint64_t> done{0};
   const int device = c10::cuda::current_device();
   const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
   if (bit == 0 || (done.load() & bit) == 0) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * kTiledSmemBytes));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * kTiledSmemBytes));
     done.fetch_or(bit);
   }
 }
@@ -37,8 +40,8 @@ void launch(const TiledPlan& p, const TiledConv& c) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t* part = kStats ? c.part->data_ptr<acc_t>() : nullptr;
   const int64_t stride = kStats ? c.part->size(1) * c.part->size(2) : 0;  // (3, blocks_x, C)
-  const auto kernel = depthwise_conv2d_fwd_tiled_kernel<scalar_t, acc_t, VEC, K, S, kStats>;
-  if constexpr (kStats) allow_double_buffers(kernel);
+  constexpr auto kernel = depthwise_conv2d_fwd_tiled_kernel<scalar_t, acc_t, VEC, K, S, kStats>;
+  if constexpr (kStats) allow_double_buffers<kernel>();
   kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(),
           c.bias->defined() ? c.bias->data_ptr<acc_t>() : nullptr, p.g, c.act, part,
@@ -49,8 +52,9 @@ void launch(const TiledPlan& p, const TiledConv& c) {
 template <typename scalar_t, int VEC, int K, int S>
 void launch_wgrad(const TiledPlan& p, const TiledWgrad& c) {
   using acc_t = at::opmath_type<scalar_t>;
-  depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, acc_t, VEC, K, S>
-      <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
+  constexpr auto kernel = depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, acc_t, VEC, K, S>;
+  allow_double_buffers<kernel>();
+  kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), p.g, c.bias, c.part->data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -67,8 +71,9 @@ void launch_dgrad_s2(const TiledPlan& p, const TiledConv& c) {
 template <typename scalar_t, int VEC, int K>
 void launch_bwd_fused(const TiledPlan& p, const TiledBwd& c) {
   using acc_t = at::opmath_type<scalar_t>;
-  depthwise_conv2d_bwd_fused_s1_tiled_kernel<scalar_t, acc_t, VEC, K>
-      <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
+  constexpr auto kernel = depthwise_conv2d_bwd_fused_s1_tiled_kernel<scalar_t, acc_t, VEC, K>;
+  allow_double_buffers<kernel>();
+  kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), c.gx->data_ptr<scalar_t>(),
           c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -79,13 +84,15 @@ bool plan_for(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, int
   return (s.K == 3 || s.K == 5) && (s.S == 1 || s.S == 2) && plan_tiled_for(x, y, s, vec, work, p);
 }
 
-// false for float64 (no tiled kernels); else plans `work` for x -> y and, when it applies, calls
-// launch(plan) and returns true. `launch` is a generic lambda: not instantiated for float64.
+// false for float64 (no tiled kernels); else plans `work` (with tiled_stages() buffers) for x -> y
+// and, when it applies, calls launch(plan) and returns true. `launch` is a generic lambda: not
+// instantiated for float64.
 template <typename scalar_t, typename F>
 bool plan_and_launch(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, TiledWork work, F&& launch) {
   if constexpr (std::is_same_v<scalar_t, double>) {
     return false;
   } else {
+    work.stages = tiled_stages();
     TiledPlan p{};
     if (!plan_for(x, y, s, 16 / sizeof(scalar_t), work, p)) return false;
     launch(p);
@@ -115,6 +122,11 @@ at::Tensor wgrad_partials(const TiledPlan& p, const TiledShape& s, bool bias, co
 }
 
 }  // namespace
+
+int tiled_stages() {
+  static const int stages = env_is("MK_DW_STAGES", "1") ? 1 : 2;
+  return stages;
+}
 
 int tiled_max_stride() {
   static const int stride = env_is("MK_DW_TILED", "0") ? 0 : 2;

@@ -16,10 +16,12 @@
 // Each global input vector is read once per tile (plus the halo the neighbouring tiles share,
 // from L2), instead of once per kernel row as in depthwise_conv2d_fwd_kernel
 // (depthwise_kernels.cuh).
-// A block walks R consecutive tiles of the same channels (R > 1 for the statistics, so that a
-// partial covers enough outputs, and for the forward at large batches) with two staging buffers:
-// tile i + 1's cp.async copies are in flight while tile i is computed. GPU run 5's profile (ncu)
-// showed one-tile blocks latency-bound, staging and computing in turn. The statistics epilogue is
+// A block walks R consecutive tiles of the same channels (R > 1 for the statistics and the weight
+// gradient, so that a partial covers enough outputs, and for the forward and the stride-2
+// grad_input at large batches) with two staging buffers (for_each_staged_tile): tile i + 1's
+// cp.async copies are in flight while tile i is computed. GPU run 5's profile (ncu) showed
+// one-tile blocks latency-bound, staging and computing in turn. MK_DW_STAGES=1 keeps one buffer
+// (stage, wait, compute: the same tiles and blocks), to time the two against each other. The statistics epilogue is
 // the one of the other kernels (ShiftedSums + block_merge_write, chan_stats.cuh), one partial per
 // block.
 // The weight gradient's stage 1 (depthwise_conv2d_bwd_weight_tiled_kernel) stages the same input
@@ -64,6 +66,7 @@ struct TiledGeom {
   int tiles_h, tiles_w;    // tiles per image
   int64_t tiles;           // N * tiles_h * tiles_w
   int R;                   // consecutive tiles per block
+  int stages;              // staging buffers per staged tensor: 2 (double-buffered) when R > 1, else 1
   int64_t xsN, xsH, xsW;   // x strides
   int64_t ysN, ysH, ysW;   // y strides
 };
@@ -111,8 +114,8 @@ __device__ __forceinline__ TiledThread tiled_thread(const TiledGeom& g) {
 // padding), into tile[pixel * cbv + vector]; a pixel's cbv vectors are adjacent in memory, so the
 // loads are coalesced. The copies are asynchronous (copy16_async: cp.async, zero-filled outside
 // the image), so each thread has all of its share of the tile in flight at once instead of one
-// load per loop trip; the caller synchronizes before (the previous tile's reads) and, after
-// copy_async_wait<0>(), after: staged_barrier().
+// load per loop trip; they are not committed here: for_each_staged_tile commits a tile's copies
+// (of every staged tensor) as one group, waits for them and synchronizes.
 template <typename scalar_t, int VEC>
 __device__ __forceinline__ void stage_tile(Vec<scalar_t, VEC>* tile, const scalar_t* __restrict__ x,
                                            const TiledGeom& g, const TiledThread& t, int64_t n, int ih0, int iw0,
@@ -127,13 +130,6 @@ __device__ __forceinline__ void stage_tile(Vec<scalar_t, VEC>* tile, const scala
     const scalar_t* src = inside ? xn + static_cast<int64_t>(ih) * g.xsH + static_cast<int64_t>(iw) * g.xsW : x;
     copy16_async(tile + p * t.cbv + t.sv, src, inside);
   }
-  copy_async_commit();
-}
-
-// After a block's stage_tile calls: waits for this thread's copies, then for the whole block's.
-__device__ __forceinline__ void staged_barrier() {
-  copy_async_wait<0>();
-  __syncthreads();
 }
 
 // Tile t of the flattened (image, tile row, tile column): its image and first output row/column.
@@ -158,6 +154,43 @@ struct TileRange {
 __device__ __forceinline__ TileRange block_tiles(const TiledGeom& g) {
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * g.R;
   return {begin, begin + g.R < g.tiles ? begin + g.R : g.tiles};
+}
+
+// The staging pipeline of every tiled kernel: for each tile of the block (block_tiles),
+// stage(tile_id, buf) issues its copies (stage_tile, once per staged tensor) into buffer buf, and
+// once they have landed for the whole block compute(tile_id, buf) reads them. With g.stages == 2
+// the buffers alternate (`buffer` elements apart; tiles i, i + 2, ... in the first): tile i + 1's
+// copies are in flight while tile i is computed. Every thread commits one group per tile (an empty
+// one after the last), so copy_async_wait<1> leaves exactly the next tile's copies in flight. With
+// one stage: stage, wait, compute. Block-uniform: every thread of the block calls it (it has
+// __syncthreads), and compute runs between two barriers (a buffer is restaged only after every
+// thread's reads of it).
+template <typename T, typename Stage, typename Compute>
+__device__ __forceinline__ void for_each_staged_tile(const TiledGeom& g, T* smem, int buffer, Stage stage,
+                                                     Compute compute) {
+  const TileRange tiles = block_tiles(g);
+  const bool two = g.stages == 2;
+  if (two && tiles.begin < tiles.end) {
+    stage(tiles.begin, smem);
+    copy_async_commit();
+  }
+  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
+    const int parity = two ? static_cast<int>((tile_id - tiles.begin) & 1) : 0;
+    if (!two) {
+      stage(tile_id, smem);  // its reads of the last tile ended at the last barrier
+    } else if (tile_id + 1 < tiles.end) {
+      stage(tile_id + 1, smem + (1 - parity) * buffer);  // likewise for the other buffer
+    }
+    copy_async_commit();
+    if (two) {
+      copy_async_wait<1>();
+    } else {
+      copy_async_wait<0>();
+    }
+    __syncthreads();  // every thread's copies of this tile have landed
+    compute(tile_id, smem + parity * buffer);
+    __syncthreads();  // this tile's reads are done
+  }
 }
 
 // The inner loop of the tiled kernels: reads the kSpan staged values of one tile row that this
@@ -200,8 +233,8 @@ __device__ __forceinline__ void load_row_weights(const acc_t* __restrict__ w, in
 }
 
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
-// ptxas (CUDA 13, sm_90), double-buffered: 72-80 registers for 16-bit types (95-107 with the
-// statistics), 80-95 for float (96-112), no spills.
+// ptxas (CUDA 13, sm_90; for_each_staged_tile, one or two buffers): 77-88 registers for 16-bit
+// types (95-107 with the statistics), 85-96 for float (96-116), no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K, int S, bool kStats>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_fwd_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -219,7 +252,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   using V = Vec<scalar_t, VEC>;
   using VC = Vec<scalar_t, CV>;
   constexpr int kSpan = (kTiledRW - 1) * S + K;  // input columns one thread's strip reads per row
-  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [2 buffers][(IH * IW) pixels][cbv vectors]
+  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [g.stages buffers][(IH * IW) pixels][cbv vectors]
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int IH = (g.TH - 1) * S + K;
   const int IW = (g.TW - 1) * S + K;
@@ -231,27 +264,12 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   for (int v = 0; v < CV; ++v) b[v] = acc_t(0);
   if (bias != nullptr && t.active) load_vec<CV>(bias + t.c0, b);
 
-  // Double-buffered: tile i + 1's copies are in flight while tile i is computed, from the other
-  // buffer (tiles i, i + 2, ... in buffer 0). Every thread commits one group per tile, empty after
-  // the last, so copy_async_wait<1> leaves exactly the next tile's copies in flight.
-  const TileRange tiles = block_tiles(g);
   const auto stage = [&](int64_t tile_id, V* buf) {
     const TileOrigin o = tile_origin(g, tile_id);
     stage_tile<scalar_t, VEC>(buf, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
   };
-  if (tiles.begin < tiles.end) stage(tiles.begin, tile);
-  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
-    const int parity = static_cast<int>((tile_id - tiles.begin) & 1);
-    if (tile_id + 1 < tiles.end) {
-      stage(tile_id + 1, tile + (1 - parity) * buffer);  // its buffer's reads ended at the last barrier
-    } else {
-      copy_async_commit();
-    }
-    copy_async_wait<1>();
-    __syncthreads();  // every thread's copies of this tile have landed
-    const V* cur = tile + parity * buffer;
+  for_each_staged_tile(g, tile, buffer, stage, [&](int64_t tile_id, const V* cur) {
     const TileOrigin o = tile_origin(g, tile_id);
-
     if (t.computes) {
       acc_t acc[kTiledRW][CV];
       fill_columns(acc, b);
@@ -280,8 +298,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         }
       }
     }
-    __syncthreads();  // this tile's reads are done: the next trip stages tile + 2 into its buffer
-  }
+  });
   if constexpr (kStats) {
     block_merge_write<kTiledMaxThreads>(stats, t.active, threadIdx.y, blockDim.y, blockDim.x, blockIdx.x, t.c0, g.C,
                                         part_n, part_mean, part_m2);
@@ -289,7 +306,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 }
 
 // Channels a thread of the tiled weight-gradient kernel owns: its K * K * CV accumulators stay
-// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 104-128 registers, no spills.
+// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 106-128 registers, no spills.
 constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
 
 // A thread's share of the weight gradient's stage 1: sums of grad_output x input per tap (kh, kw)
@@ -380,22 +397,21 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   using V = Vec<scalar_t, VEC>;
   using VC = Vec<scalar_t, CV>;
   __shared__ acc_t red[kTiledMaxThreads * CV];  // block_sum_store's tree
-  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);
+  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [g.stages buffers][(IH * IW) pixels][cbv vectors]
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int IH = (g.TH - 1) * S + K;
   const int IW = (g.TW - 1) * S + K;
   const int step = t.cbv * kLanes;  // VC elements between staged pixels
-  const VC* src = reinterpret_cast<const VC*>(tile) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
   TapSums<acc_t, K, CV> sums;
   sums.zero();
 
-  const TileRange tiles = block_tiles(g);
-  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
+  const auto stage = [&](int64_t tile_id, V* buf) {
     const TileOrigin o = tile_origin(g, tile_id);
-    __syncthreads();
-    stage_tile<scalar_t, VEC>(tile, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
-    staged_barrier();
-
+    stage_tile<scalar_t, VEC>(buf, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
+  };
+  for_each_staged_tile(g, tile, IH * IW * t.cbv, stage, [&](int64_t tile_id, const V* cur) {
+    const TileOrigin o = tile_origin(g, tile_id);
+    const VC* src = reinterpret_cast<const VC*>(cur) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
     const int oh = o.oh0 + t.row;
     if (t.computes && oh < g.OH) {
       // This thread's grad_output: columns past OW are skipped (not zeroed: 0 * inf would be NaN).
@@ -416,7 +432,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         sums.template add_row<S>(kh, src + ((t.row * S + kh) * IW + t.col0 * S) * step, step, gv, ok);
       }
     }
-  }
+  });
   sums.write(red, t.active, do_bias, g.C, t.c0, part);
 }
 
@@ -432,7 +448,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // ((TW - 1) / 2 + (K - 1) / 2 + 1) pixels (zeros outside grad_output), and a thread reads
 // (K + 3) / 2 staged values per kernel row of its phase, each for the taps of its kTiledRW columns
 // that read it.
-// ptxas (CUDA 13, sm_90): 69-88 registers, no spills.
+// ptxas (CUDA 13, sm_90): 70-90 registers, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_bwd_input_s2_tiled_kernel(const scalar_t* __restrict__ gy,  // (N, C, OH, OW), channels_last
@@ -446,20 +462,20 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   constexpr int kSpan = kHalf + (kTiledRW - 1) / 2 + 1;  // staged columns one thread reads per row
   using V = Vec<scalar_t, VEC>;
   using VC = Vec<scalar_t, CV>;
-  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);
+  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [g.stages buffers][(GH * GW) pixels][cbv vectors]
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int GH = (g.TH - 1) / 2 + kHalf + 1;
   const int GW = (g.TW - 1) / 2 + kHalf + 1;
   const int shift_h = g.pH & 1, shift_w = g.pW & 1;
 
-  const TileRange tiles = block_tiles(g);
-  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
+  const auto stage = [&](int64_t tile_id, V* buf) {
     const TileOrigin o = tile_origin(g, tile_id);
     const int ih0 = o.oh0 - shift_h, iw0 = o.ow0 - shift_w;  // (ih0 + pH), (iw0 + pW) even
-    __syncthreads();
-    stage_tile<scalar_t, VEC>(tile, gy, g, t, o.n, (ih0 + g.pH) / 2 - kHalf, (iw0 + g.pW) / 2 - kHalf, GH, GW);
-    staged_barrier();
-
+    stage_tile<scalar_t, VEC>(buf, gy, g, t, o.n, (ih0 + g.pH) / 2 - kHalf, (iw0 + g.pW) / 2 - kHalf, GH, GW);
+  };
+  for_each_staged_tile(g, tile, GH * GW * t.cbv, stage, [&](int64_t tile_id, const V* cur) {
+    const TileOrigin o = tile_origin(g, tile_id);
+    const int ih0 = o.oh0 - shift_h, iw0 = o.ow0 - shift_w;
     if (t.computes) {
       const acc_t zero[CV] = {};
       acc_t acc[kTiledRW][CV];
@@ -471,9 +487,9 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         acc_t wr[K][CV];
         load_row_weights<K, CV>(w, kh, g.C, t.c0, wr);
         const int srow = (t.row - kh) / 2 + kHalf;  // r - kh is even
-        const VC* src = reinterpret_cast<const VC*>(tile) + ((srow * GW + t.col0 / 2) * t.cbv + t.cv) * kLanes + t.lane;
+        const VC* src = reinterpret_cast<const VC*>(cur) + ((srow * GW + t.col0 / 2) * t.cbv + t.cv) * kLanes + t.lane;
         feed_staged_row<K, kSpan, acc_t, CV>(
-            src, t.cbv * kLanes, [](int i, int j) { return j - 2 * (i - kHalf); },  // i = (j - kw) / 2 + kHalf
+            src, t.cbv * kLanes, [](int i, int j) { return j - 2 * (i - (K - 1) / 2); },  // i = (j - kw) / 2 + kHalf
             [&](int j, int kw, const acc_t(&xv)[CV]) {
 #pragma unroll
               for (int v = 0; v < CV; ++v) acc[j][v] += xv[v] * wr[kw][v];
@@ -494,7 +510,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         }
       }
     }
-  }
+  });
 }
 
 // Channels a thread of the fused backward owns: kTiledRW grad_input and K * K weight-gradient
@@ -510,7 +526,7 @@ constexpr int kTiledFusedCV = 2;
 // against grad_output at staged (r + P, c + P)). Threads, tiles (x = the input, y = grad_input,
 // both H x W) and partials as in the forward and weight-gradient kernels above; R tiles per
 // block. The partials are those of depthwise_conv2d_bwd_weight_tiled_kernel (same rows).
-// ptxas (CUDA 13, sm_90): 78-96 registers for k3, 119-128 for k5, no spills.
+// ptxas (CUDA 13, sm_90): 86-92 registers for k3, 122-128 for k5, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_bwd_fused_s1_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -530,22 +546,22 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int IH = g.TH - 1 + K;
   const int IW = g.TW - 1 + K;
-  V* gtile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // grad_output's footprint, then the input's
-  V* xtile = gtile + IH * IW * t.cbv;
+  // [g.stages buffers][grad_output's footprint, then the input's][(IH * IW) pixels][cbv vectors]
+  V* tiles = reinterpret_cast<V*>(mk_dw_tiled_smem);
+  const int footprint = IH * IW * t.cbv;
   const int step = t.cbv * kLanes;  // VC elements between staged pixels
-  const VC* gsrc = reinterpret_cast<const VC*>(gtile) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
-  const VC* xsrc = reinterpret_cast<const VC*>(xtile) + t.cv * kLanes + t.lane;
   TapSums<acc_t, K, CV> sums;
   sums.zero();
 
-  const TileRange tiles = block_tiles(g);
-  for (int64_t tile_id = tiles.begin; tile_id < tiles.end; ++tile_id) {  // uniform over the block
+  const auto stage = [&](int64_t tile_id, V* buf) {
     const TileOrigin o = tile_origin(g, tile_id);
-    __syncthreads();
-    stage_tile<scalar_t, VEC>(gtile, gy, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
-    stage_tile<scalar_t, VEC>(xtile, x, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
-    staged_barrier();
-
+    stage_tile<scalar_t, VEC>(buf, gy, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
+    stage_tile<scalar_t, VEC>(buf + footprint, x, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
+  };
+  for_each_staged_tile(g, tiles, 2 * footprint, stage, [&](int64_t tile_id, const V* cur) {
+    const TileOrigin o = tile_origin(g, tile_id);
+    const VC* gsrc = reinterpret_cast<const VC*>(cur) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
+    const VC* xsrc = reinterpret_cast<const VC*>(cur + footprint) + t.cv * kLanes + t.lane;
     const int oh = o.oh0 + t.row;
     if (t.computes && oh < g.OH) {
       // grad_output at this thread's pixels (staged row row + P, columns col0 + P + j); columns
@@ -593,7 +609,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         }
       }
     }
-  }
+  });
   sums.write(red, t.active, do_bias, g.C, t.c0, part);
 }
 
@@ -604,23 +620,26 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // Shape-derived only: deterministic.
 // `dgrad_s2`: the stride-2 grad_input kernel, whose footprint is ((TH - 1) / 2 + (K - 1) / 2 + 1)
 // rows (likewise columns) of the read tensor and whose tiles are shifted by the padding's parity.
-// `footprints`: staged tiles per block (2 for the fused backward: grad_output's and the input's; 2
-// for the double-buffered forward: this tile's and the next one's), within `smem` bytes in all.
+// `tensors`: the tensors a tile stages (2 for the fused backward: grad_output's footprint and the
+// input's), within `smem` bytes per stage. `stages`: staging buffers (for_each_staged_tile): 2,
+// double-buffered, where a block walks several tiles (R > 1), else 1; the tile is the same either
+// way, the shared memory twice as much with 2 (48 KB at most, the most a kernel gets without
+// opting in; the kernels that also hold static shared memory opt in: depthwise_tiled.cu).
 struct TiledWork {
   int cv;
   int64_t min_outputs, max_blocks;
   bool dgrad_s2;
-  int footprints;
+  int tensors;
   int smem = kTiledSmemBytes;
   int64_t min_blocks = 0;
+  int stages = 2;
 };
-// The forward: double-buffered, at least 512 outputs (4 tiles of 16 x 8) per block where the grid
-// keeps 1024 blocks, each buffer within kTiledSmemBytes (48 KB in all, the most a kernel gets
-// without opting in; with statistics the kernel also holds block_merge_write's 9 KB of static
-// shared memory, and its launcher opts in: depthwise_tiled.cu).
-constexpr TiledWork kTiledForward{kTiledCV, 512, int64_t(1) << 40, false, 2, 2 * kTiledSmemBytes, 1024};
-constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 2, 2 * kTiledSmemBytes};  // a partial per block
-constexpr TiledWork kTiledDgradS2{kTiledCV, 0, 0, true, 1};
+// The forward and the stride-2 grad_input: at least 512 outputs (4 tiles of 16 x 8) per block
+// where the grid keeps 1024 blocks. The statistics and the weight gradient: a partial per block
+// covering at least 256 (512) outputs, at most 2048 (1024) partials per channel.
+constexpr TiledWork kTiledForward{kTiledCV, 512, int64_t(1) << 40, false, 1, kTiledSmemBytes, 1024};
+constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 1};
+constexpr TiledWork kTiledDgradS2{kTiledCV, 512, int64_t(1) << 40, true, 1, kTiledSmemBytes, 1024};
 constexpr TiledWork kTiledBwdFused{kTiledFusedCV, 512, 1024, false, 2};
 inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024, false, 1}; }
 
@@ -630,7 +649,7 @@ inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024,
 // C % vec == 0.
 // Tile: up to 8 channel vectors (spread evenly over the channel blocks; vec / cv threads each; fewer
 // where that gives more threads), 2 strips (8 columns) and as many rows as 256 threads allow,
-// halved until the footprints fit work.smem; rows and strips clipped to the output.
+// halved until one stage's footprints fit work.smem; rows and strips clipped to the output.
 struct TiledPlan {
   TiledGeom g;
   unsigned cbv;                // channel vectors per block
@@ -642,7 +661,8 @@ struct TiledPlan {
 inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K, int S, int pH, int pW, int vec,
                        TiledWork work, TiledPlan& plan) {
   const int64_t cvecs = C / vec;
-  if (N < 1 || cvecs < 1 || OH < 1 || OW < 1 || work.cv < 1 || work.footprints < 1) return false;
+  if (N < 1 || cvecs < 1 || OH < 1 || OW < 1 || work.cv < 1 || work.tensors < 1) return false;
+  if (work.stages != 1 && work.stages != 2) return false;
   if (work.dgrad_s2 && (S != 2 || pH < 0 || pW < 0)) return false;
   const int64_t lanes = vec / std::min(vec, work.cv);
   // The written extent the tiles cover: the dgrad_s2 tiles start one row/column early for an odd
@@ -653,8 +673,8 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   const auto extent = [&](int outputs) {
     return work.dgrad_s2 ? (outputs - 1) / 2 + (K - 1) / 2 + 1 : (outputs - 1) * S + K;
   };
-  const auto bytes = [&](int th, int64_t cbv) {
-    return static_cast<size_t>(extent(th)) * extent(TW) * cbv * 16 * work.footprints;
+  const auto bytes = [&](int th, int64_t cbv) {  // one stage's footprints
+    return static_cast<size_t>(extent(th)) * extent(TW) * cbv * 16 * work.tensors;
   };
   // Candidates: at most 8, 4, 2, 1 channel vectors per block; the one with the most threads wins
   // (ties: the most channels). A large footprint (stride 2, k5) makes the rows shrink at 8 vectors;
@@ -702,12 +722,13 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   if (work.min_blocks > 0) R = std::max<int64_t>(1, std::min(R, g.tiles * blocks_y / work.min_blocks));
   if (R > (int64_t(1) << 30)) return false;
   g.R = static_cast<int>(R);
+  g.stages = R > 1 ? work.stages : 1;
   plan.cbv = static_cast<unsigned>(cbv);
   plan.tx = static_cast<unsigned>(cbv * lanes);
   plan.ty = ty;
   plan.blocks_x = ceil_div(g.tiles, R);
   plan.blocks_y = blocks_y;
-  plan.smem = bytes(TH, cbv);
+  plan.smem = bytes(TH, cbv) * g.stages;
   return plan.blocks_x <= 2147483647 && plan.blocks_y <= 65535;
 }
 
@@ -781,6 +802,11 @@ struct TiledBwd {
   bool bias;
   TiledShape shape;  // of the conv: x -> gy
 };
+
+// The staging buffers of the tiled kernels, from MK_DW_STAGES (read once per process): 2
+// (double-buffered where a block walks several tiles), or 1 with MK_DW_STAGES=1 (stage, wait,
+// compute), to time the two against each other (benchmarks/diag_depthwise.py).
+int tiled_stages();
 
 // The largest stride the tiled kernels take, from MK_DW_TILED (read once per process): 2 (every
 // stride they have), unless MK_DW_TILED=0: 0, never. With their cp.async staging they beat the

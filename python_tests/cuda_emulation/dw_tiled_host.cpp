@@ -60,11 +60,11 @@ void launch_planned(const mkc::TiledPlan& plan, const Kernel& kernel) {
   mk_emu::launch_grid(mkc::tiled_grid(plan), mkc::tiled_block(plan), plan.smem, mkc::mk_dw_tiled_smem, kernel);
 }
 
-// [TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem]
+// [TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem, stages]
 std::vector<int64_t> plan_info(const mkc::TiledPlan& plan) {
   const mkc::TiledGeom& g = plan.g;
   return {g.TH, g.TW, g.strips, g.R, g.tiles, plan.blocks_x, plan.blocks_y, plan.cbv, plan.tx, plan.ty,
-          static_cast<int64_t>(plan.smem)};
+          static_cast<int64_t>(plan.smem), g.stages};
 }
 
 // An input of the kernels (4-d, channels_last, C a multiple of the 16-byte vector) copied into a
@@ -92,10 +92,14 @@ void check_weight_taps(const at::Tensor& weight_taps, int64_t K, int64_t C) {
 }
 
 // The plan the CUDA launcher makes (plan_tiled_for) for the tiled launch x -> y (sizes from the two
-// tensors, x read and y written) of a K x K conv with stride S and padding (pH, pW); raises when
-// plan_tiled rejects it.
+// tensors, x read and y written) of a K x K conv with stride S and padding (pH, pW), with `stages`
+// staging buffers (the launcher's tiled_stages(): MK_DW_STAGES) and, when min_blocks >= 0, that
+// TiledWork::min_blocks instead of the work's (0: blocks of several tiles also for the small shapes
+// of the tests); raises when plan_tiled rejects it.
 mkc::TiledPlan plan_or_raise(const at::Tensor& x, const at::Tensor& y, int64_t K, int64_t S, int64_t pH, int64_t pW,
-                             mkc::TiledWork work) {
+                             mkc::TiledWork work, int64_t stages, int64_t min_blocks) {
+  work.stages = static_cast<int>(stages);
+  if (min_blocks >= 0) work.min_blocks = min_blocks;
   const mkc::TiledShape shape{x.size(0),
                               x.size(1),
                               static_cast<int>(x.size(2)),
@@ -113,13 +117,12 @@ mkc::TiledPlan plan_or_raise(const at::Tensor& x, const at::Tensor& y, int64_t K
 }
 
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
-// when `stats`; min_blocks >= 0 replaces the plan's TiledWork::min_blocks (0: blocks of several
-// tiles, double-buffered, also for the small shapes of the tests). Returns (y, part_n, part_mean, part_m2, plan) with plan = [TH, TW, strips, R,
-// tiles, blocks_x, blocks_y, cbv, tx, ty, smem]; the partials are empty without stats. Raises when
-// plan_tiled rejects the conv.
+// when `stats`; stages and min_blocks as plan_or_raise takes them. Returns (y, part_n, part_mean,
+// part_m2, plan) with plan = [TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem,
+// stages]; the partials are empty without stats. Raises when plan_tiled rejects the conv.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>> run(
     const at::Tensor& x_in, const at::Tensor& weight_taps, const at::Tensor& bias, int64_t K, int64_t S, int64_t pH,
-    int64_t pW, int64_t act_code, bool stats, int64_t min_blocks) {
+    int64_t pW, int64_t act_code, bool stats, int64_t stages, int64_t min_blocks) {
   const at::Tensor x = guarded_input(x_in, "x");
   TORCH_CHECK(act_code >= 0 && act_code <= 6, "act_code out of range");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -134,9 +137,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   const mk_emu::GuardedOutput out(at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * OH * OW + 2 * kGuardElems);
   at::Tensor y = out.y;
-  mkc::TiledWork work = stats ? mkc::kTiledStats : mkc::kTiledForward;
-  if (min_blocks >= 0) work.min_blocks = min_blocks;
-  const mkc::TiledPlan plan = plan_or_raise(x, y, K, S, pH, pW, work);
+  const mkc::TiledPlan plan =
+      plan_or_raise(x, y, K, S, pH, pW, stats ? mkc::kTiledStats : mkc::kTiledForward, stages, min_blocks);
 
   at::Tensor pn, pm, pm2;
   if (stats) {
@@ -188,7 +190,7 @@ mkc::TiledWork work_of(const std::string& kind, int64_t K) {
 // grad_output (both channels_last). Returns (part, plan): part (blocks_x, K * K + bias, C) float
 // partials whose sum over dim 0 is grad_weight's taps (then grad_bias), plan as run() returns it.
 std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const at::Tensor& gy_in, int64_t K,
-                                                   int64_t S, int64_t pH, int64_t pW, bool bias) {
+                                                   int64_t S, int64_t pH, int64_t pW, bool bias, int64_t stages) {
   const at::Tensor x = guarded_input(x_in, "x");
   const at::Tensor gy = guarded_input(gy_in, "gy");
   TORCH_CHECK(x.scalar_type() == gy.scalar_type(), "gy: expected x's dtype");
@@ -196,7 +198,8 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
   const int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
   TORCH_CHECK(H + 2 * pH >= K && W + 2 * pW >= K, "emulation: empty output");
   TORCH_CHECK(gy.sizes() == at::IntArrayRef({N, C, OH, OW}), "gy: expected the conv's output shape");
-  const mkc::TiledPlan plan = plan_or_raise(x, gy, K, S, pH, pW, mkc::tiled_wgrad_work(static_cast<int>(K)));
+  const mkc::TiledPlan plan =
+      plan_or_raise(x, gy, K, S, pH, pW, mkc::tiled_wgrad_work(static_cast<int>(K)), stages, -1);
   // The partials inside sentinel guard zones, NaN: every (block, row, channel) must be written.
   const int64_t rows = K * K + (bias ? 1 : 0);
   const mk_emu::GuardedOutput out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)), kGuardElems);
@@ -220,9 +223,11 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
 
 // grad_input of a stride-2 conv (input H x W, padding pH, pW) by the emulated parity-split tiled
 // kernel: gy its grad_output (channels_last), weight_taps the conv's (K * K, C) float taps (not
-// rotated). Returns (grad_input, plan), plan as run() returns it.
+// rotated); stages and min_blocks as plan_or_raise takes them. Returns (grad_input, plan), plan as
+// run() returns it.
 std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, const at::Tensor& weight_taps,
-                                                      int64_t H, int64_t W, int64_t K, int64_t pH, int64_t pW) {
+                                                      int64_t H, int64_t W, int64_t K, int64_t pH, int64_t pW,
+                                                      int64_t stages, int64_t min_blocks) {
   const at::Tensor gy = guarded_input(gy_in, "gy");
   const int64_t N = gy.size(0), C = gy.size(1), OH = gy.size(2), OW = gy.size(3);
   TORCH_CHECK((H + 2 * pH - K) / 2 + 1 == OH && (W + 2 * pW - K) / 2 + 1 == OW && H + 2 * pH >= K &&
@@ -232,7 +237,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
   const mk_emu::GuardedOutput out(at::empty({N, C, H, W}, gy.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * H * W + 2 * kGuardElems);
   at::Tensor gx = out.y;
-  const mkc::TiledPlan plan = plan_or_raise(gy, gx, K, 2, pH, pW, mkc::kTiledDgradS2);
+  const mkc::TiledPlan plan = plan_or_raise(gy, gx, K, 2, pH, pW, mkc::kTiledDgradS2, stages, min_blocks);
   const float* wp = weight_taps.data_ptr<float>();
   dispatch_dtype(gy.scalar_type(), "gy", [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -254,8 +259,8 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
 // channels_last, the same sizes and strides), weight_taps the conv's (K * K, C) float taps.
 // Returns (grad_input, part (blocks_x, K * K + bias, C), plan), plan as run() returns it.
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Tensor& x_in, const at::Tensor& gy_in,
-                                                                   const at::Tensor& weight_taps, int64_t K,
-                                                                   bool bias) {
+                                                                   const at::Tensor& weight_taps, int64_t K, bool bias,
+                                                                   int64_t stages) {
   const at::Tensor x = guarded_input(x_in, "x");
   const at::Tensor gy = guarded_input(gy_in, "gy");
   TORCH_CHECK(x.scalar_type() == gy.scalar_type() && x.sizes() == gy.sizes() && x.strides() == gy.strides(),
@@ -266,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
   const mk_emu::GuardedOutput gx_out(
       at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)), C * H * W + 2 * kGuardElems);
   at::Tensor gx = gx_out.y;
-  const mkc::TiledPlan plan = plan_or_raise(x, gx, K, 1, P, P, mkc::kTiledBwdFused);
+  const mkc::TiledPlan plan = plan_or_raise(x, gx, K, 1, P, P, mkc::kTiledBwdFused, stages, -1);
   const int64_t rows = K * K + (bias ? 1 : 0);
   const mk_emu::GuardedOutput part_out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)),
                                        kGuardElems);
@@ -296,16 +301,18 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
 // "dgrad_s2" (grad_input of the conv as the stride-2 kernel plans it: grad_output -> grad_input),
 // "bwd_fused" (the stride-1 fused backward).
 std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t S, int64_t pH, int64_t pW,
-                          int64_t vec, const std::string& kind) {
+                          int64_t vec, const std::string& kind, int64_t stages) {
   int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
   if (kind == "dgrad_s2") {  // reads grad_output, writes grad_input
     std::swap(H, OH);
     std::swap(W, OW);
   }
   mkc::TiledPlan p{};
+  mkc::TiledWork work = work_of(kind, K);
+  work.stages = static_cast<int>(stages);
   if (!mkc::plan_tiled(N, C, static_cast<int>(H), static_cast<int>(W), static_cast<int>(OH), static_cast<int>(OW),
                        static_cast<int>(K), static_cast<int>(S), static_cast<int>(pH), static_cast<int>(pW),
-                       static_cast<int>(vec), work_of(kind, K), p)) {
+                       static_cast<int>(vec), work, p)) {
     return {};
   }
   return plan_info(p);
@@ -316,13 +323,15 @@ std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run", &run, "depthwise_conv2d_fwd_tiled_kernel emulated on the host", py::arg("x"), py::arg("weight_taps"),
         py::arg("bias"), py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("act_code"),
-        py::arg("stats"), py::arg("min_blocks") = -1);
+        py::arg("stats"), py::arg("stages") = 2, py::arg("min_blocks") = -1);
   m.def("plan", &plan, "plan_tiled of a conv (nothing runs)", py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
-        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("kind"));
+        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("kind"),
+        py::arg("stages") = 2);
   m.def("dgrad_s2", &dgrad_s2, "depthwise_conv2d_bwd_input_s2_tiled_kernel emulated on the host", py::arg("gy"),
-        py::arg("weight_taps"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("pH"), py::arg("pW"));
+        py::arg("weight_taps"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("pH"), py::arg("pW"),
+        py::arg("stages") = 2, py::arg("min_blocks") = -1);
   m.def("bwd_fused", &bwd_fused, "depthwise_conv2d_bwd_fused_s1_tiled_kernel emulated on the host", py::arg("x"),
-        py::arg("gy"), py::arg("weight_taps"), py::arg("K"), py::arg("bias"));
+        py::arg("gy"), py::arg("weight_taps"), py::arg("K"), py::arg("bias"), py::arg("stages") = 2);
   m.def("wgrad", &wgrad, "depthwise_conv2d_bwd_weight_tiled_kernel emulated on the host", py::arg("x"), py::arg("gy"),
-        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"));
+        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"), py::arg("stages") = 2);
 }
