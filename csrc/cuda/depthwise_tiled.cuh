@@ -489,7 +489,9 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         const int srow = (t.row - kh) / 2 + kHalf;  // r - kh is even
         const VC* src = reinterpret_cast<const VC*>(cur) + ((srow * GW + t.col0 / 2) * t.cbv + t.cv) * kLanes + t.lane;
         feed_staged_row<K, kSpan, acc_t, CV>(
-            src, t.cbv * kLanes, [](int i, int j) { return j - 2 * (i - (K - 1) / 2); },  // i = (j - kw) / 2 + kHalf
+            // i = (j - kw) / 2 + kHalf; (K - 1) / 2 spelled out: g++ 12 deduces void for this lambda
+            // when it names kHalf from inside for_each_staged_tile's lambda
+            src, t.cbv * kLanes, [](int i, int j) { return j - 2 * (i - (K - 1) / 2); },
             [&](int j, int kw, const acc_t(&xv)[CV]) {
 #pragma unroll
               for (int v = 0; v < CV; ++v) acc[j][v] += xv[v] * wr[kw][v];
