@@ -13,10 +13,11 @@
 # Run 5 (an H200 at fa04ee6) took ~40 s to start, ~10 s between warm calls and 155 s to build;
 # its step times are in benchmarks/results/gpu_tests_run5_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
-# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model bench_model
+# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model hbm_bytes bench_model
 # loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_pw, bench_pw_fused, ncu_pw, bench_block,
-# profile_model, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone takes ~2.5 minutes).
+# profile_model, hbm_bytes, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
+# takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
 # launches, the GPU's idle share, ms per kernel category, the top kernels. diag_dw times
@@ -166,6 +167,11 @@ PROFILE_ARGS=()
 [ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
 step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
   "${PROFILE_ARGS[@]}"
+# hbm_bytes (150 s): issue 7's HBM bytes per image of a bf16 inference at batch 32 (V2, V3-Large):
+# the byte model (mobilenet_kernels/benchmarking/hbm.py) against ncu's DRAM bytes of one forward,
+# for torchvision, ours op by op and ours with the CUDA and the Triton whole-block kernels (one ncu
+# child per variant; without ncu, the model only).
+step hbm_bytes 150 $PY benchmarks/hbm_bytes.py "$OUT" --name "hbm_bytes_${GPU_TAG}"
 MODEL_BACKENDS=(cuda triton)
 GRAPH_ARGS=(--cuda-graph)  # inference rows replayed from a CUDA graph too (graph_inference): batch-1 latency
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda) && GRAPH_ARGS=()  # (the CPU check: Triton needs the interpreter there)
