@@ -44,7 +44,7 @@
 # loss_curves: issue 7's bf16 training curves, ours against eager within the seeds' noise (below).
 # bench_model: V3-Large and V2, training at batch 256 and inference at 1 and 256, 224², bf16 AMP,
 # channels_last, torchvision eager against ours on the cuda and triton backends, with recompute, and
-# each inference variant also replayed from a CUDA graph (--cuda-graph: batch-1 latency without the
+# each variant's step also replayed from a CUDA graph (--cuda-graph: the GPU's time without the
 # host's launch work; no torch.compile: compiling whole models does not fit the lease; `bench model`
 # does it by default).
 # Files: suite.log, suite_<gpu>.json, one JSON per benchmark (at most 7) and diag_depthwise.json; the
@@ -173,7 +173,7 @@ step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_mod
 # child per variant; without ncu, the model only).
 step hbm_bytes 150 $PY benchmarks/hbm_bytes.py "$OUT" --name "hbm_bytes_${GPU_TAG}"
 MODEL_BACKENDS=(cuda triton)
-GRAPH_ARGS=(--cuda-graph)  # inference rows replayed from a CUDA graph too (graph_inference): batch-1 latency
+GRAPH_ARGS=(--cuda-graph)  # every step also replayed from a CUDA graph (graph_inference, graph_train_step)
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda) && GRAPH_ARGS=()  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \
   --compile none --backend "${MODEL_BACKENDS[@]}" --recompute "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_${GPU_TAG}"

@@ -9,7 +9,7 @@
 
 from . import backends, functional, nn, ops  # noqa: F401
 from .convert import convert
-from .cuda_graphs import GraphedInference, graph_inference
+from .cuda_graphs import GraphedInference, GraphedTrainStep, graph_inference, graph_train_step
 from .models import mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
 from .version import __version__
 
@@ -17,7 +17,9 @@ __all__ = [
     "backends",
     "convert",
     "GraphedInference",
+    "GraphedTrainStep",
     "graph_inference",
+    "graph_train_step",
     "functional",
     "mobilenet_v1",
     "mobilenet_v2",

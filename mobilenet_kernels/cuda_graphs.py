@@ -1,4 +1,5 @@
-"""Fixed-shape inference replayed from a CUDA graph: one launch per call instead of one per kernel.
+"""Fixed-shape inference and training steps replayed from a CUDA graph: one launch per call instead
+of one per kernel.
 
 At batch 1 a MobileNet's kernels each run for a few microseconds, and the host's work per op
 (Python, the dispatcher, the launch) takes longer than the kernel it launches: an eager forward is
@@ -22,12 +23,28 @@ What the capture fixes, the replays keep:
 - autocast: ``dtype`` is the autocast dtype of the captured forward (None: no autocast); the autocast
   state around a later call does not matter.
 
+:func:`graph_train_step` does the same for a whole training step (forward, loss, backward and the
+optimizer's step: PyTorch's "whole-network capture"), for the same reason at any batch size: a
+MobileNet training step launches thousands of small kernels, and the host's work per launch can
+take longer than the GPU's::
+
+    step = mk.graph_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                               F.cross_entropy, images, labels, dtype=torch.bfloat16)
+    for images, labels in loader:  # batches of the example's shape
+        loss = step(images, labels)
+
+Besides what graph_inference fixes, the optimizer must be capturable (SGD is; Adam and AdamW with
+``capturable=True``), float16 autocast is refused (its GradScaler decides on the host whether to
+step), the gradients are the graph's own buffers (a replay writes them: do not zero them between
+calls), and the warm-up steps, which run for real, are undone (see graph_train_step).
+
 torch.compile(mode="reduce-overhead") does the same through Inductor; this needs no compilation.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 from torch import nn
@@ -65,13 +82,13 @@ class GraphedInference:
                 f"copy_output={self.copy_output})")
 
 
-def _check_like(input: torch.Tensor, static: torch.Tensor) -> None:
+def _check_like(input: torch.Tensor, static: torch.Tensor, name: str = "input") -> None:
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input: expected a tensor, got {type(input).__name__}")
+        raise TypeError(f"{name}: expected a tensor, got {type(input).__name__}")
     for what, got, want in (("shape", tuple(input.shape), tuple(static.shape)), ("dtype", input.dtype, static.dtype),
                             ("device", input.device, static.device)):
         if got != want:
-            raise ValueError(f"input: expected {what} {want} (the captured input's: capture again for another), "
+            raise ValueError(f"{name}: expected {what} {want} (the captured {name}'s: capture again for another), "
                              f"got {got}")
 
 
@@ -120,3 +137,128 @@ def graph_inference(model: nn.Module, example_input: torch.Tensor, *, dtype: tor
     if not any(isinstance(t, torch.Tensor) for t in tree_flatten(static_output)[0]):
         raise TypeError(f"model: expected a forward that returns tensors, got {type(static_output).__name__}")
     return GraphedInference(model, graph, static_input, static_output, copy_output)
+
+
+class GraphedTrainStep:
+    """A captured training step (see :func:`graph_train_step`): ``step(input, target)`` copies the
+    batch into the graph's buffers (``static_input``, ``static_target``), replays forward,
+    backward and the optimizer's step, and returns a copy of the loss."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, graph, static_input: torch.Tensor,
+                 static_target: torch.Tensor, static_loss: torch.Tensor) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.graph = graph
+        self.static_input = static_input
+        self.static_target = static_target
+        self.static_loss = static_loss
+
+    def __call__(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_like(input, self.static_input)
+        _check_like(target, self.static_target, "target")
+        self.static_input.copy_(input)
+        self.static_target.copy_(target)
+        self.graph.replay()
+        return self.static_loss.detach().clone()
+
+    def __repr__(self) -> str:
+        s = self.static_input
+        return (f"GraphedTrainStep({type(self.model).__name__}, {type(self.optimizer).__name__}, input "
+                f"{tuple(s.shape)} {s.dtype} on {s.device})")
+
+
+def _state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor a training step changes in place: parameters, buffers (BatchNorm's running
+    statistics and count) and the optimizer's state."""
+    found = [*model.parameters(), *model.buffers()]
+    for state in optimizer.state.values():
+        found += [t for t in state.values() if isinstance(t, torch.Tensor)]
+    return found
+
+
+def run_and_restore(model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[], object],
+                    times: int) -> None:
+    """Runs ``step()`` ``times`` times (real training steps, which create the optimizer's state and
+    let every kernel compile and tune), then puts the model and the optimizer back as they were,
+    in place (a graph captured afterwards reads these very tensors): parameters, buffers and the
+    optimizer's state tensors that existed before get their values back; state tensors the steps
+    created are zeroed, which is a fresh state for SGD without dampening and for Adam/AdamW (zero
+    moments and step count). Gradients are set to None."""
+    before = {id(t): t.detach().clone() for t in _state_tensors(model, optimizer)}
+    for _ in range(times):
+        step()
+    with torch.no_grad():
+        for t in _state_tensors(model, optimizer):
+            saved = before.get(id(t))
+            if saved is None:
+                t.zero_()
+            else:
+                t.copy_(saved)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def graph_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], example_input: torch.Tensor,
+                     example_target: torch.Tensor, *, dtype: torch.dtype | None = None,
+                     warmup: int = 3) -> GraphedTrainStep:
+    """Capture one training step, ``loss_fn(model(input), target)``, its backward and
+    ``optimizer.step()`` (autocast to ``dtype`` if given: torch.bfloat16; None: none), in a CUDA
+    graph, and return a :class:`GraphedTrainStep` that replays it on new batches of the example's
+    shape, dtype and device.
+
+    ``warmup`` real steps on the example batch run first on a side stream (torch.cuda.graph
+    requires it: kernels compile and tune, the optimizer creates its state), and are then undone
+    (:func:`run_and_restore`): the first replay is the model's first step from its current weights."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable (output, target) -> loss, got {type(loss_fn).__name__}")
+    for name, t in (("example_input", example_input), ("example_target", example_target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    if dtype == torch.float16:
+        raise ValueError("dtype: float16 training needs a GradScaler, which decides on the host whether to step "
+                         "and so cannot be captured; use torch.bfloat16")
+    if dtype is not None and dtype not in _AUTOCAST_DTYPES:
+        raise TypeError(f"dtype: expected None (no autocast) or torch.bfloat16, got {dtype}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+        raise ValueError(f"warmup: expected an int >= 1, got {warmup!r}")
+    for name, t in (("example_input", example_input), ("example_target", example_target)):
+        if t.device.type != "cuda":
+            raise ValueError(f"{name}: CUDA graphs need a CUDA tensor, got one on {t.device}")
+    device = example_input.device
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.device != device:
+            raise ValueError(f"model: {name} is on {t.device}, the example input on {device}: move the model to "
+                             "the input's device first")
+    owned = {id(p) for p in model.parameters()}
+    if any(id(p) not in owned for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError("optimizer: expected an optimizer over the model's parameters only")
+
+    static_input = example_input.detach().clone()
+    static_target = example_target.detach().clone()
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(model(static_input), static_target)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run_and_restore(model, optimizer, step, warmup)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            with autocast:
+                static_loss = loss_fn(model(static_input), static_target)
+            static_loss.backward()
+            optimizer.step()
+    return GraphedTrainStep(model, optimizer, graph, static_input, static_target, static_loss)

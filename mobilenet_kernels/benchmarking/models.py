@@ -18,11 +18,12 @@ on one of our backends, eager and compiled).
   the expanded tensors in backward (V2, V3; V1 has no such blocks). ``--saved-only`` measures
   nothing else (one forward per variant, no step timed): the bytes do not depend on the device, so
   a CPU gives the batch-256 activation memory of every variant.
-- ``--cuda-graph`` (CUDA, inference rows) adds, for the baseline and for ours on each backend, the
-  forward replayed from a CUDA graph (``+ cuda graph``: mobilenet_kernels.graph_inference, captured
-  under the same autocast): one launch per step, so batch-1 rows measure the GPU's work rather than
-  the host's. Its ``speedup_vs_compile`` is against the baseline's CUDA-graph row, so each kind of
-  row is compared with its like.
+- ``--cuda-graph`` (CUDA) adds, for the baseline and for ours on each backend, the step replayed
+  from a CUDA graph (``+ cuda graph``: mobilenet_kernels.graph_inference for inference,
+  graph_train_step for training: forward, backward and the SGD step; under the same autocast): one
+  launch per step, so the row measures the GPU's work rather than the host's. Its
+  ``speedup_vs_compile`` is against the baseline's CUDA-graph row, so each kind of row is compared
+  with its like.
 - torchvision has no MobileNetV1; its baseline is our V1 on the "torch" backend (plain PyTorch ops),
   labelled "reference".
 - ``speedup_vs_eager``: the baseline's (torchvision or reference, not compiled) time over this
@@ -72,7 +73,7 @@ class ModelSettings:
     backends: list[str]                # our backends, one "ours" variant each
     recompute: bool = False            # also ours with recompute=True (training rows)
     saved_only: bool = False           # training rows: saved_mb only, no timed steps (see measure_saved)
-    cuda_graph: bool = False           # inference rows: also each variant replayed from a CUDA graph
+    cuda_graph: bool = False           # also each variant's step replayed from a CUDA graph
     quiet: bool = False
 
 
@@ -108,10 +109,10 @@ class Variant:
 
 def variants(model_name: str, s: ModelSettings, mode: str = "train") -> list[Variant]:
     """The baseline (eager, then each compile mode, then replayed from a CUDA graph with
-    ``s.cuda_graph`` in inference), then ours per backend likewise (with ``s.recompute``, in training
-    and for the models with inverted-residual blocks, then the same with recompute)."""
+    ``s.cuda_graph``), then ours per backend likewise (with ``s.recompute``, in training and for the
+    models with inverted-residual blocks, then the same with recompute)."""
     baseline = "reference" if model_name == "mobilenet_v1" else "torchvision"
-    runs = ["none", *s.compile, *([CUDA_GRAPH] if s.cuda_graph and mode == "infer" else [])]
+    runs = ["none", *s.compile, *([CUDA_GRAPH] if s.cuda_graph else [])]
     found = [Variant(baseline, None, c) for c in runs]
     recompute = [False, True] if s.recompute and mode == "train" and model_name != "mobilenet_v1" else [False]
     found += [Variant("ours", backend, c, r) for backend in s.backends for r in recompute for c in runs]
@@ -163,15 +164,23 @@ def _autocast(s: ModelSettings):
     return torch.autocast(s.device, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
 
-def make_step(model: torch.nn.Module, mode: str, batch: int, s: ModelSettings) -> Callable[[], object]:
+def make_step(model: torch.nn.Module, mode: str, batch: int, s: ModelSettings,
+              cuda_graph: bool = False) -> Callable[[], object]:
     """One inference or training step of ``model`` (already in eval/train mode and maybe compiled)
-    on a fixed random batch."""
+    on a fixed random batch; with ``cuda_graph``, replayed from a CUDA graph (graph_inference,
+    graph_train_step: the capture happens here)."""
+    from ..cuda_graphs import graph_inference, graph_train_step
+
     dtype = DTYPES[s.dtype]
     x = _input(batch, s)
+    autocast_dtype = None if dtype == torch.float32 else dtype
 
     def autocast():
         return _autocast(s)
 
+    if mode == "infer" and cuda_graph:
+        graphed = graph_inference(model, x, dtype=autocast_dtype)
+        return lambda: graphed(x)
     if mode == "infer":
         def infer_step():
             with torch.no_grad(), autocast():
@@ -182,6 +191,9 @@ def make_step(model: torch.nn.Module, mode: str, batch: int, s: ModelSettings) -
     target = torch.randint(0, 1000, (batch,), device=s.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler(s.device, enabled=dtype == torch.float16)
+    if cuda_graph:
+        graphed_step = graph_train_step(model, optimizer, F.cross_entropy, x, target, dtype=autocast_dtype)
+        return lambda: graphed_step(x, target)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -229,16 +241,8 @@ def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, st
     saved activations (saved_activation_bytes)."""
     model = _ready_model(model_name, variant, mode, state_dict, s)
     start = time.perf_counter()  # first_step_s includes the capture of a CUDA graph, as the compilation
-    if variant.compile == "none":
-        runnable = model
-    elif variant.compile == CUDA_GRAPH:
-        from ..cuda_graphs import graph_inference
-
-        dtype = DTYPES[s.dtype]
-        runnable = graph_inference(model, _input(batch, s), dtype=None if dtype == torch.float32 else dtype)
-    else:
-        runnable = torch.compile(model, mode=variant.compile)
-    step = make_step(runnable, mode, batch, s)
+    runnable = model if variant.compile in ("none", CUDA_GRAPH) else torch.compile(model, mode=variant.compile)
+    step = make_step(runnable, mode, batch, s, cuda_graph=variant.compile == CUDA_GRAPH)
     result: dict = {}
     step()
     _synchronize(s.device)

@@ -67,8 +67,8 @@ def add_parser(sub) -> None:
                        help="also train our V2/V3 with recompute=True (the blocks recompute their expanded tensors in "
                             "backward instead of storing them): rows 'ours[BACKEND] + recompute'; compare saved_mb")
     model.add_argument("--cuda-graph", action="store_true",
-                       help="CUDA: also run each inference variant replayed from a CUDA graph "
-                            "(mobilenet_kernels.graph_inference): rows 'VARIANT + cuda graph'")
+                       help="CUDA: also run each variant's step replayed from a CUDA graph "
+                            "(mobilenet_kernels.graph_inference / graph_train_step): rows 'VARIANT + cuda graph'")
     model.add_argument("--saved-only", action="store_true",
                        help="training rows record only saved_mb, the activation memory (one forward per variant, "
                             "nothing timed): bytes do not depend on the device, so a CPU gives batch-256 numbers; "
@@ -265,8 +265,10 @@ def run_model(args) -> int:
     if args.cuda_graph:
         if device != "cuda":
             raise CliError("--cuda-graph: CUDA graphs need --device cuda")
-        if args.mode == "train" or args.saved_only:
-            raise CliError("--cuda-graph: replays inference only (use --mode infer or both)")
+        if args.saved_only:
+            raise CliError("--cuda-graph: --saved-only times no step")
+        if s.dtype == "float16" and "train" in s.modes:
+            raise CliError("--cuda-graph: float16 training steps cannot be captured (GradScaler); use bfloat16")
         s.cuda_graph = True
     if args.saved_only:
         if args.mode == "infer" or (args.compile and args.compile != ["none"]):
