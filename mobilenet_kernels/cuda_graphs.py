@@ -82,6 +82,15 @@ class GraphedInference:
                 f"copy_output={self.copy_output})")
 
 
+def _autocast(dtype: torch.dtype | None):
+    """Autocast to ``dtype`` (None: none) without autocast's weight cache: a cached cast made in the
+    warm-up would be read by the graph from memory that the cache frees when the context exits; with
+    the cache off, the captured region casts the weights itself (PyTorch's advice for CUDA graphs)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
+
+
 def _check_like(input: torch.Tensor, static: torch.Tensor, name: str = "input") -> None:
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(input).__name__}")
@@ -123,7 +132,7 @@ def graph_inference(model: nn.Module, example_input: torch.Tensor, *, dtype: tor
                              "model to the input's device first")
 
     static_input = example_input.detach().clone()  # keeps the example's layout (preserve_format)
-    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    autocast = _autocast(dtype)
     with torch.cuda.device(static_input.device), torch.no_grad(), autocast:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -239,7 +248,7 @@ def graph_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
 
     static_input = example_input.detach().clone()
     static_target = example_target.detach().clone()
-    autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    autocast = _autocast(dtype)
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -253,3 +253,17 @@ def test_graph_train_step_matches_eager_steps(impl):
     torch.testing.assert_close(torch.stack(graphed), torch.stack(eager), rtol=2e-2, atol=2e-2)
     for a, b in zip(model.state_dict().values(), ref_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_captures_autocast_without_its_weight_cache():
+    """The helpers' autocast has the weight cache off: a cast cached in the warm-up would be read by
+    the graph after the cache freed it (on a CUDA box: wrong logits on replay)."""
+    import contextlib
+
+    from mobilenet_kernels.cuda_graphs import _autocast
+
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
+        ctx = _autocast(torch.bfloat16)  # (without CUDA, torch warns and turns it off: its settings stay)
+    assert isinstance(ctx, torch.autocast) and (ctx.device, ctx.fast_dtype) == ("cuda", torch.bfloat16)
+    assert ctx._cache_enabled is False
+    assert isinstance(_autocast(None), contextlib.nullcontext)
