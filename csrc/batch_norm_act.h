@@ -69,8 +69,32 @@ inline void check_batch_norm_train(const at::Tensor& input, const c10::optional<
                     "input: Expected more than 1 value per channel when training, got input size ", input.sizes());
 }
 
+// batch_norm_update_stats' checks, all before the first in-place write (a failed call leaves the
+// running statistics untouched); returns the variance's unbiasing factor count / (count - 1).
+inline double check_update_stats(const at::Tensor& running_mean, const at::Tensor& running_var,
+                                 const at::Tensor& mean, const at::Tensor& var, int64_t count) {
+  check_floating(running_mean, "running_mean");
+  check_floating(running_var, "running_var");
+  TORCH_CHECK_VALUE(running_mean.sizes() == mean.sizes(), "running_mean: expected shape ", mean.sizes(), ", got ",
+                    running_mean.sizes());
+  TORCH_CHECK_VALUE(running_var.sizes() == var.sizes(), "running_var: expected shape ", var.sizes(), ", got ",
+                    running_var.sizes());
+  TORCH_CHECK_VALUE(mean.device() == running_mean.device(), "mean: expected device ", running_mean.device(),
+                    " (running_mean's), got ", mean.device());
+  TORCH_CHECK_VALUE(var.device() == running_var.device(), "var: expected device ", running_var.device(),
+                    " (running_var's), got ", var.device());
+  TORCH_CHECK_VALUE(count > 1, "count: expected more than 1 value per channel, got ", count);
+  return static_cast<double>(count) / static_cast<double>(count - 1);
+}
+
+// The device-generic update (a few ATen ops; csrc/batch_norm_update_stats.cpp), after the checks.
+void update_stats_generic(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean,
+                          const at::Tensor& var, double unbias, double momentum);
+
 // The backward's operands: grad_output checked against input and made dense in input's format,
-// grad_input allocated in that format, and the two per-channel sums (accumulation dtype) zeroed.
+// grad_input allocated in that format, and the two per-channel sums (accumulation dtype): every
+// reduction kernel stores each channel's sums (no accumulation into them), so they are zeroed only
+// for an empty input, which launches none.
 struct BackwardBuffers {
   at::Tensor grad_out, grad_in, sum_gxhat, sum_g;
 };
@@ -82,8 +106,12 @@ inline BackwardBuffers prepare_backward(const at::Tensor& grad_output, const at:
   TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
                    input.scalar_type(), ", got ", grad_output.scalar_type());
   const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
-  return {grad_output.contiguous(a.format), at::empty(input.sizes(), input.options().memory_format(a.format)),
-          at::zeros({a.layout.C}, acc_opts), at::zeros({a.layout.C}, acc_opts)};
+  const auto sums = [&] {
+    at::Tensor t = at::empty({a.layout.C}, acc_opts);
+    return input.numel() == 0 ? t.zero_() : t;
+  };
+  return {grad_output.contiguous(a.format), at::empty(input.sizes(), input.options().memory_format(a.format)), sums(),
+          sums()};
 }
 
 template <typename acc_t>

@@ -17,6 +17,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "batch_norm_act.h"
 
 namespace mobilenet_kernels {
@@ -469,9 +471,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_cud
   return {grad_in, sum_gxhat, sum_g};
 }
 
+// The running-statistics update in one launch (the generic op takes four: mul_ and add_ per
+// statistic), in the batch statistics' dtype S (float, or double), stored in the buffers' T.
+template <typename T, typename S>
+__global__ void update_running_stats_kernel(T* __restrict__ running_mean, T* __restrict__ running_var,
+                                            const S* __restrict__ mean, const S* __restrict__ var, int64_t C,
+                                            S momentum, S var_weight) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  running_mean[c] = static_cast<T>(momentum * mean[c] + (S(1) - momentum) * static_cast<S>(running_mean[c]));
+  running_var[c] = static_cast<T>(var_weight * var[c] + (S(1) - momentum) * static_cast<S>(running_var[c]));
+}
+
+void batch_norm_update_stats_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean,
+                                  const at::Tensor& var, int64_t count, double momentum) {
+  const double unbias = check_update_stats(running_mean, running_var, mean, var, count);
+  const bool one_kernel = running_mean.is_cuda() && running_var.device() == running_mean.device() &&
+                          running_mean.scalar_type() == running_var.scalar_type() &&
+                          mean.scalar_type() == var.scalar_type() &&
+                          (mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble) &&
+                          running_mean.is_contiguous() && running_var.is_contiguous() && mean.is_contiguous() &&
+                          var.is_contiguous();
+  if (!one_kernel) {  // mixed devices or dtypes, strided buffers: the generic update
+    update_stats_generic(running_mean, running_var, mean, var, unbias, momentum);
+    return;
+  }
+  const int64_t C = mean.numel();
+  if (C == 0) return;
+  const c10::cuda::CUDAGuard guard(running_mean.device());
+  const int64_t blocks = ceil_div(C, kThreads);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "batch_norm_update_stats (CUDA): too many channels");
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "batch_norm_update_stats_cuda", [&] {
+    using S = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(),
+                                    "batch_norm_update_stats_cuda", [&] {
+      update_running_stats_kernel<scalar_t, S>
+          <<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), mean.data_ptr<S>(),
+              var.data_ptr<S>(), C, static_cast<S>(momentum), static_cast<S>(momentum * unbias));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CUDA, m) {
+  m.impl("batch_norm_update_stats", &batch_norm_update_stats_cuda);
   m.impl("batch_norm_act_eval", &batch_norm_act_eval_cuda);
   m.impl("batch_norm_act_eval_backward", &batch_norm_act_eval_backward_cuda);
   m.impl("batch_norm_act_train", &batch_norm_act_train_cuda);
