@@ -6,10 +6,13 @@
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
-# the second at once; its in-place build is kept, so it names no build step):
-#   1. timeout_s 590: MK_SUITE_STEPS="build sanitize large_tensors diag" (issue 9's GPU items)
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="diag_dw ncu_dw profile_model bench_model"
-#      with limits that fit (MK_LIMIT_bench_model=...); the tests step in the lease after.
+# the second at once; its in-place build is kept, so it names no build step). Next (the kernels and
+# autograd changed since run 5 have run on no GPU):
+#   1. timeout_s 590: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=240 (correctness
+#      first; diag_dw times the tiled kernels with two staging buffers against one, MK_DW_STAGES)
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="sanitize profile_model summary"
+#      MK_SANITIZE_LIMIT=70 (racecheck covers the double-buffered staging); then large_tensors,
+#      hbm_bytes and bench_model (with its CUDA-graph rows) in the lease after.
 # Run 5 (an H200 at fa04ee6) took ~40 s to start, ~10 s between warm calls and 155 s to build;
 # its step times are in benchmarks/results/gpu_tests_run5_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval

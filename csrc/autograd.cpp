@@ -8,7 +8,11 @@
 // Each forward runs the op below autograd (it redispatches to the CPU/CUDA kernel, or to the Python
 // fake under torch.compile), saves what its backward needs, and marks statistics outputs
 // non-differentiable; each backward calls the matching *_backward op and returns the gradients of
-// the inputs that need one.
+// the inputs that need one. The Functions with such outputs turn off set_materialize_grads: by
+// default autograd hands the backward a zero tensor for every output without a gradient, which for
+// the training composites' conv_out is a fill of the conv output's size per layer and step; their
+// backward gets undefined tensors instead and, when the main output's gradient is undefined too
+// (it did not reach the loss), returns none.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -128,6 +132,7 @@ struct BatchNormActTrain : public torch::autograd::Function<BatchNormActTrain> {
     static const auto op = find_op<BnTrainSig>("mobilenet_kernels::batch_norm_act_train");
     auto [out, mean, var] = op.call(input, weight, bias, eps, activation);
     ctx->mark_non_differentiable({mean, var});
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, defined_or_empty(weight), defined_or_empty(bias), mean, var});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["activation"] = activation;
@@ -136,6 +141,7 @@ struct BatchNormActTrain : public torch::autograd::Function<BatchNormActTrain> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
+    if (!grads[0].defined()) return variable_list(5);
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3], &var = saved[4];
     const auto [grad_input, sum_g_xhat, sum_g] =
@@ -227,12 +233,14 @@ struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dSt
     static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
     auto [out, mean, var] = op.call(input, weight, stride, padding, dilation);
     ctx->mark_non_differentiable({mean, var});
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, weight});
     save_geometry(ctx, stride, padding, dilation);
     return {out, mean, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(5);
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
     const auto [grad_input, grad_weight, unused] = call_depthwise_backward(ctx, grads[0], saved[0], saved[1], mask);
@@ -309,6 +317,7 @@ struct PointwiseConv2dStats : public torch::autograd::Function<PointwiseConv2dSt
     static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
     auto [out, mean, var] = op.call(input, weight);
     ctx->mark_non_differentiable({mean, var});
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, weight});
     return {out, mean, var};
   }
@@ -316,7 +325,7 @@ struct PointwiseConv2dStats : public torch::autograd::Function<PointwiseConv2dSt
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
-    if (!mask[0] && !mask[1]) return {Tensor(), Tensor()};
+    if ((!mask[0] && !mask[1]) || !grads[0].defined()) return {Tensor(), Tensor()};
     const auto [grad_input, grad_weight, unused] = call_pointwise_backward(grads[0], saved[0], saved[1], mask);
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor()};
   }
@@ -340,6 +349,7 @@ struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
     static const auto op = find_op<SeSig>("mobilenet_kernels::squeeze_excite");
     auto [out, pooled] = op.call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation);
     ctx->mark_non_differentiable({pooled});
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias});
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["scale_activation"] = scale_activation;
@@ -348,6 +358,7 @@ struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<SeBackwardSig>("mobilenet_kernels::squeeze_excite_backward");
+    if (!grads[0].defined()) return variable_list(7);
     const auto s = ctx->get_saved_variables();
     const auto r = op.call(grads[0].contiguous(output_memory_format(s[0])), s[0], s[1], s[2], s[3], s[4], s[5],
                            ctx->saved_data["activation"].toStringRef(),
@@ -491,6 +502,7 @@ struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, conv_out, mean, var] = conv_bn_act_train(conv, input, conv_weight, weight, bias, eps, activation);
     ctx->mark_non_differentiable({conv_out, mean, var});
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward(
         {input, conv_weight, defined_or_empty(weight), defined_or_empty(bias), conv_out, mean, var});
     conv.save(ctx);
@@ -501,6 +513,7 @@ struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto bn_backward = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
+    if (!grads[0].defined()) return variable_list(7);
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &conv_weight = saved[1], &weight = saved[2], &bias = saved[3];
     const Tensor &conv_out = saved[4], &mean = saved[5], &var = saved[6];

@@ -12,6 +12,9 @@ after each parameter update), then:
 * GPU ("cuda" and "triton" backends; skipped without a GPU): torch.cuda.memory_allocated is the
   same at step 200 and step 1,000, and the peak after warm-up does not grow.
 
+And the backward of a training block allocates no zero gradients for the ops' statistics outputs
+(test_backward_materializes_no_zero_gradients).
+
 On CPU the loop runs on one thread: on a shared 2-core machine OpenMP's spin-waiting makes two
 threads ~10x slower, and the thread count does not change what is allocated.
 """
@@ -27,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 import mobilenet_kernels as mk
+
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import skip_unless_usable
 
@@ -111,3 +116,36 @@ def test_training_memory_is_flat(backend, device):
     (allocated_0, peak_warmup), (allocated_1, peak_after) = samples[WARMUP], samples[STEPS]
     assert allocated_1 == allocated_0, f"memory_allocated: {allocated_0} B at step {WARMUP}, {allocated_1} B at {STEPS}"
     assert peak_after <= peak_warmup, f"peak memory grew after warm-up: {peak_warmup} B -> {peak_after} B"
+
+
+class _BackwardAllocations(TorchDispatchMode):
+    """The ops the autograd engine runs (its backward), by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if torch._C._current_graph_task_id() != -1:
+            self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_backward_materializes_no_zero_gradients(backend, device):
+    """The ops with statistics outputs (BatchNorm's mean and var, the training composites' kept conv
+    output, squeeze-excite's pooled input) mark them non-differentiable without autograd's default
+    zero gradient for each: a backward through a training block allocates and fills no zero tensor
+    (for conv_out that was a fill of the conv output's size per layer and step)."""
+    skip_unless_usable(backend, device)
+    torch.manual_seed(0)
+    model = mk.mobilenet_v3_small(width_mult=0.25, num_classes=10, backend=backend).to(device).train()
+    block = model.features[1]  # an inverted residual with squeeze-excite: dw conv + BN + act, SE, project + BN
+    x = torch.randn(2, block.block[0][0].in_channels, 8, 8, device=device, requires_grad=True)
+    loss = block(x).square().sum() + model.features[0](torch.randn(2, 3, 16, 16, device=device)).sum()
+    with _BackwardAllocations() as seen:
+        loss.backward()
+    assert x.grad is not None and not any(name in ("aten.zeros", "aten.zeros_like", "aten.fill_") for name in seen.ops), (
+        seen.ops)
+    assert any(name.startswith("mobilenet_kernels.") and name.endswith("_backward") or "_backward_" in name
+               for name in seen.ops), seen.ops

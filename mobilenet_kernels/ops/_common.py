@@ -50,6 +50,16 @@ def check_per_channel(t: torch.Tensor | None, name: str, input: torch.Tensor) ->
         raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
 
 
+def mark_statistics(ctx, *outputs: torch.Tensor) -> None:
+    """Marks ``outputs`` (statistics, a kept conv output) non-differentiable without autograd's zero
+    gradients for them: by default the backward would get a zero tensor per such output, for the
+    training composites' conv_out a fill of the conv output's size per layer and step. The backward
+    gets None instead, and returns no gradients when the differentiable output's is None too
+    (gradcheck's undefined-gradient check does that). csrc/autograd.cpp does the same."""
+    ctx.mark_non_differentiable(*outputs)
+    ctx.set_materialize_grads(False)
+
+
 def register_twins(op: str, fake: Callable, backward_fake: Callable, backward: Callable, setup_context: Callable) -> None:
     """Register the fakes of ``op`` and of its ``_triton`` twin, and the twin's autograd formula.
 
@@ -121,11 +131,13 @@ def register_stats_autograd(conv: str) -> None:
 
     def setup_context(ctx, inputs, output):
         input, weight, *geometry = inputs
-        ctx.mark_non_differentiable(output[1], output[2])
+        mark_statistics(ctx, output[1], output[2])
         ctx.geometry = tuple(geometry)
         ctx.save_for_backward(input, weight)
 
     def backward(ctx, grad_output, _grad_mean, _grad_var):
+        if grad_output is None:
+            return (None,) * (2 + len(ctx.geometry))
         input, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_input, grad_weight, _ = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)),
@@ -157,7 +169,7 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
     def setup_context(ctx, inputs, output):
         input, conv_weight, weight, bias, *geometry, eps, activation = inputs
         _, conv_out, mean, var = output
-        ctx.mark_non_differentiable(conv_out, mean, var)
+        mark_statistics(ctx, conv_out, mean, var)
         ctx.save_for_backward(input, conv_weight, weight, bias, conv_out, mean, var)
         ctx.geometry = tuple(geometry)
         ctx.eps, ctx.activation = eps, activation
@@ -175,6 +187,8 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         return apply_op(conv_out, mean, var, weight, bias, eps, activation), conv_out, mean, var
 
     def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
+        if grad_output is None:
+            return (None,) * (6 + len(ctx.geometry))
         input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_conv_out, sum_g_xhat, sum_g = bn_backward(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import acc_dtype, check_floating, check_per_channel, empty_like_output, output_memory_format, register_twins
+from ._common import (acc_dtype, check_floating, check_per_channel, empty_like_output, mark_statistics,
+                      output_memory_format, register_twins)
 
 
 def check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation) -> None:
@@ -105,7 +106,7 @@ def _train_backward_fake(grad_output, input, weight, bias, mean, var, eps, activ
 def _train_setup_context(ctx, inputs, output):
     input, weight, bias, eps, activation = inputs
     _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
+    mark_statistics(ctx, mean, var)
     ctx.save_for_backward(input, weight, bias, mean, var)
     ctx.eps = eps
     ctx.activation = activation
@@ -113,6 +114,8 @@ def _train_setup_context(ctx, inputs, output):
 
 def _make_train_backward(backward_op):
     def backward(ctx, grad_output, _grad_mean, _grad_var):
+        if grad_output is None:  # (mark_statistics)
+            return (None,) * 5
         input, weight, bias, mean, var = ctx.saved_tensors
         grad_input, sum_g_xhat, sum_g = backward_op(grad_output, input, weight, bias, mean, var, ctx.eps, ctx.activation)
         needs = ctx.needs_input_grad

@@ -46,7 +46,7 @@ def check_pointwise_args(input, weight, bias=None, residual=None, activation="id
         raise ValueError(f"weight: expected device {input.device}, got {weight.device}")
     Co = weight.shape[0]
     if bias is not None:
-        _check_per_output_channel(bias, "bias", Co, input)
+        check_per_output_channel(bias, "bias", Co, input)
         if bias.dtype != input.dtype:
             raise TypeError(f"bias: expected dtype {input.dtype} (the input's), got {bias.dtype}")
     if residual is not None:
@@ -62,8 +62,8 @@ def check_pointwise_args(input, weight, bias=None, residual=None, activation="id
     return Co
 
 
-def _check_per_output_channel(t, name, Co, input) -> None:
-    """``t`` is None or a (Co,) float tensor on input's device."""
+def check_per_output_channel(t, name, Co, input) -> None:
+    """``t`` is None or a (Co,) float tensor on input's device (C++ twin: pointwise_conv2d.h)."""
     if t is None:
         return
     check_floating(t, name)
@@ -196,8 +196,8 @@ def _triton_stats(input, weight):
 def check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation) -> int:
     Co = check_pointwise_args(input, conv_weight, None, None, activation)
     check_stats_count(input, _spatial(input))
-    _check_per_output_channel(weight, "weight", Co, input)
-    _check_per_output_channel(bias, "bias", Co, input)
+    check_per_output_channel(weight, "weight", Co, input)
+    check_per_output_channel(bias, "bias", Co, input)
     if eps < 0:
         raise ValueError(f"eps: expected a non-negative value, got {eps}")
     return Co

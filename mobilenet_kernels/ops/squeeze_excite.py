@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import acc_dtype, check_floating, empty_like_output, output_memory_format, register_twins
+from ._common import (acc_dtype, check_floating, empty_like_output, mark_statistics, output_memory_format,
+                      register_twins)
 
 
 def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu",
@@ -86,13 +87,15 @@ def _backward_fake(grad_output, input, pooled, fc1_weight, fc1_bias, fc2_weight,
 def _setup_context(ctx, inputs, output):
     input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation = inputs
     _, pooled = output
-    ctx.mark_non_differentiable(pooled)
+    mark_statistics(ctx, pooled)
     ctx.activations = (activation, scale_activation)
     ctx.save_for_backward(input, pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_output, _grad_pooled):
+        if grad_output is None:  # (mark_statistics)
+            return (None,) * 7
         input, pooled, *params = ctx.saved_tensors
         grads = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)), input, pooled, *params,
                             *ctx.activations)
