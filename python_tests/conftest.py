@@ -22,6 +22,18 @@ DEVICES = ["cpu", "cuda"]
 BACKENDS = list(backends.BACKENDS)
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (the benchmarks folder is not a package), for
+    tests that call a benchmark script's main() or helpers."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def skip_unless_usable(backend: str, device: str) -> None:
     """Skip a case whose device or backend this machine cannot run, with the reason."""
     if device == "cuda" and not torch.cuda.is_available():

@@ -4,7 +4,6 @@ command, parsing and per-image arithmetic)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -14,16 +13,13 @@ import torch
 
 from mobilenet_kernels.benchmarking.hbm import byte_model, parse_ncu_csv
 
-pytest.importorskip("torchvision")
+from conftest import load_benchmark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest.importorskip("torchvision")
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("hbm_bytes", os.path.join(ROOT, "benchmarks", "hbm_bytes.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("hbm_bytes")
 
 
 def test_byte_model_of_mobilenet_v2_matches_issue_7():

@@ -3,27 +3,20 @@ table, and the kernel-name categories it sums on a GPU, checked on real kernel n
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
 from mobilenet_kernels.benchmarking.profile import category, short_name
 
-from conftest import skip_unless_usable
+from conftest import load_benchmark, skip_unless_usable
 
 pytest.importorskip("torchvision")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("profile_model", os.path.join(ROOT, "benchmarks", "profile_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profile_model")
 
 
 @pytest.mark.parametrize("name, expected", [
