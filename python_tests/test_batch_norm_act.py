@@ -385,6 +385,32 @@ def test_training_opcheck(backend, requires_grad, layout, device):
     )
 
 
+@pytest.mark.parametrize("buffers", ["float32", "float16", "bfloat16", "float64", "strided"])
+def test_update_stats_formula(buffers, device):
+    """batch_norm_update_stats gives ATen's update, running = momentum * batch + (1 - momentum) *
+    running with the variance unbiased (count / (count - 1)), in place, for running statistics of
+    every float dtype (float32 batch statistics; float64 ones for float64 buffers) and strided
+    buffers (on CUDA: the one-kernel update, and the generic one for the strided case)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    C, count, momentum = 37, 50, 0.1
+    dtype = torch.float32 if buffers == "strided" else getattr(torch, buffers)
+    stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    rm = torch.randn(2 * C if buffers == "strided" else C, device=device).to(dtype)
+    rv = (torch.rand(rm.shape, device=device) + 0.5).to(dtype)
+    if buffers == "strided":
+        rm, rv = rm[::2], rv[::2]
+    mean, var = torch.randn(C, device=device, dtype=stats_dtype), torch.rand(C, device=device, dtype=stats_dtype)
+    want_m = momentum * mean.double() + (1 - momentum) * rm.double()
+    want_v = momentum * var.double() * count / (count - 1) + (1 - momentum) * rv.double()
+    ptr = rm.data_ptr()
+    torch.ops.mobilenet_kernels.batch_norm_update_stats(rm, rv, mean, var, count, momentum)
+    assert rm.data_ptr() == ptr and rm.dtype == dtype
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}.get(dtype, 1e-6)
+    torch.testing.assert_close(rm.double(), want_m, rtol=tol, atol=tol)
+    torch.testing.assert_close(rv.double(), want_v, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_module_under_torch_compile(backend, device):
     skip_unless_usable(backend, device)
