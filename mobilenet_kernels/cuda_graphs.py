@@ -36,7 +36,11 @@ take longer than the GPU's::
 Besides what graph_inference fixes, the optimizer must be capturable (SGD is; Adam and AdamW with
 ``capturable=True``), float16 autocast is refused (its GradScaler decides on the host whether to
 step), the gradients are the graph's own buffers (a replay writes them: do not zero them between
-calls), and the warm-up steps, which run for real, are undone (see graph_train_step).
+calls), and the warm-up steps, which run for real, are undone (see graph_train_step). The
+optimizer's hyperparameters are fixed too: a float learning rate is a constant of the captured
+kernels, so a scheduler's later changes are not seen. For a schedule, capture again, or use Adam or
+AdamW with ``capturable=True`` and a tensor ``lr`` updated in place (the replays read it from
+memory; SGD's step reads a tensor learning rate on the host, which a capture cannot).
 
 torch.compile(mode="reduce-overhead") does the same through Inductor; this needs no compilation.
 """
