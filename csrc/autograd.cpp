@@ -430,15 +430,12 @@ std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Te
 // and backward) than its four kernel ops on a CPU box, once per BatchNorm layer and step.
 
 // The conv of one composite: its checks (with BatchNorm's weight and bias, per output channel),
-// its statistics op and its backward op.
+// its statistics op, and its backward (the conv op's own, call_*_backward, with the geometry the
+// forward saved in ctx).
 struct DepthwiseConv {
   std::vector<int64_t> stride, padding, dilation;
 
   void save(AutogradContext* ctx) const { save_geometry(ctx, stride, padding, dilation); }
-  static DepthwiseConv load(AutogradContext* ctx) {
-    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-            ctx->saved_data["dilation"].toIntVector()};
-  }
 
   void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
              const std::string& activation) const {
@@ -450,16 +447,14 @@ struct DepthwiseConv {
     static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
     return op.call(input, conv_weight, stride, padding, dilation);
   }
-  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
-                                              std::array<bool, 3> mask) const {
-    static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
-    return op.call(grad, input, conv_weight, stride, padding, dilation, mask);
+  static std::tuple<Tensor, Tensor, Tensor> backward(AutogradContext* ctx, const Tensor& grad, const Tensor& input,
+                                                     const Tensor& conv_weight, std::array<bool, 3> mask) {
+    return call_depthwise_backward(ctx, grad, input, conv_weight, mask);
   }
 };
 
 struct PointwiseConv {
   void save(AutogradContext*) const {}
-  static PointwiseConv load(AutogradContext*) { return {}; }
   void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
              const std::string& activation) const {
     const PointwiseArgs a = check_pointwise(input, conv_weight, c10::nullopt, c10::nullopt, activation);
@@ -471,10 +466,9 @@ struct PointwiseConv {
     static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
     return op.call(input, conv_weight);
   }
-  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
-                                              std::array<bool, 3> mask) const {
-    static const auto op = find_op<PwBackwardSig>("mobilenet_kernels::pointwise_conv2d_backward");
-    return op.call(grad, input, conv_weight, mask);
+  static std::tuple<Tensor, Tensor, Tensor> backward(AutogradContext*, const Tensor& grad, const Tensor& input,
+                                                     const Tensor& conv_weight, std::array<bool, 3> mask) {
+    return call_pointwise_backward(grad, input, conv_weight, mask);
   }
 };
 
@@ -524,7 +518,7 @@ struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
     Tensor grad_input, grad_conv_weight;
     if (mask[0] || mask[1]) {
       std::tie(grad_input, grad_conv_weight, std::ignore) =
-          Conv::load(ctx).backward(grad_conv_out, input, conv_weight, mask);
+          Conv::backward(ctx, grad_conv_out, input, conv_weight, mask);
     }
     return {
         mask[0] ? grad_input : Tensor(),

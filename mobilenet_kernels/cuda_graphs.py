@@ -95,6 +95,38 @@ def _autocast(dtype: torch.dtype | None):
     return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
 
+def _check_warmup_and_device(model: nn.Module, warmup: int, examples: dict[str, torch.Tensor]) -> torch.device:
+    """The checks both captures share: ``warmup`` an int >= 1, every example a CUDA tensor, the
+    model's parameters and buffers on the first example's device; returns that device."""
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+        raise ValueError(f"warmup: expected an int >= 1, got {warmup!r}")
+    for name, t in examples.items():
+        if t.device.type != "cuda":
+            raise ValueError(f"{name}: CUDA graphs need a CUDA tensor, got one on {t.device}")
+    device = next(iter(examples.values())).device
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.device != device:
+            raise ValueError(f"model: {name} is on {t.device}, the example input on {device}: move the model to "
+                             "the input's device first")
+    return device
+
+
+def _capture(device: torch.device, warm_up: Callable[[], object], body: Callable[[], object]):
+    """``warm_up()`` on a side stream, as torch.cuda.graph requires (whatever compiles, tunes or
+    allocates state once happens there), then ``body()`` captured in a new CUDA graph: returns
+    (graph, body's result, whose tensors are the graph's output buffers)."""
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            warm_up()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            result = body()
+    return graph, result
+
+
 def _check_like(input: torch.Tensor, static: torch.Tensor, name: str = "input") -> None:
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(input).__name__}")
@@ -124,29 +156,18 @@ def graph_inference(model: nn.Module, example_input: torch.Tensor, *, dtype: tor
         raise TypeError(f"example_input: expected a tensor, got {type(example_input).__name__}")
     if dtype is not None and dtype not in _AUTOCAST_DTYPES:
         raise TypeError(f"dtype: expected None (no autocast), torch.float16 or torch.bfloat16, got {dtype}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise ValueError(f"warmup: expected an int >= 1, got {warmup!r}")
     if not isinstance(copy_output, bool):
         raise TypeError(f"copy_output: expected a bool, got {type(copy_output).__name__}")
-    if example_input.device.type != "cuda":
-        raise ValueError(f"example_input: CUDA graphs need a CUDA tensor, got one on {example_input.device}")
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.device != example_input.device:
-            raise ValueError(f"model: {name} is on {t.device}, the example input on {example_input.device}: move the "
-                             "model to the input's device first")
+    device = _check_warmup_and_device(model, warmup, {"example_input": example_input})
 
     static_input = example_input.detach().clone()  # keeps the example's layout (preserve_format)
     autocast = _autocast(dtype)
-    with torch.cuda.device(static_input.device), torch.no_grad(), autocast:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                model(static_input)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_output = model(static_input)
+
+    def forward():
+        with torch.no_grad(), autocast:
+            return model(static_input)
+
+    graph, static_output = _capture(device, lambda: [forward() for _ in range(warmup)], forward)
     if not any(isinstance(t, torch.Tensor) for t in tree_flatten(static_output)[0]):
         raise TypeError(f"model: expected a forward that returns tensors, got {type(static_output).__name__}")
     return GraphedInference(model, graph, static_input, static_output, copy_output)
@@ -236,16 +257,8 @@ def graph_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                          "and so cannot be captured; use torch.bfloat16")
     if dtype is not None and dtype not in _AUTOCAST_DTYPES:
         raise TypeError(f"dtype: expected None (no autocast) or torch.bfloat16, got {dtype}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise ValueError(f"warmup: expected an int >= 1, got {warmup!r}")
-    for name, t in (("example_input", example_input), ("example_target", example_target)):
-        if t.device.type != "cuda":
-            raise ValueError(f"{name}: CUDA graphs need a CUDA tensor, got one on {t.device}")
-    device = example_input.device
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.device != device:
-            raise ValueError(f"model: {name} is on {t.device}, the example input on {device}: move the model to "
-                             "the input's device first")
+    device = _check_warmup_and_device(model, warmup, {"example_input": example_input,
+                                                      "example_target": example_target})
     owned = {id(p) for p in model.parameters()}
     if any(id(p) not in owned for group in optimizer.param_groups for p in group["params"]):
         raise ValueError("optimizer: expected an optimizer over the model's parameters only")
@@ -254,7 +267,7 @@ def graph_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     static_target = example_target.detach().clone()
     autocast = _autocast(dtype)
 
-    def step():
+    def step():  # (captured after run_and_restore, whose gradients are None already: no kernel to zero them)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = loss_fn(model(static_input), static_target)
@@ -262,16 +275,5 @@ def graph_train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
         optimizer.step()
         return loss
 
-    with torch.cuda.device(device):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            run_and_restore(model, optimizer, step, warmup)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            with autocast:
-                static_loss = loss_fn(model(static_input), static_target)
-            static_loss.backward()
-            optimizer.step()
+    graph, static_loss = _capture(device, lambda: run_and_restore(model, optimizer, step, warmup), step)
     return GraphedTrainStep(model, optimizer, graph, static_input, static_target, static_loss)

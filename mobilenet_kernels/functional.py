@@ -15,7 +15,8 @@ from .ops.batch_norm_act import check_batch_norm_eval_args, check_batch_norm_tra
 from .ops._common import check_per_channel
 from .ops.depthwise_conv2d import check_depthwise_args, check_depthwise_bn_train_args
 from .ops.inverted_residual import check_inverted_residual_args
-from .ops.pointwise_conv2d import check_per_output_channel, check_pointwise_args, check_pointwise_bn_train_args
+from .ops.pointwise_conv2d import (check_output_batch_norm, check_per_output_channel, check_pointwise_args,
+                                   check_pointwise_bn_train_args)
 from .ops.squeeze_excite import check_squeeze_excite_args
 from .reference import (
     batch_norm_act_ref,
@@ -253,11 +254,8 @@ def pointwise_conv2d_bn_act(
         if running_mean is None or running_var is None:
             raise ValueError("running_mean, running_var: required in eval mode (training=False)")
         Co = check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
-        for t, arg in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"),
-                       (bias, "bias")):  # the BatchNorm's, of the conv's output channels
-            check_per_output_channel(t, arg, Co, input)
-        if eps < 0:
-            raise ValueError(f"eps: expected a non-negative value, got {eps}")
+        check_output_batch_norm(input, Co, eps, running_mean=running_mean, running_var=running_var, weight=weight,
+                                bias=bias)
     if not training:
         w, b = folded if folded is not None else fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
                                                                  weight, bias, eps)

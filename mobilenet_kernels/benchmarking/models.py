@@ -50,7 +50,7 @@ from .core import DTYPES, execute, geomean, progress, time_ms
 MODELS = ("mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v2", "mobilenet_v1")
 MODES = ("infer", "train")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDA_GRAPH = "cuda-graph"  # Variant.compile of a forward replayed by graph_inference (not a torch.compile mode)
+CUDA_GRAPH = "cuda-graph"  # Variant.compile of a step replayed from a CUDA graph (not a torch.compile mode)
 MIN_SIZE = 32  # five stride-2 stages: 32 px is the smallest input that still has one pixel at the end
 
 COLUMNS = ["model", "mode", "batch", "variant", "p50_ms", "img_per_s", "peak_mem_mb", "saved_mb", "speedup_vs_eager",

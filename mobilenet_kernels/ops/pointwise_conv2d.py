@@ -193,13 +193,19 @@ def _triton_stats(input, weight):
 # ----------------------------------------------------------------------------- 1x1 conv + BN + act, training
 
 
+def check_output_batch_norm(input, Co, eps, **per_channel) -> None:
+    """The BatchNorm after a 1x1 conv: each of ``per_channel`` (name=tensor) None or (Co,) (the
+    conv's output channels), eps >= 0."""
+    for name, t in per_channel.items():
+        check_per_output_channel(t, name, Co, input)
+    if eps < 0:
+        raise ValueError(f"eps: expected a non-negative value, got {eps}")
+
+
 def check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation) -> int:
     Co = check_pointwise_args(input, conv_weight, None, None, activation)
     check_stats_count(input, _spatial(input))
-    check_per_output_channel(weight, "weight", Co, input)
-    check_per_output_channel(bias, "bias", Co, input)
-    if eps < 0:
-        raise ValueError(f"eps: expected a non-negative value, got {eps}")
+    check_output_batch_norm(input, Co, eps, weight=weight, bias=bias)
     return Co
 
 
