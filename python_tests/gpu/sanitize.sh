@@ -111,7 +111,9 @@ run() {  # run TOOL LABEL FILE EXPR
   local rc=$?
   local sanitizer_line pytest_line
   sanitizer_line=$(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -1)
-  pytest_line=$(grep -E "[0-9]+ (passed|failed|error|skipped|deselected)" "$log" | tail -1)
+  # pytest's own summary ("3 passed, 9 deselected in 4.2s"), not the sanitizer's "========= ERROR
+  # SUMMARY: 0 errors", which also names a count of errors and comes after it
+  pytest_line=$(grep -vE "^=========( |$)" "$log" | grep -E "[0-9]+ (passed|failed|errors?|skipped|deselected).* in [0-9.]+s" | tail -1)
   local verdict=ok
   if [ $rc -eq 124 ]; then
     verdict="TIMEOUT (${LIMIT}s)"
