@@ -25,7 +25,7 @@ from mobilenet_kernels.benchmarking.profile import run_profiles
 
 
 COLUMNS = ["variant", "wall ms", "host ms", "device work ms", "launches", "GPU idle %", "peak MB (tensors / allocator)",
-           "largest categories (ms)", "largest at the peak (MB)"]
+           "largest categories (ms)", "host in ops ms (profiled)", "largest host ops (ms)", "largest at the peak (MB)"]
 
 
 def table(rows: list[dict]) -> str:
@@ -39,9 +39,11 @@ def table(rows: list[dict]) -> str:
         peak = f"{mem['tensor_peak_mb']:.4g}" + ("" if mem["allocator_peak_mb"] is None
                                                  else f" / {mem['allocator_peak_mb']:.4g}")
         held = ", ".join(f"{e['op']} ({e['phase'][:3]}) {e['mb']:.3g}" for e in mem["at_peak"][:3])
+        host3 = ", ".join(f"{e['name']} {e['ms']:.2f}" for e in r["top_host"][:3])
         body.append({"variant": r["variant"], "wall ms": r["wall_ms"], "host ms": r["host_ms"],
                      "device work ms": r["work_ms"], "launches": round(r["launches"]), "GPU idle %": r["idle_pct"],
                      "peak MB (tensors / allocator)": peak, "largest categories (ms)": top3,
+                     "host in ops ms (profiled)": r["host_in_ops_ms"], "largest host ops (ms)": host3,
                      "largest at the peak (MB)": held})
     return markdown_table(body, COLUMNS)
 

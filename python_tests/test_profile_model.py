@@ -63,6 +63,9 @@ def test_profile_model_on_cpu(tmp_path, capsys):
         assert sum(row["categories_ms"].values()) == pytest.approx(row["work_ms"])
         ms = [t["ms"] for t in row["top"]]
         assert ms == sorted(ms, reverse=True) and 0 < len(ms) <= 20
+        host = [t["ms"] for t in row["top_host"]]
+        assert host == sorted(host, reverse=True) and 0 < len(host) <= 20
+        assert 0 < sum(host) <= row["host_in_ops_ms"] + 1e-9 and all(t["calls"] > 0 for t in row["top_host"])
     assert "ours: depthwise" in ours["categories_ms"] and "cuDNN conv" in eager["categories_ms"]
     for row in (eager, ours):
         mem = row["memory"]
@@ -70,6 +73,8 @@ def test_profile_model_on_cpu(tmp_path, capsys):
         assert mem["allocator_peak_mb"] is None  # CUDA only
         assert held == sorted(held, reverse=True) and 0 < sum(held) <= mem["tensor_peak_mb"] + 1e-9
         assert mem["peak_during"]["phase"] in ("forward", "backward")
+    assert any(e["name"].startswith("mobilenet_kernels::") for e in ours["top_host"])
+    assert not any(e["name"].startswith("mobilenet_kernels::") for e in eager["top_host"])
     assert any(e["op"].startswith("mobilenet_kernels.") for e in ours["memory"]["at_peak"])
     assert any(e["op"] == "aten.convolution" for e in eager["memory"]["at_peak"])
     table = (tmp_path / "prof.md").read_text()

@@ -4,7 +4,8 @@ and of ours on each backend (the steps of ``bench model``: models.make_step), on
 Per variant: the step's wall time (CUDA events via time_ms), its host time (host_ms: the Python and
 launch work of one step, the GPU not waited for), the device work per step (the sum of the GPU
 kernels' durations on CUDA; the CPU ops' self time on a CPU) and the launches per step, the share of
-the wall time the GPU was idle, the time per kernel category and the top kernels. A step whose host
+the wall time the GPU was idle, the time per kernel category and the top kernels, and the host's
+side under the profiler: the ops' self CPU time per step and the top ops by it (:func:`host_ops`). A step whose host
 time reaches its wall time is host-bound: the GPU waits for launches, and fewer launches (or a CUDA
 graph) would speed it up; a busy GPU points at the kernels in the top list instead.
 
@@ -73,6 +74,18 @@ def device_work(prof, device: str) -> list[tuple[str, float]]:
         return [(e.name, e.time_range.elapsed_us()) for e in prof.events()
                 if e.device_type == torch.autograd.DeviceType.CUDA]
     return [(e.key, e.self_cpu_time_total / max(e.count, 1)) for e in prof.key_averages() for _ in range(e.count)]
+
+
+def host_ops(prof, steps: int, top: int = TOP) -> tuple[float, list[dict]]:
+    """Where the host's time goes: the profiled ops' summed self CPU time per step (ms), and the
+    ``top`` ops by it, each with its calls and ms per step. An op's self time is its own host work
+    (checks, allocation, the Python of a Python op's implementation), its child ops' excluded; the
+    CUDA runtime's calls are ops here too (cudaLaunchKernel: the launches' cost), as are the autograd
+    engine's nodes (their self time: the engine's work per node). The Python between ops (modules,
+    functional wrappers) is in no op: host_ms less this sum, roughly (the profiler slows both)."""
+    rows = [(e.key, e.count / steps, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()]
+    rows.sort(key=lambda r: -r[2])
+    return sum(r[2] for r in rows), [{"name": name, "calls": round(calls, 2), "ms": ms} for name, calls, ms in rows[:top]]
 
 
 class LiveMemory(TorchDispatchMode):
@@ -178,6 +191,7 @@ def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: d
         entry[1] += us / 1e3 / steps
     work_ms = sum(per_category.values())
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:TOP]
+    in_ops_ms, top_host = host_ops(prof, steps)
     return {
         "variant": variant.label,
         "wall_ms": wall,
@@ -187,6 +201,8 @@ def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: d
         "idle_pct": 100 * max(0.0, 1 - work_ms / wall) if s.device == "cuda" else None,
         "categories_ms": dict(sorted(per_category.items(), key=lambda kv: -kv[1])),
         "top": [{"name": name, "calls": round(calls, 2), "ms": ms} for name, (calls, ms) in top],
+        "host_in_ops_ms": in_ops_ms,
+        "top_host": top_host,
         "memory": memory,
     }
 
