@@ -22,7 +22,10 @@
 namespace mobilenet_kernels {
 namespace cuda {
 
-constexpr int kStatsFinishLanes = 8;  // tile lanes per channel in stats_finish_kernel
+// Tile lanes per channel in stats_finish_kernel: up to 2048 tiles per channel, each merged by a
+// chain of double-precision Chan merges (a division each); 8 lanes took ~19 us a launch in GPU run
+// 6's profile (45 launches per V3-Large step), 32 cut each lane's chain by 4.
+constexpr int kStatsFinishLanes = 32;
 
 // Chan et al.: merges partial statistics (nb, mb, m2b) into (na, ma, m2a); counts are whole
 // numbers, so n >= 1 whenever nb > 0. An empty side is exact. A non-finite mean (the part holds an
@@ -143,8 +146,8 @@ __device__ __forceinline__ void block_merge_write(const ShiftedSums<acc_t, VEC>&
   }
 }
 
-// Stage 2: channel c = blockIdx.x * 32 + x; lane y merges tiles y, y + 8, ... in order, then a
-// fixed tree over the lanes; all in double. Writes the mean and the biased variance.
+// Stage 2: channel c = blockIdx.x * 32 + x; lane y merges tiles y, y + kStatsFinishLanes, ... in
+// order, then a fixed tree over the lanes; all in double. Writes the mean and the biased variance.
 template <typename acc_t>
 __global__ void __launch_bounds__(32 * kStatsFinishLanes)
     stats_finish_kernel(const acc_t* __restrict__ part_n,     // (tiles, C)
@@ -160,7 +163,8 @@ __global__ void __launch_bounds__(32 * kStatsFinishLanes)
   const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
   double n = 0, m = 0, m2 = 0;
   if (c < C) {
-    // Lane y merges tiles y, y + 8, y + 16, ... in that order; four tiles' loads are issued ahead.
+    // Lane y merges tiles y, y + kLanes, y + 2 kLanes, ... in that order; four tiles' loads are
+    // issued ahead.
     int64_t t = threadIdx.y;
     for (; t + 3 * kLanes < tiles; t += 4 * kLanes) {
       double bn[4], bm[4], bm2[4];
