@@ -980,3 +980,135 @@ def test_pw_gemm_eligibility(pw_emu, case):
     w = torch.randn(Cout, Cin, 1, 1).to(dtype)
     with pytest.raises(RuntimeError, match="pointwise_gemm_eligible refuses"):
         pw_emu.run(x, w, None, None, "identity", False)
+
+
+# ----------------------------------------------------------------------------- batch_norm_act passes
+# The per-channel passes of batch_norm_act.cu (csrc/cuda/channel_passes.cuh) emulated by
+# cuda_emulation/bn_host.cpp: the training statistics, the eval backward (grad_input written by the
+# reduction) and the training backward (the reduction, then the grad_input pass), with the CUDA
+# code's plans and vector widths: 16-byte vectors of channels in channels_last where C allows them.
+
+
+@pytest.fixture(scope="module")
+def bn_emu():
+    """The emulated batch_norm_act channel passes (bn_host.cpp)."""
+    return build_emulation("mk_bn_host", "bn_host.cpp")
+
+
+BN_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+# (N, C, H, W): C a multiple of every vector (16, 40), of the fp32 one only (12, 20), of none (6,
+# 13); H, W of 1, 7, 13; a single row per channel group; more rows than one tile holds (2 x 17 x 17).
+BN_SHAPES = [(2, 16, 13, 13), (3, 12, 7, 7), (2, 40, 1, 1), (4, 20, 7, 13), (1, 13, 1, 7), (2, 6, 17, 17),
+             (2, 24, 17, 17)]
+
+
+def bn_case(shape, dtype, channels_last, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    N, C, H, W = shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(N, C, H, W, generator=g) * 2 + 0.5).to(dtype).contiguous(memory_format=fmt)
+    gy = torch.randn(N, C, H, W, generator=g).to(dtype).contiguous(memory_format=fmt)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = (torch.rand(C, generator=g) + 0.5).to(acc)
+    bias = (torch.randn(C, generator=g) * 0.5).to(acc)
+    return x, gy, weight, bias
+
+
+def expected_vec(shape, dtype, channels_last):
+    v = 16 // torch.empty(0, dtype=dtype).element_size()
+    return v if channels_last and shape[1] % v == 0 else 1
+
+
+def bn_backward_reference(x, gy, mean, var, weight, bias, eps, act, training):
+    """(grad_input, sum(g * x_hat), sum(g)) in float64, g = grad_output * act'(z), z = BN(x)."""
+    xd, gd = x.double(), gy.double()
+    rstd = (var.double() + eps).rsqrt().view(1, -1, 1, 1)
+    x_hat = (xd - mean.double().view(1, -1, 1, 1)) * rstd
+    z = (x_hat * weight.double().view(1, -1, 1, 1) + bias.double().view(1, -1, 1, 1)).requires_grad_()
+    act_ref(z, act).backward(gd)
+    g = z.grad
+    sum_gxhat, sum_g = (g * x_hat).sum((0, 2, 3)), g.sum((0, 2, 3))
+    scale = rstd * weight.double().view(1, -1, 1, 1)
+    if not training:
+        return g * scale, sum_gxhat, sum_g
+    M = x.numel() // x.shape[1]
+    gx = scale * (g - (sum_g / M).view(1, -1, 1, 1) - x_hat * (sum_gxhat / M).view(1, -1, 1, 1))
+    return gx, sum_gxhat, sum_g
+
+
+def assert_sums_close(got, ref, terms, dtype, where):
+    """Per-channel sums in the accumulation dtype: within a few ulps of the sum of |terms|."""
+    tol = (1e-12 if dtype == torch.float64 else 1e-5) * terms
+    assert ((got.double() - ref).abs() <= tol + 1e-30).all(), f"{where}: {got} vs {ref}"
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
+@pytest.mark.parametrize("dtype", BN_DTYPES)
+def test_bn_train_stats(bn_emu, dtype, channels_last):
+    """The batch mean and biased variance (the statistics of batch_norm_act_train)."""
+    for shape in BN_SHAPES:
+        x, _, _, _ = bn_case(shape, dtype, channels_last)
+        mean, var, info = bn_emu.train_stats(x)
+        where = f"{shape} {dtype} {'channels_last' if channels_last else 'nchw'} plan {info}"
+        if channels_last:
+            assert info[0] == expected_vec(shape, dtype, channels_last), where
+        ref_var, ref_mean = torch.var_mean(x.double(), dim=(0, 2, 3), unbiased=False)
+        rtol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(mean.double(), ref_mean, rtol=rtol, atol=rtol * ref_var.sqrt().max().item(),
+                                   msg=where)
+        torch.testing.assert_close(var.double(), ref_var, rtol=rtol * 10, atol=rtol, msg=where)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
+@pytest.mark.parametrize("dtype", BN_DTYPES)
+def test_bn_backward(bn_emu, dtype, channels_last, training):
+    """grad_input and the per-channel sums of the eval and the training backward, every activation
+    over the shapes."""
+    for i, shape in enumerate(BN_SHAPES):
+        act = ["identity", "hardswish", "relu6", "relu", "hardsigmoid", "silu", "sigmoid"][i % 7]
+        x, gy, weight, bias = bn_case(shape, dtype, channels_last, seed=i)
+        acc = weight.dtype
+        var, mean = torch.var_mean(x.to(acc), dim=(0, 2, 3), unbiased=False)
+        with_affine = i % 2 == 0
+        w, b = (weight, bias) if with_affine else (None, None)
+        gx, sum_gxhat, sum_g, info_r, info_g = bn_emu.backward(gy, x, mean, var, w, b, 1e-3, act, training)
+        where = f"{shape} {dtype} {'channels_last' if channels_last else 'nchw'} {act} plans {info_r} {info_g}"
+        assert gx.shape == x.shape and gx.is_contiguous(memory_format=torch.channels_last if channels_last
+                                                        else torch.contiguous_format), where
+        if channels_last:
+            assert info_r[0] == expected_vec(shape, dtype, channels_last), where
+        ones = torch.ones_like(weight)
+        ref_gx, ref_gxhat, ref_g = bn_backward_reference(x, gy, mean, var, weight if with_affine else ones,
+                                                         bias if with_affine else 0 * ones, 1e-3, act, training)
+        terms = (gy.double().abs() * (1 + (x.double() - mean.double().view(1, -1, 1, 1)).abs() * 40)).sum((0, 2, 3))
+        assert_sums_close(sum_gxhat, ref_gxhat, terms, dtype, f"sum_gxhat {where}")
+        assert_sums_close(sum_g, ref_g, terms, dtype, f"sum_g {where}")
+        if dtype == torch.float64:
+            torch.testing.assert_close(gx, ref_gx, rtol=1e-10, atol=1e-10, msg=where)
+        elif dtype == torch.float32:
+            torch.testing.assert_close(gx.double(), ref_gx, rtol=1e-4, atol=1e-5, msg=where)
+        else:  # float32 math rounded once: within an ulp or two of the rounded reference
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(gx.double(), ref_gx.to(dtype).double(), rtol=2 * eps, atol=1e-3, msg=where)
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v3_large", "mobilenet_v2"])
+def test_bn_plans_of_mobilenet_layers(bn_emu, model):
+    """The launch plans of every BatchNorm of the model's training at batch 128 and 224² (channels
+    of 16 to 1280, 112² to 7² pixels): grids within CUDA's limits, at most 512 tiles, and at least
+    128 blocks per reduction (a 7x7 layer's few rows per channel still spread over the GPU)."""
+    from mobilenet_kernels.benchmarking.shapes import batch_norm_layers
+
+    for C, H, W, _ in batch_norm_layers(model, 224):
+        for vec, channels_last in ((8, True), (4, True), (1, True), (1, False)):
+            if C % vec:
+                continue
+            red = bn_emu.plan(128, C, H * W, channels_last, vec, True)
+            ew = bn_emu.plan(128, C, H * W, channels_last, vec, False)
+            where = f"{model} C{C} {H}x{W} vec {vec} {'channels_last' if channels_last else 'nchw'}: {red} {ew}"
+            _, gx_, gy_, bx, by, tiles = red
+            assert 1 <= tiles <= 512 and gx_ * gy_ >= 128 and bx * by == 256, where
+            assert ew[2] <= 65535 and ew[3] * ew[4] == 256, where
+            if channels_last:
+                assert bx * vec >= min(C, 32 * vec) and (bx & (bx - 1)) == 0, where

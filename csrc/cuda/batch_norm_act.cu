@@ -20,18 +20,15 @@
 #include <limits>
 
 #include "batch_norm_act.h"
+#include "channel_passes.cuh"
 
 namespace mobilenet_kernels {
 namespace {
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-constexpr int kThreads = 256;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+namespace bn = cuda::bn;
+using bn::kThreads;
+using cuda::ceil_div;
+using cuda::Vec;
 
 template <typename scalar_t>
 int vector_width(const void* in, const void* out, int64_t inner) {
@@ -88,245 +85,45 @@ __global__ void batch_norm_act_eval_fwd_nchw_kernel(const scalar_t* __restrict__
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-channel reductions over the M = N*HW terms of each channel, two-stage and deterministic.
-// Stage 1 (reduce_*_kernel) runs a term functor over a tile of M per (tile, channel) and writes two
-// partial sums; stage 2 (finish_kernel) merges the tiles of a channel in a fixed order, in double.
-// A term functor provides begin(c) -> per-channel State and operator()(state, i, s0, s1), which
-// adds element i's two terms (and may write element i of an output in the same pass).
+// The per-channel passes (reductions and elementwise) live in channel_passes.cuh, shared with the
+// host emulation; here their launches on the current stream.
 
-// The reduction extent is cut into tiles by shape alone.
-inline int64_t reduction_tiles(int64_t M) { return std::max<int64_t>(1, std::min<int64_t>(512, ceil_div(M, 1024))); }
-
-// channels_last: block (32 channels) x (8 row lanes); blockIdx.x: channel block, blockIdx.y: row tile.
-template <typename acc_t, typename Term>
-__global__ void reduce_nhwc_kernel(Term term, int64_t M, int64_t C, int64_t rows_per_tile,
-                                   acc_t* __restrict__ partial0,  // (tiles, C)
-                                   acc_t* __restrict__ partial1) {  // (tiles, C)
-  __shared__ acc_t s0[8][32];
-  __shared__ acc_t s1[8][32];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  const int64_t m_begin = static_cast<int64_t>(blockIdx.y) * rows_per_tile;
-  const int64_t m_end = std::min(M, m_begin + rows_per_tile);
-  acc_t a = 0, b = 0;
-  if (c < C) {
-    const auto state = term.begin(c);
-    for (int64_t m = m_begin + threadIdx.y; m < m_end; m += 8) term(state, m * C + c, a, b);
-  }
-  s0[threadIdx.y][threadIdx.x] = a;
-  s1[threadIdx.y][threadIdx.x] = b;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    a = 0;
-    b = 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      a += s0[k][threadIdx.x];
-      b += s1[k][threadIdx.x];
-    }
-    partial0[blockIdx.y * C + c] = a;
-    partial1[blockIdx.y * C + c] = b;
-  }
-}
-
-// NCHW: blockIdx.x is the channel, blockIdx.y the tile of the channel's N*HW terms.
-template <typename acc_t, typename Term>
-__global__ void reduce_nchw_kernel(Term term, int64_t M, int64_t C, int64_t HW, int64_t terms_per_tile,
-                                   acc_t* __restrict__ partial0,  // (tiles, C)
-                                   acc_t* __restrict__ partial1) {  // (tiles, C)
-  __shared__ acc_t s0[kThreads];
-  __shared__ acc_t s1[kThreads];
-  const int64_t c = blockIdx.x;
-  const auto state = term.begin(c);
-  const int64_t j_begin = static_cast<int64_t>(blockIdx.y) * terms_per_tile;
-  const int64_t j_end = std::min(M, j_begin + terms_per_tile);
-  acc_t a = 0, b = 0;
-  for (int64_t j = j_begin + threadIdx.x; j < j_end; j += kThreads) {
-    const int64_t n = j / HW;
-    term(state, (n * C + c) * HW + (j - n * HW), a, b);
-  }
-  s0[threadIdx.x] = a;
-  s1[threadIdx.x] = b;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {  // fixed tree: deterministic
-    if (threadIdx.x < width) {
-      s0[threadIdx.x] += s0[threadIdx.x + width];
-      s1[threadIdx.x] += s1[threadIdx.x + width];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    partial0[blockIdx.y * C + c] = s0[0];
-    partial1[blockIdx.y * C + c] = s1[0];
-  }
-}
-
-// Stage 2: one thread per channel sums its tiles in order, in double, and hands the two totals
-// to the epilogue functor.
-template <typename acc_t, typename Finish>
-__global__ void finish_kernel(const acc_t* __restrict__ partial0, const acc_t* __restrict__ partial1, int64_t tiles,
-                              int64_t C, Finish finish) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  double a = 0, b = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    a += partial0[t * C + c];
-    b += partial1[t * C + c];
-  }
-  finish(c, a, b);
-}
-
+// A reduction over L: stage 1 with `vec` channels per thread (channels_last), then finish_kernel.
 template <typename acc_t, typename Term, typename Finish>
-void reduce_channels(const ChannelLayout& L, const at::TensorOptions& acc_opts, const Term& term, const Finish& finish) {
+void reduce_channels(const ChannelLayout& L, int vec, const at::TensorOptions& acc_opts, const Term& term,
+                     const Finish& finish) {
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t M = L.rows();
-  const int64_t tiles = reduction_tiles(M);
-  const int64_t per_tile = ceil_div(std::max<int64_t>(M, 1), tiles);
-  at::Tensor partial = at::empty({2, tiles, L.C}, acc_opts);
+  const bn::PassPlan p = bn::plan_reduction(L, vec);
+  at::Tensor partial = at::empty({2, p.tiles, L.C}, acc_opts);
   acc_t* p0 = partial[0].data_ptr<acc_t>();
   acc_t* p1 = partial[1].data_ptr<acc_t>();
-  if (L.channels_last) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(L.C, 32)), static_cast<unsigned>(tiles));
-    reduce_nhwc_kernel<acc_t><<<grid, dim3(32, 8), 0, stream>>>(term, M, L.C, per_tile, p0, p1);
+  constexpr int kVec = 16 / sizeof(typename Term::Scalar);
+  if (!L.channels_last) {
+    bn::reduce_nchw_kernel<acc_t><<<p.grid, p.block, 0, stream>>>(term, L.rows(), L.C, L.HW, p.per_tile, p0, p1);
+  } else if (vec == kVec && kVec > 1) {
+    bn::reduce_nhwc_kernel<acc_t, kVec><<<p.grid, p.block, 0, stream>>>(term, L.rows(), L.C, p.per_tile, p0, p1);
   } else {
-    const dim3 grid(static_cast<unsigned>(L.C), static_cast<unsigned>(tiles));
-    reduce_nchw_kernel<acc_t><<<grid, kThreads, 0, stream>>>(term, M, L.C, L.HW, per_tile, p0, p1);
+    bn::reduce_nhwc_kernel<acc_t, 1><<<p.grid, p.block, 0, stream>>>(term, L.rows(), L.C, p.per_tile, p0, p1);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  finish_kernel<acc_t><<<static_cast<unsigned>(ceil_div(L.C, kThreads)), kThreads, 0, stream>>>(p0, p1, tiles, L.C,
-                                                                                                  finish);
+  bn::finish_kernel<acc_t><<<p.finish_grid, p.finish_block, 0, stream>>>(p0, p1, p.tiles, L.C, finish);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Terms of the backward: g * x_hat and g, g = grad_out * act'(z); in eval mode (kWriteGradInput)
-// also grad_in = g * scale in the same pass.
-template <typename scalar_t, typename acc_t, Act A, bool kWriteGradInput>
-struct BackwardTerms {
-  const scalar_t* __restrict__ gy;  // (N, C, HW) dense
-  const scalar_t* __restrict__ x;   // (N, C, HW) dense
-  scalar_t* __restrict__ gx;        // (N, C, HW) dense, or null
-  const acc_t *mean, *var, *weight, *bias;
-  acc_t eps;
-  struct State {
-    acc_t rstd, scale, shift, mu;
-  };
-  __device__ State begin(int64_t c) const {
-    State s;
-    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
-    s.mu = mean[c];
-    return s;
-  }
-  __device__ void operator()(const State& s, int64_t i, acc_t& sum_gxhat, acc_t& sum_g) const {
-    const acc_t xv = static_cast<acc_t>(x[i]);
-    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * s.scale + s.shift);
-    if constexpr (kWriteGradInput) gx[i] = static_cast<scalar_t>(g * s.scale);
-    sum_g += g;
-    sum_gxhat += g * (xv - s.mu) * s.rstd;
-  }
-};
-
-template <typename acc_t>
-struct StoreSums {
-  acc_t *sum0, *sum1;
-  __device__ void operator()(int64_t c, double a, double b) const {
-    sum0[c] = static_cast<acc_t>(a);
-    sum1[c] = static_cast<acc_t>(b);
-  }
-};
-
-// Terms of the batch statistics: shifted sums of x - K_c and (x - K_c)^2, with K_c the channel's
-// first element (finite_or_zero), so that a large mean does not cancel the variance away (mean 1e4,
-// std 1 is fine). A NaN variance stays NaN.
-template <typename scalar_t, typename acc_t>
-struct ShiftedMomentTerms {
-  const scalar_t* __restrict__ x;  // (N, C, HW) dense
-  int64_t first_stride;            // offset of channel c's first element: c * first_stride
-  __device__ acc_t begin(int64_t c) const { return finite_or_zero(static_cast<acc_t>(x[c * first_stride])); }
-  __device__ void operator()(acc_t K, int64_t i, acc_t& s1, acc_t& s2) const {
-    const acc_t d = static_cast<acc_t>(x[i]) - K;
-    s1 += d;
-    s2 += d * d;
-  }
-};
-
-template <typename scalar_t, typename acc_t>
-struct StoreMeanVar {
-  const scalar_t* __restrict__ x;
-  int64_t first_stride;
-  double count;
-  acc_t *mean, *var;  // (C,): batch mean and biased variance
-  __device__ void operator()(int64_t c, double s1, double s2) const {
-    const double K = static_cast<double>(finite_or_zero(static_cast<acc_t>(x[c * first_stride])));
-    const double v = (s2 - s1 * s1 / count) / count;
-    mean[c] = static_cast<acc_t>(K + s1 / count);
-    var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);
-  }
-};
-
-// Training backward, pass 2: grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M).
-// channels_last: threadIdx.x walks channels (coefficients folded once per thread), rows strided.
-template <typename scalar_t, typename acc_t, Act A>
-struct TrainInputGrad {
-  const scalar_t* __restrict__ gy;
-  const scalar_t* __restrict__ x;
-  scalar_t* __restrict__ gx;
-  const acc_t *mean, *var, *weight, *bias, *sum_gxhat, *sum_g;
-  acc_t eps, inv_count;
-  struct State {
-    acc_t rstd, scale, shift, mu, mean_g, mean_gxhat;
-  };
-  __device__ State begin(int64_t c) const {
-    State s;
-    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
-    s.mu = mean[c];
-    s.mean_g = sum_g[c] * inv_count;
-    s.mean_gxhat = sum_gxhat[c] * inv_count;
-    return s;
-  }
-  __device__ void operator()(const State& s, int64_t i) const {
-    const acc_t xv = static_cast<acc_t>(x[i]);
-    const acc_t g = static_cast<acc_t>(gy[i]) * act_derivative<A>(xv * s.scale + s.shift);
-    gx[i] = static_cast<scalar_t>(s.scale * (g - s.mean_g - (xv - s.mu) * s.rstd * s.mean_gxhat));
-  }
-};
-
+// An elementwise pass over L with `vec` channels per thread (channels_last).
 template <typename Elementwise>
-__global__ void per_channel_nhwc_kernel(Elementwise op, int64_t M, int64_t C) {
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const auto state = op.begin(c);
-  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; m < M;
-       m += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-    op(state, m * C + c);
-  }
-}
-
-// NCHW: blockIdx.x is the (n, c) plane, blockIdx.y a chunk of its HW elements.
-template <typename Elementwise>
-__global__ void per_channel_nchw_kernel(Elementwise op, int64_t C, int64_t HW) {
-  const int64_t plane = blockIdx.x;
-  const auto state = op.begin(plane % C);
-  for (int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; p < HW;
-       p += static_cast<int64_t>(gridDim.y) * blockDim.x) {
-    op(state, plane * HW + p);
-  }
-}
-
-template <typename Elementwise>
-void launch_per_channel(const ChannelLayout& L, const Elementwise& op) {
+void launch_per_channel(const ChannelLayout& L, int vec, const Elementwise& op) {
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (L.channels_last) {
-    const int tx = static_cast<int>(std::min<int64_t>(32, L.C));
-    const int ty = kThreads / tx;
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(L.rows(), ty * 4), 1 << 20)),
-                    static_cast<unsigned>(ceil_div(L.C, tx)));
-    TORCH_CHECK(grid.y <= 65535, "batch_norm_act: too many channels for one launch (", L.C, ")");
-    per_channel_nhwc_kernel<<<grid, dim3(tx, ty), 0, stream>>>(op, L.rows(), L.C);
+  const bn::PassPlan p = bn::plan_per_channel(L, vec);
+  TORCH_CHECK(bn::channel_grid_fits(L, p), "batch_norm_act: too many channels or (n, c) planes for one launch (",
+              L.N, " x ", L.C, ")");
+  constexpr int kVec = 16 / sizeof(typename Elementwise::Scalar);
+  if (!L.channels_last) {
+    bn::per_channel_nchw_kernel<<<p.grid, p.block, 0, stream>>>(op, L.C, L.HW);
+  } else if (vec == kVec && kVec > 1) {
+    bn::per_channel_nhwc_kernel<kVec><<<p.grid, p.block, 0, stream>>>(op, L.rows(), L.C);
   } else {
-    const int64_t planes = L.N * L.C;
-    TORCH_CHECK(planes < (int64_t(1) << 31), "batch_norm_act: too many (n, c) planes for one launch");
-    const dim3 grid(static_cast<unsigned>(planes),
-                    static_cast<unsigned>(std::min<int64_t>(ceil_div(L.HW, kThreads * 4), 65535)));
-    per_channel_nchw_kernel<<<grid, kThreads, 0, stream>>>(op, L.C, L.HW);
+    bn::per_channel_nhwc_kernel<1><<<p.grid, p.block, 0, stream>>>(op, L.rows(), L.C);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -382,12 +179,13 @@ template <typename scalar_t, Act A, bool kWriteGradInput>
 void launch_backward_reduce(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
                             at::Tensor& sum_gxhat, at::Tensor& sum_g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const BackwardTerms<scalar_t, acc_t, A, kWriteGradInput> terms{
+  const bn::BackwardTerms<scalar_t, acc_t, A, kWriteGradInput> terms{
       grad_out.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(),
       kWriteGradInput ? grad_in.data_ptr<scalar_t>() : nullptr, a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(),
       data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias), static_cast<acc_t>(a.eps)};
-  reduce_channels<acc_t>(a.layout, sum_g.options(), terms,
-                         StoreSums<acc_t>{sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>()});
+  const int vec = bn::channel_vec<scalar_t>(a.layout.C, {terms.gy, terms.x, terms.gx});
+  reduce_channels<acc_t>(a.layout, vec, sum_g.options(), terms,
+                         bn::StoreSums<acc_t>{sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>()});
 }
 
 at::Tensor batch_norm_act_eval_cuda(const at::Tensor& input, const at::Tensor& running_mean,
@@ -439,9 +237,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_cuda(const a
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const int64_t first_stride = L.channels_last ? 1 : L.HW;
-    reduce_channels<acc_t>(L, acc_opts, ShiftedMomentTerms<scalar_t, acc_t>{xp, first_stride},
-                           StoreMeanVar<scalar_t, acc_t>{xp, first_stride, static_cast<double>(L.rows()),
-                                                         mean.data_ptr<acc_t>(), var.data_ptr<acc_t>()});
+    reduce_channels<acc_t>(L, bn::channel_vec<scalar_t>(L.C, {xp}), acc_opts,
+                           bn::ShiftedMomentTerms<scalar_t, acc_t>{xp, first_stride},
+                           bn::StoreMeanVar<scalar_t, acc_t>{xp, first_stride, static_cast<double>(L.rows()),
+                                                             mean.data_ptr<acc_t>(), var.data_ptr<acc_t>()});
   });
   return {batch_norm_act_eval_cuda(x, mean, var, weight, bias, eps, activation), mean, var};
 }
@@ -461,11 +260,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_cud
     using acc_t = at::opmath_type<scalar_t>;
     MK_DISPATCH_ACTIVATION(a.act, [&] {
       launch_backward_reduce<scalar_t, kAct, false>(a, gy, grad_in, sum_gxhat, sum_g);
-      launch_per_channel(a.layout, TrainInputGrad<scalar_t, acc_t, kAct>{
+      const bn::TrainInputGrad<scalar_t, acc_t, kAct> op{
           gy.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(),
           a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight),
           data_or_null<acc_t>(a.bias), sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(),
-          static_cast<acc_t>(a.eps), static_cast<acc_t>(1.0 / static_cast<double>(a.layout.rows()))});
+          static_cast<acc_t>(a.eps), static_cast<acc_t>(1.0 / static_cast<double>(a.layout.rows()))};
+      launch_per_channel(a.layout, bn::channel_vec<scalar_t>(a.layout.C, {op.gy, op.x, op.gx}), op);
     });
   });
   return {grad_in, sum_gxhat, sum_g};

@@ -1,0 +1,369 @@
+// The per-channel passes of batch_norm_act's CUDA kernels (batch_norm_act.cu) over a dense input of
+// N x C x HW elements: channels_last ((M, C), M = N * HW rows) or NCHW ((N, C, HW)).
+//
+// Reductions, two-stage and deterministic: stage 1 (reduce_nhwc_kernel / reduce_nchw_kernel) runs a
+// term functor over a tile of each channel's M elements and writes two partial sums per (tile,
+// channel); stage 2 (finish_kernel) sums a channel's tiles in a fixed order, in double, and hands the
+// totals to a finish functor. The tiles depend on the shape alone (reduction_tiles), and every sum
+// runs in a fixed order: bitwise deterministic for a given shape and vector width.
+// Elementwise passes with per-channel coefficients: per_channel_nhwc_kernel / per_channel_nchw_kernel.
+//
+// channels_last: each thread handles V channels of a row as one 16-byte vector (V = 16 / sizeof
+// scalar_t: 8 for float16 / bfloat16, 4 for float32, 2 for float64) where C and every pointer
+// allow it (channel_vec), else one. GPU run 6 (batch 128 V3-Large training step) timed the BN
+// backward's one-channel-per-thread passes at 48 us (reduction) and 43 us (grad_input) a launch,
+// 2 B loads of 32 channels per warp row, against ATen's 30 us and 32 us for its vectorized ones.
+//
+// A term functor (the reductions) provides Scalar (the tensors' dtype), State begin(c) and add<V>(states, i, sum0, sum1), which
+// adds the terms of elements i .. i + V - 1 (channels c .. c + V - 1 of one row, states[j] channel
+// c + j's) to sum0[j], sum1[j] and may write those elements of an output in the same pass; an
+// elementwise functor provides Scalar, begin(c) and apply<V>(states, i). V = 1 on the NCHW paths.
+// Shared by the CUDA launchers (batch_norm_act.cu) and the host emulation
+// (python_tests/cuda_emulation/bn_host.cpp), which runs these kernels with these plans on the CPU.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+
+#include "batch_norm_act.h"
+#include "mk_cuda.cuh"
+
+namespace mobilenet_kernels {
+namespace cuda {
+namespace bn {
+
+constexpr int kThreads = 256;
+constexpr int kFinishLanes = 16;  // tile lanes per channel in finish_kernel
+
+// Channels per thread in the channels_last passes: a 16-byte vector of scalar_t where C is a
+// multiple of it and every (non-null) pointer is 16-byte aligned, else 1.
+template <typename scalar_t>
+inline int channel_vec(int64_t C, std::initializer_list<const void*> pointers) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  if (kVec <= 1 || C % kVec != 0) return 1;
+  for (const void* p : pointers) {
+    if (p != nullptr && !aligned16(p)) return 1;
+  }
+  return kVec;
+}
+
+// --------------------------------------------------------------------------------------- functors
+
+// Terms of the backward: g * x_hat and g, g = grad_out * act'(z); in eval mode (kWriteGradInput)
+// also grad_in = g * scale in the same pass.
+template <typename scalar_t, typename acc_t, Act A, bool kWriteGradInput>
+struct BackwardTerms {
+  using Scalar = scalar_t;
+  const scalar_t* __restrict__ gy;  // dense, the input's layout
+  const scalar_t* __restrict__ x;   // dense
+  scalar_t* __restrict__ gx;        // dense, or null
+  const acc_t *mean, *var, *weight, *bias;
+  acc_t eps;
+  struct State {
+    acc_t rstd, scale, shift, mu;
+  };
+  __device__ State begin(int64_t c) const {
+    State s;
+    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
+    s.mu = mean[c];
+    return s;
+  }
+  template <int V>
+  __device__ void add(const State* s, int64_t i, acc_t* sum_gxhat, acc_t* sum_g) const {
+    const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
+    const Vec<scalar_t, V> gv = *reinterpret_cast<const Vec<scalar_t, V>*>(gy + i);
+    Vec<scalar_t, V> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const acc_t xj = static_cast<acc_t>(xv.v[j]);
+      const acc_t g = static_cast<acc_t>(gv.v[j]) * act_derivative<A>(xj * s[j].scale + s[j].shift);
+      if constexpr (kWriteGradInput) out.v[j] = static_cast<scalar_t>(g * s[j].scale);
+      sum_g[j] += g;
+      sum_gxhat[j] += g * (xj - s[j].mu) * s[j].rstd;
+    }
+    if constexpr (kWriteGradInput) *reinterpret_cast<Vec<scalar_t, V>*>(gx + i) = out;
+  }
+};
+
+template <typename acc_t>
+struct StoreSums {
+  acc_t *sum0, *sum1;
+  __device__ void operator()(int64_t c, double a, double b) const {
+    sum0[c] = static_cast<acc_t>(a);
+    sum1[c] = static_cast<acc_t>(b);
+  }
+};
+
+// Terms of the batch statistics: shifted sums of x - K_c and (x - K_c)^2, with K_c the channel's
+// first element (finite_or_zero), so that a large mean does not cancel the variance away (mean 1e4,
+// std 1 is fine). A NaN variance stays NaN.
+template <typename scalar_t, typename acc_t>
+struct ShiftedMomentTerms {
+  using Scalar = scalar_t;
+  const scalar_t* __restrict__ x;  // dense
+  int64_t first_stride;            // offset of channel c's first element: c * first_stride
+  using State = acc_t;
+  __device__ State begin(int64_t c) const { return finite_or_zero(static_cast<acc_t>(x[c * first_stride])); }
+  template <int V>
+  __device__ void add(const State* K, int64_t i, acc_t* s1, acc_t* s2) const {
+    const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const acc_t d = static_cast<acc_t>(xv.v[j]) - K[j];
+      s1[j] += d;
+      s2[j] += d * d;
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct StoreMeanVar {
+  const scalar_t* __restrict__ x;
+  int64_t first_stride;
+  double count;
+  acc_t *mean, *var;  // (C,): batch mean and biased variance
+  __device__ void operator()(int64_t c, double s1, double s2) const {
+    const double K = static_cast<double>(finite_or_zero(static_cast<acc_t>(x[c * first_stride])));
+    const double v = (s2 - s1 * s1 / count) / count;
+    mean[c] = static_cast<acc_t>(K + s1 / count);
+    var[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);
+  }
+};
+
+// Training backward, pass 2: grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M).
+template <typename scalar_t, typename acc_t, Act A>
+struct TrainInputGrad {
+  using Scalar = scalar_t;
+  const scalar_t* __restrict__ gy;
+  const scalar_t* __restrict__ x;
+  scalar_t* __restrict__ gx;
+  const acc_t *mean, *var, *weight, *bias, *sum_gxhat, *sum_g;
+  acc_t eps, inv_count;
+  struct State {
+    acc_t rstd, scale, shift, mu, mean_g, mean_gxhat;
+  };
+  __device__ State begin(int64_t c) const {
+    State s;
+    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
+    s.mu = mean[c];
+    s.mean_g = sum_g[c] * inv_count;
+    s.mean_gxhat = sum_gxhat[c] * inv_count;
+    return s;
+  }
+  template <int V>
+  __device__ void apply(const State* s, int64_t i) const {
+    const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
+    const Vec<scalar_t, V> gv = *reinterpret_cast<const Vec<scalar_t, V>*>(gy + i);
+    Vec<scalar_t, V> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const acc_t xj = static_cast<acc_t>(xv.v[j]);
+      const acc_t g = static_cast<acc_t>(gv.v[j]) * act_derivative<A>(xj * s[j].scale + s[j].shift);
+      out.v[j] = static_cast<scalar_t>(s[j].scale * (g - s[j].mean_g - (xj - s[j].mu) * s[j].rstd * s[j].mean_gxhat));
+    }
+    *reinterpret_cast<Vec<scalar_t, V>*>(gx + i) = out;
+  }
+};
+
+// ---------------------------------------------------------------------------------------- kernels
+
+// channels_last, stage 1: block (tx channel vectors, ty row lanes), tx * ty = kThreads, both powers
+// of two; blockIdx.x: the channel-vector block, blockIdx.y: the row tile. A thread adds its V
+// channels' terms over rows m_begin + y, m_begin + y + ty, ...; a fixed tree over the row lanes
+// (block_sum_store) gives the tile's partials.
+template <typename acc_t, int V, typename Term>
+__global__ void __launch_bounds__(kThreads)
+    reduce_nhwc_kernel(Term term, int64_t M, int64_t C, int64_t rows_per_tile,
+                       acc_t* __restrict__ partial0,    // (tiles, C)
+                       acc_t* __restrict__ partial1) {  // (tiles, C)
+  __shared__ acc_t buf0[kThreads * V];
+  __shared__ acc_t buf1[kThreads * V];
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  const int64_t m_begin = static_cast<int64_t>(blockIdx.y) * rows_per_tile;
+  const int64_t m_end = std::min(M, m_begin + rows_per_tile);
+  acc_t a[V], b[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) a[j] = b[j] = acc_t(0);
+  if (c0 < C) {
+    typename Term::State state[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) state[j] = term.begin(c0 + j);
+    for (int64_t m = m_begin + threadIdx.y; m < m_end; m += blockDim.y) term.template add<V>(state, m * C + c0, a, b);
+  }
+  const int64_t offset = static_cast<int64_t>(blockIdx.y) * C + c0;
+  block_sum_store<acc_t, V>(a, buf0, c0 < C, partial0, offset);
+  block_sum_store<acc_t, V>(b, buf1, c0 < C, partial1, offset);
+}
+
+// NCHW, stage 1: blockIdx.x is the channel, blockIdx.y the tile of the channel's N*HW terms.
+template <typename acc_t, typename Term>
+__global__ void __launch_bounds__(kThreads)
+    reduce_nchw_kernel(Term term, int64_t M, int64_t C, int64_t HW, int64_t terms_per_tile,
+                       acc_t* __restrict__ partial0,    // (tiles, C)
+                       acc_t* __restrict__ partial1) {  // (tiles, C)
+  __shared__ acc_t s0[kThreads];
+  __shared__ acc_t s1[kThreads];
+  const int64_t c = blockIdx.x;
+  const typename Term::State state = term.begin(c);
+  const int64_t j_begin = static_cast<int64_t>(blockIdx.y) * terms_per_tile;
+  const int64_t j_end = std::min(M, j_begin + terms_per_tile);
+  acc_t a = 0, b = 0;
+  for (int64_t j = j_begin + threadIdx.x; j < j_end; j += kThreads) {
+    const int64_t n = j / HW;
+    term.template add<1>(&state, (n * C + c) * HW + (j - n * HW), &a, &b);
+  }
+  s0[threadIdx.x] = a;
+  s1[threadIdx.x] = b;
+  __syncthreads();
+  for (int width = kThreads / 2; width > 0; width /= 2) {  // fixed tree: deterministic
+    if (threadIdx.x < width) {
+      s0[threadIdx.x] += s0[threadIdx.x + width];
+      s1[threadIdx.x] += s1[threadIdx.x + width];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    partial0[blockIdx.y * C + c] = s0[0];
+    partial1[blockIdx.y * C + c] = s1[0];
+  }
+}
+
+// Stage 2: channel c = blockIdx.x * 32 + x; lane y sums tiles y, y + 16, ... in order (four tiles'
+// loads issued ahead), then a fixed tree over the lanes; all in double. Hands the two totals to
+// the finish functor. (One thread per channel walking up to 512 tiles in turn took ~15 us a launch
+// in GPU run 6's profile, 46 launches per V3-Large step.)
+template <typename acc_t, typename Finish>
+__global__ void __launch_bounds__(32 * kFinishLanes)
+    finish_kernel(const acc_t* __restrict__ partial0, const acc_t* __restrict__ partial1, int64_t tiles, int64_t C,
+                  Finish finish) {
+  __shared__ double s0[kFinishLanes][32];
+  __shared__ double s1[kFinishLanes][32];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  double a = 0, b = 0;
+  if (c < C) {
+    int64_t t = threadIdx.y;
+    for (; t + 3 * kFinishLanes < tiles; t += 4 * kFinishLanes) {
+      double pa[4], pb[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        pa[k] = partial0[(t + k * kFinishLanes) * C + c];
+        pb[k] = partial1[(t + k * kFinishLanes) * C + c];
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        a += pa[k];
+        b += pb[k];
+      }
+    }
+    for (; t < tiles; t += kFinishLanes) {
+      a += partial0[t * C + c];
+      b += partial1[t * C + c];
+    }
+  }
+  s0[threadIdx.y][threadIdx.x] = a;
+  s1[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  for (int half = kFinishLanes / 2; half > 0; half /= 2) {  // fixed tree: deterministic
+    if (threadIdx.y < half) {
+      s0[threadIdx.y][threadIdx.x] += s0[threadIdx.y + half][threadIdx.x];
+      s1[threadIdx.y][threadIdx.x] += s1[threadIdx.y + half][threadIdx.x];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.y == 0 && c < C) finish(c, s0[0][threadIdx.x], s1[0][threadIdx.x]);
+}
+
+// channels_last elementwise: block (tx channel vectors, ty row lanes); blockIdx.y: the channel-vector
+// block, blockIdx.x and threadIdx.y: rows, grid-strided. Each thread folds its V channels once.
+template <int V, typename Elementwise>
+__global__ void __launch_bounds__(kThreads) per_channel_nhwc_kernel(Elementwise op, int64_t M, int64_t C) {
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * V;
+  if (c0 >= C) return;
+  typename Elementwise::State state[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) state[j] = op.begin(c0 + j);
+  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; m < M;
+       m += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    op.template apply<V>(state, m * C + c0);
+  }
+}
+
+// NCHW elementwise: blockIdx.x is the (n, c) plane, blockIdx.y a chunk of its HW elements.
+template <typename Elementwise>
+__global__ void __launch_bounds__(kThreads) per_channel_nchw_kernel(Elementwise op, int64_t C, int64_t HW) {
+  const int64_t plane = blockIdx.x;
+  const typename Elementwise::State state = op.begin(plane % C);
+  for (int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; p < HW;
+       p += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+    op.template apply<1>(&state, plane * HW + p);
+  }
+}
+
+// ------------------------------------------------------------------------------------ host plans
+
+// The row tiles of a reduction, by shape alone: NCHW (a block per channel and tile) at least 1024
+// terms a tile; channels_last also enough tiles for ~1024 blocks where a tile keeps 32 rows (a
+// block covers up to 256 channels: 32 lanes of 8), so that a late layer's few rows per channel
+// (7x7 at batch 128: 6272) still spread over the GPU. At most 512 tiles (finish_kernel's walk).
+inline int64_t reduction_tiles(const ChannelLayout& L) {
+  const int64_t M = std::max<int64_t>(L.rows(), 1);
+  int64_t tiles = ceil_div(M, 1024);
+  if (L.channels_last) tiles = std::max(tiles, std::min(ceil_div(M, 32), ceil_div(1024, ceil_div(L.C, 256))));
+  return std::max<int64_t>(1, std::min<int64_t>(512, tiles));
+}
+
+// The launches of one pass over L with `vec` channels per thread (channels_last; 1 for NCHW).
+struct PassPlan {
+  dim3 grid, block;
+  int64_t tiles = 1, per_tile = 0;  // reductions: row tiles (channels_last rows, NCHW terms each)
+  dim3 finish_grid, finish_block;   // reductions: finish_kernel's launch
+};
+
+// block (tx, ty): tx channel vectors (a power of two, at most 32, at least the vectors there are
+// up to the next power of two) by ty = kThreads / tx row lanes.
+inline dim3 nhwc_block(int64_t C, int vec) {
+  const int64_t vectors = C / vec;
+  unsigned tx = 1;
+  while (tx < 32 && tx < vectors) tx *= 2;
+  return dim3(tx, kThreads / tx);
+}
+
+inline PassPlan plan_reduction(const ChannelLayout& L, int vec) {
+  PassPlan p;
+  p.tiles = reduction_tiles(L);
+  p.per_tile = ceil_div(std::max<int64_t>(L.rows(), 1), p.tiles);
+  if (L.channels_last) {
+    p.block = nhwc_block(L.C, vec);
+    p.grid = dim3(static_cast<unsigned>(ceil_div(L.C / vec, p.block.x)), static_cast<unsigned>(p.tiles));
+  } else {
+    p.block = dim3(kThreads);
+    p.grid = dim3(static_cast<unsigned>(L.C), static_cast<unsigned>(p.tiles));
+  }
+  p.finish_grid = dim3(static_cast<unsigned>(ceil_div(L.C, 32)));
+  p.finish_block = dim3(32, kFinishLanes);
+  return p;
+}
+
+inline PassPlan plan_per_channel(const ChannelLayout& L, int vec) {
+  PassPlan p;
+  if (L.channels_last) {
+    p.block = nhwc_block(L.C, vec);
+    p.grid = dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div(L.rows(), p.block.y * 4), 1 << 20)),
+                  static_cast<unsigned>(ceil_div(L.C / vec, p.block.x)));
+  } else {
+    p.block = dim3(kThreads);
+    p.grid = dim3(static_cast<unsigned>(L.N * L.C),
+                  static_cast<unsigned>(std::min<int64_t>(ceil_div(L.HW, kThreads * 4), 65535)));
+  }
+  return p;
+}
+
+// Whether a plan's grid fits a launch (the callers' checks name the op).
+inline bool channel_grid_fits(const ChannelLayout& L, const PassPlan& p) {
+  return L.channels_last ? p.grid.y <= 65535 : L.N * L.C < (int64_t(1) << 31);
+}
+
+}  // namespace bn
+}  // namespace cuda
+}  // namespace mobilenet_kernels
