@@ -6,15 +6,16 @@
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
-# the second at once; its in-place build is kept, so it names no build step). Next (the kernels and
-# autograd changed since run 5 have run on no GPU):
-#   1. timeout_s 590: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=240 (correctness
-#      first; diag_dw times the tiled kernels with two staging buffers against one, MK_DW_STAGES)
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="sanitize profile_model summary"
-#      MK_SANITIZE_LIMIT=70 (racecheck covers the double-buffered staging); then large_tensors,
-#      hbm_bytes and bench_model (with its CUDA-graph rows) in the lease after.
-# Run 5 (an H200 at fa04ee6) took ~40 s to start, ~10 s between warm calls and 155 s to build;
-# its step times are in benchmarks/results/gpu_tests_run5_h200.json.
+# the second at once; its in-place build is kept, so it names no build step). Next (the vectorized
+# batch_norm_act passes, the wider finish kernels and the forward's tile rule have run on no GPU):
+#   1. timeout_s 580: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=210 (correctness
+#      first; diag_dw times the forward's one-tile blocks at stride 2 and k5 again)
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="profile_model bench_model"
+#      MK_LIMIT_bench_model=120 (profile_model now lists the host's time per op: run 6 found the
+#      training step host-bound), then large_tensors and hbm_bytes in the lease after.
+# Run 6 (an H200 at e30211f) took ~40 s to start, 165 s to build, 221 s for the tests (cut off),
+# 118 s for diag_dw's three runs, 214 s for sanitize (9 runs at MK_SANITIZE_LIMIT=55) and 27 s for
+# profile_model: benchmarks/results/gpu_tests_run6_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model hbm_bytes bench_model
 # loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
