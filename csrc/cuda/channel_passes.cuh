@@ -50,6 +50,20 @@ inline int channel_vec(int64_t C, std::initializer_list<const void*> pointers) {
 
 // --------------------------------------------------------------------------------------- functors
 
+// Elements i .. i + V - 1 of x and of g = grad_out * act'(z), z = x * scale + shift with channel c +
+// j's folded BatchNorm in s[j] (the backward's two passes both start so).
+template <Act A, int V, typename scalar_t, typename acc_t, typename State>
+__device__ __forceinline__ void load_x_and_g(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
+                                             const State* s, int64_t i, acc_t (&xj)[V], acc_t (&g)[V]) {
+  const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
+  const Vec<scalar_t, V> gv = *reinterpret_cast<const Vec<scalar_t, V>*>(gy + i);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    xj[j] = static_cast<acc_t>(xv.v[j]);
+    g[j] = static_cast<acc_t>(gv.v[j]) * act_derivative<A>(xj[j] * s[j].scale + s[j].shift);
+  }
+}
+
 // Terms of the backward: g * x_hat and g, g = grad_out * act'(z); in eval mode (kWriteGradInput)
 // also grad_in = g * scale in the same pass.
 template <typename scalar_t, typename acc_t, Act A, bool kWriteGradInput>
@@ -71,16 +85,14 @@ struct BackwardTerms {
   }
   template <int V>
   __device__ void add(const State* s, int64_t i, acc_t* sum_gxhat, acc_t* sum_g) const {
-    const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
-    const Vec<scalar_t, V> gv = *reinterpret_cast<const Vec<scalar_t, V>*>(gy + i);
+    acc_t xj[V], g[V];
+    load_x_and_g<A, V>(x, gy, s, i, xj, g);
     Vec<scalar_t, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const acc_t xj = static_cast<acc_t>(xv.v[j]);
-      const acc_t g = static_cast<acc_t>(gv.v[j]) * act_derivative<A>(xj * s[j].scale + s[j].shift);
-      if constexpr (kWriteGradInput) out.v[j] = static_cast<scalar_t>(g * s[j].scale);
-      sum_g[j] += g;
-      sum_gxhat[j] += g * (xj - s[j].mu) * s[j].rstd;
+      if constexpr (kWriteGradInput) out.v[j] = static_cast<scalar_t>(g[j] * s[j].scale);
+      sum_g[j] += g[j];
+      sum_gxhat[j] += g[j] * (xj[j] - s[j].mu) * s[j].rstd;
     }
     if constexpr (kWriteGradInput) *reinterpret_cast<Vec<scalar_t, V>*>(gx + i) = out;
   }
@@ -153,14 +165,13 @@ struct TrainInputGrad {
   }
   template <int V>
   __device__ void apply(const State* s, int64_t i) const {
-    const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
-    const Vec<scalar_t, V> gv = *reinterpret_cast<const Vec<scalar_t, V>*>(gy + i);
+    acc_t xj[V], g[V];
+    load_x_and_g<A, V>(x, gy, s, i, xj, g);
     Vec<scalar_t, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const acc_t xj = static_cast<acc_t>(xv.v[j]);
-      const acc_t g = static_cast<acc_t>(gv.v[j]) * act_derivative<A>(xj * s[j].scale + s[j].shift);
-      out.v[j] = static_cast<scalar_t>(s[j].scale * (g - s[j].mean_g - (xj - s[j].mu) * s[j].rstd * s[j].mean_gxhat));
+      out.v[j] = static_cast<scalar_t>(s[j].scale *
+                                       (g[j] - s[j].mean_g - (xj[j] - s[j].mu) * s[j].rstd * s[j].mean_gxhat));
     }
     *reinterpret_cast<Vec<scalar_t, V>*>(gx + i) = out;
   }

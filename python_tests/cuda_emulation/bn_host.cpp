@@ -23,14 +23,10 @@ namespace {
 namespace mk = mobilenet_kernels;
 namespace mkc = mobilenet_kernels::cuda;
 namespace bn = mobilenet_kernels::cuda::bn;
-using mk_emu::kGuardElems;
 using mk_emu::kNaN;
 
-int64_t guard_for(const at::Tensor& t) { return (mk_emu::span_of(t) + kGuardElems + 15) / 16 * 16; }
-
-at::Tensor guarded_in(const at::Tensor& t) { return mk_emu::in_guarded_buffer(t, guard_for(t), kNaN); }
-
-mk_emu::GuardedOutput guarded_out(const at::Tensor& like) { return mk_emu::GuardedOutput(like, guard_for(like)); }
+using mk_emu::guarded_in;
+using mk_emu::guarded_out;
 
 // [vec, grid.x, grid.y, block.x, block.y, tiles] of a plan.
 std::vector<int64_t> info_of(int vec, const bn::PassPlan& p) {

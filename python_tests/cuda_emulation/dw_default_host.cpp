@@ -34,16 +34,10 @@ namespace {
 namespace mk = mobilenet_kernels;
 namespace mkc = mobilenet_kernels::cuda;
 namespace dw = mobilenet_kernels::cuda::dw;
-using mk_emu::kGuardElems;
 using mk_emu::kNaN;
 
-// Guard elements for t: its span and more, a multiple of 16 elements, so that the buffer's 64-byte
-// alignment carries over to t (16-byte vectors).
-int64_t guard_for(const at::Tensor& t) { return (mk_emu::span_of(t) + kGuardElems + 15) / 16 * 16; }
-
-at::Tensor guarded_in(const at::Tensor& t) { return mk_emu::in_guarded_buffer(t, guard_for(t), kNaN); }
-
-mk_emu::GuardedOutput guarded_out(const at::Tensor& like) { return mk_emu::GuardedOutput(like, guard_for(like)); }
+using mk_emu::guarded_in;
+using mk_emu::guarded_out;
 
 template <typename scalar_t>
 struct FwdArgs {

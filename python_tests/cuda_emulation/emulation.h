@@ -72,6 +72,14 @@ struct GuardedOutput {
   }
 };
 
+// Guard elements for t: its span and more, a multiple of 16 elements, so that the buffer's 64-byte
+// alignment carries over to t (16-byte vectors).
+inline int64_t guard_for(const at::Tensor& t) { return (span_of(t) + kGuardElems + 15) / 16 * 16; }
+
+// An input (NaN guard zones) and an output (sentinel guard zones) with guard_for's zones.
+inline at::Tensor guarded_in(const at::Tensor& t) { return in_guarded_buffer(t, guard_for(t), kNaN); }
+inline GuardedOutput guarded_out(const at::Tensor& like) { return GuardedOutput(like, guard_for(like)); }
+
 // kernel<<<grid, block, smem_bytes>>>, emulated: `smem` (the kernel header's dynamic shared-memory
 // pointer under MK_CUDA_EMULATION) points at a fresh 128-byte aligned buffer (the
 // largest alignment a kernel declares for it: pointwise_gemm.cuh's wmma tiles need 32) while `kernel()` (a
