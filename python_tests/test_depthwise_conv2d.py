@@ -1,10 +1,6 @@
 """depthwise_conv2d and dw conv + BN + act: parity, low-precision error bounds, gradcheck, statistics,
 determinism, opcheck, compile, autocast, modules, bad input."""
 
-import os
-import re
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,8 +13,6 @@ from mobilenet_kernels.reference import depthwise_conv2d_bn_act_ref, depthwise_c
 
 from conftest import BACKENDS, skip_unless_usable
 from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, float64_tolerance, make_input
-
-ROOT = Path(__file__).resolve().parents[1]
 
 KERNEL_BACKENDS = ["cuda", "triton"]
 # gradcheck's finite differences cost hundreds of calls: too slow for the Triton interpreter, so
@@ -479,51 +473,3 @@ def test_depthwise_module_matches_conv2d(backend, device):
     assert ours.weight is conv.weight and list(ours.state_dict()) == list(conv.state_dict())
     x = torch.randn(2, 6, 9, 9, device=device)
     torch.testing.assert_close(ours(x), conv(x), **FP32_TOL)
-
-
-_PTX_LOADS = """
-import inspect, json, re, sys
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from mobilenet_kernels.triton import depthwise_conv2d as D
-
-kernel = D._depthwise_conv2d_fwd_kernel
-names = list(inspect.signature(kernel.fn).parameters)
-found = {}
-for C in json.loads(sys.argv[1]):
-    signature = {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*bf16", "stats_ptr": "*fp32",
-                 **{n: "i32" for n in ("C", "H", "W", "OH", "OW", "P", "PH", "PW", "ITERS")}}
-    block_p, block_c = D._blocks(256 * 28 * 28, C, True, 25, torch.bfloat16)
-    consts = dict(KH=5, KW=5, SH=1, SW=1, DH=1, DW=1, HAS_BIAS=True, ACT=3, STATS=False, ROUND_BF16=False,
-                  CHANNELS_LAST=True, PIX64=False, BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=D._c_multiple(C))
-    signature.update({n: "constexpr" for n in consts})
-    # as a launch specializes them: 16-byte aligned pointers, C a multiple of 16 where it is one
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "stats_ptr")}
-    if C % 16 == 0:
-        attrs[(names.index("C"),)] = [["tt.divisibility", 16]]
-    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs)
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-    found[C] = re.findall(r"ld\\.global\\S*", ptx)
-print(json.dumps(found))
-"""
-
-
-def test_triton_channels_last_forward_loads_16_byte_vectors():
-    """The Triton k5 forward compiled for sm_90 (PTX, no GPU needed; in a process without the
-    interpreter) loads the input and the taps as 16-byte vectors at channel counts that are
-    multiples of 8 but not of 16 (V3-Large's 40, 72, 120, 184, 200) as at multiples of 16: Triton
-    knows an integer argument only as a multiple of 16 or not at all, and at C = 120 each of its
-    global loads was a 2-byte one (GPU run 6: 10x cuDNN's time)."""
-    import json
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    run = subprocess.run([sys.executable, "-c", _PTX_LOADS, "[120, 72, 960]"], env=env, capture_output=True,
-                         text=True, timeout=600)
-    if run.returncode != 0 and "GPUTarget" in run.stderr + run.stdout:
-        pytest.skip(f"this triton cannot compile for CUDA here: {run.stderr[-300:]}")
-    assert run.returncode == 0, run.stderr[-2000:]
-    for C, loads in json.loads(run.stdout.strip().splitlines()[-1]).items():
-        assert loads and all(re.search(r"\.v[248]\.", ld) for ld in loads), (C, sorted(set(loads)))

@@ -19,6 +19,8 @@ Limits: the interpreter rounds fp32 -> bf16 toward zero (GPUs round to nearest e
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -46,7 +48,12 @@ def _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_W
 
 
 @triton.jit
-def _tile_offsets(pid_m, pid_c, M, C, HW, stride_n, stride_c, stride_p, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _tile_offsets(pid_m, pid_c, M, C, HW, stride_n, stride_c, stride_p, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                  MULT: tl.constexpr):
+    if MULT > 1:  # the same values, which Triton's alignment analysis then sees as multiples of MULT
+        C = (C // MULT) * MULT
+        stride_n = (stride_n // MULT) * MULT
+        stride_p = (stride_p // MULT) * MULT
     rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     n = rows // HW
@@ -64,10 +71,10 @@ def _batch_norm_act_eval_fwd_kernel(
     mean_ptr, var_ptr, w_ptr, b_ptr,  # (C,), accumulation dtype
     M, C, HW, stride_n, stride_c, stride_p, eps,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, MULT: tl.constexpr,
 ):
     offs, cols, col_mask, mask = _tile_offsets(
-        tl.program_id(0), tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+        tl.program_id(0), tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C, MULT
     )
     _, _, scale, shift = _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
@@ -82,11 +89,11 @@ def _batch_norm_act_eval_bwd_kernel(
     partial_ptr,  # (2, num_programs_m, C), accumulation dtype: sum g * x_hat, sum g
     M, C, HW, stride_n, stride_c, stride_p, eps,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, WRITE_GX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, MULT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     offs, cols, col_mask, mask = _tile_offsets(
-        pid_m, tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+        pid_m, tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C, MULT
     )
     mean, rstd, scale, shift = _fold_batch_norm(
         mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS
@@ -108,13 +115,13 @@ def _batch_stats_kernel(
     x_ptr,  # (N, C, HW) dense
     partial_ptr,  # (2, num_programs_m, C) fp32/fp64: sum of x - K_c and of (x - K_c)^2
     M, C, HW, stride_n, stride_c, stride_p,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, MULT: tl.constexpr, ACC: tl.constexpr,
 ):
     """Shifted sums: K_c is channel c's first element (0 when not finite: x - Inf is NaN for every x),
     so a large mean does not cancel the variance."""
     pid_m = tl.program_id(0)
     offs, cols, col_mask, mask = _tile_offsets(
-        pid_m, tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+        pid_m, tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C, MULT
     )
     k = tl.load(x_ptr + cols.to(tl.int64) * stride_c, mask=col_mask, other=0.0).to(ACC)
     k = tl.where(k - k == 0.0, k, 0.0)
@@ -131,11 +138,11 @@ def _batch_norm_act_train_dx_kernel(
     sum_gxhat_ptr, sum_g_ptr,  # (C,), accumulation dtype
     M, C, HW, stride_n, stride_c, stride_p, eps,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, MULT: tl.constexpr,
 ):
     """grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M)."""
     offs, cols, col_mask, mask = _tile_offsets(
-        tl.program_id(0), tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C
+        tl.program_id(0), tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C, MULT
     )
     mean, rstd, scale, shift = _fold_batch_norm(
         mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS
@@ -165,6 +172,14 @@ def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int, int]:
     return N * HW, C, HW, C * HW, HW, 1
 
 
+def _channel_multiple(C: int, stride_c: int) -> int:
+    """channels_last (stride_c 1): the largest power of two up to 16 dividing C, the row stride, so
+    that the kernels load 16-byte channel vectors also where C is a multiple of 8 but not of 16
+    (Triton specializes an integer argument as a multiple of 16 or not at all; see
+    depthwise_conv2d._c_multiple); NCHW: 1."""
+    return math.gcd(C, 16) if stride_c == 1 and C > 0 else 1
+
+
 def _store_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype a kernel writes: bf16 outputs of the CPU interpreter go through fp32 (see header)."""
     return torch.float32 if t.device.type == "cpu" and t.dtype == torch.bfloat16 else t.dtype
@@ -182,7 +197,7 @@ class _Launch:
         self.geometry = (M, C, HW, sn, sc, sp)
         block_m, block_c = _blocks(M, C)
         self.grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
-        self.blocks = dict(BLOCK_M=block_m, BLOCK_C=block_c)
+        self.blocks = dict(BLOCK_M=block_m, BLOCK_C=block_c, MULT=_channel_multiple(C, sc))
         if mean is not None:
             mean, var = (t.to(self.acc).contiguous() for t in (mean, var))
             # Triton passes float scalars as fp32: for float64, fold eps into var here instead.
