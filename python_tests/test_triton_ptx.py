@@ -29,7 +29,7 @@ import inspect, json, sys
 import re
 import torch, triton
 from triton.backends.compiler import GPUTarget
-from mobilenet_kernels.triton import batch_norm_act as B, depthwise_conv2d as D
+from mobilenet_kernels.triton import batch_norm_act as B, depthwise_conv2d as D, squeeze_excite as S
 
 def compile_loads(kernel, types, consts, values):
     names = list(inspect.signature(kernel.fn).parameters)
@@ -58,11 +58,18 @@ for C in json.loads(sys.argv[1]):
         dict(HAS_WEIGHT=True, HAS_BIAS=True, ACT=3, BLOCK_M=block_m, BLOCK_C=block_c,
              MULT=B._channel_multiple(C, 1), stride_c=1),
         {"M": N * H * H, "C": C, "HW": H * H, "stride_n": H * H * C, "stride_p": C})
+    found[f"squeeze_excite apply C={C}"] = compile_loads(
+        S._se_apply_kernel,
+        {"x_ptr": "*bf16", "s_ptr": "*fp32", "add_ptr": "*fp32", "y_ptr": "*bf16"},
+        dict(HAS_ADD=False, BLOCK_M=64, BLOCK_C=64, MULT=B._channel_multiple(C, 1), stride_c=1),
+        {"M": N * H * H, "C": C, "HW": H * H, "stride_n": H * H * C, "stride_p": C})
 print(json.dumps(found))
 """
 
 
 def test_channels_last_kernels_load_16_byte_vectors():
+    """The depthwise forward (k5), the BatchNorm eval forward and the squeeze-excite apply pass, bf16
+    channels_last at C = 120, 72 (multiples of 8, not 16) and 960: every global load a vector."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     run = subprocess.run([sys.executable, "-c", _SCRIPT, "[120, 72, 960]"], env=env, capture_output=True, text=True,
@@ -71,6 +78,6 @@ def test_channels_last_kernels_load_16_byte_vectors():
         pytest.skip(f"this triton cannot compile for CUDA here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(found) == 6
+    assert len(found) == 9
     for case, loads in found.items():
         assert loads and all(re.search(r"\.v[248]\.", ld) for ld in loads), (case, sorted(set(loads)))
