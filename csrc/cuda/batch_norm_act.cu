@@ -29,13 +29,7 @@ namespace bn = cuda::bn;
 using bn::kThreads;
 using cuda::ceil_div;
 using cuda::Vec;
-
-template <typename scalar_t>
-int vector_width(const void* in, const void* out, int64_t inner) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  const bool aligned = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  return (kVec > 1 && aligned && inner % kVec == 0) ? kVec : 1;
-}
+using cuda::vector_width;
 
 // channels_last: threadIdx.x walks channel vectors (each thread folds its VEC channels' BN once),
 // threadIdx.y and blockIdx.x walk rows (pixels).
@@ -145,7 +139,7 @@ void launch_forward(const BatchNormEvalArgs& a, at::Tensor& out) {
   constexpr int kVec = 16 / sizeof(scalar_t) > 1 ? 16 / sizeof(scalar_t) : 1;
 
   if (L.channels_last) {
-    const int vec = vector_width<scalar_t>(x, y, L.C);
+    const int vec = vector_width<scalar_t>(L.C, {x, y});
     const int64_t c_vectors = L.C / vec;
     const int tx = static_cast<int>(std::min<int64_t>(32, c_vectors));
     const int ty = kThreads / tx;
@@ -161,7 +155,7 @@ void launch_forward(const BatchNormEvalArgs& a, at::Tensor& out) {
           <<<grid, block, 0, stream>>>(x, y, mean, var, w, b, eps, L.rows(), L.C);
     }
   } else {
-    const int vec = vector_width<scalar_t>(x, y, L.HW);
+    const int vec = vector_width<scalar_t>(L.HW, {x, y});
     const int64_t blocks = std::min<int64_t>(ceil_div(numel, static_cast<int64_t>(kThreads) * vec * 4), 1 << 20);
     if (vec == kVec) {
       batch_norm_act_eval_fwd_nchw_kernel<scalar_t, acc_t, A, kVec>
@@ -183,7 +177,7 @@ void launch_backward_reduce(const BatchNormEvalArgs& a, const at::Tensor& grad_o
       grad_out.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(),
       kWriteGradInput ? grad_in.data_ptr<scalar_t>() : nullptr, a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(),
       data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias), static_cast<acc_t>(a.eps)};
-  const int vec = bn::channel_vec<scalar_t>(a.layout.C, {terms.gy, terms.x, terms.gx});
+  const int vec = vector_width<scalar_t>(a.layout.C, {terms.gy, terms.x, terms.gx});
   reduce_channels<acc_t>(a.layout, vec, sum_g.options(), terms,
                          bn::StoreSums<acc_t>{sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>()});
 }
@@ -237,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_cuda(const a
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const int64_t first_stride = L.channels_last ? 1 : L.HW;
-    reduce_channels<acc_t>(L, bn::channel_vec<scalar_t>(L.C, {xp}), acc_opts,
+    reduce_channels<acc_t>(L, vector_width<scalar_t>(L.C, {xp}), acc_opts,
                            bn::ShiftedMomentTerms<scalar_t, acc_t>{xp, first_stride},
                            bn::StoreMeanVar<scalar_t, acc_t>{xp, first_stride, static_cast<double>(L.rows()),
                                                              mean.data_ptr<acc_t>(), var.data_ptr<acc_t>()});
@@ -265,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_cud
           a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight),
           data_or_null<acc_t>(a.bias), sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(),
           static_cast<acc_t>(a.eps), static_cast<acc_t>(1.0 / static_cast<double>(a.layout.rows()))};
-      launch_per_channel(a.layout, bn::channel_vec<scalar_t>(a.layout.C, {op.gy, op.x, op.gx}), op);
+      launch_per_channel(a.layout, vector_width<scalar_t>(a.layout.C, {op.gy, op.x, op.gx}), op);
     });
   });
   return {grad_in, sum_gxhat, sum_g};

@@ -10,21 +10,22 @@
 //
 // channels_last: each thread handles V channels of a row as one 16-byte vector (V = 16 / sizeof
 // scalar_t: 8 for float16 / bfloat16, 4 for float32, 2 for float64) where C and every pointer
-// allow it (channel_vec), else one. GPU run 6 (batch 128 V3-Large training step) timed the BN
-// backward's one-channel-per-thread passes at 48 us (reduction) and 43 us (grad_input) a launch,
-// 2 B loads of 32 channels per warp row, against ATen's 30 us and 32 us for its vectorized ones.
+// allow it (vector_width, mk_cuda.cuh), else one. GPU run 6 (batch 128 V3-Large training step)
+// timed the BN backward's one-channel-per-thread passes at 48 us (reduction) and 43 us
+// (grad_input) a launch, 2 B loads of 32 channels per warp row, against ATen's 30 us and 32 us for
+// its vectorized ones.
 //
-// A term functor (the reductions) provides Scalar (the tensors' dtype), State begin(c) and add<V>(states, i, sum0, sum1), which
-// adds the terms of elements i .. i + V - 1 (channels c .. c + V - 1 of one row, states[j] channel
-// c + j's) to sum0[j], sum1[j] and may write those elements of an output in the same pass; an
-// elementwise functor provides Scalar, begin(c) and apply<V>(states, i). V = 1 on the NCHW paths.
+// A term functor (the reductions) provides Scalar (the tensors' dtype), State begin(c) and
+// add<V>(states, i, sum0, sum1), which adds the terms of elements i .. i + V - 1 (channels c ..
+// c + V - 1 of one row, states[j] channel c + j's) to sum0[j], sum1[j] and may write those elements
+// of an output in the same pass; an elementwise functor provides Scalar, begin(c) and
+// apply<V>(states, i). V = 1 on the NCHW paths.
 // Shared by the CUDA launchers (batch_norm_act.cu) and the host emulation
 // (python_tests/cuda_emulation/bn_host.cpp), which runs these kernels with these plans on the CPU.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 
 #include "batch_norm_act.h"
 #include "mk_cuda.cuh"
@@ -35,18 +36,6 @@ namespace bn {
 
 constexpr int kThreads = 256;
 constexpr int kFinishLanes = 16;  // tile lanes per channel in finish_kernel
-
-// Channels per thread in the channels_last passes: a 16-byte vector of scalar_t where C is a
-// multiple of it and every (non-null) pointer is 16-byte aligned, else 1.
-template <typename scalar_t>
-inline int channel_vec(int64_t C, std::initializer_list<const void*> pointers) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  if (kVec <= 1 || C % kVec != 0) return 1;
-  for (const void* p : pointers) {
-    if (p != nullptr && !aligned16(p)) return 1;
-  }
-  return kVec;
-}
 
 // --------------------------------------------------------------------------------------- functors
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 
 #include "mk_common.h"
 
@@ -81,6 +82,19 @@ inline bool env_is(const char* name, const char* value) {
 
 // Whether p may be read or written as 16-byte vectors.
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Elements per 16-byte vector of scalar_t for dense tensors whose innermost extent is `inner`
+// (C in channels_last, HW in NCHW): 16 / sizeof(scalar_t) where `inner` is a multiple of it and
+// every non-null pointer is 16-byte aligned, else 1.
+template <typename scalar_t>
+inline int vector_width(int64_t inner, std::initializer_list<const void*> pointers) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  if (kVec <= 1 || inner % kVec != 0) return 1;
+  for (const void* p : pointers) {
+    if (p != nullptr && !aligned16(p)) return 1;
+  }
+  return kVec;
+}
 
 // The entry check of every CUDA kernel: the dispatcher routes by the first tensor's device, so a
 // call reaching a CUDA kernel with a CPU input is a bad argument, not a crash.

@@ -303,17 +303,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Launchers. Every launcher expects N * C > 0 (HW >= 1 always).
 
-// The vector width for dense tensors whose innermost extent is `inner`.
-template <typename scalar_t>
-int vector_width(int64_t inner, std::initializer_list<const void*> ptrs) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  if (inner % kVec != 0) return 1;
-  for (const void* p : ptrs) {
-    if (!aligned16(p)) return 1;
-  }
-  return kVec;
-}
-
 template <typename scalar_t, int VEC, bool kProduct>
 void launch_reduce_vec(const ChannelLayout& L, const scalar_t* a, const scalar_t* b, at::opmath_type<scalar_t>* out,
                        at::opmath_type<scalar_t> mul) {

@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> train_stats(const at::T
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const int64_t first_stride = L.channels_last ? 1 : L.HW;
-    info = reduce_channels<acc_t>(L, bn::channel_vec<scalar_t>(L.C, {xp}),
+    info = reduce_channels<acc_t>(L, mkc::vector_width<scalar_t>(L.C, {xp}),
                                   bn::ShiftedMomentTerms<scalar_t, acc_t>{xp, first_stride},
                                   bn::StoreMeanVar<scalar_t, acc_t>{xp, first_stride, static_cast<double>(L.rows()),
                                                                     mean.y.data_ptr<acc_t>(), var.y.data_ptr<acc_t>()});
@@ -138,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>, std::vector
             a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight),
             data_or_null<acc_t>(a.bias), static_cast<acc_t>(a.eps)};
         info_reduce = reduce_channels<acc_t>(
-            a.layout, bn::channel_vec<scalar_t>(a.layout.C, {terms.gy, terms.x, terms.gx}), terms,
+            a.layout, mkc::vector_width<scalar_t>(a.layout.C, {terms.gy, terms.x, terms.gx}), terms,
             bn::StoreSums<acc_t>{sum_gxhat.y.data_ptr<acc_t>(), sum_g.y.data_ptr<acc_t>()});
       };
       if (!training) {
@@ -151,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>, std::vector
           a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight),
           data_or_null<acc_t>(a.bias), sum_gxhat.y.data_ptr<acc_t>(), sum_g.y.data_ptr<acc_t>(),
           static_cast<acc_t>(a.eps), static_cast<acc_t>(1.0 / static_cast<double>(a.layout.rows()))};
-      info_grad = per_channel(a.layout, bn::channel_vec<scalar_t>(a.layout.C, {op.gy, op.x, op.gx}), op);
+      info_grad = per_channel(a.layout, mkc::vector_width<scalar_t>(a.layout.C, {op.gy, op.x, op.gx}), op);
     });
   });
   gx.check();
