@@ -48,7 +48,7 @@ for C in json.loads(sys.argv[1]):
         D._depthwise_conv2d_fwd_kernel,
         {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*bf16", "stats_ptr": "*fp32"},
         dict(KH=5, KW=5, SH=1, SW=1, DH=1, DW=1, HAS_BIAS=True, ACT=3, STATS=False, ROUND_BF16=False,
-             CHANNELS_LAST=True, PIX64=False, BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=D._c_multiple(C)),
+             CHANNELS_LAST=True, PIX64=False, BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=B._channel_multiple(C)),
         {"C": C})
     block_m, block_c = B._blocks(N * H * H, C)
     found[f"batch_norm_act eval C={C}"] = compile_loads(

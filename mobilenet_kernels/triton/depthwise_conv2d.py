@@ -33,8 +33,6 @@ Limits: every tap is loaded from global memory (L1 catches the reuse): fine for 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -43,6 +41,7 @@ from ..activations import activation_code
 from ._activations import act_forward
 from ._partials import chan_update, merge_centred_partials, store_centred_partials
 from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
+from .batch_norm_act import _channel_multiple
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
 # per-program partials (stats, grad_weight, grad_bias): bounds the partials' size; derived from the
@@ -146,7 +145,7 @@ def _depthwise_conv2d_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr, ROUND_BF16: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    C_MULT: tl.constexpr,  # a power of two dividing C (_c_multiple)
+    C_MULT: tl.constexpr,  # a power of two dividing C (batch_norm_act._channel_multiple)
 ):
     acc_ty = w_ptr.dtype.element_ty
     if C_MULT > 1:
@@ -220,7 +219,7 @@ def _depthwise_conv2d_bwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_WEIGHT: tl.constexpr, TAPS: tl.constexpr,  # TAPS: next_pow2(KH * KW)
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    C_MULT: tl.constexpr,  # a power of two dividing C (_c_multiple)
+    C_MULT: tl.constexpr,  # a power of two dividing C (batch_norm_act._channel_multiple)
 ):
     """Input pixel (ih, iw) of phase (rh, rw) = (ih % SH, iw % SW) is read by tap (kh, kw) of output
     pixel ((ih + PH - kh*DH) / SH, ...) iff (rh + PH - kh*DH) % SH == 0 (and likewise for w): a test
@@ -288,7 +287,7 @@ def _channel_sum_kernel(
     partial_ptr,  # (programs along pixels, C) accumulation dtype
     C, HW, P, ITERS,  # P = N * HW
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    C_MULT: tl.constexpr,  # a power of two dividing C (_c_multiple)
+    C_MULT: tl.constexpr,  # a power of two dividing C (batch_norm_act._channel_multiple)
 ):
     acc_ty = partial_ptr.dtype.element_ty
     if C_MULT > 1:
@@ -348,17 +347,6 @@ def _split(blocks: int, programs: int) -> tuple[int, int]:
 def _pix64(blocks: int, iters: int, block_p: int) -> bool:
     """Whether the pixel indices of a launch (the last program may run past the end) need int64."""
     return (blocks + iters) * block_p >= 2**31
-
-
-def _c_multiple(C: int) -> int:
-    """The largest power of two up to 16 that divides C. Triton specializes an integer argument as a
-    multiple of 16 or not at all, so a channels_last offset ``pixel * C + c`` with C = 120 (8 bf16
-    channels to a 16-byte vector, not 16) was taken as unaligned and loaded an element at a time
-    (the k5 forward of 120 x 28² in GPU run 6: 10x cuDNN's time; 226 scalar global loads per
-    program in its sm_90 PTX against 77 vector ones at C = 960). The kernels rewrite C as
-    ``(C // C_MULT) * C_MULT``, the same value, which Triton's alignment analysis sees as a multiple
-    of C_MULT (tl.multiple_of has no effect on a scalar argument there)."""
-    return math.gcd(C, 16) if C > 0 else 1
 
 
 def _tap_major(weight: torch.Tensor) -> torch.Tensor:
@@ -421,7 +409,7 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats,
             HAS_BIAS=bias is not None, ACT=activation_code(activation), STATS=stats,
             ROUND_BF16=stats and out.dtype != x.dtype,
             CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p), BLOCK_P=block_p, BLOCK_C=block_c,
-            C_MULT=_c_multiple(C), num_warps=warps,
+            C_MULT=_channel_multiple(C), num_warps=warps,
         )
 
     configs = forward_configs(x, weight, stride, padding, dilation, fmt)
@@ -487,7 +475,7 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
             **_taps(kH, kW, stride, dilation),
             GRAD_INPUT=want_input, GRAD_WEIGHT=weight_work, TAPS=triton.next_power_of_2(taps),
             CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p),
-            BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=_c_multiple(C),
+            BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=_channel_multiple(C),
         )
         if weight_work:
             # Stage 2: a fixed-order sum over the programs' partial rows (deterministic).
@@ -508,7 +496,7 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
             _channel_sum_kernel[(programs, c_blocks)](
                 grad_out, partial, C, OH * OW, P, iters,
                 CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p), BLOCK_P=block_p, BLOCK_C=block_c,
-                C_MULT=_c_multiple(C),
+                C_MULT=_channel_multiple(C),
             )
             grad_bias = partial.sum(dim=0)
         grad_bias = grad_bias.to(x.dtype)
