@@ -19,14 +19,13 @@ Limits: the interpreter rounds fp32 -> bf16 toward zero (GPUs round to nearest e
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_derivative, act_forward
+from ._alignment import channel_multiple, multiple
 from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
 
 
@@ -50,10 +49,7 @@ def _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_W
 @triton.jit
 def _tile_offsets(pid_m, pid_c, M, C, HW, stride_n, stride_c, stride_p, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                   MULT: tl.constexpr):
-    if MULT > 1:  # the same values, which Triton's alignment analysis then sees as multiples of MULT
-        C = (C // MULT) * MULT
-        stride_n = (stride_n // MULT) * MULT
-        stride_p = (stride_p // MULT) * MULT
+    C, stride_n, stride_p = multiple(C, MULT), multiple(stride_n, MULT), multiple(stride_p, MULT)  # (_alignment)
     rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     n = rows // HW
@@ -172,18 +168,6 @@ def _geometry(x: torch.Tensor) -> tuple[int, int, int, int, int, int]:
     return N * HW, C, HW, C * HW, HW, 1
 
 
-def _channel_multiple(C: int, stride_c: int = 1) -> int:
-    """The largest power of two up to 16 that divides C where C is the row stride (channels_last,
-    stride_c 1), else 1: the kernels' MULT / C_MULT. Triton specializes an integer argument as a
-    multiple of 16 or not at all, so a channels_last offset ``pixel * C + c`` with C = 120 (8 bf16
-    channels to a 16-byte vector, not 16) was taken as unaligned and loaded an element at a time
-    (the depthwise k5 forward of 120 x 28² in GPU run 6: 10x cuDNN's time; 226 scalar global loads
-    per program in its sm_90 PTX against 77 vector ones at C = 960). The kernels rewrite C and the
-    strides as ``(v // MULT) * MULT``, the same values, which Triton's alignment analysis sees as
-    multiples of MULT (tl.multiple_of has no effect on a scalar argument there)."""
-    return math.gcd(C, 16) if stride_c == 1 and C > 0 else 1
-
-
 def _store_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype a kernel writes: bf16 outputs of the CPU interpreter go through fp32 (see header)."""
     return torch.float32 if t.device.type == "cpu" and t.dtype == torch.bfloat16 else t.dtype
@@ -201,7 +185,7 @@ class _Launch:
         self.geometry = (M, C, HW, sn, sc, sp)
         block_m, block_c = _blocks(M, C)
         self.grid = (triton.cdiv(M, block_m), triton.cdiv(C, block_c))
-        self.blocks = dict(BLOCK_M=block_m, BLOCK_C=block_c, MULT=_channel_multiple(C, sc))
+        self.blocks = dict(BLOCK_M=block_m, BLOCK_C=block_c, MULT=channel_multiple(C, sc))
         if mean is not None:
             mean, var = (t.to(self.acc).contiguous() for t in (mean, var))
             # Triton passes float scalars as fp32: for float64, fold eps into var here instead.

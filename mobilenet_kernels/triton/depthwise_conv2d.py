@@ -39,9 +39,9 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_forward
+from ._alignment import channel_multiple, multiple
 from ._partials import chan_update, merge_centred_partials, store_centred_partials
 from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
-from .batch_norm_act import _channel_multiple
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
 # per-program partials (stats, grad_weight, grad_bias): bounds the partials' size; derived from the
@@ -145,11 +145,10 @@ def _depthwise_conv2d_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr, ROUND_BF16: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    C_MULT: tl.constexpr,  # a power of two dividing C (batch_norm_act._channel_multiple)
+    C_MULT: tl.constexpr,  # a power of two dividing C (_alignment.channel_multiple)
 ):
     acc_ty = w_ptr.dtype.element_ty
-    if C_MULT > 1:
-        C = (C // C_MULT) * C_MULT  # C itself (C_MULT divides it), now known to Triton as a multiple
+    C = multiple(C, C_MULT)  # C itself, now known to Triton as a multiple of C_MULT (_alignment)
     pid_p = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -219,15 +218,14 @@ def _depthwise_conv2d_bwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_WEIGHT: tl.constexpr, TAPS: tl.constexpr,  # TAPS: next_pow2(KH * KW)
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    C_MULT: tl.constexpr,  # a power of two dividing C (batch_norm_act._channel_multiple)
+    C_MULT: tl.constexpr,  # a power of two dividing C (_alignment.channel_multiple)
 ):
     """Input pixel (ih, iw) of phase (rh, rw) = (ih % SH, iw % SW) is read by tap (kh, kw) of output
     pixel ((ih + PH - kh*DH) / SH, ...) iff (rh + PH - kh*DH) % SH == 0 (and likewise for w): a test
     per program, not per pixel. Phases are the fastest-varying program index, so neighbouring
     programs share grad_output rows in L2."""
     acc_ty = w_ptr.dtype.element_ty
-    if C_MULT > 1:
-        C = (C // C_MULT) * C_MULT  # C itself (C_MULT divides it), now known to Triton as a multiple
+    C = multiple(C, C_MULT)  # C itself, now known to Triton as a multiple of C_MULT (_alignment)
     pid = tl.program_id(0)
     phase = pid % (SH * SW)
     chunk = pid // (SH * SW)
@@ -287,11 +285,10 @@ def _channel_sum_kernel(
     partial_ptr,  # (programs along pixels, C) accumulation dtype
     C, HW, P, ITERS,  # P = N * HW
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    C_MULT: tl.constexpr,  # a power of two dividing C (batch_norm_act._channel_multiple)
+    C_MULT: tl.constexpr,  # a power of two dividing C (_alignment.channel_multiple)
 ):
     acc_ty = partial_ptr.dtype.element_ty
-    if C_MULT > 1:
-        C = (C // C_MULT) * C_MULT  # C itself (C_MULT divides it), now known to Triton as a multiple
+    C = multiple(C, C_MULT)  # C itself, now known to Triton as a multiple of C_MULT (_alignment)
     pid_p = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -409,7 +406,7 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats,
             HAS_BIAS=bias is not None, ACT=activation_code(activation), STATS=stats,
             ROUND_BF16=stats and out.dtype != x.dtype,
             CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p), BLOCK_P=block_p, BLOCK_C=block_c,
-            C_MULT=_channel_multiple(C), num_warps=warps,
+            C_MULT=channel_multiple(C), num_warps=warps,
         )
 
     configs = forward_configs(x, weight, stride, padding, dilation, fmt)
@@ -475,7 +472,7 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
             **_taps(kH, kW, stride, dilation),
             GRAD_INPUT=want_input, GRAD_WEIGHT=weight_work, TAPS=triton.next_power_of_2(taps),
             CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p),
-            BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=_channel_multiple(C),
+            BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=channel_multiple(C),
         )
         if weight_work:
             # Stage 2: a fixed-order sum over the programs' partial rows (deterministic).
@@ -496,7 +493,7 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
             _channel_sum_kernel[(programs, c_blocks)](
                 grad_out, partial, C, OH * OW, P, iters,
                 CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p), BLOCK_P=block_p, BLOCK_C=block_c,
-                C_MULT=_channel_multiple(C),
+                C_MULT=channel_multiple(C),
             )
             grad_bias = partial.sum(dim=0)
         grad_bias = grad_bias.to(x.dtype)

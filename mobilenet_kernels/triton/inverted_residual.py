@@ -38,6 +38,7 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_forward
+from ._alignment import channel_multiple, multiple
 from .pointwise_conv2d import _dot
 
 _MAX_PROGRAMS = 1024
@@ -48,7 +49,7 @@ def _inverted_residual_eval_kernel(
     x_ptr,  # (N, Cin, H, W) through (sxn, sxc, sxh, sxw)
     we_ptr,  # (Cin, Chid) expand weight, transposed, contiguous; read only if HAS_EXPAND
     be_ptr,  # (Chid,) accumulation dtype
-    wd_ptr,  # (Chid, KS * KS) accumulation dtype
+    wd_ptr,  # (KS * KS, Chid) accumulation dtype, tap-major
     bd_ptr,  # (Chid,) accumulation dtype
     wp_ptr,  # (Chid, Cout) project weight, transposed, contiguous
     bp_ptr,  # (Cout,) accumulation dtype
@@ -59,9 +60,17 @@ def _inverted_residual_eval_kernel(
     KS: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
     HALO_W: tl.constexpr, HALO_N: tl.constexpr, HALO_P: tl.constexpr,
     HAS_EXPAND: tl.constexpr, RESIDUAL: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
+    CIN_MULT: tl.constexpr, HID_MULT: tl.constexpr, CO_MULT: tl.constexpr, X_MULT: tl.constexpr,
+    Y_MULT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CO: tl.constexpr,
 ):
     acc_ty = bp_ptr.dtype.element_ty
+    # The same values, seen as multiples (_alignment): 16-byte loads of x, y and the weights' rows.
+    # *_MULT divide the channel counts (masks per vector; Chid, Cout are also the weights' row
+    # strides), X_MULT and Y_MULT the pixel strides of x and y.
+    Cin, Chid, Cout = multiple(Cin, CIN_MULT), multiple(Chid, HID_MULT), multiple(Cout, CO_MULT)
+    sxn, sxh, sxw = multiple(sxn, X_MULT), multiple(sxh, X_MULT), multiple(sxw, X_MULT)
+    syn, syh, syw = multiple(syn, Y_MULT), multiple(syh, Y_MULT), multiple(syw, Y_MULT)
     dot_ty = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     tiles = N * TILES_H * TILES_W
@@ -109,7 +118,7 @@ def _inverted_residual_eval_kernel(
             d = tl.zeros([BLOCK_P, BLOCK_H], acc_ty)
             for kh in tl.static_range(KS):
                 for kw in tl.static_range(KS):
-                    wv = tl.load(wd_ptr + hc * (KS * KS) + (kh * KS + kw), mask=h_mask, other=0.0)
+                    wv = tl.load(wd_ptr + (kh * KS + kw) * Chid + hc, mask=h_mask, other=0.0)
                     if HAS_EXPAND:
                         src = (qh * STRIDE + kh * DIL) * HALO_W + qw * STRIDE + kw * DIL
                         v = tl.load(scratch + src[:, None] * BLOCK_H + tl.arange(0, BLOCK_H)[None, :],
@@ -153,9 +162,9 @@ def _tile(OH: int, OW: int, stride: int, ks: int, dil: int) -> tuple[int, int, i
 def inverted_residual_eval_fwd(x, we, be, wd, bd, wp, bp, stride: int, dilation: int, activation: str,
                                residual: bool, fmt):
     """The block's output in ``fmt`` and x's dtype. x dense in ``fmt``; we (Cin, Chid) in x's dtype or
-    None (no expand conv); wd (Chid, k*k), biases in the accumulation dtype; wp (Chid, Cout) in x's dtype."""
+    None (no expand conv); wd (k*k, Chid), biases in the accumulation dtype; wp (Chid, Cout) in x's dtype."""
     N, Cin, H, W = x.shape
-    Chid, taps = wd.shape
+    taps, Chid = wd.shape
     ks = int(round(taps**0.5))
     Cout = wp.shape[1]
     pad = (ks - 1) // 2 * dilation
@@ -187,7 +196,9 @@ def inverted_residual_eval_fwd(x, we, be, wd, bd, wp, bp, stride: int, dilation:
         x.stride(0), x.stride(1), x.stride(2), x.stride(3), y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         KS=ks, STRIDE=stride, DIL=dilation, TH=th, TW=tw, HALO_W=halo_w, HALO_N=halo_n, HALO_P=halo_p,
         HAS_EXPAND=we is not None, RESIDUAL=residual, ACT=activation_code(activation),
-        IEEE=not half,
+        IEEE=not half, CIN_MULT=channel_multiple(Cin), HID_MULT=channel_multiple(Chid),
+        CO_MULT=channel_multiple(Cout), X_MULT=channel_multiple(Cin, x.stride(1)),
+        Y_MULT=channel_multiple(Cout, y.stride(1)),
         BLOCK_P=max(16, triton.next_power_of_2(th * tw)), BLOCK_H=block_h,
         BLOCK_K=max(16, min(triton.next_power_of_2(Cin), 64)), BLOCK_CO=block_co,
         num_warps=8 if block_co >= 256 else 4,

@@ -34,6 +34,7 @@ import triton.language as tl
 
 from ..activations import activation_code
 from ._activations import act_forward
+from ._alignment import channel_multiple, multiple
 from ._partials import chan_update, merge_centred_partials, store_centred_partials
 from .depthwise_conv2d import _round_bf16
 
@@ -63,18 +64,28 @@ def _pixel_offsets(m, HW, stride_n, stride_p):
 @triton.jit
 def _pointwise_conv2d_fwd_kernel(
     x_ptr,  # (M pixels, K channels) through (stride_xn, stride_xp, stride_xk)
-    w_ptr,  # B operand (K, Co) through (stride_wk, stride_wn): W^T for the forward, W for grad_input
+    w_ptr,  # a contiguous matrix of row stride stride_w; the B operand (K, Co) is it transposed if TRANS_W
     b_ptr,  # (Co,) accumulation dtype; read only if HAS_BIAS
     r_ptr,  # (M, Co) residual, through the output's strides; read only if HAS_RESIDUAL
     y_ptr,  # (M, Co) through (stride_yn, stride_yp, stride_yc); x's dtype (fp32 under the interpreter)
     stats_ptr,  # (5, programs along pixels, Co) accumulation dtype; written only if STATS
     M, HW, K, Co, ITERS,
-    stride_xn, stride_xp, stride_xk, stride_wk, stride_wn, stride_yn, stride_yp, stride_yc,
+    stride_xn, stride_xp, stride_xk, stride_w, stride_yn, stride_yp, stride_yc,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr,
-    ROUND: tl.constexpr, IEEE: tl.constexpr,
+    ROUND: tl.constexpr, IEEE: tl.constexpr, TRANS_W: tl.constexpr,
+    K_MULT: tl.constexpr, N_MULT: tl.constexpr, X_MULT: tl.constexpr, Y_MULT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     acc_ty = b_ptr.dtype.element_ty
+    # The same values, seen as multiples (_alignment): 16-byte loads of x, W, y at any channel count.
+    # K_MULT, N_MULT divide K and Co (the masks then hold per vector); X_MULT, Y_MULT the pixel strides.
+    K, Co = multiple(K, K_MULT), multiple(Co, N_MULT)
+    stride_xn, stride_xp = multiple(stride_xn, X_MULT), multiple(stride_xp, X_MULT)
+    stride_yn, stride_yp = multiple(stride_yn, Y_MULT), multiple(stride_yp, Y_MULT)
+    if TRANS_W:  # W is (Co, K)
+        stride_w = multiple(stride_w, K_MULT)
+    else:  # W is (K, Co)
+        stride_w = multiple(stride_w, N_MULT)
     pid_m = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < Co
@@ -95,8 +106,11 @@ def _pointwise_conv2d_fwd_kernel(
             k_mask = ks < K
             a = tl.load(x_ptr + x_rows[:, None] + ks.to(tl.int64)[None, :] * stride_xk,
                         mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            b = tl.load(w_ptr + ks.to(tl.int64)[:, None] * stride_wk + cols.to(tl.int64)[None, :] * stride_wn,
-                        mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+            if TRANS_W:  # B[k, n] = W[n, k]
+                w_offs = ks.to(tl.int64)[:, None] + cols.to(tl.int64)[None, :] * stride_w
+            else:  # B[k, n] = W[k, n]
+                w_offs = ks.to(tl.int64)[:, None] * stride_w + cols.to(tl.int64)[None, :]
+            b = tl.load(w_ptr + w_offs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
             acc += _dot(a, b, IEEE).to(acc_ty)
         if HAS_BIAS:
             acc += bias[None, :]
@@ -134,9 +148,15 @@ def _pointwise_conv2d_wgrad_kernel(
     M, HW, Co, Ci, ITERS,  # a split reduces ITERS pixel tiles
     stride_gn, stride_gp, stride_gc, stride_xn, stride_xp, stride_xc,
     GRAD_BIAS: tl.constexpr, IEEE: tl.constexpr,
+    CO_MULT: tl.constexpr, CI_MULT: tl.constexpr, G_MULT: tl.constexpr, X_MULT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr,
 ):
     acc_ty = pw_ptr.dtype.element_ty
+    # As in the forward (_alignment): CO_MULT, CI_MULT divide Co and Ci (Ci also the partials' row
+    # stride); G_MULT, X_MULT the pixel strides of g and x.
+    Co, Ci = multiple(Co, CO_MULT), multiple(Ci, CI_MULT)
+    stride_gn, stride_gp = multiple(stride_gn, G_MULT), multiple(stride_gp, G_MULT)
+    stride_xn, stride_xp = multiple(stride_xn, X_MULT), multiple(stride_xp, X_MULT)
     split = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     ci = tl.program_id(2) * BLOCK_CI + tl.arange(0, BLOCK_CI)
@@ -213,8 +233,9 @@ def _round_mode(dtype: torch.dtype, interpreted: bool) -> int:
     return {torch.bfloat16: _ROUND_BF16, torch.float16: _ROUND_FP16}.get(dtype, _ROUND_NONE)
 
 
-def _gemm(x, b_op, b_strides, Co, bias, residual, activation, fmt, stats, out_dtype):
-    """y (N, Co, H, W) in ``fmt`` = act(x . B + bias) + residual, and the stats partials if ``stats``."""
+def _gemm(x, w, trans_w, Co, bias, residual, activation, fmt, stats, out_dtype):
+    """y (N, Co, H, W) in ``fmt`` = act(x . B + bias) + residual, and the stats partials if ``stats``;
+    B = w^T if ``trans_w`` else w, for a contiguous matrix w."""
     N, K, H, W = x.shape
     M, HW = N * H * W, H * W
     interpreted = _interpreted(x)
@@ -235,12 +256,15 @@ def _gemm(x, b_op, b_strides, Co, bias, residual, activation, fmt, stats, out_dt
     partial = torch.empty((5, programs, Co) if stats else (0,), dtype=acc, device=x.device)
     b = bias if bias is not None else torch.empty(0, dtype=acc, device=x.device)
     r = residual if residual is not None else y
+    sx, sy = _strides(xo), _strides(y)
     _pointwise_conv2d_fwd_kernel[(programs, n_blocks)](
-        xo, b_op, b, r, y, partial,
+        xo, w, b, r, y, partial,
         M, HW, K, Co, iters,
-        *_strides(xo), *b_strides, *_strides(y),
+        *sx, w.stride(0), *sy,
         HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACT=activation_code(activation), STATS=stats,
-        ROUND=_round_mode(out_dtype, interpreted) if stats else _ROUND_NONE, IEEE=_ieee(xo),
+        ROUND=_round_mode(out_dtype, interpreted) if stats else _ROUND_NONE, IEEE=_ieee(xo), TRANS_W=trans_w,
+        K_MULT=channel_multiple(K), N_MULT=channel_multiple(Co), X_MULT=channel_multiple(K, sx[2]),
+        Y_MULT=channel_multiple(Co, sy[2]),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
     return y.to(out_dtype), partial
@@ -254,8 +278,7 @@ def pointwise_conv2d_fwd(x, weight, bias, residual, activation: str, fmt):
     (Co, Ci) contiguous in x's dtype; bias (Co,) in the accumulation dtype or None; residual dense in
     ``fmt`` or None."""
     w = _operand(weight)
-    return _gemm(x, w, (w.stride(1), w.stride(0)), weight.shape[0], bias, residual, activation, fmt, False,
-                 x.dtype)[0]
+    return _gemm(x, w, True, weight.shape[0], bias, residual, activation, fmt, False, x.dtype)[0]
 
 
 def pointwise_conv2d_stats_fwd(x, weight, fmt):
@@ -263,7 +286,7 @@ def pointwise_conv2d_stats_fwd(x, weight, fmt):
     stored, in the accumulation dtype (merged as depthwise_conv2d's; triton/_partials.py)."""
     w = _operand(weight)
     Co = weight.shape[0]
-    out, partial = _gemm(x, w, (w.stride(1), w.stride(0)), Co, None, None, "identity", fmt, True, x.dtype)
+    out, partial = _gemm(x, w, True, Co, None, None, "identity", fmt, True, x.dtype)
     acc = _acc(x.dtype)
     if partial is None:
         zeros = torch.zeros(Co, dtype=acc, device=x.device)
@@ -283,8 +306,7 @@ def pointwise_conv2d_bwd(grad_out, x, weight, fmt, output_mask):
     grad_input, grad_weight, grad_bias = empty(), empty(), empty()
     if output_mask[0]:
         w = _operand(weight)
-        grad_input = _gemm(grad_out, w, (w.stride(0), w.stride(1)), Ci, None, None, "identity", fmt, False,
-                           x.dtype)[0]
+        grad_input = _gemm(grad_out, w, False, Ci, None, None, "identity", fmt, False, x.dtype)[0]
     if output_mask[1] or output_mask[2]:
         M = N * H * W
         if M == 0:
@@ -302,9 +324,11 @@ def pointwise_conv2d_bwd(grad_out, x, weight, fmt, output_mask):
             splits = triton.cdiv(m_blocks, iters)
             pw = torch.empty((splits, Co, Ci), dtype=acc, device=x.device)
             pb = torch.empty((splits, Co), dtype=acc, device=x.device)
+            sg, sx = _strides(go), _strides(xo)
             _pointwise_conv2d_wgrad_kernel[(splits, triton.cdiv(Co, block_co), triton.cdiv(Ci, block_ci))](
-                go, xo, pw, pb, M, H * W, Co, Ci, iters, *_strides(go), *_strides(xo),
-                GRAD_BIAS=bool(output_mask[2]), IEEE=_ieee(xo),
+                go, xo, pw, pb, M, H * W, Co, Ci, iters, *sg, *sx,
+                GRAD_BIAS=bool(output_mask[2]), IEEE=_ieee(xo), CO_MULT=channel_multiple(Co),
+                CI_MULT=channel_multiple(Ci), G_MULT=channel_multiple(Co, sg[2]), X_MULT=channel_multiple(Ci, sx[2]),
                 BLOCK_M=block_m, BLOCK_CO=block_co, BLOCK_CI=block_ci, num_warps=4,
             )
             # Stage 2: a fixed-order sum over the splits (deterministic).

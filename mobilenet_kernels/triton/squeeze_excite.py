@@ -29,8 +29,9 @@ import triton.language as tl
 
 from ..activations import activation_code, apply_activation
 from ._activations import _div, act_derivative, act_forward
+from ._alignment import channel_multiple, multiple
 from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
-from .batch_norm_act import _channel_multiple, _geometry, _store_dtype
+from .batch_norm_act import _geometry, _store_dtype
 
 
 @triton.jit
@@ -39,12 +40,9 @@ def _se_reduce_kernel(
     out_ptr,  # (N, C), accumulation dtype
     C, HW, stride_n, stride_c, stride_p,
     HAS_G: tl.constexpr, MEAN: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-    MULT: tl.constexpr,  # batch_norm_act._channel_multiple
+    MULT: tl.constexpr,  # _alignment.channel_multiple
 ):
-    if MULT > 1:  # the same values, seen by Triton's alignment analysis as multiples of MULT
-        C = (C // MULT) * MULT
-        stride_n = (stride_n // MULT) * MULT
-        stride_p = (stride_p // MULT) * MULT
+    C, stride_n, stride_p = multiple(C, MULT), multiple(stride_n, MULT), multiple(stride_p, MULT)  # (_alignment)
     n = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
@@ -139,12 +137,9 @@ def _se_apply_kernel(
     y_ptr,  # x's shape and strides
     M, C, HW, stride_n, stride_c, stride_p,
     HAS_ADD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    MULT: tl.constexpr,  # batch_norm_act._channel_multiple
+    MULT: tl.constexpr,  # _alignment.channel_multiple
 ):
-    if MULT > 1:  # the same values, seen by Triton's alignment analysis as multiples of MULT
-        C = (C // MULT) * MULT
-        stride_n = (stride_n // MULT) * MULT
-        stride_p = (stride_p // MULT) * MULT
+    C, stride_n, stride_p = multiple(C, MULT), multiple(stride_n, MULT), multiple(stride_p, MULT)  # (_alignment)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = rows // HW
@@ -175,7 +170,7 @@ def _reduce(x: torch.Tensor, g: torch.Tensor | None, acc: torch.dtype) -> torch.
     _se_reduce_kernel[(N, triton.cdiv(C, block_c))](
         x, x if g is None else g, out, C, HW, sn, sc, sp, HAS_G=g is not None, MEAN=g is None,
         ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_P=block_p, BLOCK_C=block_c,
-        MULT=_channel_multiple(C, sc),
+        MULT=channel_multiple(C, sc),
     )
     return out
 
@@ -203,7 +198,7 @@ def _apply(x: torch.Tensor, s: torch.Tensor, add: torch.Tensor | None, memory_fo
         block_m, block_c, warps = cfg
         _se_apply_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
             x, s, s if add is None else add, y, M, C, HW, sn, sc, sp, HAS_ADD=add is not None, BLOCK_M=block_m,
-            BLOCK_C=block_c, MULT=_channel_multiple(C, sc), num_warps=warps,
+            BLOCK_C=block_c, MULT=channel_multiple(C, sc), num_warps=warps,
         )
 
     key = (x.device, x.dtype, memory_format, tuple(x.shape), add is not None)
