@@ -10,17 +10,19 @@
 # batch_norm_act passes, the wider finish kernels and the forward's tile rule have run on no GPU):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=210 (correctness
 #      first; diag_dw times the forward's one-tile blocks at stride 2 and k5 again)
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="profile_model bench_model"
-#      MK_LIMIT_bench_model=120 (profile_model now lists the host's time per op: run 6 found the
-#      training step host-bound), then large_tensors and hbm_bytes in the lease after.
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="profile_model host_layers bench_model"
+#      MK_LIMIT_bench_model=120 (profile_model now lists the host's time per op and host_layers
+#      the host time per layer against torchvision's: run 6 found the training step host-bound;
+#      bench_model's rows time the Triton GEMMs' and block kernel's new 16-byte loads), then
+#      large_tensors and hbm_bytes in the lease after.
 # Run 6 (an H200 at e30211f) took ~40 s to start, 165 s to build, 221 s for the tests (cut off),
 # 118 s for diag_dw's three runs, 214 s for sanitize (9 runs at MK_SANITIZE_LIMIT=55) and 27 s for
 # profile_model: benchmarks/results/gpu_tests_run6_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
-# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model hbm_bytes bench_model
-# loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
+# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model host_layers hbm_bytes
+# bench_model loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_pw, bench_pw_fused, ncu_pw, bench_block,
-# profile_model, hbm_bytes, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
+# profile_model, host_layers, hbm_bytes, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
 # takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
@@ -171,6 +173,12 @@ PROFILE_ARGS=()
 [ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
 step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
   "${PROFILE_ARGS[@]}"
+# host_layers (60 s): host and GPU time per call of each V3-Large layer (features[i], the head),
+# torchvision against ours[cuda] and ours[triton], a training and an inference call at batch 8, 64²,
+# bf16 AMP (benchmarks/bench_host.py): which layers of ours cost the host more.
+HOST_ARGS=(--backends cuda triton)
+[ "$GPU_TAG" = cpu ] && HOST_ARGS=(--device cpu --size 32 --batch 2 --backends cuda)  # the CPU check
+step host_layers 60 $PY benchmarks/bench_host.py "$OUT" --name "host_layers_${GPU_TAG}" --quiet "${HOST_ARGS[@]}"
 # hbm_bytes (150 s): issue 7's HBM bytes per image of a bf16 inference at batch 32 (V2, V3-Large):
 # the byte model (mobilenet_kernels/benchmarking/hbm.py) against ncu's DRAM bytes of one forward,
 # for torchvision, ours op by op and ours with the CUDA and the Triton whole-block kernels (one ncu
