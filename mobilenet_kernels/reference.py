@@ -29,6 +29,21 @@ def ieee_fp32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = saved
 
 
+def canonical_strides(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or where it is dense with an unusual stride on a size-1 dim (contiguity ignores
+    such a stride), a view of the same elements with its format's standard strides. PyTorch's CPU
+    F.batch_norm backward computes wrong input gradients for a channels_last tensor with one
+    (torch 2.14.1: (2, 2, 1, 2) with H's stride 7919); our kernels never read those strides."""
+    if t.dim() != 4 or 1 not in t.shape:
+        return t
+    fmt = output_memory_format(t)
+    if not t.is_contiguous(memory_format=fmt):
+        return t
+    N, C, H, W = t.shape
+    standard = (C * H * W, 1, W * C, C) if fmt == torch.channels_last else (C * H * W, H * W, W, 1)
+    return t if t.stride() == standard else t.as_strided(t.shape, standard)
+
+
 def batch_norm_act_ref(
     input: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -51,6 +66,7 @@ def batch_norm_act_ref(
     ``upcast`` everything runs in float64 and is cast back: a high-precision reference.
     """
     if training:
+        input = canonical_strides(input)
         dtype = torch.float64 if upcast else input.dtype
         params = (running_mean, running_var, weight, bias)
         same = input.dtype == dtype and all(p is None or p.dtype == dtype for p in params)

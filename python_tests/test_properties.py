@@ -1,7 +1,9 @@
 """Property tests: every op on every backend equals the float64 torch reference over random shapes,
-strides, paddings, dilations, layouts (contiguous, channels_last, sliced views), dtypes and
-activations: batch_norm_act (eval, training), depthwise_conv2d, the fused depthwise conv + BatchNorm
-+ activation (eval, training) and squeeze_excite; outputs, gradients and running statistics.
+strides, paddings, dilations, layouts (contiguous, channels_last, sliced views, and channels_last
+whose size-1 dims carry arbitrary strides, which contiguity ignores), dtypes and activations:
+batch_norm_act (eval, training), depthwise_conv2d, the fused depthwise conv + BatchNorm + activation
+(eval, training), squeeze_excite, pointwise_conv2d and the whole inverted-residual block in eval
+(inverted_residual_eval); outputs, gradients and running statistics.
 
 Two sizes of run:
 
@@ -30,6 +32,8 @@ from mobilenet_kernels.reference import (
     batch_norm_act_ref,
     depthwise_conv2d_bn_act_ref,
     depthwise_conv2d_ref,
+    inverted_residual_eval_ref,
+    pointwise_conv2d_ref,
     squeeze_excite_ref,
 )
 
@@ -93,18 +97,39 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
+LAYOUTS = ["nchw", "channels_last", "sliced", "size1_strides"]
+
+
+def size1_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (dense) with an arbitrary stride on every size-1 dim: still contiguous in its format
+    (contiguity ignores size-1 dims, and .contiguous() returns it as it is), so a kernel that reads a
+    size-1 dim's stride, or stands in one dim's stride for another's, reads the wrong elements.
+    (The Triton pointwise GEMM took W's stride for the pixel stride, wrong at W = 1.)"""
+    return torch.as_strided(x, x.shape, [s if n != 1 else 7919 for n, s in zip(x.shape, x.stride())])
+
+
+def f64(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A detached float64 copy of ``t`` for the references, dense (NCHW): PyTorch's CPU
+    F.batch_norm backward gives wrong input gradients for a channels_last tensor whose size-1 dim
+    has a non-standard stride (size1_strides; torch 2.14.1), where our kernels give the dense
+    tensor's. The values are the same in any layout."""
+    return None if t is None else t.detach().double().contiguous()
+
+
 def make_x(gen, shape, layout, dtype, device, scale=2.0, shift=0.5):
-    """A float64 random tensor of ``shape`` in ``layout`` (nchw | channels_last | sliced: a
-    non-dense view into a larger tensor), cast to ``dtype``, on ``device``."""
+    """A float64 random tensor of ``shape`` in ``layout`` (LAYOUTS: nchw | channels_last | sliced: a
+    non-dense view into a larger tensor | size1_strides: channels_last with size1_strides), cast to
+    ``dtype``, on ``device``."""
     N, C, H, W = shape
     if layout == "sliced":
         x = torch.randn(N, C + 1, H, W + 2, generator=gen, dtype=torch.float64)[:, 1:, :, 1:-1]
     else:
         x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64)
     x = x * scale + shift
-    if layout == "channels_last":
+    if layout in ("channels_last", "size1_strides"):
         x = x.contiguous(memory_format=torch.channels_last)
-    return x.to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype)
+    return size1_strides(x) if layout == "size1_strides" else x
 
 
 def assert_layout_kept(y, x):
@@ -132,7 +157,7 @@ def bn_cases(draw, small=False):
     training = draw(st.booleans()) and N * H * W > 1
     return dict(
         shape=(N, C, H, W),
-        layout=draw(st.sampled_from(["nchw", "channels_last", "sliced"])),
+        layout=draw(st.sampled_from(LAYOUTS)),
         dtype=draw(st.sampled_from([torch.float32, torch.float64])),
         act=draw(st.sampled_from(list(ACTIVATIONS))),
         training=training,
@@ -145,7 +170,7 @@ def pre_activation(x, mean, var, weight, bias, training):
     """BatchNorm's output before the activation, in float64 (batch statistics when training)."""
     cast = lambda t: None if t is None else t.double()  # noqa: E731
     stats = (None, None) if training else (cast(mean), cast(var))
-    return F.batch_norm(x.detach().double(), *stats, cast(weight), cast(bias), training, 0.0, 1e-5)
+    return F.batch_norm(f64(x), *stats, cast(weight), cast(bias), training, 0.0, 1e-5)
 
 
 def make_bn(case, device):
@@ -155,13 +180,14 @@ def make_bn(case, device):
         x = torch.randn(N, C + 1, H, W + 2, generator=gen, dtype=case["dtype"])[:, 1:, :, 1:-1]
     else:
         x = torch.randn(N, C, H, W, generator=gen, dtype=case["dtype"]) * 3 + 1
-        if case["layout"] == "channels_last":
+        if case["layout"] in ("channels_last", "size1_strides"):
             x = x.contiguous(memory_format=torch.channels_last)
     params = [torch.randn(C, generator=gen) for _ in range(3)] + [torch.rand(C, generator=gen) + 0.1]
     mean, weight, bias, var = (t.to(device) for t in params)
     if not case["affine"]:
         weight = bias = None
-    return x.to(device), mean, var, weight, bias
+    x = x.to(device)
+    return size1_strides(x) if case["layout"] == "size1_strides" else x, mean, var, weight, bias
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -176,7 +202,7 @@ def test_batch_norm_act_matches_reference(backend, profile, device, request):
         y = MF.batch_norm_act(x, rm, rv, weight, bias, case["training"], 0.1, 1e-5, case["act"], backend=backend)
         assert y.shape == x.shape and y.dtype == x.dtype
         assert_layout_kept(y, x)
-        x64 = x.detach().double().requires_grad_()
+        x64 = f64(x).requires_grad_()
         rm64, rv64 = mean.double(), var.double()
         cast = lambda t: None if t is None else t.double()  # noqa: E731
         y64 = batch_norm_act_ref(x64, rm64, rv64, cast(weight), cast(bias), case["training"], 0.1, 1e-5, case["act"])
@@ -231,7 +257,7 @@ def conv_out_hw(g):
 def dw_cases(draw, small=False):
     return dict(
         draw(conv_geometry(small)),
-        layout=draw(st.sampled_from(["nchw", "channels_last", "sliced"])),
+        layout=draw(st.sampled_from(LAYOUTS)),
         dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16])),
         act=draw(st.sampled_from(list(ACTIVATIONS))),
         bias=draw(st.booleans()),
@@ -266,14 +292,14 @@ def test_depthwise_conv2d_matches_reference(backend, profile, device, request):
             y = MF.depthwise_conv2d(x, w, b, s, p, d, activation=act, backend=backend)
             assert y.dtype == dtype and y.shape == (N, C, *conv_out_hw(case))
             assert_layout_kept(y, x)
-            y64 = depthwise_conv2d_ref(x.double(), w.double(), None if b is None else b.double(), s, p, d, act)
+            y64 = depthwise_conv2d_ref(f64(x), w.double(), None if b is None else b.double(), s, p, d, act)
             assert_within_2x_torch(y, depthwise_conv2d_ref(x, w, b, s, p, d, act), y64, "output")
             return
         params = [t.requires_grad_() for t in (x, w, b) if t is not None]
         y = MF.depthwise_conv2d(x, w, b, s, p, d, activation=act, backend=backend)
         assert y.dtype == dtype and y.shape == (N, C, *conv_out_hw(case))
         assert_layout_kept(y, x)
-        p64 = [t.detach().double().requires_grad_() for t in params]
+        p64 = [f64(t).requires_grad_() for t in params]
         x64, w64, b64 = p64[0], p64[1], (p64[2] if b is not None else None)
         z64 = F.conv2d(x64, w64, b64, case["stride"], case["padding"], case["dilation"], groups=C)
         y64 = apply_activation(z64, act)
@@ -301,7 +327,7 @@ def dwbn_cases(draw, small=False):
     OH, OW = conv_out_hw(g)
     return dict(
         g,
-        layout=draw(st.sampled_from(["nchw", "channels_last", "sliced"])),
+        layout=draw(st.sampled_from(LAYOUTS)),
         dtype=draw(st.sampled_from([torch.float32, torch.float64])),
         act=draw(st.sampled_from(list(ACTIVATIONS))),
         conv_bias=draw(st.booleans()),
@@ -338,7 +364,7 @@ def test_depthwise_conv2d_bn_act_matches_reference(backend, profile, device, req
                                        backend=backend)
         assert y.dtype == dtype and y.shape == (N, C, *conv_out_hw(case))
         assert_layout_kept(y, x)
-        p64 = [t.detach().double().requires_grad_() for t in params]
+        p64 = [f64(t).requires_grad_() for t in params]
         it = iter(p64)
         x64, w64 = next(it), next(it)
         cb64 = next(it) if cb is not None else None
@@ -386,7 +412,7 @@ def se_cases(draw, small=False):
         shape=(draw(st.integers(0, 2 if small else 3)), draw(st.integers(1, 6 if small else 24)),
                draw(st.integers(1, 4 if small else 8)), draw(st.integers(1, 4 if small else 8))),
         squeeze=draw(st.integers(1, 4 if small else 8)),
-        layout=draw(st.sampled_from(["nchw", "channels_last", "sliced"])),
+        layout=draw(st.sampled_from(LAYOUTS)),
         dtype=dtype,
         param_dtype=draw(st.sampled_from([dtype, acc])),
         act=draw(st.sampled_from(["relu", "silu", "hardswish", "relu6", "identity"])),
@@ -414,7 +440,7 @@ def test_squeeze_excite_matches_reference(backend, profile, device, request):
             y = MF.squeeze_excite(x, *params, activation=act, scale_activation=sact, backend=backend)
             assert y.dtype == dtype and y.shape == x.shape
             assert_layout_kept(y, x)
-            y64 = squeeze_excite_ref(x.double(), *(t.double() for t in params), act, sact)
+            y64 = squeeze_excite_ref(f64(x), *(t.double() for t in params), act, sact)
             assert_within_2x_torch(y, squeeze_excite_ref(x, *params, act, sact), y64, "output")
             return
         x.requires_grad_()
@@ -423,7 +449,7 @@ def test_squeeze_excite_matches_reference(backend, profile, device, request):
         y = MF.squeeze_excite(x, *params, activation=act, scale_activation=sact, backend=backend)
         assert y.dtype == dtype and y.shape == x.shape
         assert_layout_kept(y, x)
-        x64, *p64 = (t.detach().double().requires_grad_() for t in (x, *params))
+        x64, *p64 = (f64(t).requires_grad_() for t in (x, *params))
         y64 = squeeze_excite_ref(x64, *p64, act, sact)
         tol = fp_tol(dtype, device, act, sact)
         torch.testing.assert_close(y.double(), y64, **tol)
@@ -440,3 +466,178 @@ def test_squeeze_excite_matches_reference(backend, profile, device, request):
                 torch.testing.assert_close(a.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
 
     run_examples(se_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
+
+
+# ----------------------------------------------------------------------------- pointwise_conv2d
+
+
+@st.composite
+def pw_cases(draw, small=False):
+    N = draw(st.integers(0, 2 if small else 3))
+    Cin, Cout = draw(st.integers(1, 6 if small else 40)), draw(st.integers(1, 6 if small else 40))
+    H, W = draw(st.integers(1, 4 if small else 9)), draw(st.integers(1, 4 if small else 9))
+    return dict(
+        shape=(N, Cin, H, W), cout=Cout,
+        layout=draw(st.sampled_from(LAYOUTS)),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16])),
+        act=draw(st.sampled_from(list(ACTIVATIONS))),
+        bias=draw(st.booleans()),
+        residual=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pointwise_conv2d_matches_reference(backend, profile, device, request):
+    """``act(conv1x1(x) + b) + residual``: output (and its memory format) for every dtype; input,
+    weight, bias and residual gradients in float32 and float64; fp16/bf16 outputs within 2x
+    PyTorch's own error."""
+    skip_unless_usable(backend, device)
+
+    def check(case):
+        gen = torch.Generator().manual_seed(case["seed"])
+        dtype, act = case["dtype"], case["act"]
+        N, Cin, H, W = case["shape"]
+        Cout = case["cout"]
+        x = make_x(gen, case["shape"], case["layout"], dtype, device)
+        w = (torch.randn(Cout, Cin, 1, 1, generator=gen, dtype=torch.float64) * Cin**-0.5).to(device, dtype)
+        b = torch.randn(Cout, generator=gen, dtype=torch.float64).to(device, dtype) if case["bias"] else None
+        r = make_x(gen, (N, Cout, H, W), case["layout"], dtype, device) if case["residual"] else None
+        if dtype in LOW_PRECISION:
+            y = MF.pointwise_conv2d(x, w, b, r, activation=act, backend=backend)
+            assert y.dtype == dtype and y.shape == (N, Cout, H, W)
+            assert_layout_kept(y, x)
+            d = lambda t: None if t is None else t.double()  # noqa: E731
+            y64 = pointwise_conv2d_ref(f64(x), w.double(), d(b), f64(r), act)
+            assert_within_2x_torch(y, pointwise_conv2d_ref(x, w, b, r, act), y64, "output")
+            return
+        params = [t.requires_grad_() for t in (x, w, b, r) if t is not None]
+        y = MF.pointwise_conv2d(x, w, b, r, activation=act, backend=backend)
+        assert y.dtype == dtype and y.shape == (N, Cout, H, W)
+        assert_layout_kept(y, x)
+        p64 = [f64(t).requires_grad_() for t in params]
+        it = iter(p64)
+        x64, w64 = next(it), next(it)
+        b64 = next(it) if b is not None else None
+        r64 = next(it) if r is not None else None
+        z64 = F.conv2d(x64, w64, b64)
+        y64 = apply_activation(z64, act) + (r64 if r64 is not None else 0)
+        tol = fp_tol(dtype, device, act)
+        torch.testing.assert_close(y.double(), y64, **tol)
+        if y.numel():
+            assume(dtype == torch.float64 or not near_a_kink(z64.detach(), act))
+            grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device, dtype)
+            got = torch.autograd.grad(y, params, grad)
+            want = torch.autograd.grad(y64, p64, grad.double())
+            names = ["input", "weight"] + ["bias"] * (b is not None) + ["residual"] * (r is not None)
+            for name, a, e in zip(names, got, want):
+                assert a.shape == e.shape and a.dtype == dtype, name
+                torch.testing.assert_close(a.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
+
+    run_examples(pw_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
+
+
+# ----------------------------------------------------------------------------- inverted_residual_eval
+
+
+@st.composite
+def block_cases(draw, small=False):
+    N = draw(st.integers(0, 2))
+    Cin = draw(st.integers(1, 6 if small else 24))
+    expand = draw(st.sampled_from([1, 2, 3, 6]))
+    Cout = draw(st.sampled_from([Cin, draw(st.integers(1, 6 if small else 32))]))
+    stride, dilation = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    k = draw(st.sampled_from([3, 5]))
+    H, W = draw(st.integers(1, 6 if small else 12)), draw(st.integers(1, 6 if small else 12))
+    return dict(
+        shape=(N, Cin, H, W), hidden=Cin * expand, cout=Cout, k=k, stride=stride, dilation=dilation,
+        residual=draw(st.booleans()) and stride == 1 and Cout == Cin,
+        layout=draw(st.sampled_from(LAYOUTS)),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16])),
+        act=draw(st.sampled_from(list(ACTIVATIONS))),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inverted_residual_eval_matches_reference(backend, profile, device, request):
+    """The whole block (BatchNorm folded; no expand conv when the hidden channels are the input's),
+    any stride, dilation, kernel 3 or 5 and residual: the output (and its memory format) against the
+    op-by-op float64 reference; fp16/bf16 within 2x the error of PyTorch's op-by-op block."""
+    skip_unless_usable(backend, device)
+
+    def check(case):
+        gen = torch.Generator().manual_seed(case["seed"])
+        dtype, act, k = case["dtype"], case["act"], case["k"]
+        N, Cin, H, W = case["shape"]
+        Chid, Cout = case["hidden"], case["cout"]
+        x = make_x(gen, case["shape"], case["layout"], dtype, device)
+        r = lambda *shape, scale=1.0: (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device, dtype)  # noqa: E731
+        expand = (r(Chid, Cin, 1, 1, scale=Cin**-0.5), r(Chid)) if Chid != Cin else (None, None)
+        weights = (*expand, r(Chid, 1, k, k, scale=1 / k), r(Chid), r(Cout, Chid, 1, 1, scale=Chid**-0.5), r(Cout))
+        args = (case["stride"], case["dilation"])
+        y = MF.inverted_residual_eval(x, *weights, *args, activation=act, residual=case["residual"], backend=backend)
+        w64 = [None if t is None else t.double() for t in weights]
+        y64 = inverted_residual_eval_ref(f64(x), *w64, *args, act, case["residual"])
+        assert y.dtype == dtype and y.shape == y64.shape and y.shape[1] == Cout
+        assert_layout_kept(y, x)
+        if dtype in LOW_PRECISION:
+            torchs = inverted_residual_eval_ref(x, *weights, *args, act, case["residual"])
+            assert_within_2x_torch(y, torchs, y64, "output")
+        else:
+            torch.testing.assert_close(y.double(), y64, **fp_tol(dtype, device, act))
+
+    run_examples(block_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
+
+
+# ----------------------------------------------------------------------------- size-1 dims' strides
+
+_SIZE1_OPS = {
+    "batch_norm_act": lambda x, g, be: MF.batch_norm_act(
+        x, g(x.shape[1]), g(x.shape[1]).abs() + 0.5, g(x.shape[1]), g(x.shape[1]), activation="hardswish", backend=be),
+    "batch_norm_act train": lambda x, g, be: MF.batch_norm_act(
+        x, None, None, g(x.shape[1]), g(x.shape[1]), training=True, activation="relu6", backend=be),
+    "depthwise_conv2d": lambda x, g, be: MF.depthwise_conv2d(
+        x, g(x.shape[1], 1, 3, 3), g(x.shape[1]), 1, 1, activation="relu6", backend=be),
+    "pointwise_conv2d": lambda x, g, be: MF.pointwise_conv2d(
+        x, g(5, x.shape[1], 1, 1), g(5), activation="hardswish", backend=be),
+    "squeeze_excite": lambda x, g, be: MF.squeeze_excite(
+        x, g(2, x.shape[1], 1, 1), g(2), g(x.shape[1], 2, 1, 1), g(x.shape[1]), backend=be),
+    "inverted_residual_eval": lambda x, g, be: MF.inverted_residual_eval(
+        x, g(4 * x.shape[1], x.shape[1], 1, 1), g(4 * x.shape[1]), g(4 * x.shape[1], 1, 3, 3), g(4 * x.shape[1]),
+        g(x.shape[1], 4 * x.shape[1], 1, 1), g(x.shape[1]), 1, 1, activation="hardswish", residual=True, backend=be),
+}
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 1), (2, 3, 1, 4), (1, 3, 1, 1), (2, 1, 3, 3), (1, 8, 2, 1)])
+@pytest.mark.parametrize("op", list(_SIZE1_OPS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_size1_dims_with_arbitrary_strides(backend, op, shape, device):
+    """A channels_last tensor whose size-1 dims carry arbitrary strides (size1_strides) gives what
+    its dense copy gives, output and input gradient, on every op and backend: the draws above reach
+    such a shape rarely. (The reference runs on the dense copy: see f64.)"""
+    skip_unless_usable(backend, device)
+    if op == "batch_norm_act train" and shape[0] * shape[2] * shape[3] == 1:
+        pytest.skip("training needs more than one value per channel")
+    gen = torch.Generator().manual_seed(0)
+
+    def g(*size):
+        return torch.randn(*size, generator=gen, dtype=torch.float64).to(device, torch.float32)
+
+    x = make_x(gen, shape, "size1_strides", torch.float32, device)
+    assert x.is_contiguous(memory_format=torch.channels_last) and 7919 in x.stride()
+    dense = x.clone(memory_format=torch.contiguous_format)
+    differentiable = op != "inverted_residual_eval"  # (inference only)
+    for t in (x, dense) if differentiable else ():
+        t.requires_grad_()
+    state = gen.get_state()
+    y = _SIZE1_OPS[op](x, g, backend)
+    gen.set_state(state)
+    expected = _SIZE1_OPS[op](dense, g, "torch")
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    if differentiable:
+        grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device, torch.float32)
+        torch.testing.assert_close(torch.autograd.grad(y, x, grad)[0], torch.autograd.grad(expected, dense, grad)[0],
+                                   rtol=1e-4, atol=1e-5)

@@ -201,8 +201,10 @@ def _operand(t: torch.Tensor) -> torch.Tensor:
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """(stride_n, stride_p, stride_c) of a dense (N, C, H, W) tensor: pixel p = h * W + w."""
-    return t.stride(0), t.stride(3), t.stride(1)
+    """(stride_n, stride_p, stride_c) of a dense (N, C, H, W) tensor: pixel p = h * W + w. A size-1
+    dim's stride is arbitrary (contiguity ignores it, and .contiguous() keeps it), so with W = 1 the
+    pixels are H's rows: W's stride would address them with whatever it holds."""
+    return t.stride(0), t.stride(3) if t.shape[3] != 1 else t.stride(2), t.stride(1)
 
 
 def _ieee(t: torch.Tensor) -> bool:
