@@ -111,8 +111,13 @@ def depthwise_conv2d_ref(
     upcast: bool = False,
 ) -> torch.Tensor:
     """``activation(F.conv2d(input, weight, bias, stride, padding, dilation, groups=C))``; with
-    ``upcast`` computed in float64 and cast back (a high-precision reference)."""
+    ``upcast`` computed in float64 and cast back (a high-precision reference). float16 on a CPU is
+    computed in float32 and rounded once: PyTorch's CPU float16 depthwise conv segfaults where the
+    padding reaches past the kernel (torch 2.14.1: (1, 6, 3, 1) input, 1x1 kernel, padding (0, 2),
+    stride (2, 3), dilation 2), which would take the process down."""
     dtype = torch.float64 if upcast else input.dtype
+    if dtype == torch.float16 and input.device.type == "cpu":
+        dtype = torch.float32
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     out = F.conv2d(cast(input), cast(weight), cast(bias), stride, padding, dilation, groups=input.shape[1])
     return _in_layout_of(input, apply_activation(out, activation).to(input.dtype))

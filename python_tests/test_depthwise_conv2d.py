@@ -211,6 +211,32 @@ def test_empty_batch(backend, layout, device):
     assert gx.shape == x.shape and torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float16_padding_past_the_kernel_does_not_crash(backend):
+    """PyTorch's CPU float16 depthwise conv segfaults where the padding reaches past the kernel
+    (torch 2.14.1), so every backend runs this case in a child process: the "torch" backend computes
+    float16 on a CPU in float32 (reference.depthwise_conv2d_ref), ours never call it."""
+    import os
+    import subprocess
+    import sys
+
+    skip_unless_usable(backend, "cpu")
+    code = (
+        "import torch, mobilenet_kernels.functional as MF\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(1, 6, 3, 1, generator=g)\n"
+        "w = torch.randn(6, 1, 1, 1, generator=g)\n"
+        f"y = MF.depthwise_conv2d(x.half(), w.half(), None, (2, 3), (0, 2), 2, backend={backend!r})\n"
+        "ref = torch.nn.functional.conv2d(x, w, None, (2, 3), (0, 2), 2, groups=6)\n"
+        "torch.testing.assert_close(y.float(), ref, rtol=1e-3, atol=1e-3)\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), (run.returncode, run.stderr[-2000:])
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_opcheck(backend, layout, device):

@@ -146,6 +146,18 @@ def assert_within_2x_torch(ours, torchs, ref, what):
     assert e_ours <= 2 * e_torch + ULP[ours.dtype] * scale, f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g}"
 
 
+def close_or_within_2x_torch(ours, ref, torchs, tol, what):
+    """``ours`` within ``tol`` of the float64 ``ref``, or, where not, its error at most twice that of
+    PyTorch's own result ``torchs`` (same inputs, same dtype; None: no such fallback)."""
+    try:
+        torch.testing.assert_close(ours.double(), ref, **tol, msg=lambda m: f"{what}: {m}")
+    except AssertionError:
+        if torchs is None or not ref.numel():
+            raise
+        e_ours, e_torch = ((t.double() - ref).abs().max().item() for t in (ours, torchs))
+        assert e_ours <= 2 * e_torch, f"{what}: error {e_ours:.3g}, beyond the tolerance and 2x torch's {e_torch:.3g}"
+
+
 # ----------------------------------------------------------------------------- batch_norm_act
 
 
@@ -386,17 +398,27 @@ def test_depthwise_conv2d_bn_act_matches_reference(backend, profile, device, req
             grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device, dtype)
             got = torch.autograd.grad(y, params, grad, allow_unused=True)
             want = torch.autograd.grad(y64, p64, grad.double(), allow_unused=True)
+            # PyTorch's own gradients in this dtype: with a few values per channel, training-mode
+            # BatchNorm's input gradient is ill-conditioned, and float32 misses a fixed tolerance
+            # there however it is computed (the unfused torch sequence too).
+            p32 = [t.detach().clone().requires_grad_() for t in params]
+            it = iter(p32)
+            x32, w32 = next(it), next(it)
+            cb32 = next(it) if cb is not None else None
+            g32, b32 = (next(it), next(it)) if gamma is not None else (None, None)
+            y32 = depthwise_conv2d_bn_act_ref(x32, w32, cb32, s, p, d, mean.clone(), var.clone(), g32, b32, training,
+                                              case["momentum"], 1e-5, act)
+            torchs = torch.autograd.grad(y32, p32, grad, allow_unused=True)
             scale = max([e.abs().max().item() for e in want if e is not None and e.numel()] + [1.0])
-            for i, (a, e) in enumerate(zip(got, want)):
+            for i, (a, e, t) in enumerate(zip(got, want, torchs)):
                 # The conv bias under training-mode BatchNorm has no effect on the output: its
                 # gradient is zero in exact arithmetic (None where the kernels skip it), rounding
                 # noise otherwise, judged on the scale of all the gradients.
                 if a is None or e is None:
-                    for t in (a, e):
-                        assert t is None or t.abs().max().item() <= tol["atol"] * scale, f"gradient {i}"
+                    for v in (a, e):
+                        assert v is None or v.abs().max().item() <= tol["atol"] * scale, f"gradient {i}"
                     continue
-                torch.testing.assert_close(a.double(), e, rtol=tol["rtol"], atol=tol["atol"] * scale,
-                                           msg=lambda m: f"gradient {i}: {m}")
+                close_or_within_2x_torch(a, e, t, dict(rtol=tol["rtol"], atol=tol["atol"] * scale), f"gradient {i}")
 
     run_examples(dwbn_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
 
