@@ -146,6 +146,24 @@ def assert_within_2x_torch(ours, torchs, ref, what):
     assert e_ours <= 2 * e_torch + ULP[ours.dtype] * scale, f"{what}: error {e_ours:.3g} vs torch's {e_torch:.3g}"
 
 
+def assert_output_and_grads(y, y64, z64, params, p64, names, act, gen):
+    """``y`` against its float64 reference ``y64`` and, for a non-empty output whose pre-activation
+    ``z64`` keeps clear of the activation's kinks, the gradients of ``params`` (``names``) under one
+    random output gradient against those of their float64 copies ``p64``."""
+    dtype, device = y.dtype, y.device.type
+    tol = fp_tol(dtype, device, act)
+    torch.testing.assert_close(y.double(), y64, **tol)
+    if not y.numel():
+        return
+    assume(dtype == torch.float64 or not near_a_kink(z64.detach(), act))
+    grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.device, dtype)
+    got = torch.autograd.grad(y, params, grad)
+    want = torch.autograd.grad(y64, p64, grad.double())
+    for name, a, e in zip(names, got, want):
+        assert a.shape == e.shape and a.dtype == dtype, name
+        torch.testing.assert_close(a.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
 def close_or_within_2x_torch(ours, ref, torchs, tol, what):
     """``ours`` within ``tol`` of the float64 ``ref``, or, where not, its error at most twice that of
     PyTorch's own result ``torchs`` (same inputs, same dtype; None: no such fallback)."""
@@ -314,17 +332,7 @@ def test_depthwise_conv2d_matches_reference(backend, profile, device, request):
         p64 = [f64(t).requires_grad_() for t in params]
         x64, w64, b64 = p64[0], p64[1], (p64[2] if b is not None else None)
         z64 = F.conv2d(x64, w64, b64, case["stride"], case["padding"], case["dilation"], groups=C)
-        y64 = apply_activation(z64, act)
-        tol = fp_tol(dtype, device, act)
-        torch.testing.assert_close(y.double(), y64, **tol)
-        if y.numel():
-            assume(dtype == torch.float64 or not near_a_kink(z64.detach(), act))
-            grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device, dtype)
-            got = torch.autograd.grad(y, params, grad)
-            want = torch.autograd.grad(y64, p64, grad.double())
-            for name, a, e in zip(("input", "weight", "bias"), got, want):
-                assert a.shape == e.shape, name
-                torch.testing.assert_close(a.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
+        assert_output_and_grads(y, apply_activation(z64, act), z64, params, p64, ("input", "weight", "bias"), act, gen)
 
     run_examples(dw_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
 
@@ -545,17 +553,8 @@ def test_pointwise_conv2d_matches_reference(backend, profile, device, request):
         r64 = next(it) if r is not None else None
         z64 = F.conv2d(x64, w64, b64)
         y64 = apply_activation(z64, act) + (r64 if r64 is not None else 0)
-        tol = fp_tol(dtype, device, act)
-        torch.testing.assert_close(y.double(), y64, **tol)
-        if y.numel():
-            assume(dtype == torch.float64 or not near_a_kink(z64.detach(), act))
-            grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device, dtype)
-            got = torch.autograd.grad(y, params, grad)
-            want = torch.autograd.grad(y64, p64, grad.double())
-            names = ["input", "weight"] + ["bias"] * (b is not None) + ["residual"] * (r is not None)
-            for name, a, e in zip(names, got, want):
-                assert a.shape == e.shape and a.dtype == dtype, name
-                torch.testing.assert_close(a.double(), e, **tol, msg=lambda m: f"grad {name}: {m}")
+        names = ["input", "weight"] + ["bias"] * (b is not None) + ["residual"] * (r is not None)
+        assert_output_and_grads(y, y64, z64, params, p64, names, act, gen)
 
     run_examples(pw_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
 
