@@ -7,7 +7,8 @@
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step). Next (the vectorized
-# batch_norm_act passes, the wider finish kernels and the forward's tile rule have run on no GPU):
+# batch_norm_act passes, the wider finish kernels, the forward's tile rule and the Triton kernels'
+# 16-byte-load hints, GEMMs and whole-block kernel included, have run on no GPU):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=210 (correctness
 #      first; diag_dw times the forward's one-tile blocks at stride 2 and k5 again)
 #   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="profile_model host_layers bench_model"

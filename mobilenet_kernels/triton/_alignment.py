@@ -25,8 +25,9 @@ import triton.language as tl
 def channel_multiple(C: int, stride_c: int = 1) -> int:
     """The largest power of two up to 16 dividing ``C`` where C is a row stride (channels_last:
     stride_c 1, so every pixel stride is a multiple of C), else 1 (NCHW: the pixel strides include
-    a unit one, which no hint may claim more of). Also the multiple of a plain value (a matrix's
-    row length): ``channel_multiple(v)``."""
+    a unit one, which no hint may claim more of). An NCHW tensor of one pixel per image has
+    stride_c 1 too; its pixel index is always 0, so the hint holds wherever it is used. Also the
+    multiple of a plain value (a matrix's row length): ``channel_multiple(v)``."""
     return math.gcd(C, 16) if stride_c == 1 and C > 0 else 1
 
 
