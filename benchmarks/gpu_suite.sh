@@ -175,9 +175,10 @@ PROFILE_ARGS=()
 step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
   "${PROFILE_ARGS[@]}"
 # host_layers (60 s): host and GPU time per call of each V3-Large layer (features[i], the head),
-# torchvision against ours[cuda] and ours[triton], a training and an inference call at batch 8, 64²,
-# bf16 AMP (benchmarks/bench_host.py): which layers of ours cost the host more.
-HOST_ARGS=(--backends cuda triton)
+# torchvision against ours[cuda], a training and an inference call at batch 8, 64², bf16 AMP
+# (benchmarks/bench_host.py): which layers of ours cost the host more. (ours[triton] would JIT-compile
+# every layer's kernels first: tens of seconds the lease cannot spare.)
+HOST_ARGS=(--backends cuda)
 [ "$GPU_TAG" = cpu ] && HOST_ARGS=(--device cpu --size 32 --batch 2 --backends cuda)  # the CPU check
 step host_layers 60 $PY benchmarks/bench_host.py "$OUT" --name "host_layers_${GPU_TAG}" --quiet "${HOST_ARGS[@]}"
 # hbm_bytes (150 s): issue 7's HBM bytes per image of a bf16 inference at batch 32 (V2, V3-Large):
