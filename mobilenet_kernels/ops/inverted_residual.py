@@ -95,9 +95,7 @@ def _triton_forward(input, expand_weight, expand_bias, dw_weight, dw_bias, proje
     matrix_t = lambda w: w.reshape(w.shape[0], w.shape[1]).t().contiguous()  # noqa: E731  (K, N) for the dots
     we = None if expand_weight is None else matrix_t(expand_weight)
     be = None if expand_bias is None else expand_bias.to(acc).contiguous()
-    # tap-major (k*k, Chid): a tap's hidden channels adjacent, loaded as vectors (one copy, any dtype)
-    taps = dw_weight.reshape(dw_weight.shape[0], -1).t()
-    wd = torch.empty(taps.shape, dtype=acc, device=taps.device).copy_(taps)
-    return inverted_residual_eval_fwd(input.contiguous(memory_format=fmt), we, be, wd, dw_bias.to(acc).contiguous(),
+    return inverted_residual_eval_fwd(input.contiguous(memory_format=fmt), we, be, dw_weight,
+                                      dw_bias.to(acc).contiguous(),
                                       matrix_t(project_weight), project_bias.to(acc).contiguous(), stride, dilation,
                                       activation, residual, fmt)

@@ -346,11 +346,13 @@ def _pix64(blocks: int, iters: int, block_p: int) -> bool:
     return (blocks + iters) * block_p >= 2**31
 
 
-def _tap_major(weight: torch.Tensor) -> torch.Tensor:
-    """(C, kH, kW) weights as (kH * kW, C): a tap's BLOCK_C channels are one contiguous load; from
-    (C, kH, kW) they were BLOCK_C loads kH * kW elements apart (GPU run 6 timed the k5 forward of
-    120 x 28² at 10x cuDNN's time, the k3 ones at about 2x)."""
-    return weight.reshape(weight.shape[0], -1).t().contiguous()
+def _tap_major(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(C, [1,] kH, kW) weights as a fresh (kH * kW, C) tensor in ``dtype`` (default: the weight's),
+    one copy: a tap's BLOCK_C channels are one contiguous load; from (C, kH, kW) they were BLOCK_C
+    loads kH * kW elements apart (GPU run 6 timed the k5 forward of 120 x 28² at 10x cuDNN's time,
+    the k3 ones at about 2x). The whole-block kernel takes its depthwise weights the same way."""
+    taps = weight.reshape(weight.shape[0], -1).t()
+    return torch.empty(taps.shape, dtype=dtype or weight.dtype, device=weight.device).copy_(taps)
 
 
 def _geometry(x, weight, stride, padding, dilation):

@@ -39,6 +39,7 @@ import triton.language as tl
 from ..activations import activation_code
 from ._activations import act_forward
 from ._alignment import channel_multiple, multiple
+from .depthwise_conv2d import _tap_major
 from .pointwise_conv2d import _dot
 
 _MAX_PROGRAMS = 1024
@@ -159,13 +160,14 @@ def _tile(OH: int, OW: int, stride: int, ks: int, dil: int) -> tuple[int, int, i
     raise AssertionError("unreachable")
 
 
-def inverted_residual_eval_fwd(x, we, be, wd, bd, wp, bp, stride: int, dilation: int, activation: str,
+def inverted_residual_eval_fwd(x, we, be, dw, bd, wp, bp, stride: int, dilation: int, activation: str,
                                residual: bool, fmt):
     """The block's output in ``fmt`` and x's dtype. x dense in ``fmt``; we (Cin, Chid) in x's dtype or
-    None (no expand conv); wd (k*k, Chid), biases in the accumulation dtype; wp (Chid, Cout) in x's dtype."""
+    None (no expand conv); dw the depthwise weight (Chid, 1, k, k) in any float dtype (the kernel
+    reads it tap-major in the accumulation dtype); biases in the accumulation dtype; wp (Chid, Cout)
+    in x's dtype."""
     N, Cin, H, W = x.shape
-    taps, Chid = wd.shape
-    ks = int(round(taps**0.5))
+    Chid, ks = dw.shape[0], dw.shape[-1]
     Cout = wp.shape[1]
     pad = (ks - 1) // 2 * dilation
     OH = (H + 2 * pad - dilation * (ks - 1) - 1) // stride + 1
@@ -181,6 +183,7 @@ def inverted_residual_eval_fwd(x, we, be, wd, bd, wp, bp, stride: int, dilation:
         x, wp = x.float(), wp.float()
         we = None if we is None else we.float()
     acc = bp.dtype
+    wd = _tap_major(dw, acc)
     th, tw, halo_w, halo_n, halo_p = _tile(OH, OW, stride, ks, dilation)
     tiles_h, tiles_w = triton.cdiv(OH, th), triton.cdiv(OW, tw)
     tiles = N * tiles_h * tiles_w
