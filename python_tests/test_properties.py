@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import mobilenet_kernels.functional as MF
-from mobilenet_kernels.activations import ACTIVATIONS, apply_activation
+from mobilenet_kernels.activations import ACTIVATIONS
 from mobilenet_kernels.reference import (
     batch_norm_act_ref,
     depthwise_conv2d_bn_act_ref,
@@ -38,7 +38,7 @@ from mobilenet_kernels.reference import (
 )
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import float64_tolerance
+from op_helpers import exact_activation, float64_tolerance
 
 settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("nightly", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -332,7 +332,7 @@ def test_depthwise_conv2d_matches_reference(backend, profile, device, request):
         p64 = [f64(t).requires_grad_() for t in params]
         x64, w64, b64 = p64[0], p64[1], (p64[2] if b is not None else None)
         z64 = F.conv2d(x64, w64, b64, case["stride"], case["padding"], case["dilation"], groups=C)
-        assert_output_and_grads(y, apply_activation(z64, act), z64, params, p64, ("input", "weight", "bias"), act, gen)
+        assert_output_and_grads(y, exact_activation(z64, act), z64, params, p64, ("input", "weight", "bias"), act, gen)
 
     run_examples(dw_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
 
@@ -486,7 +486,7 @@ def test_squeeze_excite_matches_reference(backend, profile, device, request):
         if y.numel():
             with torch.no_grad():  # the pre-activations of both 1x1 layers, for the kink check
                 z1 = F.conv2d(F.adaptive_avg_pool2d(x64, 1), p64[0], p64[1])
-                z2 = F.conv2d(apply_activation(z1, act), p64[2], p64[3])
+                z2 = F.conv2d(exact_activation(z1, act), p64[2], p64[3])
             assume(dtype == torch.float64 or not (near_a_kink(z1, act) or near_a_kink(z2, sact)))
             grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device, dtype)
             got = torch.autograd.grad(y, (x, *params), grad)
@@ -552,7 +552,7 @@ def test_pointwise_conv2d_matches_reference(backend, profile, device, request):
         b64 = next(it) if b is not None else None
         r64 = next(it) if r is not None else None
         z64 = F.conv2d(x64, w64, b64)
-        y64 = apply_activation(z64, act) + (r64 if r64 is not None else 0)
+        y64 = exact_activation(z64, act) + (r64 if r64 is not None else 0)
         names = ["input", "weight"] + ["bias"] * (b is not None) + ["residual"] * (r is not None)
         assert_output_and_grads(y, y64, z64, params, p64, names, act, gen)
 
