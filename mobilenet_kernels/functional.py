@@ -77,14 +77,22 @@ def batch_norm_act(
     return _op("batch_norm_act_eval", name)(input, running_mean, running_var, weight, bias, eps, activation)
 
 
+def autocast_dtype(tensor: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast runs our ops in on ``tensor``'s device, or None where autocast is off."""
+    device_type = tensor.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def _autocast(*tensors):
     """Under autocast, cast floating tensors to the autocast dtype, as autocast does for F.conv2d
-    (torch.library.register_autocast only knows one fixed dtype)."""
-    device_type = tensors[0].device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        return tuple(t if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
-    return tensors
+    (torch.library.register_autocast only knows one fixed dtype). A tensor already in that dtype is
+    returned as it is (no copy, no launch)."""
+    dtype = autocast_dtype(tensors[0])
+    if dtype is None:
+        return tensors
+    return tuple(t if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors)
 
 
 def depthwise_conv2d(
@@ -163,8 +171,16 @@ def depthwise_conv2d_bn_act(
     running stats are updated in place as nn.BatchNorm2d does (conv_bias shifts the running mean
     only: BatchNorm removes it from the output).
     """
-    input, conv_weight, conv_bias = _autocast(input, conv_weight, conv_bias)
     name = backends.resolve(backend, input)
+    if folded is not None and not training and name != "torch":
+        # eval from a given fold: the conv's own weights are neither read nor cast (a fold cached in
+        # the autocast dtype, as the modules keep it, costs no cast at all)
+        input, w, b = _autocast(input, *folded)
+        check_depthwise_args(input, w, b, stride, padding, dilation, activation)
+        check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+        return _op("depthwise_conv2d", name)(input, w, b, _pair_list(stride), _pair_list(padding),
+                                             _pair_list(dilation), activation)
+    input, conv_weight, conv_bias = _autocast(input, conv_weight, conv_bias)
     if training:
         if conv_bias is not None:
             check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
@@ -180,8 +196,7 @@ def depthwise_conv2d_bn_act(
         return depthwise_conv2d_bn_act_ref(input, conv_weight, conv_bias, stride, padding, dilation, running_mean,
                                            running_var, weight, bias, training, momentum, eps, activation)
     if not training:
-        w, b = folded if folded is not None else fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
-                                                                 weight, bias, eps)
+        w, b = fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps)
         return _op("depthwise_conv2d", name)(input, w.to(input.dtype), b.to(input.dtype), _pair_list(stride),
                                              _pair_list(padding), _pair_list(dilation), activation)
     out, _, mean, var = _op("depthwise_conv2d_bn_act_train", name)(
@@ -242,8 +257,18 @@ def pointwise_conv2d_bn_act(
     Training: the GEMM's epilogue emits the batch statistics, one apply pass follows (the residual,
     if any, is added after it); running stats are updated in place as nn.BatchNorm2d does.
     """
-    input, conv_weight, conv_bias, residual = _autocast(input, conv_weight, conv_bias, residual)
     name = backends.resolve(backend, input)
+    if folded is not None and not training:
+        # eval from a given fold: the conv's own weights are neither read nor cast (a fold cached in
+        # the autocast dtype, as the modules keep it, costs no cast at all)
+        input, residual, w, b = _autocast(input, residual, *folded)
+        Co = check_pointwise_args(input, w, b, residual, activation)
+        check_output_batch_norm(input, Co, eps, running_mean=running_mean, running_var=running_var, weight=weight,
+                                bias=bias)
+        if name == "torch":
+            return pointwise_conv2d_ref(input, w, b, residual, activation)
+        return _op("pointwise_conv2d", name)(input, w, b, residual, activation)
+    input, conv_weight, conv_bias, residual = _autocast(input, conv_weight, conv_bias, residual)
     if training:
         if conv_bias is not None or residual is not None:
             check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
@@ -257,8 +282,7 @@ def pointwise_conv2d_bn_act(
         check_output_batch_norm(input, Co, eps, running_mean=running_mean, running_var=running_var, weight=weight,
                                 bias=bias)
     if not training:
-        w, b = folded if folded is not None else fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
-                                                                 weight, bias, eps)
+        w, b = fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps)
         w, b = w.to(input.dtype), b.to(input.dtype)
         if name == "torch":
             return pointwise_conv2d_ref(input, w, b, residual, activation)

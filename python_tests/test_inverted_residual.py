@@ -280,7 +280,7 @@ def test_fold_cache_follows_every_change(case):
 def test_fold_made_under_inference_mode_serves_autograd_later(groups):
     """A fold cached under torch.inference_mode is a normal tensor: a later call that needs the input's
     gradient (frozen parameters, so still folded) can save it for backward. The 1x1 conv's fold
-    (conv_bn_act.folded_conv_weights) and the depthwise conv's (BatchNormAct2d._folded) alike."""
+    and the depthwise conv's alike (conv_bn_act.folded_conv_weights)."""
     out_channels = 16 if groups == 1 else 8
     conv = ConvBNAct(8, out_channels, kernel_size=1 if groups == 1 else 3, groups=groups, activation="hardswish",
                      backend="cuda").eval().requires_grad_(False)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mobilenet_kernels as mk
 from mobilenet_kernels.models import MobileNetV1, MobileNetV2, MobileNetV3, set_backend
@@ -367,6 +368,42 @@ def test_deepcopy_and_state_dict_roundtrip():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), clone.eval()(x), rtol=0, atol=0)
+
+
+class _Casts(TorchDispatchMode):
+    """The tensors that ``aten._to_copy`` (a dtype cast: a copy kernel and its host time) reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default:
+            self.sources.append(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("arch", list(OURS))
+def test_autocast_inference_casts_no_folded_weight(arch, device):
+    """An eval model under autocast keeps each fold in the autocast dtype beside the float32 one
+    (conv_bn_act.folded_conv_weights), so after the first call it casts only the image and the
+    classifier's nn.Linear parameters, where torchvision casts every conv weight at every call (GPU
+    run 7: 6 to 12 casts per block before this, a launch and ~35 us of the H200 host's time each)."""
+    skip_unless_usable("cuda", device)
+    torch.manual_seed(0)
+    model = OURS[arch](width_mult=0.5, num_classes=10, backend="cuda").to(device).eval()
+    randomize_bn_parameters(model)
+    x = torch.randn(1, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    dtype = torch.bfloat16
+    with torch.no_grad(), torch.autocast(device, dtype=dtype):
+        first = model(x)
+        with _Casts() as casts:
+            second = model(x)
+    allowed = {x.data_ptr()} | {p.data_ptr() for p in model.classifier.parameters()}
+    stray = [tuple(t.shape) for t in casts.sources if t.data_ptr() not in allowed]
+    assert not stray, f"weights cast at every call: {stray}"
+    assert second.dtype == dtype and torch.equal(first, second)
 
 
 @pytest.mark.gpu_suite

@@ -78,8 +78,10 @@ class BatchNormAct2d(nn.BatchNorm2d):
         """``self(conv(input))`` for a depthwise ``conv``, as one fused op
         (functional.depthwise_conv2d_bn_act). In eval mode the folded conv weights are computed once
         and reused while no parameter or buffer changes and nothing needs a gradient."""
+        from .conv_bn_act import folded_conv_weights
+
         running_mean, running_var, training, momentum, counts = self._batch_norm_args()
-        folded = None if training else self._folded(conv, running_mean, running_var)
+        folded = None if training else folded_conv_weights(conv, self, MF.autocast_dtype(input))
         out = MF.depthwise_conv2d_bn_act(
             input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, running_mean, running_var,
             self.weight, self.bias, training, momentum, self.eps, self.activation, backend=self.backend, folded=folded,
@@ -96,30 +98,13 @@ class BatchNormAct2d(nn.BatchNorm2d):
         from .conv_bn_act import folded_conv_weights
 
         running_mean, running_var, training, momentum, counts = self._batch_norm_args()
-        folded = None if training else folded_conv_weights(conv, self)
+        folded = None if training else folded_conv_weights(conv, self, MF.autocast_dtype(input))
         out = MF.pointwise_conv2d_bn_act(
             input, conv.weight, conv.bias, running_mean, running_var, self.weight, self.bias, training, momentum,
             self.eps, self.activation, residual, backend=self.backend, folded=folded,
         )
         self._count_batch(counts)
         return out
-
-    def _folded(self, conv: nn.Conv2d, running_mean, running_var):
-        if torch.compiler.is_compiling():  # traced once; the fold is part of the graph
-            return None
-        tensors = [t for t in (conv.weight, conv.bias, running_mean, running_var, self.weight, self.bias) if t is not None]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return None
-        key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors) + (self.eps,)
-        cache = self.__dict__.get("_fold_cache")
-        if cache is None or cache[0] != key:
-            # not under inference_mode: a fold cached there must serve later autograd calls too
-            with torch.inference_mode(False), torch.no_grad():
-                folded = MF.fold_batch_norm(conv.weight, conv.bias, running_mean, running_var, self.weight, self.bias,
-                                            self.eps)
-            cache = (key, folded)
-            self.__dict__["_fold_cache"] = cache  # a plain attribute: not in the state_dict
-        return cache[1]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}, backend={self.backend}"

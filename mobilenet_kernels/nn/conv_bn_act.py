@@ -22,17 +22,21 @@ def _is_pointwise(conv: nn.Conv2d) -> bool:
             and conv.padding_mode == "zeros")
 
 
-def folded_conv_weights(conv: nn.Conv2d, bn: BatchNormAct2d) -> Optional[tuple[Tensor, Tensor]]:
+def folded_conv_weights(conv: nn.Conv2d, bn: BatchNormAct2d,
+                        dtype: Optional[torch.dtype] = None) -> Optional[tuple[Tensor, Tensor]]:
     """``(weight, bias)`` of ``conv`` with the eval-mode ``bn`` folded in (``W * scale``,
     ``(b - mean) * scale + beta``, scale = ``gamma / sqrt(var + eps)``; functional.fold_batch_norm, in
-    float32/float64, then cast to the conv weight's dtype), or None where folding does not apply:
-    ``bn`` in training mode or without running statistics, or a gradient needed for a parameter or
-    statistic of the pair (the unfused ops then carry autograd).
+    float32/float64, then cast to ``dtype``: the conv weight's by default, the autocast dtype where the
+    caller runs under autocast), or None where folding does not apply: ``bn`` in training mode or
+    without running statistics, or a gradient needed for a parameter or statistic of the pair (the
+    unfused ops then carry autograd).
 
     Eager: computed once and kept on ``bn`` (a plain attribute, not in the state_dict) until a
     tensor of the pair changes: the key holds each tensor's identity, version counter (bumped by
     every in-place change: optimizer steps, load_state_dict, ``.copy_``), data pointer (``.data =``
-    swaps), device and dtype. Under torch.compile the fold is traced into the graph instead.
+    swaps), device and dtype. The cast to each ``dtype`` asked for is kept beside the fold, so an
+    inference under autocast casts no weight (torchvision's convs cast theirs at every call: a copy
+    kernel each, and host time). Under torch.compile the fold is traced into the graph instead.
     """
     if bn.training or bn.running_mean is None or bn.running_var is None:
         return None
@@ -41,21 +45,25 @@ def folded_conv_weights(conv: nn.Conv2d, bn: BatchNormAct2d) -> Optional[tuple[T
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
 
+    dtype = dtype or conv.weight.dtype
+
     def fold() -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             w, b = MF.fold_batch_norm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                                       bn.eps)
-            return w.to(conv.weight.dtype), b.to(conv.weight.dtype)
+            return w.to(dtype), b.to(dtype)
 
     if torch.compiler.is_compiling():
         return fold()
     key = tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in tensors) + (bn.eps,)
     cache = bn.__dict__.get("_conv_fold_cache")
     if cache is None or cache[0] != key:
-        with torch.inference_mode(False):  # a fold made under inference_mode must serve later autograd calls too
-            cache = (key, fold())
+        cache = (key, {})  # per dtype
         bn.__dict__["_conv_fold_cache"] = cache
-    return cache[1]
+    if dtype not in cache[1]:
+        with torch.inference_mode(False):  # a fold made under inference_mode must serve later autograd calls too
+            cache[1][dtype] = fold()
+    return cache[1][dtype]
 
 
 def conv_bn_act(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
@@ -81,7 +89,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: nn.BatchNorm2d, input: Tensor, residual: Op
     elif _is_pointwise(conv) and input.dim() == 4:
         return bn.forward_after_pointwise(conv, input, residual)
     else:
-        folded = folded_conv_weights(conv, bn)
+        folded = folded_conv_weights(conv, bn, MF.autocast_dtype(input))
         if folded is None:
             out = bn(conv(input))
         else:

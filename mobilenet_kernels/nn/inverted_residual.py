@@ -130,8 +130,9 @@ class _InvertedResidualBase(nn.Module):
             return None
         if any(m[1].activation != dw_bn.activation for m in expand):
             return None
-        folds = [folded_conv_weights(m[0], m[1]) for m in (*expand, dw)] + [folded_conv_weights(project_conv,
-                                                                                                project_bn)]
+        dtype = MF.autocast_dtype(input)
+        folds = [folded_conv_weights(conv, bn, dtype) for conv, bn in ((m[0], m[1]) for m in (*expand, dw))]
+        folds.append(folded_conv_weights(project_conv, project_bn, dtype))
         if any(f is None for f in folds):
             return None
         (we, be) = folds[0] if expand else (None, None)
