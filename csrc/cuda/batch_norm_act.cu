@@ -29,6 +29,7 @@ namespace bn = cuda::bn;
 using bn::kThreads;
 using cuda::ceil_div;
 using cuda::Vec;
+using cuda::plane;
 using cuda::vector_width;
 
 // channels_last: threadIdx.x walks channel vectors (each thread folds its VEC channels' BN once),
@@ -89,8 +90,8 @@ void reduce_channels(const ChannelLayout& L, int vec, const at::TensorOptions& a
   const auto stream = at::cuda::getCurrentCUDAStream();
   const bn::PassPlan p = bn::plan_reduction(L, vec);
   at::Tensor partial = at::empty({2, p.tiles, L.C}, acc_opts);
-  acc_t* p0 = partial[0].data_ptr<acc_t>();
-  acc_t* p1 = partial[1].data_ptr<acc_t>();
+  acc_t* p0 = plane<acc_t>(partial, 0);
+  acc_t* p1 = plane<acc_t>(partial, 1);
   constexpr int kVec = 16 / sizeof(typename Term::Scalar);
   if (!L.channels_last) {
     bn::reduce_nchw_kernel<acc_t><<<p.grid, p.block, 0, stream>>>(term, L.rows(), L.C, L.HW, p.per_tile, p0, p1);

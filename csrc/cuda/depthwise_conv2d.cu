@@ -143,9 +143,9 @@ at::Tensor run_conv(const at::Tensor& x, at::Tensor& y, const at::Tensor& w_taps
   at::Tensor part;
   if constexpr (kStats) {
     part = at::empty({3, L.tiles, g.C}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    L.part_n = part[0].data_ptr<acc_t>();
-    L.part_mean = part[1].data_ptr<acc_t>();
-    L.part_m2 = part[2].data_ptr<acc_t>();
+    L.part_n = plane<acc_t>(part, 0);
+    L.part_mean = plane<acc_t>(part, 1);
+    L.part_m2 = plane<acc_t>(part, 2);
   }
   if (vec == kVec && kVec > 1) {
     launch_fwd_k<scalar_t, kVec, kStats>(L, g, p.K);
@@ -280,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_stats_cuda(const
     const at::Tensor part = run_conv<scalar_t, true>(a.input, out, taps_major(a.weight), at::Tensor(),
                                                      make_geom(a, a.input, out), a.N, a.channels_last(),
                                                      Act::kIdentity);
-    launch_stats_finish<acc_t>(part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>(),
+    launch_stats_finish<acc_t>(plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2),
                                part.size(1), a.C, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
                                at::cuda::getCurrentCUDAStream(), "depthwise_conv2d_stats");
   });

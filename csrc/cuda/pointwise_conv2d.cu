@@ -232,10 +232,10 @@ void run_stats(const PointwiseArgs& a, const at::Tensor& out, at::Tensor& mean, 
     const dim3 block(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
     if (vec) {
       pointwise_stats_cl_kernel<scalar_t, kVec><<<grid, block, 0, stream>>>(
-          y, P, C, tile_rows, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>());
+          y, P, C, tile_rows, plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2));
     } else {
       pointwise_stats_cl_kernel<scalar_t, 1><<<grid, block, 0, stream>>>(
-          y, P, C, tile_rows, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>());
+          y, P, C, tile_rows, plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2));
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
@@ -251,17 +251,17 @@ void run_stats(const PointwiseArgs& a, const at::Tensor& out, at::Tensor& mean, 
       const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min(kMaxGridY, C - cy0)));
       if (vec) {
         pointwise_stats_nchw_kernel<scalar_t, kVec><<<grid, kThreads, 0, stream>>>(
-            y, P, C, HW, div_hw, tile_px, cy0, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(),
-            part[2].data_ptr<acc_t>());
+            y, P, C, HW, div_hw, tile_px, cy0, plane<acc_t>(part, 0), plane<acc_t>(part, 1),
+            plane<acc_t>(part, 2));
       } else {
         pointwise_stats_nchw_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
-            y, P, C, HW, div_hw, tile_px, cy0, part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(),
-            part[2].data_ptr<acc_t>());
+            y, P, C, HW, div_hw, tile_px, cy0, plane<acc_t>(part, 0), plane<acc_t>(part, 1),
+            plane<acc_t>(part, 2));
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
-  launch_stats_finish<acc_t>(part[0].data_ptr<acc_t>(), part[1].data_ptr<acc_t>(), part[2].data_ptr<acc_t>(), tiles, C,
+  launch_stats_finish<acc_t>(plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2), tiles, C,
                              mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), stream, "pointwise_conv2d_stats");
 }
 
