@@ -445,25 +445,24 @@ def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
                 assert blocks_x <= 1024 + 1 and (R * TH * TW >= 512 or R == tiles), where
             else:  # forward, dgrad_s2: several tiles per block, double-buffered, while 1024 blocks remain
                 assert R <= max(1, math.ceil(512 / (TH * TW))) and (R == 1 or blocks_x * blocks_y >= 1024), where
-            if kind == "forward":  # and the forward only where its double buffer stays within 32 KB
-                assert R == 1 or smem <= 32 * 1024, where
+            if kind == "forward":  # and the forward only at stride 1
+                assert R == 1 or s == 1, where
 
 
 @pytest.mark.parametrize("stages", [2, 1])
 def test_forward_plan_of_the_timed_layers(emu, stages):
-    """The forward's blocks at batch 256 for the layers diag_depthwise times (GPU run 6): several
-    tiles per block at stride 1, k3 (a double buffer of 23-26 KB was faster than one tile per
-    block), one at stride 2 and k5 (34-37 KB: slower); MK_DW_STAGES=1 keeps the tiles and the
-    blocks, with one buffer."""
+    """The forward's blocks at batch 256 for the layers diag_depthwise times: several tiles per
+    block at stride 1, k3 and k5, one at stride 2 (GPU runs 6 and 7: the faster of the two at each
+    layer); MK_DW_STAGES=1 keeps the tiles and the blocks, with one buffer."""
     several = {(144, 56, 3, 1): True, (32, 112, 3, 1): True, (576, 14, 3, 1): True,
-               (144, 56, 3, 2): False, (120, 28, 5, 1): False, (960, 7, 5, 1): False}
+               (144, 56, 3, 2): False, (120, 28, 5, 1): True, (960, 7, 5, 1): True}
     for (C, H, k, s), walks_several in several.items():
         info = emu.plan(256, C, H, H, k, s, k // 2, k // 2, 8, "forward", stages)
         double = emu.plan(256, C, H, H, k, s, k // 2, k // 2, 8, "forward", 2)
         where = f"C{C} {H}x{H} k{k} s{s} stages {stages}: plan {info}"
         R, smem, used = info[3], info[10], info[11]
         assert (R > 1) == walks_several and info[:10] == double[:10], where
-        assert used == (stages if R > 1 else 1) and (R == 1 or smem * (2 // used) <= 32 * 1024), where
+        assert used == (stages if R > 1 else 1) and smem * (2 // used if R > 1 else 1) <= 48 * 1024, where
 
 
 # ----------------------------------------------------------------------------- whole-block kernel

@@ -627,9 +627,9 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // double-buffered, where a block walks several tiles (R > 1), else 1; the tile is the same either
 // way, the shared memory twice as much with 2 (48 KB at most, the most a kernel gets without
 // opting in; the kernels that also hold static shared memory opt in: depthwise_tiled.cu).
-// `multi_tile_smem` (0: no limit): a block walks several tiles only where two staging buffers of
-// its tile take at most this many bytes; above it, one tile per block, one buffer (with either
-// `stages`, so that MK_DW_STAGES=1 changes the buffers alone).
+// `multi_tile_max_stride` (0: no limit): a block walks several tiles only at strides up to this;
+// above it, one tile per block, one buffer (with either `stages`, so that MK_DW_STAGES=1 changes
+// the buffers alone).
 struct TiledWork {
   int cv;
   int64_t min_outputs, max_blocks;
@@ -638,17 +638,17 @@ struct TiledWork {
   int smem = kTiledSmemBytes;
   int64_t min_blocks = 0;
   int stages = 2;
-  int64_t multi_tile_smem = 0;
+  int multi_tile_max_stride = 0;
 };
 // The forward and the stride-2 grad_input: at least 512 outputs (4 tiles of 16 x 8) per block
-// where the grid keeps 1024 blocks. The forward does so only where the double buffer stays within
-// 32 KB: GPU run 6 (H200, batch 256, benchmarks/results/diag_depthwise_h200.json) timed blocks of
-// 4-8 double-buffered tiles 3-9 % faster than run 5's blocks of one tile at stride 1, k3 (23-26 KB
-// of buffers), and 13-23 % slower at stride 2 and k5 (34-37 KB: fewer blocks per SM, and fewer
-// blocks in all at 7x7). The statistics and the weight gradient: a partial per block covering at
-// least 256 (512) outputs, at most 2048 (1024) partials per channel.
-constexpr TiledWork kTiledForward{kTiledCV, 512, int64_t(1) << 40, false, 1, kTiledSmemBytes, 1024, 2,
-                                  32 * 1024};
+// where the grid keeps 1024 blocks. The forward does so at stride 1 only. GPU runs 6 and 7 (H200,
+// batch 256, benchmarks/results/diag_depthwise_h200.json and its git history) timed the same kernels
+// with blocks of several double-buffered tiles (run 6) and, where the double buffer passed 32 KB,
+// of one tile (run 7): one tile took 12.5 % less time at stride 2 (144 x 56², k3) and 6-8 % more
+// at k5 (120 x 28², 960 x 7²), the two at 34-37 KB of buffers; at stride 1, k3 several tiles were
+// 3-9 % faster than run 5's single ones. The statistics and the weight gradient: a partial per
+// block covering at least 256 (512) outputs, at most 2048 (1024) partials per channel.
+constexpr TiledWork kTiledForward{kTiledCV, 512, int64_t(1) << 40, false, 1, kTiledSmemBytes, 1024, 2, 1};
 constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 1};
 constexpr TiledWork kTiledDgradS2{kTiledCV, 512, int64_t(1) << 40, true, 1, kTiledSmemBytes, 1024};
 constexpr TiledWork kTiledBwdFused{kTiledFusedCV, 512, 1024, false, 2};
@@ -731,7 +731,7 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
                                    ceil_div(work.min_outputs, static_cast<int64_t>(TH) * TW)));
   }
   if (work.min_blocks > 0) R = std::max<int64_t>(1, std::min(R, g.tiles * blocks_y / work.min_blocks));
-  if (work.multi_tile_smem > 0 && 2 * bytes(TH, cbv) > static_cast<size_t>(work.multi_tile_smem)) R = 1;
+  if (work.multi_tile_max_stride > 0 && S > work.multi_tile_max_stride) R = 1;
   if (R > (int64_t(1) << 30)) return false;
   g.R = static_cast<int>(R);
   g.stages = R > 1 ? work.stages : 1;

@@ -94,15 +94,15 @@ void check_weight_taps(const at::Tensor& weight_taps, int64_t K, int64_t C) {
 // The plan the CUDA launcher makes (plan_tiled_for) for the tiled launch x -> y (sizes from the two
 // tensors, x read and y written) of a K x K conv with stride S and padding (pH, pW), with `stages`
 // staging buffers (the launcher's tiled_stages(): MK_DW_STAGES) and, when min_blocks >= 0, that
-// TiledWork::min_blocks instead of the work's and no multi_tile_smem limit (0: blocks of several
-// tiles wherever min_outputs asks for them, also for the small shapes and large footprints of the
+// TiledWork::min_blocks instead of the work's and no multi_tile_max_stride limit (0: blocks of several
+// tiles wherever min_outputs asks for them, also for the small shapes and strides of the
 // tests); raises when plan_tiled rejects it.
 mkc::TiledPlan plan_or_raise(const at::Tensor& x, const at::Tensor& y, int64_t K, int64_t S, int64_t pH, int64_t pW,
                              mkc::TiledWork work, int64_t stages, int64_t min_blocks) {
   work.stages = static_cast<int>(stages);
   if (min_blocks >= 0) {
     work.min_blocks = min_blocks;
-    work.multi_tile_smem = 0;
+    work.multi_tile_max_stride = 0;
   }
   const mkc::TiledShape shape{x.size(0),
                               x.size(1),
