@@ -6,19 +6,18 @@
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
-# the second at once; its in-place build is kept, so it names no build step). Next (the vectorized
-# batch_norm_act passes, the wider finish kernels, the forward's tile rule and the Triton kernels'
-# 16-byte-load hints, GEMMs and whole-block kernel included, have run on no GPU):
+# the second at once; its in-place build is kept, so it names no build step). Next (untimed since
+# run 7: the eval folds cached in the autocast dtype, no weight casts per inference; the CUDA ops'
+# partial-sum planes without aten::select; the forward's one-tile blocks at stride 2 only):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=210 (correctness
-#      first; diag_dw times the forward's one-tile blocks at stride 2 and k5 again)
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="profile_model host_layers bench_model"
-#      MK_LIMIT_bench_model=120 (profile_model now lists the host's time per op and host_layers
-#      the host time per layer against torchvision's: run 6 found the training step host-bound;
-#      bench_model's rows time the Triton GEMMs' and block kernel's new 16-byte loads), then
-#      large_tensors and hbm_bytes in the lease after.
-# Run 6 (an H200 at e30211f) took ~40 s to start, 165 s to build, 221 s for the tests (cut off),
-# 118 s for diag_dw's three runs, 214 s for sanitize (9 runs at MK_SANITIZE_LIMIT=55) and 27 s for
-# profile_model: benchmarks/results/gpu_tests_run6_h200.json.
+#      first; diag_dw times the forward's tile rule again)
+#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="host_layers bench_model profile_model"
+#      MK_LIMIT_bench_model=150 (host_layers and bench_model's inference rows time the casts
+#      removed, profile_model the selects), then large_tensors and hbm_bytes in the lease after.
+# Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
+# 23 of 1668 never started), 117 s for diag_dw's three runs, 30 s for profile_model, 31 s for
+# host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):
+# benchmarks/results/gpu_tests_run7_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model host_layers hbm_bytes
 # bench_model loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.

@@ -36,6 +36,12 @@ ns = torch.ops.mobilenet_kernels
 SUFFIX = {"cuda": "", "triton": "_triton"}
 
 
+# PyTorch's float16 depthwise conv on CPU gives no error to compare ours with: it crashes the process
+# where the padding reaches past the kernel (torch 2.14.1), so reference.depthwise_conv2d_ref computes
+# CPU float16 in float32 (test_float16_padding_past_the_kernel_does_not_crash).
+CPU_FP16_NO_TORCH_ERROR = "no PyTorch float16 depthwise conv on CPU to measure its error (it can crash the process)"
+
+
 def op(name, backend):
     return getattr(ns, name + SUFFIX[backend])
 
@@ -109,7 +115,7 @@ def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
     the same inputs), for the output, grad_input and grad_weight."""
     skip_unless_usable(backend, device)
     if dtype == torch.float16 and device == "cpu":
-        pytest.skip("PyTorch has no float16 depthwise conv on CPU to compare with")
+        pytest.skip(CPU_FP16_NO_TORCH_ERROR)
     for geometry in GEOMETRIES[:5]:
         assert_conv_within_2x_torch(geometry, layout, dtype, device, backend)
 
@@ -159,7 +165,7 @@ def test_vector_layers(dtype, device):
     grad_input and grad_weight within 2x PyTorch's error, and the statistics of the stored output.
     (The tiled CUDA kernel's index math is also checked on CPU boxes, by test_cuda_emulation.py.)"""
     if dtype == torch.float16 and device == "cpu":
-        pytest.skip("PyTorch has no float16 depthwise conv on CPU to compare with")
+        pytest.skip(CPU_FP16_NO_TORCH_ERROR)
     for geometry in VECTOR_GEOMETRIES:
         shape, k, s, p, d = geometry
         where = f"for {shape} k{k} s{s} p{p} {dtype}"
@@ -407,7 +413,7 @@ def test_fused_training_matches_unfused(backend, layout, act, device):
 def test_fused_training_low_precision_error_within_2x_torch(backend, dtype, device):
     skip_unless_usable(backend, device)
     if dtype == torch.float16 and device == "cpu":
-        pytest.skip("PyTorch has no float16 depthwise conv on CPU to compare with")
+        pytest.skip(CPU_FP16_NO_TORCH_ERROR)
     shape, k, s, p, d = GEOMETRIES[0]
     x = make_input(shape, "channels_last", dtype, device)
     cw, _ = make_conv(shape[1], k, device, dtype, bias=False)
