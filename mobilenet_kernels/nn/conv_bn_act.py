@@ -35,8 +35,9 @@ def folded_conv_weights(conv: nn.Conv2d, bn: BatchNormAct2d,
     tensor of the pair changes: the key holds each tensor's identity, version counter (bumped by
     every in-place change: optimizer steps, load_state_dict, ``.copy_``), data pointer (``.data =``
     swaps), device and dtype. The cast to each ``dtype`` asked for is kept beside the fold, so an
-    inference under autocast casts no weight (torchvision's convs cast theirs at every call: a copy
-    kernel each, and host time). Under torch.compile the fold is traced into the graph instead.
+    inference under autocast casts no weight (autocast casts torchvision's conv weights anew in every
+    autocast region, i.e. every inference: a copy kernel and host time each). Under torch.compile the
+    fold is traced into the graph instead.
     """
     if bn.training or bn.running_mean is None or bn.running_var is None:
         return None

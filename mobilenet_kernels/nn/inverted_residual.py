@@ -137,7 +137,7 @@ class _InvertedResidualBase(nn.Module):
             return None
         (we, be) = folds[0] if expand else (None, None)
         (wd, bd), (wp, bp) = folds[-2], folds[-1]
-        cast = lambda t: None if t is None else t.to(input.dtype)  # noqa: E731
+        cast = lambda t: None if t is None else t.to(dtype or input.dtype)  # noqa: E731  (no copy under autocast)
         return MF.inverted_residual_eval(input, cast(we), cast(be), cast(wd), cast(bd), cast(wp), cast(bp), stride,
                                          dilation, activation=dw_bn.activation, residual=self.use_res_connect,
                                          backend=dw_bn.backend)
