@@ -11,9 +11,10 @@
 # partial-sum planes without aten::select; the forward's one-tile blocks at stride 2 only):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=210 (correctness
 #      first; diag_dw times the forward's tile rule again)
-#   2. the rest of the lease less ~20 s: MK_SUITE_STEPS="host_layers bench_model profile_model"
-#      MK_LIMIT_bench_model=150 (host_layers and bench_model's inference rows time the casts
-#      removed, profile_model the selects), then large_tensors and hbm_bytes in the lease after.
+#   2. the rest of the lease less ~20 s (~320 s): MK_SUITE_STEPS="host_layers bench_model"
+#      MK_LIMIT_bench_model=270 (host_layers and bench_model's inference rows time the casts
+#      removed; bench_model measures ~7 s per row, 18 rows per model: 270 s reaches V2's rows, which
+#      no run has measured yet), then profile_model, large_tensors and hbm_bytes in the lease after.
 # Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
 # 23 of 1668 never started), 117 s for diag_dw's three runs, 30 s for profile_model, 31 s for
 # host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):
