@@ -14,16 +14,16 @@
 #   2. the rest of the lease less ~20 s (~320 s): MK_SUITE_STEPS="host_layers bench_model"
 #      MK_LIMIT_bench_model=270 (host_layers and bench_model's inference rows time the casts
 #      removed; bench_model measures ~7 s per row, 18 rows per model: 270 s reaches V2's rows, which
-#      no run has measured yet), then profile_model, large_tensors and hbm_bytes in the lease after.
+#      no run has measured yet), then profile_model, profile_infer, large_tensors and hbm_bytes next.
 # Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
 # 23 of 1668 never started), 117 s for diag_dw's three runs, 30 s for profile_model, 31 s for
 # host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):
 # benchmarks/results/gpu_tests_run7_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
-# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model host_layers hbm_bytes
+# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model profile_infer host_layers hbm_bytes
 # bench_model loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_pw, bench_pw_fused, ncu_pw, bench_block,
-# profile_model, host_layers, hbm_bytes, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
+# profile_model, profile_infer, host_layers, hbm_bytes, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
 # takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
@@ -174,6 +174,12 @@ PROFILE_ARGS=()
 [ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
 step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
   "${PROFILE_ARGS[@]}"
+# profile_infer (60 s): the same for a V3-Large inference at batch 256 (eval, no_grad): where the
+# inference's GPU time goes, for issue 7's batch-256 target.
+INFER_ARGS=(--batch 256)
+[ "$GPU_TAG" = cpu ] && INFER_ARGS=(--device cpu --batch 1 --size 32 --dtype float32)  # the CPU check
+step profile_infer 60 $PY benchmarks/profile_model.py "$OUT" --name "profile_infer_${GPU_TAG}" --backends cuda \
+  --mode infer "${INFER_ARGS[@]}"
 # host_layers (60 s): host and GPU time per call of each V3-Large layer (features[i], the head),
 # torchvision against ours[cuda], a training and an inference call at batch 8, 64², bf16 AMP
 # (benchmarks/bench_host.py): which layers of ours cost the host more. (ours[triton] would JIT-compile

@@ -1,5 +1,5 @@
-"""Where a training step's time goes (issue 7): torch.profiler over a few training steps of
-torchvision eager and of ours on each backend (mobilenet_kernels/benchmarking/profile.py).
+"""Where a training step's (or an inference's) time goes (issue 7): torch.profiler over a few
+steps of torchvision eager and of ours on each backend (mobilenet_kernels/benchmarking/profile.py).
 
 Writes OUT/NAME.json (environment, settings, one row per variant: wall, host and device-work ms per
 step, launches per step, the GPU's idle share, ms per kernel category, the top kernels, and the
@@ -8,6 +8,7 @@ table).
 
     python benchmarks/profile_model.py OUT                    # GPU: V3-Large, batch 128, 224², bf16 AMP
     python benchmarks/profile_model.py OUT --device cpu --batch 2 --size 32 --dtype float32   # CPU: seconds
+    python benchmarks/profile_model.py OUT --mode infer --batch 256    # an inference (eval, no_grad)
 """
 
 from __future__ import annotations
@@ -59,23 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=list(DTYPES))
     p.add_argument("--backends", nargs="+", default=["cuda"], choices=["torch", "triton", "cuda"])
     p.add_argument("--steps", type=int, default=3, help="profiled steps per variant")
+    p.add_argument("--mode", default="train", choices=["train", "infer"],
+                   help="a training step (forward, backward, SGD step) or an inference (eval mode, no_grad)")
     args = p.parse_args(argv)
-    if args.batch < 2:
+    if args.mode == "train" and args.batch < 2:
         p.error("--batch: training needs at least 2 images (BatchNorm)")
+    if args.batch < 1:
+        p.error("--batch: at least 1")
     if args.size < 32:
         p.error("--size: at least 32")
     if args.steps < 1:
         p.error("--steps: must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
-    s = ModelSettings(args.device, [args.model], ["train"], {"train": [args.batch]}, args.size, args.dtype,
+    s = ModelSettings(args.device, [args.model], [args.mode], {args.mode: [args.batch]}, args.size, args.dtype,
                       args.device == "cuda", [], args.backends, quiet=True)
     record = {"environment": environment(args.device), "op": "model_profile",
               "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": []}
     os.makedirs(args.out, exist_ok=True)
     with sigterm_as_interrupt():
         try:
-            record["rows"] = run_profiles(args.model, args.batch, s, args.steps)
+            record["rows"] = run_profiles(args.model, args.batch, s, args.steps, args.mode)
         except KeyboardInterrupt:
             record["interrupted"] = True
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:

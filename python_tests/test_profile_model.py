@@ -81,8 +81,26 @@ def test_profile_model_on_cpu(tmp_path, capsys):
     assert "| ours[cuda] |" in table and table in capsys.readouterr().out
 
 
+def test_profile_model_inference_on_cpu(tmp_path):
+    """--mode infer profiles an eval-mode inference under no_grad: no backward ops, no optimizer."""
+    skip_unless_usable("cuda", "cpu")
+    rc = load_script().main([str(tmp_path), "--device", "cpu", "--batch", "1", "--size", "32", "--dtype", "float32",
+                             "--backends", "cuda", "--steps", "1", "--name", "prof", "--mode", "infer"])
+    assert rc == 0
+    record = json.loads((tmp_path / "prof.json").read_text())
+    assert record["settings"]["mode"] == "infer"
+    eager, ours = record["rows"]
+    for row in (eager, ours):
+        assert row["mode"] == "infer" and row["wall_ms"] > 0 and row["launches"] > 0
+        assert "optimizer" not in row["categories_ms"]
+        assert row["memory"]["peak_during"]["phase"] == "forward"
+        assert not any("backward" in t["name"].lower() for t in row["top_host"])
+    assert any(e["name"].startswith("mobilenet_kernels::") for e in ours["top_host"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--batch", "1"], "--batch: training needs at least 2 images"),
+    (["--batch", "0", "--mode", "infer"], "--batch: at least 1"),
     (["--size", "16"], "--size: at least 32"),
     (["--steps", "0"], "--steps: must be positive"),
     (["--model", "resnet50"], "invalid choice"),

@@ -166,10 +166,11 @@ def step_memory(step, device: str) -> dict:
 
 
 def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: dict, s: ModelSettings,
-                    steps: int = 3) -> dict:
-    """One variant's training step, timed (wall and host) and then profiled over ``steps`` steps."""
-    model = _ready_model(model_name, variant, "train", state_dict, s)
-    step = make_step(model, "train", batch, s)
+                    steps: int = 3, mode: str = "train") -> dict:
+    """One variant's ``mode`` step (a training step, or an inference: eval mode, no_grad), timed
+    (wall and host) and then profiled over ``steps`` steps."""
+    model = _ready_model(model_name, variant, mode, state_dict, s)
+    step = make_step(model, mode, batch, s)
     for _ in range(3):  # warm-up: Triton's JIT, cuDNN's heuristics, the allocator
         step()
     _synchronize(s.device)
@@ -194,6 +195,7 @@ def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: d
     in_ops_ms, top_host = host_ops(prof, steps)
     return {
         "variant": variant.label,
+        "mode": mode,
         "wall_ms": wall,
         "host_ms": host,
         "work_ms": work_ms,
@@ -207,14 +209,14 @@ def profile_variant(model_name: str, variant: Variant, batch: int, state_dict: d
     }
 
 
-def run_profiles(model_name: str, batch: int, s: ModelSettings, steps: int = 3) -> list[dict]:
+def run_profiles(model_name: str, batch: int, s: ModelSettings, steps: int = 3, mode: str = "train") -> list[dict]:
     """profile_variant for torchvision eager and for ours on each of ``s.backends``, from one set of
     weights (a variant that fails is recorded with its error, the others still run)."""
     state_dict = build(model_name, Variant("torchvision", None, "none")).state_dict()
     found = []
     for variant in [Variant("torchvision", None, "none")] + [Variant("ours", b, "none") for b in s.backends]:
         try:
-            found.append(profile_variant(model_name, variant, batch, state_dict, s, steps))
+            found.append(profile_variant(model_name, variant, batch, state_dict, s, steps, mode))
         except Exception as exc:  # noqa: BLE001  (recorded: the other variants still run)
             found.append({"variant": variant.label, "error": f"{type(exc).__name__}: {exc}"[:300]})
         if s.device == "cuda":
