@@ -172,33 +172,34 @@ def depthwise_conv2d_bn_act(
     only: BatchNorm removes it from the output).
     """
     name = backends.resolve(backend, input)
-    if folded is not None and not training and name != "torch":
-        # eval from a given fold: the conv's own weights are neither read nor cast (a fold cached in
-        # the autocast dtype, as the modules keep it, costs no cast at all)
-        input, w, b = _autocast(input, *folded)
-        check_depthwise_args(input, w, b, stride, padding, dilation, activation)
-        check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean, running_var: required in eval mode (training=False)")
+        if folded is None or name == "torch":  # the torch reference runs the unfused sequence
+            input, conv_weight, conv_bias = _autocast(input, conv_weight, conv_bias)
+            check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
+        else:  # from a given fold the conv's own weights are neither read nor cast (a fold cached in
+            # the autocast dtype, as the modules keep it, costs no cast at all)
+            input, w, b = _autocast(input, *folded)
+            check_depthwise_args(input, w, b, stride, padding, dilation, activation)
+        check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)  # C is kept
+        if name == "torch":
+            return depthwise_conv2d_bn_act_ref(input, conv_weight, conv_bias, stride, padding, dilation, running_mean,
+                                               running_var, weight, bias, training, momentum, eps, activation)
+        if folded is None:
+            w, b = (t.to(input.dtype) for t in fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
+                                                                 weight, bias, eps))
         return _op("depthwise_conv2d", name)(input, w, b, _pair_list(stride), _pair_list(padding),
                                              _pair_list(dilation), activation)
     input, conv_weight, conv_bias = _autocast(input, conv_weight, conv_bias)
-    if training:
-        if conv_bias is not None:
-            check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
-        for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
-            check_per_channel(t, arg, input)
-        check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("running_mean, running_var: required in eval mode (training=False)")
+    if conv_bias is not None:
         check_depthwise_args(input, conv_weight, conv_bias, stride, padding, dilation, activation)
-        check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)  # C is kept
+    for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
+        check_per_channel(t, arg, input)
+    check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padding, dilation, eps, activation)
     if name == "torch":
         return depthwise_conv2d_bn_act_ref(input, conv_weight, conv_bias, stride, padding, dilation, running_mean,
                                            running_var, weight, bias, training, momentum, eps, activation)
-    if not training:
-        w, b = fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps)
-        return _op("depthwise_conv2d", name)(input, w.to(input.dtype), b.to(input.dtype), _pair_list(stride),
-                                             _pair_list(padding), _pair_list(dilation), activation)
     out, _, mean, var = _op("depthwise_conv2d_bn_act_train", name)(
         input, conv_weight, weight, bias, _pair_list(stride), _pair_list(padding), _pair_list(dilation), eps, activation
     )
@@ -258,35 +259,30 @@ def pointwise_conv2d_bn_act(
     if any, is added after it); running stats are updated in place as nn.BatchNorm2d does.
     """
     name = backends.resolve(backend, input)
-    if folded is not None and not training:
-        # eval from a given fold: the conv's own weights are neither read nor cast (a fold cached in
-        # the autocast dtype, as the modules keep it, costs no cast at all)
-        input, residual, w, b = _autocast(input, residual, *folded)
-        Co = check_pointwise_args(input, w, b, residual, activation)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean, running_var: required in eval mode (training=False)")
+        if folded is None:
+            input, conv_weight, conv_bias, residual = _autocast(input, conv_weight, conv_bias, residual)
+            Co = check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
+        else:  # from a given fold the conv's own weights are neither read nor cast (a fold cached in
+            # the autocast dtype, as the modules keep it, costs no cast at all)
+            input, residual, w, b = _autocast(input, residual, *folded)
+            Co = check_pointwise_args(input, w, b, residual, activation)
         check_output_batch_norm(input, Co, eps, running_mean=running_mean, running_var=running_var, weight=weight,
                                 bias=bias)
+        if folded is None:
+            w, b = (t.to(input.dtype) for t in fold_batch_norm(conv_weight, conv_bias, running_mean, running_var,
+                                                                 weight, bias, eps))
         if name == "torch":
             return pointwise_conv2d_ref(input, w, b, residual, activation)
         return _op("pointwise_conv2d", name)(input, w, b, residual, activation)
     input, conv_weight, conv_bias, residual = _autocast(input, conv_weight, conv_bias, residual)
-    if training:
-        if conv_bias is not None or residual is not None:
-            check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
-        Co = check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation)
-        for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
-            check_per_output_channel(t, arg, Co, input)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("running_mean, running_var: required in eval mode (training=False)")
-        Co = check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
-        check_output_batch_norm(input, Co, eps, running_mean=running_mean, running_var=running_var, weight=weight,
-                                bias=bias)
-    if not training:
-        w, b = fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, weight, bias, eps)
-        w, b = w.to(input.dtype), b.to(input.dtype)
-        if name == "torch":
-            return pointwise_conv2d_ref(input, w, b, residual, activation)
-        return _op("pointwise_conv2d", name)(input, w, b, residual, activation)
+    if conv_bias is not None or residual is not None:
+        check_pointwise_args(input, conv_weight, conv_bias, residual, activation)
+    Co = check_pointwise_bn_train_args(input, conv_weight, weight, bias, eps, activation)
+    for t, arg in ((running_mean, "running_mean"), (running_var, "running_var")):
+        check_per_output_channel(t, arg, Co, input)
     if name == "torch":
         z = F.conv2d(input, conv_weight, conv_bias)
         out = batch_norm_act_ref(z, running_mean, running_var, weight, bias, training, momentum, eps, activation)

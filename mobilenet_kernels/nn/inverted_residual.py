@@ -131,8 +131,8 @@ class _InvertedResidualBase(nn.Module):
         if any(m[1].activation != dw_bn.activation for m in expand):
             return None
         dtype = MF.autocast_dtype(input)
-        folds = [folded_conv_weights(conv, bn, dtype) for conv, bn in ((m[0], m[1]) for m in (*expand, dw))]
-        folds.append(folded_conv_weights(project_conv, project_bn, dtype))
+        pairs = [(m[0], m[1]) for m in (*expand, dw)] + [(project_conv, project_bn)]
+        folds = [folded_conv_weights(conv, bn, dtype) for conv, bn in pairs]
         if any(f is None for f in folds):
             return None
         (we, be) = folds[0] if expand else (None, None)
