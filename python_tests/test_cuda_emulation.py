@@ -996,9 +996,11 @@ def bn_emu():
 
 BN_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # (N, C, H, W): C a multiple of every vector (16, 40), of the fp32 one only (12, 20), of none (6,
-# 13); H, W of 1, 7, 13; a single row per channel group; more rows than one tile holds (2 x 17 x 17).
+# 13); H, W of 1, 7, 13; a single row per channel group; more rows than one tile holds (2 x 17 x 17);
+# 32 channel vectors and more (256: 32 lanes of 8 rows) with 32-row tiles, the last one short (2 x
+# 23 x 25 = 1150 rows), so that the reductions' threads take four rows at a time and then the rest.
 BN_SHAPES = [(2, 16, 13, 13), (3, 12, 7, 7), (2, 40, 1, 1), (4, 20, 7, 13), (1, 13, 1, 7), (2, 6, 17, 17),
-             (2, 24, 17, 17)]
+             (2, 24, 17, 17), (2, 256, 23, 25)]
 
 
 def bn_case(shape, dtype, channels_last, seed=0):
@@ -1039,6 +1041,33 @@ def assert_sums_close(got, ref, terms, dtype, where):
     """Per-channel sums in the accumulation dtype: within a few ulps of the sum of |terms|."""
     tol = (1e-12 if dtype == torch.float64 else 1e-5) * terms
     assert ((got.double() - ref).abs() <= tol + 1e-30).all(), f"{where}: {got} vs {ref}"
+
+
+@pytest.mark.parametrize("dtype", BN_DTYPES)
+def test_bn_eval_forward(bn_emu, dtype):
+    """The channels_last forward (EvalApply, the eval forward and training's apply pass), every
+    activation over the shapes: several rows in flight per thread, the last chunk's rows past the
+    end skipped."""
+    for i, shape in enumerate(BN_SHAPES + [(3, 72, 5, 7), (1, 200, 3, 3)]):
+        if shape[2] * shape[3] == 1:  # contiguous as well: the CUDA code takes the flat NCHW kernel
+            continue
+        act = ["identity", "hardswish", "relu6", "relu", "hardsigmoid", "silu", "sigmoid"][i % 7]
+        x, _, weight, bias = bn_case(shape, dtype, True, seed=i)
+        acc = weight.dtype
+        var, mean = torch.var_mean(x.to(acc), dim=(0, 2, 3), unbiased=False)
+        w, b = (weight, bias) if i % 2 == 0 else (None, None)
+        y, info = bn_emu.eval_forward(x, mean, var, w, b, 1e-3, act)
+        where = f"{shape} {dtype} {act} plan {info}"
+        assert y.is_contiguous(memory_format=torch.channels_last) and info[0] == expected_vec(shape, dtype, True), where
+        ones = torch.ones_like(weight)
+        ref = act_ref(F.batch_norm(x.double(), mean.double(), var.double(), (weight if w is not None else ones).double(),
+                                   (bias if b is not None else 0 * ones).double(), False, 0.0, 1e-3), act)
+        if dtype in (torch.float64, torch.float32):
+            tol = 1e-12 if dtype == torch.float64 else 1e-5
+            torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol, msg=where)
+        else:  # float32 math rounded once
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(y.double(), ref.to(dtype).double(), rtol=2 * eps, atol=1e-3, msg=where)
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
@@ -1095,8 +1124,10 @@ def test_bn_backward(bn_emu, dtype, channels_last, training):
 @pytest.mark.parametrize("model", ["mobilenet_v3_large", "mobilenet_v2"])
 def test_bn_plans_of_mobilenet_layers(bn_emu, model):
     """The launch plans of every BatchNorm of the model's training at batch 128 and 224² (channels
-    of 16 to 1280, 112² to 7² pixels): grids within CUDA's limits, at most 512 tiles, and at least
-    128 blocks per reduction (a 7x7 layer's few rows per channel still spread over the GPU)."""
+    of 16 to 1280, 112² to 7² pixels): grids within CUDA's limits, at most 512 tiles, at least
+    128 blocks per reduction (a 7x7 layer's few rows per channel still spread over the GPU), no
+    idle channel lanes beyond the uneven split of the vectors, and the elementwise pass's blocks
+    covering every row at four a thread."""
     from mobilenet_kernels.benchmarking.shapes import batch_norm_layers
 
     for C, H, W, _ in batch_norm_layers(model, 224):
@@ -1107,7 +1138,10 @@ def test_bn_plans_of_mobilenet_layers(bn_emu, model):
             ew = bn_emu.plan(128, C, H * W, channels_last, vec, False)
             where = f"{model} C{C} {H}x{W} vec {vec} {'channels_last' if channels_last else 'nchw'}: {red} {ew}"
             _, gx_, gy_, bx, by, tiles = red
-            assert 1 <= tiles <= 512 and gx_ * gy_ >= 128 and bx * by == 256, where
-            assert ew[2] <= 65535 and ew[3] * ew[4] == 256, where
-            if channels_last:
-                assert bx * vec >= min(C, 32 * vec) and (bx & (bx - 1)) == 0, where
+            assert 1 <= tiles <= 512 and gx_ * gy_ >= 128, where
+            assert ew[2] <= 65535 and ew[3:5] == red[3:5], where
+            assert 128 < bx * by <= 256 and (by & (by - 1)) == 0, where  # the tree halves the row lanes
+            if channels_last:  # the channel vectors spread evenly over the fewest blocks of <= 32
+                blocks = -(-(C // vec) // 32)
+                assert bx <= 32 and gx_ == blocks and 0 <= bx * blocks - C // vec < blocks, where
+                assert ew[1] * by * 4 >= min(128 * H * W, 4 * by << 20), where  # rows covered, 4 a thread

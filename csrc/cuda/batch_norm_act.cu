@@ -32,31 +32,6 @@ using cuda::Vec;
 using cuda::plane;
 using cuda::vector_width;
 
-// channels_last: threadIdx.x walks channel vectors (each thread folds its VEC channels' BN once),
-// threadIdx.y and blockIdx.x walk rows (pixels).
-template <typename scalar_t, typename acc_t, Act A, int VEC>
-__global__ void batch_norm_act_eval_fwd_nhwc_kernel(const scalar_t* __restrict__ x,  // (M, C)
-                                                    scalar_t* __restrict__ y,        // (M, C)
-                                                    const acc_t* __restrict__ mean,  // (C,)
-                                                    const acc_t* __restrict__ var, const acc_t* __restrict__ weight,
-                                                    const acc_t* __restrict__ bias, acc_t eps, int64_t M, int64_t C) {
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
-  if (c0 >= C) return;
-  acc_t scale[VEC], shift[VEC], rstd;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c0 + j, rstd, scale[j], shift[j]);
-  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; m < M;
-       m += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-    const int64_t i = m * C + c0;
-    Vec<scalar_t, VEC> in = *reinterpret_cast<const Vec<scalar_t, VEC>*>(x + i), out;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      out.v[j] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(in.v[j]) * scale[j] + shift[j]));
-    }
-    *reinterpret_cast<Vec<scalar_t, VEC>*>(y + i) = out;
-  }
-}
-
 // NCHW: a flat grid-stride loop over VEC-element vectors; HW % VEC == 0, so a vector never
 // straddles two channels.
 template <typename scalar_t, typename acc_t, Act A, int VEC>
@@ -82,7 +57,6 @@ __global__ void batch_norm_act_eval_fwd_nchw_kernel(const scalar_t* __restrict__
 // ---------------------------------------------------------------------------------------------
 // The per-channel passes (reductions and elementwise) live in channel_passes.cuh, shared with the
 // host emulation; here their launches on the current stream.
-
 // A reduction over L: stage 1 with `vec` channels per thread (channels_last), then finish_kernel.
 template <typename acc_t, typename Term, typename Finish>
 void reduce_channels(const ChannelLayout& L, int vec, const at::TensorOptions& acc_opts, const Term& term,
@@ -123,13 +97,13 @@ void launch_per_channel(const ChannelLayout& L, int vec, const Elementwise& op) 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The forward, y = act(BN(x)): channels_last as a per-channel pass (EvalApply), NCHW as a flat pass.
 template <typename scalar_t, Act A>
 void launch_forward(const BatchNormEvalArgs& a, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const ChannelLayout& L = a.layout;
   const int64_t numel = a.input.numel();
   if (numel == 0) return;
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const scalar_t* x = a.input.data_ptr<scalar_t>();
   scalar_t* y = out.data_ptr<scalar_t>();
   const acc_t* mean = a.mean.data_ptr<acc_t>();
@@ -137,34 +111,21 @@ void launch_forward(const BatchNormEvalArgs& a, at::Tensor& out) {
   const acc_t* w = data_or_null<acc_t>(a.weight);
   const acc_t* b = data_or_null<acc_t>(a.bias);
   const acc_t eps = static_cast<acc_t>(a.eps);
-  constexpr int kVec = 16 / sizeof(scalar_t) > 1 ? 16 / sizeof(scalar_t) : 1;
-
   if (L.channels_last) {
-    const int vec = vector_width<scalar_t>(L.C, {x, y});
-    const int64_t c_vectors = L.C / vec;
-    const int tx = static_cast<int>(std::min<int64_t>(32, c_vectors));
-    const int ty = kThreads / tx;
-    const dim3 block(tx, ty);
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(ceil_div(L.rows(), ty * 4), 1 << 20)),
-                    static_cast<unsigned>(ceil_div(c_vectors, tx)));
-    TORCH_CHECK(grid.y <= 65535, "batch_norm_act: too many channels for one launch (", L.C, ")");
-    if (vec == kVec) {
-      batch_norm_act_eval_fwd_nhwc_kernel<scalar_t, acc_t, A, kVec>
-          <<<grid, block, 0, stream>>>(x, y, mean, var, w, b, eps, L.rows(), L.C);
-    } else {
-      batch_norm_act_eval_fwd_nhwc_kernel<scalar_t, acc_t, A, 1>
-          <<<grid, block, 0, stream>>>(x, y, mean, var, w, b, eps, L.rows(), L.C);
-    }
+    const bn::EvalApply<scalar_t, acc_t, A> op{x, y, mean, var, w, b, eps};
+    launch_per_channel(L, vector_width<scalar_t>(L.C, {x, y}), op);
+    return;
+  }
+  constexpr int kVec = 16 / sizeof(scalar_t) > 1 ? 16 / sizeof(scalar_t) : 1;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int vec = vector_width<scalar_t>(L.HW, {x, y});
+  const int64_t blocks = std::min<int64_t>(ceil_div(numel, static_cast<int64_t>(kThreads) * vec * 4), 1 << 20);
+  if (vec == kVec) {
+    batch_norm_act_eval_fwd_nchw_kernel<scalar_t, acc_t, A, kVec>
+        <<<blocks, kThreads, 0, stream>>>(x, y, mean, var, w, b, eps, numel, L.C, L.HW);
   } else {
-    const int vec = vector_width<scalar_t>(L.HW, {x, y});
-    const int64_t blocks = std::min<int64_t>(ceil_div(numel, static_cast<int64_t>(kThreads) * vec * 4), 1 << 20);
-    if (vec == kVec) {
-      batch_norm_act_eval_fwd_nchw_kernel<scalar_t, acc_t, A, kVec>
-          <<<blocks, kThreads, 0, stream>>>(x, y, mean, var, w, b, eps, numel, L.C, L.HW);
-    } else {
-      batch_norm_act_eval_fwd_nchw_kernel<scalar_t, acc_t, A, 1>
-          <<<blocks, kThreads, 0, stream>>>(x, y, mean, var, w, b, eps, numel, L.C, L.HW);
-    }
+    batch_norm_act_eval_fwd_nchw_kernel<scalar_t, acc_t, A, 1>
+        <<<blocks, kThreads, 0, stream>>>(x, y, mean, var, w, b, eps, numel, L.C, L.HW);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -15,11 +15,17 @@
 // (grad_input) a launch, 2 B loads of 32 channels per warp row, against ATen's 30 us and 32 us for
 // its vectorized ones.
 //
-// A term functor (the reductions) provides Scalar (the tensors' dtype), State begin(c) and
-// add<V>(states, i, sum0, sum1), which adds the terms of elements i .. i + V - 1 (channels c ..
-// c + V - 1 of one row, states[j] channel c + j's) to sum0[j], sum1[j] and may write those elements
-// of an output in the same pass; an elementwise functor provides Scalar, begin(c) and
-// apply<V>(states, i). V = 1 on the NCHW paths.
+// A functor reads kInputs dense tensors. load<V>(i) issues the 16-byte loads of elements
+// i .. i + V - 1 (channels c .. c + V - 1 of one row) of each into an Inputs<Scalar, V, kInputs>.
+// The channels_last kernels issue kRowsInFlight rows' loads (64 bytes a thread) before they use
+// any, then hand each row's vectors to the functor in row order, so the arithmetic and its order
+// are those of one row at a time. (GPU run 7, after vectorizing: 39-58 us a launch at batch 128
+// against 30-33 us for ATen's passes, which keep four rows' loads in flight per thread; ours had
+// one row's, untimed since.) A term functor (the reductions) provides Scalar, State begin(c) and
+// add<V>(states, i, in, sum0, sum1), which adds the terms of elements i .. i + V - 1 (states[j]
+// channel c + j's) to sum0[j], sum1[j] and may write those elements of an output in the same pass;
+// an elementwise functor provides Scalar, begin(c) and apply<V>(states, i, in). V = 1 on the NCHW
+// paths.
 // Shared by the CUDA launchers (batch_norm_act.cu) and the host emulation
 // (python_tests/cuda_emulation/bn_host.cpp), which runs these kernels with these plans on the CPU.
 #pragma once
@@ -36,16 +42,32 @@ namespace bn {
 
 constexpr int kThreads = 256;
 constexpr int kFinishLanes = 16;  // tile lanes per channel in finish_kernel
+// channels_last: rows whose loads a thread issues before it uses any, 64 bytes of them (16-byte
+// vectors: four rows of one input, two of two; ptxas, sm_90: bf16 TrainInputGrad takes 97-112
+// registers with two rows, 2 blocks of 256 threads per SM, and 128-149 with four, 1 block), and rows
+// a thread of the elementwise pass takes per chunk (plan_per_channel).
+template <typename Op>
+inline constexpr int kRowsInFlight = 4 / Op::kInputs;
+constexpr int kRowsPerThread = 4;
+
+// The vectors a functor reads for one group of V elements: one per input tensor.
+template <typename scalar_t, int V, int K>
+struct Inputs {
+  Vec<scalar_t, V> v[K];
+};
+
+template <typename scalar_t, int V>
+__device__ __forceinline__ Vec<scalar_t, V> load_vec16(const scalar_t* __restrict__ p, int64_t i) {
+  return *reinterpret_cast<const Vec<scalar_t, V>*>(p + i);
+}
 
 // --------------------------------------------------------------------------------------- functors
 
-// Elements i .. i + V - 1 of x and of g = grad_out * act'(z), z = x * scale + shift with channel c +
-// j's folded BatchNorm in s[j] (the backward's two passes both start so).
+// x and g = grad_out * act'(z), z = x * scale + shift with channel c + j's folded BatchNorm in s[j],
+// of the loaded vectors of x and grad_out (the backward's two passes both start so).
 template <Act A, int V, typename scalar_t, typename acc_t, typename State>
-__device__ __forceinline__ void load_x_and_g(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                                             const State* s, int64_t i, acc_t (&xj)[V], acc_t (&g)[V]) {
-  const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
-  const Vec<scalar_t, V> gv = *reinterpret_cast<const Vec<scalar_t, V>*>(gy + i);
+__device__ __forceinline__ void x_and_g(const Vec<scalar_t, V>& xv, const Vec<scalar_t, V>& gv, const State* s,
+                                        acc_t (&xj)[V], acc_t (&g)[V]) {
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     xj[j] = static_cast<acc_t>(xv.v[j]);
@@ -66,6 +88,7 @@ struct BackwardTerms {
   struct State {
     acc_t rstd, scale, shift, mu;
   };
+  static constexpr int kInputs = 2;  // x, grad_out
   __device__ State begin(int64_t c) const {
     State s;
     bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
@@ -73,9 +96,14 @@ struct BackwardTerms {
     return s;
   }
   template <int V>
-  __device__ void add(const State* s, int64_t i, acc_t* sum_gxhat, acc_t* sum_g) const {
+  __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
+    return {{load_vec16<scalar_t, V>(x, i), load_vec16<scalar_t, V>(gy, i)}};
+  }
+  template <int V>
+  __device__ void add(const State* s, int64_t i, const Inputs<scalar_t, V, kInputs>& in, acc_t* sum_gxhat,
+                      acc_t* sum_g) const {
     acc_t xj[V], g[V];
-    load_x_and_g<A, V>(x, gy, s, i, xj, g);
+    x_and_g<A, V>(in.v[0], in.v[1], s, xj, g);
     Vec<scalar_t, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
@@ -105,13 +133,17 @@ struct ShiftedMomentTerms {
   const scalar_t* __restrict__ x;  // dense
   int64_t first_stride;            // offset of channel c's first element: c * first_stride
   using State = acc_t;
+  static constexpr int kInputs = 1;
   __device__ State begin(int64_t c) const { return finite_or_zero(static_cast<acc_t>(x[c * first_stride])); }
   template <int V>
-  __device__ void add(const State* K, int64_t i, acc_t* s1, acc_t* s2) const {
-    const Vec<scalar_t, V> xv = *reinterpret_cast<const Vec<scalar_t, V>*>(x + i);
+  __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
+    return {{load_vec16<scalar_t, V>(x, i)}};
+  }
+  template <int V>
+  __device__ void add(const State* K, int64_t, const Inputs<scalar_t, V, kInputs>& in, acc_t* s1, acc_t* s2) const {
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const acc_t d = static_cast<acc_t>(xv.v[j]) - K[j];
+      const acc_t d = static_cast<acc_t>(in.v[0].v[j]) - K[j];
       s1[j] += d;
       s2[j] += d * d;
     }
@@ -132,7 +164,9 @@ struct StoreMeanVar {
   }
 };
 
-// Training backward, pass 2: grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M).
+// Training backward, pass 2: grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M), with
+// x_hat * sum_gxhat / M = (x - mu) * k, k = rstd * sum_gxhat / M (x - mu first: no cancellation
+// when |mu| >> std).
 template <typename scalar_t, typename acc_t, Act A>
 struct TrainInputGrad {
   using Scalar = scalar_t;
@@ -142,36 +176,75 @@ struct TrainInputGrad {
   const acc_t *mean, *var, *weight, *bias, *sum_gxhat, *sum_g;
   acc_t eps, inv_count;
   struct State {
-    acc_t rstd, scale, shift, mu, mean_g, mean_gxhat;
+    acc_t scale, shift, mu, k, mean_g;
   };
+  static constexpr int kInputs = 2;  // x, grad_out
   __device__ State begin(int64_t c) const {
     State s;
-    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, s.rstd, s.scale, s.shift);
+    acc_t rstd;
+    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, rstd, s.scale, s.shift);
     s.mu = mean[c];
+    s.k = rstd * (sum_gxhat[c] * inv_count);
     s.mean_g = sum_g[c] * inv_count;
-    s.mean_gxhat = sum_gxhat[c] * inv_count;
     return s;
   }
   template <int V>
-  __device__ void apply(const State* s, int64_t i) const {
+  __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
+    return {{load_vec16<scalar_t, V>(x, i), load_vec16<scalar_t, V>(gy, i)}};
+  }
+  template <int V>
+  __device__ void apply(const State* s, int64_t i, const Inputs<scalar_t, V, kInputs>& in) const {
     acc_t xj[V], g[V];
-    load_x_and_g<A, V>(x, gy, s, i, xj, g);
+    x_and_g<A, V>(in.v[0], in.v[1], s, xj, g);
     Vec<scalar_t, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      out.v[j] = static_cast<scalar_t>(s[j].scale *
-                                       (g[j] - s[j].mean_g - (xj[j] - s[j].mu) * s[j].rstd * s[j].mean_gxhat));
+      out.v[j] = static_cast<scalar_t>(s[j].scale * (g[j] - s[j].mean_g - (xj[j] - s[j].mu) * s[j].k));
     }
     *reinterpret_cast<Vec<scalar_t, V>*>(gx + i) = out;
   }
 };
 
+// Eval forward (and the training forward's apply pass on the batch statistics):
+// y = act(x * scale + shift).
+template <typename scalar_t, typename acc_t, Act A>
+struct EvalApply {
+  using Scalar = scalar_t;
+  const scalar_t* __restrict__ x;
+  scalar_t* __restrict__ y;
+  const acc_t *mean, *var, *weight, *bias;
+  acc_t eps;
+  struct State {
+    acc_t scale, shift;
+  };
+  static constexpr int kInputs = 1;
+  __device__ State begin(int64_t c) const {
+    State s;
+    acc_t rstd;
+    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, rstd, s.scale, s.shift);
+    return s;
+  }
+  template <int V>
+  __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
+    return {{load_vec16<scalar_t, V>(x, i)}};
+  }
+  template <int V>
+  __device__ void apply(const State* s, int64_t i, const Inputs<scalar_t, V, kInputs>& in) const {
+    Vec<scalar_t, V> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      out.v[j] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(in.v[0].v[j]) * s[j].scale + s[j].shift));
+    }
+    *reinterpret_cast<Vec<scalar_t, V>*>(y + i) = out;
+  }
+};
+
 // ---------------------------------------------------------------------------------------- kernels
 
-// channels_last, stage 1: block (tx channel vectors, ty row lanes), tx * ty = kThreads, both powers
-// of two; blockIdx.x: the channel-vector block, blockIdx.y: the row tile. A thread adds its V
-// channels' terms over rows m_begin + y, m_begin + y + ty, ...; a fixed tree over the row lanes
-// (block_sum_store) gives the tile's partials.
+// channels_last, stage 1: block (tx channel vectors, ty row lanes, a power of two); blockIdx.x: the
+// channel-vector block, blockIdx.y: the row tile. A thread adds its V channels' terms over rows
+// m_begin + y, m_begin + y + ty, ... in order, kRowsInFlight rows' loads at a time; a fixed tree
+// over the row lanes (block_sum_store) gives the tile's partials.
 template <typename acc_t, int V, typename Term>
 __global__ void __launch_bounds__(kThreads)
     reduce_nhwc_kernel(Term term, int64_t M, int64_t C, int64_t rows_per_tile,
@@ -179,9 +252,11 @@ __global__ void __launch_bounds__(kThreads)
                        acc_t* __restrict__ partial1) {  // (tiles, C)
   __shared__ acc_t buf0[kThreads * V];
   __shared__ acc_t buf1[kThreads * V];
+  using In = Inputs<typename Term::Scalar, V, Term::kInputs>;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   const int64_t m_begin = static_cast<int64_t>(blockIdx.y) * rows_per_tile;
   const int64_t m_end = std::min(M, m_begin + rows_per_tile);
+  const int64_t ty = blockDim.y;
   acc_t a[V], b[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) a[j] = b[j] = acc_t(0);
@@ -189,7 +264,16 @@ __global__ void __launch_bounds__(kThreads)
     typename Term::State state[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) state[j] = term.begin(c0 + j);
-    for (int64_t m = m_begin + threadIdx.y; m < m_end; m += blockDim.y) term.template add<V>(state, m * C + c0, a, b);
+    constexpr int R = kRowsInFlight<Term>;
+    int64_t m = m_begin + threadIdx.y;
+    for (; m + (R - 1) * ty < m_end; m += R * ty) {
+      In in[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) in[r] = term.template load<V>((m + r * ty) * C + c0);
+#pragma unroll
+      for (int r = 0; r < R; ++r) term.template add<V>(state, (m + r * ty) * C + c0, in[r], a, b);
+    }
+    for (; m < m_end; m += ty) term.template add<V>(state, m * C + c0, term.template load<V>(m * C + c0), a, b);
   }
   const int64_t offset = static_cast<int64_t>(blockIdx.y) * C + c0;
   block_sum_store<acc_t, V>(a, buf0, c0 < C, partial0, offset);
@@ -211,7 +295,8 @@ __global__ void __launch_bounds__(kThreads)
   acc_t a = 0, b = 0;
   for (int64_t j = j_begin + threadIdx.x; j < j_end; j += kThreads) {
     const int64_t n = j / HW;
-    term.template add<1>(&state, (n * C + c) * HW + (j - n * HW), &a, &b);
+    const int64_t i = (n * C + c) * HW + (j - n * HW);
+    term.template add<1>(&state, i, term.template load<1>(i), &a, &b);
   }
   s0[threadIdx.x] = a;
   s1[threadIdx.x] = b;
@@ -275,17 +360,36 @@ __global__ void __launch_bounds__(32 * kFinishLanes)
 }
 
 // channels_last elementwise: block (tx channel vectors, ty row lanes); blockIdx.y: the channel-vector
-// block, blockIdx.x and threadIdx.y: rows, grid-strided. Each thread folds its V channels once.
+// block. Block x takes chunks of kRowsPerThread * ty rows, x, x + gridDim.x, ...; thread y rows
+// y, y + ty, ... of a chunk, kRowsInFlight rows' loads at a time. Each thread folds its V channels
+// once.
 template <int V, typename Elementwise>
 __global__ void __launch_bounds__(kThreads) per_channel_nhwc_kernel(Elementwise op, int64_t M, int64_t C) {
+  using In = Inputs<typename Elementwise::Scalar, V, Elementwise::kInputs>;
+  constexpr int R = kRowsInFlight<Elementwise>;
+  static_assert(kRowsPerThread % R == 0, "a chunk's rows come in whole groups");
   const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * V;
   if (c0 >= C) return;
   typename Elementwise::State state[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) state[j] = op.begin(c0 + j);
-  for (int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; m < M;
-       m += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-    op.template apply<V>(state, m * C + c0);
+  const int64_t ty = blockDim.y;
+  const int64_t chunk = kRowsPerThread * ty;
+  for (int64_t m0 = static_cast<int64_t>(blockIdx.x) * chunk + threadIdx.y; m0 < M;
+       m0 += static_cast<int64_t>(gridDim.x) * chunk) {
+#pragma unroll
+    for (int g = 0; g < kRowsPerThread; g += R) {
+      const int64_t m = m0 + g * ty;
+      In in[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (m + r * ty < M) in[r] = op.template load<V>((m + r * ty) * C + c0);
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (m + r * ty < M) op.template apply<V>(state, (m + r * ty) * C + c0, in[r]);
+      }
+    }
   }
 }
 
@@ -296,7 +400,8 @@ __global__ void __launch_bounds__(kThreads) per_channel_nchw_kernel(Elementwise 
   const typename Elementwise::State state = op.begin(plane % C);
   for (int64_t p = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; p < HW;
        p += static_cast<int64_t>(gridDim.y) * blockDim.x) {
-    op.template apply<1>(&state, plane * HW + p);
+    const int64_t i = plane * HW + p;
+    op.template apply<1>(&state, i, op.template load<1>(i));
   }
 }
 
@@ -320,13 +425,16 @@ struct PassPlan {
   dim3 finish_grid, finish_block;   // reductions: finish_kernel's launch
 };
 
-// block (tx, ty): tx channel vectors (a power of two, at most 32, at least the vectors there are
-// up to the next power of two) by ty = kThreads / tx row lanes.
+// block (tx, ty): tx channel vectors, as many as there are up to 32 (above 32 spread evenly over the
+// fewest blocks of at most 32: 60 vectors are two blocks of 30), so that no lane idles (a power of
+// two had left 7 of 16 lanes idle at 72 bf16 channels, 7 of 32 at 200); ty row lanes, the largest
+// power of two with tx * ty <= kThreads (the reductions' tree halves it).
 inline dim3 nhwc_block(int64_t C, int vec) {
-  const int64_t vectors = C / vec;
-  unsigned tx = 1;
-  while (tx < 32 && tx < vectors) tx *= 2;
-  return dim3(tx, kThreads / tx);
+  const int64_t vectors = std::max<int64_t>(C / vec, 1);
+  const unsigned tx = static_cast<unsigned>(ceil_div(vectors, ceil_div(vectors, 32)));
+  unsigned ty = 1;
+  while (2 * ty * tx <= kThreads) ty *= 2;
+  return dim3(tx, ty);
 }
 
 inline PassPlan plan_reduction(const ChannelLayout& L, int vec) {
@@ -349,7 +457,8 @@ inline PassPlan plan_per_channel(const ChannelLayout& L, int vec) {
   PassPlan p;
   if (L.channels_last) {
     p.block = nhwc_block(L.C, vec);
-    p.grid = dim3(static_cast<unsigned>(std::min<int64_t>(ceil_div(L.rows(), p.block.y * 4), 1 << 20)),
+    const int64_t chunks = ceil_div(L.rows(), p.block.y * kRowsPerThread);
+    p.grid = dim3(static_cast<unsigned>(std::min<int64_t>(chunks, 1 << 20)),
                   static_cast<unsigned>(ceil_div(L.C / vec, p.block.x)));
   } else {
     p.block = dim3(kThreads);

@@ -1,6 +1,7 @@
 // Host emulation of batch_norm_act's per-channel CUDA passes (csrc/cuda/channel_passes.cuh): the
-// training statistics (ShiftedMomentTerms + StoreMeanVar), the eval backward (BackwardTerms writing
-// grad_input in the reduction pass) and the training backward (the reduction, then TrainInputGrad),
+// channels_last forward (EvalApply: eval, and training's apply pass), the training statistics
+// (ShiftedMomentTerms + StoreMeanVar), the eval backward (BackwardTerms writing grad_input in the
+// reduction pass) and the training backward (the reduction, then TrainInputGrad),
 // with the kernels, launch plans and vector widths of batch_norm_act.cu. g++ compiles the very
 // header against cuda_shim/ and runs the kernels on the CPU (emulation.h), so that the tests
 // (python_tests/test_cuda_emulation.py) can check them against PyTorch without a GPU. Same
@@ -105,6 +106,45 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> train_stats(const at::T
   return {mean.y.clone(), var.y.clone(), info};
 }
 
+// a0 with its input and parameters inside guard zones.
+mk::BatchNormEvalArgs guarded_args(const mk::BatchNormEvalArgs& a0) {
+  const auto guard = [](const at::Tensor& t) { return t.defined() ? guarded_in(t) : t; };
+  mk::BatchNormEvalArgs a = a0;
+  a.input = guarded_in(a0.input);
+  a.mean = guard(a0.mean);
+  a.var = guard(a0.var);
+  a.weight = guard(a0.weight);
+  a.bias = guard(a0.bias);
+  return a;
+}
+
+// batch_norm_act_eval_cuda's channels_last forward (launch_forward: EvalApply as a per-channel pass)
+// on a non-empty channels_last input: (output, plan info).
+std::tuple<at::Tensor, std::vector<int64_t>> eval_forward(const at::Tensor& input, const at::Tensor& mean,
+                                                          const at::Tensor& var,
+                                                          const c10::optional<at::Tensor>& weight,
+                                                          const c10::optional<at::Tensor>& bias, double eps,
+                                                          const std::string& activation) {
+  TORCH_CHECK(input.device().is_cpu() && input.numel() > 0, "emulation: a non-empty CPU tensor");
+  const mk::BatchNormEvalArgs a0 = mk::prepare_batch_norm_eval(input, mean, var, weight, bias, eps, activation);
+  TORCH_CHECK(a0.layout.channels_last, "emulation: the NCHW forward is a flat kernel of batch_norm_act.cu");
+  const mk::BatchNormEvalArgs a = guarded_args(a0);
+  const mk_emu::GuardedOutput y = guarded_out(at::empty(input.sizes(), input.options().memory_format(a.format)));
+  std::vector<int64_t> info;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_host_eval_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    MK_DISPATCH_ACTIVATION(a.act, [&] {
+      const bn::EvalApply<scalar_t, acc_t, kAct> op{a.input.data_ptr<scalar_t>(), y.y.data_ptr<scalar_t>(),
+                                                    a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(),
+                                                    data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias),
+                                                    static_cast<acc_t>(a.eps)};
+      info = per_channel(a.layout, mkc::vector_width<scalar_t>(a.layout.C, {op.x, op.y}), op);
+    });
+  });
+  y.check();
+  return {y.y.clone(), info};
+}
+
 // batch_norm_act_eval_backward_cuda (training = false: grad_input written by the reduction pass)
 // and batch_norm_act_train_backward_cuda (training = true: the reduction, then TrainInputGrad), on
 // a non-empty input: (grad_input, sum_gxhat, sum_g, reduction info, grad_input pass info (empty in
@@ -115,13 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>, std::vector
     const std::string& activation, bool training) {
   TORCH_CHECK(input.device().is_cpu() && input.numel() > 0, "emulation: a non-empty CPU tensor");
   const mk::BatchNormEvalArgs a0 = mk::prepare_batch_norm_eval(input, mean, var, weight, bias, eps, activation);
-  mk::BatchNormEvalArgs a = a0;
-  a.input = guarded_in(a0.input);
-  const auto guard_param = [](const at::Tensor& t) { return t.defined() ? guarded_in(t) : t; };
-  a.mean = guard_param(a0.mean);
-  a.var = guard_param(a0.var);
-  a.weight = guard_param(a0.weight);
-  a.bias = guard_param(a0.bias);
+  const mk::BatchNormEvalArgs a = guarded_args(a0);
   const mk::BackwardBuffers buf = mk::prepare_backward(grad_output, input, a0);
   const at::Tensor gy = guarded_in(buf.grad_out);
   const mk_emu::GuardedOutput gx = guarded_out(buf.grad_in);
@@ -170,6 +204,9 @@ std::vector<int64_t> plan(int64_t N, int64_t C, int64_t HW, bool channels_last, 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("eval_forward", &eval_forward, "batch_norm_act_eval_cuda's channels_last forward, emulated on the host",
+        py::arg("input"), py::arg("mean"), py::arg("var"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+        py::arg("activation"));
   m.def("train_stats", &train_stats, "batch_norm_act_train_cuda's statistics, emulated on the host", py::arg("input"));
   m.def("backward", &backward, "batch_norm_act's eval / training backward passes, emulated on the host",
         py::arg("grad_output"), py::arg("input"), py::arg("mean"), py::arg("var"), py::arg("weight"), py::arg("bias"),
