@@ -354,10 +354,11 @@ def squeeze_excite(
     (S, C, 1, 1) and (C, S, 1, 1), biases (S,) and (C,).
 
     activation: relu | silu | hardswish (any known activation); scale_activation: hardsigmoid |
-    sigmoid (likewise). One pooling pass, one small excite step per image (both 1x1 layers in
-    float32, or float64 for float64 input), one scaling pass; the output keeps the input's dtype and
-    memory format. Parameters may be in the input's dtype or float32; under autocast the input is
-    cast to the autocast dtype and float32 parameters stay float32.
+    sigmoid (likewise). One pooling pass, the excite step (both 1x1 layers in float32, or float64
+    for float64 input; per image, or as small GEMMs over the batch on CUDA), one scaling pass; the
+    output keeps the input's dtype and memory format. Parameters may be in the input's dtype or
+    float32; under autocast the input is cast to the autocast dtype and float32 parameters stay
+    float32.
     """
     if input.is_floating_point():
         (input,) = _autocast(input)

@@ -1,7 +1,9 @@
 """Our CUDA kernels run on the CPU by host emulation: the tiled depthwise forward, weight gradient,
 stride-2 grad_input and fused stride-1 backward (csrc/cuda/depthwise_tiled.cuh), the whole-block
 inverted_residual_eval kernel (inverted_residual_block.cuh), the default depthwise kernels
-(depthwise_kernels.cuh) and the tensor-core pointwise GEMM with its epilogue (pointwise_gemm.cuh).
+(depthwise_kernels.cuh), the tensor-core pointwise GEMM with its epilogue (pointwise_gemm.cuh),
+batch_norm_act's per-channel passes (channel_passes.cuh) and squeeze_excite's excite step
+(excite_gemm.cuh).
 
 python_tests/cuda_emulation/*_host.cpp compile the very headers with the host C++ compiler against
 cuda_shim/ (no nvcc) and run each kernel with one std::thread per CUDA thread and a barrier for
@@ -1060,8 +1062,8 @@ def test_bn_eval_forward(bn_emu, dtype):
         where = f"{shape} {dtype} {act} plan {info}"
         assert y.is_contiguous(memory_format=torch.channels_last) and info[0] == expected_vec(shape, dtype, True), where
         ones = torch.ones_like(weight)
-        ref = act_ref(F.batch_norm(x.double(), mean.double(), var.double(), (weight if w is not None else ones).double(),
-                                   (bias if b is not None else 0 * ones).double(), False, 0.0, 1e-3), act)
+        wd, bd = (weight if w is not None else ones).double(), (bias if b is not None else 0 * ones).double()
+        ref = act_ref(F.batch_norm(x.double(), mean.double(), var.double(), wd, bd, False, 0.0, 1e-3), act)
         if dtype in (torch.float64, torch.float32):
             tol = 1e-12 if dtype == torch.float64 else 1e-5
             torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol, msg=where)
@@ -1145,3 +1147,81 @@ def test_bn_plans_of_mobilenet_layers(bn_emu, model):
                 blocks = -(-(C // vec) // 32)
                 assert bx <= 32 and gx_ == blocks and 0 <= bx * blocks - C // vec < blocks, where
                 assert ew[1] * by * 4 >= min(128 * H * W, 4 * by << 20), where  # rows covered, 4 a thread
+
+
+# ------------------------------------------------------------------------ squeeze_excite excite step
+# The excite step of squeeze_excite.cu (csrc/cuda/excite_gemm.cuh) emulated by
+# cuda_emulation/se_host.cpp: both 1x1 layers over the batch's pooled vectors as tiled GEMMs
+# (forward), and their backward with the parameter gradients over the images.
+
+
+@pytest.fixture(scope="module")
+def se_emu():
+    """The emulated excite step (se_host.cpp)."""
+    return build_emulation("mk_se_host", "se_host.cpp")
+
+
+# (N, C, S): one tile of everything; C and S past one tile (16 images, 32 outputs, 32 k a slice)
+# and not multiples of it; a single image and a single squeeze channel; V3-Large's widest (960 ->
+# 240) at a few images.
+SE_SHAPES = [(2, 8, 4), (19, 72, 24), (1, 40, 1), (33, 120, 32), (3, 960, 240)]
+SE_ACTS = [("relu", "hardsigmoid"), ("silu", "sigmoid"), ("hardswish", "hardsigmoid"), ("relu6", "sigmoid"),
+           ("identity", "hardsigmoid")]
+
+
+def se_case(N, C, S, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    pooled = torch.randn(N, C, generator=g, dtype=torch.float64).to(dtype)
+    w1 = (torch.randn(S, C, generator=g, dtype=torch.float64) / math.sqrt(C)).to(dtype)
+    b1 = torch.randn(S, generator=g, dtype=torch.float64).to(dtype)
+    w2 = (torch.randn(C, S, generator=g, dtype=torch.float64) / math.sqrt(S)).to(dtype)
+    b2 = torch.randn(C, generator=g, dtype=torch.float64).to(dtype)
+    ds = torch.randn(N, C, generator=g, dtype=torch.float64).to(dtype)
+    return pooled, w1, b1, w2, b2, ds
+
+
+def se_reference(pooled, w1, b1, w2, b2, ds, act, scale_act):
+    """(scale, pooled.grad, w1.grad, b1.grad, w2.grad, b2.grad) in float64 by autograd on the CPU, the
+    gradients those of scale.backward(ds) (ATen's conventions: hardsigmoid' is a float32 1/6 there
+    as in our kernels)."""
+    leaves = [t.double().requires_grad_() for t in (pooled, w1, b1, w2, b2)]
+    p, a1, c1, a2, c2 = leaves
+    s = act_ref(act_ref(p @ a1.t() + c1, act) @ a2.t() + c2, scale_act)
+    s.backward(ds.double())
+    return (s.detach(), *[t.grad for t in leaves])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_se_excite_step(se_emu, dtype):
+    """The forward's scale and the backward's scale, dpooled / HW and parameter gradients against
+    float64 autograd; two launches forward, six backward."""
+    for i, (N, C, S) in enumerate(SE_SHAPES):
+        act, scale_act = SE_ACTS[i % len(SE_ACTS)]
+        pooled, w1, b1, w2, b2, ds = se_case(N, C, S, dtype, seed=i)
+        where = f"N{N} C{C} S{S} {act}/{scale_act} {dtype}"
+        ref = se_reference(pooled, w1, b1, w2, b2, ds, act, scale_act)
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+        scale, launches = se_emu.forward(pooled, w1, b1, w2, b2, act, scale_act)
+        assert launches == 2, where
+        torch.testing.assert_close(scale.double(), ref[0], **tol, msg=where)
+        inv_hw = 1 / 49
+        *got, launches = se_emu.backward(pooled, ds, w1, b1, w2, b2, act, scale_act, inv_hw)
+        assert launches == 6, where
+        want = [ref[0], ref[1] * inv_hw, *ref[2:]]
+        for name, g, r in zip(["scale", "dp_hw", "w1", "b1", "w2", "b2"], got, want):
+            assert g.shape == r.shape, f"{name} {where}"
+            # a parameter gradient sums N terms: scale the tolerance with the terms' size
+            torch.testing.assert_close(g.double(), r, rtol=tol["rtol"], atol=tol["atol"] * max(1, N) ** 0.5,
+                                       msg=f"{name} {where}")
+
+
+def test_se_excite_step_is_batch_invariant(se_emu):
+    """An image's scale is bit for bit the same alone and in a batch (each output's sum runs over
+    k in the same order whatever the tile it falls in); a rerun is bitwise the same."""
+    pooled, w1, b1, w2, b2, _ = se_case(37, 120, 32, torch.float32, seed=7)
+    full, _ = se_emu.forward(pooled, w1, b1, w2, b2, "relu", "hardsigmoid")
+    again, _ = se_emu.forward(pooled, w1, b1, w2, b2, "relu", "hardsigmoid")
+    assert torch.equal(full, again)
+    for n in (0, 17, 36):
+        one, _ = se_emu.forward(pooled[n:n + 1], w1, b1, w2, b2, "relu", "hardsigmoid")
+        assert torch.equal(one[0], full[n]), n

@@ -29,6 +29,8 @@ def load_script():
     ("void mobilenet_kernels::cuda::stats_finish_kernel<float>(...)", "ours: batch norm"),
     ("void mobilenet_kernels::(anonymous namespace)::squeeze_excite_reduce_nhwc_kernel<float>(...)",
      "ours: squeeze-excite"),
+    ("void mobilenet_kernels::cuda::se::excite_gemm_kernel<float, mobilenet_kernels::cuda::se::ParamGrad<float> >(...)",
+     "ours: squeeze-excite"),
     ("mobilenet_kernels::pointwise_conv2d_backward", "ours: pointwise"),
     ("void mobilenet_kernels::something_new_kernel(...)", "ours: other"),
     ("conv2d_c1_k1_nhwc_specialized", "cuDNN conv"),

@@ -6,19 +6,14 @@
 //               covers (n, a chunk of channel vectors), threadIdx.x owns a channel vector,
 //               threadIdx.y splits the pixels, a fixed shared-memory tree over threadIdx.y combines
 //               them. NCHW: a warp per (n, c) row of HW contiguous elements, a fixed shuffle tree.
-//   2. excite:  one 1024-thread block per image: z1 = W1 p + b1 and z2 = W2 h + b2 as a warp per
-//               output (lanes over the contiguous weight row, shuffle tree); h = act(z1) and
-//               s = scale_act(z2). Backward also computes dz2 = ds * scale_act'(z2),
-//               dz1 = (W2^T dz2) * act'(z1) and dpooled / HW = (W1^T dz1) / HW, the transposed
-//               products as a thread per output looping over the weight column in order (adjacent
-//               threads read adjacent weights). Every dot product keeps four accumulators (loads in
-//               flight). Vectors the block shares live in dynamic shared memory: C + S (forward)
-//               or 2C + 3S (backward) elements of the accumulation dtype.
+//   2. excite:  both 1x1 layers (and, backward, their gradients) as small tiled GEMMs over the N
+//               images' (N, C) / (N, S) vectors with the activations in their epilogues, two
+//               launches forward, six backward (excite_gemm.cuh): dz2 = ds * scale_act'(z2),
+//               dz1 = (dz2 W2) * act'(z1), dpooled / HW = (dz1 W1) / HW, and the parameter
+//               gradients (dz2^T h, dz1^T pooled, the bias gradients as a column of ones) in the
+//               parameters' accumulation dtype, each sum over k in order, no atomics.
 //   3. scale:   y = x * s[n, c] (forward), grad_x = g * s[n, c] + dpooled[n, c] / HW (backward), a
 //               flat grid-stride loop; (n, c) of an element from a multiply-high division.
-//   Parameter grads are small ATen products on the (N, C) / (N, S) scratch tensors the excite
-//   backward writes: grad_W2 = dz2^T h, grad_b2 = sum_n dz2, grad_W1 = dz1^T pooled,
-//   grad_b1 = sum_n dz1 (at::mm: TF32 for float32 when the user enables TF32 matmuls).
 // Layouts: NCHW and channels_last, both native; output in the input's memory format. 16-byte
 //          vector loads when the innermost extent (C for channels_last, HW for NCHW) is a multiple
 //          of the vector width and the pointers are 16-byte aligned, else a scalar path.
@@ -26,15 +21,12 @@
 //         accumulation dtype (float, double for float64); y and grad_x rounded once.
 // Indexing: int64 memory offsets. Determinism: every sum has a fixed order that depends on the
 //           shape (and vector path) only; no atomics.
-// Activations: a uniform runtime switch in the excite kernel (its cost is O(S*C) per image), with
+// Activations: a uniform runtime switch in the excite step's epilogues (N (S + C) evaluations), with
 //              the formulas of mk_common.h written without IEEE division (x / 6 as x * (1/6),
 //              sigmoid through an approximate reciprocal refined to within an ulp or two).
-// Limits: the excite step's shared vectors must fit in a block's shared memory ((2C + 3S) * 4
-//         bytes, float, at most ~227 KB on H100: C + 1.5 S up to ~29000). Each image's block
-//         reads both weight matrices from L2 (no reuse across images), so for large C and small
-//         planes the excite step is expected to dominate (not yet measured in a committed
-//         benchmark; several images per block is the next step). Stage 1 has N * ceil(C / (32 VEC)) blocks
-//         (channels_last) or N * C warps (NCHW), so small batches of large images use few SMs.
+// Limits: N, C, S below 2^31 (int indexing in the excite step). Stage 1 has N * ceil(C / (32 VEC))
+//         blocks (channels_last) or N * C warps (NCHW), so small batches of large images use few
+//         SMs.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -45,6 +37,7 @@
 #include <initializer_list>
 #include <limits>
 
+#include "excite_gemm.cuh"
 #include "mk_cuda.cuh"
 #include "squeeze_excite.h"
 
@@ -54,11 +47,9 @@ namespace {
 constexpr int kThreads = 256;  // threads per block: NCHW reduce and scale kernels
 constexpr int kWarps = kThreads / 32;
 constexpr int kReduceThreads = 1024;  // at most, channels_last reduce: one block per (image, channel chunk)
-constexpr int kExciteThreads = 1024;  // one block per image: all the memory parallelism an image gets
-constexpr int kExciteWarps = kExciteThreads / 32;
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 
-using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, the activations (mk_cuda.cuh)
+using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, the activations (mk_cuda.cuh); se: the excite step
 
 // Lane 0 returns the sum of v over the warp (fixed tree); other lanes return partial sums.
 template <typename acc_t>
@@ -153,121 +144,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stage 2, one block (kExciteThreads) per image n.
-
-// Lane 0 returns sum_k w[k] * v[k], k < len (w: global, contiguous; v: shared memory). Four
-// accumulators per lane (k = lane + 32 * (4 i + u) goes to u) keep four loads in flight.
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_dot(const acc_t* __restrict__ w, const acc_t* v, int len, int lane) {
-  acc_t d[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-  int k = lane;
-  for (; k + 96 < len; k += 128) {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) d[u] += w[k + 32 * u] * v[k + 32 * u];
-  }
-  for (; k < len; k += 32) d[0] += w[k] * v[k];
-  return warp_sum((d[0] + d[1]) + (d[2] + d[3]));
-}
-
-// One thread's sum_k w[k * stride] * v[k], k < len (w: global, a weight column; v: shared memory),
-// with four accumulators (k = 4 i + u goes to u).
-template <typename acc_t>
-__device__ __forceinline__ acc_t column_dot(const acc_t* __restrict__ w, int64_t stride, const acc_t* v, int len) {
-  acc_t d[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-  int k = 0;
-  for (; k + 3 < len; k += 4) {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) d[u] += w[(k + u) * stride] * v[k + u];
-  }
-  for (; k < len; ++k) d[0] += w[k * stride] * v[k];
-  return (d[0] + d[1]) + (d[2] + d[3]);
-}
-
-// Both: p = pooled[n] and h = act(W1 p + b1) into shared memory.
-template <typename acc_t>
-__device__ __forceinline__ void excite_hidden(const acc_t* __restrict__ pooled, const acc_t* __restrict__ w1,
-                                              const acc_t* __restrict__ b1, int64_t n, int C, int S, Act act,
-                                              acc_t* p, acc_t* z1, acc_t* h) {
-  for (int c = threadIdx.x; c < C; c += blockDim.x) p[c] = pooled[n * C + c];
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int j = warp; j < S; j += kExciteWarps) {
-    const acc_t z = warp_dot(w1 + static_cast<int64_t>(j) * C, p, C, lane) + b1[j];
-    if (lane == 0) {
-      if (z1 != nullptr) z1[j] = z;
-      h[j] = apply_activation(act, z);
-    }
-  }
-  __syncthreads();
-}
-
-template <typename acc_t>
-__global__ void __launch_bounds__(kExciteThreads)
-    squeeze_excite_fwd_kernel(const acc_t* __restrict__ pooled,  // (N, C)
-                              const acc_t* __restrict__ w1,      // (S, C)
-                              const acc_t* __restrict__ b1,      // (S,)
-                              const acc_t* __restrict__ w2,      // (C, S)
-                              const acc_t* __restrict__ b2,      // (C,)
-                              acc_t* __restrict__ scale,         // (N, C): out, scale_act(z2)
-                              int C, int S, Act act, Act scale_act) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* p = reinterpret_cast<acc_t*>(smem_raw);  // (C,)
-  acc_t* h = p + C;                               // (S,)
-  const int64_t n = blockIdx.x;
-  excite_hidden(pooled, w1, b1, n, C, S, act, p, static_cast<acc_t*>(nullptr), h);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int c = warp; c < C; c += kExciteWarps) {
-    const acc_t z = warp_dot(w2 + static_cast<int64_t>(c) * S, h, S, lane) + b2[c];
-    if (lane == 0) scale[n * C + c] = apply_activation(scale_act, z);
-  }
-}
-
-template <typename acc_t>
-__global__ void __launch_bounds__(kExciteThreads)
-    squeeze_excite_bwd_kernel(const acc_t* __restrict__ pooled,  // (N, C)
-                              const acc_t* __restrict__ ds,      // (N, C): sum_hw g * x
-                              const acc_t* __restrict__ w1,      // (S, C)
-                              const acc_t* __restrict__ b1,      // (S,)
-                              const acc_t* __restrict__ w2,      // (C, S)
-                              const acc_t* __restrict__ b2,      // (C,)
-                              acc_t* __restrict__ scale,         // (N, C): out, scale_act(z2)
-                              acc_t* __restrict__ dp_hw,         // (N, C): out, (W1^T dz1) / HW
-                              acc_t* __restrict__ dz2_out,       // (N, C): out
-                              acc_t* __restrict__ dz1_out,       // (N, S): out
-                              acc_t* __restrict__ h_out,         // (N, S): out, act(z1)
-                              int C, int S, Act act, Act scale_act, acc_t inv_hw) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* p = reinterpret_cast<acc_t*>(smem_raw);  // (C,)
-  acc_t* dz2 = p + C;                             // (C,)
-  acc_t* z1 = dz2 + C;                            // (S,)
-  acc_t* h = z1 + S;                              // (S,)
-  acc_t* dz1 = h + S;                             // (S,)
-  const int64_t n = blockIdx.x;
-  excite_hidden(pooled, w1, b1, n, C, S, act, p, z1, h);
-  for (int j = threadIdx.x; j < S; j += blockDim.x) h_out[n * S + j] = h[j];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int c = warp; c < C; c += kExciteWarps) {
-    const acc_t z = warp_dot(w2 + static_cast<int64_t>(c) * S, h, S, lane) + b2[c];
-    if (lane == 0) {
-      const acc_t d = ds[n * C + c] * activation_grad(scale_act, z);
-      scale[n * C + c] = apply_activation(scale_act, z);
-      dz2_out[n * C + c] = d;
-      dz2[c] = d;
-    }
-  }
-  __syncthreads();
-  for (int j = threadIdx.x; j < S; j += blockDim.x) {  // dz1 = (W2^T dz2) * act'(z1)
-    const acc_t d = column_dot(w2 + j, S, dz2, C) * activation_grad(act, z1[j]);
-    dz1[j] = d;
-    dz1_out[n * S + j] = d;
-  }
-  __syncthreads();
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {  // dpooled = W1^T dz1
-    dp_hw[n * C + c] = column_dot(w1 + c, C, dz1, S) * inv_hw;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Stage 3: out = in * scale[q] (+ shift[q] with kBackward), q = n * C + c of the element. A vector
 // never straddles two (n, c) rows (NCHW: HW % VEC == 0) or two pixels (channels_last: C % VEC == 0).
 template <typename scalar_t, typename acc_t, int VEC, bool kChannelsLast, bool kBackward>
@@ -341,54 +217,24 @@ void launch_reduce(const ChannelLayout& L, const scalar_t* a, const scalar_t* b,
   }
 }
 
-// Dynamic shared memory of `bytes` for `kernel`, opted in above the default 48 KB.
-template <typename Kernel>
-void set_smem(Kernel kernel, size_t bytes, int64_t C, int64_t S) {
-  const size_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  TORCH_CHECK(bytes <= limit, "squeeze_excite (CUDA): C = ", C, " and S = ", S, " need ", bytes,
-              " bytes of shared memory per block; the device allows ", limit);
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+// excite_gemm_kernel on the current stream: the launch excite_gemm.cuh's steps make.
+struct StreamLaunch {
+  cudaStream_t stream;
+  template <typename acc_t, typename Epilogue>
+  void operator()(dim3 grid, const se::Operand<acc_t>& a, const se::Operand<acc_t>& b, int R, int O, int K,
+                  const Epilogue& epi) const {
+    se::excite_gemm_kernel<acc_t, Epilogue><<<grid, dim3(se::kThreadsX, se::kThreadsY),
+                                               se::excite_gemm_smem_bytes<acc_t>(), stream>>>(a, b, R, O, K, epi);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-}
-
-void check_excite_size(int64_t N, int64_t C, int64_t S) {
-  TORCH_CHECK(N <= kMaxGridX, "squeeze_excite (CUDA): too many images for one launch (", N, ")");
-  TORCH_CHECK(C <= std::numeric_limits<int>::max() && S <= std::numeric_limits<int>::max(),
-              "squeeze_excite (CUDA): too many channels");
-}
-
-template <typename acc_t>
-void launch_excite_fwd(const SqueezeExciteArgs& a, const at::Tensor& pooled, at::Tensor& scale) {
-  const int64_t N = a.layout.N, C = a.layout.C, S = a.S;
-  check_excite_size(N, C, S);
-  const size_t bytes = static_cast<size_t>(C + S) * sizeof(acc_t);
-  const auto kernel = squeeze_excite_fwd_kernel<acc_t>;
-  set_smem(kernel, bytes, C, S);
-  kernel<<<static_cast<unsigned>(N), kExciteThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
-      pooled.data_ptr<acc_t>(), a.w1.data_ptr<acc_t>(), a.b1.data_ptr<acc_t>(), a.w2.data_ptr<acc_t>(),
-      a.b2.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), static_cast<int>(C), static_cast<int>(S), a.act, a.scale_act);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-struct ExciteGrads {
-  at::Tensor scale, dp_hw, dz2;  // (N, C)
-  at::Tensor dz1, h;             // (N, S)
 };
 
 template <typename acc_t>
-void launch_excite_bwd(const SqueezeExciteArgs& a, const at::Tensor& pooled, const at::Tensor& ds, ExciteGrads& e) {
-  const int64_t N = a.layout.N, C = a.layout.C, S = a.S;
-  check_excite_size(N, C, S);
-  const size_t bytes = static_cast<size_t>(2 * C + 3 * S) * sizeof(acc_t);
-  const auto kernel = squeeze_excite_bwd_kernel<acc_t>;
-  set_smem(kernel, bytes, C, S);
-  kernel<<<static_cast<unsigned>(N), kExciteThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
-      pooled.data_ptr<acc_t>(), ds.data_ptr<acc_t>(), a.w1.data_ptr<acc_t>(), a.b1.data_ptr<acc_t>(),
-      a.w2.data_ptr<acc_t>(), a.b2.data_ptr<acc_t>(), e.scale.data_ptr<acc_t>(), e.dp_hw.data_ptr<acc_t>(),
-      e.dz2.data_ptr<acc_t>(), e.dz1.data_ptr<acc_t>(), e.h.data_ptr<acc_t>(), static_cast<int>(C),
-      static_cast<int>(S), a.act, a.scale_act, static_cast<acc_t>(1.0 / static_cast<double>(a.layout.HW)));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+se::ExciteParams<acc_t> excite_params(const SqueezeExciteArgs& a) {
+  TORCH_CHECK(se::excite_sizes_fit(a.layout.N, a.layout.C, a.S), "squeeze_excite (CUDA): too many images (",
+              a.layout.N, ") or channels (", a.layout.C, ", ", a.S, ") for the excite step");
+  return {a.w1.data_ptr<acc_t>(), a.b1.data_ptr<acc_t>(), a.w2.data_ptr<acc_t>(), a.b2.data_ptr<acc_t>(),
+          static_cast<int>(a.layout.N), static_cast<int>(a.layout.C), static_cast<int>(a.S), a.act, a.scale_act};
 }
 
 template <typename scalar_t, int VEC, bool kChannelsLast, bool kBackward>
@@ -437,14 +283,17 @@ std::tuple<at::Tensor, at::Tensor> squeeze_excite_cuda(const at::Tensor& input, 
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(a.format));
   at::Tensor pooled = at::empty({L.N, L.C}, acc_opts);
   if (L.N * L.C == 0) return {out, pooled};
-  at::Tensor scale = at::empty({L.N, L.C}, acc_opts);
+  at::Tensor scratch = at::empty({L.N * (a.S + L.C)}, acc_opts);  // h (N, S), scale (N, C)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "squeeze_excite_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = a.input.data_ptr<scalar_t>();
+    acc_t* h = scratch.data_ptr<acc_t>();
+    acc_t* scale = h + L.N * a.S;
     launch_reduce<scalar_t, false>(L, x, nullptr, pooled.data_ptr<acc_t>(),
                                    static_cast<acc_t>(1.0 / static_cast<double>(L.HW)));
-    launch_excite_fwd<acc_t>(a, pooled, scale);
-    launch_scale<scalar_t, false>(L, x, out.data_ptr<scalar_t>(), scale.data_ptr<acc_t>(), nullptr);
+    se::excite_forward(excite_params<acc_t>(a), pooled.data_ptr<acc_t>(), h, scale,
+                       StreamLaunch{at::cuda::getCurrentCUDAStream()});
+    launch_scale<scalar_t, false>(L, x, out.data_ptr<scalar_t>(), scale, nullptr);
   });
   return {out, pooled};
 }
@@ -467,22 +316,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
             at::zeros(fc2_bias.sizes(), fc2_bias.options())};
   }
   const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
-  at::Tensor ds = at::empty({L.N, L.C}, acc_opts);
-  ExciteGrads e{at::empty({L.N, L.C}, acc_opts), at::empty({L.N, L.C}, acc_opts), at::empty({L.N, L.C}, acc_opts),
-                at::empty({L.N, a.S}, acc_opts), at::empty({L.N, a.S}, acc_opts)};
+  // ds, scale, dz2, dp_hw: (N, C); z1, h, dz1: (N, S)
+  at::Tensor scratch = at::empty({L.N * (4 * L.C + 3 * a.S)}, acc_opts);
+  at::Tensor gw1 = at::empty(fc1_weight.sizes(), acc_opts), gb1 = at::empty(fc1_bias.sizes(), acc_opts);
+  at::Tensor gw2 = at::empty(fc2_weight.sizes(), acc_opts), gb2 = at::empty(fc2_bias.sizes(), acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "squeeze_excite_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = gy.data_ptr<scalar_t>();
-    launch_reduce<scalar_t, true>(L, g, a.input.data_ptr<scalar_t>(), ds.data_ptr<acc_t>(), acc_t(1));
-    launch_excite_bwd<acc_t>(a, p, ds, e);
-    launch_scale<scalar_t, true>(L, g, grad_input.data_ptr<scalar_t>(), e.scale.data_ptr<acc_t>(),
-                                 e.dp_hw.data_ptr<acc_t>());
+    const int64_t NC = L.N * L.C, NS = L.N * a.S;
+    acc_t* ds = scratch.data_ptr<acc_t>();
+    acc_t* dp_hw = ds + NC;
+    const se::ExciteBwdScratch<acc_t> t{dp_hw + 3 * NC, dp_hw + 3 * NC + NS, dp_hw + 3 * NC + 2 * NS, dp_hw + NC,
+                                        dp_hw + 2 * NC};  // z1, h, dz1, scale, dz2
+    launch_reduce<scalar_t, true>(L, g, a.input.data_ptr<scalar_t>(), ds, acc_t(1));
+    se::excite_backward(excite_params<acc_t>(a), p.data_ptr<acc_t>(), ds,
+                        static_cast<acc_t>(1.0 / static_cast<double>(L.HW)), t, dp_hw,
+                        se::ExciteParamGrads<acc_t>{gw1.data_ptr<acc_t>(), gb1.data_ptr<acc_t>(),
+                                                    gw2.data_ptr<acc_t>(), gb2.data_ptr<acc_t>()},
+                        StreamLaunch{at::cuda::getCurrentCUDAStream()});
+    launch_scale<scalar_t, true>(L, g, grad_input.data_ptr<scalar_t>(), t.scale, dp_hw);
   });
-  const auto as_param = [](const at::Tensor& grad, const at::Tensor& param) {
-    return grad.reshape(param.sizes()).to(param.scalar_type()).contiguous();
-  };
-  return {grad_input, as_param(at::mm(e.dz1.t(), p), fc1_weight), as_param(e.dz1.sum(0), fc1_bias),
-          as_param(at::mm(e.dz2.t(), e.h), fc2_weight), as_param(e.dz2.sum(0), fc2_bias)};
+  // In the parameters' dtype (a no-op unless they are float16 / bfloat16 with an input of theirs).
+  return {grad_input, gw1.to(fc1_weight.scalar_type()), gb1.to(fc1_bias.scalar_type()),
+          gw2.to(fc2_weight.scalar_type()), gb2.to(fc2_bias.scalar_type())};
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ from .models import ModelSettings, Variant, _ready_model, _synchronize, build, m
 OURS = [
     ("ours: depthwise", r"depthwise_conv2d"),
     ("ours: pointwise", r"pointwise_"),
-    ("ours: squeeze-excite", r"squeeze_excite"),
+    ("ours: squeeze-excite", r"squeeze_excite|excite_gemm"),
     ("ours: block", r"inverted_residual"),
     ("ours: batch norm", r"batch_norm|per_channel|reduce_n|stats|finish"),
 ]
