@@ -42,10 +42,11 @@ namespace bn {
 
 constexpr int kThreads = 256;
 constexpr int kFinishLanes = 16;  // tile lanes per channel in finish_kernel
-// channels_last: rows whose loads a thread issues before it uses any, 64 bytes of them (16-byte
-// vectors: four rows of one input, two of two; ptxas, sm_90: bf16 TrainInputGrad takes 97-112
-// registers with two rows, 2 blocks of 256 threads per SM, and 128-149 with four, 1 block), and rows
-// a thread of the elementwise pass takes per chunk (plan_per_channel).
+// channels_last: rows whose loads a thread issues before it uses any (for_rows_in_flight,
+// mk_cuda.cuh), 64 bytes of them (16-byte vectors: four rows of one input, two of two; ptxas,
+// sm_90: bf16 TrainInputGrad takes 64-99 registers with two rows, 2-4 blocks of 256 threads per
+// SM, and 128-149 with four, 1 block), and rows a thread of the elementwise pass takes per chunk
+// (plan_per_channel).
 template <typename Op>
 inline constexpr int kRowsInFlight = 4 / Op::kInputs;
 constexpr int kRowsPerThread = 4;
@@ -56,10 +57,6 @@ struct Inputs {
   Vec<scalar_t, V> v[K];
 };
 
-template <typename scalar_t, int V>
-__device__ __forceinline__ Vec<scalar_t, V> load_vec16(const scalar_t* __restrict__ p, int64_t i) {
-  return *reinterpret_cast<const Vec<scalar_t, V>*>(p + i);
-}
 
 // --------------------------------------------------------------------------------------- functors
 
@@ -97,7 +94,7 @@ struct BackwardTerms {
   }
   template <int V>
   __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
-    return {{load_vec16<scalar_t, V>(x, i), load_vec16<scalar_t, V>(gy, i)}};
+    return {{load_raw_vec<scalar_t, V>(x + i), load_raw_vec<scalar_t, V>(gy + i)}};
   }
   template <int V>
   __device__ void add(const State* s, int64_t i, const Inputs<scalar_t, V, kInputs>& in, acc_t* sum_gxhat,
@@ -137,7 +134,7 @@ struct ShiftedMomentTerms {
   __device__ State begin(int64_t c) const { return finite_or_zero(static_cast<acc_t>(x[c * first_stride])); }
   template <int V>
   __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
-    return {{load_vec16<scalar_t, V>(x, i)}};
+    return {{load_raw_vec<scalar_t, V>(x + i)}};
   }
   template <int V>
   __device__ void add(const State* K, int64_t, const Inputs<scalar_t, V, kInputs>& in, acc_t* s1, acc_t* s2) const {
@@ -190,7 +187,7 @@ struct TrainInputGrad {
   }
   template <int V>
   __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
-    return {{load_vec16<scalar_t, V>(x, i), load_vec16<scalar_t, V>(gy, i)}};
+    return {{load_raw_vec<scalar_t, V>(x + i), load_raw_vec<scalar_t, V>(gy + i)}};
   }
   template <int V>
   __device__ void apply(const State* s, int64_t i, const Inputs<scalar_t, V, kInputs>& in) const {
@@ -226,7 +223,7 @@ struct EvalApply {
   }
   template <int V>
   __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
-    return {{load_vec16<scalar_t, V>(x, i)}};
+    return {{load_raw_vec<scalar_t, V>(x + i)}};
   }
   template <int V>
   __device__ void apply(const State* s, int64_t i, const Inputs<scalar_t, V, kInputs>& in) const {
@@ -264,16 +261,9 @@ __global__ void __launch_bounds__(kThreads)
     typename Term::State state[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) state[j] = term.begin(c0 + j);
-    constexpr int R = kRowsInFlight<Term>;
-    int64_t m = m_begin + threadIdx.y;
-    for (; m + (R - 1) * ty < m_end; m += R * ty) {
-      In in[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) in[r] = term.template load<V>((m + r * ty) * C + c0);
-#pragma unroll
-      for (int r = 0; r < R; ++r) term.template add<V>(state, (m + r * ty) * C + c0, in[r], a, b);
-    }
-    for (; m < m_end; m += ty) term.template add<V>(state, m * C + c0, term.template load<V>(m * C + c0), a, b);
+    for_rows_in_flight<kRowsInFlight<Term>>(
+        m_begin + threadIdx.y, m_end, ty, [&](int64_t m) { return term.template load<V>(m * C + c0); },
+        [&](int64_t m, const In& in) { term.template add<V>(state, m * C + c0, in, a, b); });
   }
   const int64_t offset = static_cast<int64_t>(blockIdx.y) * C + c0;
   block_sum_store<acc_t, V>(a, buf0, c0 < C, partial0, offset);
@@ -367,7 +357,6 @@ template <int V, typename Elementwise>
 __global__ void __launch_bounds__(kThreads) per_channel_nhwc_kernel(Elementwise op, int64_t M, int64_t C) {
   using In = Inputs<typename Elementwise::Scalar, V, Elementwise::kInputs>;
   constexpr int R = kRowsInFlight<Elementwise>;
-  static_assert(kRowsPerThread % R == 0, "a chunk's rows come in whole groups");
   const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * V;
   if (c0 >= C) return;
   typename Elementwise::State state[V];
@@ -377,19 +366,9 @@ __global__ void __launch_bounds__(kThreads) per_channel_nhwc_kernel(Elementwise 
   const int64_t chunk = kRowsPerThread * ty;
   for (int64_t m0 = static_cast<int64_t>(blockIdx.x) * chunk + threadIdx.y; m0 < M;
        m0 += static_cast<int64_t>(gridDim.x) * chunk) {
-#pragma unroll
-    for (int g = 0; g < kRowsPerThread; g += R) {
-      const int64_t m = m0 + g * ty;
-      In in[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (m + r * ty < M) in[r] = op.template load<V>((m + r * ty) * C + c0);
-      }
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (m + r * ty < M) op.template apply<V>(state, (m + r * ty) * C + c0, in[r]);
-      }
-    }
+    for_rows_in_flight<R>(
+        m0, std::min(M, m0 + chunk), ty, [&](int64_t m) { return op.template load<V>(m * C + c0); },
+        [&](int64_t m, const In& in) { op.template apply<V>(state, m * C + c0, in); });
   }
 }
 

@@ -133,6 +133,31 @@ inline Divider make_divider(int64_t d) {
   return Divider{d, static_cast<uint64_t>(num / static_cast<u128>(d) + 1), s};
 }
 
+// A thread's walk over rows m, m + step, ... < end that keeps R rows' loads in flight: load(i)
+// issues row i's loads and returns them, use(i, loaded) consumes them; R rows are loaded before
+// any of them is used, then used in row order (the remainder one at a time), so the arithmetic
+// and its order are those of a plain loop over the rows. A loop that loads and uses one row a trip
+// has one row's loads in flight a thread: GPU run 7 timed such passes (batch_norm_act's backward)
+// at 39-58 us a launch at batch 128 against 30-33 us for ATen's, which keep four rows in flight.
+template <int R, typename Load, typename Use>
+__device__ __forceinline__ void for_rows_in_flight(int64_t m, int64_t end, int64_t step, const Load& load,
+                                                   const Use& use) {
+  using Loaded = decltype(load(m));
+  for (; m + (R - 1) * step < end; m += R * step) {
+    Loaded in[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) in[r] = load(m + r * step);
+#pragma unroll
+    for (int r = 0; r < R; ++r) use(m + r * step, in[r]);
+  }
+  for (; m < end; m += step) use(m, load(m));
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ Vec<T, VEC> load_raw_vec(const T* p) {
+  return *reinterpret_cast<const Vec<T, VEC>*>(p);
+}
+
 template <int VEC, typename T, typename acc_t>
 __device__ __forceinline__ void load_vec(const T* p, acc_t (&out)[VEC]) {
   const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);

@@ -166,12 +166,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t r0 = tile * tile_rows;
   const int64_t r1 = r0 + tile_rows < P ? r0 + tile_rows : P;
   ShiftedSums<acc_t, VEC> s;
-  if (active) {
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
-      acc_t v[VEC];
-      load_vec<VEC>(y + r * C + c0, v);
-      s.add(v);
-    }
+  if (active) {  // four rows' loads in flight a thread (for_rows_in_flight), added in row order
+    for_rows_in_flight<4>(
+        r0 + threadIdx.y, r1, blockDim.y, [&](int64_t r) { return load_raw_vec<scalar_t, VEC>(y + r * C + c0); },
+        [&](int64_t, const Vec<scalar_t, VEC>& raw) {
+          acc_t v[VEC];
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) v[j] = static_cast<acc_t>(raw.v[j]);
+          s.add(v);
+        });
   }
   block_merge_write<kThreads>(s, active, threadIdx.y, blockDim.y, blockDim.x, tile, c0, C, part_n, part_mean,
                               part_m2);

@@ -79,21 +79,30 @@ __global__ void __launch_bounds__(kReduceThreads)
   acc_t acc[VEC];
 #pragma unroll
   for (int j = 0; j < VEC; ++j) acc[j] = acc_t(0);
-  if (active) {
+  if (active) {  // 64 bytes of loads in flight a thread (for_rows_in_flight), added in pixel order
     const int64_t base = static_cast<int64_t>(n) * HW * C + c0;
-    for (int64_t p = threadIdx.y; p < HW; p += blockDim.y) {
-      acc_t va[VEC];
-      load_vec<VEC>(a + base + p * C, va);
-      if constexpr (kProduct) {
-        acc_t vb[VEC];
-        load_vec<VEC>(b + base + p * C, vb);
+    struct Pixel {
+      Vec<scalar_t, VEC> a, b;
+    };
+    for_rows_in_flight<kProduct ? 2 : 4>(
+        threadIdx.y, HW, blockDim.y,
+        [&](int64_t p) {
+          Pixel px;
+          px.a = load_raw_vec<scalar_t, VEC>(a + base + p * C);
+          if constexpr (kProduct) px.b = load_raw_vec<scalar_t, VEC>(b + base + p * C);
+          return px;
+        },
+        [&](int64_t, const Pixel& px) {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) acc[j] += va[j] * vb[j];
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) acc[j] += va[j];
-      }
-    }
+          for (int j = 0; j < VEC; ++j) {
+            const acc_t va = static_cast<acc_t>(px.a.v[j]);
+            if constexpr (kProduct) {
+              acc[j] += va * static_cast<acc_t>(px.b.v[j]);
+            } else {
+              acc[j] += va;
+            }
+          }
+        });
   }
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
 #pragma unroll
