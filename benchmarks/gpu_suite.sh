@@ -7,14 +7,19 @@
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step). Next (untimed since
-# run 7: the eval folds cached in the autocast dtype, no weight casts per inference; the CUDA ops'
+# run 7: batch_norm_act's CUDA passes with several rows' loads in flight and fitted channel lanes;
+# squeeze_excite's excite step as tiled GEMMs over the batch, its parameter gradients included;
+# the eval folds cached in the autocast dtype, no weight casts per inference; the CUDA ops'
 # partial-sum planes without aten::select; the forward's one-tile blocks at stride 2 only):
-#   1. timeout_s 580: MK_SUITE_STEPS="build tests diag_dw summary" MK_TESTS_LIMIT=210 (correctness
-#      first; diag_dw times the forward's tile rule again)
-#   2. the rest of the lease less ~20 s (~320 s): MK_SUITE_STEPS="host_layers bench_model"
-#      MK_LIMIT_bench_model=270 (host_layers and bench_model's inference rows time the casts
-#      removed; bench_model measures ~7 s per row, 18 rows per model: 270 s reaches V2's rows, which
-#      no run has measured yet), then profile_model, profile_infer, large_tensors and hbm_bytes next.
+#   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_se bench_bn_train summary"
+#      MK_TESTS_LIMIT=200 (correctness first: the BN and SE CUDA tests run early in the tests
+#      step; bench_se has never run on a GPU, bench_bn_train compares with
+#      results/batch_norm_act_train_h200.json)
+#   2. the rest of the lease less ~20 s (~300 s): MK_SUITE_STEPS="profile_model bench_model"
+#      MK_LIMIT_bench_model=230 (profile_model's per-kernel rows set the SE excite and BN passes
+#      against run 7's profile_model_h200.json on the same step; bench_model ~7 s a row, 18 rows
+#      per model: 230 s reaches some of V2's rows, which no run has measured yet), then diag_dw,
+#      host_layers, profile_infer, large_tensors and hbm_bytes next.
 # Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
 # 23 of 1668 never started), 117 s for diag_dw's three runs, 30 s for profile_model, 31 s for
 # host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):

@@ -1225,3 +1225,46 @@ def test_se_excite_step_is_batch_invariant(se_emu):
     for n in (0, 17, 36):
         one, _ = se_emu.forward(pooled[n:n + 1], w1, b1, w2, b2, "relu", "hardsigmoid")
         assert torch.equal(one[0], full[n]), n
+
+
+# (N, C, H, W, S): 16-byte vectors in channels_last for every dtype (16, 40, 72 channels) or for
+# float32 only (12), none (13); NCHW vectors where H * W allows them (4 x 4); H, W of 1, 7, 13.
+SE_OP_SHAPES = [(2, 12, 7, 7, 4), (3, 16, 13, 13, 8), (1, 13, 1, 7, 3), (2, 40, 4, 4, 10), (2, 72, 5, 3, 24)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_se_op_forward_and_backward(se_emu, dtype, layout):
+    """The whole CUDA op, forward and backward (the reduction over HW, the excite step, the
+    scaling pass, with squeeze_excite.cu's launch sequence), against float64 autograd of the
+    reference: the output and grad_input rounded once, the parameter gradients in float32 (float64)."""
+    from mobilenet_kernels.reference import squeeze_excite_ref
+
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for i, (N, C, H, W, S) in enumerate(SE_OP_SHAPES):
+        act, scale_act = SE_ACTS[i % len(SE_ACTS)]
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(N, C, H, W, generator=g).to(dtype).contiguous(memory_format=fmt)
+        gy = torch.randn(N, C, H, W, generator=g).to(dtype).contiguous(memory_format=fmt)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        params = [(torch.randn(S, C, 1, 1, generator=g) / math.sqrt(C)).to(acc), torch.randn(S, generator=g).to(acc),
+                  (torch.randn(C, S, 1, 1, generator=g) / math.sqrt(S)).to(acc), torch.randn(C, generator=g).to(acc)]
+        where = f"{(N, C, H, W, S)} {dtype} {layout} {act}/{scale_act}"
+        y, pooled, launches = se_emu.op_forward(x, *params, act, scale_act)
+        assert launches == 4 and y.dtype == dtype and y.is_contiguous(memory_format=fmt), where
+        gx, gw1, gb1, gw2, gb2, launches = se_emu.op_backward(gy, x, pooled, *params, act, scale_act)
+        assert launches == 8, where
+        leaves = [t.double().requires_grad_() for t in (x, *params)]
+        ref_y = squeeze_excite_ref(*leaves, act, scale_act)
+        ref = (ref_y.detach(), *torch.autograd.grad(ref_y, leaves, gy.double()))
+        torch.testing.assert_close(pooled.double(), x.double().mean((2, 3)), rtol=1e-6, atol=1e-6, msg=where)
+        got = (y, gx, gw1.view(S, C, 1, 1), gb1, gw2.view(C, S, 1, 1), gb2)
+        for name, a, r in zip(["y", "grad_input", "w1", "b1", "w2", "b2"], got, ref):
+            if dtype == torch.float64:
+                tol = dict(rtol=1e-10, atol=1e-10)
+            elif dtype == torch.float32 or name not in ("y", "grad_input"):
+                tol = dict(rtol=1e-4, atol=1e-4 * max(1, N * H * W) ** 0.5)
+            else:  # float32 math rounded once: within an ulp or two of the rounded reference
+                r = r.to(dtype)
+                tol = dict(rtol=2 * torch.finfo(dtype).eps, atol=1e-3)
+            torch.testing.assert_close(a.double(), r.double(), **tol, msg=f"{name} {where}")

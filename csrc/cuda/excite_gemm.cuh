@@ -223,15 +223,23 @@ Operand<acc_t> cols_of(const acc_t* m, int cols, bool with_ones = false) {
   return {m, 1, cols, cols, with_ones ? cols : -1};
 }
 
+// out(r, o) = epi(r, o, sum_k a(r, k) b(o, k)) for r < R, o < O: one launch of excite_gemm_kernel
+// through launch(kernel, grid, block, dynamic_smem_bytes, args...) (on a stream in
+// squeeze_excite.cu, on the host in the emulation).
+template <typename acc_t, typename Epilogue, typename Launch>
+void gemm(const Launch& launch, const Operand<acc_t>& a, const Operand<acc_t>& b, int R, int O, int K,
+          const Epilogue& epi) {
+  launch(excite_gemm_kernel<acc_t, Epilogue>, excite_grid(R, O), dim3(kThreadsX, kThreadsY),
+         excite_gemm_smem_bytes<acc_t>(), a, b, R, O, K, epi);
+}
+
 // The forward: scale = scale_act(act(P W1^T + b1) W2^T + b2), two launches; h is (N, S) scratch.
-// launch(grid, a, b, R, O, K, epilogue) runs excite_gemm_kernel: on a stream in squeeze_excite.cu,
-// on the host in the emulation.
 template <typename acc_t, typename Launch>
-void excite_forward(const ExciteParams<acc_t>& p, const acc_t* pooled, acc_t* h, acc_t* scale, Launch&& launch) {
-  launch(excite_grid(p.N, p.S), rows_of(pooled, p.N, p.C), rows_of(p.w1, p.S, p.C), p.N, p.S, p.C,
-         HiddenOut<acc_t>{p.b1, h, p.S, p.act});
-  launch(excite_grid(p.N, p.C), rows_of<acc_t>(h, p.N, p.S), rows_of(p.w2, p.C, p.S), p.N, p.C, p.S,
-         ScaleOut<acc_t, false>{p.b2, scale, nullptr, nullptr, p.C, p.scale_act});
+void excite_forward(const ExciteParams<acc_t>& p, const acc_t* pooled, acc_t* h, acc_t* scale, const Launch& launch) {
+  gemm(launch, rows_of(pooled, p.N, p.C), rows_of(p.w1, p.S, p.C), p.N, p.S, p.C,
+       HiddenOut<acc_t>{p.b1, h, p.S, p.act});
+  gemm(launch, rows_of<acc_t>(h, p.N, p.S), rows_of(p.w2, p.C, p.S), p.N, p.C, p.S,
+       ScaleOut<acc_t, false>{p.b2, scale, nullptr, nullptr, p.C, p.scale_act});
 }
 
 // The backward's scratch, dense: (N, S) z1, h, dz1; (N, C) scale (also an output: the grad_input
@@ -252,24 +260,19 @@ struct ExciteParamGrads {
 template <typename acc_t, typename Launch>
 void excite_backward(const ExciteParams<acc_t>& p, const acc_t* pooled, const acc_t* ds, acc_t inv_hw,
                      const ExciteBwdScratch<acc_t>& t, acc_t* dp_hw, const ExciteParamGrads<acc_t>& g,
-                     Launch&& launch) {
+                     const Launch& launch) {
   const int N = p.N, C = p.C, S = p.S;
-  launch(excite_grid(N, S), rows_of(pooled, N, C), rows_of(p.w1, S, C), N, S, C,
-         HiddenOutBwd<acc_t>{p.b1, t.z1, t.h, S, p.act});
-  launch(excite_grid(N, C), rows_of<acc_t>(t.h, N, S), rows_of(p.w2, C, S), N, C, S,
-         ScaleOut<acc_t, true>{p.b2, t.scale, ds, t.dz2, C, p.scale_act});
+  gemm(launch, rows_of(pooled, N, C), rows_of(p.w1, S, C), N, S, C, HiddenOutBwd<acc_t>{p.b1, t.z1, t.h, S, p.act});
+  gemm(launch, rows_of<acc_t>(t.h, N, S), rows_of(p.w2, C, S), N, C, S,
+       ScaleOut<acc_t, true>{p.b2, t.scale, ds, t.dz2, C, p.scale_act});
   // (dz2 W2)[n, j] = sum_c dz2[n, c] W2[c, j]: B(j, c) = W2[c, j].
-  launch(excite_grid(N, S), rows_of<acc_t>(t.dz2, N, C), cols_of(p.w2, S), N, S, C,
-         HiddenGrad<acc_t>{t.z1, t.dz1, S, p.act});
+  gemm(launch, rows_of<acc_t>(t.dz2, N, C), cols_of(p.w2, S), N, S, C, HiddenGrad<acc_t>{t.z1, t.dz1, S, p.act});
   // (dz1 W1)[n, c] = sum_j dz1[n, j] W1[j, c]: B(c, j) = W1[j, c].
-  launch(excite_grid(N, C), rows_of<acc_t>(t.dz1, N, S), cols_of(p.w1, C), N, C, S,
-         PooledGrad<acc_t>{dp_hw, C, inv_hw});
+  gemm(launch, rows_of<acc_t>(t.dz1, N, S), cols_of(p.w1, C), N, C, S, PooledGrad<acc_t>{dp_hw, C, inv_hw});
   // grad W2[c, j] = sum_n dz2[n, c] h[n, j], grad b2[c] = sum_n dz2[n, c] (the ones row of B).
-  launch(excite_grid(C, S + 1), cols_of<acc_t>(t.dz2, C), cols_of<acc_t>(t.h, S, true), C, S + 1, N,
-         ParamGrad<acc_t>{g.w2, g.b2, S});
+  gemm(launch, cols_of<acc_t>(t.dz2, C), cols_of<acc_t>(t.h, S, true), C, S + 1, N, ParamGrad<acc_t>{g.w2, g.b2, S});
   // grad W1[j, c] = sum_n dz1[n, j] pooled[n, c], grad b1[j] = sum_n dz1[n, j].
-  launch(excite_grid(S, C + 1), cols_of<acc_t>(t.dz1, S), cols_of(pooled, C, true), S, C + 1, N,
-         ParamGrad<acc_t>{g.w1, g.b1, C});
+  gemm(launch, cols_of<acc_t>(t.dz1, S), cols_of(pooled, C, true), S, C + 1, N, ParamGrad<acc_t>{g.w1, g.b1, C});
 }
 
 }  // namespace se

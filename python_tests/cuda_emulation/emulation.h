@@ -2,8 +2,8 @@
 // share: the emulated launch and the guarded buffers that make a kernel's mistakes visible.
 //
 // launch_grid runs a kernel the way the GPU would, on the CPU: one std::thread per CUDA thread of
-// a block, running the grid's blocks one after the other (x fastest), all threads on the same
-// block, with a barrier between blocks (function-local __shared__ arrays are statics under the
+// a block (32 consecutive ones a warp, for __shfl_down_sync), running the grid's blocks one after
+// the other (x fastest), all threads on the same block, with a barrier between blocks (function-local __shared__ arrays are statics under the
 // shim: one block at a time). Before each block the dynamic shared memory is filled with 0xff bytes
 // (NaN in every floating dtype), so a read of an entry nobody wrote this block shows; a guard zone
 // after it catches writes past its end. Buffers: in_guarded_buffer puts a tensor, same sizes and
@@ -16,6 +16,7 @@
 
 #include <cuda_runtime.h>  // cuda_shim/cuda_runtime.h
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -100,12 +101,16 @@ void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem,
   gridDim = grid;
   BlockBarrier sync_bar(nthreads, "__syncthreads");    // the kernel's
   BlockBarrier block_bar(nthreads, "block boundary");  // the launcher's, between blocks
+  std::vector<std::unique_ptr<Warp>> warps;            // __shfl_down_sync's
+  for (int t = 0; t < nthreads; t += 32) warps.push_back(std::make_unique<Warp>(std::min(32, nthreads - t)));
   std::mutex err_mu;
   std::string error;
   auto body = [&](int tid) {
     try {
       threadIdx = dim3(tid % block.x, tid / block.x % block.y, tid / (block.x * block.y));
       current_barrier = &sync_bar;
+      current_warp = warps[tid / 32].get();
+      lane_id = tid % 32;
       for (unsigned bz = 0; bz < grid.z; ++bz) {
         for (unsigned by = 0; by < grid.y; ++by) {
           for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -124,6 +129,7 @@ void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem,
       }
       sync_bar.break_all();
       block_bar.break_all();
+      for (auto& w : warps) w->bar.break_all();
     }
   };
   std::vector<std::thread> threads;

@@ -1,18 +1,22 @@
-// Host emulation of squeeze_excite's excite step on CUDA (csrc/cuda/excite_gemm.cuh): the
-// forward (the hidden layer, then the scale) and the backward (the recomputed hidden layer and
-// scale with dz2, dz1, dpooled / HW and the parameter gradients), with the very launch sequence
-// squeeze_excite.cu runs, each launch of excite_gemm_kernel emulated on the CPU (emulation.h: one
-// std::thread per CUDA thread, the staged slices in NaN-poisoned dynamic shared memory). Inputs sit
-// in NaN guard zones, outputs start as NaN inside sentinel guard zones: a read past an operand, an
-// unstaged read or an output left unwritten shows in the results or fails check().
+// Host emulation of squeeze_excite's CUDA op (csrc/cuda/squeeze_excite.cuh, excite_gemm.cuh): the
+// whole forward and backward (the reduction over HW, the excite step's tiled GEMMs, the scaling
+// pass) with the very launch sequence squeeze_excite.cu runs, and the excite step on its own (its
+// two forward and six backward launches). Each launch is emulated on the CPU (emulation.h: one
+// std::thread per CUDA thread, warps for the NCHW reduction's shuffles, the excite step's staged
+// slices in NaN-poisoned dynamic shared memory). Inputs sit in NaN guard zones, outputs and scratch
+// start as NaN inside sentinel guard zones: a read past an operand, an unstaged read or an output
+// left unwritten shows in the results or fails check().
 #include <torch/extension.h>
+
+#include <ATen/OpMathType.h>
 
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "emulation.h"  // the shim: after the PyTorch headers, before the kernels'
-#include "cuda/excite_gemm.cuh"
+#include "cuda/squeeze_excite.cuh"
+#include "squeeze_excite.h"
 
 namespace {
 
@@ -22,14 +26,12 @@ using mk_emu::guarded_in;
 using mk_emu::guarded_out;
 using mk_emu::GuardedOutput;
 
-// The launch excite_gemm.cuh's steps make, emulated; counts the launches.
+// A launch of the sequence, emulated; counts the launches.
 struct HostLaunch {
   int* launches;
-  template <typename acc_t, typename Epilogue>
-  void operator()(dim3 grid, const se::Operand<acc_t>& a, const se::Operand<acc_t>& b, int R, int O, int K,
-                  const Epilogue& epi) const {
-    mk_emu::launch_grid(grid, dim3(se::kThreadsX, se::kThreadsY), se::excite_gemm_smem_bytes<acc_t>(),
-                        se::mk_se_gemm_smem, [&] { se::excite_gemm_kernel<acc_t, Epilogue>(a, b, R, O, K, epi); });
+  template <typename... Params, typename... Args>
+  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Args&... args) const {
+    mk_emu::launch_grid(grid, block, smem, se::mk_se_gemm_smem, [&] { kernel(args...); });
     ++*launches;
   }
 };
@@ -110,9 +112,78 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {scale.y.clone(), dp.y.clone(), gw1.y.clone(), gb1.y.clone(), gw2.y.clone(), gb2.y.clone(), launches};
 }
 
+constexpr int64_t kResident = 4;  // scaling-pass blocks: small, so that the grid-stride loop runs
+
+// squeeze_excite_cuda, emulated: (out, pooled, launches).
+std::tuple<at::Tensor, at::Tensor, int> op_forward(const at::Tensor& input, const at::Tensor& fc1_weight,
+                                                   const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
+                                                   const at::Tensor& fc2_bias, const std::string& act,
+                                                   const std::string& scale_act) {
+  const mk::SqueezeExciteArgs a0 =
+      mk::prepare_squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act, scale_act);
+  const mk::ChannelLayout& L = a0.layout;
+  TORCH_CHECK(input.device().is_cpu() && L.N * L.C > 0, "emulation: a non-empty CPU tensor");
+  const at::Tensor x = guarded_in(a0.input);
+  const Params prm(a0.w1, a0.b1, a0.w2, a0.b2);
+  const auto acc_opts = input.options().dtype(mk::acc_type_for(input.scalar_type()));
+  const GuardedOutput out = guarded_out(at::empty(input.sizes(), input.options().memory_format(a0.format)));
+  const GuardedOutput pooled = guarded_out(at::empty({L.N, L.C}, acc_opts));
+  const GuardedOutput scratch = guarded_out(at::empty({se::forward_scratch(L, a0.S)}, acc_opts));
+  int launches = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_host_op_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    se::forward_steps<scalar_t>(L, prm.get<acc_t>(static_cast<int>(L.N), act, scale_act), x.data_ptr<scalar_t>(),
+                                out.y.data_ptr<scalar_t>(), pooled.y.data_ptr<acc_t>(), scratch.y.data_ptr<acc_t>(),
+                                kResident, HostLaunch{&launches});
+  });
+  out.check();
+  pooled.check();
+  scratch.check();
+  TORCH_CHECK(!scratch.y.isnan().any().item<bool>(), "emulation: scratch left unwritten");
+  return {out.y.clone(), pooled.y.clone(), launches};
+}
+
+// squeeze_excite_backward_cuda, emulated: (grad_input, grad fc1_weight (S, C), fc1_bias, grad
+// fc2_weight (C, S), fc2_bias, launches), the gradients in the accumulation dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, int> op_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& pooled_in, const at::Tensor& fc1_weight,
+    const at::Tensor& fc1_bias, const at::Tensor& fc2_weight, const at::Tensor& fc2_bias, const std::string& act,
+    const std::string& scale_act) {
+  const mk::SqueezeExciteArgs a0 =
+      mk::prepare_squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act, scale_act);
+  const mk::ChannelLayout& L = a0.layout;
+  TORCH_CHECK(input.device().is_cpu() && L.N * L.C > 0, "emulation: a non-empty CPU tensor");
+  const at::Tensor x = guarded_in(a0.input);
+  const at::Tensor g = guarded_in(mk::prepare_se_grad_output(grad_output, a0, input));
+  const at::Tensor p = guarded_in(mk::prepare_se_pooled(pooled_in, a0));
+  const Params prm(a0.w1, a0.b1, a0.w2, a0.b2);
+  const auto acc_opts = input.options().dtype(mk::acc_type_for(input.scalar_type()));
+  const GuardedOutput gx = guarded_out(at::empty(input.sizes(), input.options().memory_format(a0.format)));
+  const GuardedOutput scratch = guarded_out(at::empty({se::backward_scratch(L, a0.S)}, acc_opts));
+  const GuardedOutput gw1 = guarded_out(at::empty({a0.S, L.C}, acc_opts)), gb1 = guarded_out(at::empty({a0.S}, acc_opts)),
+                      gw2 = guarded_out(at::empty({L.C, a0.S}, acc_opts)), gb2 = guarded_out(at::empty({L.C}, acc_opts));
+  int launches = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_host_op_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const se::ExciteParamGrads<acc_t> grads{gw1.y.data_ptr<acc_t>(), gb1.y.data_ptr<acc_t>(), gw2.y.data_ptr<acc_t>(),
+                                            gb2.y.data_ptr<acc_t>()};
+    se::backward_steps<scalar_t>(L, prm.get<acc_t>(static_cast<int>(L.N), act, scale_act), g.data_ptr<scalar_t>(),
+                                 x.data_ptr<scalar_t>(), p.data_ptr<acc_t>(), gx.y.data_ptr<scalar_t>(), grads,
+                                 scratch.y.data_ptr<acc_t>(), kResident, HostLaunch{&launches});
+  });
+  for (const GuardedOutput* t : {&gx, &scratch, &gw1, &gb1, &gw2, &gb2}) t->check();
+  TORCH_CHECK(!scratch.y.isnan().any().item<bool>(), "emulation: scratch left unwritten");
+  return {gx.y.clone(), gw1.y.clone(), gb1.y.clone(), gw2.y.clone(), gb2.y.clone(), launches};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("op_forward", &op_forward, "squeeze_excite_cuda emulated on the host", py::arg("input"), py::arg("w1"),
+        py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("act"), py::arg("scale_act"));
+  m.def("op_backward", &op_backward, "squeeze_excite_backward_cuda emulated on the host", py::arg("grad_output"),
+        py::arg("input"), py::arg("pooled"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"),
+        py::arg("act"), py::arg("scale_act"));
   m.def("forward", &forward, "squeeze_excite's CUDA excite step, forward, emulated on the host", py::arg("pooled"),
         py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("act"), py::arg("scale_act"));
   m.def("backward", &backward, "squeeze_excite's CUDA excite step, backward, emulated on the host",

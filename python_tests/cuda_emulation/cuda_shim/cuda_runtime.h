@@ -7,8 +7,9 @@
 // shared memory as a pointer the launcher sets (depthwise_tiled.cuh, inverted_residual_block.cuh).
 // Inline PTX cannot run here: the rcp.approx.ftz.f64 of recip_ge1(double) (mk_cuda.cuh) calls
 // mk_emu::rcp_approx_ftz_f64 below under MK_CUDA_EMULATION, and the cp.async copies of
-// mk_cuda.cuh (copy16_async) land at their wait (mk_emu::cp_async_wait below). Tensor cores: mma.h (nvcuda::wmma); fp16/bf16 types:
-// cuda_fp16.h / cuda_bf16.h (ATen's types, the same bits).
+// mk_cuda.cuh (copy16_async) land at their wait (mk_emu::cp_async_wait below); __shfl_down_sync
+// exchanges through per-warp slots and a barrier of the warp's lanes. Tensor cores: mma.h
+// (nvcuda::wmma); fp16/bf16 types: cuda_fp16.h / cuda_bf16.h (ATen's types, the same bits).
 // Include this header after the PyTorch headers (its macros must not reach them).
 #pragma once
 
@@ -110,10 +111,40 @@ class BlockBarrier {
 // The __syncthreads barrier of the block the calling thread belongs to (set by the launcher).
 inline thread_local BlockBarrier* current_barrier = nullptr;
 
+// A warp of the block (32 consecutive threads, the last one possibly fewer): the lanes' exchange
+// slots of a shuffle and a barrier of its lanes (set by the launcher, as the thread's lane).
+struct Warp {
+  explicit Warp(int lanes_) : lanes(lanes_), bar(lanes_, "warp shuffle") {}
+  int lanes;
+  BlockBarrier bar;
+  uint64_t slot[32] = {};
+};
+inline thread_local Warp* current_warp = nullptr;
+inline thread_local int lane_id = 0;
+
 }  // namespace mk_emu
 
 inline void __syncthreads() {
   mk_emu::current_barrier->arrive_and_wait();
+}
+
+// __shfl_down_sync with every lane of the warp taking part (the full masks our kernels pass): the
+// value of lane + delta, or the caller's own where that lane is past the warp (or its width-wide
+// segment). Each lane publishes its value, the warp meets, reads, and meets again before the slots
+// are reused; a lane that does not take part leaves the others waiting: the barrier's timeout
+// reports it.
+template <typename T>
+inline T __shfl_down_sync(unsigned /*mask*/, T v, unsigned delta, int width = 32) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "a shuffle moves at most 8 bytes");
+  mk_emu::Warp& w = *mk_emu::current_warp;
+  const int lane = mk_emu::lane_id;
+  std::memcpy(&w.slot[lane], &v, sizeof(T));
+  w.bar.arrive_and_wait();
+  const int src = lane + static_cast<int>(delta);
+  T r = v;
+  if (src < (lane / width + 1) * width && src < w.lanes) std::memcpy(&r, &w.slot[src], sizeof(T));
+  w.bar.arrive_and_wait();
+  return r;
 }
 
 inline float __fdividef(float a, float b) { return a / b; }
