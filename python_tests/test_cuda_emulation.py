@@ -2,8 +2,9 @@
 stride-2 grad_input and fused stride-1 backward (csrc/cuda/depthwise_tiled.cuh), the whole-block
 inverted_residual_eval kernel (inverted_residual_block.cuh), the default depthwise kernels
 (depthwise_kernels.cuh), the tensor-core pointwise GEMM with its epilogue (pointwise_gemm.cuh),
-batch_norm_act's per-channel passes (channel_passes.cuh) and squeeze_excite's excite step
-(excite_gemm.cuh).
+batch_norm_act's per-channel passes (channel_passes.cuh), the whole squeeze_excite op
+(squeeze_excite.cuh, excite_gemm.cuh) and pointwise_conv2d_stats's statistics pass
+(pointwise_stats.cuh).
 
 python_tests/cuda_emulation/*_host.cpp compile the very headers with the host C++ compiler against
 cuda_shim/ (no nvcc) and run each kernel with one std::thread per CUDA thread and a barrier for
@@ -1268,3 +1269,40 @@ def test_se_op_forward_and_backward(se_emu, dtype, layout):
                 r = r.to(dtype)
                 tol = dict(rtol=2 * torch.finfo(dtype).eps, atol=1e-3)
             torch.testing.assert_close(a.double(), r.double(), **tol, msg=f"{name} {where}")
+
+
+# ------------------------------------------------------------------- pointwise_conv2d statistics
+# pointwise_conv2d_stats's statistics pass on CUDA (csrc/cuda/pointwise_stats.cuh), emulated by
+# cuda_emulation/pw_stats_host.cpp: the partials of the stored output, then the finish kernel.
+
+
+@pytest.fixture(scope="module")
+def pw_stats_emu():
+    """The emulated statistics pass (pw_stats_host.cpp)."""
+    return build_emulation("mk_pw_stats_host", "pw_stats_host.cpp")
+
+
+# (N, C, H, W): 256 channels (32 lanes of 8 rows; fp32: two blocks of 32 vectors) over 286 rows,
+# two tiles, the second short (four rows at a time, then the rest); 16 channels (a block of 2
+# lanes x 128 rows); 13 (no vectors); NCHW over two tiles of pixels (3 x 30 x 30 > 2048) and an
+# odd plane (7 x 13).
+PW_STATS_SHAPES = [(2, 256, 13, 11), (2, 16, 9, 9), (1, 13, 7, 13), (3, 8, 30, 30)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_pw_stats(pw_stats_emu, dtype, layout):
+    """The batch mean and biased variance of the stored output against float64, a channel with mean
+    1e3 and std 1 among them (centred partials keep its variance)."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for i, shape in enumerate(PW_STATS_SHAPES):
+        g = torch.Generator().manual_seed(i)
+        y = torch.randn(*shape, generator=g) * 2 + 0.5
+        y[:, 0] += 1e3
+        y = y.to(dtype).contiguous(memory_format=fmt)
+        mean, var, info = pw_stats_emu.stats(y)
+        where = f"{shape} {dtype} {layout} plan {info}"
+        ref_var, ref_mean = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(mean.double(), ref_mean, rtol=tol, atol=tol, msg=where)
+        torch.testing.assert_close(var.double(), ref_var, rtol=tol * 100, atol=tol, msg=where)

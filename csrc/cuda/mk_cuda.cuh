@@ -4,6 +4,9 @@
 #pragma once
 
 #include <c10/util/Exception.h>
+#ifndef MK_CUDA_EMULATION
+#include <c10/cuda/CUDAException.h>
+#endif
 
 #include <cstdint>
 #include <cstdlib>
@@ -268,6 +271,20 @@ __device__ __forceinline__ T activation_grad(Act act, T z) {
       return one;
   }
 }
+
+#ifndef MK_CUDA_EMULATION  // a kernel launch: nvcc only (the host emulation runs kernels itself)
+// The `launch(kernel, grid, block, dynamic_smem_bytes, args...)` of the kernel headers' launch
+// sequences (squeeze_excite.cuh, excite_gemm.cuh, pointwise_stats.cuh) on a stream; the host
+// emulation passes its own (python_tests/cuda_emulation) to run the same sequence on the CPU.
+struct StreamLaunch {
+  cudaStream_t stream;
+  template <typename... Params, typename... Args>
+  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Args&... args) const {
+    kernel<<<grid, block, smem, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+#endif  // MK_CUDA_EMULATION
 
 }  // namespace cuda
 }  // namespace mobilenet_kernels

@@ -17,7 +17,8 @@
 //   (tile, channel) centred (count, mean, M2), from per-thread shifted sums (shift = the thread's
 //   first value, 0 if not finite, so an Inf gives torch's +-Inf mean and NaN variance) merged over
 //   the block's threads by Chan's formula in a fixed tree; a second kernel merges the tiles in a
-//   fixed order, in double (chan_stats.cuh, shared with depthwise_conv2d.cu). No atomics.
+//   fixed order, in double (pointwise_stats.cuh on chan_stats.cuh, shared with depthwise_conv2d.cu;
+//   emulated on the host by the tests). No atomics.
 // Backward (all cuBLAS through ATen, no kernel of ours): grad_input = g . W (at::mm_out /
 //   at::bmm_out, as the forward); grad_weight = g^T . x over all N*H*W pixels as ONE GEMM
 //   (channels_last: views; NCHW: g and x are first copied to (C, N*H*W), a transposed copy of each,
@@ -55,15 +56,15 @@
 #include "mk_cuda.cuh"
 #include "pointwise_conv2d.h"
 #include "pointwise_gemm.cuh"  // try_pointwise_gemm, try_pointwise_gemm_stats (MK_PW_FUSED=1)
+#include "pointwise_stats.cuh"
 
 namespace mobilenet_kernels {
 namespace {
 
 using namespace cuda;  // Vec, Divider, load_vec, recip_ge1, apply_activation (mk_cuda.cuh); chan_stats.cuh
 
-constexpr int kThreads = 256;     // threads per block
-constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
-constexpr int64_t kMaxGridY = 65535;
+constexpr int kThreads = 256;  // threads per block
+namespace pw = cuda::pw;       // the statistics pass (pointwise_stats.cuh)
 
 // ---------------------------------------------------------------------------------------------
 // GEMM: y (N, C, H, W) = conv1x1(x (N, K, H, W), w (C, K)), x and y dense in one format.
@@ -148,124 +149,15 @@ void run_epilogue(const PointwiseArgs& a, at::Tensor& out) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// ---------------------------------------------------------------------------------------------
-// Statistics, stage 1: per-(tile, channel) partials (count, mean, M2) of the stored output.
-
-// channels_last: y (P, C). Block (tx, ty): thread x owns channels c0 .. c0 + VEC - 1, c0 =
-// (blockIdx.y * tx + x) * VEC; rows tile * tile_rows + y, + ty, ... of its tile (blockIdx.x).
-template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    pointwise_stats_cl_kernel(const scalar_t* __restrict__ y, int64_t P, int64_t C, int64_t tile_rows,
-                              at::opmath_type<scalar_t>* __restrict__ part_n,
-                              at::opmath_type<scalar_t>* __restrict__ part_mean,
-                              at::opmath_type<scalar_t>* __restrict__ part_m2) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
-  const bool active = c0 < C;
-  const int64_t tile = blockIdx.x;
-  const int64_t r0 = tile * tile_rows;
-  const int64_t r1 = r0 + tile_rows < P ? r0 + tile_rows : P;
-  ShiftedSums<acc_t, VEC> s;
-  if (active) {  // four rows' loads in flight a thread (for_rows_in_flight), added in row order
-    for_rows_in_flight<4>(
-        r0 + threadIdx.y, r1, blockDim.y, [&](int64_t r) { return load_raw_vec<scalar_t, VEC>(y + r * C + c0); },
-        [&](int64_t, const Vec<scalar_t, VEC>& raw) {
-          acc_t v[VEC];
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) v[j] = static_cast<acc_t>(raw.v[j]);
-          s.add(v);
-        });
-  }
-  block_merge_write<kThreads>(s, active, threadIdx.y, blockDim.y, blockDim.x, tile, c0, C, part_n, part_mean,
-                              part_m2);
-}
-
-// NCHW: y (N, C, HW). Block = (tile blockIdx.x, channel blockIdx.y), kThreads threads in x; pixel
-// p = (n, hw) of the flattened N*HW; thread x reads the vectors p = tile * tile_px + (x + k *
-// kThreads) * VEC (VEC > 1 needs HW % VEC == 0 and tile_px % VEC == 0: a vector stays in a plane).
-template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    pointwise_stats_nchw_kernel(const scalar_t* __restrict__ y, int64_t P, int64_t C, int64_t HW, Divider div_hw,
-                                int64_t tile_px, int64_t cy0, at::opmath_type<scalar_t>* __restrict__ part_n,
-                                at::opmath_type<scalar_t>* __restrict__ part_mean,
-                                at::opmath_type<scalar_t>* __restrict__ part_m2) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t c = cy0 + blockIdx.y;
-  const int64_t tile = blockIdx.x;
-  const int64_t p0 = tile * tile_px;
-  const int64_t p1 = p0 + tile_px < P ? p0 + tile_px : P;
-  ShiftedSums<acc_t, 1> s;
-  for (int64_t p = p0 + static_cast<int64_t>(threadIdx.x) * VEC; p < p1; p += static_cast<int64_t>(kThreads) * VEC) {
-    const int64_t n = div_hw.div(p);
-    acc_t v[VEC];
-    load_vec<VEC>(y + (n * C + c) * HW + (p - n * HW), v);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const acc_t one[1] = {v[j]};
-      s.add(one);
-    }
-  }
-  block_merge_write<kThreads>(s, true, threadIdx.x, blockDim.x, 1, tile, c, C, part_n, part_mean, part_m2);
-}
-
 template <typename scalar_t>
 void run_stats(const PointwiseArgs& a, const at::Tensor& out, at::Tensor& mean, at::Tensor& var) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  const int64_t P = a.pixels(), C = a.Cout, HW = a.HW();
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const auto acc_opts = out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const scalar_t* y = out.data_ptr<scalar_t>();
-  at::Tensor part;
-  int64_t tiles;
-  if (a.channels_last()) {
-    const bool vec = C % kVec == 0 && aligned16(y);
-    const int vw = vec ? kVec : 1;
-    const int64_t cvecs = ceil_div(C, vw);
-    const int64_t tx = ceil_div(cvecs, ceil_div(cvecs, 32));  // <= 32 channel vectors per block
-    int64_t ty = 1;
-    while (ty * 2 * tx <= kThreads) ty *= 2;
-    // Tiles of >= 256 rows, at most ~2048 of them: shape-derived only.
-    const int64_t tile_rows = std::max<int64_t>(256, ceil_div(P, 2048));
-    tiles = ceil_div(P, tile_rows);
-    const int64_t cblocks = ceil_div(cvecs, tx);
-    TORCH_CHECK(tiles <= kMaxGridX && cblocks <= kMaxGridY, "pointwise_conv2d_stats (CUDA): tensor too large");
-    part = at::empty({3, tiles, C}, acc_opts);
-    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(cblocks));
-    const dim3 block(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
-    if (vec) {
-      pointwise_stats_cl_kernel<scalar_t, kVec><<<grid, block, 0, stream>>>(
-          y, P, C, tile_rows, plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2));
-    } else {
-      pointwise_stats_cl_kernel<scalar_t, 1><<<grid, block, 0, stream>>>(
-          y, P, C, tile_rows, plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2));
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  } else {
-    const bool vec = HW % kVec == 0 && aligned16(y);
-    const int vw = vec ? kVec : 1;
-    // Tiles of >= 2048 pixels per channel, at most ~1024 of them, whole vectors: shape-derived only.
-    const int64_t tile_px = ceil_div(std::max<int64_t>(2048, ceil_div(P, 1024)), vw) * vw;
-    tiles = ceil_div(P, tile_px);
-    TORCH_CHECK(tiles <= kMaxGridX, "pointwise_conv2d_stats (CUDA): tensor too large");
-    part = at::empty({3, tiles, C}, acc_opts);
-    const Divider div_hw = make_divider(HW);
-    for (int64_t cy0 = 0; cy0 < C; cy0 += kMaxGridY) {
-      const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min(kMaxGridY, C - cy0)));
-      if (vec) {
-        pointwise_stats_nchw_kernel<scalar_t, kVec><<<grid, kThreads, 0, stream>>>(
-            y, P, C, HW, div_hw, tile_px, cy0, plane<acc_t>(part, 0), plane<acc_t>(part, 1),
-            plane<acc_t>(part, 2));
-      } else {
-        pointwise_stats_nchw_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
-            y, P, C, HW, div_hw, tile_px, cy0, plane<acc_t>(part, 0), plane<acc_t>(part, 1),
-            plane<acc_t>(part, 2));
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  }
-  launch_stats_finish<acc_t>(plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2), tiles, C,
-                             mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), stream, "pointwise_conv2d_stats");
+  const pw::StatsPlan plan = pw::stats_plan(y, a.pixels(), a.Cout, a.HW(), a.channels_last());
+  const auto acc_opts = out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const at::Tensor part = at::empty({3, plan.tiles, a.Cout}, acc_opts);
+  pw::stats_steps(plan, y, part.data_ptr<acc_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
+                  StreamLaunch{at::cuda::getCurrentCUDAStream()});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -33,17 +33,7 @@ namespace {
 
 namespace se = cuda::se;
 
-// A launch of squeeze_excite.cuh's sequence on the current stream.
-struct StreamLaunch {
-  cudaStream_t stream;
-  template <typename... Params, typename... Args>
-  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Args&... args) const {
-    kernel<<<grid, block, smem, stream>>>(args...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-};
-
-StreamLaunch stream_launch() { return StreamLaunch{at::cuda::getCurrentCUDAStream()}; }
+cuda::StreamLaunch stream_launch() { return cuda::StreamLaunch{at::cuda::getCurrentCUDAStream()}; }
 
 // Blocks of the scaling pass that fill the device (a grid-stride loop covers the rest).
 int64_t resident_pass_blocks() {
