@@ -169,11 +169,12 @@ __device__ __forceinline__ void load_vec(const T* p, acc_t (&out)[VEC]) {
 }
 
 // Sums `val` over threadIdx.y (blockDim.y a power of two) with a fixed tree in `buf` (blockDim.x *
-// blockDim.y * VEC elements); y == 0 threads with `store` write the sum to out[offset + v], v < VEC.
-// Every thread of the block must call it (it synchronizes). Used by the weight-gradient kernels.
+// blockDim.y * VEC elements); y == 0 threads with `store` write the sum times `mul` to
+// out[offset + v], v < VEC. Every thread of the block must call it (it synchronizes). Used by the
+// weight-gradient kernels, batch_norm_act's reductions and squeeze_excite's.
 template <typename acc_t, int VEC>
 __device__ void block_sum_store(const acc_t (&val)[VEC], acc_t* buf, bool store, acc_t* __restrict__ out,
-                                int64_t offset) {
+                                int64_t offset, acc_t mul = acc_t(1)) {
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
 #pragma unroll
   for (int v = 0; v < VEC; ++v) buf[tid * VEC + v] = val[v];
@@ -188,7 +189,7 @@ __device__ void block_sum_store(const acc_t (&val)[VEC], acc_t* buf, bool store,
   }
   if (threadIdx.y == 0 && store) {
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) out[offset + v] = buf[tid * VEC + v];
+    for (int v = 0; v < VEC; ++v) out[offset + v] = buf[tid * VEC + v] * mul;
   }
   __syncthreads();  // buf is rewritten by the next call
 }

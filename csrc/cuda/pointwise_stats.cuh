@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(kStatsThreads)
   const int64_t p0 = tile * tile_px;
   const int64_t p1 = p0 + tile_px < P ? p0 + tile_px : P;
   ShiftedSums<acc_t, 1> s;
-  for (int64_t p = p0 + static_cast<int64_t>(threadIdx.x) * VEC; p < p1; p += static_cast<int64_t>(kStatsThreads) * VEC) {
+  const int64_t step = static_cast<int64_t>(kStatsThreads) * VEC;
+  for (int64_t p = p0 + static_cast<int64_t>(threadIdx.x) * VEC; p < p1; p += step) {
     const int64_t n = div_hw.div(p);
     acc_t v[VEC];
     load_vec<VEC>(y + (n * C + c) * HW + (p - n * HW), v);

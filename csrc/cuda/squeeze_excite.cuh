@@ -87,22 +87,7 @@ __global__ void __launch_bounds__(kReduceThreads)
           }
         });
   }
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) red[tid * VEC + j] = acc[j];
-  __syncthreads();
-  for (int s = blockDim.y / 2; s > 0; s /= 2) {
-    if (threadIdx.y < s) {
-      const int o = tid + s * blockDim.x;  // thread (x, y + s)
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) red[tid * VEC + j] += red[o * VEC + j];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.y == 0 && active) {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) out[static_cast<int64_t>(n) * C + c0 + j] = red[tid * VEC + j] * mul;
-  }
+  block_sum_store<acc_t, VEC>(acc, red, active, out, static_cast<int64_t>(n) * C + c0, mul);
 }
 
 // NCHW: warp w of block b reduces row b * kWarps + w (row = n * C + c, its HW elements contiguous);

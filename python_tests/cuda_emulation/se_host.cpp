@@ -114,27 +114,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 constexpr int64_t kResident = 4;  // scaling-pass blocks: small, so that the grid-stride loop runs
 
+// The op's arguments as squeeze_excite.cu prepares them, its input and parameters in guard zones.
+struct Prepared {
+  mk::SqueezeExciteArgs a;
+  at::Tensor x;
+  Params prm;
+  at::TensorOptions acc_opts;
+  Prepared(const at::Tensor& input, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+           const at::Tensor& b2, const std::string& act, const std::string& scale_act)
+      : a(mk::prepare_squeeze_excite(input, w1, b1, w2, b2, act, scale_act)),
+        x(guarded_in(a.input)),
+        prm(a.w1, a.b1, a.w2, a.b2),
+        acc_opts(input.options().dtype(mk::acc_type_for(input.scalar_type()))) {
+    TORCH_CHECK(input.device().is_cpu() && a.layout.N * a.layout.C > 0, "emulation: a non-empty CPU tensor");
+  }
+};
+
 // squeeze_excite_cuda, emulated: (out, pooled, launches).
 std::tuple<at::Tensor, at::Tensor, int> op_forward(const at::Tensor& input, const at::Tensor& fc1_weight,
                                                    const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
                                                    const at::Tensor& fc2_bias, const std::string& act,
                                                    const std::string& scale_act) {
-  const mk::SqueezeExciteArgs a0 =
-      mk::prepare_squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act, scale_act);
-  const mk::ChannelLayout& L = a0.layout;
-  TORCH_CHECK(input.device().is_cpu() && L.N * L.C > 0, "emulation: a non-empty CPU tensor");
-  const at::Tensor x = guarded_in(a0.input);
-  const Params prm(a0.w1, a0.b1, a0.w2, a0.b2);
-  const auto acc_opts = input.options().dtype(mk::acc_type_for(input.scalar_type()));
-  const GuardedOutput out = guarded_out(at::empty(input.sizes(), input.options().memory_format(a0.format)));
-  const GuardedOutput pooled = guarded_out(at::empty({L.N, L.C}, acc_opts));
-  const GuardedOutput scratch = guarded_out(at::empty({se::forward_scratch(L, a0.S)}, acc_opts));
+  const Prepared op(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act, scale_act);
+  const mk::ChannelLayout& L = op.a.layout;
+  const GuardedOutput out = guarded_out(at::empty(input.sizes(), input.options().memory_format(op.a.format)));
+  const GuardedOutput pooled = guarded_out(at::empty({L.N, L.C}, op.acc_opts));
+  const GuardedOutput scratch = guarded_out(at::empty({se::forward_scratch(L, op.a.S)}, op.acc_opts));
   int launches = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_host_op_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    se::forward_steps<scalar_t>(L, prm.get<acc_t>(static_cast<int>(L.N), act, scale_act), x.data_ptr<scalar_t>(),
-                                out.y.data_ptr<scalar_t>(), pooled.y.data_ptr<acc_t>(), scratch.y.data_ptr<acc_t>(),
-                                kResident, HostLaunch{&launches});
+    se::forward_steps<scalar_t>(L, op.prm.get<acc_t>(static_cast<int>(L.N), act, scale_act),
+                                op.x.data_ptr<scalar_t>(), out.y.data_ptr<scalar_t>(), pooled.y.data_ptr<acc_t>(),
+                                scratch.y.data_ptr<acc_t>(), kResident, HostLaunch{&launches});
   });
   out.check();
   pooled.check();
@@ -149,26 +160,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, int> op_b
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& pooled_in, const at::Tensor& fc1_weight,
     const at::Tensor& fc1_bias, const at::Tensor& fc2_weight, const at::Tensor& fc2_bias, const std::string& act,
     const std::string& scale_act) {
-  const mk::SqueezeExciteArgs a0 =
-      mk::prepare_squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act, scale_act);
-  const mk::ChannelLayout& L = a0.layout;
-  TORCH_CHECK(input.device().is_cpu() && L.N * L.C > 0, "emulation: a non-empty CPU tensor");
-  const at::Tensor x = guarded_in(a0.input);
-  const at::Tensor g = guarded_in(mk::prepare_se_grad_output(grad_output, a0, input));
-  const at::Tensor p = guarded_in(mk::prepare_se_pooled(pooled_in, a0));
-  const Params prm(a0.w1, a0.b1, a0.w2, a0.b2);
-  const auto acc_opts = input.options().dtype(mk::acc_type_for(input.scalar_type()));
-  const GuardedOutput gx = guarded_out(at::empty(input.sizes(), input.options().memory_format(a0.format)));
-  const GuardedOutput scratch = guarded_out(at::empty({se::backward_scratch(L, a0.S)}, acc_opts));
-  const GuardedOutput gw1 = guarded_out(at::empty({a0.S, L.C}, acc_opts)), gb1 = guarded_out(at::empty({a0.S}, acc_opts)),
-                      gw2 = guarded_out(at::empty({L.C, a0.S}, acc_opts)), gb2 = guarded_out(at::empty({L.C}, acc_opts));
+  const Prepared op(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act, scale_act);
+  const mk::ChannelLayout& L = op.a.layout;
+  const at::Tensor g = guarded_in(mk::prepare_se_grad_output(grad_output, op.a, input));
+  const at::Tensor p = guarded_in(mk::prepare_se_pooled(pooled_in, op.a));
+  const GuardedOutput gx = guarded_out(at::empty(input.sizes(), input.options().memory_format(op.a.format)));
+  const GuardedOutput scratch = guarded_out(at::empty({se::backward_scratch(L, op.a.S)}, op.acc_opts));
+  const int64_t S = op.a.S;
+  const auto acc_out = [&](at::IntArrayRef sizes) { return guarded_out(at::empty(sizes, op.acc_opts)); };
+  const GuardedOutput gw1 = acc_out({S, L.C}), gb1 = acc_out({S}), gw2 = acc_out({L.C, S}), gb2 = acc_out({L.C});
   int launches = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "se_host_op_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const se::ExciteParamGrads<acc_t> grads{gw1.y.data_ptr<acc_t>(), gb1.y.data_ptr<acc_t>(), gw2.y.data_ptr<acc_t>(),
                                             gb2.y.data_ptr<acc_t>()};
-    se::backward_steps<scalar_t>(L, prm.get<acc_t>(static_cast<int>(L.N), act, scale_act), g.data_ptr<scalar_t>(),
-                                 x.data_ptr<scalar_t>(), p.data_ptr<acc_t>(), gx.y.data_ptr<scalar_t>(), grads,
+    se::backward_steps<scalar_t>(L, op.prm.get<acc_t>(static_cast<int>(L.N), act, scale_act), g.data_ptr<scalar_t>(),
+                                 op.x.data_ptr<scalar_t>(), p.data_ptr<acc_t>(), gx.y.data_ptr<scalar_t>(), grads,
                                  scratch.y.data_ptr<acc_t>(), kResident, HostLaunch{&launches});
   });
   for (const GuardedOutput* t : {&gx, &scratch, &gw1, &gb1, &gw2, &gb2}) t->check();
