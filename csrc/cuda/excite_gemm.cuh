@@ -32,8 +32,13 @@ namespace se {
 
 constexpr int kTileR = 16;  // output rows (images, or the first parameter dimension) per block
 constexpr int kTileO = 32;  // output columns per block
-constexpr int kTileK = 32;  // k per staged slice
-constexpr int kPitch = kTileK + 1;  // a staged row's elements: conflict-free column reads
+// k per staged slice: 128 (float) or 64 (double), 24-25 KB of slices. Wide slices keep a thread's
+// staging loads (24 of them in flight for float) many to one wait: at batch 1 a block walks K =
+// 960 in 8 slices, where 32-wide ones would have cost 30 round trips to L2 in a row.
+template <typename acc_t>
+inline constexpr int kTileK = sizeof(acc_t) == 8 ? 64 : 128;
+template <typename acc_t>
+inline constexpr int kPitch = kTileK<acc_t> + 1;  // a staged row's elements: conflict-free column reads
 constexpr int kThreadsX = 16, kThreadsY = kTileR;  // thread (x, y): row y, columns x and x + 16
 constexpr int kThreads = kThreadsX * kThreadsY;
 
@@ -42,7 +47,7 @@ MK_DYNAMIC_SMEM(mk_se_gemm_smem, 16);
 
 template <typename acc_t>
 constexpr size_t excite_gemm_smem_bytes() {
-  return static_cast<size_t>(kTileR + kTileO) * kPitch * sizeof(acc_t);
+  return static_cast<size_t>(kTileR + kTileO) * kPitch<acc_t> * sizeof(acc_t);
 }
 
 // An operand of rows i < rows (and a row of ones at i == ones_row, -1 for none): element (i, k) at
@@ -57,46 +62,55 @@ struct Operand {
 
 // Stages rows i0 .. i0 + ROWS - 1, k0 .. k0 + kTileK - 1 of `op` into tile[i * kPitch + k], 0 past
 // K and past the operand's rows; consecutive threads take consecutive elements of the operand's
-// contiguous dimension (k when sk == 1, else i), so the loads coalesce.
+// contiguous dimension (k when sk == 1, else i), so the loads coalesce. A thread's elements are
+// (i + t di, k + t dk), t < kSteps: its loads are all issued before any store.
 template <int ROWS, typename acc_t>
 __device__ __forceinline__ void stage_slice(acc_t* tile, const Operand<acc_t>& op, int i0, int k0, int K) {
+  constexpr int TK = kTileK<acc_t>, P = kPitch<acc_t>, kSteps = ROWS * TK / kThreads;
+  static_assert(ROWS * TK % kThreads == 0 && kThreads % TK == 0 && kThreads % ROWS == 0, "even staging");
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  for (int e = tid; e < ROWS * kTileK; e += kThreads) {
-    const bool k_fast = op.sk == 1;
-    const int i = k_fast ? e / kTileK : e % ROWS;
-    const int k = k_fast ? e % kTileK : e / ROWS;
-    const int gi = i0 + i, gk = k0 + k;
-    acc_t v = acc_t(0);
+  const bool k_fast = op.sk == 1;
+  const int i = k_fast ? tid / TK : tid % ROWS;
+  const int k = k_fast ? tid % TK : tid / ROWS;
+  const int di = k_fast ? kThreads / TK : 0;
+  const int dk = k_fast ? 0 : kThreads / ROWS;
+  acc_t v[kSteps];
+#pragma unroll
+  for (int t = 0; t < kSteps; ++t) {
+    const int gi = i0 + i + t * di, gk = k0 + k + t * dk;
+    v[t] = acc_t(0);
     if (gk < K) {
       if (gi < op.rows) {
-        v = op.p[gi * op.si + gk * op.sk];
+        v[t] = op.p[gi * op.si + gk * op.sk];
       } else if (gi == op.ones_row) {
-        v = acc_t(1);
+        v[t] = acc_t(1);
       }
     }
-    tile[i * kPitch + k] = v;
   }
+#pragma unroll
+  for (int t = 0; t < kSteps; ++t) tile[(i + t * di) * P + k + t * dk] = v[t];
 }
 
 // grid (ceil(R / kTileR), ceil(O / kTileO)), block (kThreadsX, kThreadsY), excite_gemm_smem_bytes.
 template <typename acc_t, typename Epilogue>
 __global__ void __launch_bounds__(kThreads)
     excite_gemm_kernel(Operand<acc_t> a, Operand<acc_t> b, int R, int O, int K, Epilogue epi) {
-  acc_t* as = reinterpret_cast<acc_t*>(mk_se_gemm_smem);  // [kTileR][kPitch]
-  acc_t* bs = as + kTileR * kPitch;                       // [kTileO][kPitch]
+  constexpr int TK = kTileK<acc_t>, P = kPitch<acc_t>;
+  acc_t* as = reinterpret_cast<acc_t*>(mk_se_gemm_smem);  // [kTileR][P]
+  acc_t* bs = as + kTileR * P;                            // [kTileO][P]
   const int r0 = static_cast<int>(blockIdx.x) * kTileR;
   const int o0 = static_cast<int>(blockIdx.y) * kTileO;
   const int y = threadIdx.y, x = threadIdx.x;
   acc_t acc0 = acc_t(0), acc1 = acc_t(0);
-  for (int k0 = 0; k0 < K; k0 += kTileK) {
+  for (int k0 = 0; k0 < K; k0 += TK) {
     stage_slice<kTileR>(as, a, r0, k0, K);
     stage_slice<kTileO>(bs, b, o0, k0, K);
     __syncthreads();
-#pragma unroll
-    for (int k = 0; k < kTileK; ++k) {  // past K both slices hold zeros: + 0 * 0, the sums unchanged
-      const acc_t v = as[y * kPitch + k];
-      acc0 += v * bs[x * kPitch + k];
-      acc1 += v * bs[(x + kThreadsX) * kPitch + k];
+#pragma unroll 16
+    for (int k = 0; k < TK; ++k) {  // past K both slices hold zeros: + 0 * 0, the sums unchanged
+      const acc_t v = as[y * P + k];
+      acc0 += v * bs[x * P + k];
+      acc1 += v * bs[(x + kThreadsX) * P + k];
     }
     __syncthreads();
   }
