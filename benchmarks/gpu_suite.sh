@@ -18,17 +18,18 @@
 #   2. the rest of the lease less ~20 s (~300 s): MK_SUITE_STEPS="profile_model bench_model"
 #      MK_LIMIT_bench_model=230 (profile_model's per-kernel rows set the SE excite and BN passes
 #      against run 7's profile_model_h200.json on the same step; bench_model ~7 s a row, 18 rows
-#      per model: 230 s reaches some of V2's rows, which no run has measured yet), then diag_dw,
-#      host_layers, profile_infer, large_tensors and hbm_bytes next.
+#      per model: 230 s reaches some of V2's rows, which no run has measured yet), then
+#      bench_b1_pw (MK_PW_FUSED=auto against the default at batch 1), diag_dw, host_layers,
+#      profile_infer, large_tensors and hbm_bytes next.
 # Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
 # 23 of 1668 never started), 117 s for diag_dw's three runs, 30 s for profile_model, 31 s for
 # host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):
 # benchmarks/results/gpu_tests_run7_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model profile_infer host_layers hbm_bytes
-# bench_model loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
+# bench_model bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_pw, bench_pw_fused, ncu_pw, bench_block,
-# profile_model, profile_infer, host_layers, hbm_bytes, bench_model and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
+# profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
 # takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
@@ -202,6 +203,14 @@ GRAPH_ARGS=(--cuda-graph)  # every step also replayed from a CUDA graph (graph_i
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda) && GRAPH_ARGS=()  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \
   --compile none --backend "${MODEL_BACKENDS[@]}" --recompute "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_${GPU_TAG}"
+# bench_b1_pw (2 x 60 s, opt-in): batch-1 inference of V3-Large and V2 on the cuda backend (eager
+# and from a CUDA graph), once as shipped and once with MK_PW_FUSED=auto (our tensor-core GEMM for
+# the small 1x1 convs: one kernel and no aten::mm call each), to decide auto's default.
+step bench_b1_pw 60 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 --mode infer \
+  --batch 1 --compile none --backend cuda "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_b1_${GPU_TAG}"
+step bench_b1_pw 60 env MK_PW_FUSED=auto $PY -m mobilenet_kernels bench model --model mobilenet_v3_large \
+  mobilenet_v2 --mode infer --batch 1 --compile none --backend cuda "${GRAPH_ARGS[@]}" --quiet --out "$OUT" \
+  --name "models_b1_pwauto_${GPU_TAG}"
 # loss_curves (150 s, opt-in): V3-Large trained 200 steps (batch 64, 128², bf16, 3 seeds) by
 # torchvision eager and by ours on each backend from the same weights and batches; JSON + table + plot.
 step loss_curves 150 $PY benchmarks/loss_curves.py "$OUT" --name "loss_curves_${GPU_TAG}" \

@@ -1,6 +1,6 @@
 // pointwise_conv2d (and its statistics variant) through the tensor-core GEMM with the epilogue in
-// it (pointwise_gemm.cuh), when MK_PW_FUSED=1: the launcher pointwise_conv2d.cu tries it first and
-// falls back to cuBLAS + epilogue when it does not apply. A file of its own so that its kernel
+// it (pointwise_gemm.cuh), when MK_PW_FUSED=1 (or =auto, for the small convs only): the launcher
+// pointwise_conv2d.cu tries it first and falls back to cuBLAS + epilogue when it does not apply. A file of its own so that its kernel
 // instantiations (2 dtypes x 3 tile widths x (forward, statistics)) compile in parallel with the
 // others.
 #include <ATen/cuda/CUDAContext.h>
@@ -22,11 +22,25 @@ using namespace pw_gemm;
 // grant the plan's dynamic bytes on top of it.
 constexpr int64_t kStaticSmemBound = 20 * 1024;
 
+// MK_PW_FUSED=auto: the kernel takes the convs of at most this many output elements (every 1x1
+// conv of a batch-1 V3-Large or V2 inference at 224²: up to 112² x 64), cuBLAS the larger ones.
+// Such small GEMMs are bound by the host (an aten::mm call took ~51 us of host time on GPU run 7's
+// H200 machine) and by launch latency (cuBLAS + the epilogue pass: two kernels), not by the GPU's
+// arithmetic. Untimed: the next GPU run's batch-1 rows with and without it decide the default.
+constexpr int64_t kAutoMaxOutputs = int64_t(1) << 20;
+
+// Whether MK_PW_FUSED (read once per process) lets the kernel take a conv with `outputs` elements:
+// "1" all, "auto" the small ones, anything else none.
+bool fused_allowed(int64_t outputs) {
+  static const int mode = env_is("MK_PW_FUSED", "1") ? 2 : (env_is("MK_PW_FUSED", "auto") ? 1 : 0);
+  return mode == 2 || (mode == 1 && outputs <= kAutoMaxOutputs);
+}
+
 // The plan for the prepared conv `a` writing `out`, or none when the kernel is not to take it:
-// MK_PW_FUSED unset, the conv not eligible, or a device before sm_80 or without the shared memory.
+// MK_PW_FUSED not allowing it, the conv not eligible, or a device before sm_80 or without the
+// shared memory.
 std::optional<GemmPlan> fused_plan(const PointwiseArgs& a, const at::Tensor& out) {
-  static const bool enabled = env_is("MK_PW_FUSED", "1");
-  if (!enabled || !pointwise_gemm_eligible(a, out)) return std::nullopt;
+  if (!fused_allowed(out.numel()) || !pointwise_gemm_eligible(a, out)) return std::nullopt;
   const GemmPlan p = plan_gemm(gemm_shape(a), a.input.element_size());
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   if (prop->major < 8 || p.smem_bytes + kStaticSmemBound > static_cast<int64_t>(prop->sharedMemPerBlockOptin)) {

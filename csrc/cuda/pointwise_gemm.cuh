@@ -290,8 +290,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // With MK_PW_FUSED=1 (read once per process), pointwise_conv2d and pointwise_conv2d_stats run
 // through pointwise_gemm_kernel where it applies (pointwise_gemm_eligible, an sm_80+ device with
-// the shared memory): off by default, no faster than cuBLAS + epilogue in GPU run 4 (see
-// pointwise_conv2d.cu). Each returns true when it ran the conv into `out` (dense, the output's
+// the shared memory); with MK_PW_FUSED=auto only the convs of at most 2^20 output elements
+// (batch-1 sizes) do: off by default, no faster than cuBLAS + epilogue in GPU run 4 (see
+// pointwise_conv2d.cu), auto untimed. Each returns true when it ran the conv into `out` (dense, the output's
 // sizes and format), false when nothing was launched.
 bool try_pointwise_gemm(const PointwiseArgs& a, at::Tensor& out);
 bool try_pointwise_gemm_stats(const PointwiseArgs& a, at::Tensor& out, at::Tensor& mean, at::Tensor& var);
