@@ -4,14 +4,16 @@ The three stages every backend uses (csrc/squeeze_excite.h has the math):
   reduce:  out[n, c] = sum_p x[n, c, p] (forward: times 1/HW, the pooled mean) or
            sum_p g[n, c, p] * x[n, c, p] (backward); one program per (image, channel block) walks
            the pixels in a fixed order, so the sums are deterministic;
-  excite:  one program per image: z1 = W1 pooled + b1, h = act(z1), z2 = W2 h + b2, s = sact(z2);
-           the backward variant continues with dz2 = ds * sact'(z2), dz1 = (W2^T dz2) * act'(z1),
-           dpooled = W1^T dz1. Vectors of one image go through small global scratch rows (N, S) /
-           (N, C) (L2-resident), with a barrier between the phases;
+  excite:  both 1x1 layers as small tiled products over the batch's (N, C) / (N, S) vectors
+           (_se_gemm_kernel, the CUDA backend's excite_gemm.cuh in Triton): a program owns 16
+           rows x 32 outputs and walks k in order, the activations in its epilogue; two launches
+           forward (h = act(pooled W1^T + b1), s = sact(h W2^T + b2)), six backward (z1 and h, s
+           and dz2 = ds * sact'(z2), dz1 = (dz2 W2) * act'(z1), dpooled / HW = dz1 W1 / HW, and
+           the parameter gradients dz2^T h, dz1^T pooled with the bias gradients as a column of
+           ones): no per-image program reads the weights for one image only;
   apply:   y = x * s[n, c] (forward), grad_x = g * s[n, c] + dpooled[n, c] / HW (backward), over
            [BLOCK_M pixels x BLOCK_C channels] tiles.
-Parameter gradients are per-image outer products summed over the batch: small matmuls done by
-torch on the scratch rows (a fixed reduction order, deterministic).
+Every sum runs in a fixed, shape-given order: deterministic, no atomics.
 Layouts: dense NCHW or channels_last (N, C, H, W) through (n, c, pixel) strides.
 dtypes: float64, float32, float16, bfloat16; arithmetic in float32 (float64 for float64 input).
 Indexing: int64 offsets. Runs on CPU tensors under TRITON_INTERPRET=1.
@@ -27,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..activations import activation_code, apply_activation
+from ..activations import activation_code
 from ._activations import _div, act_derivative, act_forward
 from ._alignment import channel_multiple, multiple
 from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
@@ -62,72 +64,57 @@ def _se_reduce_kernel(
     tl.store(out_ptr + n * C + cols, total, mask=col_mask)
 
 
+# The excite step's products (csrc/cuda/excite_gemm.cuh is the CUDA twin): out(r, o) =
+# epilogue(r, o, sum_k A(r, k) B(o, k)), operand element (i, k) at ptr + i * si + k * sk, B's row
+# `b_ones` (>= 0) reading 1 (the bias gradients' column of ones). The epilogues:
+_HIDDEN, _SCALE, _HIDDEN_BWD, _SCALE_BWD, _HIDDEN_GRAD, _POOLED_GRAD, _PARAM_GRAD = range(7)
+
+
 @triton.jit
-def _se_excite_kernel(
-    pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,  # (N, C), (S, C), (S,), (C, S), (C,): accumulation dtype
-    ds_ptr,  # (N, C) sum_p g * x, read only if BACKWARD
-    s_ptr, z1_ptr,  # out: (N, C) the scale, (N, S) the pre-activation of fc1
-    dz2_ptr, dz1_ptr, dp_ptr,  # out if BACKWARD: (N, C), (N, S), (N, C) dpooled / HW
-    C, S, HW,
-    ACT: tl.constexpr, SACT: tl.constexpr, BACKWARD: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+def _se_gemm_kernel(
+    a_ptr, a_si, a_sk, a_rows,
+    b_ptr, b_si, b_sk, b_rows, b_ones,
+    R, O, K,
+    e0_ptr, e1_ptr, e2_ptr, e3_ptr,  # the epilogue's tensors, dense (R, ld) / (ld,): see below
+    ld, HW,
+    EPI: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
-    # z1 = W1 pooled + b1
-    for s0 in range(0, S, BLOCK_S):
-        rs = s0 + tl.arange(0, BLOCK_S)
-        ms = rs < S
-        acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
-            rc = c0 + tl.arange(0, BLOCK_C)
-            mc = rc < C
-            w = tl.load(w1_ptr + rs[:, None] * C + rc[None, :], mask=ms[:, None] & mc[None, :], other=0.0)
-            acc += w * tl.load(pooled_ptr + n * C + rc, mask=mc, other=0.0)[None, :]
-        z1 = tl.sum(acc, axis=1) + tl.load(b1_ptr + rs, mask=ms, other=0.0)
-        tl.store(z1_ptr + n * S + rs, z1, mask=ms)
-    tl.debug_barrier()
-    # z2 = W2 act(z1) + b2, s = sact(z2); backward: dz2 = ds * sact'(z2)
-    for c0 in range(0, C, BLOCK_C):
-        rc = c0 + tl.arange(0, BLOCK_C)
-        mc = rc < C
-        acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=ACC)
-        for s0 in range(0, S, BLOCK_S):
-            rs = s0 + tl.arange(0, BLOCK_S)
-            ms = rs < S
-            h = tl.where(ms, act_forward(tl.load(z1_ptr + n * S + rs, mask=ms, other=0.0), ACT), 0.0)
-            w = tl.load(w2_ptr + rc[:, None] * S + rs[None, :], mask=mc[:, None] & ms[None, :], other=0.0)
-            acc += w * h[None, :]
-        z2 = tl.sum(acc, axis=1) + tl.load(b2_ptr + rc, mask=mc, other=0.0)
-        tl.store(s_ptr + n * C + rc, act_forward(z2, SACT), mask=mc)
-        if BACKWARD:
-            dz2 = tl.load(ds_ptr + n * C + rc, mask=mc, other=0.0) * act_derivative(z2, SACT)
-            tl.store(dz2_ptr + n * C + rc, dz2, mask=mc)
-    if BACKWARD:
-        tl.debug_barrier()
-        # dz1 = (W2^T dz2) * act'(z1)
-        for s0 in range(0, S, BLOCK_S):
-            rs = s0 + tl.arange(0, BLOCK_S)
-            ms = rs < S
-            acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=ACC)
-            for c0 in range(0, C, BLOCK_C):
-                rc = c0 + tl.arange(0, BLOCK_C)
-                mc = rc < C
-                w = tl.load(w2_ptr + rc[None, :] * S + rs[:, None], mask=ms[:, None] & mc[None, :], other=0.0)
-                acc += w * tl.load(dz2_ptr + n * C + rc, mask=mc, other=0.0)[None, :]
-            z1 = tl.load(z1_ptr + n * S + rs, mask=ms, other=0.0)
-            tl.store(dz1_ptr + n * S + rs, tl.sum(acc, axis=1) * act_derivative(z1, ACT), mask=ms)
-        tl.debug_barrier()
-        # dpooled / HW = (W1^T dz1) / HW
-        for c0 in range(0, C, BLOCK_C):
-            rc = c0 + tl.arange(0, BLOCK_C)
-            mc = rc < C
-            acc = tl.zeros([BLOCK_C, BLOCK_S], dtype=ACC)
-            for s0 in range(0, S, BLOCK_S):
-                rs = s0 + tl.arange(0, BLOCK_S)
-                ms = rs < S
-                w = tl.load(w1_ptr + rs[None, :] * C + rc[:, None], mask=mc[:, None] & ms[None, :], other=0.0)
-                acc += w * tl.load(dz1_ptr + n * S + rs, mask=ms, other=0.0)[None, :]
-            tl.store(dp_ptr + n * C + rc, _div(tl.sum(acc, axis=1), HW + 0.0), mask=mc)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    r64, o64 = r.to(tl.int64), o.to(tl.int64)
+    acc = tl.zeros([BLOCK_R, BLOCK_O], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):  # k in order, a fixed shape-given grouping: deterministic
+        k = k0 + tl.arange(0, BLOCK_K)
+        km = k < K
+        k64 = k.to(tl.int64)
+        a = tl.load(a_ptr + r64[:, None] * a_si + k64[None, :] * a_sk, mask=(r < a_rows)[:, None] & km[None, :],
+                    other=0.0).to(ACC)
+        b = tl.load(b_ptr + o64[:, None] * b_si + k64[None, :] * b_sk, mask=(o < b_rows)[:, None] & km[None, :],
+                    other=0.0).to(ACC)
+        b = tl.where((o == b_ones)[:, None] & km[None, :], 1.0, b)
+        acc += tl.sum(a[:, None, :] * b[None, :, :], axis=2)
+    mask = (r < R)[:, None] & (o < O)[None, :]
+    q = r64[:, None] * ld + o64[None, :]  # (r, o) of a dense (R, ld) tensor
+    if EPI == 0:  # _HIDDEN: h = act(acc + b1); e0 b1, e1 h
+        tl.store(e1_ptr + q, act_forward(acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :], ACT), mask=mask)
+    elif EPI == 1:  # _SCALE: s = sact(acc + b2); e0 b2, e1 s
+        tl.store(e1_ptr + q, act_forward(acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :], ACT), mask=mask)
+    elif EPI == 2:  # _HIDDEN_BWD: z1 = acc + b1, h = act(z1); e0 b1, e1 z1, e2 h
+        z = acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :]
+        tl.store(e1_ptr + q, z, mask=mask)
+        tl.store(e2_ptr + q, act_forward(z, ACT), mask=mask)
+    elif EPI == 3:  # _SCALE_BWD: z2 = acc + b2, s = sact(z2), dz2 = ds * sact'(z2); e0 b2, e1 s, e2 ds, e3 dz2
+        z = acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :]
+        tl.store(e1_ptr + q, act_forward(z, ACT), mask=mask)
+        tl.store(e3_ptr + q, tl.load(e2_ptr + q, mask=mask, other=0.0) * act_derivative(z, ACT), mask=mask)
+    elif EPI == 4:  # _HIDDEN_GRAD: dz1 = acc * act'(z1); e0 z1, e1 dz1
+        tl.store(e1_ptr + q, acc * act_derivative(tl.load(e0_ptr + q, mask=mask, other=0.0), ACT), mask=mask)
+    elif EPI == 5:  # _POOLED_GRAD: dpooled / HW = acc / HW (IEEE-rounded); e1 out
+        tl.store(e1_ptr + q, _div(acc, HW + 0.0), mask=mask)
+    else:  # _PARAM_GRAD: weight[r, o] for o < ld, bias[r] for o == ld; e1 weight, e2 bias
+        tl.store(e1_ptr + q, acc, mask=mask & (o < ld)[None, :])
+        tl.store(e2_ptr + r64[:, None] + 0 * o64[None, :], acc, mask=mask & (o == ld)[None, :])
 
 
 @triton.jit
@@ -206,22 +193,58 @@ def _apply(x: torch.Tensor, s: torch.Tensor, add: torch.Tensor | None, memory_fo
     return y.to(x.dtype)
 
 
-def _excite(pooled, w1, b1, w2, b2, activation, scale_activation, ds=None, HW=1):
+def _gemm(a, b, R, O, K, epi, act, ld, *outs, HW=1):
+    """One launch of _se_gemm_kernel: a and b are (tensor, si, sk, rows, ones_row) operands (_rows,
+    _cols; a has no row of ones)."""
+    (ap, a_si, a_sk, a_rows, a_ones), (bp, b_si, b_sk, b_rows, b_ones) = a, b
+    assert a_ones < 0, "the first operand has no row of ones"
+    acc = ap.dtype
+    # Under the interpreter each program and each k-slice costs Python: few programs, wide slices.
+    block_k = 64 if _interpreted(ap) else 8
+    e = list(outs) + [ap] * (4 - len(outs))
+    _se_gemm_kernel[(triton.cdiv(R, 16), triton.cdiv(O, 32))](
+        ap, a_si, a_sk, a_rows, bp, b_si, b_sk, b_rows, b_ones, R, O, K, *e, ld, HW,
+        EPI=epi, ACT=activation_code(act), ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        BLOCK_R=16, BLOCK_O=32, BLOCK_K=block_k,
+    )
+
+
+def _rows(m):
+    """A dense (rows, cols) matrix as an operand: element (i, k) = m[i, k]."""
+    return (m, m.shape[1], 1, m.shape[0], -1)
+
+
+def _cols(m, with_ones=False):
+    """Its transpose: element (i, k) = m[k, i]; with_ones adds row cols of ones."""
+    return (m, 1, m.shape[1], m.shape[1], m.shape[1] if with_ones else -1)
+
+
+def _excite_fwd(pooled, w1, b1, w2, b2, activation, scale_activation):
+    """scale = sact(act(pooled W1^T + b1) W2^T + b2), (N, C): two launches."""
     N, C = pooled.shape
     S = w1.shape[0]
-    acc = pooled.dtype
-    s = torch.empty((N, C), dtype=acc, device=pooled.device)
-    z1 = torch.empty((N, S), dtype=acc, device=pooled.device)
-    backward = ds is not None
-    dz2, dz1, dp = (torch.empty(shape, dtype=acc, device=pooled.device) for shape in ((N, C), (N, S), (N, C))) if backward \
-        else (s, z1, s)
-    _se_excite_kernel[(N,)](
-        pooled, w1, b1, w2, b2, ds if backward else pooled, s, z1, dz2, dz1, dp, C, S, HW,
-        ACT=activation_code(activation), SACT=activation_code(scale_activation), BACKWARD=backward,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32,
-        BLOCK_C=min(triton.next_power_of_2(C), 64), BLOCK_S=min(triton.next_power_of_2(S), 32),
-    )
-    return s, z1, dz2, dz1, dp
+    h = torch.empty((N, S), dtype=pooled.dtype, device=pooled.device)
+    s = torch.empty((N, C), dtype=pooled.dtype, device=pooled.device)
+    _gemm(_rows(pooled), _rows(w1), N, S, C, _HIDDEN, activation, S, b1, h)
+    _gemm(_rows(h), _rows(w2), N, C, S, _SCALE, scale_activation, C, b2, s)
+    return s
+
+
+def _excite_bwd(pooled, ds, w1, b1, w2, b2, activation, scale_activation, HW):
+    """(scale, dpooled / HW, grad w1, grad b1, grad w2, grad b2): six launches, the parameter
+    gradients over the images among them."""
+    N, C = pooled.shape
+    S = w1.shape[0]
+    new = lambda *shape: torch.empty(shape, dtype=pooled.dtype, device=pooled.device)  # noqa: E731
+    z1, h, dz1, s, dz2, dp = new(N, S), new(N, S), new(N, S), new(N, C), new(N, C), new(N, C)
+    gw1, gb1, gw2, gb2 = new(S, C), new(S), new(C, S), new(C)
+    _gemm(_rows(pooled), _rows(w1), N, S, C, _HIDDEN_BWD, activation, S, b1, z1, h)
+    _gemm(_rows(h), _rows(w2), N, C, S, _SCALE_BWD, scale_activation, C, b2, s, ds, dz2)
+    _gemm(_rows(dz2), _cols(w2), N, S, C, _HIDDEN_GRAD, activation, S, z1, dz1)  # (dz2 W2) * act'(z1)
+    _gemm(_rows(dz1), _cols(w1), N, C, S, _POOLED_GRAD, "identity", C, dp, dp, HW=HW)  # dz1 W1 / HW
+    _gemm(_cols(dz2), _cols(h, True), C, S + 1, N, _PARAM_GRAD, "identity", S, gw2, gw2, gb2)  # dz2^T h
+    _gemm(_cols(dz1), _cols(pooled, True), S, C + 1, N, _PARAM_GRAD, "identity", C, gw1, gw1, gb1)  # dz1^T p
+    return s, dp, gw1, gb1, gw2, gb2
 
 
 def squeeze_excite_fwd(x, w1, b1, w2, b2, activation, scale_activation, memory_format):
@@ -233,7 +256,7 @@ def squeeze_excite_fwd(x, w1, b1, w2, b2, activation, scale_activation, memory_f
         return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format), \
             torch.empty((0, C), dtype=acc, device=x.device)
     pooled = _reduce(x, None, acc)
-    s = _excite(pooled, w1, b1, w2, b2, activation, scale_activation)[0]
+    s = _excite_fwd(pooled, w1, b1, w2, b2, activation, scale_activation)
     return _apply(x, s, None, memory_format), pooled
 
 
@@ -245,7 +268,6 @@ def squeeze_excite_bwd(g, x, pooled, w1, b1, w2, b2, activation, scale_activatio
         return (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format),
                 torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2), torch.zeros_like(b2))
     ds = _reduce(x, g, pooled.dtype)
-    s, z1, dz2, dz1, dp = _excite(pooled, w1, b1, w2, b2, activation, scale_activation, ds, HW=x.shape[2] * x.shape[3])
-    grad_x = _apply(g, s, dp, memory_format)
-    h = apply_activation(z1, activation)
-    return grad_x, dz1.t() @ pooled, dz1.sum(0), dz2.t() @ h, dz2.sum(0)
+    s, dp, gw1, gb1, gw2, gb2 = _excite_bwd(pooled, ds, w1, b1, w2, b2, activation, scale_activation,
+                                            x.shape[2] * x.shape[3])
+    return _apply(g, s, dp, memory_format), gw1, gb1, gw2, gb2
