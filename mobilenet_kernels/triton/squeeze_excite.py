@@ -96,15 +96,14 @@ def _se_gemm_kernel(
         acc += tl.sum(a[:, None, :] * b[None, :, :], axis=2)
     mask = (r < R)[:, None] & (o < O)[None, :]
     q = r64[:, None] * ld + o64[None, :]  # (r, o) of a dense (R, ld) tensor
-    if EPI == 0:  # _HIDDEN: h = act(acc + b1); e0 b1, e1 h
-        tl.store(e1_ptr + q, act_forward(acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :], ACT), mask=mask)
-    elif EPI == 1:  # _SCALE: s = sact(acc + b2); e0 b2, e1 s
+    if EPI <= 1:  # _HIDDEN (h = act(acc + b1)), _SCALE (s = sact(acc + b2)); e0 the bias, e1 the output
         tl.store(e1_ptr + q, act_forward(acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :], ACT), mask=mask)
     elif EPI == 2:  # _HIDDEN_BWD: z1 = acc + b1, h = act(z1); e0 b1, e1 z1, e2 h
         z = acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :]
         tl.store(e1_ptr + q, z, mask=mask)
         tl.store(e2_ptr + q, act_forward(z, ACT), mask=mask)
-    elif EPI == 3:  # _SCALE_BWD: z2 = acc + b2, s = sact(z2), dz2 = ds * sact'(z2); e0 b2, e1 s, e2 ds, e3 dz2
+    elif EPI == 3:  # _SCALE_BWD: z2 = acc + b2, s = sact(z2), dz2 = ds * sact'(z2); e0 b2, e1 s, e2 ds,
+        # e3 dz2
         z = acc + tl.load(e0_ptr + o, mask=o < O, other=0.0)[None, :]
         tl.store(e1_ptr + q, act_forward(z, ACT), mask=mask)
         tl.store(e3_ptr + q, tl.load(e2_ptr + q, mask=mask, other=0.0) * act_derivative(z, ACT), mask=mask)
