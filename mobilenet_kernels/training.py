@@ -388,7 +388,13 @@ def train(cfg: TrainConfig, *, out: TextIO | None = None) -> dict:
     say = (lambda line: print(line, file=out, flush=True)) if procs.is_main else (lambda line: None)
     try:
         run, start_epoch = _build(cfg, procs, device, train_set, val_set, num_classes, size, checkpoint)
-        return _fit(run, start_epoch, say)
+        result = _fit(run, start_epoch, say)
+        if procs.world_size > 1:
+            # Every rank done (rank 0's checkpoint and summary written) before any tears the group
+            # down: a fresh-clone CI run once saw a rank abort in teardown ("terminate called
+            # without an active exception") while the other was still finishing.
+            dist.barrier()
+        return result
     finally:
         if procs.world_size > 1:
             dist.destroy_process_group()
