@@ -57,6 +57,7 @@ __global__ void batch_norm_act_eval_fwd_nchw_kernel(const scalar_t* __restrict__
 // ---------------------------------------------------------------------------------------------
 // The per-channel passes (reductions and elementwise) live in channel_passes.cuh, shared with the
 // host emulation; here their launches on the current stream.
+
 // A reduction over L: stage 1 with `vec` channels per thread (channels_last), then finish_kernel.
 template <typename acc_t, typename Term, typename Finish>
 void reduce_channels(const ChannelLayout& L, int vec, const at::TensorOptions& acc_opts, const Term& term,

@@ -18,14 +18,12 @@
 // A functor reads kInputs dense tensors. load<V>(i) issues the 16-byte loads of elements
 // i .. i + V - 1 (channels c .. c + V - 1 of one row) of each into an Inputs<Scalar, V, kInputs>.
 // The channels_last kernels issue kRowsInFlight rows' loads (64 bytes a thread) before they use
-// any, then hand each row's vectors to the functor in row order, so the arithmetic and its order
-// are those of one row at a time. (GPU run 7, after vectorizing: 39-58 us a launch at batch 128
-// against 30-33 us for ATen's passes, which keep four rows' loads in flight per thread; ours had
-// one row's, untimed since.) A term functor (the reductions) provides Scalar, State begin(c) and
-// add<V>(states, i, in, sum0, sum1), which adds the terms of elements i .. i + V - 1 (states[j]
-// channel c + j's) to sum0[j], sum1[j] and may write those elements of an output in the same pass;
-// an elementwise functor provides Scalar, begin(c) and apply<V>(states, i, in). V = 1 on the NCHW
-// paths.
+// any, then hand each row's vectors to the functor in row order (for_rows_in_flight, mk_cuda.cuh,
+// says why), so the arithmetic and its order are those of one row at a time. A term functor (the
+// reductions) provides Scalar, State begin(c) and add<V>(states, i, in, sum0, sum1), which adds the
+// terms of elements i .. i + V - 1 (states[j] channel c + j's) to sum0[j], sum1[j] and may write
+// those elements of an output in the same pass; an elementwise functor provides Scalar, begin(c)
+// and apply<V>(states, i, in). V = 1 on the NCHW paths.
 // Shared by the CUDA launchers (batch_norm_act.cu) and the host emulation
 // (python_tests/cuda_emulation/bn_host.cpp), which runs these kernels with these plans on the CPU.
 #pragma once
@@ -42,11 +40,10 @@ namespace bn {
 
 constexpr int kThreads = 256;
 constexpr int kFinishLanes = 16;  // tile lanes per channel in finish_kernel
-// channels_last: rows whose loads a thread issues before it uses any (for_rows_in_flight,
-// mk_cuda.cuh), 64 bytes of them (16-byte vectors: four rows of one input, two of two; ptxas,
-// sm_90: bf16 TrainInputGrad takes 64-99 registers with two rows, 2-4 blocks of 256 threads per
-// SM, and 128-149 with four, 1 block), and rows a thread of the elementwise pass takes per chunk
-// (plan_per_channel).
+// channels_last: rows whose loads a thread issues before it uses any, 64 bytes of them (16-byte
+// vectors: four rows of one input, two of two; ptxas, sm_90: bf16 TrainInputGrad takes 64-99
+// registers with two rows, 2-4 blocks of 256 threads per SM, and 128-149 with four, 1 block), and
+// rows a thread of the elementwise pass takes per chunk (plan_per_channel).
 template <typename Op>
 inline constexpr int kRowsInFlight = 4 / Op::kInputs;
 constexpr int kRowsPerThread = 4;
@@ -409,11 +406,8 @@ struct PassPlan {
 // two had left 7 of 16 lanes idle at 72 bf16 channels, 7 of 32 at 200); ty row lanes, the largest
 // power of two with tx * ty <= kThreads (the reductions' tree halves it).
 inline dim3 nhwc_block(int64_t C, int vec) {
-  const int64_t vectors = std::max<int64_t>(C / vec, 1);
-  const unsigned tx = static_cast<unsigned>(ceil_div(vectors, ceil_div(vectors, 32)));
-  unsigned ty = 1;
-  while (2 * ty * tx <= kThreads) ty *= 2;
-  return dim3(tx, ty);
+  const int64_t tx = even_lanes(std::max<int64_t>(C / vec, 1), 32);
+  return dim3(static_cast<unsigned>(tx), static_cast<unsigned>(pow2_beside(tx, kThreads)));
 }
 
 inline PassPlan plan_reduction(const ChannelLayout& L, int vec) {

@@ -417,10 +417,8 @@ inline void set_items(Geom& g, int64_t N, int rows, int cols) {
 // work items; NCHW: one channel per block, 256 threads along the items (weight reads broadcast).
 inline dim3 block_shape(bool channels_last, int64_t cvecs) {
   TORCH_INTERNAL_ASSERT(cvecs >= 1);
-  const int64_t tx = channels_last ? ceil_div(cvecs, ceil_div(cvecs, 32)) : 1;
-  int64_t ty = 1;
-  while (ty * 2 * tx <= kThreads) ty *= 2;
-  return dim3(static_cast<unsigned>(tx), static_cast<unsigned>(ty));
+  const int64_t tx = channels_last ? even_lanes(cvecs, 32) : 1;
+  return dim3(static_cast<unsigned>(tx), static_cast<unsigned>(pow2_beside(tx, kThreads)));
 }
 
 inline int64_t channel_chunks(bool channels_last, int64_t C, int vec, const dim3& block) {

@@ -694,9 +694,8 @@ inline bool plan_tiled(int64_t N, int64_t C, int H, int W, int OH, int OW, int K
   int TH = 0;
   unsigned ty = 0;
   for (int64_t cap = kTiledMaxVectors; cap >= 1; cap /= 2) {
-    const int64_t c = ceil_div(cvecs, ceil_div(cvecs, cap));
-    int ty_max = 1;
-    while (ty_max * 2 * c * lanes <= kTiledMaxThreads) ty_max *= 2;
+    const int64_t c = even_lanes(cvecs, cap);
+    const int ty_max = static_cast<int>(pow2_beside(c * lanes, kTiledMaxThreads));
     int th = std::min(OHc, std::max(1, ty_max / strips));
     while (th > 1 && bytes(th, c) > static_cast<size_t>(work.smem)) th = (th + 1) / 2;
     if (bytes(th, c) > static_cast<size_t>(work.smem)) continue;

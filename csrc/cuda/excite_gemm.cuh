@@ -125,30 +125,19 @@ __global__ void __launch_bounds__(kThreads)
 // Row r is the image n in the products over channels, the parameter's first index in those over
 // images. Scratch tensors are dense (N, C) or (N, S).
 
-// Forward: h[n, j] = act(z1), z1 = acc + b1[j].
-template <typename acc_t>
+// h[n, j] = act(z1), z1 = acc + b1[j]; backward (the hidden layer recomputed) also z1.
+template <typename acc_t, bool kBackward>
 struct HiddenOut {
   const acc_t* b1;
   acc_t* h;
-  int S;
-  Act act;
-  __device__ void operator()(int n, int j, acc_t acc) const {
-    h[static_cast<int64_t>(n) * S + j] = apply_activation(act, acc + b1[j]);
-  }
-};
-
-// Backward: z1 and h = act(z1) (the hidden layer recomputed).
-template <typename acc_t>
-struct HiddenOutBwd {
-  const acc_t* b1;
-  acc_t *z1, *h;
+  acc_t* z1;  // kBackward
   int S;
   Act act;
   __device__ void operator()(int n, int j, acc_t acc) const {
     const int64_t q = static_cast<int64_t>(n) * S + j;
     const acc_t z = acc + b1[j];
-    z1[q] = z;
     h[q] = apply_activation(act, z);
+    if constexpr (kBackward) z1[q] = z;
   }
 };
 
@@ -222,7 +211,7 @@ inline bool excite_sizes_fit(int64_t N, int64_t C, int64_t S) {
 }
 
 inline dim3 excite_grid(int R, int O) {
-  return dim3(static_cast<unsigned>((R + kTileR - 1) / kTileR), static_cast<unsigned>((O + kTileO - 1) / kTileO));
+  return dim3(static_cast<unsigned>(ceil_div(R, kTileR)), static_cast<unsigned>(ceil_div(O, kTileO)));
 }
 
 // A dense (rows, cols) matrix as an operand: element (i, k) = m[i, k].
@@ -251,7 +240,7 @@ void gemm(const Launch& launch, const Operand<acc_t>& a, const Operand<acc_t>& b
 template <typename acc_t, typename Launch>
 void excite_forward(const ExciteParams<acc_t>& p, const acc_t* pooled, acc_t* h, acc_t* scale, const Launch& launch) {
   gemm(launch, rows_of(pooled, p.N, p.C), rows_of(p.w1, p.S, p.C), p.N, p.S, p.C,
-       HiddenOut<acc_t>{p.b1, h, p.S, p.act});
+       HiddenOut<acc_t, false>{p.b1, h, nullptr, p.S, p.act});
   gemm(launch, rows_of<acc_t>(h, p.N, p.S), rows_of(p.w2, p.C, p.S), p.N, p.C, p.S,
        ScaleOut<acc_t, false>{p.b2, scale, nullptr, nullptr, p.C, p.scale_act});
 }
@@ -276,7 +265,7 @@ void excite_backward(const ExciteParams<acc_t>& p, const acc_t* pooled, const ac
                      const ExciteBwdScratch<acc_t>& t, acc_t* dp_hw, const ExciteParamGrads<acc_t>& g,
                      const Launch& launch) {
   const int N = p.N, C = p.C, S = p.S;
-  gemm(launch, rows_of(pooled, N, C), rows_of(p.w1, S, C), N, S, C, HiddenOutBwd<acc_t>{p.b1, t.z1, t.h, S, p.act});
+  gemm(launch, rows_of(pooled, N, C), rows_of(p.w1, S, C), N, S, C, HiddenOut<acc_t, true>{p.b1, t.h, t.z1, S, p.act});
   gemm(launch, rows_of<acc_t>(t.h, N, S), rows_of(p.w2, C, S), N, C, S,
        ScaleOut<acc_t, true>{p.b2, t.scale, ds, t.dz2, C, p.scale_act});
   // (dz2 W2)[n, j] = sum_c dz2[n, c] W2[c, j]: B(j, c) = W2[c, j].

@@ -76,6 +76,19 @@ struct alignas(sizeof(T) * N) Vec {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Lanes a block gives n items (n >= 1), at most `cap`: the items spread evenly over the fewest
+// blocks (60 channel vectors, at most 32 a block: two blocks of 30), so that no more lanes idle
+// than the uneven split leaves.
+inline int64_t even_lanes(int64_t n, int64_t cap) { return ceil_div(n, ceil_div(n, cap)); }
+
+// The largest power of two p with p * lanes <= threads (1 if none): a block's second dimension
+// beside `lanes`, halvable by a fixed reduction tree.
+inline int64_t pow2_beside(int64_t lanes, int64_t threads) {
+  int64_t p = 1;
+  while (2 * p * lanes <= threads) p *= 2;
+  return p;
+}
+
 // Plane i of a contiguous buffer of planes (partial sums: (planes, tiles, C)). Not `t[i]`: that is an
 // aten::select (and an as_strided), a dispatched op that costs host time at every launch (GPU run 7:
 // 319 selects per V3-Large training step).
@@ -163,7 +176,7 @@ __device__ __forceinline__ Vec<T, VEC> load_raw_vec(const T* p) {
 
 template <int VEC, typename T, typename acc_t>
 __device__ __forceinline__ void load_vec(const T* p, acc_t (&out)[VEC]) {
-  const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(p);
+  const Vec<T, VEC> v = load_raw_vec<T, VEC>(p);
 #pragma unroll
   for (int i = 0; i < VEC; ++i) out[i] = static_cast<acc_t>(v.v[i]);
 }

@@ -1,8 +1,8 @@
 // pointwise_conv2d (and its statistics variant) through the tensor-core GEMM with the epilogue in
 // it (pointwise_gemm.cuh), when MK_PW_FUSED=1 (or =auto, for the small convs only): the launcher
-// pointwise_conv2d.cu tries it first and falls back to cuBLAS + epilogue when it does not apply. A file of its own so that its kernel
-// instantiations (2 dtypes x 3 tile widths x (forward, statistics)) compile in parallel with the
-// others.
+// pointwise_conv2d.cu tries it first and falls back to cuBLAS + epilogue when it does not apply. A
+// file of its own so that its kernel instantiations (2 dtypes x 3 tile widths x (forward,
+// statistics)) compile in parallel with the others.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
@@ -32,8 +32,11 @@ constexpr int64_t kAutoMaxOutputs = int64_t(1) << 20;
 // Whether MK_PW_FUSED (read once per process) lets the kernel take a conv with `outputs` elements:
 // "1" all, "auto" the small ones, anything else none.
 bool fused_allowed(int64_t outputs) {
-  static const int mode = env_is("MK_PW_FUSED", "1") ? 2 : (env_is("MK_PW_FUSED", "auto") ? 1 : 0);
-  return mode == 2 || (mode == 1 && outputs <= kAutoMaxOutputs);
+  enum class Fused { kNone, kSmall, kAll };
+  static const Fused mode = env_is("MK_PW_FUSED", "1")      ? Fused::kAll
+                            : env_is("MK_PW_FUSED", "auto") ? Fused::kSmall
+                                                            : Fused::kNone;
+  return mode == Fused::kAll || (mode == Fused::kSmall && outputs <= kAutoMaxOutputs);
 }
 
 // The plan for the prepared conv `a` writing `out`, or none when the kernel is not to take it:

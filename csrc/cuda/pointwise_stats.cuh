@@ -103,9 +103,8 @@ StatsPlan stats_plan(const scalar_t* y, int64_t P, int64_t C, int64_t HW, bool c
   if (channels_last) {
     p.vec = C % kVec == 0 && aligned16(y);
     const int64_t cvecs = ceil_div(C, p.vec ? kVec : 1);
-    p.tx = ceil_div(cvecs, ceil_div(cvecs, 32));  // <= 32 channel vectors per block
-    p.ty = 1;
-    while (p.ty * 2 * p.tx <= kStatsThreads) p.ty *= 2;
+    p.tx = even_lanes(cvecs, 32);  // <= 32 channel vectors per block
+    p.ty = pow2_beside(p.tx, kStatsThreads);
     p.tile_rows = std::max<int64_t>(256, ceil_div(P, 2048));
     p.tiles = ceil_div(P, p.tile_rows);
     TORCH_CHECK(p.tiles <= kMaxGridX && ceil_div(cvecs, p.tx) <= kMaxGridY,

@@ -167,8 +167,8 @@ void reduce(const ChannelLayout& L, const scalar_t* a, const scalar_t* b, at::op
     constexpr int V = decltype(vec_tag)::value;
     if (L.channels_last) {
       const int64_t cvecs = L.C / V;
-      const int64_t tx = ceil_div(cvecs, ceil_div(cvecs, 32));  // <= 32, channel vectors spread evenly
-      int64_t ty = 1;
+      const int64_t tx = even_lanes(cvecs, 32);  // <= 32 channel vectors per block
+      int64_t ty = 1;  // pixel lanes: as many as fit, but not past the first power of two >= HW
       while (ty * 2 * tx <= kReduceThreads && ty < L.HW) ty *= 2;
       const int64_t chunks = ceil_div(cvecs, tx);
       TORCH_CHECK(L.N * chunks <= kMaxGridX, "squeeze_excite (CUDA): too many images or channels for one launch");

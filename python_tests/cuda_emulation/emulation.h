@@ -3,10 +3,11 @@
 //
 // launch_grid runs a kernel the way the GPU would, on the CPU: one std::thread per CUDA thread of
 // a block (32 consecutive ones a warp, for __shfl_down_sync), running the grid's blocks one after
-// the other (x fastest), all threads on the same block, with a barrier between blocks (function-local __shared__ arrays are statics under the
-// shim: one block at a time). Before each block the dynamic shared memory is filled with 0xff bytes
-// (NaN in every floating dtype), so a read of an entry nobody wrote this block shows; a guard zone
-// after it catches writes past its end. Buffers: in_guarded_buffer puts a tensor, same sizes and
+// the other (x fastest), all threads on the same block, with a barrier between blocks
+// (function-local __shared__ arrays are statics under the shim: one block at a time). Before each
+// block the dynamic shared memory is filled with 0xff bytes (NaN in every floating dtype), so a
+// read of an entry nobody wrote this block shows; a guard zone after it catches writes past its
+// end. Buffers: in_guarded_buffer puts a tensor, same sizes and
 // strides, inside a buffer of a fill value with guard zones on both sides: NaN around inputs (a
 // read outside them shows as a NaN output rather than a crash), a sentinel around the output (a
 // write outside it shows), whose own elements start as NaN (an element the kernel misses shows).
@@ -142,5 +143,20 @@ void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem,
     TORCH_CHECK(buf[i] == 0xff, "emulation: the kernel wrote past its ", smem_bytes, " bytes of shared memory");
   }
 }
+
+// The `launch(kernel, grid, block, dynamic_smem_bytes, args...)` that the kernel headers' launch
+// sequences take (cuda::StreamLaunch on a GPU, mk_cuda.cuh), emulated with launch_grid: `smem`
+// points at the header's dynamic shared-memory pointer (none: the kernels have none); each launch
+// is counted in *launches when given.
+struct HostLaunch {
+  unsigned char** smem = nullptr;
+  int* launches = nullptr;
+  template <typename... Params, typename... Args>
+  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes, const Args&... args) const {
+    unsigned char* no_smem = nullptr;
+    launch_grid(grid, block, smem_bytes, smem != nullptr ? *smem : no_smem, [&] { kernel(args...); });
+    if (launches != nullptr) ++*launches;
+  }
+};
 
 }  // namespace mk_emu

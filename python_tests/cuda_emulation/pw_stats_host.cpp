@@ -19,14 +19,6 @@ namespace {
 namespace mk = mobilenet_kernels;
 namespace pw = mobilenet_kernels::cuda::pw;
 
-struct HostLaunch {
-  template <typename... Params, typename... Args>
-  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Args&... args) const {
-    unsigned char* no_dynamic_smem = nullptr;
-    mk_emu::launch_grid(grid, block, smem, no_dynamic_smem, [&] { kernel(args...); });
-  }
-};
-
 // (mean, biased var, [vec, tiles, tile_rows, tx, ty, tile_px]) of y (N, C, H, W), dense in its
 // format (channels_last or contiguous), as pointwise_conv2d_stats computes them from its output.
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> stats(const at::Tensor& y_in) {
@@ -45,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> stats(const at::Tensor&
     const pw::StatsPlan plan = pw::stats_plan(yp, N * HW, C, HW, fmt == at::MemoryFormat::ChannelsLast);
     const mk_emu::GuardedOutput part = mk_emu::guarded_out(at::empty({3, plan.tiles, C}, acc_opts));
     pw::stats_steps(plan, yp, part.y.data_ptr<acc_t>(), mean.y.data_ptr<acc_t>(), var.y.data_ptr<acc_t>(),
-                    HostLaunch{});
+                    mk_emu::HostLaunch{});
     part.check();
     TORCH_CHECK(!part.y.isnan().any().item<bool>(), "emulation: a partial left unwritten");
     mean.check();

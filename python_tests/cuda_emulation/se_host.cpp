@@ -25,16 +25,10 @@ namespace se = mobilenet_kernels::cuda::se;
 using mk_emu::guarded_in;
 using mk_emu::guarded_out;
 using mk_emu::GuardedOutput;
+using mk_emu::HostLaunch;
 
-// A launch of the sequence, emulated; counts the launches.
-struct HostLaunch {
-  int* launches;
-  template <typename... Params, typename... Args>
-  void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Args&... args) const {
-    mk_emu::launch_grid(grid, block, smem, se::mk_se_gemm_smem, [&] { kernel(args...); });
-    ++*launches;
-  }
-};
+// The emulated launch of the sequence: the excite step's dynamic shared memory; counts launches.
+HostLaunch counted(int* launches) { return {&se::mk_se_gemm_smem, launches}; }
 
 // The parameters in guard zones, dense, as squeeze_excite.cu hands them over (prepare_squeeze_excite
 // reshapes the weights to (S, C) and (C, S)).
@@ -71,7 +65,7 @@ std::tuple<at::Tensor, int> forward(const at::Tensor& pooled, const at::Tensor& 
   int launches = 0;
   AT_DISPATCH_FLOATING_TYPES(pooled.scalar_type(), "se_host_forward", [&] {
     se::excite_forward(prm.get<scalar_t>(static_cast<int>(N), act, scale_act), p.data_ptr<scalar_t>(),
-                       h.y.data_ptr<scalar_t>(), scale.y.data_ptr<scalar_t>(), HostLaunch{&launches});
+                       h.y.data_ptr<scalar_t>(), scale.y.data_ptr<scalar_t>(), counted(&launches));
   });
   h.check();
   scale.check();
@@ -106,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                         dp.y.data_ptr<acc_t>(),
                         se::ExciteParamGrads<acc_t>{gw1.y.data_ptr<acc_t>(), gb1.y.data_ptr<acc_t>(),
                                                     gw2.y.data_ptr<acc_t>(), gb2.y.data_ptr<acc_t>()},
-                        HostLaunch{&launches});
+                        counted(&launches));
   });
   for (const GuardedOutput* t : {&z1, &h, &dz1, &scale, &dz2, &dp, &gw1, &gb1, &gw2, &gb2}) t->check();
   return {scale.y.clone(), dp.y.clone(), gw1.y.clone(), gb1.y.clone(), gw2.y.clone(), gb2.y.clone(), launches};
@@ -145,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, int> op_forward(const at::Tensor& input, cons
     using acc_t = at::opmath_type<scalar_t>;
     se::forward_steps<scalar_t>(L, op.prm.get<acc_t>(static_cast<int>(L.N), act, scale_act),
                                 op.x.data_ptr<scalar_t>(), out.y.data_ptr<scalar_t>(), pooled.y.data_ptr<acc_t>(),
-                                scratch.y.data_ptr<acc_t>(), kResident, HostLaunch{&launches});
+                                scratch.y.data_ptr<acc_t>(), kResident, counted(&launches));
   });
   out.check();
   pooled.check();
@@ -176,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, int> op_b
                                             gb2.y.data_ptr<acc_t>()};
     se::backward_steps<scalar_t>(L, op.prm.get<acc_t>(static_cast<int>(L.N), act, scale_act), g.data_ptr<scalar_t>(),
                                  op.x.data_ptr<scalar_t>(), p.data_ptr<acc_t>(), gx.y.data_ptr<scalar_t>(), grads,
-                                 scratch.y.data_ptr<acc_t>(), kResident, HostLaunch{&launches});
+                                 scratch.y.data_ptr<acc_t>(), kResident, counted(&launches));
   });
   for (const GuardedOutput* t : {&gx, &scratch, &gw1, &gb1, &gw2, &gb2}) t->check();
   TORCH_CHECK(!scratch.y.isnan().any().item<bool>(), "emulation: scratch left unwritten");
