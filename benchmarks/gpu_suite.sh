@@ -49,8 +49,8 @@
 # MK_PW_FUSED=1 and no torch.compile rows (its JSON records the switch; compare the two files' "ours"
 # rows); ncu_pw (90 s)
 # profiles the first 16 launches of our pointwise GEMM over V2's 1x1 convs (report in suite.log).
-# bench_block (60 s): inverted_residual_eval over the blocks without squeeze-excite of V3-Large and
-# V2, batch 1 and 256, bf16 channels_last, forward under no_grad, against the op-by-op eager block
+# bench_block (90 s): inverted_residual_eval over the blocks of V3-Large (squeeze-excite ones
+# included: two passes of the block kernel) and V2, batch 1 and 256, bf16 channels_last, forward under no_grad, against the op-by-op eager block
 # and its torch.compile; its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB).
 # Both compile every shape
 # (seconds each): when the limit cuts them off, the rows measured so far are kept.
@@ -174,7 +174,7 @@ if command -v ncu >/dev/null && want ncu_pw; then
     --quiet --no-compile --mode forward --models mobilenet_v2 --out "$(mktemp -d)" >>"$OUT/suite.log" 2>&1
   echo "=== ncu_pw rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
 fi
-step bench_block 60 $PY benchmarks/bench_inverted_residual.py --quiet --no-autotune --out "$OUT" \
+step bench_block 90 $PY benchmarks/bench_inverted_residual.py --quiet --no-autotune --out "$OUT" \
   --name "inverted_residual_${GPU_TAG}"
 PROFILE_ARGS=()
 [ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check

@@ -98,8 +98,7 @@ def fill(rows: list[dict], args, can_measure: bool) -> None:
             row = {"model": model_name, "variant": variant, "level": level, "batch": args.batch, "size": args.size,
                    "dtype": "bfloat16", "model_MB_per_image": model[f"{level}_MB"],
                    "model_activations_MB_per_image": model[f"activations_{level}_MB"],
-                   "weights_MB": model["weights_MB"], "blocks": model["blocks"],
-                   "blocks_fused": model["blocks_fused"] if level == "whole_block" else 0}
+                   "weights_MB": model["weights_MB"], "blocks": model["blocks"], "blocks_se": model["blocks_se"]}
             if can_measure:
                 try:
                     row.update(measure(model_name, variant, args.batch, args.size))

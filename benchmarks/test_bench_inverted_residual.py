@@ -1,6 +1,7 @@
 """pytest-benchmark micro-benchmarks of inverted_residual_eval on the CPU: eager PyTorch (the folded
 block op by op: 1x1 conv + act, depthwise conv + act, 1x1 conv + residual) against our "cuda" backend
-(on a CPU: the C++ kernels, op by op), on the two MobileNetV3-Small blocks without squeeze-excite.
+(on a CPU: the C++ kernels, op by op), on the first two MobileNetV3-Small blocks (the first with squeeze-excite, no expand conv: op by op in
+the models on the CPU; the second without).
 
     pytest benchmarks --benchmark-only
 
@@ -21,7 +22,7 @@ pytest.importorskip("torchvision")
 from mobilenet_kernels.benchmarking.shapes import inverted_residual_layers  # noqa: E402
 
 BATCH = 8
-# V3-Small at 64 px: 16 -> 72 -> 24 at 16x16, k3 s2; and 24 -> 88 -> 24 at 8x8, k3 s1 with the residual.
+# V3-Small at 64 px: 16 -> 16 at 32x32, k3 s2 with squeeze-excite (8); 16 -> 72 -> 24 at 16x16, k3 s2.
 LAYERS = inverted_residual_layers("mobilenet_v3_small", 64)[:2]
 
 
@@ -35,7 +36,7 @@ def _one_thread():
 
 @pytest.mark.parametrize("provider", ["eager", "cuda"])
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"{layer[0]}-{layer[1]}-{layer[2]}-{layer[3]}x{layer[4]}"
-                         f"-k{layer[5]}s{layer[6]}" + ("-res" if layer[9] else ""))
+                         f"-k{layer[5]}s{layer[6]}" + ("-res" if layer[9] else "") + (f"-se{layer[10]}" if layer[10] else ""))
 def test_inverted_residual_eval(benchmark, layer, provider):
     if provider != "eager" and (reason := backends.unusable_reason(provider, "cpu")):
         pytest.skip(reason)

@@ -8,12 +8,18 @@
 // expand_weight (Chid, Cin, 1, 1) or None (no expand conv: Chid = Cin), dw_weight (Chid, 1, k, k)
 // with odd k, stride s, dilation d and "same" padding (k - 1) / 2 * d, project_weight
 // (Cout, Chid, 1, 1); every weight and bias in the input's dtype; residual needs s = 1, Cout = Cin.
+// With a squeeze-excite (V3's blocks), between the depthwise conv and the projection, on the
+// depthwise output D (N, Chid, OH, OW):
+//   D' = D * scale_act(W2 act(W1 mean_hw(D) + b1) + b2)   per (image, hidden channel)
+// se_fc1_weight (S, Chid, 1, 1), se_fc1_bias (S,), se_fc2_weight (Chid, S, 1, 1), se_fc2_bias
+// (Chid,), in the input's dtype or its accumulation dtype (squeeze_excite.h's rules).
 #pragma once
 
 #include <vector>
 
 #include "batch_norm_act.h"  // acc_type_for
 #include "mk_common.h"
+#include "squeeze_excite.h"  // check_se_param
 
 namespace mobilenet_kernels {
 
@@ -27,12 +33,16 @@ struct InvertedResidualArgs {
   at::Tensor dw_bias;         // (Chid,)
   at::Tensor project_weight;  // (Cout, Chid) accumulation dtype, contiguous
   at::Tensor project_bias;    // (Cout,)
+  at::Tensor se_w1, se_b1;    // (S, Chid), (S,) accumulation dtype, contiguous; undefined without SE
+  at::Tensor se_w2, se_b2;    // (Chid, S), (Chid,)
   at::MemoryFormat format;
   int64_t N = 0, Cin = 0, Chid = 0, Cout = 0, H = 0, W = 0, OH = 0, OW = 0;
   int64_t k = 1, stride = 1, dilation = 1, pad = 0;
-  Act act = Act::kIdentity;
+  int64_t S = 0;  // squeeze channels
+  Act act = Act::kIdentity, se_act = Act::kRelu, se_scale_act = Act::kHardsigmoid;
   bool residual = false;
   bool has_expand() const { return expand_weight.defined(); }
+  bool has_se() const { return se_w1.defined(); }
   bool channels_last() const { return format == at::MemoryFormat::ChannelsLast; }
   std::vector<int64_t> output_sizes() const { return {N, Cout, OH, OW}; }
 };
@@ -59,7 +69,11 @@ inline InvertedResidualArgs prepare_inverted_residual(
     const at::Tensor& input, const c10::optional<at::Tensor>& expand_weight,
     const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight, const at::Tensor& dw_bias,
     const at::Tensor& project_weight, const at::Tensor& project_bias, int64_t stride, int64_t dilation,
-    const std::string& activation, bool residual) {
+    const std::string& activation, bool residual, const c10::optional<at::Tensor>& se_fc1_weight = c10::nullopt,
+    const c10::optional<at::Tensor>& se_fc1_bias = c10::nullopt,
+    const c10::optional<at::Tensor>& se_fc2_weight = c10::nullopt,
+    const c10::optional<at::Tensor>& se_fc2_bias = c10::nullopt, const std::string& se_activation = "relu",
+    const std::string& se_scale_activation = "hardsigmoid") {
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected a 4-D tensor (N, C, H, W), got shape ", input.sizes());
   const int64_t Cin = input.size(1);
@@ -92,6 +106,24 @@ inline InvertedResidualArgs prepare_inverted_residual(
   TORCH_CHECK_VALUE(dilation >= 1, "dilation: expected an int >= 1, got ", dilation);
   InvertedResidualArgs a;
   a.act = parse_activation(activation);
+  const int given = se_fc1_weight.has_value() + se_fc1_bias.has_value() + se_fc2_weight.has_value() +
+                    se_fc2_bias.has_value();
+  TORCH_CHECK_VALUE(given == 0 || given == 4,
+                    "se_fc1_weight, se_fc1_bias, se_fc2_weight, se_fc2_bias: expected all four or none");
+  int64_t S = 0;
+  if (given == 4) {
+    const at::Tensor& w1 = *se_fc1_weight;
+    TORCH_CHECK_VALUE(w1.dim() == 4 && w1.size(1) == Chid && w1.size(2) == 1 && w1.size(3) == 1 && w1.size(0) >= 1,
+                      "se_fc1_weight: expected shape (S, ", Chid, ", 1, 1) for ", Chid, " hidden channels, got ",
+                      w1.sizes());
+    S = w1.size(0);
+    check_se_param(w1, "se_fc1_weight", input, {S, Chid, 1, 1});
+    check_se_param(*se_fc1_bias, "se_fc1_bias", input, {S});
+    check_se_param(*se_fc2_weight, "se_fc2_weight", input, {Chid, S, 1, 1});
+    check_se_param(*se_fc2_bias, "se_fc2_bias", input, {Chid});
+    a.se_act = parse_activation(se_activation, "se_activation");
+    a.se_scale_act = parse_activation(se_scale_activation, "se_scale_activation");
+  }
   TORCH_CHECK_VALUE(!residual || (stride == 1 && Cout == Cin),
                     "residual: needs stride 1 and as many output as input channels, got stride ", stride, ", ", Cin,
                     " -> ", Cout, " channels");
@@ -119,6 +151,13 @@ inline InvertedResidualArgs prepare_inverted_residual(
   a.dw_bias = dw_bias.to(acc).contiguous();
   a.project_weight = project_weight.reshape({Cout, Chid}).to(acc).contiguous();
   a.project_bias = project_bias.to(acc).contiguous();
+  if (given == 4) {
+    a.S = S;
+    a.se_w1 = se_fc1_weight->reshape({S, Chid}).to(acc).contiguous();
+    a.se_b1 = se_fc1_bias->to(acc).contiguous();
+    a.se_w2 = se_fc2_weight->reshape({Chid, S}).to(acc).contiguous();
+    a.se_b2 = se_fc2_bias->to(acc).contiguous();
+  }
   return a;
 }
 

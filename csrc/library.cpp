@@ -121,12 +121,17 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   // tensor kept on chip (tiles of output pixels x all hidden channels). expand_weight (Chid, Cin, 1, 1)
   // or None (no expand conv: Chid = Cin), dw_weight (Chid, 1, k, k) with odd k, padding (k - 1) / 2 *
   // dilation, project_weight (Cout, Chid, 1, 1); weights and biases in the input's dtype; residual
-  // needs stride 1 and Cout = Cin. No squeeze-excite (such blocks run op by op). Inference only: no
-  // autograd formula. Output in the input's memory format.
+  // needs stride 1 and Cout = Cin. With se_fc1_weight (S, Chid, 1, 1), se_fc1_bias (S,), se_fc2_weight
+  // (Chid, S, 1, 1) and se_fc2_bias (Chid,) (all four or none; the input's dtype or its accumulation
+  // dtype), a squeeze-excite sits between the depthwise conv and the projection (V3's blocks): two
+  // passes, the first recomputing the expanded tensor to emit only its per-channel means, the excite
+  // step, then the whole block with the depthwise output scaled per (image, channel). Inference only:
+  // no autograd formula. Output in the input's memory format.
   m.def(
       "inverted_residual_eval(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, "
       "Tensor dw_bias, Tensor project_weight, Tensor project_bias, int stride, int dilation, str activation, "
-      "bool residual) -> Tensor");
+      "bool residual, Tensor? se_fc1_weight=None, Tensor? se_fc1_bias=None, Tensor? se_fc2_weight=None, "
+      "Tensor? se_fc2_bias=None, str se_activation=\"relu\", str se_scale_activation=\"hardsigmoid\") -> Tensor");
   m.def(
       "depthwise_conv2d_triton(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, str activation) -> Tensor");
@@ -158,5 +163,6 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   m.def(
       "inverted_residual_eval_triton(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, "
       "Tensor dw_bias, Tensor project_weight, Tensor project_bias, int stride, int dilation, str activation, "
-      "bool residual) -> Tensor");
+      "bool residual, Tensor? se_fc1_weight=None, Tensor? se_fc1_bias=None, Tensor? se_fc2_weight=None, "
+      "Tensor? se_fc2_bias=None, str se_activation=\"relu\", str se_scale_activation=\"hardsigmoid\") -> Tensor");
 }

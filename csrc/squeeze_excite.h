@@ -102,4 +102,12 @@ inline at::Tensor prepare_se_pooled(const at::Tensor& pooled, const SqueezeExcit
   return pooled.contiguous();
 }
 
+namespace cpu {
+// The CPU excite step alone, for the whole-block kernel's squeeze-excite (csrc/cpu/inverted_residual*):
+// scale (N, C) = scale_act(W2 act(W1 pooled + b1) + b2) from pooled (N, C), both dense in the
+// accumulation dtype; a.layout's N and C, a.S, the parameters and the activations are read, not
+// the input. Defined in csrc/cpu/squeeze_excite.cpp (the op's own excite GEMMs).
+void squeeze_excite_scale(const SqueezeExciteArgs& a, const at::Tensor& pooled, at::Tensor& scale);
+}  // namespace cpu
+
 }  // namespace mobilenet_kernels

@@ -309,6 +309,9 @@ def inverted_residual_eval(
     *,
     activation: str = "relu6",
     residual: bool = False,
+    se: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    se_activation: str = "relu",
+    se_scale_activation: str = "hardsigmoid",
     backend: str | None = None,
 ) -> torch.Tensor:
     """An inverted-residual block in eval mode with its BatchNorms folded into the convs
@@ -317,6 +320,13 @@ def inverted_residual_eval(
     with odd k and "same" padding ``(k - 1) // 2 * dilation``, project_weight (Cout, Chid, 1, 1);
     weights and biases in the input's dtype (under autocast all are cast to the autocast dtype).
     Inference only (no gradient).
+
+    ``se``: (fc1_weight, fc1_bias, fc2_weight, fc2_bias) of a squeeze-excite applied to the
+    depthwise output before the projection (``squeeze_excite``'s parameters for Chid channels, in
+    the input's dtype or float32; under autocast they are left as they are), with ``se_activation``
+    and ``se_scale_activation``. Every backend then runs two passes of its block kernel: the first
+    emits only the depthwise output's per-channel means, the second scales it by the excite step's
+    output before projecting (ops/inverted_residual.py).
 
     Triton: one kernel per block that keeps the expanded tensor on chip. "cuda" on CPU tensors: the
     C++ whole-block kernel (csrc/cpu/inverted_residual.cpp: bands of output rows whose expanded rows
@@ -328,14 +338,17 @@ def inverted_residual_eval(
     """
     tensors = _autocast(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)
     input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = tensors
+    if se is not None and (not isinstance(se, (tuple, list)) or len(se) != 4):
+        raise TypeError("se: expected a tuple (fc1_weight, fc1_bias, fc2_weight, fc2_bias) or None")
+    se_args = (*(se if se is not None else (None,) * 4), se_activation, se_scale_activation)
     name = backends.resolve(backend, input)
-    check_inverted_residual_args(*tensors, stride, dilation, activation, residual)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    check_inverted_residual_args(*tensors, stride, dilation, activation, residual, *se_args)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*tensors, *se_args[:4])):
         raise RuntimeError("inverted_residual_eval: inference only, but an input requires grad "
                            "(run it under torch.no_grad() or use the modules, which fall back to the op-by-op path)")
     if name == "torch":
-        return inverted_residual_eval_ref(*tensors, stride, dilation, activation, residual)
-    return _op("inverted_residual_eval", name)(*tensors, stride, dilation, activation, residual)
+        return inverted_residual_eval_ref(*tensors, stride, dilation, activation, residual, *se_args)
+    return _op("inverted_residual_eval", name)(*tensors, stride, dilation, activation, residual, *se_args)
 
 
 def squeeze_excite(

@@ -161,16 +161,31 @@ def inverted_residual_eval_ref(
     dilation: int = 1,
     activation: str = "relu6",
     residual: bool = False,
+    se_fc1_weight: torch.Tensor | None = None,
+    se_fc1_bias: torch.Tensor | None = None,
+    se_fc2_weight: torch.Tensor | None = None,
+    se_fc2_bias: torch.Tensor | None = None,
+    se_activation: str = "relu",
+    se_scale_activation: str = "hardsigmoid",
     *,
     upcast: bool = False,
 ) -> torch.Tensor:
     """An inverted-residual block with its BatchNorms folded, op by op:
-    ``project(act(dw(act(expand(x))))) (+ x)``; with ``upcast`` in float64, cast back."""
+    ``project(se(act(dw(act(expand(x)))))) (+ x)``; with ``upcast`` in float64, cast back.
+    The squeeze-excite (when its parameters are given) runs as our kernels run it: the mean and the
+    excite step in the accumulation dtype (float64 with ``upcast``), one rounding of the scaled
+    depthwise output to the input dtype."""
     h = input
     if expand_weight is not None:
         h = pointwise_conv2d_ref(h, expand_weight, expand_bias, None, activation, upcast=upcast)
     pad = (dw_weight.shape[-1] - 1) // 2 * dilation
     h = depthwise_conv2d_ref(h, dw_weight, dw_bias, stride, pad, dilation, activation, upcast=upcast)
+    if se_fc1_weight is not None:
+        acc = torch.float64 if upcast or h.dtype == torch.float64 else torch.float32
+        pooled = h.to(acc).mean((2, 3), keepdim=True)
+        z = apply_activation(F.conv2d(pooled, se_fc1_weight.to(acc), se_fc1_bias.to(acc)), se_activation)
+        scale = apply_activation(F.conv2d(z, se_fc2_weight.to(acc), se_fc2_bias.to(acc)), se_scale_activation)
+        h = (h.to(acc) * scale).to(h.dtype)
     return pointwise_conv2d_ref(h, project_weight, project_bias, input if residual else None, upcast=upcast)
 
 

@@ -234,8 +234,8 @@ def test_bench_ops_pointwise(tmp_path):
 
 
 def test_bench_ops_inverted_residual(tmp_path):
-    """`bench ops --op inverted_residual`: one forward row per block without squeeze-excite (the mode
-    setting is ignored: inference only), with the block's bytes and the op-by-op bytes."""
+    """`bench ops --op inverted_residual`: one forward row per block, squeeze-excite blocks included
+    (the mode setting is ignored: inference only), with the block's bytes and the op-by-op bytes."""
     from mobilenet_kernels.benchmarking.shapes import inverted_residual_layers
 
     ours = _tiny_ours()
@@ -245,26 +245,33 @@ def test_bench_ops_inverted_residual(tmp_path):
     assert record["op"] == "inverted_residual_eval" and record["interrupted"] is None
     rows = record["rows"]
     layers = inverted_residual_layers("mobilenet_v3_small", 32)
-    assert len(layers) == 2 and [(r["Cin"], r["Chid"], r["Cout"], r["H"], r["W"], r["k"], r["stride"], r["dilation"],
-                                  r["activation"], r["residual"]) for r in rows] == layers
+    assert len(layers) == 9 and sum(1 for layer in layers if layer[-1]) == 7
+    assert [(r["Cin"], r["Chid"], r["Cout"], r["H"], r["W"], r["k"], r["stride"], r["dilation"], r["activation"],
+             r["residual"], r["squeeze"]) for r in rows] == layers
     assert {r["mode"] for r in rows} == {"forward"}
     for r in rows:
         assert not any(k.endswith("error") for k in r), r
         k, s = r["k"], r["stride"]
         OH, OW = (r["H"] - 1) // s + 1, (r["W"] - 1) // s + 1
         x, y = r["Cin"] * r["H"] * r["W"], r["Cout"] * OH * OW
-        weights = r["Chid"] * (r["Cin"] + 1 + k * k + 1) + r["Cout"] * (r["Chid"] + 1)  # every block here expands
-        hidden, hidden_out = r["Chid"] * r["H"] * r["W"], r["Chid"] * OH * OW
-        assert r["bytes"] == 4 * (x + y + weights)
-        assert r["unfused_bytes"] == 4 * (x + 2 * hidden + 2 * hidden_out + y + (x if r["residual"] else 0) + weights)
-        assert r["unfused_MB"] > 2 * r["MB"] > 0 and r["MB"] == pytest.approx(r["bytes"] / 1e6)
-        for name in ("eager", *ours):
+        expand = r["Chid"] != r["Cin"]  # V3-Small's first block has no expand conv
+        S = r["squeeze"]
+        weights = (r["Chid"] * ((r["Cin"] + 1 if expand else 0) + k * k + 1) + r["Cout"] * (r["Chid"] + 1)
+                   + (2 * S * r["Chid"] + S + r["Chid"] if S else 0))
+        hidden, hidden_out = r["Chid"] * r["H"] * r["W"] if expand else 0, r["Chid"] * OH * OW
+        assert r["bytes"] == 4 * ((2 if S else 1) * x + y + weights)
+        assert r["unfused_bytes"] == 4 * (x + 2 * hidden + (5 if S else 2) * hidden_out + y
+                                          + (x if r["residual"] else 0) + weights)
+        # (not 2x: the weights dominate the late blocks at 32 px)
+        assert r["unfused_MB"] > r["MB"] > 0 and r["MB"] == pytest.approx(r["bytes"] / 1e6)
+        for name in ("eager", *ours, *(f"{b}_ops" for b in ours)):  # <backend>_ops: ours op by op
             assert r[f"{name}_p50_ms"] > 0 and r[f"{name}_GBps"] > 0, (name, r)
             if name != "eager":
                 assert r[f"{name}_speedup_vs_eager"] > 0
-    assert set(record["summary"]) == {f"forward/float32/nhwc/b1/{name}_vs_eager" for name in ours}
-    expected = ["model", "Cin", "Chid", "Cout", "H", "W", "k", "stride", "activation", "residual", "batch", "dtype",
-                "layout", "MB", "unfused_MB", "eager_p50_ms"]
+    assert set(record["summary"]) == {f"forward/float32/nhwc/b1/{name}{ops}_vs_eager" for name in ours
+                                      for ops in ("", "_ops")}
+    expected = ["model", "Cin", "Chid", "Cout", "H", "W", "k", "stride", "activation", "residual", "squeeze", "batch",
+                "dtype", "layout", "MB", "unfused_MB", "eager_p50_ms"]
     assert columns[:len(expected)] == expected, columns
     if "triton" in ours:
         assert {"triton_p50_ms", "triton_GBps", "triton_speedup_vs_eager"} <= set(columns)

@@ -538,10 +538,10 @@ def expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit):
     raise AssertionError("no tile")
 
 
-def run_ir(ir_emu, x, params, args, smem_limit=H100_SMEM):
+def run_ir(ir_emu, x, params, args, smem_limit=H100_SMEM, se=()):
     s, d, act, res = args
-    y, info = ir_emu.run(x, *params, s, d, act, res, smem_limit)
-    TH, TW, halo_w, halo_n, tiles_h, tiles_w, blocks, smem, nco = info
+    y, info = ir_emu.run(x, *params, s, d, act, res, smem_limit, *se)
+    TH, TW, halo_w, halo_n, tiles_h, tiles_w, blocks, smem, nco, launches = info
     N, Cin, H, W = x.shape
     Cout, k = params[4].shape[0], params[2].shape[-1]
     pad = (k - 1) // 2 * d
@@ -553,6 +553,7 @@ def run_ir(ir_emu, x, params, args, smem_limit=H100_SMEM):
     acc_bytes = 8 if x.dtype == torch.float64 else 4
     assert (TH, TW, halo_w, halo_n, smem) == expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit), where
     assert (tiles_h, tiles_w, blocks) == (math.ceil(OH / TH), math.ceil(OW / TW), N * tiles_h * tiles_w), where
+    assert launches == (5 if se else 1), where  # with SE: pass 1, the merge, 2 excite GEMMs, pass 2
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format), where
     assert not y.isnan().any(), f"output elements left unwritten (or NaN read): {where}"
@@ -639,6 +640,50 @@ def test_inverted_residual_block_other_activations(ir_emu, act):
         x, params, (s, d, _, res) = make_ir_block(IR_CASES[i], layout, torch.float32)
         y, _, where = run_ir(ir_emu, x, params, (s, d, act, res))
         assert_ir_matches(y, x, params, (s, d, act, res), where)
+
+
+# Squeeze-excite blocks (forward_steps: pass 1 with kPool, the merge of its tile sums, the excite
+# GEMMs, pass 2 scaling D): (IR_CASES index, squeeze channels). Single- and multi-tile images (the
+# merge over tiles), no expand conv, stride 2, hidden channels over several chunks with a partial
+# last one, and pass 2 with NCO > 1 (its tiles differ from pass 1's).
+IR_SE_CASES = [(0, 8), (1, 8), (3, 16), (4, 12), (6, 24), (9, 13)]
+
+
+def make_se(Chid, S, dtype):
+    w = lambda *shape, scale=1.0: (torch.randn(*shape) * scale).to(dtype)  # noqa: E731
+    return (w(S, Chid, 1, 1, scale=Chid**-0.5), w(S), w(Chid, S, 1, 1, scale=S**-0.5), w(Chid))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("se_case", IR_SE_CASES, ids=lambda c: f"{ir_case_id(IR_CASES[c[0]])}-se{c[1]}")
+def test_inverted_residual_block_with_squeeze_excite(ir_emu, se_case, dtype, layout):
+    i, S = se_case
+    x, params, args = make_ir_block(IR_CASES[i], layout, dtype)
+    se = make_se(params[2].shape[0], S, torch.float32 if dtype == torch.bfloat16 else dtype)
+    y, _, where = run_ir(ir_emu, x, params, args, se=se)
+    s, d, act, res = args
+    if dtype != torch.bfloat16:
+        ref = inverted_residual_eval_ref(x.double(), *(None if p is None else p.double() for p in params), s, d, act,
+                                         res, *(t.double() for t in se))
+        tol = 1e-5 if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol, msg=where)
+        return
+    # bf16: E, D and the scaled D' rounded where the reference rounds them (from float32 sums, the
+    # means and the scale in float32): a rounding flip moves D' by an ulp, so as in assert_ir_matches
+    # every output lies within eps |y| + eps sum_h |W_p| (|D| + |D'|) of the rounded reference
+    # (|D'| <= |D|: hardsigmoid <= 1), and nearly all equal it bit for bit.
+    ref = inverted_residual_eval_ref(x, *params, s, d, act, res, *se, upcast=True).double()
+    eps = torch.finfo(y.dtype).eps
+    we, be, wd, bd, wp, bp = params
+    h = x if we is None else pointwise_conv2d_ref(x, we, be, None, act, upcast=True)
+    k = wd.shape[-1]
+    D = depthwise_conv2d_ref(h, wd, bd, s, (k - 1) // 2 * d, d, act, upcast=True).double()
+    flips = 3 * eps * F.conv2d(D.abs(), wp.double().abs())
+    err = (y.double() - ref).abs()
+    assert (err <= eps * ref.abs() + flips + 1e-12).all(), f"max error {err.max().item():.3g}: {where}"
+    equal = (err == 0).double().mean().item()
+    assert equal >= 0.98, f"only {equal:.4f} of the outputs equal the rounded reference: {where}"
 
 
 # ------------------------------------------------------------------- default depthwise kernels

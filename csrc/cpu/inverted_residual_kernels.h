@@ -43,8 +43,12 @@
 // Build: one unit per activation (inverted_residual_<act>.cpp, each an explicit specialization of
 //   cpu::inverted_residual_forward<A> at every dtype), compiled side by side; the op and its
 //   registration are in inverted_residual.cpp.
-// Limits: inference only (no autograd formula); no squeeze-excite (such blocks run op by op); a
-//   band always spans the whole image width, so very wide images with many hidden channels get
+// Squeeze-excite (V3's blocks): its pooling needs the whole depthwise output before the first
+//   projection, so the kernel runs twice: pass 1 stops after step 2 and writes each task's channel
+//   sums of D (in pixel order), merged over the bands in order into the means; the squeeze-excite
+//   op's excite step (cpu::squeeze_excite_scale) makes the (N, Chid) scale; pass 2 multiplies D by
+//   it before step 3. Pass 1 recomputes the expand and depthwise stages (2x their FLOPs).
+// Limits: inference only (no autograd formula); a band always spans the whole image width, so very wide images with many hidden channels get
 //   one-row bands whose buffers exceed L2 (still correct); NaN/Inf propagate as BLAS computes them.
 //   Sigmoid/SiLU call ::exp per element.
 #pragma once
@@ -152,6 +156,11 @@ struct InvertedResidualKernel {
   const acc_t* wp = nullptr;  // (Cout, Chid)
   const acc_t* bp = nullptr;  // (Cout,)
   DepthwiseStage<acc_t> dw;
+  // Squeeze-excite blocks run two passes: pass 1 (pool) stops after the depthwise stage and writes
+  // each task's channel sums of D to sums[task] (Chid each); pass 2 scales D by scale[n] (Chid
+  // each) before the projection.
+  acc_t* sums = nullptr;         // (N * bands, Chid); pass 1 only
+  const acc_t* scale = nullptr;  // (N, Chid) or null
 
   // Staging of the input rows as float, only for half types with an expand conv.
   bool needs_staging() const { return has_expand && !kDirect; }
@@ -264,6 +273,28 @@ struct InvertedResidualKernel {
     }
   }
 
+  // Squeeze-excite, pass 1: out[c] = sum over the pix pixels of D[p, c], in pixel order.
+  C10_ALWAYS_INLINE void column_sums(const acc_t* D, int64_t pix, acc_t* out) const {
+    std::fill(out, out + Chid, acc_t(0));
+    for (int64_t p = 0; p < pix; ++p) {
+      const acc_t* __restrict__ dp = D + p * Chp;
+      acc_t* __restrict__ o = out;
+#pragma omp simd
+      for (int64_t c = 0; c < Chid; ++c) o[c] += dp[c];
+    }
+  }
+
+  // Squeeze-excite, pass 2: D[p, c] *= sc[c] over the pix pixels (in float: no rounding, as every
+  // intermediate here).
+  C10_ALWAYS_INLINE void scale_rows(acc_t* D, int64_t pix, const acc_t* sc) const {
+    for (int64_t p = 0; p < pix; ++p) {
+      acc_t* __restrict__ dp = D + p * Chp;
+      const acc_t* __restrict__ sp = sc;
+#pragma omp simd
+      for (int64_t c = 0; c < Chid; ++c) dp[c] *= sp[c];
+    }
+  }
+
   C10_ALWAYS_INLINE void run(int64_t begin, int64_t end) const {
     at::AutoDispatchBelowADInplaceOrView guard;  // worker threads: plain tensors, straight to the kernel
     // E starts zeroed: its channels beyond Chid are never written and must read as zeros.
@@ -284,6 +315,11 @@ struct InvertedResidualKernel {
       const int64_t r0 = std::max<int64_t>(0, first), r1 = std::min(H, last + 1);
       expand(n, r0, std::max<int64_t>(0, r1 - r0), E, xs);
       depthwise(oh0, bh, r0, E, D, offs.data());
+      if (sums != nullptr) {
+        column_sums(D, bh * OW, sums + t * Chid);
+        continue;
+      }
+      if (scale != nullptr) scale_rows(D, bh * OW, scale + n * Chid);
       project(n, oh0, bh, D, P);
     }
   }
@@ -352,6 +388,38 @@ void run_inverted_residual(const InvertedResidualArgs& a, at::Tensor& out) {
   kr.dw.bd = bd.data_ptr<acc_t>();
   kr.wp = a.project_weight.data_ptr<acc_t>();
   kr.bp = a.project_bias.data_ptr<acc_t>();
+  at::Tensor scale;
+  if (a.has_se()) {
+    // Pass 1: per-band channel sums of D, merged over the bands in order into the means (N, Chid);
+    // the squeeze-excite op's excite step turns them into the scale.
+    const at::Tensor sums = at::empty({a.N * kr.bands, a.Chid}, acc_opts);
+    kr.sums = sums.data_ptr<acc_t>();
+    parallel_run(kr, a.N * kr.bands);
+    kr.sums = nullptr;
+    at::Tensor pooled = at::empty({a.N, a.Chid}, acc_opts);
+    const acc_t inv = acc_t(1) / static_cast<acc_t>(a.OH * a.OW);
+    for (int64_t n = 0; n < a.N; ++n) {
+      acc_t* __restrict__ pn = pooled.data_ptr<acc_t>() + n * a.Chid;
+      std::fill(pn, pn + a.Chid, acc_t(0));
+      for (int64_t b = 0; b < kr.bands; ++b) {
+        const acc_t* __restrict__ src = sums.data_ptr<acc_t>() + (n * kr.bands + b) * a.Chid;
+        for (int64_t c = 0; c < a.Chid; ++c) pn[c] += src[c];
+      }
+      for (int64_t c = 0; c < a.Chid; ++c) pn[c] *= inv;
+    }
+    scale = at::empty({a.N, a.Chid}, acc_opts);
+    SqueezeExciteArgs se;
+    se.layout = ChannelLayout{a.N, a.Chid, a.OH * a.OW, false};
+    se.S = a.S;
+    se.w1 = a.se_w1;
+    se.b1 = a.se_b1;
+    se.w2 = a.se_w2;
+    se.b2 = a.se_b2;
+    se.act = a.se_act;
+    se.scale_act = a.se_scale_act;
+    cpu::squeeze_excite_scale(se, pooled, scale);
+    kr.scale = scale.data_ptr<acc_t>();
+  }
   parallel_run(kr, a.N * kr.bands);
 }
 

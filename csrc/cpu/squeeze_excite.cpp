@@ -597,6 +597,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
 
 }  // namespace
 
+void cpu::squeeze_excite_scale(const SqueezeExciteArgs& a, const at::Tensor& pooled, at::Tensor& scale) {
+  AT_DISPATCH_FLOATING_TYPES(pooled.scalar_type(), "squeeze_excite_scale_cpu", [&] {
+    std::vector<scalar_t> h(a.layout.N * a.S);
+    excite_forward<scalar_t>(a, pooled.data_ptr<scalar_t>(), h.data(), scale.data_ptr<scalar_t>());
+  });
+}
+
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CPU, m) {
   m.impl("squeeze_excite", &squeeze_excite_cpu);
   m.impl("squeeze_excite_backward", &squeeze_excite_backward_cpu);

@@ -41,9 +41,15 @@
 // Determinism: every output value is computed by one thread in an order fixed by the shape; no
 //   atomics.
 // Indexing: int64 element offsets; spatial sizes in int.
-// Limits: inference only (no autograd formula); no squeeze-excite (its pooling needs the whole dw
-//   output: such blocks run op by op); output channels up to 512 (MobileNets have at most 320);
-//   the halo rows are expanded once per tile (1.56x the expand FLOPs for 8x8 tiles at k3 s1);
+// Squeeze-excite (V3's blocks): its pooling needs the whole dw output before the first projection,
+//   so the op runs the kernel twice (forward_steps, inverted_residual_block.cuh): pass 1 (kPool)
+//   stops after step 2 and writes each tile's channel sums of D; a small kernel merges them per
+//   image in tile order into the means; squeeze_excite's excite GEMMs (excite_gemm.cuh) make the
+//   (N, Chid) scale; pass 2 multiplies D by it (rounded again, as the squeeze-excite op stores its
+//   output) before step 3. Five launches; pass 1 recomputes the expand and dw convs (2x their
+//   FLOPs, the input read twice) so that no hidden tensor reaches HBM.
+// Limits: inference only (no autograd formula); output channels up to 512 (MobileNets have at
+//   most 320); the halo rows are expanded once per tile (1.56x the expand FLOPs for 8x8 tiles at k3 s1);
 //   W_p and W_e are re-read from L2 by every tile. Checked on a GPU by the CUDA tests of
 //   python_tests/test_inverted_residual_eval.py (passed on an H200, GPU run 3), and on CPU boxes
 //   by a host emulation (python_tests/test_cuda_emulation.py). Slow: 5-8x the eager op-by-op
@@ -66,38 +72,61 @@
 namespace mobilenet_kernels {
 namespace {
 
-using namespace cuda;            // check_cuda (mk_cuda.cuh)
+using namespace cuda;            // check_cuda, StreamLaunch (mk_cuda.cuh)
 using namespace cuda::ir_block;  // the kernel and its plan (inverted_residual_block.cuh)
 
 template <typename scalar_t, int NCO>
 void launch(const InvertedResidualArgs& a, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto* props = at::cuda::getCurrentDeviceProperties();
-  const BlockPlan plan = plan_block<scalar_t, NCO>(a, out, static_cast<int64_t>(props->sharedMemPerBlockOptin));
+  const int64_t smem_limit = static_cast<int64_t>(props->sharedMemPerBlockOptin);
+  const BlockPlan main = plan_block<scalar_t, NCO>(a, out, smem_limit);
   const at::Tensor wp_t = a.project_weight.t().contiguous();  // (Chid, Cout): rows read along Cout
   const at::Tensor wd_t = a.dw_weight.t().contiguous();       // (k * k, Chid): taps read along Chid
-  auto kernel = inverted_residual_eval_kernel<scalar_t, NCO>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(plan.smem_bytes)));
-  kernel<<<static_cast<unsigned>(plan.blocks), kThreads, static_cast<size_t>(plan.smem_bytes),
-           at::cuda::getCurrentCUDAStream()>>>(
-      a.input.data_ptr<scalar_t>(), a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
-      a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr, wd_t.data_ptr<acc_t>(),
-      a.dw_bias.data_ptr<acc_t>(), wp_t.data_ptr<acc_t>(), a.project_bias.data_ptr<acc_t>(),
-      out.data_ptr<scalar_t>(), plan.g);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const BlockWeights<acc_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
+                              a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
+                              wd_t.data_ptr<acc_t>(),
+                              a.dw_bias.data_ptr<acc_t>(),
+                              wp_t.data_ptr<acc_t>(),
+                              a.project_bias.data_ptr<acc_t>()};
+  C10_CUDA_CHECK(cudaFuncSetAttribute(inverted_residual_eval_kernel<scalar_t, NCO, false>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(main.smem_bytes)));
+  BlockPlan pool;
+  at::Tensor scratch;
+  se::ExciteParams<acc_t> excite{};
+  if (a.has_se()) {
+    TORCH_CHECK_VALUE(se::excite_sizes_fit(a.N, a.Chid, a.S), "input: the excite step takes int sizes, got N = ", a.N,
+                      ", ", a.Chid, " hidden and ", a.S, " squeeze channels");
+    pool = plan_block<scalar_t, 1>(a, out, smem_limit);
+    C10_CUDA_CHECK(cudaFuncSetAttribute(inverted_residual_eval_kernel<scalar_t, 1, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(pool.smem_bytes)));
+    scratch = at::empty({se_scratch_elems(a, pool)}, a.se_w1.options());
+    excite = {a.se_w1.data_ptr<acc_t>(), a.se_b1.data_ptr<acc_t>(), a.se_w2.data_ptr<acc_t>(),
+              a.se_b2.data_ptr<acc_t>(), static_cast<int>(a.N), static_cast<int>(a.Chid), static_cast<int>(a.S),
+              a.se_act, a.se_scale_act};
+  }
+  forward_steps<scalar_t, NCO>(a, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
+                               out.data_ptr<scalar_t>(), main, pool,
+                               scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr,
+                               StreamLaunch{at::cuda::getCurrentCUDAStream()});
 }
 
 at::Tensor inverted_residual_eval_cuda(const at::Tensor& input, const c10::optional<at::Tensor>& expand_weight,
                                        const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight,
                                        const at::Tensor& dw_bias, const at::Tensor& project_weight,
                                        const at::Tensor& project_bias, int64_t stride, int64_t dilation,
-                                       c10::string_view activation, bool residual) {
+                                       c10::string_view activation, bool residual,
+                                       const c10::optional<at::Tensor>& se_fc1_weight, const c10::optional<at::Tensor>& se_fc1_bias,
+                                       const c10::optional<at::Tensor>& se_fc2_weight, const c10::optional<at::Tensor>& se_fc2_bias,
+                                       c10::string_view se_activation, c10::string_view se_scale_activation) {
   check_cuda(input);
   const c10::cuda::CUDAGuard guard(input.device());
   const InvertedResidualArgs a =
       prepare_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
-                                stride, dilation, std::string(activation), residual);
+                                stride, dilation, std::string(activation), residual, se_fc1_weight, se_fc1_bias,
+                                se_fc2_weight, se_fc2_bias, std::string(se_activation),
+                                std::string(se_scale_activation));
   check_block_limits(a);
   at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
   if (out.numel() == 0) return out;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "excite_gemm.cuh"
 #include "inverted_residual.h"
 #include "mk_cuda.cuh"
 
@@ -70,7 +71,11 @@ inline int64_t smem_elems(int halo_n, int P) {
 // The dynamic shared memory of the kernel (smem_elems acc_t elements, BlockPlan::smem_bytes).
 MK_DYNAMIC_SMEM(mk_ir_block_smem, 16);
 
-template <typename scalar_t, int NCO>
+// kPool: pass 1 of a squeeze-excite block: steps 1 and 2 only, then each chunk's channel sums of D
+// over the tile's output pixels into tile_sums[blockIdx.x] (Chid each); nothing projected or stored.
+// Otherwise, with se_scale (N, Chid) non-null (pass 2), D is scaled per (image, hidden channel)
+// before the projection, rounded again as the squeeze-excite op stores its output.
+template <typename scalar_t, int NCO, bool kPool = false>
 __global__ void __launch_bounds__(kThreads)
     inverted_residual_eval_kernel(const scalar_t* __restrict__ x,                        // (N, Cin, H, W)
                                   const at::opmath_type<scalar_t>* __restrict__ we,      // (Chid, Cin) or null
@@ -80,6 +85,8 @@ __global__ void __launch_bounds__(kThreads)
                                   const at::opmath_type<scalar_t>* __restrict__ wp_t,    // (Chid, Cout)
                                   const at::opmath_type<scalar_t>* __restrict__ bp,      // (Cout,)
                                   scalar_t* __restrict__ y,                              // (N, Cout, OH, OW)
+                                  const at::opmath_type<scalar_t>* __restrict__ se_scale,  // (N, Chid) or null
+                                  at::opmath_type<scalar_t>* __restrict__ tile_sums,       // (blocks, Chid): kPool
                                   BlockGeom g) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int PI = pixel_rows<NCO>();
@@ -211,12 +218,25 @@ __global__ void __launch_bounds__(kThreads)
             for (int kw = 0; kw < g.k; ++kw) a += erow[kw * g.d * kBH] * wtap[kw * g.Chid];
           }
           v = as_stored<scalar_t>(apply_activation(g.act, a));
+          if (!kPool && se_scale != nullptr) v = as_stored<scalar_t>(v * se_scale[n * g.Chid + hc]);
         }
         ds[q * kBH + h] = v;
       }
     }
     __syncthreads();
 
+    if constexpr (kPool) {
+      // ---- 3'. the chunk's channel sums over the tile's output pixels inside the image, in pixel order
+      if (t < kBH && h0 + t < g.Chid) {
+        acc_t sum = acc_t(0);
+        for (int q = 0; q < g.TH * g.TW; ++q) {
+          if (oh0 + q / g.TW < g.OH && ow0 + q % g.TW < g.OW) sum += ds[q * kBH + t];
+        }
+        tile_sums[static_cast<int64_t>(blockIdx.x) * g.Chid + h0 + t] = sum;
+      }
+      __syncthreads();  // D is rewritten by the next chunk
+      continue;
+    }
     // ---- 3. acc += D . W_p[chunk]^T
     const int hn = static_cast<int>(std::min<int64_t>(kBH, g.Chid - h0));
     for (int h = 0; h < hn; ++h) {
@@ -238,23 +258,25 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // E and D are rewritten by the next chunk
   }
 
-  // ---- epilogue: + b_p (+ x), one store
+  if constexpr (!kPool) {  // pass 1 stores nothing
+    // ---- epilogue: + b_p (+ x), one store
 #pragma unroll
-  for (int i = 0; i < PI; ++i) {
-    const int q = p_lane + 4 * i;
-    if (q >= g.TH * g.TW) break;
-    const int oh = oh0 + q / g.TW;
-    const int ow = ow0 + q % g.TW;
-    if (oh >= g.OH || ow >= g.OW) continue;
-    const int64_t pix_y = n * g.ysN + static_cast<int64_t>(oh) * g.ysH + static_cast<int64_t>(ow) * g.ysW;
-    const int64_t pix_x = static_cast<int64_t>(oh) * g.xsH + static_cast<int64_t>(ow) * g.xsW;
+    for (int i = 0; i < PI; ++i) {
+      const int q = p_lane + 4 * i;
+      if (q >= g.TH * g.TW) break;
+      const int oh = oh0 + q / g.TW;
+      const int ow = ow0 + q % g.TW;
+      if (oh >= g.OH || ow >= g.OW) continue;
+      const int64_t pix_y = n * g.ysN + static_cast<int64_t>(oh) * g.ysH + static_cast<int64_t>(ow) * g.ysW;
+      const int64_t pix_x = static_cast<int64_t>(oh) * g.xsH + static_cast<int64_t>(ow) * g.xsW;
 #pragma unroll
-    for (int j = 0; j < NCO; ++j) {
-      const int64_t co = co_lane + 64 * j;
-      if (co >= g.Cout) continue;
-      acc_t v = acc[i][j] + bp[co];
-      if (g.residual) v += static_cast<acc_t>(xn[co * g.xsC + pix_x]);
-      y[pix_y + co * g.ysC] = static_cast<scalar_t>(v);
+      for (int j = 0; j < NCO; ++j) {
+        const int64_t co = co_lane + 64 * j;
+        if (co >= g.Cout) continue;
+        acc_t v = acc[i][j] + bp[co];
+        if (g.residual) v += static_cast<acc_t>(xn[co * g.xsC + pix_x]);
+        y[pix_y + co * g.ysC] = static_cast<scalar_t>(v);
+      }
     }
   }
 }
@@ -354,6 +376,67 @@ BlockPlan plan_block(const InvertedResidualArgs& a, const at::Tensor& out, int64
               plan.blocks, " tiles)");
   plan.smem_bytes = tl.smem_bytes;
   return plan;
+}
+
+// Squeeze-excite blocks: pooled[n, h] = (sum over the tiles of image n, in tile order, of
+// tile_sums[n * tiles + tile, h]) * inv_count; one thread per (n, h), consecutive threads along h.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    ir_block_pool_kernel(const acc_t* __restrict__ tile_sums, acc_t* __restrict__ pooled, int64_t N, int64_t tiles,
+                         int64_t Chid, acc_t inv_count) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= N * Chid) return;
+  const int64_t n = i / Chid;
+  const acc_t* __restrict__ src = tile_sums + n * tiles * Chid + (i - n * Chid);
+  acc_t sum = acc_t(0);
+  for (int64_t j = 0; j < tiles; ++j) sum += src[j * Chid];
+  pooled[i] = sum * inv_count;
+}
+
+// The block's weights as the kernel reads them (accumulation dtype): we, be null without an
+// expand conv; wd_t (k * k, Chid) and wp_t (Chid, Cout) transposed by the launcher.
+template <typename acc_t>
+struct BlockWeights {
+  const acc_t *we, *be, *wd_t, *bd, *wp_t, *bp;
+};
+
+// Accumulation-dtype scratch of a squeeze-excite block whose pass 1 runs `pool`: tile sums
+// (blocks, Chid), pooled and scale (N, Chid), the excite's hidden layer (N, S).
+inline int64_t se_scratch_elems(const InvertedResidualArgs& a, const BlockPlan& pool) {
+  return pool.blocks * a.Chid + a.N * (2 * a.Chid + a.S);
+}
+
+// The op's launches through launch(kernel, grid, block, dynamic_smem_bytes, args...) (on a stream in
+// inverted_residual.cu, on the host in the emulation). Without a squeeze-excite (se == nullptr):
+// the block kernel after `main`. With one: pass 1 (the kernel with kPool after `pool`, a plan for
+// NCO = 1), the merge of its tile sums (ir_block_pool_kernel), squeeze_excite's excite GEMMs
+// (excite_gemm.cuh: 2 launches) and pass 2 (the block kernel scaling D); `scratch` holds
+// se_scratch_elems(a, pool) elements. Five launches in all, each reading what the last wrote.
+template <typename scalar_t, int NCO, typename Launch>
+void forward_steps(const InvertedResidualArgs& a, const BlockWeights<at::opmath_type<scalar_t>>& w,
+                   const se::ExciteParams<at::opmath_type<scalar_t>>* se_params, const scalar_t* x, scalar_t* y,
+                   const BlockPlan& main, const BlockPlan& pool, at::opmath_type<scalar_t>* scratch,
+                   const Launch& launch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* scale = nullptr;
+  if (se_params != nullptr) {
+    acc_t* tile_sums = scratch;
+    acc_t* pooled = tile_sums + pool.blocks * a.Chid;
+    acc_t* excite_scale = pooled + a.N * a.Chid;
+    acc_t* hidden = excite_scale + a.N * a.Chid;
+    launch(inverted_residual_eval_kernel<scalar_t, 1, true>, dim3(static_cast<unsigned>(pool.blocks)), dim3(kThreads),
+           static_cast<size_t>(pool.smem_bytes), x, w.we, w.be, w.wd_t, w.bd, w.wp_t, w.bp, y,
+           static_cast<const acc_t*>(nullptr), tile_sums, pool.g);
+    const int64_t tiles = static_cast<int64_t>(pool.g.tiles_h) * pool.g.tiles_w;
+    launch(ir_block_pool_kernel<acc_t>, dim3(static_cast<unsigned>(ceil_div(a.N * a.Chid, kThreads))),
+           dim3(kThreads), size_t(0), static_cast<const acc_t*>(tile_sums), pooled, a.N, tiles, a.Chid,
+           static_cast<acc_t>(1.0 / static_cast<double>(a.OH * a.OW)));
+    se::excite_forward(*se_params, static_cast<const acc_t*>(pooled), hidden, excite_scale, launch);
+    scale = excite_scale;
+  }
+  launch(inverted_residual_eval_kernel<scalar_t, NCO, false>, dim3(static_cast<unsigned>(main.blocks)),
+         dim3(kThreads), static_cast<size_t>(main.smem_bytes), x, w.we, w.be, w.wd_t, w.bd, w.wp_t, w.bp, y, scale,
+         static_cast<acc_t*>(nullptr), main.g);
 }
 
 }  // namespace ir_block

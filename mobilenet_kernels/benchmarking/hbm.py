@@ -15,8 +15,9 @@ kept in cache between kernels):
 - ``op_by_op``: ours by default in eval: BatchNorm folded into the conv, the activation and the
   residual add in the conv's epilogue (the residual one more read), squeeze-excite as one op that
   reads its input twice (pooling, then scale) and writes its output once.
-- ``whole_block``: every inverted-residual block without squeeze-excite as one kernel that reads the
-  block's input and writes its output (the expanded tensors stay on chip); the rest as op_by_op.
+- ``whole_block``: every inverted-residual block as one kernel that reads the block's input and
+  writes its output (the expanded tensors stay on chip); a block with squeeze-excite as two passes
+  of it, which read the input twice (the first emits only the pooled means); the rest as op_by_op.
 
 Weights are read once per forward: ``weights_MB`` apart, and ``/ batch`` in each per-image total.
 
@@ -62,7 +63,7 @@ def _is_se(module: nn.Module) -> bool:
 def byte_model(model_name: str, size: int = 224, dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> dict:
     """The byte model of ``model_name`` (a torchvision MobileNet V2/V3) at ``size``², ``dtype``:
     ``{"<level>_MB": MB per image at ``batch`` for each of LEVELS, "activations_<level>_MB": the same
-    without the weights, "weights_MB": per forward, "blocks": n, "blocks_fused": n without SE}``
+    without the weights, "weights_MB": per forward, "blocks": n, "blocks_se": n with squeeze-excite}``
     (MB = 1e6 bytes)."""
     import torchvision
 
@@ -124,12 +125,14 @@ def byte_model(model_name: str, size: int = 224, dtype: torch.dtype = torch.bflo
 
     elem = torch.empty((), dtype=dtype).element_size()
     weights = sum(p.numel() for p in model.parameters()) * elem
-    found: dict = {"weights_MB": weights / 1e6, "blocks": len(blocks), "blocks_fused": sum(not b.se for b in blocks)}
+    found: dict = {"weights_MB": weights / 1e6, "blocks": len(blocks), "blocks_se": sum(b.se for b in blocks)}
     for level in LEVELS:
         elems = outside[level]
         for b in blocks:
-            fused = level == "whole_block" and not b.se
-            elems += b.input + b.output if fused else b.kernels[level]
+            if level == "whole_block":
+                elems += (2 if b.se else 1) * b.input + b.output
+            else:
+                elems += b.kernels[level]
         found[f"activations_{level}_MB"] = elems * elem / 1e6
         found[f"{level}_MB"] = (elems * elem + weights / batch) / 1e6
     return found

@@ -127,14 +127,13 @@ def pointwise_layers(model_name: str, resolution: int = 224) -> list[tuple[int, 
 
 
 def inverted_residual_layers(model_name: str, resolution: int = 224) -> list[tuple]:
-    """(Cin, Chid, Cout, H, W, k, stride, dilation, activation, residual) of every inverted-residual
-    block without squeeze-excite in a torchvision model (torchvision.models.mobilenetv2/v3
+    """(Cin, Chid, Cout, H, W, k, stride, dilation, activation, residual, squeeze) of every
+    inverted-residual block in a torchvision model (torchvision.models.mobilenetv2/v3
     InvertedResidual): H/W its input size, Chid the expanded channels (Chid == Cin: the block has no
     expand conv and starts with the depthwise one), k/stride/dilation the depthwise conv's,
     activation the one after the depthwise conv's BatchNorm (the expand conv has the same one),
-    residual its use_res_connect. Duplicates dropped, forward order. V2 has 17 such blocks (12
-    distinct shapes), V3-Large 7 (6), V3-Small 2 (their other blocks have squeeze-excite, which
-    inverted_residual_eval does not fuse)."""
+    residual its use_res_connect, squeeze the squeeze-excite's channels (0: no squeeze-excite).
+    Duplicates dropped, forward order."""
     from torchvision.ops import SqueezeExcitation
 
     from ..activations import activation_name
@@ -144,18 +143,19 @@ def inverted_residual_layers(model_name: str, resolution: int = 224) -> list[tup
     for block in model.modules():
         if not isinstance(block, _inverted_residual_types()):
             continue
-        if any(isinstance(m, SqueezeExcitation) for m in block.modules()):
-            continue
-        convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+        se = next((m for m in block.modules() if isinstance(m, SqueezeExcitation)), None)
+        convs = [m for m in block.modules()
+                 if isinstance(m, torch.nn.Conv2d) and not (se is not None and m in (se.fc1, se.fc2))]
         dw = next(c for c in convs if c.groups == c.in_channels == c.out_channels > 1)
         seq = next(s for s in block.modules() if isinstance(s, torch.nn.Sequential) and len(s) and s[0] is dw)
         act = (activation_name(seq[2]) if len(seq) > 2 else None) or "identity"
         if (dw.in_channels == convs[0].in_channels) == (convs[0] is not dw):
             raise AssertionError(f"{model_name}: a block whose expand conv keeps the channel count: {block}")
         block.register_forward_hook(
-            lambda m, inp, out, dw=dw, project=convs[-1], act=act: found.append(
+            lambda m, inp, out, dw=dw, project=convs[-1], act=act, se=se: found.append(
                 (inp[0].shape[1], dw.in_channels, project.out_channels, inp[0].shape[2], inp[0].shape[3],
-                 dw.kernel_size[0], dw.stride[0], dw.dilation[0], act, bool(m.use_res_connect))
+                 dw.kernel_size[0], dw.stride[0], dw.dilation[0], act, bool(m.use_res_connect),
+                 se.fc1.out_channels if se is not None else 0)
             )
         )
     with torch.no_grad():

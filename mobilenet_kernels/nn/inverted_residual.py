@@ -95,14 +95,19 @@ class _InvertedResidualBase(nn.Module):
 
     def _whole_block_eval(self, input: Tensor) -> Optional[Tensor]:
         """The block as one kernel that keeps the expanded tensor on chip
-        (functional.inverted_residual_eval), where that applies, else None: eval mode with no
-        gradient needed (every BatchNorm folded: folded_conv_weights), no squeeze-excite, a
-        depthwise conv with a square odd kernel and "same" padding, 1x1 expand/project convs, one
+        (functional.inverted_residual_eval; with a squeeze-excite after the depthwise conv, two
+        passes of it), where that applies, else None: eval mode with no gradient needed (every
+        BatchNorm folded: folded_conv_weights), a depthwise conv with a square odd kernel and "same" padding, 1x1 expand/project convs, one
         activation on the expanded side, and a backend with a whole-block kernel for the input's
         device that is known to pay (Triton; "cuda" on CPU tensors for k3 and k5 blocks with an expand
         conv; "cuda" on CUDA tensors with USE_CUDA_BLOCK_KERNEL)."""
         expanded_side, project_conv, project_bn = self._parts()
+        se = None
+        if expanded_side and isinstance(expanded_side[-1], SqueezeExcitation):
+            *expanded_side, se = expanded_side
         if input.dim() != 4 or not 1 <= len(expanded_side) <= 2 or (torch.is_grad_enabled() and input.requires_grad):
+            return None
+        if se is not None and torch.is_grad_enabled() and any(p.requires_grad for p in se.parameters()):
             return None
         if not all(isinstance(m, ConvBNAct) and isinstance(m[1], BatchNormAct2d) for m in expanded_side):
             return None
@@ -138,9 +143,13 @@ class _InvertedResidualBase(nn.Module):
         (we, be) = folds[0] if expand else (None, None)
         (wd, bd), (wp, bp) = folds[-2], folds[-1]
         cast = lambda t: None if t is None else t.to(dtype or input.dtype)  # noqa: E731  (no copy under autocast)
+        se_kwargs = {}
+        if se is not None:
+            se_kwargs = dict(se=(se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias), se_activation=se.activation,
+                             se_scale_activation=se.scale_activation)
         return MF.inverted_residual_eval(input, cast(we), cast(be), cast(wd), cast(bd), cast(wp), cast(bp), stride,
                                          dilation, activation=dw_bn.activation, residual=self.use_res_connect,
-                                         backend=dw_bn.backend)
+                                         backend=dw_bn.backend, **se_kwargs)
 
     def forward(self, input: Tensor) -> Tensor:
         """The block. With ``recompute`` (training mode, gradients on), the whole body runs under

@@ -24,8 +24,14 @@ for fp32/fp64; the dw output is rounded to the input dtype before the project do
 sequence stores it. Indexing: int64 offsets.
 Runs on CPU tensors under TRITON_INTERPRET=1 (half inputs upcast to fp32 first, as in
 pointwise_conv2d.py). Eval only: no backward (the modules use it when no gradient is needed).
-Limits: no squeeze-excite (its pooling needs the whole dw output: such blocks run op by op);
-        halo recompute is none, but the halo rows are expanded once per tile (1.56x the expand
+Squeeze-excite blocks (V3): its pooling needs the whole dw output before the first projection,
+so such a block runs the kernel twice: pass 1 (POOL) stops after step 2 and writes each tile's
+channel sums of the dw output (as rounded); they are merged in tile order into the means, and
+squeeze_excite's excite step (_excite_fwd) makes the (N, Chid) scale; pass 2 (SCALED) multiplies
+the dw output by it (rounded again, as the squeeze-excite op stores it) before the project dot.
+Pass 1 recomputes the expand conv and the dw conv: 2x their FLOPs and the input read twice, for
+none of the hidden tensor's bytes.
+Limits: halo recompute is none, but the halo rows are expanded once per tile (1.56x the expand
         FLOPs for 8x8 tiles at k3 s1); tile sizes are a fixed heuristic, not autotuned;
         output channels up to 512 (every MobileNet block has at most 320).
 """
@@ -56,11 +62,14 @@ def _inverted_residual_eval_kernel(
     bp_ptr,  # (Cout,) accumulation dtype
     y_ptr,  # (N, Cout, OH, OW) through (syn, syc, syh, syw)
     scratch_ptr,  # (programs, HALO_P, BLOCK_H) fp32/fp64; used only if HAS_EXPAND
+    scale_ptr,  # (N, Chid) accumulation dtype: the squeeze-excite scale; read only if SCALED
+    part_ptr,  # (N * TILES_H * TILES_W, Chid) accumulation dtype: per-tile sums; written only if POOL
     N, Cin, Chid, Cout, H, W, OH, OW, PAD, TILES_H, TILES_W,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
     KS: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
     HALO_W: tl.constexpr, HALO_N: tl.constexpr, HALO_P: tl.constexpr,
     HAS_EXPAND: tl.constexpr, RESIDUAL: tl.constexpr, ACT: tl.constexpr, IEEE: tl.constexpr,
+    POOL: tl.constexpr, SCALED: tl.constexpr,
     CIN_MULT: tl.constexpr, HID_MULT: tl.constexpr, CO_MULT: tl.constexpr, X_MULT: tl.constexpr,
     Y_MULT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_CO: tl.constexpr,
@@ -134,18 +143,26 @@ def _inverted_residual_eval_kernel(
                     d += v * wv[None, :]
             d = act_forward(d + tl.load(bd_ptr + hc, mask=h_mask, other=0.0)[None, :], ACT)
             d = tl.where(q_mask[:, None] & h_mask[None, :], d, 0.0).to(dot_ty)  # rounded as stored unfused
-            wp = tl.load(wp_ptr + hc.to(tl.int64)[:, None] * Cout + co[None, :],
-                         mask=h_mask[:, None] & co_mask[None, :], other=0.0)
-            acc += _dot(d, wp, IEEE).to(acc_ty)
-        acc += bias_p[None, :]
-        mask = q_mask[:, None] & co_mask[None, :]
-        if RESIDUAL:
-            r = tl.load(x_n + (oh.to(tl.int64) * sxh + ow.to(tl.int64) * sxw)[:, None] + co.to(tl.int64)[None, :] * sxc,
-                        mask=mask, other=0.0)
-            acc += r.to(acc_ty)
-        y_offs = n.to(tl.int64) * syn + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] \
-            + co.to(tl.int64)[None, :] * syc
-        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+            if POOL:  # pass 1 of a squeeze-excite block: the tile's channel sums, nothing projected
+                tile_row = n.to(tl.int64) * (TILES_H * TILES_W) + t  # == tile, as an int64 tensor
+                tl.store(part_ptr + tile_row * Chid + hc, tl.sum(d.to(acc_ty), axis=0), mask=h_mask)
+            else:
+                if SCALED:  # pass 2: the excite scale, rounded as the squeeze-excite op stores its output
+                    sv = tl.load(scale_ptr + n.to(tl.int64) * Chid + hc, mask=h_mask, other=0.0)
+                    d = (d.to(acc_ty) * sv[None, :]).to(dot_ty)
+                wp = tl.load(wp_ptr + hc.to(tl.int64)[:, None] * Cout + co[None, :],
+                             mask=h_mask[:, None] & co_mask[None, :], other=0.0)
+                acc += _dot(d, wp, IEEE).to(acc_ty)
+        if not POOL:
+            acc += bias_p[None, :]
+            mask = q_mask[:, None] & co_mask[None, :]
+            if RESIDUAL:
+                r = tl.load(x_n + (oh.to(tl.int64) * sxh + ow.to(tl.int64) * sxw)[:, None]
+                            + co.to(tl.int64)[None, :] * sxc, mask=mask, other=0.0)
+                acc += r.to(acc_ty)
+            y_offs = n.to(tl.int64) * syn + (oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] \
+                + co.to(tl.int64)[None, :] * syc
+            tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _tile(OH: int, OW: int, stride: int, ks: int, dil: int) -> tuple[int, int, int, int, int]:
@@ -161,11 +178,16 @@ def _tile(OH: int, OW: int, stride: int, ks: int, dil: int) -> tuple[int, int, i
 
 
 def inverted_residual_eval_fwd(x, we, be, dw, bd, wp, bp, stride: int, dilation: int, activation: str,
-                               residual: bool, fmt):
+                               residual: bool, fmt, excite=None):
     """The block's output in ``fmt`` and x's dtype. x dense in ``fmt``; we (Cin, Chid) in x's dtype or
     None (no expand conv); dw the depthwise weight (Chid, 1, k, k) in any float dtype (the kernel
     reads it tap-major in the accumulation dtype); biases in the accumulation dtype; wp (Chid, Cout)
-    in x's dtype."""
+    in x's dtype. ``excite``: None, or the squeeze-excite's (w1 (S, Chid), b1, w2 (Chid, S), b2) in
+    the accumulation dtype and its two activation names: then pass 1 (POOL) writes per-tile channel
+    sums, merged in tile order into the means, squeeze_excite's excite step makes the scale, and pass
+    2 (SCALED) is the block."""
+    from .squeeze_excite import _excite_fwd
+
     N, Cin, H, W = x.shape
     Chid, ks = dw.shape[0], dw.shape[-1]
     Cout = wp.shape[1]
@@ -193,17 +215,30 @@ def inverted_residual_eval_fwd(x, we, be, dw, bd, wp, bp, stride: int, dilation:
     if block_co > 512:
         raise ValueError(f"project weight: at most 512 output channels, got {Cout}")
     scratch = torch.empty((programs, halo_p, block_h) if we is not None else (0,), dtype=acc, device=x.device)
-    _inverted_residual_eval_kernel[(programs,)](
-        x, we if we is not None else wp, be if be is not None else bp, wd, bd, wp, bp, y, scratch,
-        N, Cin, Chid, Cout, H, W, OH, OW, pad, tiles_h, tiles_w,
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3), y.stride(0), y.stride(1), y.stride(2), y.stride(3),
-        KS=ks, STRIDE=stride, DIL=dilation, TH=th, TW=tw, HALO_W=halo_w, HALO_N=halo_n, HALO_P=halo_p,
-        HAS_EXPAND=we is not None, RESIDUAL=residual, ACT=activation_code(activation),
-        IEEE=not half, CIN_MULT=channel_multiple(Cin), HID_MULT=channel_multiple(Chid),
-        CO_MULT=channel_multiple(Cout), X_MULT=channel_multiple(Cin, x.stride(1)),
-        Y_MULT=channel_multiple(Cout, y.stride(1)),
-        BLOCK_P=max(16, triton.next_power_of_2(th * tw)), BLOCK_H=block_h,
-        BLOCK_K=max(16, min(triton.next_power_of_2(Cin), 64)), BLOCK_CO=block_co,
-        num_warps=8 if block_co >= 256 else 4,
-    )
+
+    def launch(pool: bool = False, scale=None, part=None):  # unused pointers: any tensor of the acc dtype
+        _inverted_residual_eval_kernel[(programs,)](
+            x, we if we is not None else wp, be if be is not None else bp, wd, bd, wp, bp, y, scratch,
+            bp if scale is None else scale, bp if part is None else part,
+            N, Cin, Chid, Cout, H, W, OH, OW, pad, tiles_h, tiles_w,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3), y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+            KS=ks, STRIDE=stride, DIL=dilation, TH=th, TW=tw, HALO_W=halo_w, HALO_N=halo_n, HALO_P=halo_p,
+            HAS_EXPAND=we is not None, RESIDUAL=residual, ACT=activation_code(activation),
+            IEEE=not half, POOL=pool, SCALED=scale is not None,
+            CIN_MULT=channel_multiple(Cin), HID_MULT=channel_multiple(Chid),
+            CO_MULT=channel_multiple(Cout), X_MULT=channel_multiple(Cin, x.stride(1)),
+            Y_MULT=channel_multiple(Cout, y.stride(1)),
+            BLOCK_P=max(16, triton.next_power_of_2(th * tw)), BLOCK_H=block_h,
+            BLOCK_K=max(16, min(triton.next_power_of_2(Cin), 64)), BLOCK_CO=block_co,
+            num_warps=8 if block_co >= 256 else 4,
+        )
+
+    scale = None
+    if excite is not None:
+        w1, b1, w2, b2, se_act, se_scale_act = excite
+        part = torch.empty((tiles, Chid), dtype=acc, device=x.device)
+        launch(pool=True, part=part)
+        pooled = part.view(N, tiles_h * tiles_w, Chid).sum(1).div_(OH * OW)  # tile order: fixed by the shape
+        scale = _excite_fwd(pooled, w1, b1, w2, b2, se_act, se_scale_act)
+    launch(scale=scale)
     return y.to(out_dtype)

@@ -87,9 +87,11 @@ inline GuardedOutput guarded_out(const at::Tensor& like) { return GuardedOutput(
 // largest alignment a kernel declares for it: pointwise_gemm.cuh's wmma tiles need 32) while `kernel()` (a
 // callable that calls the kernel with its arguments) runs for every thread of every block. Raises
 // the first error a thread raised (a broken barrier included), or when the kernel wrote past its
-// shared memory.
+// shared memory. `smem_alias`, when given, is pointed at the same buffer: on a GPU every header's
+// `extern __shared__` name is the same dynamic shared memory.
 template <typename Kernel>
-void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem, const Kernel& kernel) {
+void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem, const Kernel& kernel,
+                 unsigned char** smem_alias = nullptr) {
   const int nthreads = static_cast<int>(block.x * block.y * block.z);
   TORCH_CHECK(nthreads >= 1 && nthreads <= 1024, "emulation: a block of ", nthreads, " threads");
   const size_t bytes = smem_bytes + kSmemGuard;
@@ -98,6 +100,7 @@ void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem,
       [](unsigned char* p) { ::operator delete[](p, std::align_val_t(128)); });
   std::memset(buf.get(), 0xff, bytes);
   smem = buf.get();
+  if (smem_alias != nullptr) *smem_alias = buf.get();  // a second header's name for the same memory
   blockDim = block;
   gridDim = grid;
   BlockBarrier sync_bar(nthreads, "__syncthreads");    // the kernel's
@@ -138,6 +141,7 @@ void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem,
   for (int tid = 0; tid < nthreads; ++tid) threads.emplace_back(body, tid);
   for (auto& t : threads) t.join();
   smem = nullptr;
+  if (smem_alias != nullptr) *smem_alias = nullptr;
   TORCH_CHECK(error.empty(), "emulation: ", error);
   for (size_t i = smem_bytes; i < bytes; ++i) {
     TORCH_CHECK(buf[i] == 0xff, "emulation: the kernel wrote past its ", smem_bytes, " bytes of shared memory");
@@ -146,15 +150,17 @@ void launch_grid(dim3 grid, dim3 block, size_t smem_bytes, unsigned char*& smem,
 
 // The `launch(kernel, grid, block, dynamic_smem_bytes, args...)` that the kernel headers' launch
 // sequences take (cuda::StreamLaunch on a GPU, mk_cuda.cuh), emulated with launch_grid: `smem`
-// points at the header's dynamic shared-memory pointer (none: the kernels have none); each launch
-// is counted in *launches when given.
+// points at the header's dynamic shared-memory pointer (none: the kernels have none), smem_alias at
+// a second header's, for a sequence that launches kernels of both; each launch is counted in
+// *launches when given.
 struct HostLaunch {
   unsigned char** smem = nullptr;
   int* launches = nullptr;
+  unsigned char** smem_alias = nullptr;
   template <typename... Params, typename... Args>
   void operator()(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes, const Args&... args) const {
     unsigned char* no_smem = nullptr;
-    launch_grid(grid, block, smem_bytes, smem != nullptr ? *smem : no_smem, [&] { kernel(args...); });
+    launch_grid(grid, block, smem_bytes, smem != nullptr ? *smem : no_smem, [&] { kernel(args...); }, smem_alias);
     if (launches != nullptr) ++*launches;
   }
 };

@@ -7,10 +7,12 @@
 // A call does what the CUDA entry point (csrc/cuda/inverted_residual.cu) does, on CPU tensors:
 // prepare_inverted_residual (checks, dense input in its format, weights in the accumulation dtype),
 // check_block_limits, the output allocated in the input's memory format, nco_for, plan_block with
-// the given shared-memory limit (the device's sharedMemPerBlockOptin), the W_p / W_d transposes;
-// then the emulated launch (emulation.h), with the input and every weight inside NaN guard zones
-// (an image and more for the input) and the output (NaN) inside sentinel guard zones: a missed
-// bounds check, an element left unwritten or a write outside the output shows.
+// the given shared-memory limit (the device's sharedMemPerBlockOptin), the W_p / W_d transposes,
+// for a squeeze-excite block the pass-1 plan and the scratch (NaN); then forward_steps, the
+// launcher's own sequence, through the emulated launch (emulation.h). The input and every weight
+// sit inside NaN guard zones (an image and more for the input) and the output (NaN) inside
+// sentinel guard zones: a missed bounds check, an element left unwritten or a write outside the
+// output shows.
 #include <torch/extension.h>
 
 #include <string>
@@ -35,20 +37,31 @@ std::vector<int64_t> launch(const mk::InvertedResidualArgs& a, at::Tensor& y, co
   const irb::BlockPlan plan = irb::plan_block<scalar_t, NCO>(a, y, smem_limit);
   TORCH_CHECK(plan.smem_bytes > 0 && plan.smem_bytes <= smem_limit, "emulation: plan with ", plan.smem_bytes,
               " bytes of shared memory, limit ", smem_limit);
-  const scalar_t* xp = a.input.data_ptr<scalar_t>();
-  const acc_t* we = a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr;
-  const acc_t* be = a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr;
-  const acc_t* wd = wd_t.data_ptr<acc_t>();
-  const acc_t* bd = a.dw_bias.data_ptr<acc_t>();
-  const acc_t* wp = wp_t.data_ptr<acc_t>();
-  const acc_t* bp = a.project_bias.data_ptr<acc_t>();
-  scalar_t* yp = y.data_ptr<scalar_t>();
-  mk_emu::launch_grid(dim3(static_cast<unsigned>(plan.blocks)), dim3(irb::kThreads),
-                      static_cast<size_t>(plan.smem_bytes), irb::mk_ir_block_smem, [&] {
-                        irb::inverted_residual_eval_kernel<scalar_t, NCO>(xp, we, be, wd, bd, wp, bp, yp, plan.g);
-                      });
+  const irb::BlockWeights<acc_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
+                                   a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
+                                   wd_t.data_ptr<acc_t>(),
+                                   a.dw_bias.data_ptr<acc_t>(),
+                                   wp_t.data_ptr<acc_t>(),
+                                   a.project_bias.data_ptr<acc_t>()};
+  // As the launcher does for a squeeze-excite block (inverted_residual.cu), the scratch as NaN.
+  irb::BlockPlan pool;
+  at::Tensor scratch;
+  mk::cuda::se::ExciteParams<acc_t> excite{};
+  if (a.has_se()) {
+    pool = irb::plan_block<scalar_t, 1>(a, y, smem_limit);
+    scratch = guarded_nan(at::empty({irb::se_scratch_elems(a, pool)}, a.se_w1.options()));
+    excite = {a.se_w1.data_ptr<acc_t>(), a.se_b1.data_ptr<acc_t>(), a.se_w2.data_ptr<acc_t>(),
+              a.se_b2.data_ptr<acc_t>(), static_cast<int>(a.N), static_cast<int>(a.Chid), static_cast<int>(a.S),
+              a.se_act, a.se_scale_act};
+  }
+  int launches = 0;
+  irb::forward_steps<scalar_t, NCO>(a, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
+                                    y.data_ptr<scalar_t>(), plan, pool,
+                                    scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr,
+                                    mk_emu::HostLaunch{&irb::mk_ir_block_smem, &launches,
+                                                       &mk::cuda::se::mk_se_gemm_smem});
   const irb::BlockGeom& g = plan.g;
-  return {g.TH, g.TW, g.halo_w, g.halo_n, g.tiles_h, g.tiles_w, plan.blocks, plan.smem_bytes, NCO};
+  return {g.TH, g.TW, g.halo_w, g.halo_n, g.tiles_h, g.tiles_w, plan.blocks, plan.smem_bytes, NCO, launches};
 }
 
 template <typename scalar_t>
@@ -68,17 +81,23 @@ std::vector<int64_t> dispatch_nco(const mk::InvertedResidualArgs& a, at::Tensor&
 
 // inverted_residual_eval by the emulated CUDA kernel, with the op's arguments (CPU tensors) and the
 // device's per-block shared-memory limit in bytes. Returns (y, plan) with plan = [TH, TW, halo_w,
-// halo_n, tiles_h, tiles_w, blocks, smem_bytes, NCO] (empty when the output is).
+// halo_n, tiles_h, tiles_w, blocks, smem_bytes, NCO, launches] (empty when the output is).
 std::tuple<at::Tensor, std::vector<int64_t>> run(const at::Tensor& input, const c10::optional<at::Tensor>& expand_weight,
                                                  const c10::optional<at::Tensor>& expand_bias,
                                                  const at::Tensor& dw_weight, const at::Tensor& dw_bias,
                                                  const at::Tensor& project_weight, const at::Tensor& project_bias,
                                                  int64_t stride, int64_t dilation, const std::string& activation,
-                                                 bool residual, int64_t smem_limit) {
+                                                 bool residual, int64_t smem_limit,
+                                                 const c10::optional<at::Tensor>& se_fc1_weight,
+                                                 const c10::optional<at::Tensor>& se_fc1_bias,
+                                                 const c10::optional<at::Tensor>& se_fc2_weight,
+                                                 const c10::optional<at::Tensor>& se_fc2_bias,
+                                                 const std::string& se_activation,
+                                                 const std::string& se_scale_activation) {
   TORCH_CHECK(input.device().is_cpu(), "emulation: expected CPU tensors");
-  mk::InvertedResidualArgs a = mk::prepare_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias,
-                                                             project_weight, project_bias, stride, dilation,
-                                                             activation, residual);
+  mk::InvertedResidualArgs a = mk::prepare_inverted_residual(
+      input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, dilation, activation,
+      residual, se_fc1_weight, se_fc1_bias, se_fc2_weight, se_fc2_bias, se_activation, se_scale_activation);
   irb::check_block_limits(a);
   // The output as the launcher allocates it (its strides), as NaN inside sentinel guard zones of an
   // image and more (a tile's overhang).
@@ -95,6 +114,12 @@ std::tuple<at::Tensor, std::vector<int64_t>> run(const at::Tensor& input, const 
   }
   a.dw_bias = guarded_nan(a.dw_bias);
   a.project_bias = guarded_nan(a.project_bias);
+  if (a.has_se()) {
+    a.se_w1 = guarded_nan(a.se_w1);
+    a.se_b1 = guarded_nan(a.se_b1);
+    a.se_w2 = guarded_nan(a.se_w2);
+    a.se_b2 = guarded_nan(a.se_b2);
+  }
   const at::Tensor wp_t = guarded_nan(a.project_weight.t().contiguous());  // as the launcher: (Chid, Cout)
   const at::Tensor wd_t = guarded_nan(a.dw_weight.t().contiguous());       // as the launcher: (k * k, Chid)
 
@@ -125,5 +150,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run", &run, "inverted_residual_eval_kernel emulated on the host", py::arg("input"),
         py::arg("expand_weight"), py::arg("expand_bias"), py::arg("dw_weight"), py::arg("dw_bias"),
         py::arg("project_weight"), py::arg("project_bias"), py::arg("stride"), py::arg("dilation"),
-        py::arg("activation"), py::arg("residual"), py::arg("smem_limit"));
+        py::arg("activation"), py::arg("residual"), py::arg("smem_limit"), py::arg("se_fc1_weight") = py::none(),
+        py::arg("se_fc1_bias") = py::none(), py::arg("se_fc2_weight") = py::none(),
+        py::arg("se_fc2_bias") = py::none(), py::arg("se_activation") = "relu",
+        py::arg("se_scale_activation") = "hardsigmoid");
 }
