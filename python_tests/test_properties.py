@@ -574,6 +574,7 @@ def block_cases(draw, small=False):
     return dict(
         shape=(N, Cin, H, W), hidden=Cin * expand, cout=Cout, k=k, stride=stride, dilation=dilation,
         residual=draw(st.booleans()) and stride == 1 and Cout == Cin,
+        squeeze=draw(st.sampled_from([0, 0, 1, 4])),  # squeeze-excite channels (0: none)
         layout=draw(st.sampled_from(LAYOUTS)),
         dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16])),
         act=draw(st.sampled_from(list(ACTIVATIONS))),
@@ -585,8 +586,9 @@ def block_cases(draw, small=False):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_inverted_residual_eval_matches_reference(backend, profile, device, request):
     """The whole block (BatchNorm folded; no expand conv when the hidden channels are the input's),
-    any stride, dilation, kernel 3 or 5 and residual: the output (and its memory format) against the
-    op-by-op float64 reference; fp16/bf16 within 2x the error of PyTorch's op-by-op block."""
+    any stride, dilation, kernel 3 or 5, residual and squeeze-excite (float32 parameters for half
+    inputs, as under autocast): the output (and its memory format) against the op-by-op float64
+    reference; fp16/bf16 within 2x the error of PyTorch's op-by-op block."""
     skip_unless_usable(backend, device)
 
     def check(case):
@@ -599,13 +601,20 @@ def test_inverted_residual_eval_matches_reference(backend, profile, device, requ
         expand = (r(Chid, Cin, 1, 1, scale=Cin**-0.5), r(Chid)) if Chid != Cin else (None, None)
         weights = (*expand, r(Chid, 1, k, k, scale=1 / k), r(Chid), r(Cout, Chid, 1, 1, scale=Chid**-0.5), r(Cout))
         args = (case["stride"], case["dilation"])
-        y = MF.inverted_residual_eval(x, *weights, *args, activation=act, residual=case["residual"], backend=backend)
-        w64 = [None if t is None else t.double() for t in weights]
-        y64 = inverted_residual_eval_ref(f64(x), *w64, *args, act, case["residual"])
+        S, se = case["squeeze"], None
+        if S:
+            se_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
+            q = lambda *shape, scale=1.0: r(*shape, scale=scale).to(se_dtype)  # noqa: E731
+            se = (q(S, Chid, 1, 1, scale=Chid**-0.5), q(S), q(Chid, S, 1, 1, scale=S**-0.5), q(Chid))
+        y = MF.inverted_residual_eval(x, *weights, *args, activation=act, residual=case["residual"], se=se,
+                                      backend=backend)
+        se_args = se if se is not None else (None,) * 4
+        w64 = [None if t is None else t.double() for t in (*weights, *se_args)]
+        y64 = inverted_residual_eval_ref(f64(x), *w64[:6], *args, act, case["residual"], *w64[6:])
         assert y.dtype == dtype and y.shape == y64.shape and y.shape[1] == Cout
         assert_layout_kept(y, x)
         if dtype in LOW_PRECISION:
-            torchs = inverted_residual_eval_ref(x, *weights, *args, act, case["residual"])
+            torchs = inverted_residual_eval_ref(x, *weights, *args, act, case["residual"], *se_args)
             assert_within_2x_torch(y, torchs, y64, "output")
         else:
             torch.testing.assert_close(y.double(), y64, **fp_tol(dtype, device, act))

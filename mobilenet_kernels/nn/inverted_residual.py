@@ -6,8 +6,9 @@ act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
 - Inference: in eval mode, with no gradient needed, every BatchNorm is folded into the conv before
   it (nn.conv_bn_act). Where a whole-block kernel is known to pay (Triton; "cuda" on CPU tensors
   for k3 and k5 blocks with an expand conv; "cuda" on CUDA tensors once USE_CUDA_BLOCK_KERNEL is
-  set) a block without squeeze-excite runs as that one kernel (functional.inverted_residual_eval:
-  the expanded tensor never reaches memory). Otherwise the 1x1 convs run as GEMMs with the bias and
+  set) the block runs as that one kernel (functional.inverted_residual_eval: the expanded tensor
+  never reaches memory; a block with squeeze-excite runs it twice, the first pass emitting only
+  the pooled means). Otherwise the 1x1 convs run as GEMMs with the bias and
   the activation (expand) or the residual add (project) in their epilogue
   (functional.pointwise_conv2d), the depthwise conv with the fold in its weights and the
   activation in its epilogue. Folds are cached while no parameter or running statistic changes,
