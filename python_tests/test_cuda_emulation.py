@@ -525,33 +525,53 @@ def make_ir_block(case, layout, dtype):
     return x, params, (s, d, act, res)
 
 
-def expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit):
+def tc_smem(halo_n, cout_p):
+    """tc_smem_bytes: the tensor-core kernel's staged halo, E and D, or its accumulator tile."""
+    up = lambda v, m: -(-v // m) * m  # noqa: E731
+    halo_p = up(halo_n, 16)
+    return max(up(halo_p * 24 * 2, 128) + up(halo_p * 36 * 4, 128) + 64 * 40 * 2, 64 * (cout_p + 4) * 4)
+
+
+def expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit, tensor_cores=False, Cout=0):
     """pick_tile's choice: the first candidate (clipped to the output) within P pixels, a halo of
-    256 pixels and the shared-memory limit."""
-    P = IR_P[nco]
+    256 pixels and the shared-memory limit (the CUDA-core kernel's, or the tensor-core one's for
+    Cout output channels)."""
+    P = 64 if tensor_cores else IR_P[nco]
     for th, tw in [(8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1, 1)]:
         th, tw = min(th, OH), min(tw, OW)
         hh, hw = (th - 1) * s + (k - 1) * d + 1, (tw - 1) * s + (k - 1) * d + 1
-        smem = (hh * hw * 17 + 16 * 33 + hh * hw * 32 + P * 32) * acc_bytes
+        if tensor_cores:
+            smem = tc_smem(hh * hw, -(-Cout // 16) * 16)
+        else:
+            smem = (hh * hw * 17 + 16 * 33 + hh * hw * 32 + P * 32) * acc_bytes
         if th * tw <= P and hh * hw <= 256 and smem <= smem_limit:
             return th, tw, hw, hh * hw, smem
     raise AssertionError("no tile")
 
 
-def run_ir(ir_emu, x, params, args, smem_limit=H100_SMEM, se=()):
+def run_ir(ir_emu, x, params, args, smem_limit=H100_SMEM, se=(), major=9):
+    """The emulated op on an sm_`major`x device; checks the plan it reports against the launcher's
+    rules and the output's shape, layout and coverage."""
     s, d, act, res = args
-    y, info = ir_emu.run(x, *params, s, d, act, res, smem_limit, *se)
-    TH, TW, halo_w, halo_n, tiles_h, tiles_w, blocks, smem, nco, launches = info
+    y, info = ir_emu.run(x, *params, s, d, act, res, smem_limit, *(se or (None,) * 4), major=major)
+    TH, TW, halo_w, halo_n, tiles_h, tiles_w, blocks, smem, per_thread, launches, tensor_cores = info
     N, Cin, H, W = x.shape
     Cout, k = params[4].shape[0], params[2].shape[-1]
     pad = (k - 1) // 2 * d
     OH, OW = (H + 2 * pad - d * (k - 1) - 1) // s + 1, (W + 2 * pad - d * (k - 1) - 1) // s + 1
     where = (f"x {tuple(x.shape)} {x.dtype} stride {tuple(x.stride())} Cout {Cout} k{k} s{s} d{d} {act} "
-             f"res={res} plan {info}")
+             f"res={res} sm_{major}x plan {info}")
     assert y.shape == (N, Cout, OH, OW), where
-    assert nco == {1: 1, 2: 2, 3: 4, 4: 4}.get(math.ceil(Cout / 64), 8), where
+    # the tensor-core kernel: float16/bfloat16 on sm_80+, up to 160 output channels
+    assert tensor_cores == (x.dtype in (torch.float16, torch.bfloat16) and major >= 8 and Cout <= 160), where
+    if tensor_cores:  # accumulator fragments per warp: ceil(ceil(Cout / 16) / 2), rounded up to 1, 2, 3, 5
+        nf = math.ceil(math.ceil(Cout / 16) / 2)
+        assert per_thread == min(v for v in (1, 2, 3, 5) if v >= nf), where
+    else:  # channel groups of 64 per thread
+        assert per_thread == {1: 1, 2: 2, 3: 4, 4: 4}.get(math.ceil(Cout / 64), 8), where
     acc_bytes = 8 if x.dtype == torch.float64 else 4
-    assert (TH, TW, halo_w, halo_n, smem) == expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit), where
+    assert (TH, TW, halo_w, halo_n, smem) == expected_ir_tile(OH, OW, k, s, d, per_thread, acc_bytes, smem_limit,
+                                                              tensor_cores, Cout), where
     assert (tiles_h, tiles_w, blocks) == (math.ceil(OH / TH), math.ceil(OW / TW), N * tiles_h * tiles_w), where
     assert launches == (5 if se else 1), where  # with SE: pass 1, the merge, 2 excite GEMMs, pass 2
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -598,12 +618,18 @@ def assert_ir_matches(y, x, params, args, where):
     assert equal >= 0.99, f"only {equal:.4f} of the outputs equal the rounded reference: {where}"
 
 
+# (dtype, compute capability): float32 on the CUDA-core kernel, bfloat16 on the tensor-core kernel
+# (sm_80+, up to 160 output channels) and on the CUDA-core one (a device below sm_80).
+IR_DTYPES = [(torch.float32, 9), (torch.bfloat16, 9), (torch.bfloat16, 7)]
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype_major", IR_DTYPES, ids=lambda dm: f"{dm[0]}-sm{dm[1]}x")
 @pytest.mark.parametrize("case", IR_CASES, ids=ir_case_id)
-def test_inverted_residual_block_matches_op_by_op(ir_emu, case, dtype, layout):
+def test_inverted_residual_block_matches_op_by_op(ir_emu, case, dtype_major, layout):
+    dtype, major = dtype_major
     x, params, args = make_ir_block(case, layout, dtype)
-    y, _, where = run_ir(ir_emu, x, params, args)
+    y, _, where = run_ir(ir_emu, x, params, args, major=major)
     assert_ir_matches(y, x, params, args, where)
 
 
@@ -655,13 +681,14 @@ def make_se(Chid, S, dtype):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype_major", [*IR_DTYPES, (torch.float64, 9)], ids=lambda dm: f"{dm[0]}-sm{dm[1]}x")
 @pytest.mark.parametrize("se_case", IR_SE_CASES, ids=lambda c: f"{ir_case_id(IR_CASES[c[0]])}-se{c[1]}")
-def test_inverted_residual_block_with_squeeze_excite(ir_emu, se_case, dtype, layout):
+def test_inverted_residual_block_with_squeeze_excite(ir_emu, se_case, dtype_major, layout):
+    dtype, major = dtype_major
     i, S = se_case
     x, params, args = make_ir_block(IR_CASES[i], layout, dtype)
     se = make_se(params[2].shape[0], S, torch.float32 if dtype == torch.bfloat16 else dtype)
-    y, _, where = run_ir(ir_emu, x, params, args, se=se)
+    y, _, where = run_ir(ir_emu, x, params, args, se=se, major=major)
     s, d, act, res = args
     if dtype != torch.bfloat16:
         ref = inverted_residual_eval_ref(x.double(), *(None if p is None else p.double() for p in params), s, d, act,

@@ -32,8 +32,14 @@
 //   P = 4 PI pixels (PI = 16 up to 128 output channels, 32 / NCO beyond: at most 32 project
 //   accumulators per thread), a halo of at most kMaxHalo pixels, and shared memory within the
 //   device's per-block limit.
-// Arithmetic: CUDA-core FMAs in float (double for float64); no tensor cores. The weights arrive in
-//   the accumulation dtype (prepare_inverted_residual).
+// Arithmetic: two kernels (inverted_residual_block.cuh; plan_block picks one).
+//   - The tensor-core kernel (float16/bfloat16 on sm_80+, up to kTcMaxCout = 160 output channels):
+//     64-pixel tiles, both 1x1 GEMMs as wmma 16x16x16 MMAs with fp32 accumulators on 16-bit copies
+//     of the weights (exact: the op's weights arrive in the input dtype), B operands read from
+//     global memory (L2); the depthwise step as below. Untimed: written after GPU run 4 showed the
+//     CUDA-core GEMMs to be what made the kernel slow; bench_block times it.
+//   - The CUDA-core kernel (every other case): FMAs in float (double for float64) on the weights in
+//     the accumulation dtype (prepare_inverted_residual), as described above.
 // Layouts: NCHW or channels_last (any other strides are made dense first), through (n, c, h, w)
 //   strides; the halo loads map consecutive threads to consecutive channels (channels_last) or
 //   consecutive pixels (NCHW), so both read whole lines; the output store is coalesced along the
@@ -49,12 +55,13 @@
 //   output) before step 3. Five launches; pass 1 recomputes the expand and dw convs (2x their
 //   FLOPs, the input read twice) so that no hidden tensor reaches HBM.
 // Limits: inference only (no autograd formula); output channels up to 512 (MobileNets have at
-//   most 320); the halo rows are expanded once per tile (1.56x the expand FLOPs for 8x8 tiles at k3 s1);
-//   W_p and W_e are re-read from L2 by every tile. Checked on a GPU by the CUDA tests of
-//   python_tests/test_inverted_residual_eval.py (passed on an H200, GPU run 3), and on CPU boxes
-//   by a host emulation (python_tests/test_cuda_emulation.py). Slow: 5-8x the eager op-by-op
-//   block's time at batch 256 in GPU run 4 (its 1x1 GEMMs on CUDA cores, no tensor cores;
-//   benchmarks/results/inverted_residual_h200.json), about even at batch 1.
+//   most 320); the halo rows are expanded once per tile (1.56x the expand FLOPs for 8x8 tiles at
+//   k3 s1); W_p and W_e are re-read from L2 by every tile. The CUDA-core kernel passed the CUDA
+//   tests of python_tests/test_inverted_residual_eval.py on an H200 (GPU run 3) and took 5-8x the
+//   eager op-by-op block's time at batch 256 in GPU run 4 (its 1x1 GEMMs on CUDA cores;
+//   benchmarks/results/inverted_residual_h200.json), about even at batch 1. The tensor-core
+//   kernel and the squeeze-excite passes have run only under the host emulation
+//   (python_tests/test_cuda_emulation.py), which checks every kernel on CPU boxes.
 // The kernel and the plan of its launch live in inverted_residual_block.cuh (host-emulated by
 // python_tests/cuda_emulation); this file holds the entry point, the dispatch and the launch.
 #include <ATen/Dispatch.h>
@@ -65,6 +72,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <tuple>
 
 #include "inverted_residual.h"
 #include "inverted_residual_block.cuh"
@@ -75,41 +83,41 @@ namespace {
 using namespace cuda;            // check_cuda, StreamLaunch (mk_cuda.cuh)
 using namespace cuda::ir_block;  // the kernel and its plan (inverted_residual_block.cuh)
 
-template <typename scalar_t, int NCO>
+template <typename scalar_t>
 void launch(const InvertedResidualArgs& a, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto* props = at::cuda::getCurrentDeviceProperties();
-  const int64_t smem_limit = static_cast<int64_t>(props->sharedMemPerBlockOptin);
-  const BlockPlan main = plan_block<scalar_t, NCO>(a, out, smem_limit);
+  const BlockKernels<scalar_t> ks =
+      plan_block<scalar_t>(a, out, static_cast<int64_t>(props->sharedMemPerBlockOptin), props->major);
   const at::Tensor wp_t = a.project_weight.t().contiguous();  // (Chid, Cout): rows read along Cout
   const at::Tensor wd_t = a.dw_weight.t().contiguous();       // (k * k, Chid): taps read along Chid
-  const BlockWeights<acc_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
-                              a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
-                              wd_t.data_ptr<acc_t>(),
-                              a.dw_bias.data_ptr<acc_t>(),
-                              wp_t.data_ptr<acc_t>(),
-                              a.project_bias.data_ptr<acc_t>()};
-  C10_CUDA_CHECK(cudaFuncSetAttribute(inverted_residual_eval_kernel<scalar_t, NCO, false>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(main.smem_bytes)));
-  BlockPlan pool;
+  at::Tensor we16, wp16;
+  if (ks.tensor_cores) std::tie(we16, wp16) = tensor_core_weights(a, ks.main.g);
+  const BlockWeights<scalar_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
+                                 a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
+                                 wd_t.data_ptr<acc_t>(),
+                                 a.dw_bias.data_ptr<acc_t>(),
+                                 wp_t.data_ptr<acc_t>(),
+                                 a.project_bias.data_ptr<acc_t>(),
+                                 we16.defined() ? we16.data_ptr<scalar_t>() : nullptr,
+                                 wp16.defined() ? wp16.data_ptr<scalar_t>() : nullptr};
+  C10_CUDA_CHECK(cudaFuncSetAttribute(ks.main.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(ks.main.smem_bytes)));
   at::Tensor scratch;
   se::ExciteParams<acc_t> excite{};
   if (a.has_se()) {
     TORCH_CHECK_VALUE(se::excite_sizes_fit(a.N, a.Chid, a.S), "input: the excite step takes int sizes, got N = ", a.N,
                       ", ", a.Chid, " hidden and ", a.S, " squeeze channels");
-    pool = plan_block<scalar_t, 1>(a, out, smem_limit);
-    C10_CUDA_CHECK(cudaFuncSetAttribute(inverted_residual_eval_kernel<scalar_t, 1, true>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(pool.smem_bytes)));
-    scratch = at::empty({se_scratch_elems(a, pool)}, a.se_w1.options());
+    C10_CUDA_CHECK(cudaFuncSetAttribute(ks.pool.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(ks.pool.smem_bytes)));
+    scratch = at::empty({se_scratch_elems(a, ks.pool)}, a.se_w1.options());
     excite = {a.se_w1.data_ptr<acc_t>(), a.se_b1.data_ptr<acc_t>(), a.se_w2.data_ptr<acc_t>(),
               a.se_b2.data_ptr<acc_t>(), static_cast<int>(a.N), static_cast<int>(a.Chid), static_cast<int>(a.S),
               a.se_act, a.se_scale_act};
   }
-  forward_steps<scalar_t, NCO>(a, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
-                               out.data_ptr<scalar_t>(), main, pool,
-                               scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr,
-                               StreamLaunch{at::cuda::getCurrentCUDAStream()});
+  forward_steps<scalar_t>(a, ks, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
+                          out.data_ptr<scalar_t>(), scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr,
+                          StreamLaunch{at::cuda::getCurrentCUDAStream()});
 }
 
 at::Tensor inverted_residual_eval_cuda(const at::Tensor& input, const c10::optional<at::Tensor>& expand_weight,
@@ -117,9 +125,11 @@ at::Tensor inverted_residual_eval_cuda(const at::Tensor& input, const c10::optio
                                        const at::Tensor& dw_bias, const at::Tensor& project_weight,
                                        const at::Tensor& project_bias, int64_t stride, int64_t dilation,
                                        c10::string_view activation, bool residual,
-                                       const c10::optional<at::Tensor>& se_fc1_weight, const c10::optional<at::Tensor>& se_fc1_bias,
-                                       const c10::optional<at::Tensor>& se_fc2_weight, const c10::optional<at::Tensor>& se_fc2_bias,
-                                       c10::string_view se_activation, c10::string_view se_scale_activation) {
+                                       const c10::optional<at::Tensor>& se_fc1_weight,
+                                       const c10::optional<at::Tensor>& se_fc1_bias,
+                                       const c10::optional<at::Tensor>& se_fc2_weight,
+                                       const c10::optional<at::Tensor>& se_fc2_bias, c10::string_view se_activation,
+                                       c10::string_view se_scale_activation) {
   check_cuda(input);
   const c10::cuda::CUDAGuard guard(input.device());
   const InvertedResidualArgs a =
@@ -130,18 +140,8 @@ at::Tensor inverted_residual_eval_cuda(const at::Tensor& input, const c10::optio
   check_block_limits(a);
   at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
   if (out.numel() == 0) return out;
-  const int nco = nco_for(a.Cout);  // output channel groups of 64 per thread: 1, 2, 4 or 8
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "inverted_residual_eval_cuda", [&] {
-    if (nco == 1) {
-      launch<scalar_t, 1>(a, out);
-    } else if (nco == 2) {
-      launch<scalar_t, 2>(a, out);
-    } else if (nco == 4) {
-      launch<scalar_t, 4>(a, out);
-    } else {
-      launch<scalar_t, 8>(a, out);
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "inverted_residual_eval_cuda",
+                                  [&] { launch<scalar_t>(a, out); });
   return out;
 }
 

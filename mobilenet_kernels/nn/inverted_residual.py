@@ -40,9 +40,10 @@ from .squeeze_excite import SqueezeExcitation
 
 # The CUDA C++ whole-block kernel (csrc/cuda/inverted_residual.cu) passed its GPU tests on an H200
 # (benchmarks/results/gpu_tests_run3_h200.json) but took 5-8x the op-by-op block's time at batch
-# 256 (benchmarks/results/inverted_residual_h200.json), so eval blocks on CUDA tensors with the
-# "cuda" backend run op by op unless this is set. Flip the default once a committed benchmark
-# (bench_block) shows the kernel faster.
+# 256 (benchmarks/results/inverted_residual_h200.json), its 1x1 GEMMs on CUDA cores; the
+# tensor-core variant for fp16/bf16 that followed is untimed. So eval blocks on CUDA tensors with
+# the "cuda" backend run op by op unless this is set. Flip the default once a committed benchmark
+# (bench_block: its cuda and cuda_ops columns) shows the kernel faster.
 USE_CUDA_BLOCK_KERNEL = False
 
 

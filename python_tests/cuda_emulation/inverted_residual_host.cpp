@@ -30,58 +30,55 @@ using mk_emu::guarded_nan;
 using mk_emu::kGuardElems;
 using mk_emu::kNaN;
 
-template <typename scalar_t, int NCO>
+template <typename scalar_t>
 std::vector<int64_t> launch(const mk::InvertedResidualArgs& a, at::Tensor& y, const at::Tensor& wd_t,
-                            const at::Tensor& wp_t, int64_t smem_limit) {
+                            const at::Tensor& wp_t, int64_t smem_limit, int64_t major) {
   using acc_t = at::opmath_type<scalar_t>;
-  const irb::BlockPlan plan = irb::plan_block<scalar_t, NCO>(a, y, smem_limit);
-  TORCH_CHECK(plan.smem_bytes > 0 && plan.smem_bytes <= smem_limit, "emulation: plan with ", plan.smem_bytes,
-              " bytes of shared memory, limit ", smem_limit);
-  const irb::BlockWeights<acc_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
-                                   a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
-                                   wd_t.data_ptr<acc_t>(),
-                                   a.dw_bias.data_ptr<acc_t>(),
-                                   wp_t.data_ptr<acc_t>(),
-                                   a.project_bias.data_ptr<acc_t>()};
-  // As the launcher does for a squeeze-excite block (inverted_residual.cu), the scratch as NaN.
-  irb::BlockPlan pool;
+  const irb::BlockKernels<scalar_t> ks = irb::plan_block<scalar_t>(a, y, smem_limit, static_cast<int>(major));
+  for (const irb::BlockKernel<scalar_t>* k : {&ks.main, &ks.pool}) {
+    if (k->kernel == nullptr) continue;
+    TORCH_CHECK(k->smem_bytes > 0 && k->smem_bytes <= smem_limit, "emulation: plan with ", k->smem_bytes,
+                " bytes of shared memory, limit ", smem_limit);
+  }
+  // As the launcher does (inverted_residual.cu): the 16-bit weights, and for a squeeze-excite block
+  // the scratch, here as NaN.
+  at::Tensor we16, wp16;
+  if (ks.tensor_cores) {
+    std::tie(we16, wp16) = irb::tensor_core_weights(a, ks.main.g);
+    we16 = mk_emu::in_guarded_buffer(we16, kGuardElems, kNaN);
+    wp16 = mk_emu::in_guarded_buffer(wp16, kGuardElems, kNaN);
+  }
+  const irb::BlockWeights<scalar_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
+                                      a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
+                                      wd_t.data_ptr<acc_t>(),
+                                      a.dw_bias.data_ptr<acc_t>(),
+                                      wp_t.data_ptr<acc_t>(),
+                                      a.project_bias.data_ptr<acc_t>(),
+                                      we16.defined() ? we16.data_ptr<scalar_t>() : nullptr,
+                                      wp16.defined() ? wp16.data_ptr<scalar_t>() : nullptr};
   at::Tensor scratch;
   mk::cuda::se::ExciteParams<acc_t> excite{};
   if (a.has_se()) {
-    pool = irb::plan_block<scalar_t, 1>(a, y, smem_limit);
-    scratch = guarded_nan(at::empty({irb::se_scratch_elems(a, pool)}, a.se_w1.options()));
+    scratch = guarded_nan(at::empty({irb::se_scratch_elems(a, ks.pool)}, a.se_w1.options()));
     excite = {a.se_w1.data_ptr<acc_t>(), a.se_b1.data_ptr<acc_t>(), a.se_w2.data_ptr<acc_t>(),
               a.se_b2.data_ptr<acc_t>(), static_cast<int>(a.N), static_cast<int>(a.Chid), static_cast<int>(a.S),
               a.se_act, a.se_scale_act};
   }
   int launches = 0;
-  irb::forward_steps<scalar_t, NCO>(a, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
-                                    y.data_ptr<scalar_t>(), plan, pool,
-                                    scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr,
-                                    mk_emu::HostLaunch{&irb::mk_ir_block_smem, &launches,
-                                                       &mk::cuda::se::mk_se_gemm_smem});
-  const irb::BlockGeom& g = plan.g;
-  return {g.TH, g.TW, g.halo_w, g.halo_n, g.tiles_h, g.tiles_w, plan.blocks, plan.smem_bytes, NCO, launches};
-}
-
-template <typename scalar_t>
-std::vector<int64_t> dispatch_nco(const mk::InvertedResidualArgs& a, at::Tensor& y, const at::Tensor& wd_t,
-                                  const at::Tensor& wp_t, int64_t smem_limit) {
-  switch (irb::nco_for(a.Cout)) {  // as the launcher dispatches
-    case 1:
-      return launch<scalar_t, 1>(a, y, wd_t, wp_t, smem_limit);
-    case 2:
-      return launch<scalar_t, 2>(a, y, wd_t, wp_t, smem_limit);
-    case 4:
-      return launch<scalar_t, 4>(a, y, wd_t, wp_t, smem_limit);
-    default:
-      return launch<scalar_t, 8>(a, y, wd_t, wp_t, smem_limit);
-  }
+  irb::forward_steps<scalar_t>(a, ks, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
+                               y.data_ptr<scalar_t>(), scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr,
+                               mk_emu::HostLaunch{&irb::mk_ir_block_smem, &launches, &mk::cuda::se::mk_se_gemm_smem});
+  const irb::BlockGeom& g = ks.main.g;
+  const int64_t per_thread = ks.tensor_cores ? irb::nf_for(a.Cout) : irb::nco_for(a.Cout);
+  return {g.TH, g.TW, g.halo_w, g.halo_n, g.tiles_h, g.tiles_w, ks.main.blocks, ks.main.smem_bytes, per_thread,
+          launches, ks.tensor_cores};
 }
 
 // inverted_residual_eval by the emulated CUDA kernel, with the op's arguments (CPU tensors) and the
 // device's per-block shared-memory limit in bytes. Returns (y, plan) with plan = [TH, TW, halo_w,
-// halo_n, tiles_h, tiles_w, blocks, smem_bytes, NCO, launches] (empty when the output is).
+// halo_n, tiles_h, tiles_w, blocks, smem_bytes, NCO or NF, launches, tensor_cores] (empty when the
+// output is) for the main kernel; `major` is the device's compute capability (the tensor-core
+// kernel needs 8 or more).
 std::tuple<at::Tensor, std::vector<int64_t>> run(const at::Tensor& input, const c10::optional<at::Tensor>& expand_weight,
                                                  const c10::optional<at::Tensor>& expand_bias,
                                                  const at::Tensor& dw_weight, const at::Tensor& dw_bias,
@@ -93,7 +90,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> run(const at::Tensor& input, const 
                                                  const c10::optional<at::Tensor>& se_fc2_weight,
                                                  const c10::optional<at::Tensor>& se_fc2_bias,
                                                  const std::string& se_activation,
-                                                 const std::string& se_scale_activation) {
+                                                 const std::string& se_scale_activation, int64_t major) {
   TORCH_CHECK(input.device().is_cpu(), "emulation: expected CPU tensors");
   mk::InvertedResidualArgs a = mk::prepare_inverted_residual(
       input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, dilation, activation,
@@ -126,16 +123,16 @@ std::tuple<at::Tensor, std::vector<int64_t>> run(const at::Tensor& input, const 
   std::vector<int64_t> info;
   switch (input.scalar_type()) {
     case at::kFloat:
-      info = dispatch_nco<float>(a, y, wd_t, wp_t, smem_limit);
+      info = launch<float>(a, y, wd_t, wp_t, smem_limit, major);
       break;
     case at::kDouble:
-      info = dispatch_nco<double>(a, y, wd_t, wp_t, smem_limit);
+      info = launch<double>(a, y, wd_t, wp_t, smem_limit, major);
       break;
     case at::kBFloat16:
-      info = dispatch_nco<c10::BFloat16>(a, y, wd_t, wp_t, smem_limit);
+      info = launch<c10::BFloat16>(a, y, wd_t, wp_t, smem_limit, major);
       break;
     case at::kHalf:
-      info = dispatch_nco<c10::Half>(a, y, wd_t, wp_t, smem_limit);
+      info = launch<c10::Half>(a, y, wd_t, wp_t, smem_limit, major);
       break;
     default:
       TORCH_CHECK(false, "input: expected a floating dtype, got ", input.scalar_type());
@@ -153,5 +150,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("activation"), py::arg("residual"), py::arg("smem_limit"), py::arg("se_fc1_weight") = py::none(),
         py::arg("se_fc1_bias") = py::none(), py::arg("se_fc2_weight") = py::none(),
         py::arg("se_fc2_bias") = py::none(), py::arg("se_activation") = "relu",
-        py::arg("se_scale_activation") = "hardsigmoid");
+        py::arg("se_scale_activation") = "hardsigmoid", py::arg("major") = 9);
 }
