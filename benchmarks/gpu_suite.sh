@@ -10,11 +10,14 @@
 # run 7: batch_norm_act's CUDA passes with several rows' loads in flight and fitted channel lanes;
 # squeeze_excite's excite step as tiled GEMMs over the batch, its parameter gradients included;
 # the eval folds cached in the autocast dtype, no weight casts per inference; the CUDA ops'
-# partial-sum planes without aten::select; the forward's one-tile blocks at stride 2 only):
-#   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_se bench_bn_train summary"
-#      MK_TESTS_LIMIT=200 (correctness first: the BN and SE CUDA tests run early in the tests
-#      step; bench_se has never run on a GPU, bench_bn_train compares with
-#      results/batch_norm_act_train_h200.json)
+# partial-sum planes without aten::select; the forward's one-tile blocks at stride 2 only; the
+# whole-block kernels' squeeze-excite passes and the tensor-core block kernel for fp16/bf16):
+#   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_se bench_bn_train bench_block summary"
+#      MK_TESTS_LIMIT=170 MK_LIMIT_bench_block=90 (correctness first: the BN, SE and
+#      inverted_residual_eval CUDA tests run early in the tests step; bench_se has never run on a
+#      GPU, bench_bn_train compares with results/batch_norm_act_train_h200.json; bench_block's
+#      cuda / cuda_ops / eager columns decide USE_CUDA_BLOCK_KERNEL for the tensor-core kernel and
+#      the SE blocks)
 #   2. the rest of the lease less ~20 s (~300 s): MK_SUITE_STEPS="profile_model bench_model"
 #      MK_LIMIT_bench_model=230 (profile_model's per-kernel rows set the SE excite and BN passes
 #      against run 7's profile_model_h200.json on the same step; bench_model ~7 s a row, 18 rows
