@@ -525,14 +525,16 @@ def make_ir_block(case, layout, dtype):
     return x, params, (s, d, act, res)
 
 
-def tc_smem(halo_n, cout_p):
-    """tc_smem_bytes: the tensor-core kernel's staged halo, E and D, or its accumulator tile."""
+def tc_smem(halo_n, cin_p, cout_p):
+    """tc_smem_bytes: the tensor-core kernel's staged halo (all cin_p channels; none without an
+    expand conv), E and D, or its accumulator tile."""
     up = lambda v, m: -(-v // m) * m  # noqa: E731
     halo_p = up(halo_n, 16)
-    return max(up(halo_p * 24 * 2, 128) + up(halo_p * 36 * 4, 128) + 64 * 40 * 2, 64 * (cout_p + 4) * 4)
+    xs = up(halo_p * (cin_p + 8) * 2, 128) if cin_p else 0
+    return max(xs + up(halo_p * 36 * 4, 128) + 64 * 40 * 2, 64 * (cout_p + 4) * 4)
 
 
-def expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit, tensor_cores=False, Cout=0):
+def expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit, tensor_cores=False, cin_p=0, Cout=0):
     """pick_tile's choice: the first candidate (clipped to the output) within P pixels, a halo of
     256 pixels and the shared-memory limit (the CUDA-core kernel's, or the tensor-core one's for
     Cout output channels)."""
@@ -541,7 +543,7 @@ def expected_ir_tile(OH, OW, k, s, d, nco, acc_bytes, smem_limit, tensor_cores=F
         th, tw = min(th, OH), min(tw, OW)
         hh, hw = (th - 1) * s + (k - 1) * d + 1, (tw - 1) * s + (k - 1) * d + 1
         if tensor_cores:
-            smem = tc_smem(hh * hw, -(-Cout // 16) * 16)
+            smem = tc_smem(hh * hw, cin_p, -(-Cout // 16) * 16)
         else:
             smem = (hh * hw * 17 + 16 * 33 + hh * hw * 32 + P * 32) * acc_bytes
         if th * tw <= P and hh * hw <= 256 and smem <= smem_limit:
@@ -570,8 +572,9 @@ def run_ir(ir_emu, x, params, args, smem_limit=H100_SMEM, se=(), major=9):
     else:  # channel groups of 64 per thread
         assert per_thread == {1: 1, 2: 2, 3: 4, 4: 4}.get(math.ceil(Cout / 64), 8), where
     acc_bytes = 8 if x.dtype == torch.float64 else 4
+    cin_p = -(-Cin // 16) * 16 if params[0] is not None else 0
     assert (TH, TW, halo_w, halo_n, smem) == expected_ir_tile(OH, OW, k, s, d, per_thread, acc_bytes, smem_limit,
-                                                              tensor_cores, Cout), where
+                                                              tensor_cores, cin_p, Cout), where
     assert (tiles_h, tiles_w, blocks) == (math.ceil(OH / TH), math.ceil(OW / TW), N * tiles_h * tiles_w), where
     assert launches == (5 if se else 1), where  # with SE: pass 1, the merge, 2 excite GEMMs, pass 2
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

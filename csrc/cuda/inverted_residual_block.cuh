@@ -337,11 +337,13 @@ __global__ void __launch_bounds__(kThreads)
 // The tensor-core kernel (float16/bfloat16, sm_80+, Cout <= kTcMaxCout): the same tiles, chunks
 // and steps, with both 1x1 GEMMs as wmma 16x16x16 MMAs (fp32 accumulators) on the 16-bit weights
 // (BlockWeights::we16_t, wp16_t: the op's weights arrive in the input dtype, so these are exact):
-//   1. expand: the input halo (halo_p = halo_n rounded up to 16 rows) staged kTcK channels at a
-//      time in shared memory as the input dtype; warp w owns M tiles w and w + 8 x the chunk's two
-//      N tiles of 16 hidden channels, B read straight from W_e^T in global memory (L2-resident);
-//      the accumulators go to the shared E tile, then + b_e, act, rounding and the zero padding
-//      outside the image as in the CUDA-core kernel.
+//   1. expand: the tile's whole input halo (halo_p = halo_n rounded up to 16 rows, cin_p = Cin
+//      rounded up to 16 channels) is staged once per tile in shared memory as the input dtype (the
+//      CUDA-core kernel restages it per chunk); per chunk, warp w owns M tiles w and w + 8 x the
+//      chunk's two N tiles of 16 hidden channels and walks K in MMA steps of 16 with no barrier, B
+//      read straight from W_e^T in global memory (L2-resident); the accumulators go to the shared
+//      E tile, then + b_e, act, rounding and the zero padding outside the image as in the
+//      CUDA-core kernel.
 //   2. depthwise (TileCtx::depthwise) into D, stored in the input dtype: the A operand of
 //   3. project: 64 output pixels x cout_p channels in fp32 accumulator fragments, warp w owning M
 //      tile w % 4 and N tiles w / 4 + 2 f (f < NF), kept across all chunks (the chunks are the K
@@ -349,8 +351,7 @@ __global__ void __launch_bounds__(kThreads)
 //   Epilogue: the fragments to shared memory (over E and D), then + b_p (+ x) and one store per
 //   output value, consecutive threads along the output's contiguous axis.
 constexpr int kTcP = 64;              // output pixels per tile (4 M tiles)
-constexpr int kTcK = 16;              // input channels per expand MMA step
-constexpr int kTcXLd = kTcK + 8;      // staged halo pitch (16-bit elements): 48 bytes
+constexpr int kTcXPad = 8;           // staged halo pitch: cin_p + 8 16-bit elements (rows 16 bytes apart mod 128)
 constexpr int kTcELd = kBH + 4;       // E pitch (floats)
 constexpr int kTcDLd = kBH + 8;       // D pitch (16-bit elements): 80 bytes
 // 10 N tiles: NF = 5 accumulator fragments per warp (40 registers). NF = 10 (Cout 320, V2's last
@@ -360,11 +361,12 @@ constexpr int64_t kTcMaxCout = 160;
 
 __host__ __device__ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Shared memory of one block of the tensor-core kernel in bytes (halo_n halo pixels, cout_p
-// padded output channels): staged halo, E and D during the chunks, the accumulator tile after.
-inline int64_t tc_smem_bytes(int halo_n, int64_t cout_p) {
+// Shared memory of one block of the tensor-core kernel in bytes (halo_n halo pixels, cin_p padded
+// input channels, 0 without an expand conv, and cout_p padded output channels): staged halo, E and
+// D during the chunks, the accumulator tile after.
+inline int64_t tc_smem_bytes(int halo_n, int64_t cin_p, int64_t cout_p) {
   const int64_t halo_p = round_up(halo_n, 16);
-  const int64_t xs = round_up(halo_p * kTcXLd * 2, 128);
+  const int64_t xs = cin_p > 0 ? round_up(halo_p * (cin_p + kTcXPad) * 2, 128) : 0;
   const int64_t es = round_up(halo_p * kTcELd * 4, 128);
   const int64_t ds = int64_t(kTcP) * kTcDLd * 2;
   const int64_t cs = int64_t(kTcP) * (cout_p + 4) * 4;
@@ -383,9 +385,12 @@ __global__ void __launch_bounds__(kThreads)
   using frag_a = wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major>;
   using frag_b = wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major>;
   const int halo_p = static_cast<int>(round_up(g.halo_n, 16));
+  const int cin_p = g.has_expand ? static_cast<int>(round_up(g.Cin, 16)) : 0;
+  const int xld = cin_p + kTcXPad;
   unsigned char* smem = mk_ir_block_smem;
-  scalar_t* xs = reinterpret_cast<scalar_t*>(smem);                                  // [halo_p][kTcXLd]
-  float* es = reinterpret_cast<float*>(smem + round_up(int64_t(halo_p) * kTcXLd * 2, 128));  // [halo_p][kTcELd]
+  scalar_t* xs = reinterpret_cast<scalar_t*>(smem);  // [halo_p][xld]
+  float* es = reinterpret_cast<float*>(smem + (cin_p > 0 ? round_up(int64_t(halo_p) * xld * 2, 128) : 0));
+  // es: [halo_p][kTcELd]
   scalar_t* ds = reinterpret_cast<scalar_t*>(reinterpret_cast<unsigned char*>(es) +
                                              round_up(int64_t(halo_p) * kTcELd * 4, 128));  // [kTcP][kTcDLd]
   const TileCtx<scalar_t> tc(g, x);
@@ -397,6 +402,10 @@ __global__ void __launch_bounds__(kThreads)
   frag_acc acc[NF];
 #pragma unroll
   for (int f = 0; f < NF; ++f) wmma::fill_fragment(acc[f], 0.0f);
+  if (g.has_expand) {  // the whole input halo, once: every chunk's expand reads it
+    tc.stage_halo(xs, xld, halo_p, cin_p, 0, g.Cin);
+    __syncthreads();
+  }
 
   for (int64_t h0 = 0; h0 < g.Chid; h0 += kBH) {
     // ---- 1. E = the chunk of the expanded tensor over the halo
@@ -407,9 +416,7 @@ __global__ void __launch_bounds__(kThreads)
         wmma::fill_fragment(e[i][0], 0.0f);
         wmma::fill_fragment(e[i][1], 0.0f);
       }
-      for (int64_t k0 = 0; k0 < g.Cin; k0 += kTcK) {
-        tc.stage_halo(xs, kTcXLd, halo_p, kTcK, k0, g.Cin);
-        __syncthreads();
+      for (int k0 = 0; k0 < cin_p; k0 += 16) {
         frag_b b[2];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -421,11 +428,10 @@ __global__ void __launch_bounds__(kThreads)
           const int m = warp + 8 * i;
           if (m >= m_tiles) break;  // warp-uniform
           frag_a a;
-          wmma::load_matrix_sync(a, reinterpret_cast<const mma_t*>(xs) + m * 16 * kTcXLd, kTcXLd);
+          wmma::load_matrix_sync(a, reinterpret_cast<const mma_t*>(xs) + m * 16 * xld + k0, xld);
           wmma::mma_sync(e[i][0], a, b[0], e[i][0]);
           wmma::mma_sync(e[i][1], a, b[1], e[i][1]);
         }
-        __syncthreads();  // xs is restaged by the next step
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
@@ -636,7 +642,8 @@ BlockKernel<scalar_t> plan_cuda_cores(const InvertedResidualArgs& a, const at::T
 template <typename scalar_t, int NF, bool kPool>
 BlockKernel<scalar_t> plan_tensor_cores(const InvertedResidualArgs& a, const at::Tensor& out, int64_t smem_limit) {
   const int64_t cout_p = round_up(a.Cout, 16);
-  const auto bytes = [&](int halo_n) { return tc_smem_bytes(halo_n, kPool ? 0 : cout_p); };
+  const int64_t cin_p = a.has_expand() ? round_up(a.Cin, 16) : 0;
+  const auto bytes = [&](int halo_n) { return tc_smem_bytes(halo_n, cin_p, kPool ? 0 : cout_p); };
   BlockKernel<scalar_t> k = finish_plan<scalar_t>(a, out, pick_tile(a, kTcP, bytes, smem_limit));
   k.g.chid_p = round_up(a.Chid, kBH);
   k.g.cout_p = cout_p;
