@@ -5,14 +5,14 @@ act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
 
 - Inference: in eval mode, with no gradient needed, every BatchNorm is folded into the conv before
   it (nn.conv_bn_act). Where a whole-block kernel is known to pay (Triton; "cuda" on CPU tensors
-  for k3 and k5 blocks with an expand conv; "cuda" on CUDA tensors once USE_CUDA_BLOCK_KERNEL is
-  set) the block runs as that one kernel (functional.inverted_residual_eval: the expanded tensor
-  never reaches memory; a block with squeeze-excite runs it twice, the first pass emitting only
-  the pooled means). Otherwise the 1x1 convs run as GEMMs with the bias and
-  the activation (expand) or the residual add (project) in their epilogue
-  (functional.pointwise_conv2d), the depthwise conv with the fold in its weights and the
-  activation in its epilogue. Folds are cached while no parameter or running statistic changes,
-  and traced into the graph under torch.compile.
+  for k3 and k5 blocks with an expand conv and no squeeze-excite; "cuda" on CUDA tensors once
+  USE_CUDA_BLOCK_KERNEL is set) the block runs as that one kernel
+  (functional.inverted_residual_eval: the expanded tensor never reaches memory; a block with
+  squeeze-excite runs it twice, the first pass emitting only the pooled means). Otherwise the 1x1
+  convs run as GEMMs with the bias and the activation (expand) or the residual add (project) in
+  their epilogue (functional.pointwise_conv2d), the depthwise conv with the fold in its weights
+  and the activation in its epilogue. Folds are cached while no parameter or running statistic
+  changes, and traced into the graph under torch.compile.
 - Training: the 1x1 convs' GEMM epilogues emit the BatchNorm statistics
   (functional.pointwise_conv2d_bn_act), as the depthwise conv's do.
 - ``recompute=True`` keeps only the block's input for backward and recomputes the
@@ -102,7 +102,7 @@ class _InvertedResidualBase(nn.Module):
         BatchNorm folded: folded_conv_weights), a depthwise conv with a square odd kernel and "same" padding, 1x1 expand/project convs, one
         activation on the expanded side, and a backend with a whole-block kernel for the input's
         device that is known to pay (Triton; "cuda" on CPU tensors for k3 and k5 blocks with an expand
-        conv; "cuda" on CUDA tensors with USE_CUDA_BLOCK_KERNEL)."""
+        conv and no squeeze-excite; "cuda" on CUDA tensors with USE_CUDA_BLOCK_KERNEL)."""
         expanded_side, project_conv, project_bn = self._parts()
         se = None
         if expanded_side and isinstance(expanded_side[-1], SqueezeExcitation):
@@ -124,8 +124,11 @@ class _InvertedResidualBase(nn.Module):
         # faster than op by op for k3 (V2's blocks) and about 10% faster on average for k5 (V3-Large's
         # k5 shapes without SE, 1 and 2 threads, batch 1 and 8; the widest at par). Without an expand
         # conv it was at par on average (slower at batch 1 for 16 channels), so those run op by op;
-        # k7 has not been timed.
-        cpu_kernel_pays = name == "cuda" and input.device.type == "cpu" and bool(expand) and k in (3, 5)
+        # k7 has not been timed. With squeeze-excite, its two passes (the expand GEMM computed twice)
+        # took 1.2-1.5x the op-by-op block's time (benchmarks/results/inverted_residual_cpu*.json),
+        # so those run op by op too.
+        cpu_kernel_pays = (name == "cuda" and input.device.type == "cpu" and bool(expand) and k in (3, 5)
+                           and se is None)
         cuda_kernel_pays = name == "cuda" and input.device.type == "cuda" and USE_CUDA_BLOCK_KERNEL
         if not (name == "triton" or cpu_kernel_pays or cuda_kernel_pays) or project_conv.out_channels > 512:
             return None
