@@ -93,27 +93,16 @@ void launch(const InvertedResidualArgs& a, at::Tensor& out) {
   const at::Tensor wd_t = a.dw_weight.t().contiguous();       // (k * k, Chid): taps read along Chid
   at::Tensor we16, wp16;
   if (ks.tensor_cores) std::tie(we16, wp16) = tensor_core_weights(a, ks.main.g);
-  const BlockWeights<scalar_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
-                                 a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
-                                 wd_t.data_ptr<acc_t>(),
-                                 a.dw_bias.data_ptr<acc_t>(),
-                                 wp_t.data_ptr<acc_t>(),
-                                 a.project_bias.data_ptr<acc_t>(),
-                                 we16.defined() ? we16.data_ptr<scalar_t>() : nullptr,
-                                 wp16.defined() ? wp16.data_ptr<scalar_t>() : nullptr};
+  const BlockWeights<scalar_t> w = block_weights<scalar_t>(a, wd_t, wp_t, we16, wp16);
   C10_CUDA_CHECK(cudaFuncSetAttribute(ks.main.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(ks.main.smem_bytes)));
   at::Tensor scratch;
   se::ExciteParams<acc_t> excite{};
   if (a.has_se()) {
-    TORCH_CHECK_VALUE(se::excite_sizes_fit(a.N, a.Chid, a.S), "input: the excite step takes int sizes, got N = ", a.N,
-                      ", ", a.Chid, " hidden and ", a.S, " squeeze channels");
+    excite = excite_params<acc_t>(a);
     C10_CUDA_CHECK(cudaFuncSetAttribute(ks.pool.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(ks.pool.smem_bytes)));
     scratch = at::empty({se_scratch_elems(a, ks.pool)}, a.se_w1.options());
-    excite = {a.se_w1.data_ptr<acc_t>(), a.se_b1.data_ptr<acc_t>(), a.se_w2.data_ptr<acc_t>(),
-              a.se_b2.data_ptr<acc_t>(), static_cast<int>(a.N), static_cast<int>(a.Chid), static_cast<int>(a.S),
-              a.se_act, a.se_scale_act};
   }
   forward_steps<scalar_t>(a, ks, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
                           out.data_ptr<scalar_t>(), scratch.defined() ? scratch.data_ptr<acc_t>() : nullptr,

@@ -701,6 +701,31 @@ inline std::pair<at::Tensor, at::Tensor> tensor_core_weights(const InvertedResid
   return {we, wp};
 }
 
+// The kernels' view of the prepared block's weights: wd_t, wp_t the launcher's transposes; we16,
+// wp16 tensor_core_weights' copies, or undefined for the CUDA-core kernel.
+template <typename scalar_t>
+BlockWeights<scalar_t> block_weights(const InvertedResidualArgs& a, const at::Tensor& wd_t, const at::Tensor& wp_t,
+                                     const at::Tensor& we16, const at::Tensor& wp16) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return {a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
+          a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
+          wd_t.data_ptr<acc_t>(),
+          a.dw_bias.data_ptr<acc_t>(),
+          wp_t.data_ptr<acc_t>(),
+          a.project_bias.data_ptr<acc_t>(),
+          we16.defined() ? we16.data_ptr<scalar_t>() : nullptr,
+          wp16.defined() ? wp16.data_ptr<scalar_t>() : nullptr};
+}
+
+// The excite step's parameters of a squeeze-excite block (a.has_se()).
+template <typename acc_t>
+se::ExciteParams<acc_t> excite_params(const InvertedResidualArgs& a) {
+  TORCH_CHECK_VALUE(se::excite_sizes_fit(a.N, a.Chid, a.S), "input: the excite step takes int sizes, got N = ", a.N,
+                    ", ", a.Chid, " hidden and ", a.S, " squeeze channels");
+  return {a.se_w1.data_ptr<acc_t>(), a.se_b1.data_ptr<acc_t>(), a.se_w2.data_ptr<acc_t>(), a.se_b2.data_ptr<acc_t>(),
+          static_cast<int>(a.N), static_cast<int>(a.Chid), static_cast<int>(a.S), a.se_act, a.se_scale_act};
+}
+
 // Squeeze-excite blocks: pooled[n, h] = (sum over the tiles of image n, in tile order, of
 // tile_sums[n * tiles + tile, h]) * inv_count; one thread per (n, h), consecutive threads along h.
 template <typename acc_t>

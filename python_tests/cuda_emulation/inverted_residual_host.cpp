@@ -48,21 +48,12 @@ std::vector<int64_t> launch(const mk::InvertedResidualArgs& a, at::Tensor& y, co
     we16 = mk_emu::in_guarded_buffer(we16, kGuardElems, kNaN);
     wp16 = mk_emu::in_guarded_buffer(wp16, kGuardElems, kNaN);
   }
-  const irb::BlockWeights<scalar_t> w{a.has_expand() ? a.expand_weight.data_ptr<acc_t>() : nullptr,
-                                      a.has_expand() ? a.expand_bias.data_ptr<acc_t>() : nullptr,
-                                      wd_t.data_ptr<acc_t>(),
-                                      a.dw_bias.data_ptr<acc_t>(),
-                                      wp_t.data_ptr<acc_t>(),
-                                      a.project_bias.data_ptr<acc_t>(),
-                                      we16.defined() ? we16.data_ptr<scalar_t>() : nullptr,
-                                      wp16.defined() ? wp16.data_ptr<scalar_t>() : nullptr};
+  const irb::BlockWeights<scalar_t> w = irb::block_weights<scalar_t>(a, wd_t, wp_t, we16, wp16);
   at::Tensor scratch;
   mk::cuda::se::ExciteParams<acc_t> excite{};
   if (a.has_se()) {
+    excite = irb::excite_params<acc_t>(a);
     scratch = guarded_nan(at::empty({irb::se_scratch_elems(a, ks.pool)}, a.se_w1.options()));
-    excite = {a.se_w1.data_ptr<acc_t>(), a.se_b1.data_ptr<acc_t>(), a.se_w2.data_ptr<acc_t>(),
-              a.se_b2.data_ptr<acc_t>(), static_cast<int>(a.N), static_cast<int>(a.Chid), static_cast<int>(a.S),
-              a.se_act, a.se_scale_act};
   }
   int launches = 0;
   irb::forward_steps<scalar_t>(a, ks, w, a.has_se() ? &excite : nullptr, a.input.data_ptr<scalar_t>(),
