@@ -1,7 +1,8 @@
 """pytest-benchmark micro-benchmarks of inverted_residual_eval on the CPU: eager PyTorch (the folded
-block op by op: 1x1 conv + act, depthwise conv + act, 1x1 conv + residual) against our "cuda" backend
-(on a CPU: the C++ kernels, op by op), on the first two MobileNetV3-Small blocks (the first with squeeze-excite, no expand conv: op by op in
-the models on the CPU; the second without).
+block op by op: 1x1 conv + act, depthwise conv + act, squeeze-excite, 1x1 conv + residual) against
+our "cuda" backend (on a CPU: the C++ whole-block kernel, two passes for a squeeze-excite block), on
+the first two MobileNetV3-Small blocks (the first with squeeze-excite and no expand conv, the second
+without squeeze-excite).
 
     pytest benchmarks --benchmark-only
 
@@ -36,7 +37,8 @@ def _one_thread():
 
 @pytest.mark.parametrize("provider", ["eager", "cuda"])
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"{layer[0]}-{layer[1]}-{layer[2]}-{layer[3]}x{layer[4]}"
-                         f"-k{layer[5]}s{layer[6]}" + ("-res" if layer[9] else "") + (f"-se{layer[10]}" if layer[10] else ""))
+                         f"-k{layer[5]}s{layer[6]}" + ("-res" if layer[9] else "")
+                         + (f"-se{layer[10]}" if layer[10] else ""))
 def test_inverted_residual_eval(benchmark, layer, provider):
     if provider != "eager" and (reason := backends.unusable_reason(provider, "cpu")):
         pytest.skip(reason)

@@ -48,9 +48,11 @@
 //   sums of D (in pixel order), merged over the bands in order into the means; the squeeze-excite
 //   op's excite step (cpu::squeeze_excite_scale) makes the (N, Chid) scale; pass 2 multiplies D by
 //   it before step 3. Pass 1 recomputes the expand and depthwise stages (2x their FLOPs).
-// Limits: inference only (no autograd formula); a band always spans the whole image width, so very wide images with many hidden channels get
-//   one-row bands whose buffers exceed L2 (still correct); NaN/Inf propagate as BLAS computes them.
-//   Sigmoid/SiLU call ::exp per element.
+// Limits: inference only (no autograd formula); a band always spans the whole image width, so very
+//   wide images with many hidden channels get one-row bands whose buffers exceed L2 (still
+//   correct); NaN/Inf propagate as BLAS computes them. Sigmoid/SiLU call ::exp per element. The
+//   models run squeeze-excite blocks op by op on the CPU: the two passes measured slower
+//   (benchmarks/results/inverted_residual_cpu*.json).
 #pragma once
 
 #include <ATen/Dispatch.h>

@@ -54,7 +54,8 @@ def eager(x, we, be, wd, bd, wp, bp, stride, dilation, act, residual, se=None):
 def providers(compile_modes: list[str], backends: list[str]) -> dict[str, Callable]:
     """``fn(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
     dilation, activation, residual, se)`` per provider: eager, torch.compile per mode, each of our
-    ``backends`` (the whole-block op) and, as ``<backend>_ops``, each of them op by op; expand_weight/bias None for a block without an expand conv, se the squeeze-excite's
+    ``backends`` (the whole-block op) and, as ``<backend>_ops``, each of them op by op;
+    expand_weight/bias None for a block without an expand conv, se the squeeze-excite's
     (fc1_weight, fc1_bias, fc2_weight, fc2_bias) or None."""
     found = {"eager": eager, **compiled_providers(eager, compile_modes)}
     for name in backends:
@@ -107,7 +108,8 @@ def case(provs: dict[str, Callable], layer: tuple, batch: int, dtype_name: str, 
     unfused = (x_bytes + 2 * hidden + (5 if squeeze else 2) * hidden_out + y_bytes + (x_bytes if residual else 0)
                + weight_bytes)
     row = {"Cin": Cin, "Chid": Chid, "Cout": Cout, "H": H, "W": W, "k": k, "stride": stride, "dilation": dilation,
-           "activation": act, "residual": residual, "squeeze": squeeze, "batch": batch, "dtype": dtype_name, "layout": layout,
+           "activation": act, "residual": residual, "squeeze": squeeze, "batch": batch, "dtype": dtype_name,
+           "layout": layout,
            "mode": "forward", "bytes": bytes_moved, "unfused_bytes": unfused, "MB": bytes_moved / 1e6,
            "unfused_MB": unfused / 1e6}
 

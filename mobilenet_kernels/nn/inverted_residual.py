@@ -99,10 +99,11 @@ class _InvertedResidualBase(nn.Module):
         """The block as one kernel that keeps the expanded tensor on chip
         (functional.inverted_residual_eval; with a squeeze-excite after the depthwise conv, two
         passes of it), where that applies, else None: eval mode with no gradient needed (every
-        BatchNorm folded: folded_conv_weights), a depthwise conv with a square odd kernel and "same" padding, 1x1 expand/project convs, one
-        activation on the expanded side, and a backend with a whole-block kernel for the input's
-        device that is known to pay (Triton; "cuda" on CPU tensors for k3 and k5 blocks with an expand
-        conv and no squeeze-excite; "cuda" on CUDA tensors with USE_CUDA_BLOCK_KERNEL)."""
+        BatchNorm folded: folded_conv_weights), a depthwise conv with a square odd kernel and "same"
+        padding, 1x1 expand/project convs, one activation on the expanded side, and a backend with a
+        whole-block kernel for the input's device that is known to pay (Triton; "cuda" on CPU
+        tensors for k3 and k5 blocks with an expand conv and no squeeze-excite; "cuda" on CUDA
+        tensors with USE_CUDA_BLOCK_KERNEL)."""
         expanded_side, project_conv, project_bn = self._parts()
         se = None
         if expanded_side and isinstance(expanded_side[-1], SqueezeExcitation):
