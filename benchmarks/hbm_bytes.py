@@ -9,8 +9,8 @@ forwards before it: Triton's JIT, cuDNN's plans, our BatchNorm folds). ncu flush
 each kernel (its default), as the model assumes.
 
 Variants: torchvision (eager), ours[cuda] (op by op), ours[cuda] + block kernel (the CUDA whole-block
-kernel for the blocks without squeeze-excite: USE_CUDA_BLOCK_KERNEL), ours[triton] (the Triton
-whole-block kernel, used by default).
+kernel for every block, two passes for those with squeeze-excite: USE_CUDA_BLOCK_KERNEL),
+ours[triton] (the Triton whole-block kernel, used by default).
 
 Writes OUT/NAME.json ("op": "hbm_bytes", one row per model and variant) and OUT/NAME.md. Without a
 GPU or ncu the rows carry the byte model only.
