@@ -89,17 +89,21 @@ for C in json.loads(sys.argv[1]):
              BLOCK_CO=P._block(C, 64), BLOCK_CI=P._block(Ci, 64)),
         dict(M=M, HW=H * H, Co=C, Ci=Ci, ITERS=4, stride_gn=H * H * C, stride_gp=C, stride_gc=1,
              stride_xn=H * H * Ci, stride_xp=Ci, stride_xc=1))
-    # The whole block Ci -> C -> Ci, k5 s1 with the residual, eval (BatchNorm folded).
+    # The whole block Ci -> C -> Ci, k5 s1 with the residual, eval (BatchNorm folded); with a
+    # squeeze-excite, its pass 1 (POOL: per-tile channel sums) and pass 2 (SCALED) too.
     th, tw, halo_w, halo_n, halo_p = I._tile(H, H, 1, 5, 1)
-    found[f"inverted_residual {Ci}->{C}->{Ci}"] = compile_loads(
-        I._inverted_residual_eval_kernel,
-        {"x_ptr": "*bf16", "we_ptr": "*bf16", "be_ptr": "*fp32", "wd_ptr": "*fp32", "bd_ptr": "*fp32", "wp_ptr": "*bf16",
-         "bp_ptr": "*fp32", "y_ptr": "*bf16", "scratch_ptr": "*fp32"},
-        dict(KS=5, STRIDE=1, DIL=1, TH=th, TW=tw, HALO_W=halo_w, HALO_N=halo_n, HALO_P=halo_p, HAS_EXPAND=True,
-             RESIDUAL=True, ACT=3, IEEE=False, CIN_MULT=cm(Ci), HID_MULT=cm(C), CO_MULT=cm(Ci), X_MULT=cm(Ci),
-             Y_MULT=cm(Ci), BLOCK_P=max(16, triton.next_power_of_2(th * tw)), BLOCK_H=32, BLOCK_K=64, BLOCK_CO=64),
-        dict(N=N, Cin=Ci, Chid=C, Cout=Ci, H=H, W=H, OH=H, OW=H, PAD=2, TILES_H=H // th, TILES_W=H // tw,
-             sxn=H * H * Ci, sxc=1, sxh=H * Ci, sxw=Ci, syn=H * H * Ci, syc=1, syh=H * Ci, syw=Ci))
+    for what, pool, scaled in (("", False, False), (" SE pass 1", True, False), (" SE pass 2", False, True)):
+        found[f"inverted_residual {Ci}->{C}->{Ci}{what}"] = compile_loads(
+            I._inverted_residual_eval_kernel,
+            {"x_ptr": "*bf16", "we_ptr": "*bf16", "be_ptr": "*fp32", "wd_ptr": "*fp32", "bd_ptr": "*fp32",
+             "wp_ptr": "*bf16", "bp_ptr": "*fp32", "y_ptr": "*bf16", "scratch_ptr": "*fp32", "scale_ptr": "*fp32",
+             "part_ptr": "*fp32"},
+            dict(KS=5, STRIDE=1, DIL=1, TH=th, TW=tw, HALO_W=halo_w, HALO_N=halo_n, HALO_P=halo_p, HAS_EXPAND=True,
+                 RESIDUAL=True, ACT=3, IEEE=False, POOL=pool, SCALED=scaled, CIN_MULT=cm(Ci), HID_MULT=cm(C),
+                 CO_MULT=cm(Ci), X_MULT=cm(Ci), Y_MULT=cm(Ci), BLOCK_P=max(16, triton.next_power_of_2(th * tw)),
+                 BLOCK_H=32, BLOCK_K=64, BLOCK_CO=64),
+            dict(N=N, Cin=Ci, Chid=C, Cout=Ci, H=H, W=H, OH=H, OW=H, PAD=2, TILES_H=H // th, TILES_W=H // tw,
+                 sxn=H * H * Ci, sxc=1, sxh=H * Ci, sxw=Ci, syn=H * H * Ci, syc=1, syh=H * Ci, syw=Ci))
 print(json.dumps(found))
 """
 
@@ -111,9 +115,10 @@ _ONCE_PER_PROGRAM = {"inverted_residual": 1}
 
 def test_channels_last_kernels_load_16_byte_vectors():
     """The depthwise forward (k5), the BatchNorm eval forward, the squeeze-excite apply pass, the
-    pointwise GEMMs (forward, grad_input, grad_weight) and the whole-block kernel, bf16 channels_last
-    at C = 120, 72 (multiples of 8, not 16) and 960 (the GEMMs from and the blocks around 40
-    channels): every global load of activations and weights a vector or a 16-byte cp.async."""
+    pointwise GEMMs (forward, grad_input, grad_weight) and the whole-block kernel (and its two
+    squeeze-excite passes), bf16 channels_last at C = 120, 72 (multiples of 8, not 16) and 960 (the
+    GEMMs from and the blocks around 40 channels): every global load of activations and weights a
+    vector or a 16-byte cp.async."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     run = subprocess.run([sys.executable, "-c", _SCRIPT, "[120, 72, 960]"], env=env, capture_output=True, text=True,
@@ -122,7 +127,7 @@ def test_channels_last_kernels_load_16_byte_vectors():
         pytest.skip(f"this triton cannot compile for CUDA here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(found) == 9 + 3 * 4
+    assert len(found) == 9 + 3 * 6
     for case, loads in found.items():
         scalar = [ld for ld in loads if ld.startswith("ld.") and not re.search(r"\.v[248]\.", ld)]
         allowed = next((n for prefix, n in _ONCE_PER_PROGRAM.items() if case.startswith(prefix)), 0)
