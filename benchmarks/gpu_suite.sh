@@ -53,10 +53,12 @@
 # rows); ncu_pw (90 s)
 # profiles the first 16 launches of our pointwise GEMM over V2's 1x1 convs (report in suite.log).
 # bench_block (90 s): inverted_residual_eval over the blocks of V3-Large (squeeze-excite ones
-# included: two passes of the block kernel) and V2, batch 1 and 256, bf16 channels_last, forward under no_grad, against the op-by-op eager block
-# and its torch.compile; its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB).
-# Both compile every shape
-# (seconds each): when the limit cuts them off, the rows measured so far are kept.
+# included: two passes of the block kernel) and V2, batch 1 and 256, bf16 channels_last, forward
+# under no_grad: each backend's whole-block kernel against the same backend op by op (cuda_ops,
+# triton_ops: what the models run otherwise) and the eager op-by-op block; no torch.compile rows
+# (each shape compiles for seconds, which the 90 s would spend on them; bench_model has the
+# model-level compile rows). Its rows carry the block's bytes and the op-by-op bytes (MB, unfused_MB); when the
+# limit cuts it off, the rows measured so far are kept.
 # loss_curves: issue 7's bf16 training curves, ours against eager within the seeds' noise (below).
 # bench_model: V3-Large and V2, training at batch 256 and inference at 1 and 256, 224², bf16 AMP,
 # channels_last, torchvision eager against ours on the cuda and triton backends, with recompute, and
@@ -177,7 +179,7 @@ if command -v ncu >/dev/null && want ncu_pw; then
     --quiet --no-compile --mode forward --models mobilenet_v2 --out "$(mktemp -d)" >>"$OUT/suite.log" 2>&1
   echo "=== ncu_pw rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
 fi
-step bench_block 90 $PY benchmarks/bench_inverted_residual.py --quiet --no-autotune --out "$OUT" \
+step bench_block 90 $PY benchmarks/bench_inverted_residual.py --quiet --no-compile --out "$OUT" \
   --name "inverted_residual_${GPU_TAG}"
 PROFILE_ARGS=()
 [ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
