@@ -44,10 +44,14 @@
 //   cpu::inverted_residual_forward<A> at every dtype), compiled side by side; the op and its
 //   registration are in inverted_residual.cpp.
 // Squeeze-excite (V3's blocks): its pooling needs the whole depthwise output before the first
-//   projection, so the kernel runs twice: pass 1 stops after step 2 and writes each task's channel
-//   sums of D (in pixel order), merged over the bands in order into the means; the squeeze-excite
-//   op's excite step (cpu::squeeze_excite_scale) makes the (N, Chid) scale; pass 2 multiplies D by
-//   it before step 3. Pass 1 recomputes the expand and depthwise stages (2x their FLOPs).
+//   projection, so the tasks run twice: pass 1 runs steps 1 and 2 into a block-wide D store (N,
+//   OH * OW, Chp) and writes each task's channel sums of D (in pixel order), merged over the bands
+//   in order into the means; the squeeze-excite op's excite step (cpu::squeeze_excite_scale) makes
+//   the (N, Chid) scale; pass 2 reads its band's D back, multiplies it by the scale and runs step
+//   3. Unlike the GPU kernels' pass 2 it does not recompute steps 1 and 2: on a CPU the expand
+//   GEMM costs more than D's round trip (a recomputing version measured 0.68-0.83x the op-by-op
+//   block). The expanded tensor still never reaches memory; D is written and read once (op by op:
+//   written twice, read three times).
 // Limits: inference only (no autograd formula); a band always spans the whole image width, so very
 //   wide images with many hidden channels get one-row bands whose buffers exceed L2 (still
 //   correct); NaN/Inf propagate as BLAS computes them. Sigmoid/SiLU call ::exp per element. The
@@ -158,11 +162,12 @@ struct InvertedResidualKernel {
   const acc_t* wp = nullptr;  // (Cout, Chid)
   const acc_t* bp = nullptr;  // (Cout,)
   DepthwiseStage<acc_t> dw;
-  // Squeeze-excite blocks run two passes: pass 1 (pool) stops after the depthwise stage and writes
-  // each task's channel sums of D to sums[task] (Chid each); pass 2 scales D by scale[n] (Chid
-  // each) before the projection.
-  acc_t* sums = nullptr;         // (N * bands, Chid); pass 1 only
-  const acc_t* scale = nullptr;  // (N, Chid) or null
+  // Squeeze-excite blocks run two passes over the tasks: pass 1 (sums set) computes D into the
+  // block-wide dstore and writes each task's channel sums of it to sums[task] (Chid each); pass 2
+  // (scale set) reads its D back from dstore, scales it by scale[n] (Chid each) and projects.
+  acc_t* sums = nullptr;          // (N * bands, Chid); pass 1 only
+  const acc_t* scale = nullptr;   // (N, Chid) or null
+  acc_t* dstore = nullptr;        // (N, OH * OW, Chp): D of every band; squeeze-excite only
 
   // Staging of the input rows as float, only for half types with an expand conv.
   bool needs_staging() const { return has_expand && !kDirect; }
@@ -315,14 +320,17 @@ struct InvertedResidualKernel {
       const int64_t bh = std::min(band, OH - oh0);
       const int64_t first = oh0 * s - pad, last = (oh0 + bh - 1) * s - pad + (k - 1) * d;  // input rows read
       const int64_t r0 = std::max<int64_t>(0, first), r1 = std::min(H, last + 1);
-      expand(n, r0, std::max<int64_t>(0, r1 - r0), E, xs);
-      depthwise(oh0, bh, r0, E, D, offs.data());
+      acc_t* Dt = dstore != nullptr ? dstore + (n * OH + oh0) * OW * Chp : D;  // this band's D
+      if (scale == nullptr) {  // pass 2 of a squeeze-excite block reads pass 1's D instead
+        expand(n, r0, std::max<int64_t>(0, r1 - r0), E, xs);
+        depthwise(oh0, bh, r0, E, Dt, offs.data());
+      }
       if (sums != nullptr) {
-        column_sums(D, bh * OW, sums + t * Chid);
+        column_sums(Dt, bh * OW, sums + t * Chid);
         continue;
       }
-      if (scale != nullptr) scale_rows(D, bh * OW, scale + n * Chid);
-      project(n, oh0, bh, D, P);
+      if (scale != nullptr) scale_rows(Dt, bh * OW, scale + n * Chid);
+      project(n, oh0, bh, Dt, P);
     }
   }
 };
@@ -390,11 +398,14 @@ void run_inverted_residual(const InvertedResidualArgs& a, at::Tensor& out) {
   kr.dw.bd = bd.data_ptr<acc_t>();
   kr.wp = a.project_weight.data_ptr<acc_t>();
   kr.bp = a.project_bias.data_ptr<acc_t>();
-  at::Tensor scale;
+  at::Tensor scale, dstore;
   if (a.has_se()) {
-    // Pass 1: per-band channel sums of D, merged over the bands in order into the means (N, Chid);
-    // the squeeze-excite op's excite step turns them into the scale.
+    // Pass 1: D of every band into dstore, and per-band channel sums of it, merged over the bands
+    // in order into the means (N, Chid); the squeeze-excite op's excite step turns them into the
+    // scale for pass 2.
     const at::Tensor sums = at::empty({a.N * kr.bands, a.Chid}, acc_opts);
+    dstore = at::empty({std::max<int64_t>(1, a.N * a.OH * a.OW * kr.Chp)}, acc_opts);
+    kr.dstore = dstore.data_ptr<acc_t>();
     kr.sums = sums.data_ptr<acc_t>();
     parallel_run(kr, a.N * kr.bands);
     kr.sums = nullptr;

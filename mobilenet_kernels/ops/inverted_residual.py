@@ -12,8 +12,10 @@ first projection, so every backend runs two passes of the block kernel: pass 1 c
 tensor and the depthwise output tile by tile and writes only per-tile channel sums, which are
 merged in a fixed order into the (N, Chid) means; the excite step (squeeze_excite's) turns them
 into the (N, Chid) scale; pass 2 is the block with the depthwise output scaled before the
-projection. Bytes: twice the input read, the output written once; the hidden tensors never reach
-memory (op by op, they are written three times and read four).
+projection. Bytes (Triton, CUDA): twice the input read, the output written once; the hidden
+tensors never reach memory (op by op, they are written three times and read four). The C++ CPU
+kernel keeps pass 1's depthwise output and reads it back in pass 2 instead of recomputing it (a
+CPU is compute-bound there: csrc/cpu/inverted_residual_kernels.h).
 
 Inference only: the op has no autograd formula; the modules call it only when no gradient is
 needed (nn.inverted_residual).
