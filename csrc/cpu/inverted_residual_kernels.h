@@ -50,13 +50,13 @@
 //   the (N, Chid) scale; pass 2 reads its band's D back, multiplies it by the scale and runs step
 //   3. Unlike the GPU kernels' pass 2 it does not recompute steps 1 and 2: on a CPU the expand
 //   GEMM costs more than D's round trip (a recomputing version measured 0.68-0.83x the op-by-op
-//   block). The expanded tensor still never reaches memory; D is written and read once (op by op:
-//   written twice, read three times).
+//   block, this one 1.07-1.16x: benchmarks/results/inverted_residual_cpu*.json). The expanded
+//   tensor still never reaches memory; D is written and read once (op by op: written twice, read
+//   three times).
 // Limits: inference only (no autograd formula); a band always spans the whole image width, so very
 //   wide images with many hidden channels get one-row bands whose buffers exceed L2 (still
-//   correct); NaN/Inf propagate as BLAS computes them. Sigmoid/SiLU call ::exp per element. The
-//   models run squeeze-excite blocks op by op on the CPU: the two passes measured slower
-//   (benchmarks/results/inverted_residual_cpu*.json).
+//   correct); NaN/Inf propagate as BLAS computes them. Sigmoid/SiLU call ::exp per element. The D
+//   store of a squeeze-excite block holds the whole depthwise output (as op by op).
 #pragma once
 
 #include <ATen/Dispatch.h>

@@ -5,7 +5,7 @@ act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
 
 - Inference: in eval mode, with no gradient needed, every BatchNorm is folded into the conv before
   it (nn.conv_bn_act). Where a whole-block kernel is known to pay (Triton; "cuda" on CPU tensors
-  for k3 and k5 blocks with an expand conv and no squeeze-excite; "cuda" on CUDA tensors once
+  for k3 and k5 blocks with an expand conv; "cuda" on CUDA tensors once
   USE_CUDA_BLOCK_KERNEL is set) the block runs as that one kernel
   (functional.inverted_residual_eval: the expanded tensor never reaches memory; a block with
   squeeze-excite runs it twice, the first pass emitting only the pooled means). Otherwise the 1x1
@@ -102,8 +102,8 @@ class _InvertedResidualBase(nn.Module):
         BatchNorm folded: folded_conv_weights), a depthwise conv with a square odd kernel and "same"
         padding, 1x1 expand/project convs, one activation on the expanded side, and a backend with a
         whole-block kernel for the input's device that is known to pay (Triton; "cuda" on CPU
-        tensors for k3 and k5 blocks with an expand conv and no squeeze-excite; "cuda" on CUDA
-        tensors with USE_CUDA_BLOCK_KERNEL)."""
+        tensors for k3 and k5 blocks with an expand conv; "cuda" on CUDA tensors with
+        USE_CUDA_BLOCK_KERNEL)."""
         expanded_side, project_conv, project_bn = self._parts()
         se = None
         if expanded_side and isinstance(expanded_side[-1], SqueezeExcitation):
@@ -125,11 +125,10 @@ class _InvertedResidualBase(nn.Module):
         # faster than op by op for k3 (V2's blocks) and about 10% faster on average for k5 (V3-Large's
         # k5 shapes without SE, 1 and 2 threads, batch 1 and 8; the widest at par). Without an expand
         # conv it was at par on average (slower at batch 1 for 16 channels), so those run op by op;
-        # k7 has not been timed. With squeeze-excite, its two passes (the expand GEMM computed twice)
-        # took 1.2-1.5x the op-by-op block's time (benchmarks/results/inverted_residual_cpu*.json),
-        # so those run op by op too.
-        cpu_kernel_pays = (name == "cuda" and input.device.type == "cpu" and bool(expand) and k in (3, 5)
-                           and se is None)
+        # k7 has not been timed. Blocks with squeeze-excite (two passes, the second reading back the
+        # first's depthwise output) measured 1.07-1.16x the op-by-op block on average, the widest
+        # (672 hidden channels) at 0.82-0.99x (benchmarks/results/inverted_residual_cpu*.json).
+        cpu_kernel_pays = name == "cuda" and input.device.type == "cpu" and bool(expand) and k in (3, 5)
         cuda_kernel_pays = name == "cuda" and input.device.type == "cuda" and USE_CUDA_BLOCK_KERNEL
         if not (name == "triton" or cpu_kernel_pays or cuda_kernel_pays) or project_conv.out_channels > 512:
             return None
