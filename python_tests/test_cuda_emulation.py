@@ -526,7 +526,7 @@ def make_ir_block(case, layout, dtype):
 
 
 def tc_smem(halo_n, cin_p, cout_p):
-    """tc_smem_bytes: the tensor-core kernel's staged halo (all cin_p channels; none without an
+    """TcSmem::bytes: the tensor-core kernel's staged halo (all cin_p channels; none without an
     expand conv), E and D, or its accumulator tile."""
     up = lambda v, m: -(-v // m) * m  # noqa: E731
     halo_p = up(halo_n, 16)

@@ -161,6 +161,9 @@ struct TileCtx {
     }
   }
 
+  // Whether output pixel q of the tile lies in the image (the last tiles may overhang it).
+  __device__ __forceinline__ bool in_image(int q) const { return oh0 + q / g.TW < g.OH && ow0 + q % g.TW < g.OW; }
+
   // ---- 3'. squeeze-excite pass 1: the chunk's channel sums of D over the tile's output pixels
   // inside the image, in pixel order, into tile_sums[blockIdx.x * Chid + h0 + h].
   template <typename d_t>
@@ -169,20 +172,19 @@ struct TileCtx {
     if (h < kBH && h0 + h < g.Chid) {
       acc_t sum = acc_t(0);
       for (int q = 0; q < g.TH * g.TW; ++q) {
-        if (oh0 + q / g.TW < g.OH && ow0 + q % g.TW < g.OW) sum += static_cast<acc_t>(ds[q * d_ld + h]);
+        if (in_image(q)) sum += static_cast<acc_t>(ds[q * d_ld + h]);
       }
       tile_sums[static_cast<int64_t>(blockIdx.x) * g.Chid + h0 + h] = sum;
     }
   }
 
-  // Output pixel q of the tile as offsets of y and x (for the residual), or false outside the image.
-  __device__ __forceinline__ bool output_pixel(int q, int64_t& pix_y, int64_t& pix_x) const {
-    const int oh = oh0 + q / g.TW;
-    const int ow = ow0 + q % g.TW;
-    if (oh >= g.OH || ow >= g.OW) return false;
-    pix_y = n * g.ysN + static_cast<int64_t>(oh) * g.ysH + static_cast<int64_t>(ow) * g.ysW;
-    pix_x = static_cast<int64_t>(oh) * g.xsH + static_cast<int64_t>(ow) * g.xsW;
-    return true;
+  // ---- epilogue: y[n, co, output pixel q] = v (the projection with its bias) + x there if
+  // residual, rounded once; nothing for a pixel outside the image.
+  __device__ __forceinline__ void store_output(scalar_t* __restrict__ y, int q, int64_t co, acc_t v) const {
+    if (!in_image(q)) return;
+    const int64_t oh = oh0 + q / g.TW, ow = ow0 + q % g.TW;
+    if (g.residual) v += static_cast<acc_t>(xn[co * g.xsC + oh * g.xsH + ow * g.xsW]);
+    y[n * g.ysN + co * g.ysC + oh * g.ysH + ow * g.ysW] = static_cast<scalar_t>(v);
   }
 };
 
@@ -193,7 +195,7 @@ inline int64_t smem_elems(int halo_n, int P) {
          static_cast<int64_t>(P) * kBH;
 }
 
-// The dynamic shared memory of both kernels (BlockPlan::smem_bytes).
+// The dynamic shared memory of both kernels (BlockKernel::smem_bytes).
 MK_DYNAMIC_SMEM(mk_ir_block_smem, 128);
 
 // The CUDA-core kernel (every dtype). kPool: pass 1 of a squeeze-excite block: steps 1 and 2 only,
@@ -319,15 +321,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < PI; ++i) {
       const int q = p_lane + 4 * i;
       if (q >= g.TH * g.TW) break;
-      int64_t pix_y, pix_x;
-      if (!tc.output_pixel(q, pix_y, pix_x)) continue;
 #pragma unroll
       for (int j = 0; j < NCO; ++j) {
         const int64_t co = co_lane + 64 * j;
-        if (co >= g.Cout) continue;
-        acc_t v = acc[i][j] + w.bp[co];
-        if (g.residual) v += static_cast<acc_t>(tc.xn[co * g.xsC + pix_x]);
-        y[pix_y + co * g.ysC] = static_cast<scalar_t>(v);
+        if (co < g.Cout) tc.store_output(y, q, co, acc[i][j] + w.bp[co]);
       }
     }
   }
@@ -351,7 +348,7 @@ __global__ void __launch_bounds__(kThreads)
 //   Epilogue: the fragments to shared memory (over E and D), then + b_p (+ x) and one store per
 //   output value, consecutive threads along the output's contiguous axis.
 constexpr int kTcP = 64;              // output pixels per tile (4 M tiles)
-constexpr int kTcXPad = 8;           // staged halo pitch: cin_p + 8 16-bit elements (rows 16 bytes apart mod 128)
+constexpr int kTcXPad = 8;            // staged halo pitch: cin_p + 8 16-bit elements
 constexpr int kTcELd = kBH + 4;       // E pitch (floats)
 constexpr int kTcDLd = kBH + 8;       // D pitch (16-bit elements): 80 bytes
 // 10 N tiles: NF = 5 accumulator fragments per warp (40 registers). NF = 10 (Cout 320, V2's last
@@ -361,17 +358,23 @@ constexpr int64_t kTcMaxCout = 160;
 
 __host__ __device__ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Shared memory of one block of the tensor-core kernel in bytes (halo_n halo pixels, cin_p padded
-// input channels, 0 without an expand conv, and cout_p padded output channels): staged halo, E and
-// D during the chunks, the accumulator tile after.
-inline int64_t tc_smem_bytes(int halo_n, int64_t cin_p, int64_t cout_p) {
-  const int64_t halo_p = round_up(halo_n, 16);
-  const int64_t xs = cin_p > 0 ? round_up(halo_p * (cin_p + kTcXPad) * 2, 128) : 0;
-  const int64_t es = round_up(halo_p * kTcELd * 4, 128);
-  const int64_t ds = int64_t(kTcP) * kTcDLd * 2;
-  const int64_t cs = int64_t(kTcP) * (cout_p + 4) * 4;
-  return std::max(xs + es + ds, cs);
-}
+// The shared memory of one block of the tensor-core kernel, for the kernel's pointers and the
+// plan's byte count alike: halo_n halo pixels, cin_p padded input channels (0 without an expand
+// conv), cout_p padded output channels (0 for pass 1). The staged halo [halo_p][xld], E
+// [halo_p][kTcELd] and D [kTcP][kTcDLd] during the chunks (each 128-byte aligned), the accumulator
+// tile [kTcP][cout_p + 4] floats over them after.
+struct TcSmem {
+  int64_t halo_p, xld, es_off, ds_off, bytes;
+  __host__ __device__ TcSmem(int halo_n, int64_t cin_p, int64_t cout_p)
+      : halo_p(round_up(halo_n, 16)),
+        xld(cin_p + kTcXPad),
+        es_off(cin_p > 0 ? round_up(halo_p * xld * 2, 128) : 0),
+        ds_off(es_off + round_up(halo_p * kTcELd * 4, 128)) {
+    const int64_t chunks = ds_off + int64_t(kTcP) * kTcDLd * 2;
+    const int64_t cs = int64_t(kTcP) * (cout_p + 4) * 4;
+    bytes = chunks > cs ? chunks : cs;
+  }
+};
 
 template <typename scalar_t, int NF, bool kPool = false>
 __global__ void __launch_bounds__(kThreads)
@@ -384,15 +387,14 @@ __global__ void __launch_bounds__(kThreads)
   using frag_acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
   using frag_a = wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major>;
   using frag_b = wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major>;
-  const int halo_p = static_cast<int>(round_up(g.halo_n, 16));
   const int cin_p = g.has_expand ? static_cast<int>(round_up(g.Cin, 16)) : 0;
-  const int xld = cin_p + kTcXPad;
+  const TcSmem layout(g.halo_n, cin_p, kPool ? 0 : g.cout_p);
+  const int halo_p = static_cast<int>(layout.halo_p);
+  const int xld = static_cast<int>(layout.xld);
   unsigned char* smem = mk_ir_block_smem;
-  scalar_t* xs = reinterpret_cast<scalar_t*>(smem);  // [halo_p][xld]
-  float* es = reinterpret_cast<float*>(smem + (cin_p > 0 ? round_up(int64_t(halo_p) * xld * 2, 128) : 0));
-  // es: [halo_p][kTcELd]
-  scalar_t* ds = reinterpret_cast<scalar_t*>(reinterpret_cast<unsigned char*>(es) +
-                                             round_up(int64_t(halo_p) * kTcELd * 4, 128));  // [kTcP][kTcDLd]
+  scalar_t* xs = reinterpret_cast<scalar_t*>(smem);                    // [halo_p][xld]
+  float* es = reinterpret_cast<float*>(smem + layout.es_off);         // [halo_p][kTcELd]
+  scalar_t* ds = reinterpret_cast<scalar_t*>(smem + layout.ds_off);   // [kTcP][kTcDLd]
   const TileCtx<scalar_t> tc(g, x);
   const int t = threadIdx.x;
   const int warp = t / 32;
@@ -500,11 +502,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t e = t; e < total; e += kThreads) {
       const int q = static_cast<int>(g.channels_last ? e / g.Cout : e % pq);
       const int64_t co = g.channels_last ? e % g.Cout : e / pq;
-      int64_t pix_y, pix_x;
-      if (!tc.output_pixel(q, pix_y, pix_x)) continue;
-      float v = cs[q * ldc + co] + w.bp[co];
-      if (g.residual) v += static_cast<float>(tc.xn[co * g.xsC + pix_x]);
-      y[pix_y + co * g.ysC] = static_cast<scalar_t>(v);
+      tc.store_output(y, q, co, cs[q * ldc + co] + w.bp[co]);
     }
   }
 #endif
@@ -643,7 +641,7 @@ template <typename scalar_t, int NF, bool kPool>
 BlockKernel<scalar_t> plan_tensor_cores(const InvertedResidualArgs& a, const at::Tensor& out, int64_t smem_limit) {
   const int64_t cout_p = round_up(a.Cout, 16);
   const int64_t cin_p = a.has_expand() ? round_up(a.Cin, 16) : 0;
-  const auto bytes = [&](int halo_n) { return tc_smem_bytes(halo_n, cin_p, kPool ? 0 : cout_p); };
+  const auto bytes = [&](int halo_n) { return TcSmem(halo_n, cin_p, kPool ? 0 : cout_p).bytes; };
   BlockKernel<scalar_t> k = finish_plan<scalar_t>(a, out, pick_tile(a, kTcP, bytes, smem_limit));
   k.g.chid_p = round_up(a.Chid, kBH);
   k.g.cout_p = cout_p;
