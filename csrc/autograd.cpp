@@ -423,67 +423,121 @@ std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Te
 // depthwise_conv2d_bn_act_train and pointwise_conv2d_bn_act_train (the C++-backed ones; their
 // `_triton` twins are composed in Python, mobilenet_kernels/ops/_common.py::register_conv_bn_act_train,
 // with the same formulas): the conv's statistics op (the batch statistics from the conv's epilogue),
-// then the BatchNorm apply kernel with them; backward: batch_norm_act_train_backward, then the
-// conv's backward op. conv_out, mean and var are non-differentiable outputs kept for the backward
-// and the running statistics. All checks run before the first kernel. In C++ rather than Python: a
-// Python composite with a register_autograd formula cost ~150 us more per training call (forward
-// and backward) than its four kernel ops on a CPU box, once per BatchNorm layer and step.
+// then the BatchNorm apply kernel with them; backward: one op, {conv}_bn_act_train_backward, whose
+// composite here runs batch_norm_act_train_backward, then the conv's backward op (the CUDA kernel
+// of depthwise's fuses the two where its tiled kernel applies: csrc/cuda/depthwise_conv2d.cu).
+// conv_out, mean and var are non-differentiable outputs kept for the backward and the running
+// statistics. All checks run before the first kernel. In C++ rather than Python: a Python
+// composite with a register_autograd formula cost ~150 us more per training call (forward and
+// backward) than its four kernel ops on a CPU box, once per BatchNorm layer and step.
 
-// The conv of one composite: its checks (with BatchNorm's weight and bias, per output channel),
-// its statistics op, and its backward (the conv op's own, call_*_backward, with the geometry the
-// forward saved in ctx).
+using ConvBnActOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using DwTrainBackwardSig = ConvBnActOut(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                        const OptTensor&, const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef,
+                                        at::IntArrayRef, at::IntArrayRef, double, c10::string_view,
+                                        std::array<bool, 2>);
+using PwTrainBackwardSig = ConvBnActOut(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                        const OptTensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                                        c10::string_view, std::array<bool, 2>);
+
+// The conv of one composite: its geometry (saved in and loaded from ctx), its checks (with
+// BatchNorm's weight and bias, per output channel; returning the output's sizes), its statistics
+// op, its backward op and the composite's backward op.
 struct DepthwiseConv {
   std::vector<int64_t> stride, padding, dilation;
 
   void save(AutogradContext* ctx) const { save_geometry(ctx, stride, padding, dilation); }
+  static DepthwiseConv load(AutogradContext* ctx) {
+    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+            ctx->saved_data["dilation"].toIntVector()};
+  }
 
-  void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
-             const std::string& activation) const {
-    check_stats_count(check_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation, activation));
+  std::vector<int64_t> check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
+                             const OptTensor& bias, const std::string& activation) const {
+    const DepthwiseArgs a = check_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation, activation);
+    check_stats_count(a);
     check_per_channel(weight, "weight", input);
     check_per_channel(bias, "bias", input);
+    return a.output_sizes();
   }
   std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
     static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
     return op.call(input, conv_weight, stride, padding, dilation);
   }
-  static std::tuple<Tensor, Tensor, Tensor> backward(AutogradContext* ctx, const Tensor& grad, const Tensor& input,
-                                                     const Tensor& conv_weight, std::array<bool, 3> mask) {
-    return call_depthwise_backward(ctx, grad, input, conv_weight, mask);
+  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                                              std::array<bool, 3> mask) const {
+    static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
+    return op.call(grad.contiguous(output_memory_format(input)), input, conv_weight, stride, padding, dilation, mask);
+  }
+  ConvBnActOut train_backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                              const OptTensor& weight, const OptTensor& bias, const Tensor& conv_out,
+                              const Tensor& mean, const Tensor& var, double eps, const std::string& activation,
+                              std::array<bool, 2> mask) const {
+    static const auto op = find_op<DwTrainBackwardSig>("mobilenet_kernels::depthwise_conv2d_bn_act_train_backward");
+    return op.call(grad, input, conv_weight, weight, bias, conv_out, mean, var, stride, padding, dilation, eps,
+                   activation, mask);
   }
 };
 
 struct PointwiseConv {
   void save(AutogradContext*) const {}
-  void check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
-             const std::string& activation) const {
+  static PointwiseConv load(AutogradContext*) { return {}; }
+
+  std::vector<int64_t> check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
+                             const OptTensor& bias, const std::string& activation) const {
     const PointwiseArgs a = check_pointwise(input, conv_weight, c10::nullopt, c10::nullopt, activation);
     check_pointwise_stats_count(a);
     check_per_output_channel(weight, "weight", input, a.Cout);
     check_per_output_channel(bias, "bias", input, a.Cout);
+    return a.output_sizes();
   }
   std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
     static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
     return op.call(input, conv_weight);
   }
-  static std::tuple<Tensor, Tensor, Tensor> backward(AutogradContext*, const Tensor& grad, const Tensor& input,
-                                                     const Tensor& conv_weight, std::array<bool, 3> mask) {
+  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                                              std::array<bool, 3> mask) const {
     return call_pointwise_backward(grad, input, conv_weight, mask);
+  }
+  ConvBnActOut train_backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                              const OptTensor& weight, const OptTensor& bias, const Tensor& conv_out,
+                              const Tensor& mean, const Tensor& var, double eps, const std::string& activation,
+                              std::array<bool, 2> mask) const {
+    static const auto op = find_op<PwTrainBackwardSig>("mobilenet_kernels::pointwise_conv2d_bn_act_train_backward");
+    return op.call(grad, input, conv_weight, weight, bias, conv_out, mean, var, eps, activation, mask);
   }
 };
 
 // The composite's forward below autograd: (out, conv_out, mean, var).
 template <typename Conv>
-std::tuple<Tensor, Tensor, Tensor, Tensor> conv_bn_act_train(const Conv& conv, const Tensor& input,
-                                                             const Tensor& conv_weight, const OptTensor& weight,
-                                                             const OptTensor& bias, double eps,
-                                                             const std::string& activation) {
+ConvBnActOut conv_bn_act_train(const Conv& conv, const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
+                               const OptTensor& bias, double eps, const std::string& activation) {
   conv.check(input, conv_weight, weight, bias, activation);
   TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
   static const auto apply_op = find_op<BnEvalSig>("mobilenet_kernels::batch_norm_act_eval");
   auto [conv_out, mean, var] = conv.stats(input, conv_weight);
   Tensor out = apply_op.call(conv_out, mean, var, weight, bias, eps, activation);
   return {out, conv_out, mean, var};
+}
+
+// Its backward op, composed (every device; CUDA overrides depthwise's): (grad_input,
+// grad_conv_weight, sum(g * x_hat), sum(g)); a masked gradient comes back empty.
+template <typename Conv>
+ConvBnActOut conv_bn_act_train_backward(const Conv& conv, const Tensor& grad_output, const Tensor& input,
+                                        const Tensor& conv_weight, const OptTensor& weight, const OptTensor& bias,
+                                        const Tensor& conv_out, const Tensor& mean, const Tensor& var, double eps,
+                                        const std::string& activation, std::array<bool, 2> mask) {
+  const std::vector<int64_t> out_sizes = conv.check(input, conv_weight, weight, bias, activation);
+  check_conv_bn_backward_operands(input, out_sizes, grad_output, conv_out, weight, bias, mean, var, eps, activation);
+  static const auto bn_backward = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
+  const auto [grad_conv_out, sum_g_xhat, sum_g] = bn_backward.call(
+      grad_output.contiguous(output_memory_format(input)), conv_out, weight, bias, mean, var, eps, activation);
+  Tensor grad_input = at::empty({0}, input.options()), grad_conv_weight = at::empty({0}, input.options());
+  if (mask[0] || mask[1]) {
+    std::tie(grad_input, grad_conv_weight, std::ignore) =
+        conv.backward(grad_conv_out, input, conv_weight, {mask[0], mask[1], false});
+  }
+  return {grad_input, grad_conv_weight, sum_g_xhat, sum_g};
 }
 
 // Arguments: input 0, conv_weight 1, weight 2 and bias 3 (both optional), then the conv's geometry
@@ -506,20 +560,14 @@ struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto bn_backward = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
     if (!grads[0].defined()) return variable_list(7);
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &conv_weight = saved[1], &weight = saved[2], &bias = saved[3];
     const Tensor &conv_out = saved[4], &mean = saved[5], &var = saved[6];
-    const auto [grad_conv_out, sum_g_xhat, sum_g] =
-        bn_backward.call(grads[0].contiguous(output_memory_format(input)), conv_out, optional(weight), optional(bias),
-                         mean, var, ctx->saved_data["eps"].toDouble(), ctx->saved_data["activation"].toStringRef());
-    const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
-    Tensor grad_input, grad_conv_weight;
-    if (mask[0] || mask[1]) {
-      std::tie(grad_input, grad_conv_weight, std::ignore) =
-          Conv::backward(ctx, grad_conv_out, input, conv_weight, mask);
-    }
+    const std::array<bool, 2> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    const auto [grad_input, grad_conv_weight, sum_g_xhat, sum_g] = Conv::load(ctx).train_backward(
+        grads[0], input, conv_weight, optional(weight), optional(bias), conv_out, mean, var,
+        ctx->saved_data["eps"].toDouble(), ctx->saved_data["activation"].toStringRef(), mask);
     return {
         mask[0] ? grad_input : Tensor(),
         mask[1] ? grad_conv_weight : Tensor(),
@@ -531,8 +579,6 @@ struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
     };
   }
 };
-
-using ConvBnActOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 
 DepthwiseConv depthwise_conv(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   return {stride.vec(), padding.vec(), dilation.vec()};
@@ -556,6 +602,16 @@ ConvBnActOut depthwise_conv2d_bn_act_train_autograd(const Tensor& input, const T
   return {r[0], r[1], r[2], r[3]};
 }
 
+ConvBnActOut depthwise_conv2d_bn_act_train_backward(const Tensor& grad_output, const Tensor& input,
+                                                    const Tensor& conv_weight, const OptTensor& weight,
+                                                    const OptTensor& bias, const Tensor& conv_out, const Tensor& mean,
+                                                    const Tensor& var, at::IntArrayRef stride, at::IntArrayRef padding,
+                                                    at::IntArrayRef dilation, double eps,
+                                                    c10::string_view activation, std::array<bool, 2> mask) {
+  return conv_bn_act_train_backward(depthwise_conv(stride, padding, dilation), grad_output, input, conv_weight,
+                                    weight, bias, conv_out, mean, var, eps, std::string(activation), mask);
+}
+
 ConvBnActOut pointwise_conv2d_bn_act_train(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
                                            const OptTensor& bias, double eps, c10::string_view activation) {
   return conv_bn_act_train(PointwiseConv{}, input, conv_weight, weight, bias, eps, std::string(activation));
@@ -569,12 +625,24 @@ ConvBnActOut pointwise_conv2d_bn_act_train_autograd(const Tensor& input, const T
   return {r[0], r[1], r[2], r[3]};
 }
 
+ConvBnActOut pointwise_conv2d_bn_act_train_backward(const Tensor& grad_output, const Tensor& input,
+                                                    const Tensor& conv_weight, const OptTensor& weight,
+                                                    const OptTensor& bias, const Tensor& conv_out, const Tensor& mean,
+                                                    const Tensor& var, double eps, c10::string_view activation,
+                                                    std::array<bool, 2> mask) {
+  return conv_bn_act_train_backward(PointwiseConv{}, grad_output, input, conv_weight, weight, bias, conv_out, mean,
+                                    var, eps, std::string(activation), mask);
+}
+
 }  // namespace
 
-// The composites below autograd (torch.compile's graphs, inference mode): device-generic.
+// The composites below autograd (torch.compile's graphs, inference mode) and their backward ops:
+// device-generic (CUDA registers its own depthwise_conv2d_bn_act_train_backward).
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CompositeExplicitAutograd, m) {
   m.impl("depthwise_conv2d_bn_act_train", &depthwise_conv2d_bn_act_train);
+  m.impl("depthwise_conv2d_bn_act_train_backward", &depthwise_conv2d_bn_act_train_backward);
   m.impl("pointwise_conv2d_bn_act_train", &pointwise_conv2d_bn_act_train);
+  m.impl("pointwise_conv2d_bn_act_train_backward", &pointwise_conv2d_bn_act_train_backward);
 }
 
 TORCH_LIBRARY_IMPL(mobilenet_kernels, Autograd, m) {

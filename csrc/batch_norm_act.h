@@ -1,6 +1,8 @@
 // batch_norm_act: argument checks and preparation shared by the CPU and CUDA implementations.
 #pragma once
 
+#include <utility>
+
 #include "mk_common.h"
 
 namespace mobilenet_kernels {
@@ -99,8 +101,9 @@ struct BackwardBuffers {
   at::Tensor grad_out, grad_in, sum_gxhat, sum_g;
 };
 
+// grad_in is left undefined without `with_grad_in` (a backward that does not write it).
 inline BackwardBuffers prepare_backward(const at::Tensor& grad_output, const at::Tensor& input,
-                                        const BatchNormEvalArgs& a) {
+                                        const BatchNormEvalArgs& a, bool with_grad_in = true) {
   TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
                     grad_output.sizes());
   TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
@@ -110,9 +113,55 @@ inline BackwardBuffers prepare_backward(const at::Tensor& grad_output, const at:
     at::Tensor t = at::empty({a.layout.C}, acc_opts);
     return input.numel() == 0 ? t.zero_() : t;
   };
-  return {grad_output.contiguous(a.format), at::empty(input.sizes(), input.options().memory_format(a.format)), sums(),
+  return {grad_output.contiguous(a.format),
+          with_grad_in ? at::empty(input.sizes(), input.options().memory_format(a.format)) : at::Tensor(), sums(),
           sums()};
 }
+
+// The BatchNorm operands of a conv + BatchNorm + activation training backward
+// ({depthwise,pointwise}_conv2d_bn_act_train_backward; the conv's own are checked by its check):
+// grad_output and conv_out of the conv output's sizes, the input's dtype and device; weight and
+// bias (optional), mean and var of shape (C_out,), floating, on its device; eps >= 0; a known
+// activation.
+inline void check_conv_bn_backward_operands(const at::Tensor& input, at::IntArrayRef out_sizes,
+                                            const at::Tensor& grad_output, const at::Tensor& conv_out,
+                                            const c10::optional<at::Tensor>& weight,
+                                            const c10::optional<at::Tensor>& bias, const at::Tensor& mean,
+                                            const at::Tensor& var, double eps, const std::string& activation) {
+  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&grad_output, "grad_output"},
+                                std::pair<const at::Tensor*, const char*>{&conv_out, "conv_out"}}) {
+    TORCH_CHECK_VALUE(t->sizes() == out_sizes, name, ": expected shape ", out_sizes, " (the conv's output), got ",
+                      t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == input.scalar_type(), name, ": expected dtype ", input.scalar_type(),
+                     " (the input's), got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == input.device(), name, ": expected device ", input.device(), ", got ",
+                      t->device());
+  }
+  const auto per_channel = [&](const at::Tensor& t, const char* name) {
+    check_floating(t, name);
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == out_sizes[1], name, ": expected shape (", out_sizes[1],
+                      ",) to match the conv's output channels, got ", t.sizes());
+    TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected device ", input.device(), ", got ",
+                      t.device());
+  };
+  if (weight.has_value()) per_channel(*weight, "weight");
+  if (bias.has_value()) per_channel(*bias, "bias");
+  per_channel(mean, "mean");
+  per_channel(var, "var");
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
+  parse_activation(activation);
+}
+
+namespace cuda {
+// batch_norm_act_train_backward without its grad_input pass (csrc/cuda/batch_norm_act.cu): the
+// reduction's (sum(g * x_hat), sum(g)) and the (kTrainDxRows, C) table of the grad_input pass's
+// per-channel coefficients (channel_passes.cuh: TrainDxCoef), for a kernel that computes grad_input
+// where it reads it (the fused depthwise backward). Checks as the op; CUDA tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_sums(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
+    const std::string& activation);
+}  // namespace cuda
 
 template <typename acc_t>
 inline const acc_t* data_or_null(const at::Tensor& t) {

@@ -67,6 +67,23 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   m.def(
       "depthwise_conv2d_bn_act_train_triton(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, "
       "int[2] stride, int[2] padding, int[2] dilation, float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Its backward, one op: (grad_input, grad_conv_weight, sum(g * x_hat), sum(g)), the last two
+  // BatchNorm's weight and bias gradients in the accumulation dtype, g = grad_output * act'(z). It
+  // runs BatchNorm's reduction over (grad_output, conv_out), then the conv's backward with the
+  // BatchNorm's grad_input as its grad_output. The CUDA kernel (and the _triton twin) compute that
+  // grad_input inside the conv backward's loads instead of writing it to memory and reading it back
+  // (csrc/cuda/depthwise_tiled.cuh, mobilenet_kernels/triton/depthwise_conv2d.py), rounded to the
+  // input's dtype as the unfused path stores it: the same values. Elsewhere, a composite of
+  // batch_norm_act_train_backward and depthwise_conv2d_backward (csrc/autograd.cpp).
+  // output_mask: (grad_input, grad_conv_weight); a masked one comes back as an empty tensor.
+  m.def(
+      "depthwise_conv2d_bn_act_train_backward(Tensor grad_output, Tensor input, Tensor conv_weight, Tensor? weight, "
+      "Tensor? bias, Tensor conv_out, Tensor mean, Tensor var, int[2] stride, int[2] padding, int[2] dilation, "
+      "float eps, str activation, bool[2] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "depthwise_conv2d_bn_act_train_backward_triton(Tensor grad_output, Tensor input, Tensor conv_weight, "
+      "Tensor? weight, Tensor? bias, Tensor conv_out, Tensor mean, Tensor var, int[2] stride, int[2] padding, "
+      "int[2] dilation, float eps, str activation, bool[2] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // squeeze_excite: input * scale_act(fc2(act(fc1(mean_hw(input))))), torchvision's
   // SqueezeExcitation, as three passes: a per-(image, channel) pool, one small excite step per image
   // (both 1x1 "convs" on the pooled vector, in the accumulation dtype) and a scale pass. fc1_weight
@@ -116,6 +133,16 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   m.def(
       "pointwise_conv2d_bn_act_train_triton(Tensor input, Tensor conv_weight, Tensor? weight, Tensor? bias, "
       "float eps, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Its backward, as depthwise_conv2d_bn_act_train_backward's; a composite on every backend (the
+  // conv's backward is two GEMMs, which take BatchNorm's grad_input from memory).
+  m.def(
+      "pointwise_conv2d_bn_act_train_backward(Tensor grad_output, Tensor input, Tensor conv_weight, Tensor? weight, "
+      "Tensor? bias, Tensor conv_out, Tensor mean, Tensor var, float eps, str activation, bool[2] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "pointwise_conv2d_bn_act_train_backward_triton(Tensor grad_output, Tensor input, Tensor conv_weight, "
+      "Tensor? weight, Tensor? bias, Tensor conv_out, Tensor mean, Tensor var, float eps, str activation, "
+      "bool[2] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // inverted_residual_eval: a whole inverted-residual block in eval mode with every BatchNorm folded
   // in: project(act(dw(act(expand(x) + expand_bias)) + dw_bias)) + project_bias [+ x], the expanded
   // tensor kept on chip (tiles of output pixels x all hidden channels). expand_weight (Chid, Cin, 1, 1)

@@ -419,12 +419,56 @@ def test_fused_backward_matches_conv_grads(emu, dtype, K):
             assert torch.equal(gx1, gx) and torch.equal(part1, part), where
 
 
+def bn_dx_reference(gy, z, table, activation):
+    """BatchNorm's training grad_input from its grad_output gy and input z, with the per-channel
+    coefficients (scale, shift, mu, k, mean_g) of ``table`` (5, C), in float32 op by op in the order
+    of channel_passes.cuh::train_grad_in (the emulated kernel compiles it without FMA contraction),
+    rounded to gy's dtype as the kernel stages it."""
+    scale, shift, mu, k, mean_g = (r.view(1, -1, 1, 1) for r in table)
+    zf, gf = z.float(), gy.float()
+    pre = zf * scale + shift
+    deriv = {"identity": torch.ones_like(pre), "relu": (pre > 0).float(), "relu6": ((pre > 0) & (pre < 6)).float(),
+             "hardswish": torch.where(pre <= -3, 0.0, torch.where(pre >= 3, 1.0, pre / 3 + 0.5))}[activation]
+    g = gf * deriv
+    return (scale * (g - mean_g - (zf - mu) * k)).to(gy.dtype)
+
+
+@pytest.mark.parametrize("K", [3, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_backward_with_batch_norm_dx(emu, dtype, K):
+    """The fused stride-1 backward of a dw conv + BatchNorm + activation (TiledBnDx): BatchNorm's
+    grad_input computed where grad_output is staged, from z and the coefficient table, zero in the
+    padding: grad_input and the partials' sums match the conv's gradients of bn_dx_reference's
+    grad_output; one and two staging buffers give the same bits."""
+    P = (K - 1) // 2
+    activations = ["relu6", "hardswish", "relu", "identity"]
+    for i, (N, ci, H, W, pad_w) in enumerate(FUSED_SHAPES):
+        C = CHANNELS[dtype][ci]
+        activation = activations[i % len(activations)]
+        x, w, taps, _ = make_case(N, C, H, W, K, dtype, bias=False, x_pad_w=pad_w)
+        gy, z = ((torch.randn(N, C, H, W + pad_w) * 2).to(dtype).contiguous(memory_format=torch.channels_last)[..., :W]
+                 for _ in range(2))
+        table = torch.stack([torch.rand(C) + 0.5, torch.randn(C), torch.randn(C), torch.randn(C) * 0.1,
+                             torch.randn(C) * 0.1]).float().contiguous()
+        gx, part, info = emu.bwd_fused(x, gy, taps, K, False, 2, z, table, ACT[activation])
+        where = f"x {tuple(x.shape)} {dtype} K{K} {activation} plan {info}"
+        assert not gx.isnan().any() and not part.isnan().any(), f"left unwritten: {where}"
+        g = bn_dx_reference(gy, z, table, activation)
+        ref_gx = torch.nn.grad.conv2d_input(x.shape, w.double(), g.double(), padding=P, groups=C)
+        assert_matches(gx, ref_gx, dtype, where)
+        assert_partials_sum_to_grads(part, x, g, K, 1, (P, P), False, where)
+        if i == len(FUSED_SHAPES) - 1:
+            assert info[3] >= 2 and info[-1] == 2, where
+            gx1, part1, info1 = emu.bwd_fused(x, gy, taps, K, False, 1, z, table, ACT[activation])
+            assert torch.equal(gx1, gx) and torch.equal(part1, part), where
+
+
 @pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
 def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
     """plan_tiled (nothing runs) takes every depthwise layer of the model at 224², batch 256, in
     16-bit and fp32 vectors, for the forward, its statistics, the weight gradient, (stride 2)
-    grad_input and (stride 1) the fused backward, with at least two warps per block and the tile
-    within the written tensor; the statistics partials at most ~2048 per channel, each covering at
+    grad_input and (stride 1) the fused backward (also with BatchNorm's z staged), with at least two
+    warps per block and the tile within the written tensor; the statistics partials at most ~2048 per channel, each covering at
     least 256 outputs (or all of them), the weight gradient's at most ~1024, each covering at least
     512."""
     from mobilenet_kernels.benchmarking.shapes import depthwise_layers
@@ -432,8 +476,9 @@ def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
     for C, H, W, k, s, p, d, _ in depthwise_layers(model, 224):
         assert d == 1 and k in (3, 5) and s in (1, 2)
         OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        for vec, kind in itertools.product((8, 4), ("forward", "stats", "wgrad", "dgrad_s2", "bwd_fused")):
-            if (kind == "dgrad_s2" and s != 2) or (kind == "bwd_fused" and s != 1):
+        for vec, kind in itertools.product((8, 4), ("forward", "stats", "wgrad", "dgrad_s2", "bwd_fused",
+                                                    "bwd_fused_bn")):
+            if (kind == "dgrad_s2" and s != 2) or (kind.startswith("bwd_fused") and s != 1):
                 continue
             info = emu.plan(256, C, H, W, k, s, p, p, vec, kind)
             where = f"{model} C{C} {H}x{W} k{k} s{s} vec {vec} {kind}: plan {info}"
@@ -444,7 +489,7 @@ def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
             assert stages == (2 if R > 1 else 1) and smem <= 48 * 1024, where
             if kind == "stats":
                 assert blocks_x <= 2048 + 1 and (R * TH * TW >= 256 or R == tiles), where
-            elif kind in ("wgrad", "bwd_fused"):
+            elif kind in ("wgrad", "bwd_fused", "bwd_fused_bn"):
                 assert blocks_x <= 1024 + 1 and (R * TH * TW >= 512 or R == tiles), where
             else:  # forward, dgrad_s2: several tiles per block, double-buffered, while 1024 blocks remain
                 assert R <= max(1, math.ceil(512 / (TH * TW))) and (R == 1 or blocks_x * blocks_y >= 1024), where

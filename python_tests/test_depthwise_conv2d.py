@@ -455,6 +455,77 @@ def test_fused_training_opcheck(backend, device):
                           (x, cw.requires_grad_(), bw.requires_grad_(), bb, [1, 1], [1, 1], [1, 1], 1e-5, "relu6"))
 
 
+def _train_backward_case(shape, k, s, p, d, layout, dtype, device, affine=True):
+    """The arguments of depthwise_conv2d_bn_act_train_backward after a training forward: (grad_output,
+    input, conv_weight, weight, bias, conv_out, mean, var, stride, padding, dilation)."""
+    x = make_input(shape, layout, dtype, device)
+    cw, _ = make_conv(shape[1], k, device, dtype, bias=False)
+    _, _, bw, bb = make_bn(shape[1], device)
+    bw, bb = (bw, bb) if affine else (None, None)
+    pair = lambda v: [v, v]  # noqa: E731
+    _, conv_out, mean, var = ns.depthwise_conv2d_bn_act_train(x, cw, bw, bb, pair(s), pair(p), pair(d), 1e-5, "relu6")
+    grad = make_input(tuple(conv_out.shape), layout, dtype, device)
+    return grad, x, cw, bw, bb, conv_out, mean, var, pair(s), pair(p), pair(d)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", ["relu6", "hardswish"])
+def test_fused_training_backward_is_the_unfused_sequence(backend, layout, dtype, act, device):
+    """depthwise_conv2d_bn_act_train_backward computes BatchNorm's grad_input where the conv's
+    backward reads it (Triton; CUDA where its tiled kernel applies) or runs the two ops in turn: the
+    same values as batch_norm_act_train_backward then depthwise_conv2d_backward, since both round
+    BatchNorm's grad_input to the input's dtype where the conv reads it. grad_input and the
+    BatchNorm sums bit for bit; grad_conv_weight too, except on a GPU, where the fused kernel's
+    larger footprint may give the weight-gradient partials other tiles (another summation order)."""
+    skip_unless_usable(backend, device)
+    for shape, k, s, p, d in [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3], ((2, 24, 9, 9), 5, 1, 2, 1)]:
+        for affine in (True, False):
+            args = _train_backward_case(shape, k, s, p, d, layout, dtype, device, affine)
+            grad, x, cw, bw, bb, conv_out, mean, var, *geometry = args
+            fused = op("depthwise_conv2d_bn_act_train_backward", backend)(*args, 1e-5, act, [True, True])
+            grad_z, sum_g_xhat, sum_g = op("batch_norm_act_train_backward", backend)(grad, conv_out, bw, bb, mean, var,
+                                                                                    1e-5, act)
+            grad_x, grad_w, _ = op("depthwise_conv2d_backward", backend)(grad_z, x, cw, *geometry, [True, True, False])
+            where = f"{shape} k{k} s{s} d{d} affine={affine}"
+            for name, ours, ref in zip(("grad_input", "sum_g_xhat", "sum_g"), (fused[0], *fused[2:]),
+                                       (grad_x, sum_g_xhat, sum_g)):
+                assert torch.equal(ours, ref), f"{name}: {where}"
+            assert_layout_kept(fused[0], x)
+            if device == "cpu" or backend == "triton":
+                assert torch.equal(fused[1], grad_w), f"grad_conv_weight: {where}"
+            else:
+                torch.testing.assert_close(fused[1].float(), grad_w.float(), rtol=1e-2, atol=1e-3, msg=where)
+            masked = op("depthwise_conv2d_bn_act_train_backward", backend)(*args, 1e-5, act, [False, True])
+            assert masked[0].numel() == 0 and torch.equal(masked[2], sum_g_xhat), where
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_fused_training_backward_opcheck(backend, device):
+    skip_unless_usable(backend, device)
+    args = _train_backward_case((2, 8, 6, 6), 3, 1, 1, 1, "channels_last", torch.float32, device)
+    for mask in ([True, True], [True, False]):
+        torch.library.opcheck(op("depthwise_conv2d_bn_act_train_backward", backend), (*args, 1e-5, "hardswish", mask))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("arg, change, exc", [
+    ("conv_out", lambda t: t[:, :, :-1], ValueError),
+    ("grad_output", lambda t: t.double(), TypeError),
+    ("mean", lambda t: t[:-1], ValueError),
+    ("var", lambda t: t.int(), TypeError),
+    ("weight", lambda t: t[:-1], ValueError),
+])
+def test_fused_training_backward_bad_operands_name_the_argument(backend, arg, change, exc):
+    skip_unless_usable(backend, "cpu")
+    names = ["grad_output", "input", "conv_weight", "weight", "bias", "conv_out", "mean", "var"]
+    args = list(_train_backward_case((2, 4, 5, 5), 3, 1, 1, 1, "channels_last", torch.float32, "cpu"))
+    args[names.index(arg)] = change(args[names.index(arg)])
+    with pytest.raises(exc, match=arg):
+        op("depthwise_conv2d_bn_act_train_backward", backend)(*args, 1e-5, "relu6", [True, True])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_training_one_value_per_channel_raises(backend):
     skip_unless_usable(backend, "cpu")

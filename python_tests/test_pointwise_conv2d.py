@@ -437,6 +437,33 @@ def test_fused_training_opcheck(backend, device):
                           (x, cw.requires_grad_(), bw.requires_grad_(), bb, 1e-5, "relu6"))
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_fused_training_backward_op(backend, device):
+    """pointwise_conv2d_bn_act_train_backward (a composite on every backend: the GEMMs read
+    BatchNorm's grad_input from memory) is batch_norm_act_train_backward then
+    pointwise_conv2d_backward, bit for bit; opcheck; its BatchNorm operands' checks name them."""
+    skip_unless_usable(backend, device)
+    x = make_input((2, 4, 5, 3), "channels_last", torch.float32, device)
+    cw, _ = make_conv(4, 6, device)
+    _, _, bw, bb = make_bn(6, device)
+    _, conv_out, mean, var = ns.pointwise_conv2d_bn_act_train(x, cw, bw, bb, 1e-5, "hardswish")
+    grad = make_input(tuple(conv_out.shape), "channels_last", torch.float32, device)
+    args = (grad, x, cw, bw, bb, conv_out, mean, var, 1e-5, "hardswish")
+    ours = op("pointwise_conv2d_bn_act_train_backward", backend)(*args, [True, True])
+    grad_z, sum_g_xhat, sum_g = op("batch_norm_act_train_backward", backend)(grad, conv_out, bw, bb, mean, var, 1e-5,
+                                                                            "hardswish")
+    grad_x, grad_w, _ = op("pointwise_conv2d_backward", backend)(grad_z, x, cw, [True, True, False])
+    for a, b in zip(ours, (grad_x, grad_w, sum_g_xhat, sum_g)):
+        assert torch.equal(a, b)
+    torch.library.opcheck(op("pointwise_conv2d_bn_act_train_backward", backend), (*args, [False, True]))
+    with pytest.raises(ValueError, match="mean"):
+        op("pointwise_conv2d_bn_act_train_backward", backend)(grad, x, cw, bw, bb, conv_out, mean[:4], var, 1e-5,
+                                                               "hardswish", [True, True])
+    with pytest.raises(ValueError, match="conv_out"):
+        op("pointwise_conv2d_bn_act_train_backward", backend)(grad, x, cw, bw, bb, conv_out[:1], mean, var, 1e-5,
+                                                               "hardswish", [True, True])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_training_one_value_per_channel_raises(backend):
     skip_unless_usable(backend, "cpu")

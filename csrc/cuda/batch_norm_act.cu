@@ -273,6 +273,39 @@ void batch_norm_update_stats_cuda(at::Tensor& running_mean, at::Tensor& running_
 
 }  // namespace
 
+namespace cuda {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_sums(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
+    const std::string& activation) {
+  check_batch_norm_eval(input, mean, var, weight, bias, eps, activation);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto a = prepare_batch_norm_eval(input, mean, var, weight, bias, eps, activation);
+  BackwardBuffers buf = prepare_backward(grad_output, input, a, /*with_grad_in=*/false);
+  const int64_t C = a.layout.C;
+  at::Tensor table = at::empty({bn::kTrainDxRows, C}, buf.sum_g.options());
+  if (C == 0) return {buf.sum_gxhat, buf.sum_g, table};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_train_backward_sums", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (input.numel() > 0) {
+      MK_DISPATCH_ACTIVATION(a.act, [&] {
+        launch_backward_reduce<scalar_t, kAct, false>(a, buf.grad_out, buf.grad_in, buf.sum_gxhat, buf.sum_g);
+      });
+    }
+    const double rows = static_cast<double>(std::max<int64_t>(a.layout.rows(), 1));
+    bn::train_dx_table_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
+                                       at::cuda::getCurrentCUDAStream()>>>(
+        a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias),
+        buf.sum_gxhat.data_ptr<acc_t>(), buf.sum_g.data_ptr<acc_t>(), static_cast<acc_t>(a.eps),
+        static_cast<acc_t>(1.0 / rows), C, table.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {buf.sum_gxhat, buf.sum_g, table};
+}
+
+}  // namespace cuda
+
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CUDA, m) {
   m.impl("batch_norm_update_stats", &batch_norm_update_stats_cuda);
   m.impl("batch_norm_act_eval", &batch_norm_act_eval_cuda);

@@ -58,7 +58,7 @@ struct Inputs {
 // --------------------------------------------------------------------------------------- functors
 
 // x and g = grad_out * act'(z), z = x * scale + shift with channel c + j's folded BatchNorm in s[j],
-// of the loaded vectors of x and grad_out (the backward's two passes both start so).
+// of the loaded vectors of x and grad_out (the reduction pass; train_grad_in forms g the same way).
 template <Act A, int V, typename scalar_t, typename acc_t, typename State>
 __device__ __forceinline__ void x_and_g(const Vec<scalar_t, V>& xv, const Vec<scalar_t, V>& gv, const State* s,
                                         acc_t (&xj)[V], acc_t (&g)[V]) {
@@ -160,7 +160,58 @@ struct StoreMeanVar {
 
 // Training backward, pass 2: grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M), with
 // x_hat * sum_gxhat / M = (x - mu) * k, k = rstd * sum_gxhat / M (x - mu first: no cancellation
-// when |mu| >> std).
+// when |mu| >> std). A channel's coefficients, TrainDxCoef: also what the fused depthwise backward
+// reads from a (kTrainDxRows, C) table (train_dx_table_kernel) to compute grad_in where it stages
+// its grad_output (csrc/cuda/depthwise_tiled.cuh), through the same train_grad_in: the same bits.
+template <typename acc_t>
+struct TrainDxCoef {
+  acc_t scale, shift, mu, k, mean_g;
+};
+constexpr int kTrainDxRows = 5;
+
+template <typename acc_t>
+__device__ __forceinline__ TrainDxCoef<acc_t> train_dx_coef(const acc_t* mean, const acc_t* var, const acc_t* weight,
+                                                            const acc_t* bias, const acc_t* sum_gxhat,
+                                                            const acc_t* sum_g, acc_t eps, acc_t inv_count,
+                                                            int64_t c) {
+  TrainDxCoef<acc_t> s;
+  acc_t rstd;
+  bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, rstd, s.scale, s.shift);
+  s.mu = mean[c];
+  s.k = rstd * (sum_gxhat[c] * inv_count);
+  s.mean_g = sum_g[c] * inv_count;
+  return s;
+}
+
+// grad_in of one element: x the BatchNorm's input (z of the conv before it), gy its grad_output.
+template <Act A, typename acc_t>
+__device__ __forceinline__ acc_t train_grad_in(const TrainDxCoef<acc_t>& s, acc_t x, acc_t gy) {
+  const acc_t g = gy * act_derivative<A>(x * s.scale + s.shift);
+  return s.scale * (g - s.mean_g - (x - s.mu) * s.k);
+}
+
+// train_grad_in with the activation a runtime switch (a uniform branch; fewer instantiations of
+// the kernels that call it), each case train_grad_in<A> itself.
+template <typename acc_t>
+__device__ __forceinline__ acc_t train_grad_in(Act act, const TrainDxCoef<acc_t>& s, acc_t x, acc_t gy) {
+  switch (act) {
+    case Act::kRelu:
+      return train_grad_in<Act::kRelu>(s, x, gy);
+    case Act::kRelu6:
+      return train_grad_in<Act::kRelu6>(s, x, gy);
+    case Act::kHardswish:
+      return train_grad_in<Act::kHardswish>(s, x, gy);
+    case Act::kHardsigmoid:
+      return train_grad_in<Act::kHardsigmoid>(s, x, gy);
+    case Act::kSigmoid:
+      return train_grad_in<Act::kSigmoid>(s, x, gy);
+    case Act::kSilu:
+      return train_grad_in<Act::kSilu>(s, x, gy);
+    default:
+      return train_grad_in<Act::kIdentity>(s, x, gy);
+  }
+}
+
 template <typename scalar_t, typename acc_t, Act A>
 struct TrainInputGrad {
   using Scalar = scalar_t;
@@ -169,18 +220,10 @@ struct TrainInputGrad {
   scalar_t* __restrict__ gx;
   const acc_t *mean, *var, *weight, *bias, *sum_gxhat, *sum_g;
   acc_t eps, inv_count;
-  struct State {
-    acc_t scale, shift, mu, k, mean_g;
-  };
+  using State = TrainDxCoef<acc_t>;
   static constexpr int kInputs = 2;  // x, grad_out
   __device__ State begin(int64_t c) const {
-    State s;
-    acc_t rstd;
-    bn_scale_shift<acc_t>(mean, var, weight, bias, eps, c, rstd, s.scale, s.shift);
-    s.mu = mean[c];
-    s.k = rstd * (sum_gxhat[c] * inv_count);
-    s.mean_g = sum_g[c] * inv_count;
-    return s;
+    return train_dx_coef<acc_t>(mean, var, weight, bias, sum_gxhat, sum_g, eps, inv_count, c);
   }
   template <int V>
   __device__ Inputs<scalar_t, V, kInputs> load(int64_t i) const {
@@ -188,16 +231,32 @@ struct TrainInputGrad {
   }
   template <int V>
   __device__ void apply(const State* s, int64_t i, const Inputs<scalar_t, V, kInputs>& in) const {
-    acc_t xj[V], g[V];
-    x_and_g<A, V>(in.v[0], in.v[1], s, xj, g);
     Vec<scalar_t, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      out.v[j] = static_cast<scalar_t>(s[j].scale * (g[j] - s[j].mean_g - (xj[j] - s[j].mu) * s[j].k));
+      out.v[j] = static_cast<scalar_t>(
+          train_grad_in<A>(s[j], static_cast<acc_t>(in.v[0].v[j]), static_cast<acc_t>(in.v[1].v[j])));
     }
     *reinterpret_cast<Vec<scalar_t, V>*>(gx + i) = out;
   }
 };
+
+// The (kTrainDxRows, C) table of TrainDxCoef (row r: the struct's r-th field) for the fused
+// depthwise backward; one thread per channel.
+template <typename acc_t>
+__global__ void train_dx_table_kernel(const acc_t* __restrict__ mean, const acc_t* __restrict__ var,
+                                      const acc_t* __restrict__ weight, const acc_t* __restrict__ bias,
+                                      const acc_t* __restrict__ sum_gxhat, const acc_t* __restrict__ sum_g, acc_t eps,
+                                      acc_t inv_count, int64_t C, acc_t* __restrict__ table) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const TrainDxCoef<acc_t> s = train_dx_coef<acc_t>(mean, var, weight, bias, sum_gxhat, sum_g, eps, inv_count, c);
+  table[c] = s.scale;
+  table[C + c] = s.shift;
+  table[2 * C + c] = s.mu;
+  table[3 * C + c] = s.k;
+  table[4 * C + c] = s.mean_g;
+}
 
 // Eval forward (and the training forward's apply pass on the batch statistics):
 // y = act(x * scale + shift).

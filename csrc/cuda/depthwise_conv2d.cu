@@ -9,6 +9,10 @@
 //          rotated 180 degrees and padding (k-1)d-p; stride > 1: a gather kernel); grad_weight and
 //          grad_bias two-stage: fp32 partials[tile][tap (+bias)][C] from fixed pixel tiles, then a
 //          fixed-order sum per (tap, channel). No atomics: results are bitwise deterministic.
+// dw conv + BatchNorm + activation, training backward (depthwise_conv2d_bn_act_train_backward):
+//          BatchNorm's reduction, then the fused stride-1 tiled backward with BatchNorm's grad_input
+//          computed in its staged grad_output tiles (TiledBnDx), where that kernel applies; else
+//          the unfused sequence.
 // Layouts: channels_last and NCHW, both native. channels_last: a thread owns a vector of channels
 //          (16-byte loads when C % VEC == 0, strides and pointers aligned; else one channel per
 //          thread); NCHW: a block is one channel, threads walk output columns. Every thread
@@ -35,6 +39,7 @@
 //          grad_weight, which selects the fused backward).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -44,6 +49,7 @@
 #include <limits>
 #include <string>
 
+#include "batch_norm_act.h"  // check_conv_bn_backward_operands, cuda::batch_norm_act_train_backward_sums
 #include "chan_stats.cuh"
 #include "depthwise_conv2d.h"
 #include "depthwise_kernels.cuh"  // the kernels and their launch planning
@@ -323,10 +329,82 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   return {grad_input, grad_weight, grad_bias};
 }
 
+// Whether the training backward below fuses BatchNorm's grad_input into the conv's backward: yes,
+// unless MK_DW_BN_FUSED=0, which runs the unfused sequence, to time the two against each other.
+// Read at every call (a getenv, next to a dozen launches), as the Triton twin reads it, so that one
+// benchmark process can time both (mobilenet_kernels/benchmarking/depthwise_conv2d.py).
+bool bn_dx_fused() { return !env_is("MK_DW_BN_FUSED", "0"); }
+
+// The fused dw conv + BatchNorm + activation training backward: BatchNorm's reduction
+// (cuda::batch_norm_act_train_backward_sums: the two sums and the grad_input pass's coefficients),
+// then, where the fused tiled backward applies (a stride-1 "same" channels_last conv with 16-byte
+// vectors, both gradients asked for), grad_input and the weight gradient's partials in one pass
+// that turns the staged grad_output tiles into BatchNorm's grad_input (TiledBnDx): that tensor is
+// neither written nor read back, 2 of the 8 passes over a layer's activations of the unfused
+// sequence. Elsewhere the unfused sequence: batch_norm_act_train_backward, then the conv's backward.
+// Both round BatchNorm's grad_input to the input's dtype where the conv reads it: the same values.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bn_act_train_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& conv_weight,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& conv_out,
+    const at::Tensor& mean, const at::Tensor& var, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, double eps, c10::string_view activation_view, std::array<bool, 2> output_mask) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const std::string activation(activation_view);
+  const DepthwiseArgs a = prepare_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation);
+  check_per_channel(weight, "weight", input);
+  check_per_channel(bias, "bias", input);
+  check_conv_bn_backward_operands(input, a.output_sizes(), grad_output, conv_out, weight, bias, mean, var, eps,
+                                  activation);
+  check_geometry(a);
+  const at::Tensor gy = grad_output.contiguous(a.format);
+  const at::Tensor z = conv_out.contiguous(a.format);
+  const auto unfused = [&]() -> std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> {
+    static const auto bn_backward =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("mobilenet_kernels::batch_norm_act_train_backward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                  const c10::optional<at::Tensor>&,
+                                                                  const c10::optional<at::Tensor>&, const at::Tensor&,
+                                                                  const at::Tensor&, double, c10::string_view)>();
+    const auto [grad_z, sum_g_xhat, sum_g] = bn_backward.call(gy, z, weight, bias, mean, var, eps, activation);
+    const auto [grad_input, grad_weight, unused] = depthwise_conv2d_backward_cuda(
+        grad_z, input, conv_weight, stride, padding, dilation, {output_mask[0], output_mask[1], false});
+    return {grad_input, grad_weight, sum_g_xhat, sum_g};
+  };
+  if (!bn_dx_fused() || !output_mask[0] || !output_mask[1] || a.N * a.OH * a.OW == 0) return unfused();
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> result;
+  bool fused = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_bn_act_train_backward_cuda", [&] {
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(a.format));
+    const Geom g = make_geom(a, a.input, gy);
+    if (!tiled_candidate(g) || !can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &gy, &z, &grad_input})) {
+      return;
+    }
+    const at::Tensor w = taps_major(a.weight);
+    at::Tensor part, table;
+    TiledBwd c{&a.input, &gy, &grad_input, &w, &part, false, {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW},
+               &z, &table, parse_activation(activation)};
+    TiledPlan plan{};
+    if (!plan_tiled_bwd_fused_s1<scalar_t>(c, plan)) return;
+    auto [sum_g_xhat, sum_g, coefficients] =
+        batch_norm_act_train_backward_sums(gy, z, weight, bias, mean, var, eps, activation);
+    table = coefficients;
+    TORCH_INTERNAL_ASSERT(run_tiled_bwd_fused_s1<scalar_t>(c), "the planned fused backward did not launch");
+    at::Tensor grad_weight = at::empty({a.C, 1, a.kH, a.kW}, conv_weight.options());
+    launch_bwd_weight<scalar_t, kVec>(a, gy, &grad_weight, nullptr, part);
+    result = {grad_input, grad_weight, sum_g_xhat, sum_g};
+    fused = true;
+  });
+  return fused ? result : unfused();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CUDA, m) {
   m.impl("depthwise_conv2d", &depthwise_conv2d_cuda);
+  m.impl("depthwise_conv2d_bn_act_train_backward", &depthwise_conv2d_bn_act_train_backward_cuda);
   m.impl("depthwise_conv2d_backward", &depthwise_conv2d_backward_cuda);
   m.impl("depthwise_conv2d_stats", &depthwise_conv2d_stats_cuda);
 }

@@ -75,7 +75,9 @@ void launch_bwd_fused(const TiledPlan& p, const TiledBwd& c) {
   allow_double_buffers<kernel>();
   kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), c.gx->data_ptr<scalar_t>(),
-          c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>());
+          c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>(),
+          TiledBnDx<scalar_t, acc_t>{c.z != nullptr ? c.z->data_ptr<scalar_t>() : nullptr,
+                                     c.z != nullptr ? c.bn_table->data_ptr<acc_t>() : nullptr, c.act});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -168,20 +170,34 @@ bool run_tiled_bwd_input_s2(const TiledConv& c) {
 }
 
 template <typename scalar_t>
-bool run_tiled_bwd_fused_s1(const TiledBwd& c) {
-  using acc_t = at::opmath_type<scalar_t>;
+bool plan_tiled_bwd_fused_s1(const TiledBwd& c, TiledPlan& p) {
   const TiledShape& s = c.shape;
   const int P = (s.K - 1) / 2;
   if (s.S != 1 || s.K % 2 == 0 || s.pH != P || s.pW != P || s.OH != s.H || s.OW != s.W ||
-      c.gy->strides() != c.x->strides()) {
+      c.gy->strides() != c.x->strides() || (c.z != nullptr && c.z->strides() != c.x->strides())) {
     return false;
   }
-  // x -> gx: the input's and grad_input's strides (grad_output is staged with the input's).
-  return plan_and_launch<scalar_t>(*c.x, *c.gx, s, kTiledBwdFused, [&](const auto& p) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    TiledWork work = c.z != nullptr ? kTiledBwdFusedBn : kTiledBwdFused;
+    work.stages = tiled_stages();
+    // x -> gx: the input's and grad_input's strides (grad_output and z are staged with the input's).
+    return plan_for(*c.x, *c.gx, s, 16 / sizeof(scalar_t), work, p);
+  }
+}
+
+template <typename scalar_t>
+bool run_tiled_bwd_fused_s1(const TiledBwd& c) {
+  using acc_t = at::opmath_type<scalar_t>;
+  TiledPlan p{};
+  if (!plan_tiled_bwd_fused_s1<scalar_t>(c, p)) return false;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    *c.part = wgrad_partials<acc_t>(p, s, c.bias, *c.x);
-    dispatch_k(s.K, [&](auto k) { launch_bwd_fused<scalar_t, kVec, decltype(k)::value>(p, c); });
-  });
+    *c.part = wgrad_partials<acc_t>(p, c.shape, c.bias, *c.x);
+    dispatch_k(c.shape.K, [&](auto k) { launch_bwd_fused<scalar_t, kVec, decltype(k)::value>(p, c); });
+  }
+  return true;
 }
 
 #define MK_INSTANTIATE(T)                                   \
@@ -189,7 +205,8 @@ bool run_tiled_bwd_fused_s1(const TiledBwd& c) {
   template bool run_tiled_conv<T, true>(const TiledConv&);  \
   template bool run_tiled_bwd_weight<T>(const TiledWgrad&); \
   template bool run_tiled_bwd_input_s2<T>(const TiledConv&); \
-  template bool run_tiled_bwd_fused_s1<T>(const TiledBwd&);
+  template bool run_tiled_bwd_fused_s1<T>(const TiledBwd&); \
+  template bool plan_tiled_bwd_fused_s1<T>(const TiledBwd&, TiledPlan&);
 MK_INSTANTIATE(float)
 MK_INSTANTIATE(double)
 MK_INSTANTIATE(at::Half)

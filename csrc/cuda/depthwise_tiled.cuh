@@ -46,6 +46,7 @@
 #include <cstdint>
 
 #include "chan_stats.cuh"
+#include "channel_passes.cuh"  // bn::TrainDxCoef, bn::train_grad_in: the fused BatchNorm backward
 #include "mk_cuda.cuh"
 
 namespace mobilenet_kernels {
@@ -162,12 +163,14 @@ __device__ __forceinline__ TileRange block_tiles(const TiledGeom& g) {
 // the buffers alternate (`buffer` elements apart; tiles i, i + 2, ... in the first): tile i + 1's
 // copies are in flight while tile i is computed. Every thread commits one group per tile (an empty
 // one after the last), so copy_async_wait<1> leaves exactly the next tile's copies in flight. With
-// one stage: stage, wait, compute. Block-uniform: every thread of the block calls it (it has
+// one stage: stage, wait, compute. Between a thread's wait and the barrier, landed(tile_id, buf)
+// may rewrite the values that thread staged (its own copies are visible to it once waited for;
+// the others' only after the barrier). Block-uniform: every thread of the block calls it (it has
 // __syncthreads), and compute runs between two barriers (a buffer is restaged only after every
 // thread's reads of it).
-template <typename T, typename Stage, typename Compute>
+template <typename T, typename Stage, typename Landed, typename Compute>
 __device__ __forceinline__ void for_each_staged_tile(const TiledGeom& g, T* smem, int buffer, Stage stage,
-                                                     Compute compute) {
+                                                     Landed landed, Compute compute) {
   const TileRange tiles = block_tiles(g);
   const bool two = g.stages == 2;
   if (two && tiles.begin < tiles.end) {
@@ -187,10 +190,17 @@ __device__ __forceinline__ void for_each_staged_tile(const TiledGeom& g, T* smem
     } else {
       copy_async_wait<0>();
     }
+    landed(tile_id, smem + parity * buffer);
     __syncthreads();  // every thread's copies of this tile have landed
     compute(tile_id, smem + parity * buffer);
     __syncthreads();  // this tile's reads are done
   }
+}
+
+template <typename T, typename Stage, typename Compute>
+__device__ __forceinline__ void for_each_staged_tile(const TiledGeom& g, T* smem, int buffer, Stage stage,
+                                                     Compute compute) {
+  for_each_staged_tile(g, smem, buffer, stage, [](int64_t, T*) {}, compute);
 }
 
 // The inner loop of the tiled kernels: reads the kSpan staged values of one tile row that this
@@ -519,6 +529,50 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // accumulators per channel.
 constexpr int kTiledFusedCV = 2;
 
+// The fused dw conv + BatchNorm + activation training backward (depthwise_conv2d_bn_act_train_backward):
+// the conv's grad_output is BatchNorm's grad_input, computed from BatchNorm's grad_output gy and
+// input z (the conv's output) per element by bn::train_grad_in with the per-channel coefficients
+// of a (kTrainDxRows, C) table (batch_norm_act_train_backward_sums). z null: off, gy is the conv's
+// grad_output itself.
+template <typename scalar_t, typename acc_t>
+struct TiledBnDx {
+  const scalar_t* z;   // (N, C, H, W), x's strides, or null
+  const acc_t* table;  // (bn::kTrainDxRows, C)
+  Act act;
+};
+
+// After a tile's copies have landed (for_each_staged_tile's `landed`): each thread turns the
+// grad_output vectors it staged (stage_tile's pixels: vector sv of pixels p0, p0 + step, ...) into
+// BatchNorm's grad_input, from the staged z at the same place, rounded to scalar_t as the unfused
+// backward stores it (so the two give the same bits). Positions outside the image keep their
+// zeros: the conv's padding. The channel vector's coefficients are loaded once per tile.
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void bn_dx_staged_tile(Vec<scalar_t, VEC>* gtile, const Vec<scalar_t, VEC>* ztile,
+                                                  const TiledGeom& g, const TiledThread& t, int ih0, int iw0, int IH,
+                                                  int IW, const TiledBnDx<scalar_t, acc_t>& bn) {
+  if (!t.stages) return;
+  const int64_t c0 = t.cb + t.sv * VEC;
+  bn::TrainDxCoef<acc_t> s[VEC];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    const acc_t* col = bn.table + c0 + v;
+    s[v] = {col[0], col[g.C], col[2 * g.C], col[3 * g.C], col[4 * g.C]};
+  }
+  for (int p = t.p0; p < IH * IW; p += t.step) {
+    const int ph = p / IW;
+    const int ih = ih0 + ph;
+    const int iw = iw0 + (p - ph * IW);
+    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+    Vec<scalar_t, VEC>& gv = gtile[p * t.cbv + t.sv];
+    const Vec<scalar_t, VEC> zv = ztile[p * t.cbv + t.sv];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      gv.v[v] = static_cast<scalar_t>(
+          bn::train_grad_in<acc_t>(bn.act, s[v], static_cast<acc_t>(zv.v[v]), static_cast<acc_t>(gv.v[v])));
+    }
+  }
+}
+
 // grad_input and stage 1 of grad_weight (and grad_bias) of a stride-1 "same" conv (K odd, padding
 // (K - 1) / 2, output size = input size) in one pass (KERNELS.md section 1: "fuse with dgrad"):
 // grad_output is read once for both instead of once each. A block stages two footprints of its
@@ -528,7 +582,10 @@ constexpr int kTiledFusedCV = 2;
 // against grad_output at staged (r + P, c + P)). Threads, tiles (x = the input, y = grad_input,
 // both H x W) and partials as in the forward and weight-gradient kernels above; R tiles per
 // block. The partials are those of depthwise_conv2d_bwd_weight_tiled_kernel (same rows).
-// ptxas (CUDA 13, sm_90): 86-92 registers for k3, 122-128 for k5, no spills.
+// With bn.z (TiledBnDx): a third footprint, BatchNorm's input z, and grad_output turned into
+// BatchNorm's grad_input where it was staged (bn_dx_staged_tile), so that tensor never reaches memory.
+// ptxas (CUDA 13, sm_90): 94-111 registers for k3 (86-92 before the BatchNorm prologue), 127-128
+// for k5, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_bwd_fused_s1_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -536,7 +593,8 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
                                                scalar_t* __restrict__ gx,        // (N, C, H, W), channels_last
                                                const acc_t* __restrict__ w,      // (K * K, C), not rotated
                                                TiledGeom g, bool do_bias,
-                                               acc_t* __restrict__ part) {  // (gridDim.x, K * K + do_bias, C)
+                                               acc_t* __restrict__ part,  // (gridDim.x, K * K + do_bias, C)
+                                               TiledBnDx<scalar_t, acc_t> bn) {
   static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
   constexpr int CV = VEC < kTiledFusedCV ? VEC : kTiledFusedCV;
   constexpr int kLanes = VEC / CV;
@@ -548,7 +606,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int IH = g.TH - 1 + K;
   const int IW = g.TW - 1 + K;
-  // [g.stages buffers][grad_output's footprint, then the input's][(IH * IW) pixels][cbv vectors]
+  // [g.stages buffers][grad_output's footprint, the input's (, z's)][(IH * IW) pixels][cbv vectors]
   V* tiles = reinterpret_cast<V*>(mk_dw_tiled_smem);
   const int footprint = IH * IW * t.cbv;
   const int step = t.cbv * kLanes;  // VC elements between staged pixels
@@ -559,8 +617,15 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     const TileOrigin o = tile_origin(g, tile_id);
     stage_tile<scalar_t, VEC>(buf, gy, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
     stage_tile<scalar_t, VEC>(buf + footprint, x, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
+    if (bn.z != nullptr) stage_tile<scalar_t, VEC>(buf + 2 * footprint, bn.z, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
   };
-  for_each_staged_tile(g, tiles, 2 * footprint, stage, [&](int64_t tile_id, const V* cur) {
+  const auto landed = [&](int64_t tile_id, V* buf) {
+    if (bn.z == nullptr) return;
+    const TileOrigin o = tile_origin(g, tile_id);
+    bn_dx_staged_tile<scalar_t, acc_t, VEC>(buf, buf + 2 * footprint, g, t, o.oh0 - P, o.ow0 - P, IH, IW, bn);
+  };
+  const int tensors = bn.z != nullptr ? 3 : 2;
+  for_each_staged_tile(g, tiles, tensors * footprint, stage, landed, [&](int64_t tile_id, const V* cur) {
     const TileOrigin o = tile_origin(g, tile_id);
     const VC* gsrc = reinterpret_cast<const VC*>(cur) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
     const VC* xsrc = reinterpret_cast<const VC*>(cur + footprint) + t.cv * kLanes + t.lane;
@@ -652,6 +717,7 @@ constexpr TiledWork kTiledForward{kTiledCV, 512, int64_t(1) << 40, false, 1, kTi
 constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 1};
 constexpr TiledWork kTiledDgradS2{kTiledCV, 512, int64_t(1) << 40, true, 1, kTiledSmemBytes, 1024};
 constexpr TiledWork kTiledBwdFused{kTiledFusedCV, 512, 1024, false, 2};
+constexpr TiledWork kTiledBwdFusedBn{kTiledFusedCV, 512, 1024, false, 3};  // + BatchNorm's z (TiledBnDx)
 inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024, false, 1}; }
 
 // The launch of a tiled kernel for one conv, or false when it does not apply (a tile's footprint
@@ -804,6 +870,9 @@ struct TiledWgrad {
 // run_tiled_bwd_fused_s1: x (the conv's input), gy (grad_output, x's sizes and strides) and gx
 // (grad_input) dense channels_last with 16-byte aligned vectors, w_taps the conv's (K * K, C) taps
 // in the accumulation dtype; part receives the (blocks, K * K + bias, C) partials.
+// With z (BatchNorm's input, x's sizes and strides) and bn_table (the (bn::kTrainDxRows, C)
+// coefficients of batch_norm_act_train_backward_sums, accumulation dtype): gy is BatchNorm's
+// grad_output, turned into the conv's in the staged tiles (TiledBnDx).
 struct TiledBwd {
   const at::Tensor* x;
   const at::Tensor* gy;
@@ -812,6 +881,9 @@ struct TiledBwd {
   at::Tensor* part;
   bool bias;
   TiledShape shape;  // of the conv: x -> gy
+  const at::Tensor* z = nullptr;
+  const at::Tensor* bn_table = nullptr;
+  Act act = Act::kIdentity;
 };
 
 // The staging buffers of the tiled kernels, from MK_DW_STAGES (read once per process): 2
@@ -840,9 +912,13 @@ bool run_tiled_bwd_input_s2(const TiledConv& c);
 
 // Runs the fused stride-1 backward (depthwise_conv2d_bwd_fused_s1_tiled_kernel) and returns true,
 // or returns false (nothing launched) when it does not apply: as run_tiled_conv, or not a stride-1
-// conv with K odd, padding (K - 1) / 2 on both axes, and gy with x's strides.
+// conv with K odd, padding (K - 1) / 2 on both axes, and gy (and z) with x's strides.
 template <typename scalar_t>
 bool run_tiled_bwd_fused_s1(const TiledBwd& c);
+
+// Its plan alone (nothing launched): whether run_tiled_bwd_fused_s1 would apply.
+template <typename scalar_t>
+bool plan_tiled_bwd_fused_s1(const TiledBwd& c, TiledPlan& p);
 
 // Runs stage 1 of the weight gradient through the tiled kernel and returns true (*c.part set), or
 // returns false (nothing launched) when it does not apply, for the same reasons as run_tiled_conv.

@@ -67,8 +67,8 @@ def environment(device: str) -> dict:
         "python": platform.python_version(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         # the kernel switches read from the environment (unset: the default kernels / tuning on)
-        "switches": {k: os.environ.get(k) for k in ("MK_DW_TILED", "MK_DW_STAGES", "MK_DW_ROW_REUSE", "MK_PW_FUSED",
-                                                          "MK_TRITON_TUNE")},
+        "switches": {k: os.environ.get(k) for k in ("MK_DW_TILED", "MK_DW_STAGES", "MK_DW_ROW_REUSE", "MK_DW_BN_FUSED",
+                                                    "MK_PW_FUSED", "MK_TRITON_TUNE")},
     }
     if device == "cuda":
         record["copy_GBps"] = copy_bandwidth() / 1e9

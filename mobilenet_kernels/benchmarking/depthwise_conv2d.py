@@ -3,13 +3,16 @@ ATen) and torch.compile, plus the fused dw conv + BatchNorm + activation in trai
 unfused eager sequence.
 
 Variants (option ``ops``): ``conv`` (depthwise_conv2d alone; modes forward, and full = forward +
-backward) and ``conv_bn_act_train`` (dw conv + BN in training + activation; mode full only).
+backward) and ``conv_bn_act_train`` (dw conv + BN in training + activation; mode full only; ours
+also with MK_DW_BN_FUSED=0, the ``<backend>_bn_unfused`` columns: the unfused training backward).
 Bytes are the fewest any implementation must move (each tensor read or written once): conv forward
 x + y; forward + backward x + y + (dy + x + dx), for the conv alone and for conv + BN + act.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -26,11 +29,35 @@ if TYPE_CHECKING:
 COLUMNS = ["model", "C", "H", "W", "k", "stride", "batch", "dtype", "layout", "op", "mode", "eager_p50_ms",
            "cuda_p50_ms", "triton_p50_ms", "torch_compile_p50_ms", "torch_compile_max_autotune_p50_ms", "cuda_GBps",
            "cuda_pct_peak", "cuda_pct_copy", "cuda_speedup_vs_eager", "triton_speedup_vs_eager",
-           "cuda_speedup_vs_compile"]
+           "cuda_speedup_vs_compile", "cuda_bn_unfused_p50_ms", "triton_bn_unfused_p50_ms"]
 GROUP_BY = ("op", "mode", "dtype", "layout", "batch")
 # ops: which variants to time; compile_conv: torch.compile rows for the lone conv too (Inductor hands
 # a lone convolution to ATen, so they equal eager there).
 OPTIONS = {"ops": ["conv", "conv_bn_act_train"], "compile_conv": True}
+
+
+# A provider name's suffix: the call runs with MK_DW_BN_FUSED=0, the training backward as the
+# unfused sequence (BatchNorm's grad_input written, then read by the conv's backward), next to the
+# fused default: the two columns of one row time what the fusion gains.
+UNFUSED = "_bn_unfused"
+
+
+@contextlib.contextmanager
+def _bn_dx_unfused():
+    before = os.environ.get("MK_DW_BN_FUSED")
+    os.environ["MK_DW_BN_FUSED"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MK_DW_BN_FUSED"]
+        else:
+            os.environ["MK_DW_BN_FUSED"] = before
+
+
+def _with(context, call):
+    with context():
+        return call()
 
 
 def conv_providers(device: str, compile_modes: list[str], backends: list[str]) -> dict[str, Callable]:
@@ -59,6 +86,8 @@ def conv_bn_act_providers(device: str, compile_modes: list[str], backends: list[
         found[name] = lambda x, w, geom, act, bn, _n=name: MF.depthwise_conv2d_bn_act(
             x, w, None, *geom, bn[0], bn[1], bn[2], bn[3], True, 0.1, 1e-5, act, backend=_n
         )
+        if name in ("cuda", "triton"):  # the same op with MK_DW_BN_FUSED=0 around the timed call (case)
+            found[f"{name}{UNFUSED}"] = found[name]
     return found
 
 
@@ -91,6 +120,8 @@ def case(provs: dict[str, Callable], op: str, layer: tuple, batch: int, dtype_na
         else:
             xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
             calls[name] = lambda fn=fn, xg=xg, wg=wg: torch.autograd.grad(fn(xg, wg, geom, act, *extra), (xg, wg), grad)
+            if name.endswith(UNFUSED):
+                calls[name] = lambda call=calls[name]: _with(_bn_dx_unfused, call)
     return row, calls
 
 

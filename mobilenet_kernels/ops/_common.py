@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -147,15 +148,46 @@ def register_stats_autograd(conv: str) -> None:
     torch.library.register_autograd(f"mobilenet_kernels::{conv}_stats_triton", backward, setup_context=setup_context)
 
 
-def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Callable) -> None:
+def bn_dx_fused() -> bool:
+    """Whether the training backwards fuse BatchNorm's grad_input into the conv's backward: yes,
+    unless MK_DW_BN_FUSED=0 (read at every call, as the CUDA op reads it, so that a benchmark can
+    time the two in one process: benchmarking/depthwise_conv2d.py), which runs the unfused sequence."""
+    return os.environ.get("MK_DW_BN_FUSED") != "0"
+
+
+def check_bn_backward_operands(input, out_shape, grad_output, conv_out, mean, var) -> None:
+    """grad_output and conv_out of the conv output's shape, the input's dtype and device; mean and
+    var (C_out,) floating on its device. C++ twin: csrc/batch_norm_act.h::check_conv_bn_backward_operands."""
+    for t, name in ((grad_output, "grad_output"), (conv_out, "conv_out")):
+        if tuple(t.shape) != tuple(out_shape):
+            raise ValueError(f"{name}: expected shape {tuple(out_shape)} (the conv's output), got {tuple(t.shape)}")
+        if t.dtype != input.dtype:
+            raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
+        if t.device != input.device:
+            raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+    for t, name in ((mean, "mean"), (var, "var")):
+        check_floating(t, name)
+        if t.dim() != 1 or t.shape[0] != out_shape[1]:
+            raise ValueError(f"{name}: expected shape ({out_shape[1]},) to match the conv's output channels, got "
+                             f"{tuple(t.shape)}")
+        if t.device != input.device:
+            raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+
+
+def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Callable,
+                               fused_backward: Callable | None = None) -> None:
     """The composite ``{conv}_bn_act_train{,_triton}(input, conv_weight, weight, bias, *geometry,
     eps, activation) -> (out, conv_out, mean, var)``: act(BatchNorm(conv(input))) with batch
     statistics, as ``{conv}_stats`` (the statistics from the conv's epilogue) then the BatchNorm
-    apply kernel; backward = batch_norm_act_train_backward then ``{conv}_backward``. conv_out, mean
-    and var are non-differentiable outputs kept for the backward and for the running statistics.
-    Device-generic. Here: both ops' fakes and the ``_triton`` twin's kernel and autograd; the
-    C++-backed op's kernel and autograd are the same formulas in C++ (csrc/autograd.cpp: this Python
-    path cost ~150 us more per training call).
+    apply kernel; conv_out, mean and var are non-differentiable outputs kept for the backward and
+    for the running statistics. Its backward is one op, ``{conv}_bn_act_train_backward{,_triton}
+    (grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *geometry, eps,
+    activation, output_mask) -> (grad_input, grad_conv_weight, sum g * x_hat, sum g)``:
+    batch_norm_act_train_backward then ``{conv}_backward``, or, for the ``_triton`` twin,
+    ``fused_backward`` (same arguments) when given. Device-generic. Here: the fakes of all four ops
+    and the ``_triton`` twins' kernels and autograd; the C++-backed ops' kernels and autograd are
+    the same formulas in C++ (csrc/autograd.cpp: this Python path cost ~150 us more per training
+    call).
 
     ``check_args(input, conv_weight, weight, bias, *geometry, eps, activation)`` raises on bad input;
     ``stats_fake(input, conv_weight, *geometry)`` is the stats op's fake (the output's shape)."""
@@ -165,6 +197,22 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         check_args(input, conv_weight, weight, bias, *rest)
         conv_out, mean, var = stats_fake(input, conv_weight, *rest[:-2])
         return torch.empty_like(conv_out), conv_out, mean, var
+
+    def check_backward_args(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest):
+        """Every check of the backward op; returns the conv output's shape."""
+        *geometry, eps, activation, _output_mask = rest
+        check_args(input, conv_weight, weight, bias, *geometry, eps, activation)
+        out_shape = stats_fake(input, conv_weight, *geometry)[0].shape
+        check_bn_backward_operands(input, out_shape, grad_output, conv_out, mean, var)
+        return out_shape
+
+    def backward_fake(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest):
+        out_shape = check_backward_args(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest)
+        output_mask, acc = rest[-1], acc_dtype(input.dtype)
+        return (empty_like_output(input) if output_mask[0] else input.new_empty(0),
+                torch.empty_like(conv_weight, memory_format=torch.contiguous_format) if output_mask[1]
+                else input.new_empty(0),
+                input.new_empty(out_shape[1], dtype=acc), input.new_empty(out_shape[1], dtype=acc))
 
     def setup_context(ctx, inputs, output):
         input, conv_weight, weight, bias, *geometry, eps, activation = inputs
@@ -179,6 +227,7 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
     apply_op = ns.batch_norm_act_eval_triton
     bn_backward = ns.batch_norm_act_train_backward_triton
     conv_backward = getattr(ns, f"{conv}_backward_triton")
+    backward_op = getattr(ns, f"{conv}_bn_act_train_backward_triton")
 
     def forward(input, conv_weight, weight, bias, *rest):
         check_args(input, conv_weight, weight, bias, *rest)
@@ -186,22 +235,41 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         conv_out, mean, var = stats_op(input, conv_weight, *geometry)
         return apply_op(conv_out, mean, var, weight, bias, eps, activation), conv_out, mean, var
 
+    def composite_backward(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest):
+        check_backward_args(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest)
+        *geometry, eps, activation, output_mask = rest
+        grad_conv_out, sum_g_xhat, sum_g = bn_backward(
+            grad_output.contiguous(memory_format=output_memory_format(input)), conv_out, weight, bias, mean, var,
+            eps, activation)
+        grad_input = grad_conv_weight = input.new_empty(0)
+        if output_mask[0] or output_mask[1]:
+            grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, *geometry,
+                                                            [output_mask[0], output_mask[1], False])
+        return grad_input, grad_conv_weight, sum_g_xhat, sum_g
+
+    def kernel_backward(*args):
+        if not bn_dx_fused():
+            return composite_backward(*args)
+        check_backward_args(*args)
+        return fused_backward(*args)
+
     def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
         if grad_output is None:
             return (None,) * (6 + len(ctx.geometry))
         input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_conv_out, sum_g_xhat, sum_g = bn_backward(
-            grad_output.contiguous(memory_format=output_memory_format(input)), conv_out, weight, bias, mean, var,
-            ctx.eps, ctx.activation)
-        grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, *ctx.geometry,
-                                                        [needs[0], needs[1], False])
+        grad_input, grad_conv_weight, sum_g_xhat, sum_g = backward_op(
+            grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *ctx.geometry, ctx.eps,
+            ctx.activation, [needs[0], needs[1]])
         return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
                 sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
                 *(None,) * (len(ctx.geometry) + 2))
 
-    torch.library.register_fake(f"mobilenet_kernels::{conv}_bn_act_train", fake)
+    for suffix in ("", "_triton"):
+        torch.library.register_fake(f"mobilenet_kernels::{conv}_bn_act_train{suffix}", fake)
+        torch.library.register_fake(f"mobilenet_kernels::{conv}_bn_act_train_backward{suffix}", backward_fake)
     name = f"mobilenet_kernels::{conv}_bn_act_train_triton"
     torch.library.register_kernel(name, ("cpu", "cuda"), forward)
-    torch.library.register_fake(name, fake)
     torch.library.register_autograd(name, backward, setup_context=setup_context)
+    torch.library.register_kernel(f"mobilenet_kernels::{conv}_bn_act_train_backward_triton", ("cpu", "cuda"),
+                                  composite_backward if fused_backward is None else kernel_backward)

@@ -12,8 +12,10 @@ Three kernel ops and one composite:
 * ``depthwise_conv2d_stats``: the conv plus the per-channel batch mean and biased variance of its
   output from the kernel's epilogue, so BatchNorm's statistics pass never re-reads the output.
 * ``depthwise_conv2d_bn_act_train``: dw conv + BatchNorm (batch statistics) + activation:
-  ``stats`` then the BatchNorm apply kernel; backward = batch_norm_act_train_backward then
-  depthwise_conv2d_backward. A device-generic composite over the kernel ops of one backend.
+  ``stats`` then the BatchNorm apply kernel. A device-generic composite over the kernel ops of one
+  backend. Its backward op ``depthwise_conv2d_bn_act_train_backward``: BatchNorm's reduction, then
+  the conv's backward with BatchNorm's grad_input computed where the conv reads it (Triton; CUDA
+  where its tiled kernel applies), else batch_norm_act_train_backward then depthwise_conv2d_backward.
 
 Autocast: the functional layer casts input/weight/bias to the autocast dtype, as F.conv2d does
 (``torch.library.register_autocast`` only knows one fixed dtype).
@@ -212,4 +214,26 @@ def check_depthwise_bn_train_args(input, conv_weight, weight, bias, stride, padd
 
 
 
-register_conv_bn_act_train("depthwise_conv2d", check_depthwise_bn_train_args, _stats_fake)
+def _triton_bn_act_train_backward(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, stride, padding,
+                                  dilation, eps, activation, output_mask):
+    """The fused backward (arguments checked by the caller, register_conv_bn_act_train): BatchNorm's
+    reduction, then one depthwise backward kernel that computes BatchNorm's grad_input where it
+    loads its grad_output (triton/depthwise_conv2d.py, BN_DX)."""
+    from ..triton.batch_norm_act import TrainDx
+    from ..triton.depthwise_conv2d import depthwise_conv2d_bwd
+
+    fmt = output_memory_format(input)
+    gy, z = grad_output.contiguous(memory_format=fmt), conv_out.contiguous(memory_format=fmt)
+    dx = TrainDx(gy, z, mean, var, weight, bias, eps, activation)
+    grad_input = grad_conv_weight = input.new_empty(0)
+    if output_mask[0] or output_mask[1]:
+        grad_input, grad_conv_weight, _ = depthwise_conv2d_bwd(
+            gy, dense(input), _acc_weight(conv_weight), tuple(stride), tuple(padding), tuple(dilation), fmt,
+            (bool(output_mask[0]), bool(output_mask[1]), False), bn_dx=(z, dx))
+        if output_mask[1]:
+            grad_conv_weight = grad_conv_weight.reshape(conv_weight.shape).to(conv_weight.dtype).contiguous()
+    return grad_input, grad_conv_weight, dx.sum_gxhat, dx.sum_g
+
+
+register_conv_bn_act_train("depthwise_conv2d", check_depthwise_bn_train_args, _stats_fake,
+                           fused_backward=_triton_bn_act_train_backward)

@@ -128,6 +128,26 @@ def _batch_stats_kernel(
 
 
 @triton.jit
+def _train_dx_coefficients(mean_ptr, var_ptr, w_ptr, b_ptr, sum_gxhat_ptr, sum_g_ptr, cols, col_mask, M, eps,
+                           HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The per-channel coefficients of the training grad_input (_train_dx), for channels `cols`."""
+    mean, rstd, scale, shift = _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS)
+    mean_g = tl.load(sum_g_ptr + cols, mask=col_mask, other=0.0) / M
+    mean_gxhat = tl.load(sum_gxhat_ptr + cols, mask=col_mask, other=0.0) / M
+    return mean, rstd, scale, shift, mean_g, mean_gxhat
+
+
+@triton.jit
+def _train_dx(x, gy, mean, rstd, scale, shift, mean_g, mean_gxhat, ACT: tl.constexpr):
+    """grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M), g = gy * act'(x * scale + shift),
+    the coefficients (_train_dx_coefficients) broadcast to x's tile. Shared with the fused depthwise
+    backward (triton/depthwise_conv2d.py), which computes grad_in where it loads it: the same bits."""
+    g = gy * act_derivative(x * scale + shift, ACT)
+    x_hat = (x - mean) * rstd
+    return scale * (g - mean_g - x_hat * mean_gxhat)
+
+
+@triton.jit
 def _batch_norm_act_train_dx_kernel(
     gy_ptr, x_ptr, gx_ptr,  # (N, C, HW) dense, same strides
     mean_ptr, var_ptr, w_ptr, b_ptr,  # (C,), accumulation dtype
@@ -136,20 +156,17 @@ def _batch_norm_act_train_dx_kernel(
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, MULT: tl.constexpr,
 ):
-    """grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M)."""
+    """grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M) (_train_dx)."""
     offs, cols, col_mask, mask = _tile_offsets(
         tl.program_id(0), tl.program_id(1), M, C, HW, stride_n, stride_c, stride_p, BLOCK_M, BLOCK_C, MULT
     )
-    mean, rstd, scale, shift = _fold_batch_norm(
-        mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS
+    mean, rstd, scale, shift, mean_g, mean_gxhat = _train_dx_coefficients(
+        mean_ptr, var_ptr, w_ptr, b_ptr, sum_gxhat_ptr, sum_g_ptr, cols, col_mask, M, eps, HAS_WEIGHT, HAS_BIAS
     )
-    mean_g = tl.load(sum_g_ptr + cols, mask=col_mask, other=0.0) / M
-    mean_gxhat = tl.load(sum_gxhat_ptr + cols, mask=col_mask, other=0.0) / M
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
     gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
-    g = gy * act_derivative(x * scale[None, :] + shift[None, :], ACT)
-    x_hat = (x - mean[None, :]) * rstd[None, :]
-    gx = scale[None, :] * (g - mean_g[None, :] - x_hat * mean_gxhat[None, :])
+    gx = _train_dx(x, gy, mean[None, :], rstd[None, :], scale[None, :], shift[None, :], mean_g[None, :],
+                   mean_gxhat[None, :], ACT)
     tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -265,15 +282,37 @@ def batch_stats(x):
     return mean.to(L.acc), var.to(L.acc)
 
 
+class TrainDx:
+    """The training backward's reduction over (gy, x), and what its grad_input pass needs: the
+    BatchNorm parameters in the accumulation dtype (``params``: mean, var, weight, bias, dummies
+    for absent ones), ``eps``, the sums, the count ``M`` and the flags. The fused depthwise backward
+    (triton/depthwise_conv2d.py) passes these to _train_dx_coefficients and _train_dx in its own
+    kernel, instead of this module's grad_input pass (``grad_input``)."""
+
+    def __init__(self, gy, x, mean, var, weight, bias, eps, activation):
+        self._launch = L = _Launch(x, mean, var, weight, bias, activation, eps)
+        self.params, self.eps, self.M = L.params, L.eps, L.geometry[0]
+        self.flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation))
+        self._gy, self._x = gy, x
+        if x.numel() == 0:
+            self.sum_gxhat, self.sum_g = L.zeros(x.device), L.zeros(x.device)
+            return
+        partial = L.partials(x.device)
+        _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, x, *L.params, partial, *L.geometry, L.eps, WRITE_GX=False,
+                                                **L.flags)
+        self.sum_gxhat, self.sum_g = partial[0].sum(dim=0), partial[1].sum(dim=0)
+
+    def grad_input(self, memory_format):
+        x, L = self._x, self._launch
+        gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
+        if x.numel() > 0:
+            _batch_norm_act_train_dx_kernel[L.grid](self._gy, x, gx, *L.params, self.sum_gxhat, self.sum_g,
+                                                    *L.geometry, L.eps, **L.flags)
+        return gx.to(x.dtype)
+
+
 def batch_norm_act_train_bwd(gy, x, mean, var, weight, bias, eps, activation, memory_format):
     """gy, x dense in ``memory_format``; mean, var the batch statistics of the forward.
     Returns (grad_input, sum g * x_hat, sum g)."""
-    L = _Launch(x, mean, var, weight, bias, activation, eps)
-    gx = torch.empty(x.shape, dtype=_store_dtype(x), device=x.device, memory_format=memory_format)
-    if x.numel() == 0:
-        return gx.to(x.dtype), L.zeros(x.device), L.zeros(x.device)
-    partial = L.partials(x.device)
-    _batch_norm_act_eval_bwd_kernel[L.grid](gy, x, gx, *L.params, partial, *L.geometry, L.eps, WRITE_GX=False, **L.flags)
-    sum_gxhat, sum_g = partial[0].sum(dim=0), partial[1].sum(dim=0)
-    _batch_norm_act_train_dx_kernel[L.grid](gy, x, gx, *L.params, sum_gxhat, sum_g, *L.geometry, L.eps, **L.flags)
-    return gx.to(x.dtype), sum_gxhat, sum_g
+    dx = TrainDx(gy, x, mean, var, weight, bias, eps, activation)
+    return dx.grad_input(memory_format), dx.sum_gxhat, dx.sum_g

@@ -41,6 +41,7 @@ from ..activations import activation_code
 from ._activations import act_forward
 from ._alignment import channel_multiple, multiple
 from ._partials import chan_update, merge_centred_partials, store_centred_partials
+from .batch_norm_act import _train_dx, _train_dx_coefficients
 from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
@@ -213,17 +214,27 @@ def _depthwise_conv2d_bwd_kernel(
     w_ptr,  # (KH * KW, C) contiguous (tap-major: a tap's channels adjacent), accumulation dtype
     gx_ptr,  # (N, C, H, W) dense, x's layout (fp32 for bf16 under the interpreter); only if GRAD_INPUT
     partial_ptr,  # (programs along pixels, KH * KW, C) accumulation dtype; only if GRAD_WEIGHT
+    # BN_DX only: gy_ptr is BatchNorm's grad_output, z_ptr its input (the conv's output, gy's
+    # layout); its mean, var, weight, bias and the reduction's sums, (C,) accumulation dtype
+    # (batch_norm_act.TrainDx): the conv's grad_output is computed where it is loaded.
+    z_ptr, mean_ptr, var_ptr, bnw_ptr, bnb_ptr, sum_gxhat_ptr, sum_g_ptr, M, eps,
     C, H, W, OH, OW, PH, PW,
     HQ, WQ, Q, ITERS,  # a phase has HQ x WQ pixel slots per image, Q = N * HQ * WQ
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_WEIGHT: tl.constexpr, TAPS: tl.constexpr,  # TAPS: next_pow2(KH * KW)
+    BN_DX: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     C_MULT: tl.constexpr,  # a power of two dividing C (_alignment.channel_multiple)
 ):
     """Input pixel (ih, iw) of phase (rh, rw) = (ih % SH, iw % SW) is read by tap (kh, kw) of output
     pixel ((ih + PH - kh*DH) / SH, ...) iff (rh + PH - kh*DH) % SH == 0 (and likewise for w): a test
     per program, not per pixel. Phases are the fastest-varying program index, so neighbouring
-    programs share grad_output rows in L2."""
+    programs share grad_output rows in L2.
+    BN_DX (the fused dw conv + BatchNorm + activation backward): each loaded grad_output value is
+    BatchNorm's grad_input at that pixel (batch_norm_act._train_dx, from gy and z), rounded to x's
+    dtype as the unfused backward stores it, zero outside the image: that tensor never reaches
+    memory, for (K * K) / (S * S) evaluations of _train_dx per output value."""
     acc_ty = w_ptr.dtype.element_ty
     C = multiple(C, C_MULT)  # C itself, now known to Triton as a multiple of C_MULT (_alignment)
     pid = tl.program_id(0)
@@ -235,6 +246,9 @@ def _depthwise_conv2d_bwd_kernel(
     c_mask = c < C
     x_c = _channel_offset(c, H, W, CHANNELS_LAST)
     y_c = _channel_offset(c, OH, OW, CHANNELS_LAST)
+    if BN_DX:
+        bn_mean, bn_rstd, bn_scale, bn_shift, bn_mean_g, bn_mean_gxhat = _train_dx_coefficients(
+            mean_ptr, var_ptr, bnw_ptr, bnb_ptr, sum_gxhat_ptr, sum_g_ptr, c, c_mask, M, eps, HAS_WEIGHT, HAS_BIAS)
     taps = tl.arange(0, TAPS)
     w_acc = tl.zeros([TAPS, BLOCK_C], acc_ty)
     for it in range(ITERS):
@@ -265,7 +279,20 @@ def _depthwise_conv2d_bwd_kernel(
                         ow = j + off_w // SW
                         ok = h_ok & (ow >= 0) & (ow < OW)
                         offs = _tile(_pixel_offset(n, oh, ow, C, OH, OW, CHANNELS_LAST), y_c, CHANNELS_LAST)
-                        g = tl.load(gy_ptr + offs, mask=_tile_mask(ok, c_mask, CHANNELS_LAST), other=0.0).to(acc_ty)
+                        g_mask = _tile_mask(ok, c_mask, CHANNELS_LAST)
+                        g = tl.load(gy_ptr + offs, mask=g_mask, other=0.0).to(acc_ty)
+                        if BN_DX:
+                            zv = tl.load(z_ptr + offs, mask=g_mask, other=0.0).to(acc_ty)
+                            g = _train_dx(zv, g, _per_channel(bn_mean, CHANNELS_LAST),
+                                          _per_channel(bn_rstd, CHANNELS_LAST), _per_channel(bn_scale, CHANNELS_LAST),
+                                          _per_channel(bn_shift, CHANNELS_LAST),
+                                          _per_channel(bn_mean_g, CHANNELS_LAST),
+                                          _per_channel(bn_mean_gxhat, CHANNELS_LAST), ACT)
+                            if ROUND_BF16:
+                                g = _round_bf16(g)
+                            else:
+                                g = g.to(gy_ptr.dtype.element_ty).to(acc_ty)
+                            g = tl.where(g_mask, g, 0.0)
                         if GRAD_INPUT:
                             wv = tl.load(w_ptr + (kh * KW + kw) * C + c, mask=c_mask, other=0.0)
                             acc += g * _per_channel(wv, CHANNELS_LAST)
@@ -442,10 +469,13 @@ def depthwise_conv2d_stats_fwd(x, weight, stride, padding, dilation, fmt):
     return out, mean.to(weight.dtype), var.to(weight.dtype)
 
 
-def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, output_mask):
+def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, output_mask, bn_dx=None):
     """(grad_input, grad_weight (C, 1, kH, kW), grad_bias (C,)) of the identity-activation conv, in
     x's dtype; an entry whose output_mask is false is ``x.new_empty(0)``. grad_out and x dense in
-    ``fmt``; weight (C, kH, kW) contiguous in the accumulation dtype."""
+    ``fmt``; weight (C, kH, kW) contiguous in the accumulation dtype.
+    ``bn_dx`` (z, batch_norm_act.TrainDx): the conv is followed by a BatchNorm + activation whose
+    input is z (the conv's output, dense in ``fmt``) and whose grad_output is grad_out; the conv's
+    own grad_output (BatchNorm's grad_input) is computed in the kernel (BN_DX). Not with grad_bias."""
     N, C, H, W, OH, OW, kH, kW = _geometry(x, weight, stride, padding, dilation)
     assert grad_out.shape == (N, C, OH, OW) and grad_out.dtype == x.dtype
     assert x.is_contiguous(memory_format=fmt) and grad_out.is_contiguous(memory_format=fmt)
@@ -468,11 +498,18 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
         iters, chunks = _split(blocks, _TARGET_PROGRAMS // (c_blocks * phases)) if weight_work else (1, blocks)
         taps = kH * kW
         partial = torch.empty((phases * chunks, taps, C) if weight_work else (0,), dtype=acc, device=device)
+        if bn_dx is None:  # dummies, never read
+            bn_args, bn_flags = (weight,) * 7 + (1, 0.0), dict(HAS_WEIGHT=False, HAS_BIAS=False, ACT=0)
+        else:
+            z, dx = bn_dx
+            bn_args, bn_flags = (z, *dx.params, dx.sum_gxhat, dx.sum_g, dx.M, dx.eps), dx.flags
         _depthwise_conv2d_bwd_kernel[(phases * chunks, c_blocks)](
-            grad_out, x, _tap_major(weight), grad_input, partial,
+            grad_out, x, _tap_major(weight), grad_input, partial, *bn_args,
             C, H, W, OH, OW, padding[0], padding[1], HQ, WQ, Q, iters,
             **_taps(kH, kW, stride, dilation),
             GRAD_INPUT=want_input, GRAD_WEIGHT=weight_work, TAPS=triton.next_power_of_2(taps),
+            BN_DX=bn_dx is not None, ROUND_BF16=bn_dx is not None and _store_dtype(x.dtype, device) != x.dtype,
+            **bn_flags,
             CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p),
             BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=channel_multiple(C),
         )
@@ -484,6 +521,7 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
     if want_input:
         grad_input = grad_input.to(x.dtype)
     if want_bias:
+        assert bn_dx is None, "grad_bias of a conv followed by a BatchNorm: not computed"
         grad_bias = torch.zeros(C, dtype=acc, device=device)
         if grad_out.numel() > 0:
             P = N * OH * OW

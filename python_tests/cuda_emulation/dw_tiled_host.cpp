@@ -186,7 +186,9 @@ mkc::TiledWork work_of(const std::string& kind, int64_t K) {
   if (kind == "stats") return mkc::kTiledStats;
   if (kind == "dgrad_s2") return mkc::kTiledDgradS2;
   if (kind == "bwd_fused") return mkc::kTiledBwdFused;
-  TORCH_CHECK(kind == "wgrad", "kind: expected forward, stats, wgrad, dgrad_s2 or bwd_fused, got ", kind);
+  if (kind == "bwd_fused_bn") return mkc::kTiledBwdFusedBn;
+  TORCH_CHECK(kind == "wgrad", "kind: expected forward, stats, wgrad, dgrad_s2, bwd_fused or bwd_fused_bn, got ",
+              kind);
   return mkc::tiled_wgrad_work(static_cast<int>(K));
 }
 
@@ -261,21 +263,37 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
 // grad_input and the weight gradient's stage-1 partials of a stride-1 "same" conv (padding
 // (K - 1) / 2) by the emulated fused kernel: x the conv's input, gy its grad_output (both
 // channels_last, the same sizes and strides), weight_taps the conv's (K * K, C) float taps.
+// With z (x's sizes and strides) and bn_table ((5, C) float, bn::TrainDxCoef's rows): the fused
+// BatchNorm backward (TiledBnDx), gy then BatchNorm's grad_output and z its input, act_code
+// the activation's (mk_common.h Act).
 // Returns (grad_input, part (blocks_x, K * K + bias, C), plan), plan as run() returns it.
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Tensor& x_in, const at::Tensor& gy_in,
                                                                    const at::Tensor& weight_taps, int64_t K, bool bias,
-                                                                   int64_t stages) {
+                                                                   int64_t stages,
+                                                                   const c10::optional<at::Tensor>& z_in,
+                                                                   const c10::optional<at::Tensor>& bn_table,
+                                                                   int64_t act_code) {
   const at::Tensor x = guarded_input(x_in, "x");
   const at::Tensor gy = guarded_input(gy_in, "gy");
   TORCH_CHECK(x.scalar_type() == gy.scalar_type() && x.sizes() == gy.sizes() && x.strides() == gy.strides(),
               "gy: expected x's dtype, sizes and strides");
+  TORCH_CHECK(z_in.has_value() == bn_table.has_value(), "z, bn_table: expected both or neither");
+  const at::Tensor z = z_in.has_value() ? guarded_input(*z_in, "z") : at::Tensor();
+  if (z.defined()) {
+    TORCH_CHECK(z.scalar_type() == x.scalar_type() && z.sizes() == x.sizes() && z.strides() == x.strides(),
+                "z: expected x's dtype, sizes and strides");
+    TORCH_CHECK(bn_table->scalar_type() == at::kFloat && bn_table->is_contiguous() &&
+                    bn_table->sizes() == at::IntArrayRef({mkc::bn::kTrainDxRows, x.size(1)}),
+                "bn_table: expected a contiguous (5, C) float tensor");
+  }
   TORCH_CHECK(K % 2 == 1, "K: expected an odd kernel size");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = (K - 1) / 2;
   check_weight_taps(weight_taps, K, C);
   const mk_emu::GuardedOutput gx_out(
       at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)), C * H * W + 2 * kGuardElems);
   at::Tensor gx = gx_out.y;
-  const mkc::TiledPlan plan = plan_or_raise(x, gx, K, 1, P, P, mkc::kTiledBwdFused, stages, -1);
+  const mkc::TiledPlan plan =
+      plan_or_raise(x, gx, K, 1, P, P, z.defined() ? mkc::kTiledBwdFusedBn : mkc::kTiledBwdFused, stages, -1);
   const int64_t rows = K * K + (bias ? 1 : 0);
   const mk_emu::GuardedOutput part_out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)),
                                        kGuardElems);
@@ -291,7 +309,10 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
     dispatch_k_s(K, 1, [&](auto k, auto) {
       launch_planned(plan, [&] {
         mkc::depthwise_conv2d_bwd_fused_s1_tiled_kernel<scalar_t, float, VEC, decltype(k)::value>(
-            xp, gp, gxp, wp, plan.g, bias, pp);
+            xp, gp, gxp, wp, plan.g, bias, pp,
+            mkc::TiledBnDx<scalar_t, float>{z.defined() ? z.data_ptr<scalar_t>() : nullptr,
+                                            z.defined() ? bn_table->data_ptr<float>() : nullptr,
+                                            static_cast<mk::Act>(act_code)});
       });
     });
   });
@@ -335,7 +356,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight_taps"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("pH"), py::arg("pW"),
         py::arg("stages") = 2, py::arg("min_blocks") = -1);
   m.def("bwd_fused", &bwd_fused, "depthwise_conv2d_bwd_fused_s1_tiled_kernel emulated on the host", py::arg("x"),
-        py::arg("gy"), py::arg("weight_taps"), py::arg("K"), py::arg("bias"), py::arg("stages") = 2);
+        py::arg("gy"), py::arg("weight_taps"), py::arg("K"), py::arg("bias"), py::arg("stages") = 2,
+        py::arg("z") = py::none(), py::arg("bn_table") = py::none(), py::arg("act_code") = 0);
   m.def("wgrad", &wgrad, "depthwise_conv2d_bwd_weight_tiled_kernel emulated on the host", py::arg("x"), py::arg("gy"),
         py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"), py::arg("stages") = 2);
 }
