@@ -55,6 +55,19 @@ for C in json.loads(sys.argv[1]):
         dict(KH=5, KW=5, SH=1, SW=1, DH=1, DW=1, HAS_BIAS=True, ACT=3, STATS=False, ROUND_BF16=False,
              CHANNELS_LAST=True, PIX64=False, BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=cm(C)),
         {"C": C})
+    # the fused dw conv + BatchNorm + activation training backward (k3 s1: grad_input and
+    # grad_weight, BatchNorm's grad_input computed from grad_output and z at every tap load)
+    block_p, block_c = D._blocks(N * H * H, C, True, 9, torch.bfloat16)
+    found[f"depthwise backward + BatchNorm dx k3 C={C}"] = compile_loads(
+        D._depthwise_conv2d_bwd_kernel,
+        {"gy_ptr": "*bf16", "x_ptr": "*bf16", "w_ptr": "*fp32", "gx_ptr": "*bf16", "partial_ptr": "*fp32",
+         "z_ptr": "*bf16", "mean_ptr": "*fp32", "var_ptr": "*fp32", "bnw_ptr": "*fp32", "bnb_ptr": "*fp32",
+         "sum_gxhat_ptr": "*fp32", "sum_g_ptr": "*fp32", "eps": "fp32"},
+        dict(KH=3, KW=3, SH=1, SW=1, DH=1, DW=1, GRAD_INPUT=True, GRAD_WEIGHT=True, TAPS=16, BN_DX=True,
+             HAS_WEIGHT=True, HAS_BIAS=True, ACT=3, ROUND_BF16=False, CHANNELS_LAST=True, PIX64=False,
+             BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=cm(C)),
+        {"C": C, "H": H, "W": H, "OH": H, "OW": H, "PH": 1, "PW": 1, "HQ": H, "WQ": H, "Q": N * H * H, "ITERS": 4,
+         "M": N * H * H})
     block_m, block_c = B._blocks(N * H * H, C)
     found[f"batch_norm_act eval C={C}"] = compile_loads(
         B._batch_norm_act_eval_fwd_kernel,
@@ -114,7 +127,8 @@ _ONCE_PER_PROGRAM = {"inverted_residual": 1}
 
 
 def test_channels_last_kernels_load_16_byte_vectors():
-    """The depthwise forward (k5), the BatchNorm eval forward, the squeeze-excite apply pass, the
+    """The depthwise forward (k5) and backward fused with BatchNorm's (k3), the BatchNorm eval
+    forward, the squeeze-excite apply pass, the
     pointwise GEMMs (forward, grad_input, grad_weight) and the whole-block kernel (and its two
     squeeze-excite passes), bf16 channels_last at C = 120, 72 (multiples of 8, not 16) and 960 (the
     GEMMs from and the blocks around 40 channels): every global load of activations and weights a
@@ -127,7 +141,7 @@ def test_channels_last_kernels_load_16_byte_vectors():
         pytest.skip(f"this triton cannot compile for CUDA here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(found) == 9 + 3 * 6
+    assert len(found) == 12 + 3 * 6
     for case, loads in found.items():
         scalar = [ld for ld in loads if ld.startswith("ld.") and not re.search(r"\.v[248]\.", ld)]
         allowed = next((n for prefix, n in _ONCE_PER_PROGRAM.items() if case.startswith(prefix)), 0)
