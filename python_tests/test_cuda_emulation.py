@@ -463,12 +463,51 @@ def test_fused_backward_with_batch_norm_dx(emu, dtype, K):
             assert torch.equal(gx1, gx) and torch.equal(part1, part), where
 
 
+@pytest.mark.parametrize("K", [3, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stride2_backward_with_batch_norm_dx(emu, dtype, K):
+    """The stride-2 backward of a dw conv + BatchNorm + activation (TiledBnDx): the parity-split
+    grad_input, which stages z beside grad_output and turns the staged values (zero in the padding),
+    and the weight gradient, which turns the values it loads, against the conv's gradients of
+    bn_dx_reference's grad_output; grad_input with one tile per block and with several (two staging
+    buffers), bit for bit."""
+    activations = ["hardswish", "relu6", "relu", "identity"]
+    every = dgrad_s2_cases(dtype, K)
+    first_of_parity = {}
+    for i, (*_, pH, pW) in enumerate(every):
+        first_of_parity.setdefault((pH % 2, pW % 2), i)
+    cases = [c for i, c in enumerate(every) if i % 3 == 0 or i in first_of_parity.values()]  # a third, every parity
+    for i, (N, C, H, W, pH, pW) in enumerate(cases):
+        activation = activations[i % len(activations)]
+        OH, OW = (H + 2 * pH - K) // 2 + 1, (W + 2 * pW - K) // 2 + 1
+        gy, z = ((torch.randn(N, C, OH, OW) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+                 for _ in range(2))
+        x, w, taps, _ = make_case(N, C, H, W, K, dtype, bias=False)
+        table = torch.stack([torch.rand(C) + 0.5, torch.randn(C), torch.randn(C), torch.randn(C) * 0.1,
+                             torch.randn(C) * 0.1]).float().contiguous()
+        g = bn_dx_reference(gy, z, table, activation)
+        where = f"x ({N}, {C}, {H}, {W}) {dtype} K{K} pad ({pH}, {pW}) {activation}"
+        ref = torch.nn.grad.conv2d_input((N, C, H, W), w.double(), g.double(), stride=2, padding=(pH, pW), groups=C)
+        gx = None
+        for stages, min_blocks in ((2, -1), (2, 0), (1, 0)):
+            out, info = emu.dgrad_s2(gy, taps, H, W, K, pH, pW, stages, min_blocks, z, table, ACT[activation])
+            assert not out.isnan().any(), f"elements left unwritten: {where} plan {info}"
+            if gx is None:
+                assert_matches(out, ref, dtype, f"{where} plan {info}")
+                gx = out
+            else:
+                assert torch.equal(out, gx), f"{where} plan {info}"
+        part, info = emu.wgrad(x, gy, K, 2, pH, pW, False, 2, z, table, ACT[activation])
+        assert not part.isnan().any(), f"partials left unwritten: {where} plan {info}"
+        assert_partials_sum_to_grads(part, x, g, K, 2, (pH, pW), False, f"{where} plan {info}")
+
+
 @pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
 def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
     """plan_tiled (nothing runs) takes every depthwise layer of the model at 224², batch 256, in
     16-bit and fp32 vectors, for the forward, its statistics, the weight gradient, (stride 2)
-    grad_input and (stride 1) the fused backward (also with BatchNorm's z staged), with at least two
-    warps per block and the tile within the written tensor; the statistics partials at most ~2048 per channel, each covering at
+    grad_input and (stride 1) the fused backward (both also with BatchNorm's z staged), with at
+    least two warps per block and the tile within the written tensor; the statistics partials at most ~2048 per channel, each covering at
     least 256 outputs (or all of them), the weight gradient's at most ~1024, each covering at least
     512."""
     from mobilenet_kernels.benchmarking.shapes import depthwise_layers
@@ -476,15 +515,15 @@ def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
     for C, H, W, k, s, p, d, _ in depthwise_layers(model, 224):
         assert d == 1 and k in (3, 5) and s in (1, 2)
         OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        for vec, kind in itertools.product((8, 4), ("forward", "stats", "wgrad", "dgrad_s2", "bwd_fused",
-                                                    "bwd_fused_bn")):
-            if (kind == "dgrad_s2" and s != 2) or (kind.startswith("bwd_fused") and s != 1):
+        for vec, kind in itertools.product((8, 4), ("forward", "stats", "wgrad", "dgrad_s2", "dgrad_s2_bn",
+                                                    "bwd_fused", "bwd_fused_bn")):
+            if (kind.startswith("dgrad_s2") and s != 2) or (kind.startswith("bwd_fused") and s != 1):
                 continue
             info = emu.plan(256, C, H, W, k, s, p, p, vec, kind)
             where = f"{model} C{C} {H}x{W} k{k} s{s} vec {vec} {kind}: plan {info}"
             assert info, where
             TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem, stages = info
-            rows, cols = (H + p % 2, W + p % 2) if kind == "dgrad_s2" else (OH, OW)  # the written extent
+            rows, cols = (H + p % 2, W + p % 2) if kind.startswith("dgrad_s2") else (OH, OW)  # the written extent
             assert 64 <= tx * ty <= 256 and TH <= rows and TW <= max(cols, 4) * 2, where
             assert stages == (2 if R > 1 else 1) and smem <= 48 * 1024, where
             if kind == "stats":

@@ -10,9 +10,9 @@
 //          grad_bias two-stage: fp32 partials[tile][tap (+bias)][C] from fixed pixel tiles, then a
 //          fixed-order sum per (tap, channel). No atomics: results are bitwise deterministic.
 // dw conv + BatchNorm + activation, training backward (depthwise_conv2d_bn_act_train_backward):
-//          BatchNorm's reduction, then the fused stride-1 tiled backward with BatchNorm's grad_input
-//          computed in its staged grad_output tiles (TiledBnDx), where that kernel applies; else
-//          the unfused sequence.
+//          BatchNorm's reduction, then the tiled backward kernels with BatchNorm's grad_input
+//          computed where they stage or load grad_output (TiledBnDx), where they apply; else the
+//          unfused sequence.
 // Layouts: channels_last and NCHW, both native. channels_last: a thread owns a vector of channels
 //          (16-byte loads when C % VEC == 0, strides and pointers aligned; else one channel per
 //          thread); NCHW: a block is one channel, threads walk output columns. Every thread
@@ -337,12 +337,12 @@ bool bn_dx_fused() { return !env_is("MK_DW_BN_FUSED", "0"); }
 
 // The fused dw conv + BatchNorm + activation training backward: BatchNorm's reduction
 // (cuda::batch_norm_act_train_backward_sums: the two sums and the grad_input pass's coefficients),
-// then, where the fused tiled backward applies (a stride-1 "same" channels_last conv with 16-byte
-// vectors, both gradients asked for), grad_input and the weight gradient's partials in one pass
-// that turns the staged grad_output tiles into BatchNorm's grad_input (TiledBnDx): that tensor is
-// neither written nor read back, 2 of the 8 passes over a layer's activations of the unfused
-// sequence. Elsewhere the unfused sequence: batch_norm_act_train_backward, then the conv's backward.
-// Both round BatchNorm's grad_input to the input's dtype where the conv reads it: the same values.
+// then, where the tiled backward kernels apply (channels_last with 16-byte vectors, k3/k5, stride
+// 1 "same" or stride 2, both gradients asked for), the conv's backward with BatchNorm's
+// grad_input computed where grad_output is staged or loaded (TiledBnDx): that tensor is neither
+// written nor read back, 2 of the 8 passes over the conv output's size of the unfused sequence.
+// Elsewhere the unfused sequence: batch_norm_act_train_backward, then the conv's backward. Both
+// round BatchNorm's grad_input to the input's dtype where the conv reads it: the same values.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bn_act_train_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& conv_weight,
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& conv_out,
@@ -384,14 +384,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bn_a
     }
     const at::Tensor w = taps_major(a.weight);
     at::Tensor part, table;
-    TiledBwd c{&a.input, &gy, &grad_input, &w, &part, false, {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW},
-               &z, &table, parse_activation(activation)};
+    const Act act = parse_activation(activation);
+    const TiledShape shape{a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW};
+    // Stride 1: grad_input and the weight gradient in one kernel. Stride 2: the parity-split
+    // grad_input (grad_output -> grad_input) and the weight gradient, each with BatchNorm's z.
+    const TiledBwd bwd_s1{&a.input, &gy, &grad_input, &w, &part, false, shape, &z, &table, act};
+    const TiledConv dgrad{&gy, &grad_input, &w, nullptr, nullptr, Act::kIdentity,
+                          {a.N, a.C, g.OH, g.OW, g.H, g.W, g.kH, g.sH, g.pH, g.pW}, &z, &table, act};
+    const TiledWgrad wgrad{&a.input, &gy, &part, false, shape, &z, &table, act};
     TiledPlan plan{};
-    if (!plan_tiled_bwd_fused_s1<scalar_t>(c, plan)) return;
+    const bool s1 = plan_tiled_bwd_fused_s1<scalar_t>(bwd_s1, plan);
+    if (!s1 && !(plan_tiled_bwd_input_s2<scalar_t>(dgrad, plan) && plan_tiled_bwd_weight<scalar_t>(wgrad, plan))) {
+      return;
+    }
     auto [sum_g_xhat, sum_g, coefficients] =
         batch_norm_act_train_backward_sums(gy, z, weight, bias, mean, var, eps, activation);
     table = coefficients;
-    TORCH_INTERNAL_ASSERT(run_tiled_bwd_fused_s1<scalar_t>(c), "the planned fused backward did not launch");
+    const bool launched = s1 ? run_tiled_bwd_fused_s1<scalar_t>(bwd_s1)
+                             : run_tiled_bwd_input_s2<scalar_t>(dgrad) && run_tiled_bwd_weight<scalar_t>(wgrad);
+    TORCH_INTERNAL_ASSERT(launched, "a planned fused backward kernel did not launch");
     at::Tensor grad_weight = at::empty({a.C, 1, a.kH, a.kW}, conv_weight.options());
     launch_bwd_weight<scalar_t, kVec>(a, gy, &grad_weight, nullptr, part);
     result = {grad_input, grad_weight, sum_g_xhat, sum_g};

@@ -35,6 +35,13 @@ void allow_double_buffers() {
   }
 }
 
+// A kernel's TiledBnDx: off when z is null.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+TiledBnDx<scalar_t, acc_t> bn_dx(const at::Tensor* z, const at::Tensor* table, Act act) {
+  if (z == nullptr) return {nullptr, nullptr, act};
+  return {z->data_ptr<scalar_t>(), table->data_ptr<acc_t>(), act};
+}
+
 template <typename scalar_t, int VEC, int K, int S, bool kStats>
 void launch(const TiledPlan& p, const TiledConv& c) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -55,7 +62,8 @@ void launch_wgrad(const TiledPlan& p, const TiledWgrad& c) {
   constexpr auto kernel = depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, acc_t, VEC, K, S>;
   allow_double_buffers<kernel>();
   kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
-          c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), p.g, c.bias, c.part->data_ptr<acc_t>());
+          c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), p.g, c.bias, c.part->data_ptr<acc_t>(),
+          bn_dx<scalar_t>(c.z, c.bn_table, c.act));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -64,7 +72,8 @@ void launch_dgrad_s2(const TiledPlan& p, const TiledConv& c) {
   using acc_t = at::opmath_type<scalar_t>;
   depthwise_conv2d_bwd_input_s2_tiled_kernel<scalar_t, acc_t, VEC, K>
       <<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
-          c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(), p.g);
+          c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(), p.g,
+          bn_dx<scalar_t>(c.z, c.bn_table, c.bn_act));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -75,9 +84,7 @@ void launch_bwd_fused(const TiledPlan& p, const TiledBwd& c) {
   allow_double_buffers<kernel>();
   kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), c.gx->data_ptr<scalar_t>(),
-          c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>(),
-          TiledBnDx<scalar_t, acc_t>{c.z != nullptr ? c.z->data_ptr<scalar_t>() : nullptr,
-                                     c.z != nullptr ? c.bn_table->data_ptr<acc_t>() : nullptr, c.act});
+          c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>(), bn_dx<scalar_t>(c.z, c.bn_table, c.act));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -87,19 +94,25 @@ bool plan_for(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, int
 }
 
 // false for float64 (no tiled kernels); else plans `work` (with tiled_stages() buffers) for x -> y
-// and, when it applies, calls launch(plan) and returns true. `launch` is a generic lambda: not
-// instantiated for float64.
-template <typename scalar_t, typename F>
-bool plan_and_launch(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, TiledWork work, F&& launch) {
+// into p and returns whether it applies. Nothing launched.
+template <typename scalar_t>
+bool plan_only(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, TiledWork work, TiledPlan& p) {
   if constexpr (std::is_same_v<scalar_t, double>) {
     return false;
   } else {
     work.stages = tiled_stages();
-    TiledPlan p{};
-    if (!plan_for(x, y, s, 16 / sizeof(scalar_t), work, p)) return false;
-    launch(p);
-    return true;
+    return plan_for(x, y, s, 16 / sizeof(scalar_t), work, p);
   }
+}
+
+// plan_only, then, when it applies, launch(plan), and returns true. `launch` is a generic lambda:
+// not instantiated for float64.
+template <typename scalar_t, typename F>
+bool plan_and_launch(const at::Tensor& x, const at::Tensor& y, const TiledShape& s, TiledWork work, F&& launch) {
+  TiledPlan p{};
+  if (!plan_only<scalar_t>(x, y, s, work, p)) return false;
+  if constexpr (!std::is_same_v<scalar_t, double>) launch(p);
+  return true;
 }
 
 // f(integral_constant<K>) for K in {3, 5}; dispatch_k_s also passes integral_constant<S> for S in
@@ -148,25 +161,42 @@ bool run_tiled_conv(const TiledConv& c) {
   });
 }
 
+// The backward kernels: plan_* says whether one applies (nothing launched), run_* plans and launches.
+template <typename scalar_t>
+bool plan_tiled_bwd_weight(const TiledWgrad& c, TiledPlan& p) {
+  if (c.z != nullptr && c.z->strides() != c.gy->strides()) return false;
+  return plan_only<scalar_t>(*c.x, *c.gy, c.shape, tiled_wgrad_work(c.shape.K), p);
+}
+
 template <typename scalar_t>
 bool run_tiled_bwd_weight(const TiledWgrad& c) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const TiledShape& s = c.shape;
-  return plan_and_launch<scalar_t>(*c.x, *c.gy, s, tiled_wgrad_work(s.K), [&](const auto& p) {
+  TiledPlan p{};
+  if (!plan_tiled_bwd_weight<scalar_t>(c, p)) return false;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    *c.part = wgrad_partials<acc_t>(p, s, c.bias, *c.x);
-    dispatch_k_s(s.K, s.S,
+    *c.part = wgrad_partials<at::opmath_type<scalar_t>>(p, c.shape, c.bias, *c.x);
+    dispatch_k_s(c.shape.K, c.shape.S,
                  [&](auto k, auto st) { launch_wgrad<scalar_t, kVec, decltype(k)::value, decltype(st)::value>(p, c); });
-  });
+  }
+  return true;
+}
+
+template <typename scalar_t>
+bool plan_tiled_bwd_input_s2(const TiledConv& c, TiledPlan& p) {
+  if (c.shape.S != 2 || (c.z != nullptr && c.z->strides() != c.x->strides())) return false;
+  // With BatchNorm's z, its footprint is staged beside grad_output's.
+  return plan_only<scalar_t>(*c.x, *c.y, c.shape, c.z != nullptr ? kTiledDgradS2Bn : kTiledDgradS2, p);
 }
 
 template <typename scalar_t>
 bool run_tiled_bwd_input_s2(const TiledConv& c) {
-  if (c.shape.S != 2) return false;
-  return plan_and_launch<scalar_t>(*c.x, *c.y, c.shape, kTiledDgradS2, [&](const auto& p) {
+  TiledPlan p{};
+  if (!plan_tiled_bwd_input_s2<scalar_t>(c, p)) return false;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
     constexpr int kVec = 16 / sizeof(scalar_t);
     dispatch_k(c.shape.K, [&](auto k) { launch_dgrad_s2<scalar_t, kVec, decltype(k)::value>(p, c); });
-  });
+  }
+  return true;
 }
 
 template <typename scalar_t>
@@ -177,35 +207,30 @@ bool plan_tiled_bwd_fused_s1(const TiledBwd& c, TiledPlan& p) {
       c.gy->strides() != c.x->strides() || (c.z != nullptr && c.z->strides() != c.x->strides())) {
     return false;
   }
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    return false;
-  } else {
-    TiledWork work = c.z != nullptr ? kTiledBwdFusedBn : kTiledBwdFused;
-    work.stages = tiled_stages();
-    // x -> gx: the input's and grad_input's strides (grad_output and z are staged with the input's).
-    return plan_for(*c.x, *c.gx, s, 16 / sizeof(scalar_t), work, p);
-  }
+  // x -> gx: the input's and grad_input's strides (grad_output and z are staged with the input's).
+  return plan_only<scalar_t>(*c.x, *c.gx, s, c.z != nullptr ? kTiledBwdFusedBn : kTiledBwdFused, p);
 }
 
 template <typename scalar_t>
 bool run_tiled_bwd_fused_s1(const TiledBwd& c) {
-  using acc_t = at::opmath_type<scalar_t>;
   TiledPlan p{};
   if (!plan_tiled_bwd_fused_s1<scalar_t>(c, p)) return false;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    *c.part = wgrad_partials<acc_t>(p, c.shape, c.bias, *c.x);
+    *c.part = wgrad_partials<at::opmath_type<scalar_t>>(p, c.shape, c.bias, *c.x);
     dispatch_k(c.shape.K, [&](auto k) { launch_bwd_fused<scalar_t, kVec, decltype(k)::value>(p, c); });
   }
   return true;
 }
 
-#define MK_INSTANTIATE(T)                                   \
-  template bool run_tiled_conv<T, false>(const TiledConv&); \
-  template bool run_tiled_conv<T, true>(const TiledConv&);  \
-  template bool run_tiled_bwd_weight<T>(const TiledWgrad&); \
-  template bool run_tiled_bwd_input_s2<T>(const TiledConv&); \
-  template bool run_tiled_bwd_fused_s1<T>(const TiledBwd&); \
+#define MK_INSTANTIATE(T)                                                  \
+  template bool run_tiled_conv<T, false>(const TiledConv&);                \
+  template bool run_tiled_conv<T, true>(const TiledConv&);                 \
+  template bool run_tiled_bwd_weight<T>(const TiledWgrad&);                \
+  template bool plan_tiled_bwd_weight<T>(const TiledWgrad&, TiledPlan&);   \
+  template bool run_tiled_bwd_input_s2<T>(const TiledConv&);               \
+  template bool plan_tiled_bwd_input_s2<T>(const TiledConv&, TiledPlan&);  \
+  template bool run_tiled_bwd_fused_s1<T>(const TiledBwd&);                \
   template bool plan_tiled_bwd_fused_s1<T>(const TiledBwd&, TiledPlan&);
 MK_INSTANTIATE(float)
 MK_INSTANTIATE(double)

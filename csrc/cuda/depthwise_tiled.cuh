@@ -242,6 +242,65 @@ __device__ __forceinline__ void load_row_weights(const acc_t* __restrict__ w, in
   for (int kw = 0; kw < K; ++kw) load_vec<CV>(w + static_cast<int64_t>(kh * K + kw) * C + c0, wr[kw]);
 }
 
+// The fused dw conv + BatchNorm + activation training backward (depthwise_conv2d_bn_act_train_backward):
+// the conv's grad_output is BatchNorm's grad_input, computed from BatchNorm's grad_output gy and
+// input z (the conv's output) per element by bn::train_grad_in with the per-channel coefficients
+// of a (kTrainDxRows, C) table (batch_norm_act_train_backward_sums), and rounded to scalar_t as
+// the unfused backward stores it (so the two give the same bits). z null: off, gy is the conv's
+// grad_output itself. The backward kernels that stage grad_output (the stride-1 fused one, the
+// stride-2 grad_input) stage z beside it and turn the staged values (bn_dx_staged_tile); the
+// weight gradient, which reads grad_output from global memory, turns the values it loads.
+template <typename scalar_t, typename acc_t>
+struct TiledBnDx {
+  const scalar_t* z;   // gy's sizes and strides, or null
+  const acc_t* table;  // (bn::kTrainDxRows, C)
+  Act act;
+};
+
+// The table's coefficients of channels c0 .. c0 + n - 1.
+template <int n, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void bn_dx_coefficients(const TiledBnDx<scalar_t, acc_t>& bn, int64_t C, int64_t c0,
+                                                   bn::TrainDxCoef<acc_t> (&s)[n]) {
+#pragma unroll
+  for (int v = 0; v < n; ++v) {
+    const acc_t* col = bn.table + c0 + v;
+    s[v] = {col[0], col[C], col[2 * C], col[3 * C], col[4 * C]};
+  }
+}
+
+// BatchNorm's grad_input at one element, as stored: rounded to scalar_t.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t bn_dx_value(const TiledBnDx<scalar_t, acc_t>& bn, const bn::TrainDxCoef<acc_t>& s,
+                                             acc_t z, acc_t gy) {
+  return static_cast<acc_t>(static_cast<scalar_t>(bn::train_grad_in<acc_t>(bn.act, s, z, gy)));
+}
+
+// After a tile's copies have landed (for_each_staged_tile's `landed`): each thread turns the
+// grad_output vectors it staged (stage_tile's IH x IW pixels from (ih0, iw0) of a g.H x g.W
+// tensor: vector sv of pixels p0, p0 + step, ...) into BatchNorm's grad_input, from the staged z
+// at the same place. Positions outside the tensor keep their zeros: the conv's padding. The
+// channel vector's coefficients are loaded once per tile.
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void bn_dx_staged_tile(Vec<scalar_t, VEC>* gtile, const Vec<scalar_t, VEC>* ztile,
+                                                  const TiledGeom& g, const TiledThread& t, int ih0, int iw0, int IH,
+                                                  int IW, const TiledBnDx<scalar_t, acc_t>& bn) {
+  if (!t.stages) return;
+  bn::TrainDxCoef<acc_t> s[VEC];
+  bn_dx_coefficients(bn, g.C, t.cb + t.sv * VEC, s);
+  for (int p = t.p0; p < IH * IW; p += t.step) {
+    const int ph = p / IW;
+    const int ih = ih0 + ph;
+    const int iw = iw0 + (p - ph * IW);
+    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+    Vec<scalar_t, VEC>& gv = gtile[p * t.cbv + t.sv];
+    const Vec<scalar_t, VEC> zv = ztile[p * t.cbv + t.sv];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      gv.v[v] = static_cast<scalar_t>(bn_dx_value(bn, s[v], static_cast<acc_t>(zv.v[v]), static_cast<acc_t>(gv.v[v])));
+    }
+  }
+}
+
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
 // ptxas (CUDA 13, sm_90; for_each_staged_tile, one or two buffers): 77-88 registers for 16-bit
 // types (95-107 with the statistics), 85-96 for float (96-116), no spills.
@@ -316,7 +375,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 }
 
 // Channels a thread of the tiled weight-gradient kernel owns: its K * K * CV accumulators stay
-// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 106-128 registers, no spills.
+// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 114-128 registers (106-128 before TiledBnDx), no spills.
 constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
 
 // A thread's share of the weight gradient's stage 1: sums of grad_output x input per tap (kh, kw)
@@ -393,13 +452,15 @@ struct TapSums {
 // (TapSums::write: block_sum_store, a fixed tree) and writes part[blockIdx.x][tap][c], then the bias row
 // part[blockIdx.x][K * K][c] when `do_bias`. Stage 2 is depthwise_conv2d_bwd_weight_finish_kernel
 // (depthwise_kernels.cuh) over gridDim.x tiles. No atomics, a shape-derived tile -> block map:
-// bitwise deterministic.
+// bitwise deterministic. With bn.z: gy is BatchNorm's grad_output, turned into the conv's as loaded
+// (TiledBnDx; the stride-2 convs of depthwise_conv2d_bn_act_train_backward).
 template <typename scalar_t, typename acc_t, int VEC, int K, int S>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_bwd_weight_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
                                              const scalar_t* __restrict__ gy,  // (N, C, OH, OW), channels_last
                                              TiledGeom g, bool do_bias,
-                                             acc_t* __restrict__ part) {  // (gridDim.x, K * K + do_bias, C)
+                                             acc_t* __restrict__ part,  // (gridDim.x, K * K + do_bias, C)
+                                             TiledBnDx<scalar_t, acc_t> bn) {
   static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
   static_assert(S == 1 || S == 2, "the tiled kernel is specialized for stride 1 and 2");
   constexpr int CV = VEC < tiled_wgrad_cv(K) ? VEC : tiled_wgrad_cv(K);
@@ -436,6 +497,20 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
         for (int v = 0; v < CV; ++v) gv[j][v] = acc_t(0);
         if (ok[j]) load_vec<CV>(gyrow + static_cast<int64_t>(ow) * g.ysW, gv[j]);
       }
+      if (bn.z != nullptr) {  // gy is BatchNorm's grad_output: the conv's is its grad_input
+        bn::TrainDxCoef<acc_t> s[CV];
+        bn_dx_coefficients(bn, g.C, t.c0, s);
+        const scalar_t* zrow = bn.z + (gyrow - gy);
+#pragma unroll
+        for (int j = 0; j < kTiledRW; ++j) {
+          if (ok[j]) {
+            acc_t zv[CV];
+            load_vec<CV>(zrow + static_cast<int64_t>(o.ow0 + t.col0 + j) * g.ysW, zv);
+#pragma unroll
+            for (int v = 0; v < CV; ++v) gv[j][v] = bn_dx_value(bn, s[v], zv[v], gv[j][v]);
+          }
+        }
+      }
       if (do_bias) sums.add_bias(gv, ok);
 #pragma unroll
       for (int kh = 0; kh < K; ++kh) {
@@ -457,14 +532,15 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // block stages the grad_output footprint of its tile, ((TH - 1) / 2 + (K - 1) / 2 + 1) x
 // ((TW - 1) / 2 + (K - 1) / 2 + 1) pixels (zeros outside grad_output), and a thread reads
 // (K + 3) / 2 staged values per kernel row of its phase, each for the taps of its kTiledRW columns
-// that read it.
-// ptxas (CUDA 13, sm_90): 70-90 registers, no spills.
+// that read it. With bn.z: z's footprint staged too, and grad_output turned into BatchNorm's
+// grad_input where it was staged (TiledBnDx).
+// ptxas (CUDA 13, sm_90): 80-94 registers (70-90 before TiledBnDx), no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_bwd_input_s2_tiled_kernel(const scalar_t* __restrict__ gy,  // (N, C, OH, OW), channels_last
                                                scalar_t* __restrict__ gx,        // (N, C, H, W), channels_last
                                                const acc_t* __restrict__ w,      // (K * K, C), not rotated
-                                               TiledGeom g) {
+                                               TiledGeom g, TiledBnDx<scalar_t, acc_t> bn) {
   static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
   constexpr int CV = VEC < kTiledCV ? VEC : kTiledCV;
   constexpr int kLanes = VEC / CV;
@@ -472,18 +548,29 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   constexpr int kSpan = kHalf + (kTiledRW - 1) / 2 + 1;  // staged columns one thread reads per row
   using V = Vec<scalar_t, VEC>;
   using VC = Vec<scalar_t, CV>;
-  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);  // [g.stages buffers][(GH * GW) pixels][cbv vectors]
+  // [g.stages buffers][grad_output's footprint (, z's)][(GH * GW) pixels][cbv vectors]
+  V* tile = reinterpret_cast<V*>(mk_dw_tiled_smem);
   const TiledThread t = tiled_thread<VEC, CV>(g);
   const int GH = (g.TH - 1) / 2 + kHalf + 1;
   const int GW = (g.TW - 1) / 2 + kHalf + 1;
   const int shift_h = g.pH & 1, shift_w = g.pW & 1;
+  const int footprint = GH * GW * t.cbv;
+  // The footprint's first grad_output row and column: (ih0 + pH), (iw0 + pW) are even.
+  const auto first_row = [&](const TileOrigin& o) { return (o.oh0 - shift_h + g.pH) / 2 - kHalf; };
+  const auto first_col = [&](const TileOrigin& o) { return (o.ow0 - shift_w + g.pW) / 2 - kHalf; };
 
   const auto stage = [&](int64_t tile_id, V* buf) {
     const TileOrigin o = tile_origin(g, tile_id);
-    const int ih0 = o.oh0 - shift_h, iw0 = o.ow0 - shift_w;  // (ih0 + pH), (iw0 + pW) even
-    stage_tile<scalar_t, VEC>(buf, gy, g, t, o.n, (ih0 + g.pH) / 2 - kHalf, (iw0 + g.pW) / 2 - kHalf, GH, GW);
+    stage_tile<scalar_t, VEC>(buf, gy, g, t, o.n, first_row(o), first_col(o), GH, GW);
+    if (bn.z != nullptr) stage_tile<scalar_t, VEC>(buf + footprint, bn.z, g, t, o.n, first_row(o), first_col(o), GH, GW);
   };
-  for_each_staged_tile(g, tile, GH * GW * t.cbv, stage, [&](int64_t tile_id, const V* cur) {
+  const auto landed = [&](int64_t tile_id, V* buf) {
+    if (bn.z == nullptr) return;
+    const TileOrigin o = tile_origin(g, tile_id);
+    bn_dx_staged_tile<scalar_t, acc_t, VEC>(buf, buf + footprint, g, t, first_row(o), first_col(o), GH, GW, bn);
+  };
+  const int tensors = bn.z != nullptr ? 2 : 1;
+  for_each_staged_tile(g, tile, tensors * footprint, stage, landed, [&](int64_t tile_id, const V* cur) {
     const TileOrigin o = tile_origin(g, tile_id);
     const int ih0 = o.oh0 - shift_h, iw0 = o.ow0 - shift_w;
     if (t.computes) {
@@ -528,50 +615,6 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 // Channels a thread of the fused backward owns: kTiledRW grad_input and K * K weight-gradient
 // accumulators per channel.
 constexpr int kTiledFusedCV = 2;
-
-// The fused dw conv + BatchNorm + activation training backward (depthwise_conv2d_bn_act_train_backward):
-// the conv's grad_output is BatchNorm's grad_input, computed from BatchNorm's grad_output gy and
-// input z (the conv's output) per element by bn::train_grad_in with the per-channel coefficients
-// of a (kTrainDxRows, C) table (batch_norm_act_train_backward_sums). z null: off, gy is the conv's
-// grad_output itself.
-template <typename scalar_t, typename acc_t>
-struct TiledBnDx {
-  const scalar_t* z;   // (N, C, H, W), x's strides, or null
-  const acc_t* table;  // (bn::kTrainDxRows, C)
-  Act act;
-};
-
-// After a tile's copies have landed (for_each_staged_tile's `landed`): each thread turns the
-// grad_output vectors it staged (stage_tile's pixels: vector sv of pixels p0, p0 + step, ...) into
-// BatchNorm's grad_input, from the staged z at the same place, rounded to scalar_t as the unfused
-// backward stores it (so the two give the same bits). Positions outside the image keep their
-// zeros: the conv's padding. The channel vector's coefficients are loaded once per tile.
-template <typename scalar_t, typename acc_t, int VEC>
-__device__ __forceinline__ void bn_dx_staged_tile(Vec<scalar_t, VEC>* gtile, const Vec<scalar_t, VEC>* ztile,
-                                                  const TiledGeom& g, const TiledThread& t, int ih0, int iw0, int IH,
-                                                  int IW, const TiledBnDx<scalar_t, acc_t>& bn) {
-  if (!t.stages) return;
-  const int64_t c0 = t.cb + t.sv * VEC;
-  bn::TrainDxCoef<acc_t> s[VEC];
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    const acc_t* col = bn.table + c0 + v;
-    s[v] = {col[0], col[g.C], col[2 * g.C], col[3 * g.C], col[4 * g.C]};
-  }
-  for (int p = t.p0; p < IH * IW; p += t.step) {
-    const int ph = p / IW;
-    const int ih = ih0 + ph;
-    const int iw = iw0 + (p - ph * IW);
-    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-    Vec<scalar_t, VEC>& gv = gtile[p * t.cbv + t.sv];
-    const Vec<scalar_t, VEC> zv = ztile[p * t.cbv + t.sv];
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      gv.v[v] = static_cast<scalar_t>(
-          bn::train_grad_in<acc_t>(bn.act, s[v], static_cast<acc_t>(zv.v[v]), static_cast<acc_t>(gv.v[v])));
-    }
-  }
-}
 
 // grad_input and stage 1 of grad_weight (and grad_bias) of a stride-1 "same" conv (K odd, padding
 // (K - 1) / 2, output size = input size) in one pass (KERNELS.md section 1: "fuse with dgrad"):
@@ -716,6 +759,7 @@ struct TiledWork {
 constexpr TiledWork kTiledForward{kTiledCV, 512, int64_t(1) << 40, false, 1, kTiledSmemBytes, 1024, 2, 1};
 constexpr TiledWork kTiledStats{kTiledCV, 256, 2048, false, 1};
 constexpr TiledWork kTiledDgradS2{kTiledCV, 512, int64_t(1) << 40, true, 1, kTiledSmemBytes, 1024};
+constexpr TiledWork kTiledDgradS2Bn{kTiledCV, 512, int64_t(1) << 40, true, 2, kTiledSmemBytes, 1024};  // + z
 constexpr TiledWork kTiledBwdFused{kTiledFusedCV, 512, 1024, false, 2};
 constexpr TiledWork kTiledBwdFusedBn{kTiledFusedCV, 512, 1024, false, 3};  // + BatchNorm's z (TiledBnDx)
 inline TiledWork tiled_wgrad_work(int K) { return {tiled_wgrad_cv(K), 512, 1024, false, 1}; }
@@ -845,6 +889,9 @@ inline bool plan_tiled_for(const at::Tensor& x, const at::Tensor& y, const Tiled
 // One conv for run_tiled_conv (depthwise_tiled.cu): y = act(conv(x, w) + bias), x and y dense
 // channels_last with 16-byte aligned vectors (can_vectorize), w_taps (K * K, C) and bias (C,) or
 // undefined in the accumulation dtype; part receives the (3, blocks, C) statistics partials.
+// For run_tiled_bwd_input_s2, optionally: z (BatchNorm's input, x's sizes and strides) and
+// bn_table ((bn::kTrainDxRows, C), accumulation dtype): x is then BatchNorm's grad_output
+// (TiledBnDx), bn_act its activation.
 struct TiledConv {
   const at::Tensor* x;
   at::Tensor* y;
@@ -853,17 +900,25 @@ struct TiledConv {
   at::Tensor* part;  // kStats only
   Act act;
   TiledShape shape;
+  const at::Tensor* z = nullptr;
+  const at::Tensor* bn_table = nullptr;
+  Act bn_act = Act::kIdentity;
 };
 
 // One weight gradient for run_tiled_bwd_weight: x (the conv's input) and gy (grad_output) dense
 // channels_last with 16-byte aligned vectors; part receives the (blocks, K * K + bias, C) stage-1
 // partials that depthwise_conv2d_bwd_weight_finish_kernel sums.
+// Optionally z (BatchNorm's input, gy's sizes and strides), bn_table and act: gy is then
+// BatchNorm's grad_output (TiledBnDx).
 struct TiledWgrad {
   const at::Tensor* x;
   const at::Tensor* gy;
   at::Tensor* part;
   bool bias;
   TiledShape shape;  // of the conv: x -> gy
+  const at::Tensor* z = nullptr;
+  const at::Tensor* bn_table = nullptr;
+  Act act = Act::kIdentity;
 };
 
 // grad_input and the weight gradient's stage 1 of a stride-1 "same" conv in one pass, for
@@ -910,6 +965,10 @@ bool run_tiled_conv(const TiledConv& c);
 template <typename scalar_t>
 bool run_tiled_bwd_input_s2(const TiledConv& c);
 
+// Its plan alone (nothing launched): whether run_tiled_bwd_input_s2 would apply.
+template <typename scalar_t>
+bool plan_tiled_bwd_input_s2(const TiledConv& c, TiledPlan& p);
+
 // Runs the fused stride-1 backward (depthwise_conv2d_bwd_fused_s1_tiled_kernel) and returns true,
 // or returns false (nothing launched) when it does not apply: as run_tiled_conv, or not a stride-1
 // conv with K odd, padding (K - 1) / 2 on both axes, and gy (and z) with x's strides.
@@ -924,6 +983,10 @@ bool plan_tiled_bwd_fused_s1(const TiledBwd& c, TiledPlan& p);
 // returns false (nothing launched) when it does not apply, for the same reasons as run_tiled_conv.
 template <typename scalar_t>
 bool run_tiled_bwd_weight(const TiledWgrad& c);
+
+// Its plan alone (nothing launched): whether run_tiled_bwd_weight would apply.
+template <typename scalar_t>
+bool plan_tiled_bwd_weight(const TiledWgrad& c, TiledPlan& p);
 
 }  // namespace cuda
 }  // namespace mobilenet_kernels

@@ -181,24 +181,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
 
 // The work plan_tiled is asked for: "forward", "stats", "wgrad", "dgrad_s2" or "bwd_fused" (of a
 // K x K conv).
+// The optional BatchNorm operands of the backward kernels (TiledBnDx): z, the kernel's
+// grad_output tensor's sizes and strides (guarded like the inputs), and bn_table, a contiguous
+// (5, C) float tensor of bn::TrainDxCoef's rows; act_code the activation (mk_common.h Act).
+struct BnOperands {
+  at::Tensor z, table;
+  mk::Act act = mk::Act::kIdentity;
+  template <typename scalar_t>
+  mkc::TiledBnDx<scalar_t, float> kernel_arg() const {
+    if (!z.defined()) return {nullptr, nullptr, act};
+    return {z.data_ptr<scalar_t>(), table.data_ptr<float>(), act};
+  }
+};
+
+BnOperands bn_operands(const c10::optional<at::Tensor>& z_in, const c10::optional<at::Tensor>& bn_table,
+                       int64_t act_code, const at::Tensor& like) {
+  TORCH_CHECK(z_in.has_value() == bn_table.has_value(), "z, bn_table: expected both or neither");
+  TORCH_CHECK(act_code >= 0 && act_code <= 6, "act_code out of range");
+  BnOperands bn;
+  bn.act = static_cast<mk::Act>(act_code);
+  if (!z_in.has_value()) return bn;
+  bn.z = guarded_input(*z_in, "z");
+  TORCH_CHECK(bn.z.scalar_type() == like.scalar_type() && bn.z.sizes() == like.sizes() &&
+                  bn.z.strides() == like.strides(),
+              "z: expected the dtype, sizes and strides of the grad_output it goes with");
+  TORCH_CHECK(bn_table->scalar_type() == at::kFloat && bn_table->is_contiguous() &&
+                  bn_table->sizes() == at::IntArrayRef({mkc::bn::kTrainDxRows, like.size(1)}),
+              "bn_table: expected a contiguous (5, C) float tensor");
+  bn.table = *bn_table;
+  return bn;
+}
+
 mkc::TiledWork work_of(const std::string& kind, int64_t K) {
   if (kind == "forward") return mkc::kTiledForward;
   if (kind == "stats") return mkc::kTiledStats;
   if (kind == "dgrad_s2") return mkc::kTiledDgradS2;
   if (kind == "bwd_fused") return mkc::kTiledBwdFused;
   if (kind == "bwd_fused_bn") return mkc::kTiledBwdFusedBn;
-  TORCH_CHECK(kind == "wgrad", "kind: expected forward, stats, wgrad, dgrad_s2, bwd_fused or bwd_fused_bn, got ",
-              kind);
+  if (kind == "dgrad_s2_bn") return mkc::kTiledDgradS2Bn;
+  TORCH_CHECK(kind == "wgrad", "kind: expected forward, stats, wgrad, dgrad_s2, dgrad_s2_bn, bwd_fused or ",
+              "bwd_fused_bn, got ", kind);
   return mkc::tiled_wgrad_work(static_cast<int>(K));
 }
 
 // Stage 1 of the weight gradient by the emulated tiled kernel: x the conv's input, gy its
 // grad_output (both channels_last). Returns (part, plan): part (blocks_x, K * K + bias, C) float
 // partials whose sum over dim 0 is grad_weight's taps (then grad_bias), plan as run() returns it.
+// With z, bn_table and act_code (bn_operands): gy is BatchNorm's grad_output, z its input.
 std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const at::Tensor& gy_in, int64_t K,
-                                                   int64_t S, int64_t pH, int64_t pW, bool bias, int64_t stages) {
+                                                   int64_t S, int64_t pH, int64_t pW, bool bias, int64_t stages,
+                                                   const c10::optional<at::Tensor>& z_in,
+                                                   const c10::optional<at::Tensor>& bn_table, int64_t act_code) {
   const at::Tensor x = guarded_input(x_in, "x");
   const at::Tensor gy = guarded_input(gy_in, "gy");
+  const BnOperands bn = bn_operands(z_in, bn_table, act_code, gy);
   TORCH_CHECK(x.scalar_type() == gy.scalar_type(), "gy: expected x's dtype");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
@@ -219,7 +255,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
     dispatch_k_s(K, S, [&](auto k, auto s) {
       launch_planned(plan, [&] {
         mkc::depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, float, VEC, decltype(k)::value, decltype(s)::value>(
-            xp, gp, plan.g, bias, pp);
+            xp, gp, plan.g, bias, pp, bn.kernel_arg<scalar_t>());
       });
     });
   });
@@ -229,12 +265,16 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
 
 // grad_input of a stride-2 conv (input H x W, padding pH, pW) by the emulated parity-split tiled
 // kernel: gy its grad_output (channels_last), weight_taps the conv's (K * K, C) float taps (not
-// rotated); stages and min_blocks as plan_or_raise takes them. Returns (grad_input, plan), plan as
+// rotated); stages and min_blocks as plan_or_raise takes them; with z, bn_table and act_code
+// (bn_operands): gy is BatchNorm's grad_output, z its input. Returns (grad_input, plan), plan as
 // run() returns it.
 std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, const at::Tensor& weight_taps,
                                                       int64_t H, int64_t W, int64_t K, int64_t pH, int64_t pW,
-                                                      int64_t stages, int64_t min_blocks) {
+                                                      int64_t stages, int64_t min_blocks,
+                                                      const c10::optional<at::Tensor>& z_in,
+                                                      const c10::optional<at::Tensor>& bn_table, int64_t act_code) {
   const at::Tensor gy = guarded_input(gy_in, "gy");
+  const BnOperands bn = bn_operands(z_in, bn_table, act_code, gy);
   const int64_t N = gy.size(0), C = gy.size(1), OH = gy.size(2), OW = gy.size(3);
   TORCH_CHECK((H + 2 * pH - K) / 2 + 1 == OH && (W + 2 * pW - K) / 2 + 1 == OW && H + 2 * pH >= K &&
                   W + 2 * pW >= K,
@@ -243,7 +283,8 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
   const mk_emu::GuardedOutput out(at::empty({N, C, H, W}, gy.options().memory_format(at::MemoryFormat::ChannelsLast)),
                                   C * H * W + 2 * kGuardElems);
   at::Tensor gx = out.y;
-  const mkc::TiledPlan plan = plan_or_raise(gy, gx, K, 2, pH, pW, mkc::kTiledDgradS2, stages, min_blocks);
+  const mkc::TiledPlan plan = plan_or_raise(gy, gx, K, 2, pH, pW, bn.z.defined() ? mkc::kTiledDgradS2Bn : mkc::kTiledDgradS2,
+                                            stages, min_blocks);
   const float* wp = weight_taps.data_ptr<float>();
   dispatch_dtype(gy.scalar_type(), "gy", [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -252,7 +293,8 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
     scalar_t* xp = gx.data_ptr<scalar_t>();
     dispatch_k_s(K, 2, [&](auto k, auto) {
       launch_planned(plan, [&] {
-        mkc::depthwise_conv2d_bwd_input_s2_tiled_kernel<scalar_t, float, VEC, decltype(k)::value>(gp, xp, wp, plan.g);
+        mkc::depthwise_conv2d_bwd_input_s2_tiled_kernel<scalar_t, float, VEC, decltype(k)::value>(
+            gp, xp, wp, plan.g, bn.kernel_arg<scalar_t>());
       });
     });
   });
@@ -263,9 +305,8 @@ std::tuple<at::Tensor, std::vector<int64_t>> dgrad_s2(const at::Tensor& gy_in, c
 // grad_input and the weight gradient's stage-1 partials of a stride-1 "same" conv (padding
 // (K - 1) / 2) by the emulated fused kernel: x the conv's input, gy its grad_output (both
 // channels_last, the same sizes and strides), weight_taps the conv's (K * K, C) float taps.
-// With z (x's sizes and strides) and bn_table ((5, C) float, bn::TrainDxCoef's rows): the fused
-// BatchNorm backward (TiledBnDx), gy then BatchNorm's grad_output and z its input, act_code
-// the activation's (mk_common.h Act).
+// With z, bn_table and act_code (bn_operands): the fused BatchNorm backward, gy then BatchNorm's
+// grad_output and z its input.
 // Returns (grad_input, part (blocks_x, K * K + bias, C), plan), plan as run() returns it.
 std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Tensor& x_in, const at::Tensor& gy_in,
                                                                    const at::Tensor& weight_taps, int64_t K, bool bias,
@@ -277,15 +318,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
   const at::Tensor gy = guarded_input(gy_in, "gy");
   TORCH_CHECK(x.scalar_type() == gy.scalar_type() && x.sizes() == gy.sizes() && x.strides() == gy.strides(),
               "gy: expected x's dtype, sizes and strides");
-  TORCH_CHECK(z_in.has_value() == bn_table.has_value(), "z, bn_table: expected both or neither");
-  const at::Tensor z = z_in.has_value() ? guarded_input(*z_in, "z") : at::Tensor();
-  if (z.defined()) {
-    TORCH_CHECK(z.scalar_type() == x.scalar_type() && z.sizes() == x.sizes() && z.strides() == x.strides(),
-                "z: expected x's dtype, sizes and strides");
-    TORCH_CHECK(bn_table->scalar_type() == at::kFloat && bn_table->is_contiguous() &&
-                    bn_table->sizes() == at::IntArrayRef({mkc::bn::kTrainDxRows, x.size(1)}),
-                "bn_table: expected a contiguous (5, C) float tensor");
-  }
+  const BnOperands bn = bn_operands(z_in, bn_table, act_code, gy);
   TORCH_CHECK(K % 2 == 1, "K: expected an odd kernel size");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = (K - 1) / 2;
   check_weight_taps(weight_taps, K, C);
@@ -293,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
       at::empty({N, C, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)), C * H * W + 2 * kGuardElems);
   at::Tensor gx = gx_out.y;
   const mkc::TiledPlan plan =
-      plan_or_raise(x, gx, K, 1, P, P, z.defined() ? mkc::kTiledBwdFusedBn : mkc::kTiledBwdFused, stages, -1);
+      plan_or_raise(x, gx, K, 1, P, P, bn.z.defined() ? mkc::kTiledBwdFusedBn : mkc::kTiledBwdFused, stages, -1);
   const int64_t rows = K * K + (bias ? 1 : 0);
   const mk_emu::GuardedOutput part_out(at::empty({plan.blocks_x, rows, C}, x.options().dtype(at::kFloat)),
                                        kGuardElems);
@@ -309,10 +342,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
     dispatch_k_s(K, 1, [&](auto k, auto) {
       launch_planned(plan, [&] {
         mkc::depthwise_conv2d_bwd_fused_s1_tiled_kernel<scalar_t, float, VEC, decltype(k)::value>(
-            xp, gp, gxp, wp, plan.g, bias, pp,
-            mkc::TiledBnDx<scalar_t, float>{z.defined() ? z.data_ptr<scalar_t>() : nullptr,
-                                            z.defined() ? bn_table->data_ptr<float>() : nullptr,
-                                            static_cast<mk::Act>(act_code)});
+            xp, gp, gxp, wp, plan.g, bias, pp, bn.kernel_arg<scalar_t>());
       });
     });
   });
@@ -324,11 +354,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
 // plan_tiled alone, for a conv of any size (nothing runs): the plan as run() returns it, or an
 // empty list when plan_tiled rejects the conv. kind: "forward", "stats", "wgrad" (of the conv) or
 // "dgrad_s2" (grad_input of the conv as the stride-2 kernel plans it: grad_output -> grad_input),
-// "bwd_fused" (the stride-1 fused backward).
+// "bwd_fused" (the stride-1 fused backward); "dgrad_s2_bn", "bwd_fused_bn": those two with
+// BatchNorm's z staged too (TiledBnDx).
 std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t S, int64_t pH, int64_t pW,
                           int64_t vec, const std::string& kind, int64_t stages) {
   int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
-  if (kind == "dgrad_s2") {  // reads grad_output, writes grad_input
+  if (kind.rfind("dgrad_s2", 0) == 0) {  // reads grad_output, writes grad_input
     std::swap(H, OH);
     std::swap(W, OW);
   }
@@ -354,10 +385,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("stages") = 2);
   m.def("dgrad_s2", &dgrad_s2, "depthwise_conv2d_bwd_input_s2_tiled_kernel emulated on the host", py::arg("gy"),
         py::arg("weight_taps"), py::arg("H"), py::arg("W"), py::arg("K"), py::arg("pH"), py::arg("pW"),
-        py::arg("stages") = 2, py::arg("min_blocks") = -1);
+        py::arg("stages") = 2, py::arg("min_blocks") = -1, py::arg("z") = py::none(), py::arg("bn_table") = py::none(),
+        py::arg("act_code") = 0);
   m.def("bwd_fused", &bwd_fused, "depthwise_conv2d_bwd_fused_s1_tiled_kernel emulated on the host", py::arg("x"),
         py::arg("gy"), py::arg("weight_taps"), py::arg("K"), py::arg("bias"), py::arg("stages") = 2,
         py::arg("z") = py::none(), py::arg("bn_table") = py::none(), py::arg("act_code") = 0);
   m.def("wgrad", &wgrad, "depthwise_conv2d_bwd_weight_tiled_kernel emulated on the host", py::arg("x"), py::arg("gy"),
-        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"), py::arg("stages") = 2);
+        py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"), py::arg("stages") = 2,
+        py::arg("z") = py::none(), py::arg("bn_table") = py::none(), py::arg("act_code") = 0);
 }
