@@ -18,10 +18,11 @@
 #      GPU, bench_bn_train compares with results/batch_norm_act_train_h200.json; bench_block's
 #      cuda / cuda_ops / eager columns decide USE_CUDA_BLOCK_KERNEL for the tensor-core kernel and
 #      the SE blocks)
-#   2. the rest of the lease less ~20 s (~300 s): MK_SUITE_STEPS="profile_model bench_model"
-#      MK_LIMIT_bench_model=230 (profile_model's per-kernel rows set the SE excite and BN passes
+#   2. the rest of the lease less ~20 s (~300 s): MK_SUITE_STEPS="bench_dw_bn profile_model bench_model"
+#      MK_LIMIT_bench_model=180 (bench_dw_bn times the fused dw+BN+act training backward, untimed
+#      since 1c8f65d, against the unfused one; profile_model's per-kernel rows set the SE excite and BN passes
 #      against run 7's profile_model_h200.json on the same step; bench_model ~7 s a row, 18 rows
-#      per model: 230 s reaches some of V2's rows, which no run has measured yet), then
+#      per model: 180 s reaches the first of V2's rows, which no run has measured yet), then
 #      bench_b1_pw (MK_PW_FUSED=auto against the default at batch 1), diag_dw, host_layers,
 #      profile_infer, large_tensors and hbm_bytes next.
 # Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
@@ -29,9 +30,9 @@
 # host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):
 # benchmarks/results/gpu_tests_run7_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
-# bench_bn_train bench_depthwise bench_pw bench_pw_fused ncu_pw bench_block profile_model profile_infer host_layers hbm_bytes
+# bench_bn_train bench_depthwise bench_dw_bn bench_pw bench_pw_fused ncu_pw bench_block profile_model profile_infer host_layers hbm_bytes
 # bench_model bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
-# (default: all but the opt-in sanitize, large_tensors, bench_pw, bench_pw_fused, ncu_pw, bench_block,
+# (default: all but the opt-in sanitize, large_tensors, bench_dw_bn, bench_pw, bench_pw_fused, ncu_pw, bench_block,
 # profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
 # takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
@@ -169,6 +170,13 @@ step bench_bn_train 80 "${BN[@]}" --training --name "batch_norm_act_train_${GPU_
 if [ -f benchmarks/bench_depthwise.py ]; then
   step bench_depthwise 150 env MK_BENCH_GRAPH=1 $PY benchmarks/bench_depthwise.py --quiet --no-autotune --no-compile-conv --layout nhwc --out "$OUT" --name "depthwise_${GPU_TAG}"
 fi
+# bench_dw_bn (60 s, opt-in): the dw conv + BatchNorm + activation training op alone (forward +
+# backward) over V3-Large's and V2's depthwise layers, batch 256 bf16 channels_last, no
+# torch.compile rows: ours with the fused backward (BatchNorm's grad_input computed inside the
+# conv's backward) against the unfused sequence in the same process (the <backend>_bn_unfused
+# columns, MK_DW_BN_FUSED=0 around the call), and eager: decides MK_DW_BN_FUSED's default.
+step bench_dw_bn 60 env MK_BENCH_GRAPH=1 $PY benchmarks/bench_depthwise.py --quiet --no-compile --op conv_bn_act_train \
+  --layout nhwc --backends cuda --out "$OUT" --name "depthwise_bn_${GPU_TAG}"
 step bench_pw 60 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --out "$OUT" \
   --name "pointwise_conv2d_${GPU_TAG}"
 step bench_pw_fused 60 env MK_PW_FUSED=1 $PY benchmarks/bench_pointwise_conv2d.py --quiet --no-autotune --no-compile --out "$OUT" \

@@ -178,6 +178,11 @@ def test_bench_ops_writes_one_file_per_registered_op(ops_results):
     dw = json.loads((out / "depthwise.json").read_text())
     assert {(r["op"], r["mode"]) for r in dw["rows"]} == {("conv", "forward"), ("conv", "full"),
                                                           ("conv_bn_act_train", "full")}
+    # the training op also with the unfused backward (MK_DW_BN_FUSED=0 around the call), and the
+    # switch restored after it
+    assert all("cuda_bn_unfused_p50_ms" in r for r in dw["rows"] if r["op"] == "conv_bn_act_train")
+    assert not any("bn_unfused" in k for r in dw["rows"] if r["op"] == "conv" for k in r)
+    assert "MK_DW_BN_FUSED" not in os.environ
 
 
 def _tiny_ours() -> list[str]:

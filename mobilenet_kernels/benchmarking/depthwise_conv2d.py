@@ -38,14 +38,15 @@ OPTIONS = {"ops": ["conv", "conv_bn_act_train"], "compile_conv": True}
 
 # A provider name's suffix: the call runs with MK_DW_BN_FUSED=0, the training backward as the
 # unfused sequence (BatchNorm's grad_input written, then read by the conv's backward), next to the
-# fused default: the two columns of one row time what the fusion gains.
+# fused default, whose calls set MK_DW_BN_FUSED=1 the same way (the same host cost around both):
+# the two columns of one row time what the fusion gains.
 UNFUSED = "_bn_unfused"
 
 
 @contextlib.contextmanager
-def _bn_dx_unfused():
+def _bn_dx_switch(value: str):
     before = os.environ.get("MK_DW_BN_FUSED")
-    os.environ["MK_DW_BN_FUSED"] = "0"
+    os.environ["MK_DW_BN_FUSED"] = value
     try:
         yield
     finally:
@@ -55,9 +56,12 @@ def _bn_dx_unfused():
             os.environ["MK_DW_BN_FUSED"] = before
 
 
-def _with(context, call):
-    with context():
-        return call()
+def _switched(value: str, call: Callable[[], object]) -> Callable[[], object]:
+    def run():
+        with _bn_dx_switch(value):
+            return call()
+
+    return run
 
 
 def conv_providers(device: str, compile_modes: list[str], backends: list[str]) -> dict[str, Callable]:
@@ -120,8 +124,8 @@ def case(provs: dict[str, Callable], op: str, layer: tuple, batch: int, dtype_na
         else:
             xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
             calls[name] = lambda fn=fn, xg=xg, wg=wg: torch.autograd.grad(fn(xg, wg, geom, act, *extra), (xg, wg), grad)
-            if name.endswith(UNFUSED):
-                calls[name] = lambda call=calls[name]: _with(_bn_dx_unfused, call)
+            if op == "conv_bn_act_train" and (name in ("cuda", "triton") or name.endswith(UNFUSED)):
+                calls[name] = _switched("0" if name.endswith(UNFUSED) else "1", calls[name])
     return row, calls
 
 

@@ -152,6 +152,8 @@ def script_parser(description: str, *, models: list[str], batch: list[int], dtyp
     p.add_argument("--no-autotune", action="store_true", help="skip torch.compile max-autotune (slow to compile)")
     p.add_argument("--no-compile", action="store_true",
                    help="no torch.compile rows at all (every shape compiles for seconds): ours vs eager only")
+    p.add_argument("--backends", nargs="+", default=["cuda", "triton"], choices=["cuda", "triton"],
+                   help="our backends to time (those usable on the device)")
     p.add_argument("--out", default="mk_results")
     p.add_argument("--name", default=name, help="file name stem")
     p.add_argument("--quiet", action="store_true")
@@ -176,7 +178,7 @@ def script_run(parser: "argparse.ArgumentParser", args, op: str, options: dict |
         layout=args.layout, mode=args.mode,
         compile=[] if args.no_compile else ["default"] if args.device != "cuda" or args.no_autotune
         else ["default", "max-autotune"],
-        backends=[b for b in ("cuda", "triton") if b in backends.available(args.device)],
+        backends=[b for b in args.backends if b in backends.available(args.device)],
         options=options or {}, quiet=args.quiet,
     )
     record_settings = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
