@@ -155,8 +155,9 @@ inline void check_conv_bn_backward_operands(const at::Tensor& input, at::IntArra
 namespace cuda {
 // batch_norm_act_train_backward without its grad_input pass (csrc/cuda/batch_norm_act.cu): the
 // reduction's (sum(g * x_hat), sum(g)) and the (kTrainDxRows, C) table of the grad_input pass's
-// per-channel coefficients (channel_passes.cuh: TrainDxCoef), for a kernel that computes grad_input
-// where it reads it (the fused depthwise backward). Checks as the op; CUDA tensors.
+// per-channel coefficients (channel_passes.cuh: TrainDxCoef, written by the reduction's finish
+// kernel), for a kernel that computes grad_input where it reads it (the fused depthwise backward).
+// Checks as the op; non-empty CUDA tensors.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_sums(
     const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var, double eps,

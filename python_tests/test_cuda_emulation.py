@@ -1283,6 +1283,31 @@ def test_bn_backward(bn_emu, dtype, channels_last, training):
             torch.testing.assert_close(gx.double(), ref_gx.to(dtype).double(), rtol=2 * eps, atol=1e-3, msg=where)
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "nchw"])
+@pytest.mark.parametrize("dtype", BN_DTYPES)
+def test_bn_train_backward_sums_and_dx_table(bn_emu, dtype, channels_last):
+    """batch_norm_act_train_backward_sums' reduction (the fused depthwise backward's first step):
+    the same sums as the training backward's, bit for bit, and the table its finish writes holds the
+    grad_input pass's coefficients (scale, shift, mean, k, mean of g) computed from them."""
+    for i, shape in enumerate(BN_SHAPES[:5]):
+        act = ["hardswish", "relu6", "identity"][i % 3]
+        x, gy, weight, bias = bn_case(shape, dtype, channels_last, seed=i)
+        acc = weight.dtype
+        var, mean = torch.var_mean(x.to(acc), dim=(0, 2, 3), unbiased=False)
+        w, b = (weight, bias) if i % 2 == 0 else (None, None)
+        sum_gxhat, sum_g, table = bn_emu.train_sums_table(gy, x, mean, var, w, b, 1e-3, act)
+        _, ref_gxhat, ref_g, _, _ = bn_emu.backward(gy, x, mean, var, w, b, 1e-3, act, True)
+        where = f"{shape} {dtype} {act}"
+        assert torch.equal(sum_gxhat, ref_gxhat) and torch.equal(sum_g, ref_g), where
+        M = x.numel() // x.shape[1]
+        rstd = 1 / (var.double() + 1e-3).sqrt()
+        scale = rstd * (w.double() if w is not None else 1)
+        shift = (b.double() if b is not None else 0) - mean.double() * scale
+        expected = torch.stack([scale, shift, mean.double(), rstd * sum_gxhat.double() / M, sum_g.double() / M])
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(table.double(), expected, rtol=tol, atol=tol, msg=where)
+
+
 @pytest.mark.parametrize("model", ["mobilenet_v3_large", "mobilenet_v2"])
 def test_bn_plans_of_mobilenet_layers(bn_emu, model):
     """The launch plans of every BatchNorm of the model's training at batch 128 and 224² (channels

@@ -27,7 +27,6 @@ def load_script():
      "ours: batch norm"),
     ("void mobilenet_kernels::cuda::dw::depthwise_conv2d_bwd_weight_finish_kernel<float>(...)", "ours: depthwise"),
     ("void mobilenet_kernels::cuda::stats_finish_kernel<float>(...)", "ours: batch norm"),
-    ("void mobilenet_kernels::cuda::bn::train_dx_table_kernel<float>(...)", "ours: batch norm"),
     ("mobilenet_kernels::depthwise_conv2d_bn_act_train_backward", "ours: depthwise"),
     ("void mobilenet_kernels::(anonymous namespace)::squeeze_excite_reduce_nhwc_kernel<float>(...)",
      "ours: squeeze-excite"),

@@ -134,15 +134,25 @@ void launch_forward(const BatchNormEvalArgs& a, at::Tensor& out) {
 // Reduction pass of the backward (and, in eval mode, grad_input in the same pass).
 template <typename scalar_t, Act A, bool kWriteGradInput>
 void launch_backward_reduce(const BatchNormEvalArgs& a, const at::Tensor& grad_out, at::Tensor& grad_in,
-                            at::Tensor& sum_gxhat, at::Tensor& sum_g) {
+                            at::Tensor& sum_gxhat, at::Tensor& sum_g, at::Tensor* dx_table = nullptr) {
   using acc_t = at::opmath_type<scalar_t>;
   const bn::BackwardTerms<scalar_t, acc_t, A, kWriteGradInput> terms{
       grad_out.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(),
       kWriteGradInput ? grad_in.data_ptr<scalar_t>() : nullptr, a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(),
       data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias), static_cast<acc_t>(a.eps)};
   const int vec = vector_width<scalar_t>(a.layout.C, {terms.gy, terms.x, terms.gx});
-  reduce_channels<acc_t>(a.layout, vec, sum_g.options(), terms,
-                         bn::StoreSums<acc_t>{sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>()});
+  if (dx_table == nullptr) {
+    reduce_channels<acc_t>(a.layout, vec, sum_g.options(), terms,
+                           bn::StoreSums<acc_t>{sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>()});
+  } else {  // the sums and the grad_input pass's coefficients (batch_norm_act_train_backward_sums)
+    reduce_channels<acc_t>(
+        a.layout, vec, sum_g.options(), terms,
+        bn::StoreSumsAndDxTable<acc_t>{sum_gxhat.data_ptr<acc_t>(), sum_g.data_ptr<acc_t>(), a.mean.data_ptr<acc_t>(),
+                                       a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight),
+                                       data_or_null<acc_t>(a.bias), static_cast<acc_t>(a.eps),
+                                       static_cast<acc_t>(1.0 / static_cast<double>(a.layout.rows())), a.layout.C,
+                                       dx_table->data_ptr<acc_t>()});
+  }
 }
 
 at::Tensor batch_norm_act_eval_cuda(const at::Tensor& input, const at::Tensor& running_mean,
@@ -280,26 +290,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_backward_sum
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
     const std::string& activation) {
   check_batch_norm_eval(input, mean, var, weight, bias, eps, activation);
+  TORCH_CHECK(input.numel() > 0, "batch_norm_act_train_backward_sums: expected a non-empty input");
   const c10::cuda::CUDAGuard guard(input.device());
   const auto a = prepare_batch_norm_eval(input, mean, var, weight, bias, eps, activation);
   BackwardBuffers buf = prepare_backward(grad_output, input, a, /*with_grad_in=*/false);
-  const int64_t C = a.layout.C;
-  at::Tensor table = at::empty({bn::kTrainDxRows, C}, buf.sum_g.options());
-  if (C == 0) return {buf.sum_gxhat, buf.sum_g, table};
+  at::Tensor table = at::empty({bn::kTrainDxRows, a.layout.C}, buf.sum_g.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_act_train_backward_sums", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (input.numel() > 0) {
-      MK_DISPATCH_ACTIVATION(a.act, [&] {
-        launch_backward_reduce<scalar_t, kAct, false>(a, buf.grad_out, buf.grad_in, buf.sum_gxhat, buf.sum_g);
-      });
-    }
-    const double rows = static_cast<double>(std::max<int64_t>(a.layout.rows(), 1));
-    bn::train_dx_table_kernel<acc_t><<<static_cast<unsigned>(ceil_div(C, kThreads)), kThreads, 0,
-                                       at::cuda::getCurrentCUDAStream()>>>(
-        a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias),
-        buf.sum_gxhat.data_ptr<acc_t>(), buf.sum_g.data_ptr<acc_t>(), static_cast<acc_t>(a.eps),
-        static_cast<acc_t>(1.0 / rows), C, table.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    MK_DISPATCH_ACTIVATION(a.act, [&] {
+      launch_backward_reduce<scalar_t, kAct, false>(a, buf.grad_out, buf.grad_in, buf.sum_gxhat, buf.sum_g, &table);
+    });
   });
   return {buf.sum_gxhat, buf.sum_g, table};
 }

@@ -161,8 +161,8 @@ struct StoreMeanVar {
 // Training backward, pass 2: grad_in = scale * (g - sum_g / M - x_hat * sum_gxhat / M), with
 // x_hat * sum_gxhat / M = (x - mu) * k, k = rstd * sum_gxhat / M (x - mu first: no cancellation
 // when |mu| >> std). A channel's coefficients, TrainDxCoef: also what the fused depthwise backward
-// reads from a (kTrainDxRows, C) table (train_dx_table_kernel) to compute grad_in where it stages
-// its grad_output (csrc/cuda/depthwise_tiled.cuh), through the same train_grad_in: the same bits.
+// reads from a (kTrainDxRows, C) table (StoreSumsAndDxTable) to compute grad_in where it stages or
+// loads its grad_output (csrc/cuda/depthwise_tiled.cuh), through the same train_grad_in: the same bits.
 template <typename acc_t>
 struct TrainDxCoef {
   acc_t scale, shift, mu, k, mean_g;
@@ -241,22 +241,28 @@ struct TrainInputGrad {
   }
 };
 
-// The (kTrainDxRows, C) table of TrainDxCoef (row r: the struct's r-th field) for the fused
-// depthwise backward; one thread per channel.
+// The training backward's reduction finish for the fused depthwise backward: the sums, as
+// StoreSums, and from them the grad_input pass's coefficients (train_dx_coef) in a
+// (kTrainDxRows, C) table, row r the r-th field of TrainDxCoef. The sums it reads back are those
+// this thread has just written.
 template <typename acc_t>
-__global__ void train_dx_table_kernel(const acc_t* __restrict__ mean, const acc_t* __restrict__ var,
-                                      const acc_t* __restrict__ weight, const acc_t* __restrict__ bias,
-                                      const acc_t* __restrict__ sum_gxhat, const acc_t* __restrict__ sum_g, acc_t eps,
-                                      acc_t inv_count, int64_t C, acc_t* __restrict__ table) {
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const TrainDxCoef<acc_t> s = train_dx_coef<acc_t>(mean, var, weight, bias, sum_gxhat, sum_g, eps, inv_count, c);
-  table[c] = s.scale;
-  table[C + c] = s.shift;
-  table[2 * C + c] = s.mu;
-  table[3 * C + c] = s.k;
-  table[4 * C + c] = s.mean_g;
-}
+struct StoreSumsAndDxTable {
+  acc_t *sum_gxhat, *sum_g;
+  const acc_t *mean, *var, *weight, *bias;
+  acc_t eps, inv_count;
+  int64_t C;
+  acc_t* table;
+  __device__ void operator()(int64_t c, double a, double b) const {
+    sum_gxhat[c] = static_cast<acc_t>(a);
+    sum_g[c] = static_cast<acc_t>(b);
+    const TrainDxCoef<acc_t> s = train_dx_coef<acc_t>(mean, var, weight, bias, sum_gxhat, sum_g, eps, inv_count, c);
+    table[c] = s.scale;
+    table[C + c] = s.shift;
+    table[2 * C + c] = s.mu;
+    table[3 * C + c] = s.k;
+    table[4 * C + c] = s.mean_g;
+  }
+};
 
 // Eval forward (and the training forward's apply pass on the batch statistics):
 // y = act(x * scale + shift).

@@ -40,7 +40,7 @@ OURS = [
     ("ours: pointwise", r"pointwise_"),
     ("ours: squeeze-excite", r"squeeze_excite|excite_gemm"),
     ("ours: block", r"inverted_residual"),
-    ("ours: batch norm", r"batch_norm|per_channel|reduce_n|stats|finish|train_dx"),
+    ("ours: batch norm", r"batch_norm|per_channel|reduce_n|stats|finish"),
 ]
 CATEGORIES = [
     ("triton", r"^triton_|_triton\b"),

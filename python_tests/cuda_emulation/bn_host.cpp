@@ -194,6 +194,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>, std::vector
   return {gx.y.clone(), sum_gxhat.y.clone(), sum_g.y.clone(), info_reduce, info_grad};
 }
 
+// cuda::batch_norm_act_train_backward_sums' reduction (the fused depthwise backward's first step),
+// on a non-empty input: (sum_gxhat, sum_g, the (5, C) table its finish functor writes,
+// StoreSumsAndDxTable).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> train_sums_table(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+    const std::string& activation) {
+  TORCH_CHECK(input.device().is_cpu() && input.numel() > 0, "emulation: a non-empty CPU tensor");
+  const mk::BatchNormEvalArgs a0 = mk::prepare_batch_norm_eval(input, mean, var, weight, bias, eps, activation);
+  const mk::BatchNormEvalArgs a = guarded_args(a0);
+  const mk::BackwardBuffers buf = mk::prepare_backward(grad_output, input, a0, /*with_grad_in=*/false);
+  const at::Tensor gy = guarded_in(buf.grad_out);
+  const mk_emu::GuardedOutput sum_gxhat = guarded_out(buf.sum_gxhat);
+  const mk_emu::GuardedOutput sum_g = guarded_out(buf.sum_g);
+  const mk_emu::GuardedOutput table = guarded_out(at::empty({mkc::bn::kTrainDxRows, a.layout.C}, buf.sum_g.options()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_host_train_sums_table", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    MK_DISPATCH_ACTIVATION(a.act, [&] {
+      const bn::BackwardTerms<scalar_t, acc_t, kAct, false> terms{
+          gy.data_ptr<scalar_t>(), a.input.data_ptr<scalar_t>(), nullptr, a.mean.data_ptr<acc_t>(),
+          a.var.data_ptr<acc_t>(), data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias),
+          static_cast<acc_t>(a.eps)};
+      reduce_channels<acc_t>(
+          a.layout, mkc::vector_width<scalar_t>(a.layout.C, {terms.gy, terms.x}), terms,
+          bn::StoreSumsAndDxTable<acc_t>{sum_gxhat.y.data_ptr<acc_t>(), sum_g.y.data_ptr<acc_t>(),
+                                         a.mean.data_ptr<acc_t>(), a.var.data_ptr<acc_t>(),
+                                         data_or_null<acc_t>(a.weight), data_or_null<acc_t>(a.bias),
+                                         static_cast<acc_t>(a.eps),
+                                         static_cast<acc_t>(1.0 / static_cast<double>(a.layout.rows())), a.layout.C,
+                                         table.y.data_ptr<acc_t>()});
+    });
+  });
+  sum_gxhat.check();
+  sum_g.check();
+  table.check();
+  return {sum_gxhat.y.clone(), sum_g.y.clone(), table.y.clone()};
+}
+
 // bn::plan_reduction / plan_per_channel of a shape (nothing runs): the info lists above.
 std::vector<int64_t> plan(int64_t N, int64_t C, int64_t HW, bool channels_last, int64_t vec, bool reduction) {
   const mk::ChannelLayout L{N, C, HW, channels_last};
@@ -211,6 +249,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "batch_norm_act's eval / training backward passes, emulated on the host",
         py::arg("grad_output"), py::arg("input"), py::arg("mean"), py::arg("var"), py::arg("weight"), py::arg("bias"),
         py::arg("eps"), py::arg("activation"), py::arg("training"));
+  m.def("train_sums_table", &train_sums_table, "batch_norm_act_train_backward_sums' reduction, emulated",
+        py::arg("grad_output"), py::arg("input"), py::arg("mean"), py::arg("var"), py::arg("weight"), py::arg("bias"),
+        py::arg("eps"), py::arg("activation"));
   m.def("plan", &plan, "the launch plan of a per-channel pass (nothing runs)", py::arg("N"), py::arg("C"),
         py::arg("HW"), py::arg("channels_last"), py::arg("vec"), py::arg("reduction"));
 }
