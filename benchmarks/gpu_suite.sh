@@ -11,7 +11,9 @@
 # squeeze_excite's excite step as tiled GEMMs over the batch, its parameter gradients included;
 # the eval folds cached in the autocast dtype, no weight casts per inference; the CUDA ops'
 # partial-sum planes without aten::select; the forward's one-tile blocks at stride 2 only; the
-# whole-block kernels' squeeze-excite passes and the tensor-core block kernel for fp16/bf16):
+# whole-block kernels' squeeze-excite passes and the tensor-core block kernel for fp16/bf16; the
+# dw conv + BatchNorm + activation training backward with BatchNorm's grad_input fused into the
+# conv's backward kernels, MK_DW_BN_FUSED):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_se bench_bn_train bench_block summary"
 #      MK_TESTS_LIMIT=170 MK_LIMIT_bench_block=90 (correctness first: the BN, SE and
 #      inverted_residual_eval CUDA tests run early in the tests step; bench_se has never run on a
