@@ -246,9 +246,15 @@ def _depthwise_conv2d_bwd_kernel(
     c_mask = c < C
     x_c = _channel_offset(c, H, W, CHANNELS_LAST)
     y_c = _channel_offset(c, OH, OW, CHANNELS_LAST)
-    if BN_DX:
+    if BN_DX:  # BatchNorm's per-channel coefficients, broadcast to the tiles
         bn_mean, bn_rstd, bn_scale, bn_shift, bn_mean_g, bn_mean_gxhat = _train_dx_coefficients(
             mean_ptr, var_ptr, bnw_ptr, bnb_ptr, sum_gxhat_ptr, sum_g_ptr, c, c_mask, M, eps, HAS_WEIGHT, HAS_BIAS)
+        bn_mean = _per_channel(bn_mean, CHANNELS_LAST)
+        bn_rstd = _per_channel(bn_rstd, CHANNELS_LAST)
+        bn_scale = _per_channel(bn_scale, CHANNELS_LAST)
+        bn_shift = _per_channel(bn_shift, CHANNELS_LAST)
+        bn_mean_g = _per_channel(bn_mean_g, CHANNELS_LAST)
+        bn_mean_gxhat = _per_channel(bn_mean_gxhat, CHANNELS_LAST)
     taps = tl.arange(0, TAPS)
     w_acc = tl.zeros([TAPS, BLOCK_C], acc_ty)
     for it in range(ITERS):
@@ -283,11 +289,7 @@ def _depthwise_conv2d_bwd_kernel(
                         g = tl.load(gy_ptr + offs, mask=g_mask, other=0.0).to(acc_ty)
                         if BN_DX:
                             zv = tl.load(z_ptr + offs, mask=g_mask, other=0.0).to(acc_ty)
-                            g = _train_dx(zv, g, _per_channel(bn_mean, CHANNELS_LAST),
-                                          _per_channel(bn_rstd, CHANNELS_LAST), _per_channel(bn_scale, CHANNELS_LAST),
-                                          _per_channel(bn_shift, CHANNELS_LAST),
-                                          _per_channel(bn_mean_g, CHANNELS_LAST),
-                                          _per_channel(bn_mean_gxhat, CHANNELS_LAST), ACT)
+                            g = _train_dx(zv, g, bn_mean, bn_rstd, bn_scale, bn_shift, bn_mean_g, bn_mean_gxhat, ACT)
                             if ROUND_BF16:
                                 g = _round_bf16(g)
                             else:
