@@ -334,6 +334,14 @@ def _direct_cases(device, suffix):
          ValueError, "eps"),
         ("dwbn_train-activation", lambda: op("depthwise_conv2d_bn_act_train")(x, w, gw, gb, one, one, one, 1e-5, "gelu"),
          ValueError, "activation"),
+        ("dwbn_train_backward-conv_out-shape", lambda: op("depthwise_conv2d_bn_act_train_backward")(
+            x, x, w, gw, gb, x[:, :, :4], rm, rv, one, one, one, 1e-5, "relu", [True, True]), ValueError, "conv_out"),
+        ("dwbn_train_backward-mean-size", lambda: op("depthwise_conv2d_bn_act_train_backward")(
+            x, x, w, gw, gb, x, rm[:3], rv, one, one, one, 1e-5, "relu", [True, True]), ValueError, "mean"),
+        ("dwbn_train_backward-grad-device", lambda: op("depthwise_conv2d_bn_act_train_backward")(
+            x.to(o), x, w, gw, gb, x, rm, rv, one, one, one, 1e-5, "relu", [True, True]), ValueError, "grad_output"),
+        ("pwbn_train_backward-var-dtype", lambda: op("pointwise_conv2d_bn_act_train_backward")(
+            x, x, r(C, C, 1, 1), gw, gb, x, rm, rv.long(), 1e-5, "relu", [True, True]), TypeError, "var"),
         ("se_backward-pooled-shape", lambda: op("squeeze_excite_backward")(x, x, r(2, 3), *se_params, "relu", "hardsigmoid"),
          ValueError, "pooled"),
         ("se_backward-grad-shape", lambda: op("squeeze_excite_backward")(x[:1], x, r(2, C), *se_params, "relu", "hardsigmoid"),
@@ -390,6 +398,8 @@ for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         "dw-input-int": lambda: ns.depthwise_conv2d(x.long(), w, None, [1, 1], [1, 1], [1, 1], "relu"),
         "dw_backward-grad": lambda: ns.depthwise_conv2d_backward(x[:, :, :2], x, w, [1, 1], [1, 1], [1, 1], [True] * 3),
         "dwbn_train-eps": lambda: ns.depthwise_conv2d_bn_act_train(x, w, None, None, [1, 1], [1, 1], [1, 1], -1.0, "relu"),
+        "dwbn_train_backward-mean": lambda: ns.depthwise_conv2d_bn_act_train_backward(
+            x, x, w, None, None, x, m[:3], v, [1, 1], [1, 1], [1, 1], 1e-5, "relu", [True, True]),
         "se-fc1": lambda: ns.squeeze_excite(x, w, m[:1], w, m, "relu", "sigmoid"),
     }
     for name, call in calls.items():
