@@ -375,7 +375,8 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 }
 
 // Channels a thread of the tiled weight-gradient kernel owns: its K * K * CV accumulators stay
-// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 114-128 registers (106-128 before TiledBnDx), no spills.
+// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 114-128 registers (106-128 before
+// TiledBnDx), no spills.
 constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
 
 // A thread's share of the weight gradient's stage 1: sums of grad_output x input per tap (kh, kw)
@@ -562,7 +563,9 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
   const auto stage = [&](int64_t tile_id, V* buf) {
     const TileOrigin o = tile_origin(g, tile_id);
     stage_tile<scalar_t, VEC>(buf, gy, g, t, o.n, first_row(o), first_col(o), GH, GW);
-    if (bn.z != nullptr) stage_tile<scalar_t, VEC>(buf + footprint, bn.z, g, t, o.n, first_row(o), first_col(o), GH, GW);
+    if (bn.z != nullptr) {
+      stage_tile<scalar_t, VEC>(buf + footprint, bn.z, g, t, o.n, first_row(o), first_col(o), GH, GW);
+    }
   };
   const auto landed = [&](int64_t tile_id, V* buf) {
     if (bn.z == nullptr) return;
