@@ -480,7 +480,10 @@ def test_fused_training_backward_is_the_unfused_sequence(backend, layout, dtype,
     BatchNorm sums bit for bit; grad_conv_weight too, except on a GPU, where the fused kernel's
     larger footprint may give the weight-gradient partials other tiles (another summation order)."""
     skip_unless_usable(backend, device)
-    for shape, k, s, p, d in [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3], ((2, 24, 9, 9), 5, 1, 2, 1)]:
+    # the CUDA kernels' cases (channels_last, C a multiple of 8): stride 1 k3 and k5, stride 2 k3
+    # (odd output size); the unfused sequence's (C = 13, dilation 2)
+    for shape, k, s, p, d in [GEOMETRIES[0], ((2, 24, 9, 9), 5, 1, 2, 1), ((2, 16, 9, 11), 3, 2, 1, 1), GEOMETRIES[1],
+                              GEOMETRIES[3]]:
         for affine in (True, False):
             args = _train_backward_case(shape, k, s, p, d, layout, dtype, device, affine)
             grad, x, cw, bw, bb, conv_out, mean, var, *geometry = args
