@@ -167,19 +167,57 @@ using DwBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Te
 using DwStatsSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, at::IntArrayRef,
                                                       at::IntArrayRef, at::IntArrayRef);
 
-void save_geometry(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  ctx->saved_data["stride"] = stride.vec();
-  ctx->saved_data["padding"] = padding.vec();
-  ctx->saved_data["dilation"] = dilation.vec();
-}
+using ConvBnActOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using DwTrainBackwardSig = ConvBnActOut(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                                        const OptTensor&, const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef,
+                                        at::IntArrayRef, at::IntArrayRef, double, c10::string_view,
+                                        std::array<bool, 2>);
 
-std::tuple<Tensor, Tensor, Tensor> call_depthwise_backward(AutogradContext* ctx, const Tensor& grad_output,
-                                                           const Tensor& input, const Tensor& weight,
-                                                           std::array<bool, 3> mask) {
-  static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
-  return op.call(grad_output.contiguous(output_memory_format(input)), input, weight,
-                 ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-                 ctx->saved_data["dilation"].toIntVector(), mask);
+// A depthwise conv's geometry, saved in and loaded from ctx, and the ops that take it: the conv's
+// backward (the Functions below) and, as the conv of the training composite (ConvBnActTrain,
+// further down), its checks, statistics op and the composite's backward op.
+struct DepthwiseConv {
+  std::vector<int64_t> stride, padding, dilation;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+  }
+  static DepthwiseConv load(AutogradContext* ctx) {
+    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+            ctx->saved_data["dilation"].toIntVector()};
+  }
+
+  std::vector<int64_t> check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
+                             const OptTensor& bias, const std::string& activation) const {
+    const DepthwiseArgs a = check_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation, activation);
+    check_stats_count(a);
+    check_per_channel(weight, "weight", input);
+    check_per_channel(bias, "bias", input);
+    return a.output_sizes();
+  }
+  std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
+    static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
+    return op.call(input, conv_weight, stride, padding, dilation);
+  }
+  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                                              std::array<bool, 3> mask) const {
+    static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
+    return op.call(grad.contiguous(output_memory_format(input)), input, conv_weight, stride, padding, dilation, mask);
+  }
+  ConvBnActOut train_backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
+                              const OptTensor& weight, const OptTensor& bias, const Tensor& conv_out,
+                              const Tensor& mean, const Tensor& var, double eps, const std::string& activation,
+                              std::array<bool, 2> mask) const {
+    static const auto op = find_op<DwTrainBackwardSig>("mobilenet_kernels::depthwise_conv2d_bn_act_train_backward");
+    return op.call(grad, input, conv_weight, weight, bias, conv_out, mean, var, stride, padding, dilation, eps,
+                   activation, mask);
+  }
+};
+
+DepthwiseConv depthwise_conv(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  return {stride.vec(), padding.vec(), dilation.vec()};
 }
 
 struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
@@ -194,7 +232,7 @@ struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
     const Act act = parse_activation(activation);
     const bool from_output = act == Act::kRelu || act == Act::kRelu6;
     ctx->save_for_backward({input, weight, defined_or_empty(bias), from_output ? out : Tensor()});
-    save_geometry(ctx, stride, padding, dilation);
+    depthwise_conv(stride, padding, dilation).save(ctx);
     ctx->saved_data["activation"] = activation;
     return out;
   }
@@ -203,6 +241,7 @@ struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &weight = saved[1], &bias = saved[2], &out = saved[3];
     const Act act = parse_activation(ctx->saved_data["activation"].toStringRef());
+    const DepthwiseConv conv = DepthwiseConv::load(ctx);
     Tensor g = grads[0];
     if (act == Act::kRelu) {
       g = g * (out > 0);
@@ -210,15 +249,13 @@ struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
       g = g * ((out > 0) & (out < 6));
     } else if (act != Act::kIdentity) {  // training through a frozen, folded BatchNorm
       static const auto op = find_op<DwSig>("mobilenet_kernels::depthwise_conv2d");
-      const Tensor z = op.call(input, weight, optional(bias), ctx->saved_data["stride"].toIntVector(),
-                               ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(),
-                               "identity");
+      const Tensor z = op.call(input, weight, optional(bias), conv.stride, conv.padding, conv.dilation, "identity");
       const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       g = (g.to(acc) * activation_derivative(z.to(acc), act)).to(z.scalar_type());
     }
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    optional_needs_grad(ctx, bias, 2, 0)};
-    const auto [grad_input, grad_weight, grad_bias] = call_depthwise_backward(ctx, g, input, weight, mask);
+    const auto [grad_input, grad_weight, grad_bias] = conv.backward(g, input, weight, mask);
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
             Tensor(), Tensor(), Tensor(), Tensor()};
   }
@@ -235,7 +272,7 @@ struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dSt
     ctx->mark_non_differentiable({mean, var});
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, weight});
-    save_geometry(ctx, stride, padding, dilation);
+    depthwise_conv(stride, padding, dilation).save(ctx);
     return {out, mean, var};
   }
 
@@ -243,7 +280,7 @@ struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dSt
     if (!grads[0].defined()) return variable_list(5);
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
-    const auto [grad_input, grad_weight, unused] = call_depthwise_backward(ctx, grads[0], saved[0], saved[1], mask);
+    const auto [grad_input, grad_weight, unused] = DepthwiseConv::load(ctx).backward(grads[0], saved[0], saved[1], mask);
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -431,53 +468,13 @@ std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Te
 // composite with a register_autograd formula cost ~150 us more per training call (forward and
 // backward) than its four kernel ops on a CPU box, once per BatchNorm layer and step.
 
-using ConvBnActOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;
-using DwTrainBackwardSig = ConvBnActOut(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                                        const OptTensor&, const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef,
-                                        at::IntArrayRef, at::IntArrayRef, double, c10::string_view,
-                                        std::array<bool, 2>);
+// The conv of one composite: DepthwiseConv (above, shared with the depthwise ops' Functions) or
+// PointwiseConv: its geometry (saved in and loaded from ctx), its checks (with BatchNorm's weight
+// and bias, per output channel; returning the output's sizes), its statistics op, its backward op
+// and the composite's backward op.
 using PwTrainBackwardSig = ConvBnActOut(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
                                         const OptTensor&, const Tensor&, const Tensor&, const Tensor&, double,
                                         c10::string_view, std::array<bool, 2>);
-
-// The conv of one composite: its geometry (saved in and loaded from ctx), its checks (with
-// BatchNorm's weight and bias, per output channel; returning the output's sizes), its statistics
-// op, its backward op and the composite's backward op.
-struct DepthwiseConv {
-  std::vector<int64_t> stride, padding, dilation;
-
-  void save(AutogradContext* ctx) const { save_geometry(ctx, stride, padding, dilation); }
-  static DepthwiseConv load(AutogradContext* ctx) {
-    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-            ctx->saved_data["dilation"].toIntVector()};
-  }
-
-  std::vector<int64_t> check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
-                             const OptTensor& bias, const std::string& activation) const {
-    const DepthwiseArgs a = check_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation, activation);
-    check_stats_count(a);
-    check_per_channel(weight, "weight", input);
-    check_per_channel(bias, "bias", input);
-    return a.output_sizes();
-  }
-  std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
-    static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
-    return op.call(input, conv_weight, stride, padding, dilation);
-  }
-  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
-                                              std::array<bool, 3> mask) const {
-    static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
-    return op.call(grad.contiguous(output_memory_format(input)), input, conv_weight, stride, padding, dilation, mask);
-  }
-  ConvBnActOut train_backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
-                              const OptTensor& weight, const OptTensor& bias, const Tensor& conv_out,
-                              const Tensor& mean, const Tensor& var, double eps, const std::string& activation,
-                              std::array<bool, 2> mask) const {
-    static const auto op = find_op<DwTrainBackwardSig>("mobilenet_kernels::depthwise_conv2d_bn_act_train_backward");
-    return op.call(grad, input, conv_weight, weight, bias, conv_out, mean, var, stride, padding, dilation, eps,
-                   activation, mask);
-  }
-};
 
 struct PointwiseConv {
   void save(AutogradContext*) const {}
@@ -579,10 +576,6 @@ struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
     };
   }
 };
-
-DepthwiseConv depthwise_conv(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  return {stride.vec(), padding.vec(), dilation.vec()};
-}
 
 ConvBnActOut depthwise_conv2d_bn_act_train(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
                                            const OptTensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,

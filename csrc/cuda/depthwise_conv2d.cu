@@ -293,17 +293,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_stats_cuda(const
   return {out, mean, var};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
-  check_cuda(input);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const DepthwiseArgs a = prepare_depthwise(input, weight, c10::nullopt, stride, padding, dilation);
-  const at::Tensor gy = prepare_depthwise_grad_output(grad_output, a, input);
-  check_geometry(a);
+// The backward on prepared operands (a, and gy dense in a.format with the conv output's sizes),
+// for depthwise_conv2d_backward_cuda and the training backward's unfused sequence below.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const DepthwiseArgs& a, const at::Tensor& gy,
+                                                                  std::array<bool, 3> output_mask) {
+  const at::Tensor& input = a.input;
   const auto empty = [&] { return at::empty({0}, input.options()); };  // one per masked output: no aliasing
   at::Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(a.format)) : empty();
-  at::Tensor grad_weight = output_mask[1] ? at::empty({a.C, 1, a.kH, a.kW}, weight.options()) : empty();
+  at::Tensor grad_weight = output_mask[1] ? at::empty({a.C, 1, a.kH, a.kW}, input.options()) : empty();
   at::Tensor grad_bias = output_mask[2] ? at::empty({a.C}, input.options()) : empty();
   const bool reduce = (output_mask[1] || output_mask[2]) && a.C > 0;
   if (reduce && a.N * a.OH * a.OW == 0) {  // an empty batch: the sums are zero
@@ -327,6 +324,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
     }
   });
   return {grad_input, grad_weight, grad_bias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const DepthwiseArgs a = prepare_depthwise(input, weight, c10::nullopt, stride, padding, dilation);
+  const at::Tensor gy = prepare_depthwise_grad_output(grad_output, a, input);
+  check_geometry(a);
+  return depthwise_backward(a, gy, output_mask);
 }
 
 // Whether the training backward below fuses BatchNorm's grad_input into the conv's backward: yes,
@@ -368,8 +376,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bn_a
                                                                   const c10::optional<at::Tensor>&, const at::Tensor&,
                                                                   const at::Tensor&, double, c10::string_view)>();
     const auto [grad_z, sum_g_xhat, sum_g] = bn_backward.call(gy, z, weight, bias, mean, var, eps, activation);
-    const auto [grad_input, grad_weight, unused] = depthwise_conv2d_backward_cuda(
-        grad_z, input, conv_weight, stride, padding, dilation, {output_mask[0], output_mask[1], false});
+    const auto [grad_input, grad_weight, unused] =
+        depthwise_backward(a, grad_z.contiguous(a.format), {output_mask[0], output_mask[1], false});
     return {grad_input, grad_weight, sum_g_xhat, sum_g};
   };
   if (!bn_dx_fused() || !output_mask[0] || !output_mask[1] || a.N * a.OH * a.OW == 0) return unfused();

@@ -25,6 +25,12 @@ def empty_like_output(t: torch.Tensor, dtype: torch.dtype | None = None) -> torc
     return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device, memory_format=output_memory_format(t))
 
 
+def like_weight(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A kernel's weight gradient (any shape with weight's element count, any float dtype) as the
+    gradient of ``weight``: its shape and dtype, contiguous."""
+    return grad.reshape(weight.shape).to(weight.dtype).contiguous()
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype of the kernels: float32, or float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -27,7 +27,8 @@ import torch
 
 from ..activations import check_activation
 from ._common import (acc_dtype, check_floating, check_per_channel, dense, empty_like_output, grad_through_activation,
-                      output_for_activation_grad, output_memory_format, register_conv_bn_act_train, register_conv_op)
+                      like_weight, output_for_activation_grad, output_memory_format, register_conv_bn_act_train,
+                      register_conv_op)
 
 
 def _pair(v, name: str, min_value: int) -> tuple[int, int]:
@@ -187,7 +188,7 @@ def _triton_backward(grad_output, input, weight, stride, padding, dilation, outp
         tuple(dilation), fmt, tuple(bool(m) for m in output_mask),
     )
     if output_mask[1]:
-        grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype).contiguous()
+        grad_weight = like_weight(grad_weight, weight)
     return grad_input, grad_weight, grad_bias
 
 
@@ -231,7 +232,7 @@ def _triton_bn_act_train_backward(grad_output, input, conv_weight, weight, bias,
             gy, dense(input), _acc_weight(conv_weight), tuple(stride), tuple(padding), tuple(dilation), fmt,
             (bool(output_mask[0]), bool(output_mask[1]), False), bn_dx=(z, dx))
         if output_mask[1]:
-            grad_conv_weight = grad_conv_weight.reshape(conv_weight.shape).to(conv_weight.dtype).contiguous()
+            grad_conv_weight = like_weight(grad_conv_weight, conv_weight)
     return grad_input, grad_conv_weight, dx.sum_gxhat, dx.sum_g
 
 

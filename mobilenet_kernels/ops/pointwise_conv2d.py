@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, dense, empty_like_output, grad_through_activation,
+from ._common import (acc_dtype, check_floating, dense, empty_like_output, grad_through_activation, like_weight,
                       output_for_activation_grad, output_memory_format, register_conv_bn_act_train, register_conv_op)
 from .depthwise_conv2d import check_stats_count
 
@@ -175,7 +175,7 @@ def _triton_backward(grad_output, input, weight, output_mask):
     grad_input, grad_weight, grad_bias = pointwise_conv2d_bwd(grad_output.contiguous(memory_format=fmt), dense(input),
                                                               _matrix(weight), fmt, tuple(bool(m) for m in output_mask))
     if output_mask[1]:
-        grad_weight = grad_weight.reshape(weight.shape).to(weight.dtype).contiguous()
+        grad_weight = like_weight(grad_weight, weight)
     if output_mask[2]:
         grad_bias = grad_bias.to(input.dtype)
     return grad_input, grad_weight, grad_bias
