@@ -508,7 +508,7 @@ def test_fused_training_backward_is_the_unfused_sequence(backend, layout, dtype,
 def test_fused_training_backward_opcheck(backend, device):
     skip_unless_usable(backend, device)
     args = _train_backward_case((2, 8, 6, 6), 3, 1, 1, 1, "channels_last", torch.float32, device)
-    for mask in ([True, True], [True, False]):
+    for mask in ([True, True], [True, False], [False, False]):  # both masked: two distinct empty outputs
         torch.library.opcheck(op("depthwise_conv2d_bn_act_train_backward", backend), (*args, 1e-5, "hardswish", mask))
 
 

@@ -455,7 +455,8 @@ def test_fused_training_backward_op(backend, device):
     grad_x, grad_w, _ = op("pointwise_conv2d_backward", backend)(grad_z, x, cw, [True, True, False])
     for a, b in zip(ours, (grad_x, grad_w, sum_g_xhat, sum_g)):
         assert torch.equal(a, b)
-    torch.library.opcheck(op("pointwise_conv2d_bn_act_train_backward", backend), (*args, [False, True]))
+    for mask in ([False, True], [False, False]):  # both masked: two distinct empty outputs
+        torch.library.opcheck(op("pointwise_conv2d_bn_act_train_backward", backend), (*args, mask))
     with pytest.raises(ValueError, match="mean"):
         op("pointwise_conv2d_bn_act_train_backward", backend)(grad, x, cw, bw, bb, conv_out, mean[:4], var, 1e-5,
                                                                "hardswish", [True, True])

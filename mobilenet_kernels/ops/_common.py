@@ -161,21 +161,22 @@ def bn_dx_fused() -> bool:
     return os.environ.get("MK_DW_BN_FUSED") != "0"
 
 
-def check_bn_backward_operands(input, out_shape, grad_output, conv_out, mean, var) -> None:
-    """grad_output and conv_out of the conv output's shape, the input's dtype and device; mean and
-    var (C_out,) floating on its device. C++ twin: csrc/batch_norm_act.h::check_conv_bn_backward_operands."""
-    for t, name in ((grad_output, "grad_output"), (conv_out, "conv_out")):
-        if tuple(t.shape) != tuple(out_shape):
-            raise ValueError(f"{name}: expected shape {tuple(out_shape)} (the conv's output), got {tuple(t.shape)}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
-        if t.device != input.device:
-            raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
-    for t, name in ((mean, "mean"), (var, "var")):
-        check_floating(t, name)
-        if t.dim() != 1 or t.shape[0] != out_shape[1]:
-            raise ValueError(f"{name}: expected shape ({out_shape[1]},) to match the conv's output channels, got "
-                             f"{tuple(t.shape)}")
+def check_bn_backward_operands(input, out_shape, **operands) -> None:
+    """The backward's saved operands, each given by its argument name: the full-size ones
+    (grad_output, conv_out, ...) of the conv output's shape, the input's dtype and device; the
+    statistics (a name ending in mean or var) (C_out,) floating on its device. C++ twin:
+    csrc/batch_norm_act.h::check_conv_bn_backward_operands."""
+    for name, t in operands.items():
+        if name.endswith(("mean", "var")):
+            check_floating(t, name)
+            if t.dim() != 1 or t.shape[0] != out_shape[1]:
+                raise ValueError(f"{name}: expected shape ({out_shape[1]},) to match the conv's output channels, got "
+                                 f"{tuple(t.shape)}")
+        else:
+            if tuple(t.shape) != tuple(out_shape):
+                raise ValueError(f"{name}: expected shape {tuple(out_shape)} (the conv's output), got {tuple(t.shape)}")
+            if t.dtype != input.dtype:
+                raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
         if t.device != input.device:
             raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
 
@@ -209,7 +210,7 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         *geometry, eps, activation, _output_mask = rest
         check_args(input, conv_weight, weight, bias, *geometry, eps, activation)
         out_shape = stats_fake(input, conv_weight, *geometry)[0].shape
-        check_bn_backward_operands(input, out_shape, grad_output, conv_out, mean, var)
+        check_bn_backward_operands(input, out_shape, grad_output=grad_output, conv_out=conv_out, mean=mean, var=var)
         return out_shape
 
     def backward_fake(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest):
@@ -247,7 +248,7 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         grad_conv_out, sum_g_xhat, sum_g = bn_backward(
             grad_output.contiguous(memory_format=output_memory_format(input)), conv_out, weight, bias, mean, var,
             eps, activation)
-        grad_input = grad_conv_weight = input.new_empty(0)
+        grad_input, grad_conv_weight = input.new_empty(0), input.new_empty(0)  # two tensors: outputs must not alias
         if output_mask[0] or output_mask[1]:
             grad_input, grad_conv_weight, _ = conv_backward(grad_conv_out, input, conv_weight, *geometry,
                                                             [output_mask[0], output_mask[1], False])

@@ -45,22 +45,24 @@ def _pair(v, name: str, min_value: int) -> tuple[int, int]:
     return v
 
 
-def check_depthwise_args(input, weight, bias, stride, padding, dilation, activation="identity") -> tuple[int, int]:
+def check_depthwise_args(input, weight, bias, stride, padding, dilation, activation="identity",
+                         weight_name: str = "weight") -> tuple[int, int]:
     """The checks every backend runs before launching; returns the output size (OH, OW).
+    ``weight_name``: the weight's argument name in the caller's errors.
     C++ twin: csrc/depthwise_conv2d.h::prepare_depthwise."""
     check_floating(input, "input")
     if input.dim() != 4:
         raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
-    check_floating(weight, "weight")
+    check_floating(weight, weight_name)
     C = input.shape[1]
     if weight.dim() != 4 or weight.shape[0] != C or weight.shape[1] != 1:
-        raise ValueError(f"weight: expected shape ({C}, 1, kH, kW) for a depthwise conv of {C} channels, got {tuple(weight.shape)}")
+        raise ValueError(f"{weight_name}: expected shape ({C}, 1, kH, kW) for a depthwise conv of {C} channels, got {tuple(weight.shape)}")
     if weight.shape[2] < 1 or weight.shape[3] < 1:
-        raise ValueError(f"weight: expected a non-empty kernel, got {tuple(weight.shape)}")
+        raise ValueError(f"{weight_name}: expected a non-empty kernel, got {tuple(weight.shape)}")
     if weight.dtype != input.dtype:
-        raise TypeError(f"weight: expected dtype {input.dtype} (the input's), got {weight.dtype}")
+        raise TypeError(f"{weight_name}: expected dtype {input.dtype} (the input's), got {weight.dtype}")
     if weight.device != input.device:
-        raise ValueError(f"weight: expected device {input.device}, got {weight.device}")
+        raise ValueError(f"{weight_name}: expected device {input.device}, got {weight.device}")
     if bias is not None:
         check_per_channel(bias, "bias", input)
         if bias.dtype != input.dtype:
@@ -226,7 +228,7 @@ def _triton_bn_act_train_backward(grad_output, input, conv_weight, weight, bias,
     fmt = output_memory_format(input)
     gy, z = grad_output.contiguous(memory_format=fmt), conv_out.contiguous(memory_format=fmt)
     dx = TrainDx(gy, z, mean, var, weight, bias, eps, activation)
-    grad_input = grad_conv_weight = input.new_empty(0)
+    grad_input, grad_conv_weight = input.new_empty(0), input.new_empty(0)  # outputs must not alias
     if output_mask[0] or output_mask[1]:
         grad_input, grad_conv_weight, _ = depthwise_conv2d_bwd(
             gy, dense(input), _acc_weight(conv_weight), tuple(stride), tuple(padding), tuple(dilation), fmt,

@@ -29,21 +29,23 @@ from ._common import (acc_dtype, check_floating, dense, empty_like_output, grad_
 from .depthwise_conv2d import check_stats_count
 
 
-def check_pointwise_args(input, weight, bias=None, residual=None, activation="identity") -> int:
+def check_pointwise_args(input, weight, bias=None, residual=None, activation="identity",
+                         weight_name: str = "weight") -> int:
     """The checks every backend runs before launching; returns the output channels.
+    ``weight_name``: the weight's argument name in the caller's errors.
     C++ twin: csrc/pointwise_conv2d.h::prepare_pointwise."""
     check_floating(input, "input")
     if input.dim() != 4:
         raise ValueError(f"input: expected a 4-D tensor (N, C, H, W), got shape {tuple(input.shape)}")
-    check_floating(weight, "weight")
+    check_floating(weight, weight_name)
     Ci = input.shape[1]
     if weight.dim() != 4 or weight.shape[1] != Ci or tuple(weight.shape[2:]) != (1, 1) or weight.shape[0] < 1:
-        raise ValueError(f"weight: expected shape (Cout, {Ci}, 1, 1) for a 1x1 conv of {Ci} input channels, "
+        raise ValueError(f"{weight_name}: expected shape (Cout, {Ci}, 1, 1) for a 1x1 conv of {Ci} input channels, "
                          f"got {tuple(weight.shape)}")
     if weight.dtype != input.dtype:
-        raise TypeError(f"weight: expected dtype {input.dtype} (the input's), got {weight.dtype}")
+        raise TypeError(f"{weight_name}: expected dtype {input.dtype} (the input's), got {weight.dtype}")
     if weight.device != input.device:
-        raise ValueError(f"weight: expected device {input.device}, got {weight.device}")
+        raise ValueError(f"{weight_name}: expected device {input.device}, got {weight.device}")
     Co = weight.shape[0]
     if bias is not None:
         check_per_output_channel(bias, "bias", Co, input)
