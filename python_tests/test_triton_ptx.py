@@ -47,25 +47,40 @@ def compile_loads(kernel, types, consts, values, warps=4):
 
 found = {}
 N, H = 256, 28
+no_input_bn = dict(X_BN=False, X_HAS_WEIGHT=False, X_HAS_BIAS=False, X_ACT=0)
+input_bn = dict(X_BN=True, X_HAS_WEIGHT=True, X_HAS_BIAS=True, X_ACT=3)
+input_bn_types = {"xbn_mean_ptr": "*fp32", "xbn_var_ptr": "*fp32", "xbn_w_ptr": "*fp32", "xbn_b_ptr": "*fp32",
+                  "xbn_eps": "fp32"}
 for C in json.loads(sys.argv[1]):
     block_p, block_c = D._blocks(N * H * H, C, True, 25, torch.bfloat16)
     found[f"depthwise k5 C={C}"] = compile_loads(
         D._depthwise_conv2d_fwd_kernel,
         {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*bf16", "stats_ptr": "*fp32"},
         dict(KH=5, KW=5, SH=1, SW=1, DH=1, DW=1, HAS_BIAS=True, ACT=3, STATS=False, ROUND_BF16=False,
-             CHANNELS_LAST=True, PIX64=False, BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=cm(C)),
+             CHANNELS_LAST=True, PIX64=False, BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=cm(C), **no_input_bn),
         {"C": C})
-    # the fused dw conv + BatchNorm + activation training backward (k3 s1: grad_input and
-    # grad_weight, BatchNorm's grad_input computed from grad_output and z at every tap load)
+    # the training forward of an inverted residual's dw conv (k3 s1, statistics), the expand
+    # BatchNorm + activation applied to its input where it is loaded
     block_p, block_c = D._blocks(N * H * H, C, True, 9, torch.bfloat16)
-    found[f"depthwise backward + BatchNorm dx k3 C={C}"] = compile_loads(
+    found[f"depthwise statistics + input BatchNorm k3 C={C}"] = compile_loads(
+        D._depthwise_conv2d_fwd_kernel,
+        {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*bf16", "stats_ptr": "*fp32",
+         **input_bn_types},
+        dict(KH=3, KW=3, SH=1, SW=1, DH=1, DW=1, HAS_BIAS=False, ACT=0, STATS=True, ROUND_BF16=False,
+             CHANNELS_LAST=True, PIX64=False, BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=cm(C), **input_bn),
+        {"C": C, "ITERS": 4})
+    # the fused dw conv + BatchNorm + activation training backward (k3 s1: grad_input and
+    # grad_weight, BatchNorm's grad_input computed from grad_output and z at every tap load), as an
+    # inverted residual runs it: the expand BatchNorm + activation applied to x where it is loaded
+    block_p, block_c = D._blocks(N * H * H, C, True, 9, torch.bfloat16)
+    found[f"depthwise backward + both BatchNorms k3 C={C}"] = compile_loads(
         D._depthwise_conv2d_bwd_kernel,
         {"gy_ptr": "*bf16", "x_ptr": "*bf16", "w_ptr": "*fp32", "gx_ptr": "*bf16", "partial_ptr": "*fp32",
          "z_ptr": "*bf16", "mean_ptr": "*fp32", "var_ptr": "*fp32", "bnw_ptr": "*fp32", "bnb_ptr": "*fp32",
-         "sum_gxhat_ptr": "*fp32", "sum_g_ptr": "*fp32", "eps": "fp32"},
+         "sum_gxhat_ptr": "*fp32", "sum_g_ptr": "*fp32", "eps": "fp32", **input_bn_types},
         dict(KH=3, KW=3, SH=1, SW=1, DH=1, DW=1, GRAD_INPUT=True, GRAD_WEIGHT=True, TAPS=16, BN_DX=True,
              HAS_WEIGHT=True, HAS_BIAS=True, ACT=3, ROUND_BF16=False, CHANNELS_LAST=True, PIX64=False,
-             BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=cm(C)),
+             BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=cm(C), **input_bn),
         {"C": C, "H": H, "W": H, "OH": H, "OW": H, "PH": 1, "PW": 1, "HQ": H, "WQ": H, "Q": N * H * H, "ITERS": 4,
          "M": N * H * H})
     block_m, block_c = B._blocks(N * H * H, C)
@@ -127,8 +142,8 @@ _ONCE_PER_PROGRAM = {"inverted_residual": 1}
 
 
 def test_channels_last_kernels_load_16_byte_vectors():
-    """The depthwise forward (k5) and backward fused with BatchNorm's (k3), the BatchNorm eval
-    forward, the squeeze-excite apply pass, the
+    """The depthwise forward (k5), its statistics variant with the input BatchNorm applied (k3)
+    and backward fused with both BatchNorms' (k3), the BatchNorm eval forward, the squeeze-excite apply pass, the
     pointwise GEMMs (forward, grad_input, grad_weight) and the whole-block kernel (and its two
     squeeze-excite passes), bf16 channels_last at C = 120, 72 (multiples of 8, not 16) and 960 (the
     GEMMs from and the blocks around 40 channels): every global load of activations and weights a
@@ -141,7 +156,7 @@ def test_channels_last_kernels_load_16_byte_vectors():
         pytest.skip(f"this triton cannot compile for CUDA here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(found) == 12 + 3 * 6
+    assert len(found) == 12 + 3 * 7
     for case, loads in found.items():
         scalar = [ld for ld in loads if ld.startswith("ld.") and not re.search(r"\.v[248]\.", ld)]
         allowed = next((n for prefix, n in _ONCE_PER_PROGRAM.items() if case.startswith(prefix)), 0)

@@ -47,6 +47,14 @@ def _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_W
 
 
 @triton.jit
+def _apply(x, scale, shift, ACT: tl.constexpr):
+    """act(x * scale + shift): the eval (and training) forward's arithmetic, scale/shift from
+    _fold_batch_norm broadcast to x's tile. Shared with the depthwise kernels that apply a BatchNorm
+    to their input where they load it (triton/depthwise_conv2d.py, X_BN): the same bits."""
+    return act_forward(x * scale + shift, ACT)
+
+
+@triton.jit
 def _tile_offsets(pid_m, pid_c, M, C, HW, stride_n, stride_c, stride_p, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                   MULT: tl.constexpr):
     C, stride_n, stride_p = multiple(C, MULT), multiple(stride_n, MULT), multiple(stride_p, MULT)  # (_alignment)
@@ -74,7 +82,7 @@ def _batch_norm_act_eval_fwd_kernel(
     )
     _, _, scale, shift = _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, cols, col_mask, eps, HAS_WEIGHT, HAS_BIAS)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(scale.dtype)
-    y = act_forward(x * scale[None, :] + shift[None, :], ACT)
+    y = _apply(x, scale[None, :], shift[None, :], ACT)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -282,17 +290,28 @@ def batch_stats(x):
     return mean.to(L.acc), var.to(L.acc)
 
 
-class TrainDx:
-    """The training backward's reduction over (gy, x), and what its grad_input pass needs: the
-    BatchNorm parameters in the accumulation dtype (``params``: mean, var, weight, bias, dummies
-    for absent ones), ``eps``, the sums, the count ``M`` and the flags. The fused depthwise backward
+class Apply:
+    """A BatchNorm + activation applied by another kernel to the tensor it loads (the depthwise
+    kernels' X_BN): the parameters in the accumulation dtype (``params``: mean, var, weight, bias,
+    dummies for absent ones), ``eps`` and the flags, as the apply kernel takes them, so that
+    _fold_batch_norm and _apply give the same bits there."""
+
+    def __init__(self, x, mean, var, weight, bias, eps, activation):
+        self._launch = L = _Launch(x, mean, var, weight, bias, activation, eps)
+        self.params, self.eps = L.params, L.eps
+        self.flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation))
+
+
+class TrainDx(Apply):
+    """The training backward's reduction over (gy, x), and what its grad_input pass needs: Apply's
+    parameters and flags, the sums and the count ``M``. The fused depthwise backward
     (triton/depthwise_conv2d.py) passes these to _train_dx_coefficients and _train_dx in its own
     kernel, instead of this module's grad_input pass (``grad_input``)."""
 
     def __init__(self, gy, x, mean, var, weight, bias, eps, activation):
-        self._launch = L = _Launch(x, mean, var, weight, bias, activation, eps)
-        self.params, self.eps, self.M = L.params, L.eps, L.geometry[0]
-        self.flags = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, ACT=activation_code(activation))
+        super().__init__(x, mean, var, weight, bias, eps, activation)
+        L = self._launch
+        self.M = L.geometry[0]
         self._gy, self._x = gy, x
         if x.numel() == 0:
             self.sum_gxhat, self.sum_g = L.zeros(x.device), L.zeros(x.device)

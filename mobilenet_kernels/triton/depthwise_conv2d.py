@@ -41,7 +41,7 @@ from ..activations import activation_code
 from ._activations import act_forward
 from ._alignment import channel_multiple, multiple
 from ._partials import chan_update, merge_centred_partials, store_centred_partials
-from .batch_norm_act import _train_dx, _train_dx_coefficients
+from .batch_norm_act import _apply, _fold_batch_norm, _train_dx, _train_dx_coefficients
 from ._tuning import LaunchTuner, tile_candidates, tuning_enabled
 
 # Programs along the pixel axis times channel blocks, aimed at for the kernels that write
@@ -132,6 +132,27 @@ def _round_bf16(v):
     return tl.where(v != v, v, r.to(tl.float32, bitcast=True))
 
 
+@triton.jit
+def _as_stored(v, like_ptr, ROUND_BF16: tl.constexpr):
+    """v rounded to the dtype of ``like_ptr``'s tensor, as a kernel storing it there would, kept in
+    v's dtype (under the interpreter, bf16 by _round_bf16: see header): what a fused kernel computes
+    in place of a tensor the unfused sequence writes and reads back."""
+    if ROUND_BF16:
+        r = _round_bf16(v)
+    else:
+        r = v.to(like_ptr.dtype.element_ty).to(v.dtype)
+    return r
+
+
+@triton.jit
+def _input_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, eps, HAS_WEIGHT: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """X_BN: the per-channel scale and shift of the BatchNorm applied to the input (_fold_batch_norm),
+    broadcast to the tiles."""
+    _, _, scale, shift = _fold_batch_norm(mean_ptr, var_ptr, w_ptr, b_ptr, c, c_mask, eps, HAS_WEIGHT, HAS_BIAS)
+    return _per_channel(scale, CHANNELS_LAST), _per_channel(shift, CHANNELS_LAST)
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -142,9 +163,13 @@ def _depthwise_conv2d_fwd_kernel(
     b_ptr,  # (C,) accumulation dtype; read only if HAS_BIAS
     y_ptr,  # (N, C, OH, OW) dense, x's layout; x's dtype (fp32 for bf16 under the interpreter)
     stats_ptr,  # (5, programs along pixels, C) accumulation dtype: count, shift, mean - shift, M2, sum; if STATS
+    # X_BN only: the input is a BatchNorm's input, applied (with X_ACT) where it is loaded; its mean,
+    # var, weight, bias (C,) in the accumulation dtype (batch_norm_act.Apply)
+    xbn_mean_ptr, xbn_var_ptr, xbn_w_ptr, xbn_b_ptr, xbn_eps,
     C, H, W, OH, OW, P, PH, PW, ITERS,  # P = N * OH * OW; a program walks ITERS pixel blocks
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr, ROUND_BF16: tl.constexpr,
+    X_BN: tl.constexpr, X_HAS_WEIGHT: tl.constexpr, X_HAS_BIAS: tl.constexpr, X_ACT: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     C_MULT: tl.constexpr,  # a power of two dividing C (_alignment.channel_multiple)
 ):
@@ -157,6 +182,9 @@ def _depthwise_conv2d_fwd_kernel(
     y_c = _channel_offset(c, OH, OW, CHANNELS_LAST)
     if HAS_BIAS:
         bias = tl.load(b_ptr + c, mask=c_mask, other=0.0)
+    if X_BN:
+        x_scale, x_shift = _input_batch_norm(xbn_mean_ptr, xbn_var_ptr, xbn_w_ptr, xbn_b_ptr, c, c_mask, xbn_eps,
+                                             X_HAS_WEIGHT, X_HAS_BIAS, CHANNELS_LAST)
     count = tl.zeros([BLOCK_C], acc_ty)
     shift = tl.zeros([BLOCK_C], acc_ty)
     mean = tl.zeros([BLOCK_C], acc_ty)  # relative to shift
@@ -180,9 +208,12 @@ def _depthwise_conv2d_fwd_kernel(
                 iw = ow * SW - PW + kw * DW
                 ok = h_ok & (iw >= 0) & (iw < W)
                 offs = _tile(_pixel_offset(n, ih, iw, C, H, W, CHANNELS_LAST), x_c, CHANNELS_LAST)
-                xv = tl.load(x_ptr + offs, mask=_tile_mask(ok, c_mask, CHANNELS_LAST), other=0.0)
+                x_mask = _tile_mask(ok, c_mask, CHANNELS_LAST)
+                xv = tl.load(x_ptr + offs, mask=x_mask, other=0.0).to(acc_ty)
+                if X_BN:  # the BatchNorm's output as its apply kernel stores it; the padding stays zero
+                    xv = tl.where(x_mask, _as_stored(_apply(xv, x_scale, x_shift, X_ACT), x_ptr, ROUND_BF16), 0.0)
                 wv = tl.load(w_ptr + (kh * KW + kw) * C + c, mask=c_mask, other=0.0)
-                acc += xv.to(acc_ty) * _per_channel(wv, CHANNELS_LAST)
+                acc += xv * _per_channel(wv, CHANNELS_LAST)
         if HAS_BIAS:
             acc += _per_channel(bias, CHANNELS_LAST)
         y = act_forward(acc, ACT)
@@ -218,12 +249,15 @@ def _depthwise_conv2d_bwd_kernel(
     # layout); its mean, var, weight, bias and the reduction's sums, (C,) accumulation dtype
     # (batch_norm_act.TrainDx): the conv's grad_output is computed where it is loaded.
     z_ptr, mean_ptr, var_ptr, bnw_ptr, bnb_ptr, sum_gxhat_ptr, sum_g_ptr, M, eps,
+    # X_BN only (as the forward's): x is a BatchNorm's input, applied where the weight gradient loads it
+    xbn_mean_ptr, xbn_var_ptr, xbn_w_ptr, xbn_b_ptr, xbn_eps,
     C, H, W, OH, OW, PH, PW,
     HQ, WQ, Q, ITERS,  # a phase has HQ x WQ pixel slots per image, Q = N * HQ * WQ
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     GRAD_INPUT: tl.constexpr, GRAD_WEIGHT: tl.constexpr, TAPS: tl.constexpr,  # TAPS: next_pow2(KH * KW)
     BN_DX: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     ROUND_BF16: tl.constexpr,
+    X_BN: tl.constexpr, X_HAS_WEIGHT: tl.constexpr, X_HAS_BIAS: tl.constexpr, X_ACT: tl.constexpr,
     CHANNELS_LAST: tl.constexpr, PIX64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     C_MULT: tl.constexpr,  # a power of two dividing C (_alignment.channel_multiple)
 ):
@@ -234,7 +268,9 @@ def _depthwise_conv2d_bwd_kernel(
     BN_DX (the fused dw conv + BatchNorm + activation backward): each loaded grad_output value is
     BatchNorm's grad_input at that pixel (batch_norm_act._train_dx, from gy and z), rounded to x's
     dtype as the unfused backward stores it, zero outside the image: that tensor never reaches
-    memory, for (K * K) / (S * S) evaluations of _train_dx per output value."""
+    memory, for (K * K) / (S * S) evaluations of _train_dx per output value.
+    X_BN (the expand BatchNorm + activation before the conv, pointwise_depthwise_bn_act_train): x is
+    that BatchNorm's input, applied where the weight gradient loads it, once per input value."""
     acc_ty = w_ptr.dtype.element_ty
     C = multiple(C, C_MULT)  # C itself, now known to Triton as a multiple of C_MULT (_alignment)
     pid = tl.program_id(0)
@@ -255,6 +291,9 @@ def _depthwise_conv2d_bwd_kernel(
         bn_shift = _per_channel(bn_shift, CHANNELS_LAST)
         bn_mean_g = _per_channel(bn_mean_g, CHANNELS_LAST)
         bn_mean_gxhat = _per_channel(bn_mean_gxhat, CHANNELS_LAST)
+    if X_BN:
+        x_scale, x_shift = _input_batch_norm(xbn_mean_ptr, xbn_var_ptr, xbn_w_ptr, xbn_b_ptr, c, c_mask, xbn_eps,
+                                             X_HAS_WEIGHT, X_HAS_BIAS, CHANNELS_LAST)
     taps = tl.arange(0, TAPS)
     w_acc = tl.zeros([TAPS, BLOCK_C], acc_ty)
     for it in range(ITERS):
@@ -270,6 +309,8 @@ def _depthwise_conv2d_bwd_kernel(
         x_offs = _tile(_pixel_offset(n, ih, iw, C, H, W, CHANNELS_LAST), x_c, CHANNELS_LAST)
         if GRAD_WEIGHT:
             xv = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_ty)
+            if X_BN:
+                xv = tl.where(mask, _as_stored(_apply(xv, x_scale, x_shift, X_ACT), x_ptr, ROUND_BF16), 0.0)
         if CHANNELS_LAST:
             acc = tl.zeros([BLOCK_P, BLOCK_C], acc_ty)
         else:
@@ -290,11 +331,7 @@ def _depthwise_conv2d_bwd_kernel(
                         if BN_DX:
                             zv = tl.load(z_ptr + offs, mask=g_mask, other=0.0).to(acc_ty)
                             g = _train_dx(zv, g, bn_mean, bn_rstd, bn_scale, bn_shift, bn_mean_g, bn_mean_gxhat, ACT)
-                            if ROUND_BF16:
-                                g = _round_bf16(g)
-                            else:
-                                g = g.to(gy_ptr.dtype.element_ty).to(acc_ty)
-                            g = tl.where(g_mask, g, 0.0)
+                            g = tl.where(g_mask, _as_stored(g, gy_ptr, ROUND_BF16), 0.0)
                         if GRAD_INPUT:
                             wv = tl.load(w_ptr + (kh * KW + kw) * C + c, mask=c_mask, other=0.0)
                             acc += g * _per_channel(wv, CHANNELS_LAST)
@@ -410,9 +447,17 @@ def forward_configs(x, weight, stride, padding, dilation, fmt) -> list[tuple[int
 _FORWARD_TUNER = LaunchTuner("depthwise_conv2d_fwd")
 
 
-def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats, config=None):
+def _input_bn_args(x_bn, dummy) -> tuple[tuple, dict]:
+    """The X_BN kernel arguments of ``x_bn`` (batch_norm_act.Apply or None: dummies, never read)."""
+    if x_bn is None:
+        return (dummy,) * 4 + (0.0,), dict(X_BN=False, X_HAS_WEIGHT=False, X_HAS_BIAS=False, X_ACT=0)
+    return (*x_bn.params, x_bn.eps), dict(X_BN=True, **{f"X_{k}": v for k, v in x_bn.flags.items()})
+
+
+def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats, config=None, x_bn=None):
     """The forward launch; `config` (BLOCK_P, BLOCK_C, num_warps) forces a launch config (tests),
-    else the statistics launch takes the heuristic and the plain one the tuner's choice."""
+    else the statistics launch takes the heuristic and the plain one the tuner's choice. ``x_bn``
+    (batch_norm_act.Apply): x is that BatchNorm's input, applied where the kernel loads it."""
     N, C, H, W, OH, OW, kH, kW = _geometry(x, weight, stride, padding, dilation)
     assert x.is_contiguous(memory_format=fmt) and weight.is_contiguous() and weight.numel() == C * kH * kW
     channels_last = fmt == torch.channels_last
@@ -422,6 +467,7 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats,
         return out.to(x.dtype), None
     partial = None
     w_taps = _tap_major(weight)
+    x_bn_args, x_bn_flags = _input_bn_args(x_bn, weight)
 
     def run(cfg):
         nonlocal partial
@@ -431,11 +477,11 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats,
         iters, programs = _split(blocks, _TARGET_PROGRAMS // c_blocks) if stats else (1, blocks)
         partial = torch.empty((5, programs, C) if stats else (0,), dtype=weight.dtype, device=x.device)
         _depthwise_conv2d_fwd_kernel[(programs, c_blocks)](
-            x, w_taps, bias if bias is not None else weight, out, partial,
+            x, w_taps, bias if bias is not None else weight, out, partial, *x_bn_args,
             C, H, W, OH, OW, P, padding[0], padding[1], iters,
             **_taps(kH, kW, stride, dilation),
             HAS_BIAS=bias is not None, ACT=activation_code(activation), STATS=stats,
-            ROUND_BF16=stats and out.dtype != x.dtype,
+            ROUND_BF16=out.dtype != x.dtype, **x_bn_flags,
             CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p), BLOCK_P=block_p, BLOCK_C=block_c,
             C_MULT=channel_multiple(C), num_warps=warps,
         )
@@ -444,7 +490,7 @@ def _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats,
     if stats and config is None:
         config = configs[0]  # the statistics partials follow the tile: the heuristic, never tuned
     key = (x.device, x.dtype, fmt, tuple(x.shape), (kH, kW), tuple(stride), tuple(padding), tuple(dilation),
-           activation, bias is not None)
+           activation, bias is not None, x_bn is not None)
     _FORWARD_TUNER.launch(key, configs, run, tuning_enabled(x.device), force=config)
     return out.to(x.dtype), partial
 
@@ -458,11 +504,12 @@ def depthwise_conv2d_fwd(x, weight, bias, stride, padding, dilation, activation:
     return _forward(x, weight, bias, stride, padding, dilation, activation, fmt, stats=False)[0]
 
 
-def depthwise_conv2d_stats_fwd(x, weight, stride, padding, dilation, fmt):
+def depthwise_conv2d_stats_fwd(x, weight, stride, padding, dilation, fmt, x_bn=None):
     """The conv (no bias, identity) and the per-channel mean and biased variance of its output as
     stored, in the accumulation dtype; the per-program partials are merged by
-    triton/_partials.py::merge_centred_partials."""
-    out, partial = _forward(x, weight, None, stride, padding, dilation, "identity", fmt, stats=True)
+    triton/_partials.py::merge_centred_partials. ``x_bn`` (batch_norm_act.Apply): the conv's input
+    is that BatchNorm + activation of x, computed where the kernel loads x (X_BN)."""
+    out, partial = _forward(x, weight, None, stride, padding, dilation, "identity", fmt, stats=True, x_bn=x_bn)
     C = x.shape[1]
     if partial is None:
         zeros = torch.zeros(C, dtype=weight.dtype, device=x.device)
@@ -471,13 +518,15 @@ def depthwise_conv2d_stats_fwd(x, weight, stride, padding, dilation, fmt):
     return out, mean.to(weight.dtype), var.to(weight.dtype)
 
 
-def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, output_mask, bn_dx=None):
+def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, output_mask, bn_dx=None, x_bn=None):
     """(grad_input, grad_weight (C, 1, kH, kW), grad_bias (C,)) of the identity-activation conv, in
     x's dtype; an entry whose output_mask is false is ``x.new_empty(0)``. grad_out and x dense in
     ``fmt``; weight (C, kH, kW) contiguous in the accumulation dtype.
     ``bn_dx`` (z, batch_norm_act.TrainDx): the conv is followed by a BatchNorm + activation whose
     input is z (the conv's output, dense in ``fmt``) and whose grad_output is grad_out; the conv's
-    own grad_output (BatchNorm's grad_input) is computed in the kernel (BN_DX). Not with grad_bias."""
+    own grad_output (BatchNorm's grad_input) is computed in the kernel (BN_DX). Not with grad_bias.
+    ``x_bn`` (batch_norm_act.Apply): the conv's input is that BatchNorm + activation of x, applied
+    where the weight gradient loads x (X_BN)."""
     N, C, H, W, OH, OW, kH, kW = _geometry(x, weight, stride, padding, dilation)
     assert grad_out.shape == (N, C, OH, OW) and grad_out.dtype == x.dtype
     assert x.is_contiguous(memory_format=fmt) and grad_out.is_contiguous(memory_format=fmt)
@@ -505,13 +554,14 @@ def depthwise_conv2d_bwd(grad_out, x, weight, stride, padding, dilation, fmt, ou
         else:
             z, dx = bn_dx
             bn_args, bn_flags = (z, *dx.params, dx.sum_gxhat, dx.sum_g, dx.M, dx.eps), dx.flags
+        x_bn_args, x_bn_flags = _input_bn_args(x_bn, weight)
         _depthwise_conv2d_bwd_kernel[(phases * chunks, c_blocks)](
-            grad_out, x, _tap_major(weight), grad_input, partial, *bn_args,
+            grad_out, x, _tap_major(weight), grad_input, partial, *bn_args, *x_bn_args,
             C, H, W, OH, OW, padding[0], padding[1], HQ, WQ, Q, iters,
             **_taps(kH, kW, stride, dilation),
             GRAD_INPUT=want_input, GRAD_WEIGHT=weight_work, TAPS=triton.next_power_of_2(taps),
-            BN_DX=bn_dx is not None, ROUND_BF16=bn_dx is not None and _store_dtype(x.dtype, device) != x.dtype,
-            **bn_flags,
+            BN_DX=bn_dx is not None, ROUND_BF16=_store_dtype(x.dtype, device) != x.dtype,
+            **bn_flags, **x_bn_flags,
             CHANNELS_LAST=channels_last, PIX64=_pix64(blocks, iters, block_p),
             BLOCK_P=block_p, BLOCK_C=block_c, C_MULT=channel_multiple(C),
         )
