@@ -143,6 +143,44 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
       "pointwise_conv2d_bn_act_train_backward_triton(Tensor grad_output, Tensor input, Tensor conv_weight, "
       "Tensor? weight, Tensor? bias, Tensor conv_out, Tensor mean, Tensor var, float eps, str activation, "
       "bool[2] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // pointwise_depthwise_bn_act_train: the expanded side of an inverted-residual block in training,
+  // act(BN2(dw(act(BN1(expand(input)))))), both BatchNorms on batch statistics, one eps and one
+  // activation (the blocks' own). expand_weight (Chid, Cin, 1, 1), dw_weight (Chid, 1, kH, kW), no
+  // conv biases. Returns (output, expand_out, expand_mean, expand_var, dw_out, dw_mean, dw_var): the
+  // convs' outputs and their biased batch statistics, for the backward and batch_norm_update_stats.
+  // BN1's output y1 = act(BN1(expand_out)) is not kept for the backward, which recomputes it where
+  // the depthwise weight gradient reads it: one expanded tensor less of activation memory per block.
+  // The _triton twin never writes y1 at all: the depthwise kernels apply BN1 + act where they load
+  // their input (mobilenet_kernels/triton/depthwise_conv2d.py, X_BN), rounded to the input's dtype as
+  // the apply kernel stores it, so the values are those of the unfused sequence. Elsewhere a
+  // composite of pointwise_conv2d_stats, batch_norm_act_eval, depthwise_conv2d_bn_act_train and their
+  // backward ops (mobilenet_kernels/ops/pointwise_depthwise.py, where the autograd lives too).
+  m.def(
+      "pointwise_depthwise_bn_act_train(Tensor input, Tensor expand_weight, Tensor? expand_bn_weight, "
+      "Tensor? expand_bn_bias, Tensor dw_weight, Tensor? dw_bn_weight, Tensor? dw_bn_bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, float eps, str activation) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "pointwise_depthwise_bn_act_train_triton(Tensor input, Tensor expand_weight, Tensor? expand_bn_weight, "
+      "Tensor? expand_bn_bias, Tensor dw_weight, Tensor? dw_bn_weight, Tensor? dw_bn_bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, float eps, str activation) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Its backward: (grad_input, grad_expand_weight, BN1's sum(g * x_hat), BN1's sum(g),
+  // grad_dw_weight, BN2's sum(g * x_hat), BN2's sum(g)), the sums BatchNorm's weight and bias
+  // gradients in the accumulation dtype. output_mask: (grad_input, grad_expand_weight,
+  // grad_dw_weight); a masked one comes back as an empty tensor.
+  m.def(
+      "pointwise_depthwise_bn_act_train_backward(Tensor grad_output, Tensor input, Tensor expand_weight, "
+      "Tensor? expand_bn_weight, Tensor? expand_bn_bias, Tensor expand_out, Tensor expand_mean, Tensor expand_var, "
+      "Tensor dw_weight, Tensor? dw_bn_weight, Tensor? dw_bn_bias, Tensor dw_out, Tensor dw_mean, Tensor dw_var, "
+      "int[2] stride, int[2] padding, int[2] dilation, float eps, str activation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "pointwise_depthwise_bn_act_train_backward_triton(Tensor grad_output, Tensor input, Tensor expand_weight, "
+      "Tensor? expand_bn_weight, Tensor? expand_bn_bias, Tensor expand_out, Tensor expand_mean, Tensor expand_var, "
+      "Tensor dw_weight, Tensor? dw_bn_weight, Tensor? dw_bn_bias, Tensor dw_out, Tensor dw_mean, Tensor dw_var, "
+      "int[2] stride, int[2] padding, int[2] dilation, float eps, str activation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // inverted_residual_eval: a whole inverted-residual block in eval mode with every BatchNorm folded
   // in: project(act(dw(act(expand(x) + expand_bias)) + dw_bias)) + project_bias [+ x], the expanded
   // tensor kept on chip (tiles of output pixels x all hidden channels). expand_weight (Chid, Cin, 1, 1)

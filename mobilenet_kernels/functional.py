@@ -17,6 +17,7 @@ from .ops.depthwise_conv2d import check_depthwise_args, check_depthwise_bn_train
 from .ops.inverted_residual import check_inverted_residual_args
 from .ops.pointwise_conv2d import (check_output_batch_norm, check_per_output_channel, check_pointwise_args,
                                    check_pointwise_bn_train_args)
+from .ops.pointwise_depthwise import check_pointwise_depthwise_args
 from .ops.squeeze_excite import check_squeeze_excite_args
 from .reference import (
     batch_norm_act_ref,
@@ -294,6 +295,60 @@ def pointwise_conv2d_bn_act(
             mean = mean + conv_bias.to(mean.dtype)
         torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
     return out if residual is None else out + residual
+
+
+def pointwise_depthwise_bn_act_train(
+    input: torch.Tensor,
+    expand_weight: torch.Tensor,
+    dw_weight: torch.Tensor,
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
+    dilation: int | tuple[int, int],
+    expand_running_mean: torch.Tensor | None,
+    expand_running_var: torch.Tensor | None,
+    expand_bn_weight: torch.Tensor | None,
+    expand_bn_bias: torch.Tensor | None,
+    dw_running_mean: torch.Tensor | None,
+    dw_running_var: torch.Tensor | None,
+    dw_bn_weight: torch.Tensor | None,
+    dw_bn_bias: torch.Tensor | None,
+    expand_momentum: float | None = 0.1,
+    dw_momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    activation: str = "identity",
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The expanded side of an inverted-residual block in training mode (both BatchNorms on batch
+    statistics): ``act(BN2(depthwise(act(BN1(conv1x1(input, expand_weight))), dw_weight, stride,
+    padding, dilation)))``, as one op (ops/pointwise_depthwise.py) that keeps one expanded tensor
+    less for backward than the two per-layer ops (BN1's output is recomputed, or, with Triton, never
+    written). No conv biases; one ``eps`` and one ``activation`` for both BatchNorms. The running
+    statistics (if given) are updated in place as nn.BatchNorm2d does, each with its momentum.
+    """
+    input, expand_weight, dw_weight = _autocast(input, expand_weight, dw_weight)
+    name = backends.resolve(backend, input)
+    hidden_shape, out_shape = check_pointwise_depthwise_args(
+        input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias, stride, padding,
+        dilation, eps, activation)
+    running = ((expand_running_mean, expand_running_var, "expand_", hidden_shape, expand_momentum),
+               (dw_running_mean, dw_running_var, "dw_", out_shape, dw_momentum))
+    for running_mean, running_var, prefix, _, _ in running:
+        check_per_output_channel(running_mean, f"{prefix}running_mean", hidden_shape[1], input)
+        check_per_output_channel(running_var, f"{prefix}running_var", hidden_shape[1], input)
+    if name == "torch":
+        y1 = batch_norm_act_ref(F.conv2d(input, expand_weight), expand_running_mean, expand_running_var,
+                                expand_bn_weight, expand_bn_bias, True, expand_momentum, eps, activation)
+        return depthwise_conv2d_bn_act_ref(y1, dw_weight, None, stride, padding, dilation, dw_running_mean,
+                                           dw_running_var, dw_bn_weight, dw_bn_bias, True, dw_momentum, eps, activation)
+    out, _, mean1, var1, _, mean2, var2 = _op("pointwise_depthwise_bn_act_train", name)(
+        input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias,
+        _pair_list(stride), _pair_list(padding), _pair_list(dilation), eps, activation)
+    for (running_mean, running_var, _, shape, momentum), mean, var in zip(running, (mean1, mean2), (var1, var2)):
+        if running_mean is not None and running_var is not None and input.numel() > 0:
+            torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var,
+                                                                shape[0] * shape[2] * shape[3], momentum or 0.0)
+    return out
 
 
 def inverted_residual_eval(

@@ -3,4 +3,5 @@
 from .._extension import LOADED
 
 if LOADED:
-    from . import batch_norm_act, depthwise_conv2d, inverted_residual, pointwise_conv2d, squeeze_excite  # noqa: F401
+    from . import (batch_norm_act, depthwise_conv2d, inverted_residual, pointwise_conv2d,  # noqa: F401
+                   pointwise_depthwise, squeeze_excite)

@@ -1,0 +1,233 @@
+"""pointwise_depthwise_bn_act_train: the expanded side of an inverted-residual block in training, as
+one op with its fakes, autograd and kernels (schemas in csrc/library.cpp).
+
+``act(BN2(dw(act(BN1(expand(x))))))``, both BatchNorms on batch statistics. Per layer, the ops
+pointwise_conv2d_bn_act_train and depthwise_conv2d_bn_act_train would keep for backward, besides
+the convs' outputs z1 and z2, BN1's output y1 (the depthwise conv's input, for its weight gradient).
+Here y1 is recomputed from z1 where it is needed, so a block keeps one expanded tensor less:
+
+* forward: pointwise_conv2d_stats (z1 and its statistics from the GEMM's epilogue), BN1 + act, the
+  depthwise conv with its statistics (depthwise_conv2d_stats), the BN2 apply pass;
+* backward: depthwise_conv2d_bn_act_train_backward (BN2's reduction, then the conv's backward) on
+  the recomputed y1, then pointwise_conv2d_bn_act_train_backward (BN1, then the expand GEMMs) on its
+  grad_input.
+
+The ``_triton`` twin never writes y1: the depthwise kernels apply BN1 + act where they load z1, in
+the forward and in the weight gradient (triton/depthwise_conv2d.py, X_BN), rounded to z1's dtype as
+the apply kernel stores y1, so the values are those of the sequence above; in the forward that
+saves the apply pass (a read and a write of the expanded tensor) and the conv's read of y1 becomes a
+read of z1. MK_DW_BN_FUSED=0 (read at every call) runs the sequence above instead, for benchmarks.
+The C++-backed op ("cuda" backend) is that sequence of its own kernel ops: it saves the memory, and
+costs one apply pass in backward (the CUDA kernels do not apply a BatchNorm to their input yet).
+
+Both twins' autograd is here, in Python (the per-layer training ops' is in csrc/autograd.cpp).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import (acc_dtype, bn_dx_fused, check_bn_backward_operands, check_per_channel, dense, like_weight,
+                      mark_statistics, output_memory_format)
+from .depthwise_conv2d import _acc_weight, check_depthwise_args, check_stats_count
+from .pointwise_conv2d import check_output_batch_norm, check_pointwise_args
+
+
+def check_pointwise_depthwise_args(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight,
+                                   dw_bn_bias, stride, padding, dilation, eps, activation):
+    """The checks every backend runs before launching, each naming its argument; returns
+    (the expanded tensor's shape, the output's shape)."""
+    hidden = check_pointwise_args(input, expand_weight, activation=activation, weight_name="expand_weight")
+    N, _, H, W = input.shape
+    check_stats_count(input, (H, W))
+    check_output_batch_norm(input, hidden, eps, expand_bn_weight=expand_bn_weight, expand_bn_bias=expand_bn_bias)
+    z1 = input.new_empty(()).expand(N, hidden, H, W)  # the expand conv's output, as the checks see it
+    out_hw = check_depthwise_args(z1, dw_weight, None, stride, padding, dilation, activation, weight_name="dw_weight")
+    check_stats_count(z1, out_hw)
+    check_per_channel(dw_bn_weight, "dw_bn_weight", z1)
+    check_per_channel(dw_bn_bias, "dw_bn_bias", z1)
+    return (N, hidden, H, W), (N, hidden, *out_hw)
+
+
+def _empty(input, shape, dtype=None):
+    return torch.empty(shape, dtype=dtype or input.dtype, device=input.device, memory_format=output_memory_format(input))
+
+
+def _fake(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias, *rest):
+    hidden_shape, out_shape = check_pointwise_depthwise_args(input, expand_weight, expand_bn_weight, expand_bn_bias,
+                                                             dw_weight, dw_bn_weight, dw_bn_bias, *rest)
+    acc, C = acc_dtype(input.dtype), hidden_shape[1]
+    stats = lambda: (input.new_empty(C, dtype=acc), input.new_empty(C, dtype=acc))  # noqa: E731
+    return (_empty(input, out_shape), _empty(input, hidden_shape), *stats(), _empty(input, out_shape), *stats())
+
+
+def _check_backward_args(grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out,
+                         expand_mean, expand_var, dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean, dw_var,
+                         stride, padding, dilation, eps, activation, output_mask):
+    hidden_shape, out_shape = check_pointwise_depthwise_args(input, expand_weight, expand_bn_weight, expand_bn_bias,
+                                                             dw_weight, dw_bn_weight, dw_bn_bias, stride, padding,
+                                                             dilation, eps, activation)
+    check_bn_backward_operands(input, hidden_shape, expand_out=expand_out, expand_mean=expand_mean,
+                               expand_var=expand_var)
+    check_bn_backward_operands(input, out_shape, grad_output=grad_output, dw_out=dw_out, dw_mean=dw_mean, dw_var=dw_var)
+    return hidden_shape
+
+
+def _backward_fake(grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean,
+                   expand_var, dw_weight, *rest):
+    _check_backward_args(grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean,
+                         expand_var, dw_weight, *rest)
+    output_mask, acc, C = rest[-1], acc_dtype(input.dtype), expand_weight.shape[0]
+    like = lambda t, wanted, fmt=torch.contiguous_format: (  # noqa: E731
+        torch.empty_like(t, memory_format=fmt) if wanted else input.new_empty(0))
+    sums = lambda: (input.new_empty(C, dtype=acc), input.new_empty(C, dtype=acc))  # noqa: E731
+    return (like(input, output_mask[0], output_memory_format(input)), like(expand_weight, output_mask[1]), *sums(),
+            like(dw_weight, output_mask[2]), *sums())
+
+
+# ----------------------------------------------------------------------------- the kernels of each twin
+
+
+def _ops(suffix: str):
+    ns = torch.ops.mobilenet_kernels
+    return (getattr(ns, f"pointwise_conv2d_stats{suffix}"), getattr(ns, f"batch_norm_act_eval{suffix}"),
+            getattr(ns, f"depthwise_conv2d_stats{suffix}"), getattr(ns, f"depthwise_conv2d_bn_act_train_backward{suffix}"),
+            getattr(ns, f"pointwise_conv2d_bn_act_train_backward{suffix}"))
+
+
+def _make_kernels(suffix: str):
+    """(forward, backward) of the ``suffix`` twin as the sequence of its per-layer ops."""
+    pw_stats, bn_apply, dw_stats, dw_backward, pw_backward = _ops(suffix)
+
+    def forward(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias, stride,
+                padding, dilation, eps, activation):
+        check_pointwise_depthwise_args(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight,
+                                       dw_bn_bias, stride, padding, dilation, eps, activation)
+        z1, mean1, var1 = pw_stats(input, expand_weight)
+        y1 = bn_apply(z1, mean1, var1, expand_bn_weight, expand_bn_bias, eps, activation)
+        z2, mean2, var2 = dw_stats(y1, dw_weight, stride, padding, dilation)
+        del y1  # not kept: the backward recomputes it
+        out = bn_apply(z2, mean2, var2, dw_bn_weight, dw_bn_bias, eps, activation)
+        return out, z1, mean1, var1, z2, mean2, var2
+
+    def backward(grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean,
+                 expand_var, dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean, dw_var, stride, padding, dilation,
+                 eps, activation, output_mask):
+        _check_backward_args(grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out,
+                             expand_mean, expand_var, dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean, dw_var,
+                             stride, padding, dilation, eps, activation, output_mask)
+        y1 = bn_apply(expand_out, expand_mean, expand_var, expand_bn_weight, expand_bn_bias, eps, activation)
+        grad_y1, grad_dw_weight, dw_sum_gxhat, dw_sum_g = dw_backward(
+            grad_output, y1, dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean, dw_var, stride, padding, dilation,
+            eps, activation, [True, output_mask[2]])
+        del y1
+        grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g = pw_backward(
+            grad_y1, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean, expand_var, eps,
+            activation, [output_mask[0], output_mask[1]])
+        return (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g,
+                grad_dw_weight if output_mask[2] else input.new_empty(0), dw_sum_gxhat, dw_sum_g)
+
+    return forward, backward
+
+
+_forward, _backward = _make_kernels("")
+_sequence_forward_triton, _sequence_backward_triton = _make_kernels("_triton")
+
+
+def _triton_forward(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias,
+                    stride, padding, dilation, eps, activation):
+    """The forward with BN1 + act applied where the depthwise kernel loads z1 (X_BN): y1 is never
+    written."""
+    if not bn_dx_fused():
+        return _sequence_forward_triton(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight,
+                                        dw_bn_weight, dw_bn_bias, stride, padding, dilation, eps, activation)
+    from ..triton.batch_norm_act import Apply
+    from ..triton.depthwise_conv2d import depthwise_conv2d_stats_fwd
+
+    check_pointwise_depthwise_args(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight,
+                                   dw_bn_bias, stride, padding, dilation, eps, activation)
+    ns = torch.ops.mobilenet_kernels
+    z1, mean1, var1 = ns.pointwise_conv2d_stats_triton(input, expand_weight)
+    x_bn = Apply(z1, mean1, var1, expand_bn_weight, expand_bn_bias, eps, activation)
+    z2, mean2, var2 = depthwise_conv2d_stats_fwd(dense(z1), _acc_weight(dw_weight), tuple(stride), tuple(padding),
+                                                 tuple(dilation), output_memory_format(z1), x_bn=x_bn)
+    out = ns.batch_norm_act_eval_triton(z2, mean2, var2, dw_bn_weight, dw_bn_bias, eps, activation)
+    return out, z1, mean1, var1, z2, mean2, var2
+
+
+def _triton_backward(grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean,
+                     expand_var, dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean, dw_var, stride, padding,
+                     dilation, eps, activation, output_mask):
+    """The backward with BN2's grad_input computed where the depthwise backward loads its
+    grad_output (BN_DX) and BN1 + act applied where its weight gradient loads z1 (X_BN)."""
+    args = (grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean, expand_var,
+            dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean, dw_var, stride, padding, dilation, eps, activation,
+            output_mask)
+    if not bn_dx_fused():
+        return _sequence_backward_triton(*args)
+    from ..triton.batch_norm_act import Apply, TrainDx
+    from ..triton.depthwise_conv2d import depthwise_conv2d_bwd
+
+    _check_backward_args(*args)
+    fmt = output_memory_format(expand_out)
+    gy, z2, z1 = (t.contiguous(memory_format=fmt) for t in (grad_output, dw_out, expand_out))
+    dx = TrainDx(gy, z2, dw_mean, dw_var, dw_bn_weight, dw_bn_bias, eps, activation)
+    x_bn = Apply(z1, expand_mean, expand_var, expand_bn_weight, expand_bn_bias, eps, activation)
+    grad_y1, grad_dw_weight, _ = depthwise_conv2d_bwd(
+        gy, z1, _acc_weight(dw_weight), tuple(stride), tuple(padding), tuple(dilation), fmt,
+        (True, bool(output_mask[2]), False), bn_dx=(z2, dx), x_bn=x_bn)
+    if output_mask[2]:
+        grad_dw_weight = like_weight(grad_dw_weight, dw_weight)
+    grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g = \
+        torch.ops.mobilenet_kernels.pointwise_conv2d_bn_act_train_backward_triton(
+            grad_y1, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean, expand_var, eps,
+            activation, [output_mask[0], output_mask[1]])
+    return (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dx.sum_gxhat, dx.sum_g)
+
+
+# ----------------------------------------------------------------------------- autograd (both twins)
+
+
+def _setup_context(ctx, inputs, output):
+    (input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias, stride, padding,
+     dilation, eps, activation) = inputs
+    _, z1, mean1, var1, z2, mean2, var2 = output
+    mark_statistics(ctx, z1, mean1, var1, z2, mean2, var2)
+    ctx.save_for_backward(input, expand_weight, expand_bn_weight, expand_bn_bias, z1, mean1, var1, dw_weight,
+                          dw_bn_weight, dw_bn_bias, z2, mean2, var2)
+    ctx.rest = (list(stride), list(padding), list(dilation), eps, activation)
+
+
+def _make_autograd(backward_op):
+    def backward(ctx, grad_output, *_grad_statistics):
+        if grad_output is None:
+            return (None,) * 12
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dw_sum_gxhat,
+         dw_sum_g) = backward_op(grad_output.contiguous(memory_format=output_memory_format(saved[0])), *saved,
+                                 *ctx.rest, [needs[0], needs[1], needs[4]])
+        expand_bn_weight, expand_bn_bias, dw_bn_weight, dw_bn_bias = saved[2], saved[3], saved[8], saved[9]
+        return (grad_input if needs[0] else None, grad_expand_weight if needs[1] else None,
+                expand_sum_gxhat.to(expand_bn_weight.dtype) if needs[2] else None,
+                expand_sum_g.to(expand_bn_bias.dtype) if needs[3] else None,
+                grad_dw_weight if needs[4] else None,
+                dw_sum_gxhat.to(dw_bn_weight.dtype) if needs[5] else None,
+                dw_sum_g.to(dw_bn_bias.dtype) if needs[6] else None,
+                None, None, None, None, None)
+
+    return backward
+
+
+_ns = torch.ops.mobilenet_kernels
+for _suffix, _kernels in (("", (_forward, _backward)), ("_triton", (_triton_forward, _triton_backward))):
+    _name = f"mobilenet_kernels::pointwise_depthwise_bn_act_train{_suffix}"
+    torch.library.register_fake(_name, _fake)
+    torch.library.register_fake(f"mobilenet_kernels::pointwise_depthwise_bn_act_train_backward{_suffix}",
+                                _backward_fake)
+    torch.library.register_kernel(_name, ("cpu", "cuda"), _kernels[0])
+    torch.library.register_kernel(f"mobilenet_kernels::pointwise_depthwise_bn_act_train_backward{_suffix}",
+                                  ("cpu", "cuda"), _kernels[1])
+    torch.library.register_autograd(
+        _name, _make_autograd(getattr(_ns, f"pointwise_depthwise_bn_act_train_backward{_suffix}")),
+        setup_context=_setup_context)
