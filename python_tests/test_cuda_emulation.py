@@ -502,6 +502,99 @@ def test_stride2_backward_with_batch_norm_dx(emu, dtype, K):
         assert_partials_sum_to_grads(part, x, g, K, 2, (pH, pW), False, f"{where} plan {info}")
 
 
+# The BatchNorm + activation before the conv applied where the tiled kernels stage the conv's input
+# (TiledInputBn: pointwise_depthwise_bn_act_train's expand layer). Each kernel against itself run on
+# that BatchNorm's output as the emulated apply pass (bn_host.cpp, EvalApply) writes it: bit for bit.
+
+
+def input_bn_case(bn_emu, z, activation):
+    """(rows: the (4, C) float mean, var, weight, bias of a BatchNorm on z, eps, y1: its output + act
+    as the emulated apply pass stores it)."""
+    C = z.shape[1]
+    rows = torch.stack([torch.randn(C), torch.rand(C) + 0.5, torch.rand(C) + 0.5, torch.randn(C)]).float().contiguous()
+    # The emulated pass takes channels_last tensors it can tell from NCHW: 1 x 1 images as 1 x 2
+    # (elementwise, so the values are those of the pixel itself).
+    wide = z.shape[2] * z.shape[3] == 1
+    zc = (torch.cat([z, z], dim=3) if wide else z).contiguous(memory_format=torch.channels_last)
+    y1, _ = bn_emu.eval_forward(zc, rows[0], rows[1], rows[2], rows[3], 1e-3, activation)
+    return rows, 1e-3, y1[..., :1] if wide else y1
+
+
+INPUT_BN_SHAPES = [(2, 0, 7, 7), (1, 1, 13, 13), (3, 2, 5, 9), (16, 0, 14, 14)]  # the last: several tiles per block
+
+
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("K", [3, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_with_input_batch_norm(emu, bn_emu, dtype, K, S):
+    """The statistics forward staging z and turning it into y1 = act(BatchNorm(z)) where it landed:
+    output and statistics partials bit for bit those of the same kernel on y1 (zero in the padding,
+    not act(shift)); with several tiles per block, one and two staging buffers alike."""
+    activations = ["hardswish", "relu6", "identity", "relu"]
+    for i, (N, ci, H, W) in enumerate(INPUT_BN_SHAPES):
+        C, act, p = CHANNELS[dtype][ci], activations[i], (K - 1) // 2
+        z, w, taps, _ = make_case(N, C, H, W, K, dtype, bias=False)
+        rows, eps, y1 = input_bn_case(bn_emu, z, act)
+        for stages in (2, 1):
+            fused = emu.run(z, taps, torch.empty(0), K, S, p, p, 0, True, stages, 0, rows, eps, ACT[act])
+            ref = emu.run(y1, taps, torch.empty(0), K, S, p, p, 0, True, stages, 0)
+            where = f"z ({N}, {C}, {H}, {W}) {dtype} K{K} S{S} {act} stages {stages} plan {fused[-1]}"
+            assert not fused[0].isnan().any(), where
+            for a, b in zip(fused[:4], ref[:4]):
+                assert torch.equal(a, b), where
+            if i == len(INPUT_BN_SHAPES) - 1:
+                assert fused[-1][3] >= 2, where  # several tiles per block
+
+
+@pytest.mark.parametrize("S", [1, 2])
+@pytest.mark.parametrize("K", [3, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_wgrad_with_input_batch_norm(emu, bn_emu, dtype, K, S):
+    """The weight gradient staging z and turning it into y1 where it landed (alone and with the
+    conv's grad_output computed from BatchNorm's, TiledBnDx): partials bit for bit those of the
+    kernel on y1."""
+    activations = ["relu6", "hardswish", "identity", "relu"]
+    for i, (N, ci, H, W) in enumerate(INPUT_BN_SHAPES):
+        C, act, p = CHANNELS[dtype][ci], activations[i], (K - 1) // 2
+        z, _, _, _ = make_case(N, C, H, W, K, dtype, bias=False)
+        OH, OW = (H + 2 * p - K) // S + 1, (W + 2 * p - K) // S + 1
+        gy, z2 = ((torch.randn(N, C, OH, OW) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+                  for _ in range(2))
+        table = torch.stack([torch.rand(C) + 0.5, torch.randn(C), torch.randn(C), torch.randn(C) * 0.1,
+                             torch.randn(C) * 0.1]).float().contiguous()
+        rows, eps, y1 = input_bn_case(bn_emu, z, act)
+        for bn in ((None, None, 0), (z2, table, ACT[act])):
+            fused, info = emu.wgrad(z, gy, K, S, p, p, False, 2, *bn, rows, eps, ACT[act])
+            ref, _ = emu.wgrad(y1, gy, K, S, p, p, False, 2, *bn)
+            where = f"z ({N}, {C}, {H}, {W}) {dtype} K{K} S{S} {act} BatchNorm dx {bn[0] is not None} plan {info}"
+            assert not fused.isnan().any() and torch.equal(fused, ref), where
+
+
+@pytest.mark.parametrize("K", [3, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_backward_with_both_batch_norms(emu, bn_emu, dtype, K):
+    """The stride-1 fused backward as pointwise_depthwise_bn_act_train runs it: grad_output turned
+    into BatchNorm's grad_input (TiledBnDx) and the input's footprint into y1 (TiledInputBn) where
+    they landed: grad_input and partials bit for bit those of the kernel on y1 with TiledBnDx alone;
+    one and two staging buffers alike."""
+    activations = ["hardswish", "relu6", "relu", "identity"]
+    for i, (N, ci, H, W, pad_w) in enumerate(FUSED_SHAPES):
+        C, act = CHANNELS[dtype][ci], activations[i % len(activations)]
+        z, _, taps, _ = make_case(N, C, H, W, K, dtype, bias=False, x_pad_w=pad_w)
+        gy, z2 = ((torch.randn(N, C, H, W + pad_w) * 2).to(dtype).contiguous(memory_format=torch.channels_last)[..., :W]
+                  for _ in range(2))
+        table = torch.stack([torch.rand(C) + 0.5, torch.randn(C), torch.randn(C), torch.randn(C) * 0.1,
+                             torch.randn(C) * 0.1]).float().contiguous()
+        rows, eps, y1 = input_bn_case(bn_emu, z, act)
+        y1 = torch.empty(N, C, H, W + pad_w, dtype=dtype).contiguous(memory_format=torch.channels_last)[..., :W].copy_(
+            y1)  # z's strides: the kernel takes x and gy alike
+        for stages in (2, 1):
+            gx, part, info = emu.bwd_fused(z, gy, taps, K, False, stages, z2, table, ACT[act], rows, eps, ACT[act])
+            ref_gx, ref_part, _ = emu.bwd_fused(y1, gy, taps, K, False, stages, z2, table, ACT[act])
+            where = f"z {tuple(z.shape)} {dtype} K{K} {act} stages {stages} plan {info}"
+            assert torch.equal(gx, ref_gx) and torch.equal(part, ref_part), where
+
+
 @pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
 def test_plan_takes_every_mobilenet_depthwise_layer(emu, model):
     """plan_tiled (nothing runs) takes every depthwise layer of the model at 224², batch 256, in

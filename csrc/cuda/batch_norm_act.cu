@@ -48,7 +48,7 @@ __global__ void batch_norm_act_eval_fwd_nchw_kernel(const scalar_t* __restrict__
     Vec<scalar_t, VEC> in = *reinterpret_cast<const Vec<scalar_t, VEC>*>(x + i), out;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      out.v[j] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(in.v[j]) * scale + shift));
+      out.v[j] = static_cast<scalar_t>(bn::apply_value<A>(static_cast<acc_t>(in.v[j]), scale, shift));
     }
     *reinterpret_cast<Vec<scalar_t, VEC>*>(y + i) = out;
   }

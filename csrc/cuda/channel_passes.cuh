@@ -212,6 +212,36 @@ __device__ __forceinline__ acc_t train_grad_in(Act act, const TrainDxCoef<acc_t>
   }
 }
 
+// The apply pass's value at one element, act(x * scale + shift) (EvalApply, scale and shift from
+// bn_scale_shift).
+template <Act A, typename acc_t>
+__device__ __forceinline__ acc_t apply_value(acc_t x, acc_t scale, acc_t shift) {
+  return act_forward<A>(x * scale + shift);
+}
+
+// apply_value with the activation a runtime switch, each case apply_value<A> itself: the depthwise
+// kernels that apply a BatchNorm to the input they stage (TiledInputBn, depthwise_tiled.cuh)
+// compute the apply pass's bits.
+template <typename acc_t>
+__device__ __forceinline__ acc_t apply_value(Act act, acc_t x, acc_t scale, acc_t shift) {
+  switch (act) {
+    case Act::kRelu:
+      return apply_value<Act::kRelu>(x, scale, shift);
+    case Act::kRelu6:
+      return apply_value<Act::kRelu6>(x, scale, shift);
+    case Act::kHardswish:
+      return apply_value<Act::kHardswish>(x, scale, shift);
+    case Act::kHardsigmoid:
+      return apply_value<Act::kHardsigmoid>(x, scale, shift);
+    case Act::kSigmoid:
+      return apply_value<Act::kSigmoid>(x, scale, shift);
+    case Act::kSilu:
+      return apply_value<Act::kSilu>(x, scale, shift);
+    default:
+      return apply_value<Act::kIdentity>(x, scale, shift);
+  }
+}
+
 template <typename scalar_t, typename acc_t, Act A>
 struct TrainInputGrad {
   using Scalar = scalar_t;
@@ -292,7 +322,7 @@ struct EvalApply {
     Vec<scalar_t, V> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      out.v[j] = static_cast<scalar_t>(act_forward<A>(static_cast<acc_t>(in.v[0].v[j]) * s[j].scale + s[j].shift));
+      out.v[j] = static_cast<scalar_t>(apply_value<A>(static_cast<acc_t>(in.v[0].v[j]), s[j].scale, s[j].shift));
     }
     *reinterpret_cast<Vec<scalar_t, V>*>(y + i) = out;
   }

@@ -42,6 +42,14 @@ TiledBnDx<scalar_t, acc_t> bn_dx(const at::Tensor* z, const at::Tensor* table, A
   return {z->data_ptr<scalar_t>(), table->data_ptr<acc_t>(), act};
 }
 
+// A kernel's TiledInputBn: off when b is null.
+template <typename acc_t>
+TiledInputBn<acc_t> input_bn(const InputBn* b) {
+  if (b == nullptr) return {nullptr, nullptr, nullptr, nullptr, acc_t(0), Act::kIdentity};
+  const auto ptr = [](const at::Tensor* t) { return t != nullptr ? t->data_ptr<acc_t>() : nullptr; };
+  return {ptr(b->mean), ptr(b->var), ptr(b->weight), ptr(b->bias), static_cast<acc_t>(b->eps), b->act};
+}
+
 template <typename scalar_t, int VEC, int K, int S, bool kStats>
 void launch(const TiledPlan& p, const TiledConv& c) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -52,7 +60,7 @@ void launch(const TiledPlan& p, const TiledConv& c) {
   kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.y->data_ptr<scalar_t>(), c.w_taps->data_ptr<acc_t>(),
           c.bias->defined() ? c.bias->data_ptr<acc_t>() : nullptr, p.g, c.act, part,
-          kStats ? part + stride : nullptr, kStats ? part + 2 * stride : nullptr);
+          kStats ? part + stride : nullptr, kStats ? part + 2 * stride : nullptr, input_bn<acc_t>(c.xbn));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -63,7 +71,7 @@ void launch_wgrad(const TiledPlan& p, const TiledWgrad& c) {
   allow_double_buffers<kernel>();
   kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), p.g, c.bias, c.part->data_ptr<acc_t>(),
-          bn_dx<scalar_t>(c.z, c.bn_table, c.act));
+          bn_dx<scalar_t>(c.z, c.bn_table, c.act), input_bn<acc_t>(c.xbn));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -84,7 +92,8 @@ void launch_bwd_fused(const TiledPlan& p, const TiledBwd& c) {
   allow_double_buffers<kernel>();
   kernel<<<tiled_grid(p), tiled_block(p), p.smem, at::cuda::getCurrentCUDAStream()>>>(
           c.x->data_ptr<scalar_t>(), c.gy->data_ptr<scalar_t>(), c.gx->data_ptr<scalar_t>(),
-          c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>(), bn_dx<scalar_t>(c.z, c.bn_table, c.act));
+          c.w_taps->data_ptr<acc_t>(), p.g, c.bias, c.part->data_ptr<acc_t>(), bn_dx<scalar_t>(c.z, c.bn_table, c.act),
+          input_bn<acc_t>(c.xbn));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -275,11 +275,25 @@ __device__ __forceinline__ acc_t bn_dx_value(const TiledBnDx<scalar_t, acc_t>& b
   return static_cast<acc_t>(static_cast<scalar_t>(bn::train_grad_in<acc_t>(bn.act, s, z, gy)));
 }
 
+// f(i) for the index i = p * cbv + sv of every vector this thread staged (stage_tile's IH x IW
+// pixels from (ih0, iw0) of a g.H x g.W tensor: vector sv of pixels p0, p0 + step, ...) that lies
+// inside the tensor: what a `landed` hook may rewrite. The others keep their zeros (the padding).
+template <typename F>
+__device__ __forceinline__ void for_each_staged_vector_inside(const TiledGeom& g, const TiledThread& t, int ih0,
+                                                              int iw0, int IH, int IW, F f) {
+  if (!t.stages) return;
+  for (int p = t.p0; p < IH * IW; p += t.step) {
+    const int ph = p / IW;
+    const int ih = ih0 + ph;
+    const int iw = iw0 + (p - ph * IW);
+    if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) f(p * t.cbv + t.sv);
+  }
+}
+
 // After a tile's copies have landed (for_each_staged_tile's `landed`): each thread turns the
-// grad_output vectors it staged (stage_tile's IH x IW pixels from (ih0, iw0) of a g.H x g.W
-// tensor: vector sv of pixels p0, p0 + step, ...) into BatchNorm's grad_input, from the staged z
-// at the same place. Positions outside the tensor keep their zeros: the conv's padding. The
-// channel vector's coefficients are loaded once per tile.
+// grad_output vectors it staged into BatchNorm's grad_input, from the staged z at the same place
+// (for_each_staged_vector_inside: the conv's padding stays zero). The channel vector's
+// coefficients are loaded once per tile.
 template <typename scalar_t, typename acc_t, int VEC>
 __device__ __forceinline__ void bn_dx_staged_tile(Vec<scalar_t, VEC>* gtile, const Vec<scalar_t, VEC>* ztile,
                                                   const TiledGeom& g, const TiledThread& t, int ih0, int iw0, int IH,
@@ -287,23 +301,61 @@ __device__ __forceinline__ void bn_dx_staged_tile(Vec<scalar_t, VEC>* gtile, con
   if (!t.stages) return;
   bn::TrainDxCoef<acc_t> s[VEC];
   bn_dx_coefficients(bn, g.C, t.cb + t.sv * VEC, s);
-  for (int p = t.p0; p < IH * IW; p += t.step) {
-    const int ph = p / IW;
-    const int ih = ih0 + ph;
-    const int iw = iw0 + (p - ph * IW);
-    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-    Vec<scalar_t, VEC>& gv = gtile[p * t.cbv + t.sv];
-    const Vec<scalar_t, VEC> zv = ztile[p * t.cbv + t.sv];
+  for_each_staged_vector_inside(g, t, ih0, iw0, IH, IW, [&](int i) {
+    Vec<scalar_t, VEC>& gv = gtile[i];
+    const Vec<scalar_t, VEC> zv = ztile[i];
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
       gv.v[v] = static_cast<scalar_t>(bn_dx_value(bn, s[v], static_cast<acc_t>(zv.v[v]), static_cast<acc_t>(gv.v[v])));
     }
+  });
+}
+
+// The BatchNorm + activation before the conv (pointwise_depthwise_bn_act_train: the expand layer's,
+// on batch statistics), applied where a kernel stages the conv's input: x is that BatchNorm's input
+// z1, and the conv's input y1 = act(z1 * scale + shift) (bn::apply_value, with bn_scale_shift's
+// per-channel scale and shift: the apply pass's own arithmetic), rounded to scalar_t as the apply
+// pass stores it, so y1 is neither written nor read back and the values are the same. The
+// forward, the weight gradient and the stride-1 fused backward, which stage the conv's input,
+// turn the staged values (input_bn_staged_tile). mean null: off.
+template <typename acc_t>
+struct TiledInputBn {
+  const acc_t* mean;    // (C,), or null
+  const acc_t* var;     // (C,)
+  const acc_t* weight;  // (C,) or null (affine=False)
+  const acc_t* bias;    // (C,) or null
+  acc_t eps;
+  Act act;
+};
+
+// After a tile's copies have landed (for_each_staged_tile's `landed`): each thread turns the
+// input vectors it staged into the BatchNorm's output (for_each_staged_vector_inside: the conv's
+// padding, which is y1's, stays zero). The channel vector's scale and shift once per tile.
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void input_bn_staged_tile(Vec<scalar_t, VEC>* tile, const TiledGeom& g,
+                                                     const TiledThread& t, int ih0, int iw0, int IH, int IW,
+                                                     const TiledInputBn<acc_t>& xbn) {
+  if (!t.stages) return;
+  acc_t scale[VEC], shift[VEC];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    acc_t rstd;
+    bn_scale_shift<acc_t>(xbn.mean, xbn.var, xbn.weight, xbn.bias, xbn.eps, t.cb + t.sv * VEC + v, rstd, scale[v],
+                          shift[v]);
   }
+  for_each_staged_vector_inside(g, t, ih0, iw0, IH, IW, [&](int i) {
+    Vec<scalar_t, VEC>& xv = tile[i];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      xv.v[v] = static_cast<scalar_t>(bn::apply_value(xbn.act, static_cast<acc_t>(xv.v[v]), scale[v], shift[v]));
+    }
+  });
 }
 
 // __launch_bounds__(256, 2): at most 128 registers, so two full blocks (16 warps) fit an SM.
 // ptxas (CUDA 13, sm_90; for_each_staged_tile, one or two buffers): 77-88 registers for 16-bit
-// types (95-107 with the statistics), 85-96 for float (96-116), no spills.
+// types (103-115 with the statistics and TiledInputBn, 95-107 before it), 85-96 for float
+// (106-119; 96-116), no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K, int S, bool kStats>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_fwd_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -313,7 +365,9 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
                                       TiledGeom g, Act act,
                                       acc_t* __restrict__ part_n,       // (gridDim.x, C), kStats only
                                       acc_t* __restrict__ part_mean,    // (gridDim.x, C), kStats only
-                                      acc_t* __restrict__ part_m2) {    // (gridDim.x, C), kStats only
+                                      acc_t* __restrict__ part_m2,      // (gridDim.x, C), kStats only
+                                      TiledInputBn<acc_t> xbn) {        // kStats: x is a BatchNorm's input
+
   static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
   static_assert(S == 1 || S == 2, "the tiled kernel is specialized for stride 1 and 2");
   constexpr int CV = VEC < kTiledCV ? VEC : kTiledCV;  // channels a thread computes
@@ -337,7 +391,12 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     const TileOrigin o = tile_origin(g, tile_id);
     stage_tile<scalar_t, VEC>(buf, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
   };
-  for_each_staged_tile(g, tile, buffer, stage, [&](int64_t tile_id, const V* cur) {
+  const auto landed = [&](int64_t tile_id, V* buf) {
+    if (!kStats || xbn.mean == nullptr) return;  // the statistics forward only: no code in the plain one
+    const TileOrigin o = tile_origin(g, tile_id);
+    input_bn_staged_tile<scalar_t, acc_t, VEC>(buf, g, t, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW, xbn);
+  };
+  for_each_staged_tile(g, tile, buffer, stage, landed, [&](int64_t tile_id, const V* cur) {
     const TileOrigin o = tile_origin(g, tile_id);
     if (t.computes) {
       acc_t acc[kTiledRW][CV];
@@ -375,8 +434,8 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
 }
 
 // Channels a thread of the tiled weight-gradient kernel owns: its K * K * CV accumulators stay
-// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 114-128 registers (106-128 before
-// TiledBnDx), no spills.
+// in registers (36 for k3, 50 for k5). ptxas (CUDA 13, sm_90): 116-128 registers (114-128 before
+// TiledInputBn, 106-128 before TiledBnDx), no spills.
 constexpr int tiled_wgrad_cv(int K) { return K <= 3 ? 4 : 2; }
 
 // A thread's share of the weight gradient's stage 1: sums of grad_output x input per tap (kh, kw)
@@ -454,14 +513,15 @@ struct TapSums {
 // part[blockIdx.x][K * K][c] when `do_bias`. Stage 2 is depthwise_conv2d_bwd_weight_finish_kernel
 // (depthwise_kernels.cuh) over gridDim.x tiles. No atomics, a shape-derived tile -> block map:
 // bitwise deterministic. With bn.z: gy is BatchNorm's grad_output, turned into the conv's as loaded
-// (TiledBnDx; the stride-2 convs of depthwise_conv2d_bn_act_train_backward).
+// (TiledBnDx; the stride-2 convs of depthwise_conv2d_bn_act_train_backward). With xbn.mean: x is
+// the BatchNorm before the conv's input, applied where it is staged (TiledInputBn).
 template <typename scalar_t, typename acc_t, int VEC, int K, int S>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_bwd_weight_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
                                              const scalar_t* __restrict__ gy,  // (N, C, OH, OW), channels_last
                                              TiledGeom g, bool do_bias,
                                              acc_t* __restrict__ part,  // (gridDim.x, K * K + do_bias, C)
-                                             TiledBnDx<scalar_t, acc_t> bn) {
+                                             TiledBnDx<scalar_t, acc_t> bn, TiledInputBn<acc_t> xbn) {
   static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
   static_assert(S == 1 || S == 2, "the tiled kernel is specialized for stride 1 and 2");
   constexpr int CV = VEC < tiled_wgrad_cv(K) ? VEC : tiled_wgrad_cv(K);
@@ -481,7 +541,12 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     const TileOrigin o = tile_origin(g, tile_id);
     stage_tile<scalar_t, VEC>(buf, x, g, t, o.n, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW);
   };
-  for_each_staged_tile(g, tile, IH * IW * t.cbv, stage, [&](int64_t tile_id, const V* cur) {
+  const auto landed = [&](int64_t tile_id, V* buf) {
+    if (xbn.mean == nullptr) return;
+    const TileOrigin o = tile_origin(g, tile_id);
+    input_bn_staged_tile<scalar_t, acc_t, VEC>(buf, g, t, o.oh0 * S - g.pH, o.ow0 * S - g.pW, IH, IW, xbn);
+  };
+  for_each_staged_tile(g, tile, IH * IW * t.cbv, stage, landed, [&](int64_t tile_id, const V* cur) {
     const TileOrigin o = tile_origin(g, tile_id);
     const VC* src = reinterpret_cast<const VC*>(cur) + t.cv * kLanes + t.lane;  // staged pixel 0, this thread
     const int oh = o.oh0 + t.row;
@@ -630,8 +695,10 @@ constexpr int kTiledFusedCV = 2;
 // block. The partials are those of depthwise_conv2d_bwd_weight_tiled_kernel (same rows).
 // With bn.z (TiledBnDx): a third footprint, BatchNorm's input z, and grad_output turned into
 // BatchNorm's grad_input where it was staged (bn_dx_staged_tile), so that tensor never reaches memory.
-// ptxas (CUDA 13, sm_90): 94-111 registers for k3 (86-92 before the BatchNorm prologue), 127-128
-// for k5, no spills.
+// With xbn.mean (TiledInputBn): the input's footprint turned into the BatchNorm before the conv's
+// output where it was staged (input_bn_staged_tile).
+// ptxas (CUDA 13, sm_90): 96-124 registers for k3 (94-111 before TiledInputBn, 86-92 before
+// TiledBnDx), 126-128 for k5, no spills.
 template <typename scalar_t, typename acc_t, int VEC, int K>
 __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     depthwise_conv2d_bwd_fused_s1_tiled_kernel(const scalar_t* __restrict__ x,   // (N, C, H, W), channels_last
@@ -640,7 +707,7 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
                                                const acc_t* __restrict__ w,      // (K * K, C), not rotated
                                                TiledGeom g, bool do_bias,
                                                acc_t* __restrict__ part,  // (gridDim.x, K * K + do_bias, C)
-                                               TiledBnDx<scalar_t, acc_t> bn) {
+                                               TiledBnDx<scalar_t, acc_t> bn, TiledInputBn<acc_t> xbn) {
   static_assert(K == 3 || K == 5 || K == 7, "the tiled kernel is specialized for K in {3, 5, 7}");
   constexpr int CV = VEC < kTiledFusedCV ? VEC : kTiledFusedCV;
   constexpr int kLanes = VEC / CV;
@@ -666,9 +733,13 @@ __global__ void __launch_bounds__(kTiledMaxThreads, 2)
     if (bn.z != nullptr) stage_tile<scalar_t, VEC>(buf + 2 * footprint, bn.z, g, t, o.n, o.oh0 - P, o.ow0 - P, IH, IW);
   };
   const auto landed = [&](int64_t tile_id, V* buf) {
-    if (bn.z == nullptr) return;
     const TileOrigin o = tile_origin(g, tile_id);
-    bn_dx_staged_tile<scalar_t, acc_t, VEC>(buf, buf + 2 * footprint, g, t, o.oh0 - P, o.ow0 - P, IH, IW, bn);
+    if (bn.z != nullptr) {
+      bn_dx_staged_tile<scalar_t, acc_t, VEC>(buf, buf + 2 * footprint, g, t, o.oh0 - P, o.ow0 - P, IH, IW, bn);
+    }
+    if (xbn.mean != nullptr) {
+      input_bn_staged_tile<scalar_t, acc_t, VEC>(buf + footprint, g, t, o.oh0 - P, o.ow0 - P, IH, IW, xbn);
+    }
   };
   const int tensors = bn.z != nullptr ? 3 : 2;
   for_each_staged_tile(g, tiles, tensors * footprint, stage, landed, [&](int64_t tile_id, const V* cur) {
@@ -889,12 +960,24 @@ inline bool plan_tiled_for(const at::Tensor& x, const at::Tensor& y, const Tiled
   return true;
 }
 
+// The BatchNorm before the conv for the launchers (TiledInputBn): its mean and var (C,), weight
+// and bias (C,) or null, contiguous in the accumulation dtype; eps and activation.
+struct InputBn {
+  const at::Tensor* mean;
+  const at::Tensor* var;
+  const at::Tensor* weight;
+  const at::Tensor* bias;
+  double eps;
+  Act act;
+};
+
 // One conv for run_tiled_conv (depthwise_tiled.cu): y = act(conv(x, w) + bias), x and y dense
 // channels_last with 16-byte aligned vectors (can_vectorize), w_taps (K * K, C) and bias (C,) or
 // undefined in the accumulation dtype; part receives the (3, blocks, C) statistics partials.
 // For run_tiled_bwd_input_s2, optionally: z (BatchNorm's input, x's sizes and strides) and
 // bn_table ((bn::kTrainDxRows, C), accumulation dtype): x is then BatchNorm's grad_output
-// (TiledBnDx), bn_act its activation.
+// (TiledBnDx), bn_act its activation. For run_tiled_conv, optionally xbn: x is the input of that
+// BatchNorm + activation, whose output is the conv's input (TiledInputBn).
 struct TiledConv {
   const at::Tensor* x;
   at::Tensor* y;
@@ -906,6 +989,7 @@ struct TiledConv {
   const at::Tensor* z = nullptr;
   const at::Tensor* bn_table = nullptr;
   Act bn_act = Act::kIdentity;
+  const InputBn* xbn = nullptr;
 };
 
 // One weight gradient for run_tiled_bwd_weight: x (the conv's input) and gy (grad_output) dense
@@ -922,6 +1006,7 @@ struct TiledWgrad {
   const at::Tensor* z = nullptr;
   const at::Tensor* bn_table = nullptr;
   Act act = Act::kIdentity;
+  const InputBn* xbn = nullptr;  // as TiledConv's
 };
 
 // grad_input and the weight gradient's stage 1 of a stride-1 "same" conv in one pass, for
@@ -942,6 +1027,7 @@ struct TiledBwd {
   const at::Tensor* z = nullptr;
   const at::Tensor* bn_table = nullptr;
   Act act = Act::kIdentity;
+  const InputBn* xbn = nullptr;  // as TiledConv's
 };
 
 // The staging buffers of the tiled kernels, from MK_DW_STAGES (read once per process): 2

@@ -120,14 +120,42 @@ mkc::TiledPlan plan_or_raise(const at::Tensor& x, const at::Tensor& y, int64_t K
   return plan;
 }
 
+// The optional BatchNorm before the conv (TiledInputBn): x_bn a contiguous (4, C) float tensor of
+// its mean, var, weight and bias rows; eps; act_code its activation. x is then that BatchNorm's input.
+struct InputBnOperands {
+  at::Tensor rows;
+  float eps = 0.f;
+  mk::Act act = mk::Act::kIdentity;
+  mkc::TiledInputBn<float> kernel_arg() const {
+    if (!rows.defined()) return {nullptr, nullptr, nullptr, nullptr, 0.f, act};
+    const float* r = rows.data_ptr<float>();
+    const int64_t C = rows.size(1);
+    return {r, r + C, r + 2 * C, r + 3 * C, eps, act};
+  }
+};
+
+InputBnOperands input_bn_operands(const c10::optional<at::Tensor>& x_bn, double eps, int64_t act_code, int64_t C) {
+  TORCH_CHECK(act_code >= 0 && act_code <= 6, "x_bn_act out of range");
+  InputBnOperands b;
+  b.act = static_cast<mk::Act>(act_code);
+  b.eps = static_cast<float>(eps);
+  if (!x_bn.has_value()) return b;
+  TORCH_CHECK(x_bn->scalar_type() == at::kFloat && x_bn->is_contiguous() && x_bn->sizes() == at::IntArrayRef({4, C}),
+              "x_bn: expected a contiguous (4, C) float tensor");
+  b.rows = *x_bn;
+  return b;
+}
+
 // y = act(conv(x) + bias) by the emulated tiled kernel, with the per-block statistics partials
 // when `stats`; stages and min_blocks as plan_or_raise takes them. Returns (y, part_n, part_mean,
 // part_m2, plan) with plan = [TH, TW, strips, R, tiles, blocks_x, blocks_y, cbv, tx, ty, smem,
 // stages]; the partials are empty without stats. Raises when plan_tiled rejects the conv.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>> run(
     const at::Tensor& x_in, const at::Tensor& weight_taps, const at::Tensor& bias, int64_t K, int64_t S, int64_t pH,
-    int64_t pW, int64_t act_code, bool stats, int64_t stages, int64_t min_blocks) {
+    int64_t pW, int64_t act_code, bool stats, int64_t stages, int64_t min_blocks,
+    const c10::optional<at::Tensor>& x_bn, double x_bn_eps, int64_t x_bn_act) {
   const at::Tensor x = guarded_input(x_in, "x");
+  const InputBnOperands xbn = input_bn_operands(x_bn, x_bn_eps, x_bn_act, x.size(1));
   TORCH_CHECK(act_code >= 0 && act_code <= 6, "act_code out of range");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t OH = (H + 2 * pH - K) / S + 1;
@@ -169,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
         launch_planned(plan, [&] {
           mkc::depthwise_conv2d_fwd_tiled_kernel<scalar_t, float, VEC, decltype(k)::value, decltype(s)::value,
                                                  decltype(with_stats)::value>(xp, yp, wp, bp, plan.g, act, pnp, pmp,
-                                                                              pm2p);
+                                                                              pm2p, xbn.kernel_arg());
         });
       };
       stats ? go(std::true_type{}) : go(std::false_type{});
@@ -231,10 +259,13 @@ mkc::TiledWork work_of(const std::string& kind, int64_t K) {
 std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const at::Tensor& gy_in, int64_t K,
                                                    int64_t S, int64_t pH, int64_t pW, bool bias, int64_t stages,
                                                    const c10::optional<at::Tensor>& z_in,
-                                                   const c10::optional<at::Tensor>& bn_table, int64_t act_code) {
+                                                   const c10::optional<at::Tensor>& bn_table, int64_t act_code,
+                                                   const c10::optional<at::Tensor>& x_bn, double x_bn_eps,
+                                                   int64_t x_bn_act) {
   const at::Tensor x = guarded_input(x_in, "x");
   const at::Tensor gy = guarded_input(gy_in, "gy");
   const BnOperands bn = bn_operands(z_in, bn_table, act_code, gy);
+  const InputBnOperands xbn = input_bn_operands(x_bn, x_bn_eps, x_bn_act, x.size(1));
   TORCH_CHECK(x.scalar_type() == gy.scalar_type(), "gy: expected x's dtype");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t OH = (H + 2 * pH - K) / S + 1, OW = (W + 2 * pW - K) / S + 1;
@@ -255,7 +286,7 @@ std::tuple<at::Tensor, std::vector<int64_t>> wgrad(const at::Tensor& x_in, const
     dispatch_k_s(K, S, [&](auto k, auto s) {
       launch_planned(plan, [&] {
         mkc::depthwise_conv2d_bwd_weight_tiled_kernel<scalar_t, float, VEC, decltype(k)::value, decltype(s)::value>(
-            xp, gp, plan.g, bias, pp, bn.kernel_arg<scalar_t>());
+            xp, gp, plan.g, bias, pp, bn.kernel_arg<scalar_t>(), xbn.kernel_arg());
       });
     });
   });
@@ -313,8 +344,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
                                                                    int64_t stages,
                                                                    const c10::optional<at::Tensor>& z_in,
                                                                    const c10::optional<at::Tensor>& bn_table,
-                                                                   int64_t act_code) {
+                                                                   int64_t act_code,
+                                                                   const c10::optional<at::Tensor>& x_bn,
+                                                                   double x_bn_eps, int64_t x_bn_act) {
   const at::Tensor x = guarded_input(x_in, "x");
+  const InputBnOperands xbn = input_bn_operands(x_bn, x_bn_eps, x_bn_act, x.size(1));
   const at::Tensor gy = guarded_input(gy_in, "gy");
   TORCH_CHECK(x.scalar_type() == gy.scalar_type() && x.sizes() == gy.sizes() && x.strides() == gy.strides(),
               "gy: expected x's dtype, sizes and strides");
@@ -342,7 +376,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<int64_t>> bwd_fused(const at::Ten
     dispatch_k_s(K, 1, [&](auto k, auto) {
       launch_planned(plan, [&] {
         mkc::depthwise_conv2d_bwd_fused_s1_tiled_kernel<scalar_t, float, VEC, decltype(k)::value>(
-            xp, gp, gxp, wp, plan.g, bias, pp, bn.kernel_arg<scalar_t>());
+            xp, gp, gxp, wp, plan.g, bias, pp, bn.kernel_arg<scalar_t>(), xbn.kernel_arg());
       });
     });
   });
@@ -379,7 +413,8 @@ std::vector<int64_t> plan(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run", &run, "depthwise_conv2d_fwd_tiled_kernel emulated on the host", py::arg("x"), py::arg("weight_taps"),
         py::arg("bias"), py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("act_code"),
-        py::arg("stats"), py::arg("stages") = 2, py::arg("min_blocks") = -1);
+        py::arg("stats"), py::arg("stages") = 2, py::arg("min_blocks") = -1, py::arg("x_bn") = py::none(),
+        py::arg("x_bn_eps") = 0.0, py::arg("x_bn_act") = 0);
   m.def("plan", &plan, "plan_tiled of a conv (nothing runs)", py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
         py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("vec"), py::arg("kind"),
         py::arg("stages") = 2);
@@ -389,8 +424,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("act_code") = 0);
   m.def("bwd_fused", &bwd_fused, "depthwise_conv2d_bwd_fused_s1_tiled_kernel emulated on the host", py::arg("x"),
         py::arg("gy"), py::arg("weight_taps"), py::arg("K"), py::arg("bias"), py::arg("stages") = 2,
-        py::arg("z") = py::none(), py::arg("bn_table") = py::none(), py::arg("act_code") = 0);
+        py::arg("z") = py::none(), py::arg("bn_table") = py::none(), py::arg("act_code") = 0,
+        py::arg("x_bn") = py::none(), py::arg("x_bn_eps") = 0.0, py::arg("x_bn_act") = 0);
   m.def("wgrad", &wgrad, "depthwise_conv2d_bwd_weight_tiled_kernel emulated on the host", py::arg("x"), py::arg("gy"),
         py::arg("K"), py::arg("S"), py::arg("pH"), py::arg("pW"), py::arg("bias"), py::arg("stages") = 2,
-        py::arg("z") = py::none(), py::arg("bn_table") = py::none(), py::arg("act_code") = 0);
+        py::arg("z") = py::none(), py::arg("bn_table") = py::none(), py::arg("act_code") = 0,
+        py::arg("x_bn") = py::none(), py::arg("x_bn_eps") = 0.0, py::arg("x_bn_act") = 0);
 }
