@@ -118,6 +118,25 @@ inline BackwardBuffers prepare_backward(const at::Tensor& grad_output, const at:
           sums()};
 }
 
+// A saved operand of a backward the size of a conv's output: out_sizes, the input's dtype and device.
+inline void check_output_sized(const at::Tensor& input, const at::Tensor& t, const char* name,
+                               at::IntArrayRef out_sizes) {
+  TORCH_CHECK_VALUE(t.sizes() == out_sizes, name, ": expected shape ", out_sizes, " (the conv's output), got ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), name, ": expected dtype ", input.scalar_type(),
+                   " (the input's), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected device ", input.device(), ", got ", t.device());
+}
+
+// A per-channel operand of a conv's output (a BatchNorm's statistic or parameter): (C_out,),
+// floating, on the input's device.
+inline void check_output_channels(const at::Tensor& input, const at::Tensor& t, const char* name, int64_t C_out) {
+  check_floating(t, name);
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == C_out, name, ": expected shape (", C_out,
+                    ",) to match the conv's output channels, got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected device ", input.device(), ", got ", t.device());
+}
+
 // The BatchNorm operands of a conv + BatchNorm + activation training backward
 // ({depthwise,pointwise}_conv2d_bn_act_train_backward; the conv's own are checked by its check):
 // grad_output and conv_out of the conv output's sizes, the input's dtype and device; weight and
@@ -128,26 +147,12 @@ inline void check_conv_bn_backward_operands(const at::Tensor& input, at::IntArra
                                             const c10::optional<at::Tensor>& weight,
                                             const c10::optional<at::Tensor>& bias, const at::Tensor& mean,
                                             const at::Tensor& var, double eps, const std::string& activation) {
-  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&grad_output, "grad_output"},
-                                std::pair<const at::Tensor*, const char*>{&conv_out, "conv_out"}}) {
-    TORCH_CHECK_VALUE(t->sizes() == out_sizes, name, ": expected shape ", out_sizes, " (the conv's output), got ",
-                      t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == input.scalar_type(), name, ": expected dtype ", input.scalar_type(),
-                     " (the input's), got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->device() == input.device(), name, ": expected device ", input.device(), ", got ",
-                      t->device());
-  }
-  const auto per_channel = [&](const at::Tensor& t, const char* name) {
-    check_floating(t, name);
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == out_sizes[1], name, ": expected shape (", out_sizes[1],
-                      ",) to match the conv's output channels, got ", t.sizes());
-    TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected device ", input.device(), ", got ",
-                      t.device());
-  };
-  if (weight.has_value()) per_channel(*weight, "weight");
-  if (bias.has_value()) per_channel(*bias, "bias");
-  per_channel(mean, "mean");
-  per_channel(var, "var");
+  check_output_sized(input, grad_output, "grad_output", out_sizes);
+  check_output_sized(input, conv_out, "conv_out", out_sizes);
+  if (weight.has_value()) check_output_channels(input, *weight, "weight", out_sizes[1]);
+  if (bias.has_value()) check_output_channels(input, *bias, "bias", out_sizes[1]);
+  check_output_channels(input, mean, "mean", out_sizes[1]);
+  check_output_channels(input, var, "var", out_sizes[1]);
   TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
   parse_activation(activation);
 }

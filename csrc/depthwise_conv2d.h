@@ -30,21 +30,23 @@ inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
 
 // Every check runs before anything touches a device, so a bad call modifies nothing.
 // The checks and the geometry (every field but the tensors): no copy, nothing launched.
+// weight_name: the weight's argument name in the errors (the caller's own, e.g. "dw_weight").
 inline DepthwiseArgs check_depthwise(const at::Tensor& input, const at::Tensor& weight,
                                      const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef dilation,
-                                     const std::string& activation = "identity") {
+                                     const std::string& activation = "identity",
+                                     const char* weight_name = "weight") {
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected a 4-D tensor (N, C, H, W), got shape ", input.sizes());
-  check_floating(weight, "weight");
+  check_floating(weight, weight_name);
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == input.size(1) && weight.size(1) == 1,
-                    "weight: expected shape (", input.size(1), ", 1, kH, kW) for a depthwise conv of ", input.size(1),
+                    weight_name, ": expected shape (", input.size(1), ", 1, kH, kW) for a depthwise conv of ", input.size(1),
                     " channels, got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.size(2) >= 1 && weight.size(3) >= 1, "weight: expected a non-empty kernel, got ",
+  TORCH_CHECK_VALUE(weight.size(2) >= 1 && weight.size(3) >= 1, weight_name, ": expected a non-empty kernel, got ",
                     weight.sizes());
-  TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), "weight: expected dtype ", input.scalar_type(),
+  TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), weight_name, ": expected dtype ", input.scalar_type(),
                    " (the input's), got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == input.device(), "weight: expected device ", input.device(), ", got ",
+  TORCH_CHECK_VALUE(weight.device() == input.device(), weight_name, ": expected device ", input.device(), ", got ",
                     weight.device());
   if (bias.has_value()) {
     check_per_channel(bias, "bias", input);
@@ -82,8 +84,9 @@ inline DepthwiseArgs check_depthwise(const at::Tensor& input, const at::Tensor& 
 inline DepthwiseArgs prepare_depthwise(const at::Tensor& input, const at::Tensor& weight,
                                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation,
-                                       const std::string& activation = "identity") {
-  DepthwiseArgs a = check_depthwise(input, weight, bias, stride, padding, dilation, activation);
+                                       const std::string& activation = "identity",
+                                       const char* weight_name = "weight") {
+  DepthwiseArgs a = check_depthwise(input, weight, bias, stride, padding, dilation, activation, weight_name);
   a.input = input.contiguous(a.format);
   const auto acc = acc_type_for(input.scalar_type());
   a.weight = weight.reshape({a.C, a.kH, a.kW}).to(acc).contiguous();

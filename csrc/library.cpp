@@ -152,9 +152,11 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   // the depthwise weight gradient reads it: one expanded tensor less of activation memory per block.
   // The _triton twin never writes y1 at all: the depthwise kernels apply BN1 + act where they load
   // their input (mobilenet_kernels/triton/depthwise_conv2d.py, X_BN), rounded to the input's dtype as
-  // the apply kernel stores it, so the values are those of the unfused sequence. Elsewhere a
-  // composite of pointwise_conv2d_stats, batch_norm_act_eval, depthwise_conv2d_bn_act_train and their
-  // backward ops (mobilenet_kernels/ops/pointwise_depthwise.py, where the autograd lives too).
+  // the apply kernel stores it, so the values are those of the unfused sequence; so do the CUDA
+  // kernel's tiled depthwise kernels (csrc/cuda/depthwise_conv2d.cu, TiledInputBn) where they apply.
+  // Elsewhere (and on CPU) the sequence of pointwise_conv2d_stats, batch_norm_act_eval,
+  // depthwise_conv2d_stats, batch_norm_act_eval and, in backward, their backward ops
+  // (mobilenet_kernels/ops/pointwise_depthwise.py, where the autograd of both lives).
   m.def(
       "pointwise_depthwise_bn_act_train(Tensor input, Tensor expand_weight, Tensor? expand_bn_weight, "
       "Tensor? expand_bn_bias, Tensor dw_weight, Tensor? dw_bn_weight, Tensor? dw_bn_bias, int[2] stride, "

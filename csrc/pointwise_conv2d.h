@@ -52,21 +52,23 @@ inline void check_per_output_channel(const c10::optional<at::Tensor>& t, const c
 
 // Every check runs before anything touches a device, so a bad call modifies nothing.
 // The checks and the sizes (every field but the tensors): no copy, nothing launched.
+// weight_name: the weight's argument name in the errors (the caller's own, e.g. "expand_weight").
 inline PointwiseArgs check_pointwise(const at::Tensor& input, const at::Tensor& weight,
                                      const c10::optional<at::Tensor>& bias,
                                      const c10::optional<at::Tensor>& residual,
-                                     const std::string& activation = "identity") {
+                                     const std::string& activation = "identity",
+                                     const char* weight_name = "weight") {
   check_floating(input, "input");
   TORCH_CHECK_VALUE(input.dim() == 4, "input: expected a 4-D tensor (N, C, H, W), got shape ", input.sizes());
-  check_floating(weight, "weight");
+  check_floating(weight, weight_name);
   const int64_t Cin = input.size(1);
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == Cin && weight.size(2) == 1 && weight.size(3) == 1 &&
                         weight.size(0) >= 1,
-                    "weight: expected shape (Cout, ", Cin, ", 1, 1) for a 1x1 conv of ", Cin,
+                    weight_name, ": expected shape (Cout, ", Cin, ", 1, 1) for a 1x1 conv of ", Cin,
                     " input channels, got ", weight.sizes());
-  TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), "weight: expected dtype ", input.scalar_type(),
+  TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), weight_name, ": expected dtype ", input.scalar_type(),
                    " (the input's), got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == input.device(), "weight: expected device ", input.device(), ", got ",
+  TORCH_CHECK_VALUE(weight.device() == input.device(), weight_name, ": expected device ", input.device(), ", got ",
                     weight.device());
   const int64_t Cout = weight.size(0);
   if (bias.has_value()) {

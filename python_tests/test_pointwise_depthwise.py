@@ -158,8 +158,8 @@ def test_blocks_use_it_with_triton(device):
     """A V2 block with an expand conv runs the op in training with Triton and matches
     torchvision's block, its running statistics included (test_inverted_residual's
     torch.compile(fullgraph=True), recompute, channels_last and parity tests run their Triton
-    training blocks through it too); not with "cuda" (the op would recompute, see
-    _expand_depthwise_train), nor with SyncBatchNormAct2d or two activations."""
+    training blocks through it too), with "cuda" on CUDA tensors only (on CPU tensors the op would
+    recompute, see _expand_depthwise_train), not with SyncBatchNormAct2d or two activations."""
     skip_unless_usable("triton", device)
     pytest.importorskip("torchvision")
     from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionBlock
@@ -187,7 +187,7 @@ def test_blocks_use_it_with_triton(device):
     assert not used(block)
     block.conv[1][1] = type("Sync", (BatchNormAct2d,), {})(16, activation="relu6").to(device)
     assert not used(block)
-    assert not used(InvertedResidual(4, 4, 1, 4, backend="cuda").to(device).train())
+    assert used(InvertedResidual(4, 4, 1, 4, backend="cuda").to(device).train()) == (device == "cuda")
 
 
 def _saved_bytes(run):
@@ -246,9 +246,10 @@ def test_functional_updates_running_statistics(backend):
     ("expand_bn_bias", 3, lambda t: t[:-1], ValueError),
     ("dw_bn_weight", 5, lambda t: t[:-1], ValueError),
 ])
-def test_bad_arguments_name_the_argument(backend, arg, index, change, exc):
-    skip_unless_usable(backend, "cpu")
-    case = make_case((2, 3, 5, 5), 8, 3, "nchw", torch.float32, "cpu")
+def test_bad_arguments_name_the_argument(backend, arg, index, change, exc, device):
+    """Through the functional API and the op itself (on a GPU, the CUDA kernel's C++ checks)."""
+    skip_unless_usable(backend, device)
+    case = make_case((2, 3, 5, 5), 8, 3, "nchw", torch.float32, device)
     case[index] = change(case[index])
     x, we, g1, b1, wd, g2, b2 = case
     with pytest.raises(exc, match=arg):
@@ -265,9 +266,9 @@ def test_bad_arguments_name_the_argument(backend, arg, index, change, exc):
     ("dw_mean", 12, lambda t: t[:-1], ValueError),
     ("grad_output", 0, lambda t: t.double(), TypeError),
 ])
-def test_backward_bad_operands_name_the_argument(backend, arg, index, change, exc):
-    skip_unless_usable(backend, "cpu")
-    case = make_case((2, 3, 5, 5), 8, 3, "nchw", torch.float32, "cpu")
+def test_backward_bad_operands_name_the_argument(backend, arg, index, change, exc, device):
+    skip_unless_usable(backend, device)
+    case = make_case((2, 3, 5, 5), 8, 3, "nchw", torch.float32, device)
     x, we, g1, b1, wd, g2, b2 = case
     rest = ([1, 1], [1, 1], [1, 1], 1e-5, "relu6")
     out, z1, m1, v1, z2, m2, v2 = op(backend)(*case, *rest)

@@ -13,6 +13,11 @@
 //          BatchNorm's reduction, then the tiled backward kernels with BatchNorm's grad_input
 //          computed where they stage or load grad_output (TiledBnDx), where they apply; else the
 //          unfused sequence.
+// Expand + depthwise layers of a block, training (pointwise_depthwise_bn_act_train and its
+//          backward): the tiled statistics forward and the tiled backward apply the expand
+//          BatchNorm + activation where they stage their input (TiledInputBn), so its output is
+//          neither written nor read; where they do not apply, that output is computed by the apply
+//          pass and the per-layer ops run.
 // Layouts: channels_last and NCHW, both native. channels_last: a thread owns a vector of channels
 //          (16-byte loads when C % VEC == 0, strides and pointers aligned; else one channel per
 //          thread); NCHW: a block is one channel, threads walk output columns. Every thread
@@ -47,6 +52,7 @@
 #include <algorithm>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "batch_norm_act.h"  // check_conv_bn_backward_operands, cuda::batch_norm_act_train_backward_sums
@@ -55,6 +61,7 @@
 #include "depthwise_kernels.cuh"  // the kernels and their launch planning
 #include "depthwise_tiled.cuh"
 #include "mk_cuda.cuh"
+#include "pointwise_depthwise.h"
 
 namespace mobilenet_kernels {
 namespace {
@@ -337,55 +344,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   return depthwise_backward(a, gy, output_mask);
 }
 
-// Whether the training backward below fuses BatchNorm's grad_input into the conv's backward: yes,
-// unless MK_DW_BN_FUSED=0, which runs the unfused sequence, to time the two against each other.
-// Read at every call (a getenv, next to a dozen launches), as the Triton twin reads it, so that one
-// benchmark process can time both (mobilenet_kernels/benchmarking/depthwise_conv2d.py).
+// An op of the registry called through the dispatcher (its CUDA kernel, from another file).
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using Tensors4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using OptionalTensor = c10::optional<at::Tensor>;
+
+// batch_norm_act_eval: the BatchNorm apply pass (here on batch statistics).
+at::Tensor bn_apply(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
+                    const OptionalTensor& bias, double eps, const std::string& activation) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                            const OptionalTensor&, const OptionalTensor&, double, c10::string_view)>(
+      "mobilenet_kernels::batch_norm_act_eval");
+  return op.call(input, mean, var, weight, bias, eps, activation);
+}
+
+// The BatchNorm before a conv, for the tiled kernels (TiledInputBn): its batch statistics and
+// parameters in the accumulation dtype, kept alive here.
+struct InputBnOperands {
+  at::Tensor mean, var, weight, bias;
+  InputBn bn;
+  InputBnOperands(const at::Tensor& input, const at::Tensor& mean_, const at::Tensor& var_,
+                  const OptionalTensor& weight_, const OptionalTensor& bias_, double eps, Act act) {
+    const auto acc = acc_type_for(input.scalar_type());
+    mean = mean_.to(acc).contiguous();
+    var = var_.to(acc).contiguous();
+    if (weight_.has_value()) weight = weight_->to(acc).contiguous();
+    if (bias_.has_value()) bias = bias_->to(acc).contiguous();
+    bn = {&mean, &var, weight.defined() ? &weight : nullptr, bias.defined() ? &bias : nullptr, eps, act};
+  }
+};
+
+// Whether the training backward below fuses BatchNorm's grad_input into the conv's backward (and
+// pointwise_depthwise_bn_act_train applies its expand BatchNorm where the depthwise kernels stage
+// their input): yes, unless MK_DW_BN_FUSED=0, which runs the unfused sequence, to time the two
+// against each other. Read at every call (a getenv, next to a dozen launches), as the Triton twin
+// reads it, so that one benchmark process can time both
+// (mobilenet_kernels/benchmarking/depthwise_conv2d.py).
 bool bn_dx_fused() { return !env_is("MK_DW_BN_FUSED", "0"); }
 
-// The fused dw conv + BatchNorm + activation training backward: BatchNorm's reduction
-// (cuda::batch_norm_act_train_backward_sums: the two sums and the grad_input pass's coefficients),
-// then, where the tiled backward kernels apply (channels_last with 16-byte vectors, k3/k5, stride
-// 1 "same" or stride 2, both gradients asked for), the conv's backward with BatchNorm's
-// grad_input computed where grad_output is staged or loaded (TiledBnDx): that tensor is neither
-// written nor read back, 2 of the 8 passes over the conv output's size of the unfused sequence.
-// Elsewhere the unfused sequence: batch_norm_act_train_backward, then the conv's backward. Both
-// round BatchNorm's grad_input to the input's dtype where the conv reads it: the same values.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bn_act_train_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& conv_weight,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& conv_out,
-    const at::Tensor& mean, const at::Tensor& var, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, double eps, c10::string_view activation_view, std::array<bool, 2> output_mask) {
-  check_cuda(input);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const std::string activation(activation_view);
-  const DepthwiseArgs a = prepare_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation);
-  check_per_channel(weight, "weight", input);
-  check_per_channel(bias, "bias", input);
-  check_conv_bn_backward_operands(input, a.output_sizes(), grad_output, conv_out, weight, bias, mean, var, eps,
-                                  activation);
-  check_geometry(a);
-  const at::Tensor gy = grad_output.contiguous(a.format);
-  const at::Tensor z = conv_out.contiguous(a.format);
-  const auto unfused = [&]() -> std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> {
-    static const auto bn_backward =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("mobilenet_kernels::batch_norm_act_train_backward", "")
-            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                  const c10::optional<at::Tensor>&,
-                                                                  const c10::optional<at::Tensor>&, const at::Tensor&,
-                                                                  const at::Tensor&, double, c10::string_view)>();
-    const auto [grad_z, sum_g_xhat, sum_g] = bn_backward.call(gy, z, weight, bias, mean, var, eps, activation);
-    const auto [grad_input, grad_weight, unused] =
-        depthwise_backward(a, grad_z.contiguous(a.format), {output_mask[0], output_mask[1], false});
-    return {grad_input, grad_weight, sum_g_xhat, sum_g};
-  };
-  if (!bn_dx_fused() || !output_mask[0] || !output_mask[1] || a.N * a.OH * a.OW == 0) return unfused();
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> result;
-  bool fused = false;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_bn_act_train_backward_cuda", [&] {
+// The fused dw conv + BatchNorm + activation training backward on prepared operands (a, gy and z
+// dense in a.format): BatchNorm's reduction (cuda::batch_norm_act_train_backward_sums: the two
+// sums and the grad_input pass's coefficients), then, where the tiled backward kernels apply
+// (channels_last with 16-byte vectors, k3/k5, stride 1 "same" or stride 2, both gradients asked
+// for), the conv's backward with BatchNorm's grad_input computed where grad_output is staged or
+// loaded (TiledBnDx): that tensor is neither written nor read back, 2 of the 8 passes over the
+// conv output's size of the unfused sequence. With xbn, a.input is the input of the BatchNorm
+// before the conv, applied where the kernels stage it (TiledInputBn). nullopt (nothing launched)
+// where the tiled kernels do not apply.
+std::optional<Tensors4> fused_train_backward(const DepthwiseArgs& a, const at::Tensor& gy, const at::Tensor& z,
+                                             const OptionalTensor& weight, const OptionalTensor& bias,
+                                             const at::Tensor& mean, const at::Tensor& var, double eps,
+                                             const std::string& activation, const InputBn* xbn) {
+  if (a.N * a.OH * a.OW == 0) return std::nullopt;
+  std::optional<Tensors4> result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "depthwise_fused_train_backward", [&] {
     constexpr int kVec = 16 / sizeof(scalar_t);
-    at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(a.format));
+    at::Tensor grad_input = at::empty(a.input.sizes(), a.input.options().memory_format(a.format));
     const Geom g = make_geom(a, a.input, gy);
     if (!tiled_candidate(g) || !can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &gy, &z, &grad_input})) {
       return;
@@ -396,10 +414,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bn_a
     const TiledShape shape{a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW};
     // Stride 1: grad_input and the weight gradient in one kernel. Stride 2: the parity-split
     // grad_input (grad_output -> grad_input) and the weight gradient, each with BatchNorm's z.
-    const TiledBwd bwd_s1{&a.input, &gy, &grad_input, &w, &part, false, shape, &z, &table, act};
+    const TiledBwd bwd_s1{&a.input, &gy, &grad_input, &w, &part, false, shape, &z, &table, act, xbn};
     const TiledConv dgrad{&gy, &grad_input, &w, nullptr, nullptr, Act::kIdentity,
                           {a.N, a.C, g.OH, g.OW, g.H, g.W, g.kH, g.sH, g.pH, g.pW}, &z, &table, act};
-    const TiledWgrad wgrad{&a.input, &gy, &part, false, shape, &z, &table, act};
+    const TiledWgrad wgrad{&a.input, &gy, &part, false, shape, &z, &table, act, xbn};
     TiledPlan plan{};
     const bool s1 = plan_tiled_bwd_fused_s1<scalar_t>(bwd_s1, plan);
     if (!s1 && !(plan_tiled_bwd_input_s2<scalar_t>(dgrad, plan) && plan_tiled_bwd_weight<scalar_t>(wgrad, plan))) {
@@ -411,12 +429,164 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bn_a
     const bool launched = s1 ? run_tiled_bwd_fused_s1<scalar_t>(bwd_s1)
                              : run_tiled_bwd_input_s2<scalar_t>(dgrad) && run_tiled_bwd_weight<scalar_t>(wgrad);
     TORCH_INTERNAL_ASSERT(launched, "a planned fused backward kernel did not launch");
-    at::Tensor grad_weight = at::empty({a.C, 1, a.kH, a.kW}, conv_weight.options());
-    launch_bwd_weight<scalar_t, kVec>(a, gy, &grad_weight, nullptr, part);
-    result = {grad_input, grad_weight, sum_g_xhat, sum_g};
-    fused = true;
+    at::Tensor grad_weight = at::empty({a.C, 1, a.kH, a.kW}, a.input.options());
+    launch_bwd_weight<scalar_t, kVec>(a, gy, &grad_weight, nullptr, part);  // stage 2 only: part is defined
+    result = Tensors4{grad_input, grad_weight, sum_g_xhat, sum_g};
   });
-  return fused ? result : unfused();
+  return result;
+}
+
+// The dw conv + BatchNorm + activation training backward: fused_train_backward where it applies,
+// else the unfused sequence, batch_norm_act_train_backward then the conv's backward. Both round
+// BatchNorm's grad_input to the input's dtype where the conv reads it: the same values.
+Tensors4 depthwise_conv2d_bn_act_train_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& conv_weight, const OptionalTensor& weight,
+    const OptionalTensor& bias, const at::Tensor& conv_out, const at::Tensor& mean, const at::Tensor& var,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double eps,
+    c10::string_view activation_view, std::array<bool, 2> output_mask) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const std::string activation(activation_view);
+  const DepthwiseArgs a = prepare_depthwise(input, conv_weight, c10::nullopt, stride, padding, dilation);
+  check_per_channel(weight, "weight", input);
+  check_per_channel(bias, "bias", input);
+  check_conv_bn_backward_operands(input, a.output_sizes(), grad_output, conv_out, weight, bias, mean, var, eps,
+                                  activation);
+  check_geometry(a);
+  const at::Tensor gy = grad_output.contiguous(a.format);
+  const at::Tensor z = conv_out.contiguous(a.format);
+  if (bn_dx_fused() && output_mask[0] && output_mask[1]) {
+    if (auto fused = fused_train_backward(a, gy, z, weight, bias, mean, var, eps, activation, nullptr)) return *fused;
+  }
+  static const auto bn_backward =
+      find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                             const OptionalTensor&, const OptionalTensor&,
+                                                             const at::Tensor&, const at::Tensor&, double,
+                                                             c10::string_view)>(
+          "mobilenet_kernels::batch_norm_act_train_backward");
+  const auto [grad_z, sum_g_xhat, sum_g] = bn_backward.call(gy, z, weight, bias, mean, var, eps, activation);
+  const auto [grad_input, grad_weight, unused] =
+      depthwise_backward(a, grad_z.contiguous(a.format), {output_mask[0], output_mask[1], false});
+  return {grad_input, grad_weight, sum_g_xhat, sum_g};
+}
+
+// ---------------------------------------------------------------------------------------------
+// pointwise_depthwise_bn_act_train: an inverted residual's expand + depthwise layers in training,
+// act(BN2(dw(act(BN1(expand(x)))))) (schema and semantics: csrc/library.cpp). BN1's output y1 is
+// computed where the depthwise kernels stage their input (TiledInputBn), never written: in the
+// forward by the tiled statistics kernel, in the backward by the tiled weight gradient (stride 2)
+// or the stride-1 fused backward, as the apply pass would store it. Where those kernels do not
+// apply (or with MK_DW_BN_FUSED=0), the apply pass writes y1 and the per-layer ops run.
+
+using Tensors7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// depthwise_conv2d_stats of act(BN1(a.input)) (xbn) by the tiled statistics kernel: (out, mean,
+// var), or nullopt (nothing launched) where it does not apply.
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> stats_with_input_bn(const DepthwiseArgs& a,
+                                                                                  const InputBn& xbn) {
+  if (a.N * a.OH * a.OW == 0) return std::nullopt;
+  std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "depthwise_stats_input_bn", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    at::Tensor out = at::empty(a.output_sizes(), a.input.options().memory_format(a.format));
+    Geom g = make_geom(a, a.input, out);
+    set_items(g, a.N, g.OH, g.OW);
+    if (kVec == 1 || !tiled_candidate(g) || !can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &out})) {
+      return;
+    }
+    const at::Tensor w = taps_major(a.weight);
+    const at::Tensor no_bias;
+    at::Tensor part;
+    TiledConv c{&a.input, &out, &w, &no_bias, &part, Act::kIdentity,
+                {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
+    c.xbn = &xbn;
+    if (!run_tiled_conv<scalar_t, true>(c)) return;
+    const auto acc_opts = a.input.options().dtype(acc_type_for(a.input.scalar_type()));
+    at::Tensor mean = at::empty({a.C}, acc_opts);
+    at::Tensor var = at::empty({a.C}, acc_opts);
+    launch_stats_finish<acc_t>(plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2), part.size(1),
+                               a.C, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), at::cuda::getCurrentCUDAStream(),
+                               "pointwise_depthwise_bn_act_train");
+    result = std::make_tuple(out, mean, var);
+  });
+  return result;
+}
+
+using Stats = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+Tensors7 pointwise_depthwise_bn_act_train_cuda(const at::Tensor& input, const at::Tensor& expand_weight,
+                                               const OptionalTensor& expand_bn_weight,
+                                               const OptionalTensor& expand_bn_bias, const at::Tensor& dw_weight,
+                                               const OptionalTensor& dw_bn_weight, const OptionalTensor& dw_bn_bias,
+                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                               at::IntArrayRef dilation, double eps, c10::string_view activation_view) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const std::string activation(activation_view);
+  check_pointwise_depthwise(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight,
+                            dw_bn_bias, stride, padding, dilation, eps, activation);
+  static const auto pointwise_stats =
+      find_op<Stats(const at::Tensor&, const at::Tensor&)>("mobilenet_kernels::pointwise_conv2d_stats");
+  const auto [z1, mean1, var1] = pointwise_stats.call(input, expand_weight);
+  const DepthwiseArgs a = prepare_depthwise(z1, dw_weight, c10::nullopt, stride, padding, dilation, "identity",
+                                            "dw_weight");
+  check_geometry(a);
+  std::optional<Stats> dw;
+  if (bn_dx_fused()) {
+    const InputBnOperands xbn(z1, mean1, var1, expand_bn_weight, expand_bn_bias, eps, parse_activation(activation));
+    dw = stats_with_input_bn(a, xbn.bn);
+  }
+  if (!dw) {
+    const at::Tensor y1 = bn_apply(z1, mean1, var1, expand_bn_weight, expand_bn_bias, eps, activation);
+    dw = depthwise_conv2d_stats_cuda(y1, dw_weight, stride, padding, dilation);
+  }
+  const auto& [z2, mean2, var2] = *dw;
+  const at::Tensor out = bn_apply(z2, mean2, var2, dw_bn_weight, dw_bn_bias, eps, activation);
+  return {out, z1, mean1, var1, z2, mean2, var2};
+}
+
+Tensors7 pointwise_depthwise_bn_act_train_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& expand_weight,
+    const OptionalTensor& expand_bn_weight, const OptionalTensor& expand_bn_bias, const at::Tensor& expand_out,
+    const at::Tensor& expand_mean, const at::Tensor& expand_var, const at::Tensor& dw_weight,
+    const OptionalTensor& dw_bn_weight, const OptionalTensor& dw_bn_bias, const at::Tensor& dw_out,
+    const at::Tensor& dw_mean, const at::Tensor& dw_var, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, double eps, c10::string_view activation_view, std::array<bool, 3> output_mask) {
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const std::string activation(activation_view);
+  check_pointwise_depthwise_backward(grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out,
+                                    expand_mean, expand_var, dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean,
+                                    dw_var, stride, padding, dilation, eps, activation);
+  const DepthwiseArgs a = prepare_depthwise(expand_out, dw_weight, c10::nullopt, stride, padding, dilation,
+                                            "identity", "dw_weight");
+  check_geometry(a);
+  const at::Tensor gy = grad_output.contiguous(a.format);
+  const at::Tensor z2 = dw_out.contiguous(a.format);
+  // The depthwise layer: grad_y1 (its grad_input, BN1's grad_output) and its weight's gradient.
+  std::optional<Tensors4> dw;
+  if (bn_dx_fused() && output_mask[2]) {
+    const InputBnOperands xbn(expand_out, expand_mean, expand_var, expand_bn_weight, expand_bn_bias, eps,
+                              parse_activation(activation));
+    dw = fused_train_backward(a, gy, z2, dw_bn_weight, dw_bn_bias, dw_mean, dw_var, eps, activation, &xbn.bn);
+  }
+  if (!dw) {
+    const at::Tensor y1 = bn_apply(expand_out, expand_mean, expand_var, expand_bn_weight, expand_bn_bias, eps,
+                                   activation);
+    dw = depthwise_conv2d_bn_act_train_backward_cuda(gy, y1, dw_weight, dw_bn_weight, dw_bn_bias, z2, dw_mean, dw_var,
+                                                     stride, padding, dilation, eps, activation, {true, output_mask[2]});
+  }
+  const auto& [grad_y1, grad_dw_weight, dw_sum_gxhat, dw_sum_g] = *dw;
+  static const auto pointwise_backward =
+      find_op<Tensors4(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptionalTensor&,
+                       const OptionalTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                       c10::string_view, std::array<bool, 2>)>("mobilenet_kernels::pointwise_conv2d_bn_act_train_backward");
+  const auto [grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g] =
+      pointwise_backward.call(grad_y1, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean,
+                              expand_var, eps, activation, {output_mask[0], output_mask[1]});
+  return {grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g,
+          output_mask[2] ? grad_dw_weight : at::empty({0}, input.options()), dw_sum_gxhat, dw_sum_g};
 }
 
 }  // namespace
@@ -426,6 +596,8 @@ TORCH_LIBRARY_IMPL(mobilenet_kernels, CUDA, m) {
   m.impl("depthwise_conv2d_bn_act_train_backward", &depthwise_conv2d_bn_act_train_backward_cuda);
   m.impl("depthwise_conv2d_backward", &depthwise_conv2d_backward_cuda);
   m.impl("depthwise_conv2d_stats", &depthwise_conv2d_stats_cuda);
+  m.impl("pointwise_depthwise_bn_act_train", &pointwise_depthwise_bn_act_train_cuda);
+  m.impl("pointwise_depthwise_bn_act_train_backward", &pointwise_depthwise_bn_act_train_backward_cuda);
 }
 
 }  // namespace mobilenet_kernels

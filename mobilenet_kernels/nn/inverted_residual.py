@@ -14,10 +14,10 @@ act, squeeze-excite) and then the linear 1x1 projection + BN, plus the residual.
   and the activation in its epilogue. Folds are cached while no parameter or running statistic
   changes, and traced into the graph under torch.compile.
 - Training: the 1x1 convs' GEMM epilogues emit the BatchNorm statistics
-  (functional.pointwise_conv2d_bn_act), as the depthwise conv's do. With Triton the expand and
-  depthwise layers run as one op (functional.pointwise_depthwise_bn_act_train): the depthwise
-  kernels apply the expand BatchNorm + activation where they load its input, so that output is
-  neither written nor kept for backward.
+  (functional.pointwise_conv2d_bn_act), as the depthwise conv's do. On a GPU (and with Triton on
+  CPU tensors) the expand and depthwise layers run as one op
+  (functional.pointwise_depthwise_bn_act_train): the depthwise kernels apply the expand BatchNorm
+  + activation where they load its input, so that output is neither written nor kept for backward.
 - ``recompute=True`` keeps only the block's input for backward and recomputes the
   expanded tensors (see :meth:`_InvertedResidualBase.forward`).
 """
@@ -108,13 +108,13 @@ class _InvertedResidualBase(nn.Module):
         (functional.pointwise_depthwise_bn_act_train: the expand BatchNorm's output is neither kept
         for backward nor, with Triton, written), where that applies, else None: both BatchNorms plain
         BatchNormAct2d (a SyncBatchNormAct2d synchronizes its statistics itself) in training mode
-        with one eps and activation and the "triton" backend, a 1x1 expand conv and a depthwise
-        conv, both without bias, with numeric padding and zeros padding mode.
+        with one eps and activation, the "triton" backend or "cuda" on a CUDA tensor, a 1x1 expand
+        conv and a depthwise conv, both without bias, with numeric padding and zeros padding mode.
 
-        Not for "cuda": its op is the per-layer kernels' sequence with the expand BatchNorm's output
-        recomputed in backward (its CUDA kernels do not apply a BatchNorm to their input yet), one
-        apply pass more per step: a V2 training step on 2 CPU threads (batch 8, 160²) took 1.12x
-        the per-layer time. There it saves memory for time, as ``recompute`` does for more."""
+        Not for "cuda" on CPU tensors: there the op is the per-layer kernels' sequence with the
+        expand BatchNorm's output recomputed in backward, one apply pass more per step (a V2
+        training step on 2 CPU threads, batch 8, 160², took 1.12x the per-layer time): memory for
+        time, as ``recompute`` trades more."""
         if len(expanded_side) < 2 or input.dim() != 4:
             return None
         expand, dw = expanded_side[0], expanded_side[1]
@@ -126,7 +126,8 @@ class _InvertedResidualBase(nn.Module):
             return None
         if (expand_bn.activation, expand_bn.eps, expand_bn.backend) != (dw_bn.activation, dw_bn.eps, dw_bn.backend):
             return None
-        if backends.resolve(dw_bn.backend, input) != "triton":
+        name = backends.resolve(dw_bn.backend, input)
+        if not (name == "triton" or (name == "cuda" and input.is_cuda)):
             return None
         if not (_is_pointwise(expand_conv) and _is_depthwise(dw_conv) and expand_conv.bias is None
                 and dw_conv.bias is None and dw_conv.padding_mode == "zeros" and isinstance(dw_conv.padding, tuple)):

@@ -17,8 +17,11 @@ the forward and in the weight gradient (triton/depthwise_conv2d.py, X_BN), round
 the apply kernel stores y1, so the values are those of the sequence above; in the forward that
 saves the apply pass (a read and a write of the expanded tensor) and the conv's read of y1 becomes a
 read of z1. MK_DW_BN_FUSED=0 (read at every call) runs the sequence above instead, for benchmarks.
-The C++-backed op ("cuda" backend) is that sequence of its own kernel ops: it saves the memory, and
-costs one apply pass in backward (the CUDA kernels do not apply a BatchNorm to their input yet).
+The C++-backed op ("cuda" backend): on CUDA tensors a C++ kernel (csrc/cuda/depthwise_conv2d.cu)
+whose tiled depthwise kernels apply BN1 + act where they stage z1 (TiledInputBn), likewise, with
+the sequence above where they do not apply (NCHW, channel counts without 16-byte vectors, k7,
+dilation); on CPU tensors the sequence above, which saves the memory and costs one apply pass in
+backward.
 
 Both twins' autograd is here, in Python (the per-layer training ops' is in csrc/autograd.cpp).
 """
@@ -220,14 +223,17 @@ def _make_autograd(backward_op):
 
 
 _ns = torch.ops.mobilenet_kernels
-for _suffix, _kernels in (("", (_forward, _backward)), ("_triton", (_triton_forward, _triton_backward))):
+# The C++-backed op's CUDA kernels are C++ (csrc/cuda/depthwise_conv2d.cu); its CPU kernels and the
+# Triton twin's are these.
+for _suffix, _kernels, _devices in (("", (_forward, _backward), ("cpu",)),
+                                    ("_triton", (_triton_forward, _triton_backward), ("cpu", "cuda"))):
     _name = f"mobilenet_kernels::pointwise_depthwise_bn_act_train{_suffix}"
     torch.library.register_fake(_name, _fake)
     torch.library.register_fake(f"mobilenet_kernels::pointwise_depthwise_bn_act_train_backward{_suffix}",
                                 _backward_fake)
-    torch.library.register_kernel(_name, ("cpu", "cuda"), _kernels[0])
+    torch.library.register_kernel(_name, _devices, _kernels[0])
     torch.library.register_kernel(f"mobilenet_kernels::pointwise_depthwise_bn_act_train_backward{_suffix}",
-                                  ("cpu", "cuda"), _kernels[1])
+                                  _devices, _kernels[1])
     torch.library.register_autograd(
         _name, _make_autograd(getattr(_ns, f"pointwise_depthwise_bn_act_train_backward{_suffix}")),
         setup_context=_setup_context)
