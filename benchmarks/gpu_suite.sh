@@ -25,17 +25,18 @@
 #      since 1c8f65d, against the unfused one; profile_model's per-kernel rows set the SE excite and BN passes
 #      against run 7's profile_model_h200.json on the same step; bench_model ~7 s a row, 18 rows
 #      per model: 180 s reaches the first of V2's rows, which no run has measured yet), then
-#      bench_b1_pw (MK_PW_FUSED=auto against the default at batch 1), diag_dw, host_layers,
-#      profile_infer, large_tensors and hbm_bytes next.
+#      bench_model_unfused (the expand + depthwise training op's fusion against MK_DW_BN_FUSED=0,
+#      untimed since 2026-11-28), bench_b1_pw (MK_PW_FUSED=auto against the default at batch 1),
+#      diag_dw, host_layers, profile_infer, large_tensors and hbm_bytes next.
 # Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
 # 23 of 1668 never started), 117 s for diag_dw's three runs, 30 s for profile_model, 31 s for
 # host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):
 # benchmarks/results/gpu_tests_run7_h200.json.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_dw_bn bench_pw bench_pw_fused ncu_pw bench_block profile_model profile_infer host_layers hbm_bytes
-# bench_model bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
+# bench_model bench_model_unfused bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_dw_bn, bench_pw, bench_pw_fused, ncu_pw, bench_block,
-# profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
+# profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_model_unfused, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
 # takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
@@ -130,7 +131,7 @@ $PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
 # The tests in the order they matter, in case the limit cuts the step off (xdist hands them out
 # in this order): the kernels' parity first, the bad-input cases (many and cheap) last.
-FIRST="depthwise_conv2d pointwise_conv2d inverted_residual_eval inverted_residual batch_norm_act squeeze_excite
+FIRST="depthwise_conv2d pointwise_conv2d pointwise_depthwise inverted_residual_eval inverted_residual batch_norm_act squeeze_excite
   models convert properties determinism large_tensors memory checkpoints"
 TEST_FILES=()
 for t in $FIRST; do TEST_FILES+=("python_tests/test_$t.py"); done
@@ -218,6 +219,13 @@ GRAPH_ARGS=(--cuda-graph)  # every step also replayed from a CUDA graph (graph_i
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda) && GRAPH_ARGS=()  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \
   --compile none --backend "${MODEL_BACKENDS[@]}" --recompute "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_${GPU_TAG}"
+# bench_model_unfused (120 s, opt-in): bench_model's training rows of ours[cuda] with MK_DW_BN_FUSED=0:
+# the per-layer sequence with the expand BatchNorm's output written and read back, and BatchNorm's
+# grad_input written by its own pass, against bench_model's ours[cuda] rows (the fused default: the
+# depthwise kernels apply the expand BatchNorm where they stage their input and compute BatchNorm's
+# grad_input where they read grad_output): decides MK_DW_BN_FUSED's default with bench_dw_bn.
+step bench_model_unfused 120 env MK_DW_BN_FUSED=0 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large \
+  mobilenet_v2 --mode train --compile none --backend cuda --quiet --out "$OUT" --name "models_unfused_${GPU_TAG}"
 # bench_b1_pw (2 x 60 s, opt-in): batch-1 inference of V3-Large and V2 on the cuda backend (eager
 # and from a CUDA graph), once as shipped and once with MK_PW_FUSED=auto (our tensor-core GEMM for
 # the small 1x1 convs: one kernel and no aten::mm call each), to decide auto's default.

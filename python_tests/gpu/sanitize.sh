@@ -89,6 +89,7 @@ MEMCHECK_RUNS=(
   "dw|python_tests/test_depthwise_conv2d.py|(test_forward_fp32_matches_reference or test_backward_fp32_matches_reference) and relu6 and not torch]"
   "dw-stats-fused|python_tests/test_depthwise_conv2d.py|(test_stats_are_those_of_the_stored_output or test_fused_training_matches_unfused and hardswish or test_fused_eval_matches_unfused and relu6 or test_empty_batch) and not torch]"
   "dw-bn-backward|python_tests/test_depthwise_conv2d.py|test_fused_training_backward_is_the_unfused_sequence and relu6 and not triton"
+  "pw-dw-train|python_tests/test_pointwise_depthwise.py|test_is_the_per_layer_ops_bit_for_bit and not triton"
   "se|python_tests/test_squeeze_excite.py|((test_forward_fp32_matches_torchvision or test_backward_fp32_matches_reference) and acts0 or test_empty_batch) and not torch]"
   "ir-block|python_tests/test_inverted_residual_eval.py|(test_low_precision_error_within_2x_torch and dtype1 and channels_last or test_se_blocks_low_precision_error_within_2x_torch and dtype1 or test_se_blocks_match_op_by_op_reference and dtype1 and channels_last) and not torch]"
   "bad-inputs|python_tests/test_bad_inputs.py|test_kernel_op_called_directly_rejects_bad_argument or test_empty_batch_forward_and_backward and not torch]"
@@ -98,6 +99,7 @@ RACECHECK_RUNS=(
   "bn|python_tests/test_batch_norm_act.py|(test_backward_fp32_matches_reference or test_training_fp32_matches_reference) and hardswish and channels_last and not torch]"
   "dw|python_tests/test_depthwise_conv2d.py|(test_backward_fp32_matches_reference and relu6 or test_fused_training_matches_unfused and hardswish) and channels_last and not torch]"
   "dw-bn-backward|python_tests/test_depthwise_conv2d.py|test_fused_training_backward_is_the_unfused_sequence and hardswish and dtype1 and channels_last and not triton"
+  "pw-dw-train|python_tests/test_pointwise_depthwise.py|test_is_the_per_layer_ops_bit_for_bit and dtype1 and channels_last and not triton"
   "se|python_tests/test_squeeze_excite.py|test_backward_fp32_matches_reference and acts0 and channels_last and not torch]"
   "ir-block|python_tests/test_inverted_residual_eval.py|test_se_blocks_low_precision_error_within_2x_torch and dtype1 and cuda]"
 )
