@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "batch_norm_act.h"
 #include "mk_cuda.cuh"
@@ -190,26 +191,35 @@ __device__ __forceinline__ acc_t train_grad_in(const TrainDxCoef<acc_t>& s, acc_
   return s.scale * (g - s.mean_g - (x - s.mu) * s.k);
 }
 
-// train_grad_in with the activation a runtime switch (a uniform branch; fewer instantiations of
-// the kernels that call it), each case train_grad_in<A> itself.
-template <typename acc_t>
-__device__ __forceinline__ acc_t train_grad_in(Act act, const TrainDxCoef<acc_t>& s, acc_t x, acc_t gy) {
+// f(std::integral_constant<Act, A>{}) for the runtime activation act: a uniform branch to code
+// compiled per activation, for device functions that take the activation at run time (fewer
+// instantiations of the kernels that call them) and must give the bits of the per-activation
+// templates the passes use.
+template <typename F>
+__device__ __forceinline__ auto with_activation(Act act, F f) {
   switch (act) {
     case Act::kRelu:
-      return train_grad_in<Act::kRelu>(s, x, gy);
+      return f(std::integral_constant<Act, Act::kRelu>{});
     case Act::kRelu6:
-      return train_grad_in<Act::kRelu6>(s, x, gy);
+      return f(std::integral_constant<Act, Act::kRelu6>{});
     case Act::kHardswish:
-      return train_grad_in<Act::kHardswish>(s, x, gy);
+      return f(std::integral_constant<Act, Act::kHardswish>{});
     case Act::kHardsigmoid:
-      return train_grad_in<Act::kHardsigmoid>(s, x, gy);
+      return f(std::integral_constant<Act, Act::kHardsigmoid>{});
     case Act::kSigmoid:
-      return train_grad_in<Act::kSigmoid>(s, x, gy);
+      return f(std::integral_constant<Act, Act::kSigmoid>{});
     case Act::kSilu:
-      return train_grad_in<Act::kSilu>(s, x, gy);
+      return f(std::integral_constant<Act, Act::kSilu>{});
     default:
-      return train_grad_in<Act::kIdentity>(s, x, gy);
+      return f(std::integral_constant<Act, Act::kIdentity>{});
   }
+}
+
+// train_grad_in with the activation a runtime switch, each case train_grad_in<A> itself: the
+// fused depthwise backward's TiledBnDx.
+template <typename acc_t>
+__device__ __forceinline__ acc_t train_grad_in(Act act, const TrainDxCoef<acc_t>& s, acc_t x, acc_t gy) {
+  return with_activation(act, [&](auto a) { return train_grad_in<decltype(a)::value>(s, x, gy); });
 }
 
 // The apply pass's value at one element, act(x * scale + shift) (EvalApply, scale and shift from
@@ -224,22 +234,7 @@ __device__ __forceinline__ acc_t apply_value(acc_t x, acc_t scale, acc_t shift) 
 // compute the apply pass's bits.
 template <typename acc_t>
 __device__ __forceinline__ acc_t apply_value(Act act, acc_t x, acc_t scale, acc_t shift) {
-  switch (act) {
-    case Act::kRelu:
-      return apply_value<Act::kRelu>(x, scale, shift);
-    case Act::kRelu6:
-      return apply_value<Act::kRelu6>(x, scale, shift);
-    case Act::kHardswish:
-      return apply_value<Act::kHardswish>(x, scale, shift);
-    case Act::kHardsigmoid:
-      return apply_value<Act::kHardsigmoid>(x, scale, shift);
-    case Act::kSigmoid:
-      return apply_value<Act::kSigmoid>(x, scale, shift);
-    case Act::kSilu:
-      return apply_value<Act::kSilu>(x, scale, shift);
-    default:
-      return apply_value<Act::kIdentity>(x, scale, shift);
-  }
+  return with_activation(act, [&](auto a) { return apply_value<decltype(a)::value>(x, scale, shift); });
 }
 
 template <typename scalar_t, typename acc_t, Act A>
