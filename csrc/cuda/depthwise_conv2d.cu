@@ -129,19 +129,24 @@ bool tiled_candidate(const Geom& g) {
 }
 
 // Runs the conv x -> y described by g (x, y: dense tensors of N images). With kStats, returns the
-// (3, tiles, C) partials (count, mean, M2); else an undefined tensor.
+// (3, tiles, C) partials (count, mean, M2); else an undefined tensor. With xbn (the statistics
+// only), x is the input of that BatchNorm + activation, applied by the tiled kernel where it
+// stages x (TiledInputBn); where the tiled kernel does not apply, nothing is launched and the
+// partials come back undefined (the default kernels apply no input BatchNorm).
 template <typename scalar_t, bool kStats>
 at::Tensor run_conv(const at::Tensor& x, at::Tensor& y, const at::Tensor& w_taps, const at::Tensor& bias, Geom g,
-                    int64_t N, bool channels_last, Act act) {
+                    int64_t N, bool channels_last, Act act, const InputBn* xbn = nullptr) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kVec = 16 / sizeof(scalar_t);
   set_items(g, N, g.OH, g.OW);
   const int vec = can_vectorize<scalar_t>(channels_last, g.C, {&x, &y}) ? kVec : 1;
   if (vec == kVec && kVec > 1 && tiled_candidate(g)) {
     at::Tensor part;
-    const TiledConv c{&x, &y, &w_taps, &bias, &part, act, {N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
+    TiledConv c{&x, &y, &w_taps, &bias, &part, act, {N, g.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
+    c.xbn = xbn;
     if (run_tiled_conv<scalar_t, kStats>(c)) return part;
   }
+  if (xbn != nullptr) return at::Tensor();
   const FwdPlan p = plan_fwd(g, channels_last, vec, kStats, row_reuse_enabled(), sizeof(scalar_t));
   ConvLaunch<scalar_t> L{};
   L.x = x.data_ptr<scalar_t>();
@@ -273,31 +278,41 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_stats_cuda(const at::Tensor& input,
-                                                                           const at::Tensor& weight,
-                                                                           at::IntArrayRef stride,
-                                                                           at::IntArrayRef padding,
-                                                                           at::IntArrayRef dilation) {
+using Stats = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// depthwise_conv2d_stats on prepared operands: (output, batch mean, biased variance). With xbn, the
+// conv of act(BatchNorm(a.input)) (run_conv's input BatchNorm): nullopt, nothing launched, where
+// the tiled statistics kernel does not apply.
+std::optional<Stats> conv_stats(const DepthwiseArgs& a, const InputBn* xbn = nullptr) {
+  const auto acc_opts = a.input.options().dtype(acc_type_for(a.input.scalar_type()));
+  at::Tensor out = at::empty(a.output_sizes(), a.input.options().memory_format(a.format));
+  at::Tensor mean = at::empty({a.C}, acc_opts);  // the finish kernel writes every channel
+  at::Tensor var = at::empty({a.C}, acc_opts);
+  if (out.numel() == 0) return Stats{out, mean.zero_(), var.zero_()};
+  bool launched = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "depthwise_conv2d_stats_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor part = run_conv<scalar_t, true>(a.input, out, taps_major(a.weight), at::Tensor(),
+                                                     make_geom(a, a.input, out), a.N, a.channels_last(),
+                                                     Act::kIdentity, xbn);
+    if (!part.defined()) return;
+    launch_stats_finish<acc_t>(plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2),
+                               part.size(1), a.C, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
+                               at::cuda::getCurrentCUDAStream(), "depthwise_conv2d_stats");
+    launched = true;
+  });
+  if (!launched) return std::nullopt;
+  return Stats{out, mean, var};
+}
+
+Stats depthwise_conv2d_stats_cuda(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_cuda(input);
   const c10::cuda::CUDAGuard guard(input.device());
   const DepthwiseArgs a = prepare_depthwise(input, weight, c10::nullopt, stride, padding, dilation);
   check_stats_count(a);
   check_geometry(a);
-  const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
-  at::Tensor out = at::empty(a.output_sizes(), input.options().memory_format(a.format));
-  at::Tensor mean = at::empty({a.C}, acc_opts);  // the finish kernel writes every channel
-  at::Tensor var = at::empty({a.C}, acc_opts);
-  if (out.numel() == 0) return {out, mean.zero_(), var.zero_()};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_stats_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor part = run_conv<scalar_t, true>(a.input, out, taps_major(a.weight), at::Tensor(),
-                                                     make_geom(a, a.input, out), a.N, a.channels_last(),
-                                                     Act::kIdentity);
-    launch_stats_finish<acc_t>(plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2),
-                               part.size(1), a.C, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
-                               at::cuda::getCurrentCUDAStream(), "depthwise_conv2d_stats");
-  });
-  return {out, mean, var};
+  return *conv_stats(a);
 }
 
 // The backward on prepared operands (a, and gy dense in a.format with the conv output's sizes),
@@ -480,41 +495,6 @@ Tensors4 depthwise_conv2d_bn_act_train_backward_cuda(
 
 using Tensors7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// depthwise_conv2d_stats of act(BN1(a.input)) (xbn) by the tiled statistics kernel: (out, mean,
-// var), or nullopt (nothing launched) where it does not apply.
-std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> stats_with_input_bn(const DepthwiseArgs& a,
-                                                                                  const InputBn& xbn) {
-  if (a.N * a.OH * a.OW == 0) return std::nullopt;
-  std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(), "depthwise_stats_input_bn", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr int kVec = 16 / sizeof(scalar_t);
-    at::Tensor out = at::empty(a.output_sizes(), a.input.options().memory_format(a.format));
-    Geom g = make_geom(a, a.input, out);
-    set_items(g, a.N, g.OH, g.OW);
-    if (kVec == 1 || !tiled_candidate(g) || !can_vectorize<scalar_t>(a.channels_last(), a.C, {&a.input, &out})) {
-      return;
-    }
-    const at::Tensor w = taps_major(a.weight);
-    const at::Tensor no_bias;
-    at::Tensor part;
-    TiledConv c{&a.input, &out, &w, &no_bias, &part, Act::kIdentity,
-                {a.N, a.C, g.H, g.W, g.OH, g.OW, g.kH, g.sH, g.pH, g.pW}};
-    c.xbn = &xbn;
-    if (!run_tiled_conv<scalar_t, true>(c)) return;
-    const auto acc_opts = a.input.options().dtype(acc_type_for(a.input.scalar_type()));
-    at::Tensor mean = at::empty({a.C}, acc_opts);
-    at::Tensor var = at::empty({a.C}, acc_opts);
-    launch_stats_finish<acc_t>(plane<acc_t>(part, 0), plane<acc_t>(part, 1), plane<acc_t>(part, 2), part.size(1),
-                               a.C, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), at::cuda::getCurrentCUDAStream(),
-                               "pointwise_depthwise_bn_act_train");
-    result = std::make_tuple(out, mean, var);
-  });
-  return result;
-}
-
-using Stats = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
 Tensors7 pointwise_depthwise_bn_act_train_cuda(const at::Tensor& input, const at::Tensor& expand_weight,
                                                const OptionalTensor& expand_bn_weight,
                                                const OptionalTensor& expand_bn_bias, const at::Tensor& dw_weight,
@@ -535,7 +515,7 @@ Tensors7 pointwise_depthwise_bn_act_train_cuda(const at::Tensor& input, const at
   std::optional<Stats> dw;
   if (bn_dx_fused()) {
     const InputBnOperands xbn(z1, mean1, var1, expand_bn_weight, expand_bn_bias, eps, parse_activation(activation));
-    dw = stats_with_input_bn(a, xbn.bn);
+    dw = conv_stats(a, &xbn.bn);
   }
   if (!dw) {
     const at::Tensor y1 = bn_apply(z1, mean1, var1, expand_bn_weight, expand_bn_bias, eps, activation);
@@ -585,8 +565,7 @@ Tensors7 pointwise_depthwise_bn_act_train_backward_cuda(
   const auto [grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g] =
       pointwise_backward.call(grad_y1, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean,
                               expand_var, eps, activation, {output_mask[0], output_mask[1]});
-  return {grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g,
-          output_mask[2] ? grad_dw_weight : at::empty({0}, input.options()), dw_sum_gxhat, dw_sum_g};
+  return {grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dw_sum_gxhat, dw_sum_g};
 }
 
 }  // namespace
