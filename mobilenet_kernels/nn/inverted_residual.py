@@ -132,14 +132,14 @@ class _InvertedResidualBase(nn.Module):
         if not (_is_pointwise(expand_conv) and _is_depthwise(dw_conv) and expand_conv.bias is None
                 and dw_conv.bias is None and dw_conv.padding_mode == "zeros" and isinstance(dw_conv.padding, tuple)):
             return None
-        running1 = expand_bn._batch_norm_args()
-        running2 = dw_bn._batch_norm_args()
+        expand_mean, expand_var, _, expand_momentum, expand_counts = expand_bn._batch_norm_args()
+        dw_mean, dw_var, _, dw_momentum, dw_counts = dw_bn._batch_norm_args()
         out = MF.pointwise_depthwise_bn_act_train(
             input, expand_conv.weight, dw_conv.weight, dw_conv.stride, dw_conv.padding, dw_conv.dilation,
-            running1[0], running1[1], expand_bn.weight, expand_bn.bias, running2[0], running2[1], dw_bn.weight,
-            dw_bn.bias, running1[3], running2[3], dw_bn.eps, dw_bn.activation, backend=dw_bn.backend)
-        expand_bn._count_batch(running1[4])
-        dw_bn._count_batch(running2[4])
+            expand_mean, expand_var, expand_bn.weight, expand_bn.bias, dw_mean, dw_var, dw_bn.weight, dw_bn.bias,
+            expand_momentum, dw_momentum, dw_bn.eps, dw_bn.activation, backend=dw_bn.backend)
+        expand_bn._count_batch(expand_counts)
+        dw_bn._count_batch(dw_counts)
         return out
 
     def _whole_block_eval(self, input: Tensor) -> Optional[Tensor]:

@@ -161,24 +161,26 @@ def bn_dx_fused() -> bool:
     return os.environ.get("MK_DW_BN_FUSED") != "0"
 
 
-def check_bn_backward_operands(input, out_shape, **operands) -> None:
-    """The backward's saved operands, each given by its argument name: the full-size ones
-    (grad_output, conv_out, ...) of the conv output's shape, the input's dtype and device; the
-    statistics (a name ending in mean or var) (C_out,) floating on its device. C++ twin:
-    csrc/batch_norm_act.h::check_conv_bn_backward_operands."""
-    for name, t in operands.items():
-        if name.endswith(("mean", "var")):
-            check_floating(t, name)
-            if t.dim() != 1 or t.shape[0] != out_shape[1]:
-                raise ValueError(f"{name}: expected shape ({out_shape[1]},) to match the conv's output channels, got "
-                                 f"{tuple(t.shape)}")
-        else:
-            if tuple(t.shape) != tuple(out_shape):
-                raise ValueError(f"{name}: expected shape {tuple(out_shape)} (the conv's output), got {tuple(t.shape)}")
-            if t.dtype != input.dtype:
-                raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
-        if t.device != input.device:
-            raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+def check_output_sized(input, t, name, out_shape) -> None:
+    """A saved operand of a backward the size of a conv's output: out_shape, the input's dtype and
+    device. C++ twin: csrc/batch_norm_act.h::check_output_sized."""
+    if tuple(t.shape) != tuple(out_shape):
+        raise ValueError(f"{name}: expected shape {tuple(out_shape)} (the conv's output), got {tuple(t.shape)}")
+    if t.dtype != input.dtype:
+        raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
+    if t.device != input.device:
+        raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+
+
+def check_output_channels(input, t, name, C_out) -> None:
+    """A per-channel operand of a conv's output (a BatchNorm's statistic): (C_out,), floating, on
+    the input's device. C++ twin: csrc/batch_norm_act.h::check_output_channels."""
+    check_floating(t, name)
+    if t.dim() != 1 or t.shape[0] != C_out:
+        raise ValueError(f"{name}: expected shape ({C_out},) to match the conv's output channels, got "
+                         f"{tuple(t.shape)}")
+    if t.device != input.device:
+        raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
 
 
 def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Callable,
@@ -210,7 +212,10 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         *geometry, eps, activation, _output_mask = rest
         check_args(input, conv_weight, weight, bias, *geometry, eps, activation)
         out_shape = stats_fake(input, conv_weight, *geometry)[0].shape
-        check_bn_backward_operands(input, out_shape, grad_output=grad_output, conv_out=conv_out, mean=mean, var=var)
+        check_output_sized(input, grad_output, "grad_output", out_shape)
+        check_output_sized(input, conv_out, "conv_out", out_shape)
+        check_output_channels(input, mean, "mean", out_shape[1])
+        check_output_channels(input, var, "var", out_shape[1])
         return out_shape
 
     def backward_fake(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest):

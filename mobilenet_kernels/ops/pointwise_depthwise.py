@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (acc_dtype, bn_dx_fused, check_bn_backward_operands, check_per_channel, dense, like_weight,
-                      mark_statistics, output_memory_format)
+from ._common import (acc_dtype, bn_dx_fused, check_output_channels, check_output_sized, check_per_channel, dense,
+                      like_weight, mark_statistics, output_memory_format)
 from .depthwise_conv2d import _acc_weight, check_depthwise_args, check_stats_count
 from .pointwise_conv2d import check_output_batch_norm, check_pointwise_args
 
@@ -70,9 +70,13 @@ def _check_backward_args(grad_output, input, expand_weight, expand_bn_weight, ex
     hidden_shape, out_shape = check_pointwise_depthwise_args(input, expand_weight, expand_bn_weight, expand_bn_bias,
                                                              dw_weight, dw_bn_weight, dw_bn_bias, stride, padding,
                                                              dilation, eps, activation)
-    check_bn_backward_operands(input, hidden_shape, expand_out=expand_out, expand_mean=expand_mean,
-                               expand_var=expand_var)
-    check_bn_backward_operands(input, out_shape, grad_output=grad_output, dw_out=dw_out, dw_mean=dw_mean, dw_var=dw_var)
+    check_output_sized(input, expand_out, "expand_out", hidden_shape)
+    check_output_channels(input, expand_mean, "expand_mean", hidden_shape[1])
+    check_output_channels(input, expand_var, "expand_var", hidden_shape[1])
+    check_output_sized(input, grad_output, "grad_output", out_shape)
+    check_output_sized(input, dw_out, "dw_out", out_shape)
+    check_output_channels(input, dw_mean, "dw_mean", out_shape[1])
+    check_output_channels(input, dw_var, "dw_var", out_shape[1])
     return hidden_shape
 
 
@@ -127,8 +131,7 @@ def _make_kernels(suffix: str):
         grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g = pw_backward(
             grad_y1, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean, expand_var, eps,
             activation, [output_mask[0], output_mask[1]])
-        return (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g,
-                grad_dw_weight if output_mask[2] else input.new_empty(0), dw_sum_gxhat, dw_sum_g)
+        return grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dw_sum_gxhat, dw_sum_g
 
     return forward, backward
 
