@@ -140,6 +140,49 @@ def test_bench_model_cuda_graph_variants_and_ratios():
     assert rows[4]["speedup_vs_eager"] == 6.0 and rows[4]["speedup_vs_compile"] == 2.0
 
 
+def test_benchmark_rows_reach_the_file_as_they_are_measured(tmp_path):
+    """execute writes the result file after every row, so a run killed where Python sees no
+    KeyboardInterrupt keeps the rows before the one in flight; an interrupted run says so."""
+    from mobilenet_kernels.benchmarking.core import execute
+
+    path = tmp_path / "partial.json"
+    seen_on_disk = []
+
+    def fill(rows, env):
+        for i in range(2):
+            rows.append({"i": i, "p50_ms": 1.0 + i})
+            record = json.loads(path.read_text())
+            seen_on_disk.append(([r["i"] for r in record["rows"]], record["interrupted"]))
+        raise KeyboardInterrupt("signal 15")
+
+    assert execute(device="cpu", out=str(tmp_path), name="partial", record={"benchmark": "test"}, fill=fill,
+                   summarize=lambda rows: {"rows": float(len(rows))}, columns=["i", "p50_ms"]) == 1
+    assert [ids for ids, _ in seen_on_disk] == [[0], [0, 1]]
+    assert all(note.startswith("in progress") for _, note in seen_on_disk)
+    final = json.loads(path.read_text())
+    assert final["interrupted"] == "stopped after 2 rows: signal 15" and final["summary"] == {"rows": 2.0}
+
+
+def test_time_ms_floor_outlasts_a_short_rep_override():
+    """min_rep_ms holds against MK_BENCH_REP_MS (1 ms in these tests): a 5 ms call is timed
+    about min_rep_ms / 5 times, not once."""
+    import time
+
+    from mobilenet_kernels.benchmarking.core import time_ms
+
+    calls = []
+
+    def fn():
+        calls.append(None)
+        time.sleep(0.005)
+
+    time_ms(fn, "cpu", rep_ms=1, min_rep_ms=60)
+    assert len(calls) >= 8, len(calls)
+    calls.clear()
+    time_ms(fn, "cpu", rep_ms=1)
+    assert len(calls) < 8, len(calls)
+
+
 def test_bench_model_saved_only_measures_activation_memory_without_steps(tmp_path):
     """--saved-only: training rows with saved_mb and no timing (what gives batch-256 memory on a CPU)."""
     args = ["bench", "model", *TINY_MODEL, "--recompute", "--saved-only", "--out", str(tmp_path)]

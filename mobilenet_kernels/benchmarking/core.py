@@ -106,14 +106,16 @@ def peak_bandwidth(device: str) -> float | None:
     return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
 
 
-def time_ms(fn: Callable[[], object], device: str, *, warmup_ms: float = 25, rep_ms: float | None = None) -> dict:
+def time_ms(fn: Callable[[], object], device: str, *, warmup_ms: float = 25, rep_ms: float | None = None,
+            min_rep_ms: float = 0.0) -> dict:
     """p20/p50/p80 of ``fn()`` in milliseconds, measured for about ``rep_ms`` (default: CUDA 100,
     CPU 200). CUDA: do_bench with ``warmup_ms`` of warm-up, the host time per call (host_ms) and,
     with MK_BENCH_GRAPH=1, the CUDA-graph replay time (graph_ms); CPU: blocked_autorange. The
     environment variables MK_BENCH_WARMUP_MS / MK_BENCH_REP_MS override both (the GPU suite shortens
-    them to fit its lease; the tests to a millisecond)."""
+    them to fit its lease; the tests to a millisecond), but not below ``min_rep_ms``: a caller
+    whose calls are long asks for enough of them that p20/p50/p80 are quantiles of several."""
     warmup = float(os.environ.get("MK_BENCH_WARMUP_MS", warmup_ms))
-    rep = float(os.environ.get("MK_BENCH_REP_MS", rep_ms or (100 if device == "cuda" else 200)))
+    rep = max(float(os.environ.get("MK_BENCH_REP_MS", rep_ms or (100 if device == "cuda" else 200))), min_rep_ms)
     if device == "cuda":
         import triton.testing
 
@@ -228,7 +230,12 @@ def execute(*, device: str, out: str, name: str, record: dict, fill: Callable[[l
     "error" field; a provider that cannot run one case is only noted in its row), else 0."""
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     env = environment(device)
-    rows: list[dict] = []
+
+    def write(rows: list[dict], interrupted: str | None) -> tuple[str, str]:
+        full = {"environment": env, **record, "interrupted": interrupted, "summary": summarize(rows)}
+        return write_results(out, name, full, rows, [c for c in columns if any(r.get(c) is not None for r in rows)])
+
+    rows = CheckpointedRows(lambda done: write(done, f"in progress: {len(done)} rows written, the run did not end"))
     interrupted = None
     try:
         with sigterm_as_interrupt():
@@ -237,9 +244,7 @@ def execute(*, device: str, out: str, name: str, record: dict, fill: Callable[[l
         interrupted = f"stopped after {len(rows)} rows: {exc}"
         print(interrupted, file=sys.stderr)
     summary = summarize(rows)
-    full = {"environment": env, **record, "interrupted": interrupted, "summary": summary}
-    columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
-    json_path, md_path = write_results(out, name, full, rows, columns)
+    json_path, md_path = write(rows, interrupted)
     with open(md_path) as f:
         print(f.read())
     print("summary:", json.dumps({k: round(v, 3) for k, v in summary.items()}, indent=1))
@@ -248,6 +253,21 @@ def execute(*, device: str, out: str, name: str, record: dict, fill: Callable[[l
     if failed:
         print(f"{failed} of {len(rows)} rows failed: see their error column", file=sys.stderr)
     return 1 if interrupted or failed else 0
+
+
+class CheckpointedRows(list):
+    """The result rows, written out (``checkpoint(rows)``) each time one is appended, so a run
+    killed where no KeyboardInterrupt reaches Python (SIGKILL after an ignored SIGINT, a hang inside
+    a compiler or a driver call) still leaves every row before the one in flight on disk, marked as
+    unfinished. Later in-place changes to a row (speed-up ratios) reach the file with the next row."""
+
+    def __init__(self, checkpoint: Callable[[list[dict]], object]):
+        super().__init__()
+        self._checkpoint = checkpoint
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        self._checkpoint(self)
 
 
 def write_results(out_dir: str, name: str, record: dict, rows: list[dict], columns: list[str]) -> tuple[str, str]:
