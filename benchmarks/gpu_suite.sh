@@ -6,37 +6,29 @@
 #   MK_SUITE_STEPS="build tests bench_depthwise" bash benchmarks/gpu_suite.sh OUT   # a subset
 #
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
-# the second at once; its in-place build is kept, so it names no build step). Next (untimed since
-# run 7: batch_norm_act's CUDA passes with several rows' loads in flight and fitted channel lanes;
-# squeeze_excite's excite step as tiled GEMMs over the batch, its parameter gradients included;
-# the eval folds cached in the autocast dtype, no weight casts per inference; the CUDA ops'
-# partial-sum planes without aten::select; the forward's one-tile blocks at stride 2 only; the
-# whole-block kernels' squeeze-excite passes and the tensor-core block kernel for fp16/bf16; the
-# dw conv + BatchNorm + activation training backward with BatchNorm's grad_input fused into the
-# conv's backward kernels, MK_DW_BN_FUSED):
-#   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_se bench_bn_train bench_block summary"
-#      MK_TESTS_LIMIT=170 MK_LIMIT_bench_block=90 (correctness first: the BN, SE and
-#      inverted_residual_eval CUDA tests run early in the tests step; bench_se has never run on a
-#      GPU, bench_bn_train compares with results/batch_norm_act_train_h200.json; bench_block's
-#      cuda / cuda_ops / eager columns decide USE_CUDA_BLOCK_KERNEL for the tensor-core kernel and
-#      the SE blocks)
-#   2. the rest of the lease less ~20 s (~300 s): MK_SUITE_STEPS="bench_dw_bn profile_model bench_model"
-#      MK_LIMIT_bench_model=180 (bench_dw_bn times the fused dw+BN+act training backward, untimed
-#      since 1c8f65d, against the unfused one; profile_model's per-kernel rows set the SE excite and BN passes
-#      against run 7's profile_model_h200.json on the same step; bench_model ~7 s a row, 18 rows
-#      per model: 180 s reaches the first of V2's rows, which no run has measured yet), then
-#      bench_model_unfused (the expand + depthwise training op's fusion against MK_DW_BN_FUSED=0,
-#      untimed since 2026-11-28), bench_b1_pw (MK_PW_FUSED=auto against the default at batch 1),
-#      diag_dw, host_layers, profile_infer, large_tensors and hbm_bytes next.
-# Run 7 (an H200 at a7335fa) took ~32 s to start, 159 s to build, 221 s for the tests (cut off,
-# 23 of 1668 never started), 117 s for diag_dw's three runs, 30 s for profile_model, 31 s for
-# host_layers and 138 s for bench_model (cut off at 120 s after the V3-Large rows):
-# benchmarks/results/gpu_tests_run7_h200.json.
+# the second at once; its in-place build is kept, so it names no build step). Next (run 8 timed
+# the two depthwise fusions together only: V2's training step 7 ms slower with them, V3-Large's
+# 3.6 ms faster, host-bound; untimed since run 7 besides: batch_norm_act's CUDA passes, the SE
+# excite GEMMs, the cached eval folds, the tensor-core block kernel, ...):
+#   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_model_switches bench_pw_dw summary"
+#      MK_TESTS_LIMIT=120 (bench_model_switches: which of the two fusions costs V2 its 7 ms, eager
+#      and from a CUDA graph; bench_pw_dw: at which blocks. Build ~180 s; the tests' first files
+#      are the depthwise and pointwise_depthwise ones, whose CUDA bit-for-bit cases run 8 did not reach)
+#   2. the rest of the lease less ~30 s (~250 s): MK_SUITE_STEPS="bench_model bench_dw_bn"
+#      (bench_model: V3-Large and V2, every mode, ours[cuda] with recompute and CUDA graphs; the
+#      Triton rows are bench_model_triton's), then bench_se, bench_bn_train, bench_block,
+#      profile_model, bench_b1_pw, diag_dw, host_layers, profile_infer, large_tensors, sanitize and
+#      hbm_bytes in later leases.
+# Run 8 (an H200 at 580fb9b) took ~45 s to start, 178 s to build, 140 s for the tests (cut off:
+# 915 passed, 0 failed) and more than 170 s for bench_model with the cuda and triton backends (killed
+# in the Triton rows' compilation, no row written: results are now written after every row):
+# benchmarks/results/gpu_tests_run8_h200.json. A model row at 40 ms of do_bench timed one step:
+# model rows now time at least 10.
 # Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
-# bench_bn_train bench_depthwise bench_dw_bn bench_pw bench_pw_fused ncu_pw bench_block profile_model profile_infer host_layers hbm_bytes
-# bench_model bench_model_unfused bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
+# bench_bn_train bench_depthwise bench_dw_bn bench_pw bench_pw_fused ncu_pw bench_pw_dw bench_block profile_model profile_infer host_layers hbm_bytes
+# bench_model bench_model_triton bench_model_switches bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_dw_bn, bench_pw, bench_pw_fused, ncu_pw, bench_block,
-# profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_model_unfused, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
+# profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_model_triton, bench_model_switches, bench_pw_dw, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
 # takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
@@ -190,6 +182,12 @@ if command -v ncu >/dev/null && want ncu_pw; then
     --quiet --no-compile --mode forward --models mobilenet_v2 --out "$(mktemp -d)" >>"$OUT/suite.log" 2>&1
   echo "=== ncu_pw rc=$? (its report is in suite.log)" | tee -a "$OUT/suite.log"
 fi
+# bench_pw_dw (60 s, opt-in): pointwise_depthwise_bn_act_train (expand + depthwise layers in
+# training) over V2's and V3-Large's blocks with an expand conv, batch 256 bf16 channels_last,
+# forward and forward + backward, ours[cuda] in each setting of its fusion switches against eager
+# (bench_pointwise_depthwise.py): which fusion gains or loses at which block.
+step bench_pw_dw 60 $PY benchmarks/bench_pointwise_depthwise.py --quiet --no-compile --backends cuda \
+  --models mobilenet_v2 mobilenet_v3_large --out "$OUT" --name "pointwise_depthwise_${GPU_TAG}"
 step bench_block 90 $PY benchmarks/bench_inverted_residual.py --quiet --no-compile --out "$OUT" \
   --name "inverted_residual_${GPU_TAG}"
 PROFILE_ARGS=()
@@ -218,14 +216,22 @@ MODEL_BACKENDS=(cuda triton)
 GRAPH_ARGS=(--cuda-graph)  # every step also replayed from a CUDA graph (graph_inference, graph_train_step)
 [ "$GPU_TAG" = cpu ] && MODEL_BACKENDS=(cuda) && GRAPH_ARGS=()  # (the CPU check: Triton needs the interpreter there)
 step bench_model 170 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \
-  --compile none --backend "${MODEL_BACKENDS[@]}" --recompute "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_${GPU_TAG}"
-# bench_model_unfused (120 s, opt-in): bench_model's training rows of ours[cuda] with MK_DW_BN_FUSED=0:
-# the per-layer sequence with the expand BatchNorm's output written and read back, and BatchNorm's
-# grad_input written by its own pass, against bench_model's ours[cuda] rows (the fused default: the
-# depthwise kernels apply the expand BatchNorm where they stage their input and compute BatchNorm's
-# grad_input where they read grad_output): decides MK_DW_BN_FUSED's default with bench_dw_bn.
-step bench_model_unfused 120 env MK_DW_BN_FUSED=0 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large \
-  mobilenet_v2 --mode train --compile none --backend cuda --quiet --out "$OUT" --name "models_unfused_${GPU_TAG}"
+  --compile none --backend cuda --recompute "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_${GPU_TAG}"
+# bench_model_triton (150 s, opt-in): bench_model's rows for ours[triton] (each model's first step
+# JIT-compiles every Triton kernel it runs: tens of seconds; run 8's bench_model spent its 170 s on
+# the two backends and wrote nothing). On the CPU check, the cuda backend's rows again.
+step bench_model_triton 150 $PY -m mobilenet_kernels bench model --model mobilenet_v3_large mobilenet_v2 \
+  --compile none --backend "${MODEL_BACKENDS[@]: -1}" "${GRAPH_ARGS[@]}" --quiet --out "$OUT" \
+  --name "models_triton_${GPU_TAG}"
+# bench_model_switches (150 s, opt-in): V2's and V3-Large's training steps, ours[cuda] in each
+# setting of the depthwise fusions' switches (both on, the default; MK_DW_INPUT_BN=0; MK_DW_BN_FUSED=0;
+# both off), each also replayed from a CUDA graph (the GPU's time: V3-Large's eager step is
+# host-bound), in one process against one torchvision row (`bench model --switches`): run 8 found
+# the two fusions together 7 ms slower on V2 and 3.6 ms faster on V3-Large (host-bound); this says
+# which fusion, and bench_pw_dw at which blocks. Decides both switches' defaults.
+step bench_model_switches 150 $PY -m mobilenet_kernels bench model --model mobilenet_v2 mobilenet_v3_large \
+  --mode train --compile none --backend cuda "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_switches_${GPU_TAG}" \
+  --switches MK_DW_INPUT_BN=0 MK_DW_BN_FUSED=0 MK_DW_INPUT_BN=0,MK_DW_BN_FUSED=0
 # bench_b1_pw (2 x 60 s, opt-in): batch-1 inference of V3-Large and V2 on the cuda backend (eager
 # and from a CUDA graph), once as shipped and once with MK_PW_FUSED=auto (our tensor-core GEMM for
 # the small 1x1 convs: one kernel and no aten::mm call each), to decide auto's default.

@@ -183,6 +183,33 @@ def test_time_ms_floor_outlasts_a_short_rep_override():
     assert len(calls) < 8, len(calls)
 
 
+def test_bench_model_switch_rows_run_with_their_switches(tmp_path, monkeypatch):
+    """--switches: one more eager row of ours per setting, labelled with it, whose steps (and only
+    those) see the setting in the environment."""
+    from mobilenet_kernels.benchmarking import models
+
+    seen = []
+    measure_steps = models.measure_steps
+
+    def spy(model_name, variant, *args):
+        seen.append((variant.label, os.environ.get("MK_DW_INPUT_BN"), os.environ.get("MK_DW_BN_FUSED")))
+        return measure_steps(model_name, variant, *args)
+
+    monkeypatch.setattr(models, "measure_steps", spy)
+    monkeypatch.delenv("MK_DW_INPUT_BN", raising=False)
+    monkeypatch.delenv("MK_DW_BN_FUSED", raising=False)
+    args = ["bench", "model", *TINY_MODEL, "--mode", "train", "--compile", "none", "--switches", "MK_DW_INPUT_BN=0",
+            "MK_DW_INPUT_BN=0,MK_DW_BN_FUSED=0", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert seen == [("torchvision", None, None), ("ours[cuda]", None, None),
+                    ("ours[cuda] {MK_DW_INPUT_BN=0}", "0", None),
+                    ("ours[cuda] {MK_DW_BN_FUSED=0,MK_DW_INPUT_BN=0}", "0", "0")]
+    assert "MK_DW_INPUT_BN" not in os.environ and "MK_DW_BN_FUSED" not in os.environ
+    rows = json.loads((tmp_path / "models.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == [label for label, _, _ in seen]
+    assert all(r["p50_ms"] > 0 and "speedup_vs_eager" in r for r in rows[1:]), rows
+
+
 def test_bench_model_saved_only_measures_activation_memory_without_steps(tmp_path):
     """--saved-only: training rows with saved_mb and no timing (what gives batch-256 memory on a CPU)."""
     args = ["bench", "model", *TINY_MODEL, "--recompute", "--saved-only", "--out", str(tmp_path)]
@@ -281,6 +308,39 @@ def test_bench_ops_pointwise(tmp_path):
         assert {"triton_TFLOPS", "triton_speedup_vs_eager"} <= set(columns)
 
 
+def test_bench_ops_pointwise_depthwise(tmp_path):
+    """`bench ops --op pointwise_depthwise`: one row per distinct expand + depthwise shape of the
+    model's blocks with an expand conv and per mode, ours in each fusion-switch setting the mode
+    times (the forward has no BatchNorm grad_input to fuse), against eager and against ours unfused."""
+    from mobilenet_kernels import backends
+    from mobilenet_kernels.benchmarking.pointwise_depthwise import blocks
+
+    if "cuda" not in backends.available("cpu"):
+        pytest.skip("the C++ extension is not built")
+    args = ["bench", "ops", "--op", "pointwise_depthwise", *TINY_NEW_OPS, "--backend", "cuda", "--out", str(tmp_path)]
+    assert main(args) == 0
+    record, columns = _read_op(tmp_path, "pointwise_depthwise")
+    assert record["op"] == "pointwise_depthwise_bn_act_train" and record["interrupted"] is None
+    # batch 1 at 32 px: the blocks whose depthwise output is one pixel cannot train (one value per channel)
+    shapes = list(dict.fromkeys((b[0], b[1], b[3], b[4], b[5], b[6]) for b in blocks("mobilenet_v3_small", 32)
+                                if (b[3] - 1) // b[6] + 1 > 1))
+    rows = record["rows"]
+    assert [(r["Cin"], r["Chid"], r["H"], r["W"], r["k"], r["stride"], r["mode"]) for r in rows] == [
+        (*shape, mode) for shape in shapes for mode in ("forward", "full")]
+    for r in rows:
+        assert not any(k.endswith("error") for k in r), r
+        settings = ["", "_no_input_bn"] + (["_no_bn_dx", "_unfused"] if r["mode"] == "full" else [])
+        timed = {k[:-len("_p50_ms")] for k in r if k.startswith("cuda") and k.endswith("_p50_ms")}
+        assert timed == {f"cuda{suffix}" for suffix in settings}, r
+        unfused = r["cuda_unfused_p50_ms" if r["mode"] == "full" else "cuda_no_input_bn_p50_ms"]
+        assert r["cuda_speedup_vs_unfused"] == pytest.approx(unfused / r["cuda_p50_ms"])
+        assert r["cuda_speedup_vs_eager"] == pytest.approx(r["eager_p50_ms"] / r["cuda_p50_ms"])
+    assert {"forward/float32/nhwc/b1/cuda_vs_unfused", "full/float32/nhwc/b1/cuda_no_bn_dx_vs_unfused"} <= set(
+        record["summary"])
+    assert columns[:13] == ["model", "Cin", "Chid", "H", "W", "k", "stride", "activation", "batch", "dtype", "layout",
+                            "mode", "eager_p50_ms"], columns
+
+
 def test_bench_ops_inverted_residual(tmp_path):
     """`bench ops --op inverted_residual`: one forward row per block, squeeze-excite blocks included
     (the mode setting is ignored: inference only), with the block's bytes and the op-by-op bytes."""
@@ -342,6 +402,8 @@ def test_report_reads_op_model_and_committed_results(model_results, ops_results,
     (["bench", "model", "--model", "resnet50"], "--model: unknown model 'resnet50'"),
     (["bench", "model", "--batch", "0"], "--batch: must be positive"),
     (["bench", "model", "--size", "16"], "--size: at least 32"),
+    (["bench", "model", "--switches", "MK_PW_FUSED=1"], "--switches: 'MK_PW_FUSED' is not one of"),
+    (["bench", "model", "--switches", "MK_DW_INPUT_BN"], "--switches: expected K=V[,K=V]"),
     (["bench", "model", "--mode", "train", "--batch", "1", "--size", "32"], "cannot train"),
     (["bench", "model", "--backend", "tensorrt"], "--backend: unknown backend 'tensorrt'"),
     (["bench", "model", "--compile", "fast"], "--compile: 'fast' is not one of"),

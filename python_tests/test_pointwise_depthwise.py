@@ -114,24 +114,33 @@ def test_is_the_per_layer_ops_bit_for_bit(backend, layout, dtype, device):
                 assert torch.equal(a, b), f"gradient {i}: {where}"
 
 
+# (MK_DW_INPUT_BN, MK_DW_BN_FUSED): the default with both fusions, then each switched off, then both.
+FUSION_SWITCHES = [("1", "1"), ("0", "1"), ("1", "0"), ("0", "0")]
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_triton_fused_kernels_are_the_sequence(dtype, layout, device, monkeypatch):
-    """Triton's fused forward and backward (X_BN: the expand BatchNorm + activation applied where
-    the depthwise kernels load z1, zero in the padding) against its sequence of ops
-    (MK_DW_BN_FUSED=0): every output and gradient bit for bit. Padding 1 and 2 put
-    act(BatchNorm(0)) != 0 in reach of the taps."""
-    skip_unless_usable("triton", device)
+def test_fusion_switches_give_the_same_bits(backend, dtype, layout, device, monkeypatch):
+    """The fused kernels (the expand BatchNorm + activation applied where the depthwise kernels
+    load z1, zero in the padding; BN2's grad_input computed inside the depthwise backward) against
+    the sequences that MK_DW_INPUT_BN=0 and MK_DW_BN_FUSED=0 run, each and together: every output
+    and gradient bit for bit. Padding 1 and 2 put act(BatchNorm(0)) != 0 in reach of the taps.
+    On CUDA tensors the "cuda" backend's tiled kernels take the channels_last cases."""
+    skip_unless_usable(backend, device)
     for shape, hidden, k, s, p, d in GEOMETRIES:
         case = make_case(shape, hidden, k, layout, dtype, device)
         runs = []
-        for fused in ("1", "0"):
-            monkeypatch.setenv("MK_DW_BN_FUSED", fused)
+        for input_bn, bn_dx in FUSION_SWITCHES:
+            monkeypatch.setenv("MK_DW_INPUT_BN", input_bn)
+            monkeypatch.setenv("MK_DW_BN_FUSED", bn_dx)
             inputs = leaves(case)
-            outs = op("triton")(*inputs, [s, s], [p, p], [d, d], 1e-5, "hardswish")
+            outs = op(backend)(*inputs, [s, s], [p, p], [d, d], 1e-5, "hardswish")
             runs.append([*outs, *grads(outs[0], inputs)])
-        for i, (a, b) in enumerate(zip(*runs)):
-            assert torch.equal(a, b), f"output/gradient {i}: {shape} k{k} s{s} d{d}"
+        for setting, run in zip(FUSION_SWITCHES[1:], runs[1:]):
+            for i, (a, b) in enumerate(zip(runs[0], run)):
+                assert torch.equal(a, b), f"output/gradient {i} with (MK_DW_INPUT_BN, MK_DW_BN_FUSED)={setting}: " \
+                                          f"{shape} k{k} s{s} d{d}"
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -258,6 +267,23 @@ def test_bad_arguments_name_the_argument(backend, arg, index, change, exc, devic
     if backend != "torch":
         with pytest.raises(exc, match=arg):
             op(backend)(*case, [1, 1], [1, 1], [1, 1], 1e-5, "relu6")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("shape, stride, message", [
+    ((1, 3, 1, 1), 1, r"input: Expected more than 1 value per channel when training, got input of size "
+                      r"[(\[]1, 3, 1, 1[)\]]"),
+    ((1, 3, 2, 2), 2, r"input: Expected more than 1 value per channel when training, got a conv output of size "
+                      r"[(\[]1, 8, 1, 1[)\]]"),
+])
+def test_one_value_per_channel_names_the_tensor(backend, shape, stride, message, device):
+    """Each BatchNorm needs more than one value per channel: the expand one counts the input's
+    pixels, the depthwise one the conv output's (with the expanded channels), and the error says which.
+    (Python prints sizes as tuples, the C++ checks on a GPU as lists.)"""
+    skip_unless_usable(backend, device)
+    case = make_case(shape, 8, 3, "nchw", torch.float32, device)
+    with pytest.raises(ValueError, match=message):
+        op(backend)(*case, [stride, stride], [1, 1], [1, 1], 1e-5, "relu6")
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

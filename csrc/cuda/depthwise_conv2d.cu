@@ -401,6 +401,12 @@ struct InputBnOperands {
 // (mobilenet_kernels/benchmarking/depthwise_conv2d.py).
 bool bn_dx_fused() { return !env_is("MK_DW_BN_FUSED", "0"); }
 
+// Whether pointwise_depthwise_bn_act_train's depthwise kernels apply the expand BatchNorm where
+// they stage z1 (TiledInputBn): yes, unless MK_DW_INPUT_BN=0, which writes y1 with the apply pass
+// (recomputed in the backward) and runs the per-layer depthwise op on it. The backward applies it
+// only inside fused_train_backward, so it also needs bn_dx_fused(). Read at every call, as above.
+bool input_bn_fused() { return !env_is("MK_DW_INPUT_BN", "0"); }
+
 // The fused dw conv + BatchNorm + activation training backward on prepared operands (a, gy and z
 // dense in a.format): BatchNorm's reduction (cuda::batch_norm_act_train_backward_sums: the two
 // sums and the grad_input pass's coefficients), then, where the tiled backward kernels apply
@@ -491,7 +497,8 @@ Tensors4 depthwise_conv2d_bn_act_train_backward_cuda(
 // computed where the depthwise kernels stage their input (TiledInputBn), never written: in the
 // forward by the tiled statistics kernel, in the backward by the tiled weight gradient (stride 2)
 // or the stride-1 fused backward, as the apply pass would store it. Where those kernels do not
-// apply (or with MK_DW_BN_FUSED=0), the apply pass writes y1 and the per-layer ops run.
+// apply (or with MK_DW_INPUT_BN=0, and in the backward MK_DW_BN_FUSED=0), the apply pass writes y1
+// and the per-layer ops run.
 
 using Tensors7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -513,7 +520,7 @@ Tensors7 pointwise_depthwise_bn_act_train_cuda(const at::Tensor& input, const at
                                             "dw_weight");
   check_geometry(a);
   std::optional<Stats> dw;
-  if (bn_dx_fused()) {
+  if (input_bn_fused()) {
     const InputBnOperands xbn(z1, mean1, var1, expand_bn_weight, expand_bn_bias, eps, parse_activation(activation));
     dw = conv_stats(a, &xbn.bn);
   }
@@ -546,7 +553,7 @@ Tensors7 pointwise_depthwise_bn_act_train_backward_cuda(
   const at::Tensor z2 = dw_out.contiguous(a.format);
   // The depthwise layer: grad_y1 (its grad_input, BN1's grad_output) and its weight's gradient.
   std::optional<Tensors4> dw;
-  if (bn_dx_fused() && output_mask[2]) {
+  if (bn_dx_fused() && input_bn_fused() && output_mask[2]) {
     const InputBnOperands xbn(expand_out, expand_mean, expand_var, expand_bn_weight, expand_bn_bias, eps,
                               parse_activation(activation));
     dw = fused_train_backward(a, gy, z2, dw_bn_weight, dw_bn_bias, dw_mean, dw_var, eps, activation, &xbn.bn);

@@ -24,6 +24,10 @@ import torch
 # HBM peak of the cards we report % of peak for (bytes/s); other devices report GB/s only.
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
 
+# The kernel switches that the ops read at every call (not once per process), so that one benchmark
+# process can time each setting (environment_set): the depthwise fusions' (ops/_common.py,
+# csrc/cuda/depthwise_conv2d.cu).
+PER_CALL_SWITCHES = ("MK_DW_BN_FUSED", "MK_DW_INPUT_BN")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", **{name: name for name in DTYPES}}
 
@@ -67,8 +71,8 @@ def environment(device: str) -> dict:
         "python": platform.python_version(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         # the kernel switches read from the environment (unset: the default kernels / tuning on)
-        "switches": {k: os.environ.get(k) for k in ("MK_DW_TILED", "MK_DW_STAGES", "MK_DW_ROW_REUSE", "MK_DW_BN_FUSED",
-                                                    "MK_PW_FUSED", "MK_TRITON_TUNE")},
+        "switches": {k: os.environ.get(k) for k in ("MK_DW_TILED", "MK_DW_STAGES", "MK_DW_ROW_REUSE",
+                                                    *PER_CALL_SWITCHES, "MK_PW_FUSED", "MK_TRITON_TUNE")},
     }
     if device == "cuda":
         record["copy_GBps"] = copy_bandwidth() / 1e9
@@ -191,6 +195,34 @@ def add_speedups(row: dict, names: Iterable[str], ours: tuple[str, ...] = ("cuda
             row[f"{name}_speedup_vs_eager"] = row["eager_p50_ms"] / row[f"{name}_p50_ms"]
         if name in ours and f"{name}_p50_ms" in row and "torch_compile_p50_ms" in row:
             row[f"{name}_speedup_vs_compile"] = row["torch_compile_p50_ms"] / row[f"{name}_p50_ms"]
+
+
+@contextlib.contextmanager
+def environment_set(**env: str):
+    """The environment variables ``env`` set inside the block, the previous values restored after
+    it: the kernel switches that the ops read at every call (PER_CALL_SWITCHES) take effect there."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+def with_env(call: Callable[[], object], **env: str) -> Callable[[], object]:
+    """``call`` run with ``env`` set around it (environment_set): one process times a fusion against
+    its unfused sequence. Give the default setting's calls the defaults explicitly, so that both
+    pay the same host cost for the switch."""
+
+    def run():
+        with environment_set(**env):
+            return call()
+
+    return run
 
 
 def geomean(values: Iterable[float | None]) -> float | None:

@@ -11,8 +11,6 @@ x + y; forward + backward x + y + (dy + x + dx), for the conv alone and for conv
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import functional as MF
 from ..activations import apply_activation
-from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress
+from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress, with_env
 from .shapes import depthwise_layers
 
 if TYPE_CHECKING:
@@ -41,27 +39,6 @@ OPTIONS = {"ops": ["conv", "conv_bn_act_train"], "compile_conv": True}
 # fused default, whose calls set MK_DW_BN_FUSED=1 the same way (the same host cost around both):
 # the two columns of one row time what the fusion gains.
 UNFUSED = "_bn_unfused"
-
-
-@contextlib.contextmanager
-def _bn_dx_switch(value: str):
-    before = os.environ.get("MK_DW_BN_FUSED")
-    os.environ["MK_DW_BN_FUSED"] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["MK_DW_BN_FUSED"]
-        else:
-            os.environ["MK_DW_BN_FUSED"] = before
-
-
-def _switched(value: str, call: Callable[[], object]) -> Callable[[], object]:
-    def run():
-        with _bn_dx_switch(value):
-            return call()
-
-    return run
 
 
 def conv_providers(device: str, compile_modes: list[str], backends: list[str]) -> dict[str, Callable]:
@@ -125,7 +102,7 @@ def case(provs: dict[str, Callable], op: str, layer: tuple, batch: int, dtype_na
             xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
             calls[name] = lambda fn=fn, xg=xg, wg=wg: torch.autograd.grad(fn(xg, wg, geom, act, *extra), (xg, wg), grad)
             if op == "conv_bn_act_train" and (name in ("cuda", "triton") or name.endswith(UNFUSED)):
-                calls[name] = _switched("0" if name.endswith(UNFUSED) else "1", calls[name])
+                calls[name] = with_env(calls[name], MK_DW_BN_FUSED="0" if name.endswith(UNFUSED) else "1")
     return row, calls
 
 

@@ -24,6 +24,11 @@ on one of our backends, eager and compiled).
   launch per step, so the row measures the GPU's work rather than the host's. Its
   ``speedup_vs_compile`` is against the baseline's CUDA-graph row, so each kind of row is compared
   with its like.
+- ``--switches K=V[,K=V] ...`` adds, for ours on each backend, a row per setting (and its CUDA
+  graph row with ``--cuda-graph``) of the kernel switches that the ops read at every call
+  (core.PER_CALL_SWITCHES: the depthwise fusions), set around that variant's steps
+  (``ours[cuda] {MK_DW_INPUT_BN=0}``): one process and one baseline time each fusion against its
+  unfused sequence.
 - torchvision has no MobileNetV1; its baseline is our V1 on the "torch" backend (plain PyTorch ops),
   labelled "reference".
 - ``speedup_vs_eager``: the baseline's (torchvision or reference, not compiled) time over this
@@ -38,14 +43,14 @@ import dataclasses
 import gc
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import DTYPES, execute, geomean, progress, time_ms
+from .core import DTYPES, environment_set, execute, geomean, progress, time_ms
 
 MODELS = ("mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v2", "mobilenet_v1")
 MODES = ("infer", "train")
@@ -75,6 +80,7 @@ class ModelSettings:
     recompute: bool = False            # also ours with recompute=True (training rows)
     saved_only: bool = False           # training rows: saved_mb only, no timed steps (see measure_saved)
     cuda_graph: bool = False           # also each variant's step replayed from a CUDA graph
+    switches: list[dict[str, str]] = field(default_factory=list)  # also ours with each of these settings
     quiet: bool = False
 
 
@@ -95,12 +101,15 @@ class Variant:
     backend: str | None       # ours: the backend; the baselines: None
     compile: str              # "none", a torch.compile mode or CUDA_GRAPH (graph_inference)
     recompute: bool = False   # ours: the blocks recompute their expanded tensors in backward
+    env: tuple[tuple[str, str], ...] = ()  # ours: kernel switches set around its steps (PER_CALL_SWITCHES)
 
     @property
     def label(self) -> str:
         name = f"ours[{self.backend}]" if self.impl == "ours" else self.impl
         if self.recompute:
             name += " + recompute"
+        if self.env:
+            name += " {" + ",".join(f"{k}={v}" for k, v in self.env) + "}"
         if self.compile == "none":
             return name
         if self.compile == CUDA_GRAPH:
@@ -111,12 +120,15 @@ class Variant:
 def variants(model_name: str, s: ModelSettings, mode: str = "train") -> list[Variant]:
     """The baseline (eager, then each compile mode, then replayed from a CUDA graph with
     ``s.cuda_graph``), then ours per backend likewise (with ``s.recompute``, in training and for the
-    models with inverted-residual blocks, then the same with recompute)."""
+    models with inverted-residual blocks, then the same with recompute), then ours per backend in
+    each setting of ``s.switches``, eager and (``s.cuda_graph``) from a CUDA graph."""
     baseline = "reference" if model_name == "mobilenet_v1" else "torchvision"
     runs = ["none", *s.compile, *([CUDA_GRAPH] if s.cuda_graph else [])]
     found = [Variant(baseline, None, c) for c in runs]
     recompute = [False, True] if s.recompute and mode == "train" and model_name != "mobilenet_v1" else [False]
     found += [Variant("ours", backend, c, r) for backend in s.backends for r in recompute for c in runs]
+    found += [Variant("ours", backend, c, env=tuple(sorted(env.items()))) for backend in s.backends
+              for env in s.switches for c in ("none", *([CUDA_GRAPH] if s.cuda_graph else []))]
     return found
 
 
@@ -237,6 +249,13 @@ def measure_saved(model_name: str, variant: Variant, batch: int, state_dict: dic
 
 def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, state_dict: dict,
                     s: ModelSettings) -> dict:
+    """measure_steps with the variant's kernel switches set around all of it."""
+    with environment_set(**dict(variant.env)):
+        return measure_steps(model_name, variant, mode, batch, state_dict, s)
+
+
+def measure_steps(model_name: str, variant: Variant, mode: str, batch: int, state_dict: dict,
+                  s: ModelSettings) -> dict:
     """Time one variant: first step (compilation included), peak memory over two warm-up steps,
     then p20/p50/p80 ms and images per second; training rows of eager variants also get the MB of
     saved activations (saved_activation_bytes)."""

@@ -8,7 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import batch_norm_act, depthwise_conv2d, inverted_residual, pointwise_conv2d, squeeze_excite
+from . import (batch_norm_act, depthwise_conv2d, inverted_residual, pointwise_conv2d, pointwise_depthwise,
+               squeeze_excite)
 from .core import execute, geomean
 
 
@@ -72,6 +73,9 @@ OPS: dict[str, OpBenchmark] = {
                "squeeze-and-excite of MobileNetV3 (pool, excite, scale); forward and forward+backward"),
         _entry("pointwise", "pointwise_conv2d", pointwise_conv2d,
                "1x1 conv (BN folded) + bias + activation (+ residual add) as one GEMM; forward and forward+backward"),
+        _entry("pointwise_depthwise", "pointwise_depthwise_bn_act_train", pointwise_depthwise,
+               "an inverted residual's expand + depthwise layers in training as one op, in each setting of its "
+               "fusion switches; forward and forward+backward"),
         _entry("inverted_residual", "inverted_residual_eval", inverted_residual,
                "a whole inverted-residual block without SE, eval, BN folded (expand, dw, project); forward"),
     )

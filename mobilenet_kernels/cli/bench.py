@@ -69,6 +69,10 @@ def add_parser(sub) -> None:
     model.add_argument("--cuda-graph", action="store_true",
                        help="CUDA: also run each variant's step replayed from a CUDA graph "
                             "(mobilenet_kernels.graph_inference / graph_train_step): rows 'VARIANT + cuda graph'")
+    model.add_argument("--switches", nargs="+", metavar="K=V[,K=V]", default=[],
+                       help="also run ours (eager, and from a CUDA graph with --cuda-graph) with each of these "
+                            "settings of the per-call kernel switches (MK_DW_BN_FUSED, MK_DW_INPUT_BN; e.g. "
+                            "MK_DW_INPUT_BN=0 MK_DW_BN_FUSED=0,MK_DW_INPUT_BN=0): rows 'ours[BACKEND] {K=V}'")
     model.add_argument("--saved-only", action="store_true",
                        help="training rows record only saved_mb, the activation memory (one forward per variant, "
                             "nothing timed): bytes do not depend on the device, so a CPU gives batch-256 numbers; "
@@ -240,6 +244,22 @@ def run_ops(args) -> int:
     return status
 
 
+def _switch_setting(text: str) -> dict[str, str]:
+    """One --switches setting, "K=V[,K=V]", as {K: V}; only the switches read at every call."""
+    from ..benchmarking.core import PER_CALL_SWITCHES
+
+    setting = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise CliError(f"--switches: expected K=V[,K=V], got {text!r}")
+        if key not in PER_CALL_SWITCHES:
+            raise CliError(f"--switches: {key!r} is not one of {', '.join(PER_CALL_SWITCHES)} (the switches read at "
+                           "every call)")
+        setting[key] = value
+    return setting
+
+
 def run_model(args) -> int:
     from ..benchmarking import models
 
@@ -262,6 +282,7 @@ def run_model(args) -> int:
         s.compile = _compile_modes(args.compile, models.COMPILE_MODES)
     s.backends = _backends(args.backend, device) if args.backend else _fastest_backend(device)
     s.recompute = args.recompute
+    s.switches = [_switch_setting(text) for text in args.switches]
     if args.cuda_graph:
         if device != "cuda":
             raise CliError("--cuda-graph: CUDA graphs need --device cuda")

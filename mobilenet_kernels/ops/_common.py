@@ -161,6 +161,15 @@ def bn_dx_fused() -> bool:
     return os.environ.get("MK_DW_BN_FUSED") != "0"
 
 
+def input_bn_fused() -> bool:
+    """Whether pointwise_depthwise_bn_act_train's depthwise kernels apply the expand BatchNorm +
+    activation where they load their input (never writing its output): yes, unless
+    MK_DW_INPUT_BN=0 (read at every call, as the CUDA op reads it), which writes that output with
+    the apply pass and runs the per-layer depthwise op on it. Its backward also needs bn_dx_fused:
+    the kernels that apply the input BatchNorm in the backward are the fused training backward's."""
+    return os.environ.get("MK_DW_INPUT_BN") != "0"
+
+
 def check_output_sized(input, t, name, out_shape) -> None:
     """A saved operand of a backward the size of a conv's output: out_shape, the input's dtype and
     device. C++ twin: csrc/batch_norm_act.h::check_output_sized."""

@@ -16,7 +16,10 @@ The ``_triton`` twin never writes y1: the depthwise kernels apply BN1 + act wher
 the forward and in the weight gradient (triton/depthwise_conv2d.py, X_BN), rounded to z1's dtype as
 the apply kernel stores y1, so the values are those of the sequence above; in the forward that
 saves the apply pass (a read and a write of the expanded tensor) and the conv's read of y1 becomes a
-read of z1. MK_DW_BN_FUSED=0 (read at every call) runs the sequence above instead, for benchmarks.
+read of z1. Two switches, read at every call, run parts of the sequence above instead, for
+benchmarks: MK_DW_INPUT_BN=0 (y1 written by the apply pass in the forward and recomputed in the
+backward) and MK_DW_BN_FUSED=0 (BN2's grad_input by its own pass, and so the backward's sequence:
+the input BatchNorm in the backward comes only with the fused backward's kernels).
 The C++-backed op ("cuda" backend): on CUDA tensors a C++ kernel (csrc/cuda/depthwise_conv2d.cu)
 whose tiled depthwise kernels apply BN1 + act where they stage z1 (TiledInputBn), likewise, with
 the sequence above where they do not apply (NCHW, channel counts without 16-byte vectors, k7,
@@ -31,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (acc_dtype, bn_dx_fused, check_output_channels, check_output_sized, check_per_channel, dense,
-                      like_weight, mark_statistics, output_memory_format)
+                      input_bn_fused, like_weight, mark_statistics, output_memory_format)
 from .depthwise_conv2d import _acc_weight, check_depthwise_args, check_stats_count
 from .pointwise_conv2d import check_output_batch_norm, check_pointwise_args
 
@@ -42,7 +45,9 @@ def check_pointwise_depthwise_args(input, expand_weight, expand_bn_weight, expan
     (the expanded tensor's shape, the output's shape)."""
     hidden = check_pointwise_args(input, expand_weight, activation=activation, weight_name="expand_weight")
     N, _, H, W = input.shape
-    check_stats_count(input, (H, W))
+    if N != 0 and N * H * W <= 1:  # the expand BatchNorm's count (C++ twin: check_pointwise_depthwise)
+        raise ValueError(f"input: Expected more than 1 value per channel when training, got input of size "
+                         f"{tuple(input.shape)}")
     check_output_batch_norm(input, hidden, eps, expand_bn_weight=expand_bn_weight, expand_bn_bias=expand_bn_bias)
     z1 = input.new_empty(()).expand(N, hidden, H, W)  # the expand conv's output, as the checks see it
     out_hw = check_depthwise_args(z1, dw_weight, None, stride, padding, dilation, activation, weight_name="dw_weight")
@@ -144,7 +149,7 @@ def _triton_forward(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_w
                     stride, padding, dilation, eps, activation):
     """The forward with BN1 + act applied where the depthwise kernel loads z1 (X_BN): y1 is never
     written."""
-    if not bn_dx_fused():
+    if not input_bn_fused():
         return _sequence_forward_triton(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight,
                                         dw_bn_weight, dw_bn_bias, stride, padding, dilation, eps, activation)
     from ..triton.batch_norm_act import Apply
@@ -169,7 +174,7 @@ def _triton_backward(grad_output, input, expand_weight, expand_bn_weight, expand
     args = (grad_output, input, expand_weight, expand_bn_weight, expand_bn_bias, expand_out, expand_mean, expand_var,
             dw_weight, dw_bn_weight, dw_bn_bias, dw_out, dw_mean, dw_var, stride, padding, dilation, eps, activation,
             output_mask)
-    if not bn_dx_fused():
+    if not (bn_dx_fused() and input_bn_fused()):
         return _sequence_backward_triton(*args)
     from ..triton.batch_norm_act import Apply, TrainDx
     from ..triton.depthwise_conv2d import depthwise_conv2d_bwd
