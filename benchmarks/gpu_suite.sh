@@ -12,8 +12,9 @@
 # excite GEMMs, the cached eval folds, the tensor-core block kernel, ...):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_model_switches bench_pw_dw summary"
 #      MK_TESTS_LIMIT=120 (bench_model_switches: which of the two fusions costs V2 its 7 ms, eager
-#      and from a CUDA graph; bench_pw_dw: at which blocks. Build ~180 s; the tests' first files
-#      are the depthwise and pointwise_depthwise ones, whose CUDA bit-for-bit cases run 8 did not reach)
+#      and from a CUDA graph; bench_pw_dw: at which blocks. Build ~180 s; the tests step runs the
+#      CUDA kernels' cases, test_pointwise_depthwise's first, which run 8 did not reach; the Triton
+#      ones are tests_triton's)
 #   2. the rest of the lease less ~30 s (~250 s): MK_SUITE_STEPS="bench_model bench_dw_bn"
 #      (bench_model: V3-Large and V2, every mode, ours[cuda] with recompute and CUDA graphs; the
 #      Triton rows are bench_model_triton's), then bench_se, bench_bn_train, bench_block,
@@ -24,7 +25,7 @@
 # in the Triton rows' compilation, no row written: results are now written after every row):
 # benchmarks/results/gpu_tests_run8_h200.json. A model row at 40 ms of do_bench timed one step:
 # model rows now time at least 10.
-# Steps, in the order they run: build check tests tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
+# Steps, in the order they run: build check tests tests_triton tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
 # bench_bn_train bench_depthwise bench_dw_bn bench_pw bench_pw_fused ncu_pw bench_pw_dw bench_block profile_model profile_infer host_layers hbm_bytes
 # bench_model bench_model_triton bench_model_switches bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_dw_bn, bench_pw, bench_pw_fused, ncu_pw, bench_block,
@@ -84,9 +85,10 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MK_GIT_COMMIT=${MK_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export MK_BENCH_WARMUP_MS=${MK_BENCH_WARMUP_MS:-10} MK_BENCH_REP_MS=${MK_BENCH_REP_MS:-40}
-STEPS=" ${MK_SUITE_STEPS:-build check diag tests tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
+STEPS=" ${MK_SUITE_STEPS:-build check diag tests tests_triton tests_optin diag_dw ncu_dw bench_se bench_bn_eval bench_bn_train bench_depthwise summary} "
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 JUNIT=$(mktemp -d)/pytest.xml  # summarised into suite_<gpu>.json; the failures' text is in suite.log
+JUNIT_TRITON=${JUNIT%.xml}_triton.xml
 status=0
 
 want() { [[ "$STEPS" == *" $1 "* ]]; }
@@ -123,13 +125,18 @@ $PY -c "import xdist" 2>/dev/null && PYTEST_ARGS+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_ARGS+=(--timeout=90)
 # The tests in the order they matter, in case the limit cuts the step off (xdist hands them out
 # in this order): the kernels' parity first, the bad-input cases (many and cheap) last.
-FIRST="depthwise_conv2d pointwise_conv2d pointwise_depthwise inverted_residual_eval inverted_residual batch_norm_act squeeze_excite
+FIRST="pointwise_depthwise depthwise_conv2d pointwise_conv2d inverted_residual_eval inverted_residual batch_norm_act squeeze_excite
   models convert properties determinism large_tensors memory checkpoints"
 TEST_FILES=()
 for t in $FIRST; do TEST_FILES+=("python_tests/test_$t.py"); done
 for f in python_tests/test_*.py; do [[ " ${TEST_FILES[*]} " == *" $f "* ]] || TEST_FILES+=("$f"); done
+# The CUDA kernels' cases first (what the models run on a GPU by default), the Triton ones in a
+# step of their own: on a GPU each Triton case JIT-compiles its kernels (up to a minute a case:
+# run 8's tests step, cut off at 140 s, reached 11 of test_pointwise_depthwise's 50 cases).
 step tests ${MK_TESTS_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest "${TEST_FILES[@]}" "${PYTEST_ARGS[@]}" \
-  --durations=20 --junitxml="$JUNIT"
+  -k "not triton" --durations=20 --junitxml="$JUNIT"
+step tests_triton ${MK_TESTS_TRITON_LIMIT:-200} env MK_TEST_DEVICE=cuda $PY -m pytest "${TEST_FILES[@]}" \
+  "${PYTEST_ARGS[@]}" -k triton --durations=20 --junitxml="$JUNIT_TRITON"
 step tests_optin ${MK_TESTS_OPTIN_LIMIT:-90} env MK_TEST_DEVICE=cuda MK_DW_TILED=0 MK_PW_FUSED=1 $PY -m pytest \
   python_tests/test_depthwise_conv2d.py python_tests/test_pointwise_conv2d.py \
   python_tests/test_large_tensors.py::test_depthwise_conv2d \
@@ -247,7 +254,7 @@ step loss_curves 150 $PY benchmarks/loss_curves.py "$OUT" --name "loss_curves_${
 # Last of the steps: a crashing case's rerun under cuda-gdb can take most of its limit.
 step diag 150 $PY benchmarks/check_cpp_exceptions.py
 if want summary; then
-  $PY benchmarks/suite_summary.py "$JUNIT" "$OUT/suite_${GPU_TAG}.json" | tee -a "$OUT/suite.log"
+  $PY benchmarks/suite_summary.py "$JUNIT" "$JUNIT_TRITON" "$OUT/suite_${GPU_TAG}.json" | tee -a "$OUT/suite.log"
 fi
 if ls "$OUT"/*.md >/dev/null 2>&1; then
   (cd "$OUT" && tar -cf tables.tar ./*.md && rm -f ./*.md)

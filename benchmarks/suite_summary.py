@@ -1,5 +1,7 @@
-"""Turn the GPU suite's junit XML into benchmarks/results/foundation_<gpu>.json:
-device, commit, versions and pass/fail/skip counts (with the names of failures)."""
+"""Turn the GPU suite's junit XML files (one per pytest run) into one suite_<gpu>.json: device,
+commit, versions and pass/fail/skip counts over all of them (with the names of failures).
+
+    python benchmarks/suite_summary.py JUNIT [JUNIT ...] OUT"""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ import torch
 from mobilenet_kernels.benchmarking.core import environment
 
 
-def main(junit_path: str, out_path: str) -> int:
+def main(junit_paths: list[str], out_path: str) -> int:
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     failures = []
-    if os.path.exists(junit_path):
-        for case in ET.parse(junit_path).getroot().iter("testcase"):
+    found = [path for path in junit_paths if os.path.exists(path)]
+    for path in found:
+        for case in ET.parse(path).getroot().iter("testcase"):
             name = f"{case.get('classname')}::{case.get('name')}"
             if case.find("failure") is not None:
                 counts["failed"] += 1
@@ -32,7 +35,7 @@ def main(junit_path: str, out_path: str) -> int:
     record = {
         "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
         "suite": "python_tests",
-        "junit_found": os.path.exists(junit_path),
+        "junit_found": [os.path.basename(path) for path in found],
         "counts": counts,
         "failures": failures,
     }
@@ -43,4 +46,6 @@ def main(junit_path: str, out_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    if len(sys.argv) < 3:
+        sys.exit("usage: suite_summary.py JUNIT [JUNIT ...] OUT")
+    sys.exit(main(sys.argv[1:-1], sys.argv[-1]))
