@@ -2,8 +2,10 @@
 strides, paddings, dilations, layouts (contiguous, channels_last, sliced views, and channels_last
 whose size-1 dims carry arbitrary strides, which contiguity ignores), dtypes and activations:
 batch_norm_act (eval, training), depthwise_conv2d, the fused depthwise conv + BatchNorm + activation
-(eval, training), squeeze_excite, pointwise_conv2d and the whole inverted-residual block in eval
-(inverted_residual_eval); outputs, gradients and running statistics.
+(eval, training), an inverted residual's expand + depthwise layers in training
+(pointwise_depthwise_bn_act_train), squeeze_excite, pointwise_conv2d and the whole
+inverted-residual block in eval (inverted_residual_eval); outputs, gradients and running
+statistics.
 
 Two sizes of run:
 
@@ -429,6 +431,107 @@ def test_depthwise_conv2d_bn_act_matches_reference(backend, profile, device, req
                 close_or_within_2x_torch(a, e, t, dict(rtol=tol["rtol"], atol=tol["atol"] * scale), f"gradient {i}")
 
     run_examples(dwbn_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
+
+
+# ----------------------------------------------------------------------------- expand + depthwise
+
+
+@st.composite
+def pwdw_cases(draw, small=False):
+    """An inverted residual's expand and depthwise layers in training: conv_geometry's depthwise
+    conv over Chid channels, fed by a 1x1 conv from Cin; only shapes that can train (more than one
+    value per channel for both BatchNorms, or an empty batch)."""
+    g = draw(conv_geometry(small))
+    N, Chid, H, W = g["shape"]
+    OH, OW = conv_out_hw(g)
+    assume(N == 0 or (N * H * W > 1 and N * OH * OW > 1))
+    return dict(
+        g,
+        cin=draw(st.integers(1, 5 if small else 16)),
+        layout=draw(st.sampled_from(LAYOUTS)),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        act=draw(st.sampled_from(list(ACTIVATIONS))),
+        affine=draw(st.booleans()),
+        momentum=draw(st.sampled_from([0.1, 0.01, 1.0])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pointwise_depthwise_bn_act_train_matches_reference(backend, profile, device, request):
+    """The expand + depthwise training op against the per-layer float64 sequence (the functional
+    API's "torch" backend on float64 copies): output, both BatchNorms' running statistics, and the
+    gradients of the input, both conv weights and both BatchNorms' weight and bias, within the
+    tolerance or 2x PyTorch's own error (the same sequence in the op's dtype)."""
+    skip_unless_usable(backend, device)
+
+    def check(case):
+        gen = torch.Generator().manual_seed(case["seed"])
+        dtype, act, Cin = case["dtype"], case["act"], case["cin"]
+        N, C, H, W = case["shape"]
+        x = make_x(gen, (N, Cin, H, W), case["layout"], dtype, device)
+        we = (torch.randn(C, Cin, 1, 1, generator=gen, dtype=torch.float64) * Cin**-0.5).to(device, dtype)
+        wd = (torch.randn(C, 1, *case["kernel"], generator=gen, dtype=torch.float64) / case["kernel"][0]).to(device,
+                                                                                                            dtype)
+
+        def batch_norm():
+            stats = [torch.randn(C, generator=gen) * 0.5, torch.rand(C, generator=gen) + 0.5]
+            params = [torch.rand(C, generator=gen) + 0.5, torch.randn(C, generator=gen)]
+            return [t.to(device, dtype) for t in stats], [t.to(device, dtype) for t in params] if case["affine"] \
+                else [None, None]
+
+        (m1, v1), (g1, b1) = batch_norm()
+        (m2, v2), (g2, b2) = batch_norm()
+        s, p, d = case["stride"], case["padding"], case["dilation"]
+        leaves = [x, we, wd, g1, b1, g2, b2]
+
+        def run(tensors, stats, on):
+            xx, e, w, *bn = tensors
+            running = [t.clone() for t in stats]
+            y = MF.pointwise_depthwise_bn_act_train(xx, e, w, s, p, d, running[0], running[1], bn[0], bn[1],
+                                                    running[2], running[3], bn[2], bn[3], case["momentum"],
+                                                    case["momentum"], 1e-5, act, backend=on)
+            return y, running
+
+        ours_in = [None if t is None else t.clone().requires_grad_() for t in leaves]
+        y, running = run(ours_in, (m1, v1, m2, v2), backend)
+        assert y.dtype == dtype and y.shape == (N, C, *conv_out_hw(case))
+        assert_layout_kept(y, x)
+        ref_in = [None if t is None else f64(t).requires_grad_() for t in leaves]
+        y64, running64 = run(ref_in, [t.double() for t in (m1, v1, m2, v2)], "torch")
+        tol = fp_tol(dtype, device, act)
+        torch.testing.assert_close(y.double(), y64, **tol)
+        stats_tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-6, atol=1e-6)
+        for i, (a, e) in enumerate(zip(running, running64)):
+            torch.testing.assert_close(a.double(), e, **stats_tol, msg=lambda m: f"running statistic {i}: {m}")
+        if not y.numel():
+            return
+        # Both BatchNorms' inputs clear of the activation's kinks (a flip spreads over a channel).
+        z1 = F.batch_norm(F.conv2d(ref_in[0].detach(), ref_in[1].detach()), None, None, None, None, True, 0.0, 1e-5)
+        if ref_in[3] is not None:
+            z1 = z1 * ref_in[3].detach()[:, None, None] + ref_in[4].detach()[:, None, None]
+        y1 = exact_activation(z1, act)
+        z2 = F.batch_norm(F.conv2d(y1, ref_in[2].detach(), None, s, p, d, groups=C), None, None, None, None, True, 0.0,
+                          1e-5)
+        if ref_in[5] is not None:
+            z2 = z2 * ref_in[5].detach()[:, None, None] + ref_in[6].detach()[:, None, None]
+        assume(dtype == torch.float64 or not (near_a_kink(z1, act) or near_a_kink(z2, act)))
+        grad = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device, dtype)
+        wanted = [i for i, t in enumerate(leaves) if t is not None]
+        got = torch.autograd.grad(y, [ours_in[i] for i in wanted], grad)
+        want = torch.autograd.grad(y64, [ref_in[i] for i in wanted], grad.double())
+        torch_in = [None if t is None else t.detach().clone().requires_grad_() for t in leaves]
+        y_torch, _ = run(torch_in, (m1, v1, m2, v2), "torch")
+        torchs = torch.autograd.grad(y_torch, [torch_in[i] for i in wanted], grad)
+        scale = max([e.abs().max().item() for e in want if e.numel()] + [1.0])
+        names = ["input", "expand_weight", "dw_weight", "expand_bn_weight", "expand_bn_bias", "dw_bn_weight",
+                 "dw_bn_bias"]
+        for i, a, e, t in zip(wanted, got, want, torchs):
+            assert a.shape == e.shape and a.dtype == dtype, names[i]
+            close_or_within_2x_torch(a, e, t, dict(rtol=tol["rtol"], atol=tol["atol"] * scale), names[i])
+
+    run_examples(pwdw_cases(small=interpreted(backend, device)), check, examples(profile, backend, request))
 
 
 # ----------------------------------------------------------------------------- squeeze_excite

@@ -23,8 +23,9 @@
 //   and the epilogue adds bias, applies act, adds the residual in float and rounds once at the store.
 // Epilogue: `#pragma omp simd` loops over act_forward (mk_common.h), compiled twice, for the
 //   baseline ISA and AVX2+FMA (csrc/cpu/cpu_dispatch.h), as in batch_norm_act.cpp.
-// Reductions, all in an order fixed by the shape (bitwise identical for any thread count, given
-//   that a single-threaded BLAS call is deterministic for its operands):
+// Reductions, all in an order fixed by the shape: bitwise repeatable at a given thread count, not
+//   across thread counts, since MKL's GEMM gives other bits inside a parallel region of 2 threads
+//   than at 1 thread (measured 2026-11-28: at::mm_out on the same operands; torch.mm likewise):
 //   stats: each block's stored outputs (still in cache) give per-channel centred (mean, M2) about
 //          the block's first value (0 if that is not finite, so an Inf passes through as torch's
 //          +-Inf mean / NaN variance); the blocks' partials are merged in block order in double
