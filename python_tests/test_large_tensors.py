@@ -391,6 +391,49 @@ def test_pointwise_conv2d(backend, case, device, request):
     assert_close_last(out[-1], F.conv2d(x.detach()[-1:].double(), w64)[0], 1e-2, "statistics variant's output")
 
 
+# ----------------------------------------------------------------------------- expand + depthwise
+
+
+@pytest.mark.large_tensors
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", ["wide-nchw", "wide-channels_last"])
+def test_pointwise_depthwise_bn_act_train(backend, case, device, request, monkeypatch):
+    """An inverted residual's expand + depthwise layers in training, expanding C / 4 -> C channels
+    into the 2^31+ element tensor: the fused kernels (the expand BatchNorm applied where the
+    depthwise kernels stage their input, BatchNorm's grad_input inside the depthwise backward) give
+    the bits of the sequence that both switches off runs (the apply pass, then the per-layer ops,
+    which the cases above check against float64), output, every gradient and both BatchNorms'
+    running statistics, as they do on small shapes (test_pointwise_depthwise.py)."""
+    dtype = torch.bfloat16
+    shape, layout = setup_case(case, backend, device, request, dtype, tensors=9)
+    N, C, H, W = shape
+    gen = torch.Generator(device=device).manual_seed(15)
+    we = (torch.randn(C, C // 4, 1, 1, device=device, generator=gen) * (C // 4) ** -0.5).to(dtype)
+    wd, _ = dw_params(C, dtype, device)
+    x = big((N, C // 4, H, W), layout, dtype, device, seed=16, last_shift=LAST_SHIFT)
+    g = big_grad(shape, layout, dtype, device, seed=17)
+
+    def run():
+        stats = [t.clone() for t in (*bn_params(C, device)[:2], *bn_params(C, device)[:2])]
+        _, _, w1, b1 = bn_params(C, device)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, we, wd, w1, b1, w1, b1)]
+        y = MF.pointwise_depthwise_bn_act_train(leaves[0], leaves[1], leaves[2], 1, 1, 1, stats[0], stats[1],
+                                                leaves[3], leaves[4], stats[2], stats[3], leaves[5], leaves[6], 0.1,
+                                                0.1, EPS, ACT, backend=backend)
+        grads = torch.autograd.grad(y, leaves, g)
+        return [y.detach(), *grads, *stats]
+
+    names = ["output", "grad_input", "grad_expand_weight", "grad_dw_weight", "grad_expand_bn_weight",
+             "grad_expand_bn_bias", "grad_dw_bn_weight", "grad_dw_bn_bias", "expand_running_mean",
+             "expand_running_var", "dw_running_mean", "dw_running_var"]
+    fused = run()
+    monkeypatch.setenv("MK_DW_INPUT_BN", "0")
+    monkeypatch.setenv("MK_DW_BN_FUSED", "0")
+    sequence = run()
+    for name, a, b in zip(names, fused, sequence):
+        assert torch.equal(a, b), name
+
+
 # ----------------------------------------------------------------------------- squeeze_excite
 
 
