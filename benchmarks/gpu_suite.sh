@@ -15,8 +15,9 @@
 #      and from a CUDA graph; bench_pw_dw: at which blocks. Build ~180 s; the tests step runs the
 #      CUDA kernels' cases, test_pointwise_depthwise's first, which run 8 did not reach; the Triton
 #      ones are tests_triton's)
-#   2. the rest of the lease less ~30 s (~250 s): MK_SUITE_STEPS="bench_model bench_dw_bn"
-#      (bench_model: V3-Large and V2, every mode, ours[cuda] with recompute and CUDA graphs; the
+#   2. the rest of the lease less ~30 s (~250 s): MK_SUITE_STEPS="profile_v2 bench_model"
+#      (profile_v2: V2's kernels with and without the fusions, side by side; bench_model: V3-Large
+#      and V2, every mode, ours[cuda] with recompute and CUDA graphs; the
 #      Triton rows are bench_model_triton's), then bench_se, bench_bn_train, bench_block,
 #      profile_model, bench_b1_pw, diag_dw, host_layers, profile_infer, large_tensors, sanitize and
 #      hbm_bytes in later leases.
@@ -26,10 +27,10 @@
 # benchmarks/results/gpu_tests_run8_h200.json. A model row at 40 ms of do_bench timed one step:
 # model rows now time at least 10.
 # Steps, in the order they run: build check tests tests_triton tests_optin sanitize large_tensors diag_dw ncu_dw bench_se bench_bn_eval
-# bench_bn_train bench_depthwise bench_dw_bn bench_pw bench_pw_fused ncu_pw bench_pw_dw bench_block profile_model profile_infer host_layers hbm_bytes
+# bench_bn_train bench_depthwise bench_dw_bn bench_pw bench_pw_fused ncu_pw bench_pw_dw bench_block profile_model profile_v2 profile_infer host_layers hbm_bytes
 # bench_model bench_model_triton bench_model_switches bench_b1_pw loss_curves diag summary. MK_LIMIT_<step>=SECONDS overrides a step's time limit.
 # (default: all but the opt-in sanitize, large_tensors, bench_dw_bn, bench_pw, bench_pw_fused, ncu_pw, bench_block,
-# profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_model_triton, bench_model_switches, bench_pw_dw, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
+# profile_model, profile_infer, host_layers, hbm_bytes, bench_model, bench_model_triton, bench_model_switches, bench_pw_dw, profile_v2, bench_b1_pw and loss_curves: name them in MK_SUITE_STEPS; bench_model alone
 # takes ~2.5 minutes).
 # profile_model (90 s): where a V3-Large training step's time goes (batch 128, bf16 AMP,
 # channels_last), torchvision eager against ours[cuda]: wall, host and GPU-kernel ms per step,
@@ -201,6 +202,14 @@ PROFILE_ARGS=()
 [ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
 step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
   "${PROFILE_ARGS[@]}"
+# profile_v2 (2 x 60 s, opt-in): profile_model on V2's training step (GPU-bound, unlike V3-Large's),
+# with the depthwise fusions (the default) and with both switched off: which kernels take the
+# 7 ms that run 8 found the fusions cost V2 (their top kernels and categories side by side).
+V2_ARGS=(--model mobilenet_v2)
+[ "$GPU_TAG" = cpu ] && V2_ARGS+=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
+step profile_v2 60 $PY benchmarks/profile_model.py "$OUT" --name "profile_v2_${GPU_TAG}" --backends cuda "${V2_ARGS[@]}"
+step profile_v2 60 env MK_DW_INPUT_BN=0 MK_DW_BN_FUSED=0 $PY benchmarks/profile_model.py "$OUT" \
+  --name "profile_v2_unfused_${GPU_TAG}" --backends cuda "${V2_ARGS[@]}"
 # profile_infer (60 s): the same for a V3-Large inference at batch 256 (eval, no_grad): where the
 # inference's GPU time goes, for issue 7's batch-256 target.
 INFER_ARGS=(--batch 256)
