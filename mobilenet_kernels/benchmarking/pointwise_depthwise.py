@@ -93,9 +93,8 @@ def case(provs: dict[str, Callable], layer: tuple, batch: int, dtype_name: str, 
     x = torch.randn(batch, Cin, H, W, device=device, dtype=dtype).contiguous(memory_format=fmt)
     we = torch.randn(Chid, Cin, 1, 1, device=device, dtype=dtype) / Cin**0.5
     wd = torch.randn(Chid, 1, k, k, device=device, dtype=dtype) / k
-    p = (k - 1) // 2 * d
-    geom = (s, p, d)
-    OH, OW = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+    geom = (s, (k - 1) // 2 * d, d)
+    OH, OW = _out_hw(layer)
 
     def batch_norm():
         return (torch.zeros(Chid, device=device), torch.ones(Chid, device=device),
@@ -134,10 +133,10 @@ def add_fusion_speedups(row: dict, backends: list[str]) -> None:
                 row[f"{name}{suffix}_speedup_vs_unfused"] = unfused / ms
 
 
-def _out_pixels(layer: tuple) -> int:
-    """OH x OW of a block's depthwise conv ("same" padding)."""
+def _out_hw(layer: tuple) -> tuple[int, int]:
+    """(OH, OW) of a block's depthwise conv: "same" padding ((k - 1) / 2 * d), so ceil(H / s)."""
     _, _, _, H, W, _, s, _, _, _, _ = layer
-    return ((H - 1) // s + 1) * ((W - 1) // s + 1)
+    return (H - 1) // s + 1, (W - 1) // s + 1
 
 
 def blocks(model: str, resolution: int) -> list[tuple]:
@@ -155,7 +154,8 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     seen = set()
     for model, layer, batch, dtype_name, layout, mode in progress(cases, "pointwise_depthwise", s.quiet):
         key = (layer[:2] + layer[3:9], batch, dtype_name, layout, mode)  # the op's shape (not Cout, SE)
-        if key in seen or batch * _out_pixels(layer) <= 1:  # seen already, or untrainable (one value per channel)
+        OH, OW = _out_hw(layer)
+        if key in seen or batch * OH * OW <= 1:  # seen already, or untrainable (one value per channel)
             continue
         seen.add(key)
         row, calls = case(provs[mode], layer, batch, dtype_name, layout, mode, s.device)
