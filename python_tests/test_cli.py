@@ -398,6 +398,24 @@ def test_report_reads_op_model_and_committed_results(model_results, ops_results,
         assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
+def test_report_blanks_peaks_that_counted_earlier_rows(tmp_path):
+    """Model files written before bench model subtracted what earlier rows left allocated: a
+    row's peak is shown only before the first row with saved_mb, never for a CUDA graph (taken
+    after its capture then); rows with resident_before_mb are always shown."""
+    from mobilenet_kernels.benchmarking.report import _peak_is_own
+
+    eager, graph = {"compile": "none"}, {"compile": "cuda-graph"}
+    old = [eager, graph, eager | {"saved_mb": 9.0}, eager, eager | {"saved_mb": 4.0}]
+    assert _peak_is_own(old) == [True, False, True, False, False]
+    new = [r | {"resident_before_mb": 0.0} for r in old]
+    assert _peak_is_own(new) == [True] * 5
+    committed = os.path.join(ROOT, "benchmarks", "results", "models_train_run8_h200.json")
+    assert main(["report", committed, "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| torchvision | 29.90 | 8562.0 | 5764 |" in md and "| ours[cuda] | 31.24 | 8194.0 |  |" in md, md
+    assert "Peak MB left blank for rows of models_train_run8_h200" in md
+
+
 @pytest.mark.parametrize("args, message", [
     (["bench", "model", "--model", "resnet50"], "--model: unknown model 'resnet50'"),
     (["bench", "model", "--batch", "0"], "--batch: must be positive"),

@@ -8,7 +8,9 @@ on one of our backends, eager and compiled).
 - Every variant of a (model, mode, batch) case gets its own copy of the same weights, runs one step
   (its time, compilation included, is ``first_step_s``), two warm-up steps (peak memory is taken
   over these), then is timed (core.time_ms).
-- Peak memory: CUDA ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations).
+- Peak memory: CUDA ``torch.cuda.max_memory_allocated`` (weights, optimizer state and activations)
+  less what was allocated before the variant's model was built (``resident_before_mb``, 0 unless an
+  earlier row left tensors alive).
   CPU: None. Host memory freed by one step is kept by malloc for the next (and by earlier variants
   for later ones), so the resident-set deltas of one process say little.
 - Saved activations (``saved_mb``, training rows, eager variants): the bytes of the tensors autograd
@@ -151,17 +153,25 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     (``torch.autograd.graph.saved_tensors_hooks``; a checkpointed region's input included, the
     tensors it would recompute not), counted once per storage (views and a tensor saved by several
     ops share one), parameters and buffers excluded. The activation memory of training, without a
-    GPU's allocator; the model should be in training mode (its running statistics see this batch)."""
+    GPU's allocator; the model should be in training mode (its running statistics see this batch).
+
+    The graph is only measured, never run backward: the pack hook keeps nothing in it. A hook that
+    returned the tensor itself would make each output saved by its own grad_fn (an activation's)
+    a reference cycle through C++ that ``gc`` cannot break, and the whole forward (its saved
+    activations and, through AccumulateGrad, the parameters) would outlive the call: on a GPU,
+    gigabytes still allocated when the next benchmark row measures its peak."""
     weights = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
     saved: dict[int, torch.UntypedStorage] = {}  # held until the end: no storage is freed and its address reused
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> None:
         storage = t.untyped_storage()
         if storage.data_ptr() not in weights:
             saved[storage.data_ptr()] = storage
-        return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def unpack(_: None) -> torch.Tensor:
+        raise RuntimeError("saved_activation_bytes: the measured graph has no backward")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         out = model(x)
         F.cross_entropy(out, torch.zeros(out.shape[0], dtype=torch.long, device=out.device))
     return sum(storage.nbytes() for storage in saved.values())
@@ -256,25 +266,36 @@ def measure_variant(model_name: str, variant: Variant, mode: str, batch: int, st
 
 def measure_steps(model_name: str, variant: Variant, mode: str, batch: int, state_dict: dict,
                   s: ModelSettings) -> dict:
-    """Time one variant: first step (compilation included), peak memory over two warm-up steps,
-    then p20/p50/p80 ms and images per second; training rows of eager variants also get the MB of
-    saved activations (saved_activation_bytes)."""
+    """Time one variant: first step (compilation included), peak memory over two warm-up steps (a
+    CUDA graph's from its eager warm-up and capture on: its tensors live in the graph's pool,
+    allocated at capture, and a replay allocates nothing), then p20/p50/p80 ms and images per
+    second; training rows of eager variants also get the MB of saved activations
+    (saved_activation_bytes)."""
+    graphed = variant.compile == CUDA_GRAPH
+    # What earlier rows left allocated is not this variant's: its peak is counted from here.
+    resident = torch.cuda.memory_allocated() if s.device == "cuda" else 0
+    if s.device == "cuda" and graphed:
+        torch.cuda.reset_peak_memory_stats()
     model = _ready_model(model_name, variant, mode, state_dict, s)
     start = time.perf_counter()  # first_step_s includes the capture of a CUDA graph, as the compilation
     runnable = model if variant.compile in ("none", CUDA_GRAPH) else torch.compile(model, mode=variant.compile)
-    step = make_step(runnable, mode, batch, s, cuda_graph=variant.compile == CUDA_GRAPH)
+    step = make_step(runnable, mode, batch, s, cuda_graph=graphed)
     result: dict = {}
     step()
     _synchronize(s.device)
     result["first_step_s"] = time.perf_counter() - start
-    if s.device == "cuda":
+    if s.device == "cuda" and not graphed:
         torch.cuda.reset_peak_memory_stats()
     warm = time.perf_counter()
     step()
     step()
     _synchronize(s.device)
     step_ms = (time.perf_counter() - warm) * 1e3 / 2
-    result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20 if s.device == "cuda" else None
+    if s.device == "cuda":
+        result["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - resident) / 2**20
+        result["resident_before_mb"] = resident / 2**20
+    else:
+        result["peak_mem_mb"] = None
     if mode == "train" and variant.compile == "none":
         result["saved_mb"] = _saved_mb(model, batch, s)
     # On CUDA at least _MIN_STEPS steps however short the suite's MK_BENCH_REP_MS: one 30 ms step is no median.
@@ -361,7 +382,8 @@ def summarize(rows: list[dict]) -> dict[str, float]:
 
 def run(s: ModelSettings, *, out: str, name: str = "models") -> int:
     """Run the model benchmark and write ``name``.json / .md to ``out``."""
-    peak_memory = ("torch.cuda.max_memory_allocated over two steps (MB)" if s.device == "cuda"
+    peak_memory = ("torch.cuda.max_memory_allocated over two steps less what was allocated before the variant "
+                   "(resident_before_mb), MB" if s.device == "cuda"
                    else "not measured on CPU (malloc keeps freed host memory: RSS deltas mislead)")
     saved = ("saved_mb: MB of tensors saved for backward by one training forward (saved_tensors_hooks, once per "
              "storage, weights excluded), eager variants")

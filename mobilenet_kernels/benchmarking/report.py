@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from .core import geomean
+from .models import CUDA_GRAPH
 from .ops import by_op, group_rows
 
 # Row fields an op result is grouped by when its op is not in the registry (a newer file).
@@ -95,6 +96,23 @@ def load_all(paths: list[str]) -> list[Result]:
 # What the tables and plots show, computed from the rows.
 
 
+_STALE_PEAK = ("written before bench model subtracted what earlier rows left allocated (`resident_before_mb`), "
+               "when each training row's saved_mb measurement left its forward's graph allocated (every later "
+               "row's peak counted the saved activations of the rows before it) and a CUDA graph's peak was "
+               "taken after its capture (its pool's tensors uncounted).")
+
+
+def _peak_is_own(rows: list[dict]) -> list[bool]:
+    """Per row of a model benchmark file: whether its peak_mem_mb is its own. Rows that carry
+    resident_before_mb are; in older files (see _STALE_PEAK) only eager or compiled rows before
+    the first row with saved_mb."""
+    own, leaked = [], False
+    for row in rows:
+        own.append("resident_before_mb" in row or not (leaked or row.get("compile") == CUDA_GRAPH))
+        leaked = leaked or ("resident_before_mb" not in row and bool(row.get("saved_mb")))
+    return own
+
+
 def op_groups(result: Result) -> list[tuple[str, dict[str, float], float | None]]:
     """Per group of an op result's rows: (group label, {provider: geometric-mean speed-up over
     eager}, median % of HBM peak of the cuda backend or None where the file has none)."""
@@ -138,13 +156,17 @@ def markdown(results: list[Result], images: list[str]) -> str:
                 lines.append(f"| {r.label} | {r.device} | {r.record['op']} | {group} | " + " | ".join(cells) + " |")
 
     models = [r for r in results if r.kind == "model"]
+    stale = [r.label for r in models if not all(_peak_is_own(r.record["rows"]))]
+    if stale:
+        lines += ["", f"Peak MB left blank for rows of {', '.join(stale)}: {_STALE_PEAK}"]
     if models:
         header = ["run", "device", "model", "mode", "batch", "size", "variant", "ms/step", "img/s", "peak MB", "saved MB",
                   "vs eager", "vs compile"]
         lines += ["", "## Models", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in models:
-            for row in r.record["rows"]:
-                timing = ([_fmt(row.get("p50_ms")), _fmt(row.get("img_per_s"), ".1f"), _fmt(row.get("peak_mem_mb"), ".0f"),
+            for row, own_peak in zip(r.record["rows"], _peak_is_own(r.record["rows"])):
+                peak = row.get("peak_mem_mb") if own_peak else None
+                timing = ([_fmt(row.get("p50_ms")), _fmt(row.get("img_per_s"), ".1f"), _fmt(peak, ".0f"),
                            _fmt(row.get("saved_mb"), ".1f"), _fmt(row.get("speedup_vs_eager")),
                            _fmt(row.get("speedup_vs_compile"))]
                           if "error" not in row else [f"error: {row['error']}", "", "", "", "", ""])
