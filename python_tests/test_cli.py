@@ -183,6 +183,29 @@ def test_time_ms_floor_outlasts_a_short_rep_override():
     assert len(calls) < 8, len(calls)
 
 
+def test_host_ms_enqueues_each_call_on_an_idle_gpu(monkeypatch):
+    """host_ms synchronizes before every timed call (calls back to back fill the launch queue
+    and count GPU time as host time) and returns the median call, fewer calls for long ones."""
+    import time
+
+    from mobilenet_kernels.benchmarking.core import host_ms
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    durations = iter([0.001, 0.030, 0.002, 0.001, 0.002] * 4)
+
+    def fn():
+        events.append("call")
+        time.sleep(next(durations))
+
+    median = host_ms(fn, gpu_ms=0.01, calls=5)
+    assert events == ["sync", "call"] * 5 + ["sync"]
+    assert 1.5 <= median < 10, median  # the 2 ms call, not the 30 ms one nor the mean
+    events.clear()
+    host_ms(fn, gpu_ms=50.0)  # 200 ms of GPU work in all: 4 calls
+    assert events.count("call") == 4
+
+
 def test_bench_model_switch_rows_run_with_their_switches(tmp_path, monkeypatch):
     """--switches: one more eager row of ours per setting, labelled with it, whose steps (and only
     those) see the setting in the environment."""

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -136,21 +137,27 @@ def time_ms(fn: Callable[[], object], device: str, *, warmup_ms: float = 25, rep
     return {"p20_ms": q.quantile(0.2).item(), "p50_ms": m.median * 1e3, "p80_ms": q.quantile(0.8).item()}
 
 
-def host_ms(fn: Callable[[], object], gpu_ms: float, calls: int = 32) -> float:
-    """Host (Python + launch) time of one ``fn()`` call on CUDA: ``calls`` calls enqueued back to
-    back on an idle GPU, timed on the host without waiting for the GPU (no timing tool measures
-    enqueueing alone). At or above the GPU time (``gpu_ms``, do_bench's median), the GPU waits for
-    the host: the case is host-bound, and a CUDA graph or torch.compile would change its time.
-    Fewer calls for long ones (about 100 ms of GPU work), so as not to fill the launch queue, which
-    would block the host and count GPU time."""
-    calls = max(4, min(calls, int(100 / max(gpu_ms, 1e-3))))
-    torch.cuda.synchronize()
-    start = time.perf_counter()
+def host_ms(fn: Callable[[], object], gpu_ms: float, calls: int = 16) -> float:
+    """Host (Python + launch) time of one ``fn()`` call on CUDA: the median over ``calls`` calls
+    (fewer for long ones: about 200 ms of GPU work in all), each enqueued on an idle GPU and timed
+    on the host without waiting for the GPU (no timing tool measures enqueueing alone). At or above
+    the GPU time (``gpu_ms``, do_bench's median), the GPU waits for the host: the case is
+    host-bound, and a CUDA graph or torch.compile would change its time.
+
+    One call at a time: the launch queue holds about a thousand pending launches, which a training
+    step (~900 of them) nearly fills by itself, so calls enqueued back to back by a host faster
+    than the GPU fill it, and the host then waits for the GPU and counts its time (GPU run 8 timed
+    four training steps back to back: its host times, 0.7-1.0x the steps' times, cannot tell a
+    host-bound step from a GPU-bound one)."""
+    calls = max(3, min(calls, int(200 / max(gpu_ms, 1e-3))))
+    times = []
     for _ in range(calls):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
         fn()
-    elapsed = time.perf_counter() - start
+        times.append(time.perf_counter() - start)
     torch.cuda.synchronize()
-    return elapsed * 1e3 / calls
+    return statistics.median(times) * 1e3
 
 
 def graph_ms(fn: Callable[[], object], rep_ms: float) -> dict:

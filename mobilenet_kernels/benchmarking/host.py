@@ -13,8 +13,8 @@ short and a call is bound by the host:
 - ``infer``: forward in eval mode under no_grad.
 
 Both under the autocast of ``dtype`` (bf16 AMP by default on CUDA, as the model benchmark).
-On CUDA a row has per variant the host time per call (core.host_ms: calls enqueued back to back,
-the GPU not waited for) and the GPU time per call (do_bench); where host >= GPU time the layer is
+On CUDA a row has per variant the host time per call (core.host_ms: each call enqueued on an idle
+GPU, not waited for) and the GPU time per call (do_bench); where host >= GPU time the layer is
 host-bound and the host time is what it costs the step. On a CPU the wall time per call: the
 kernels run on the host there, so only differences far above the kernels' own time tell about the
 Python and dispatch around them. The summary adds up each variant over the layers, per mode.
