@@ -8,7 +8,8 @@
 # A 15-minute lease, as two calls on one warm machine (it stays warm only 30 s after a call: send
 # the second at once; its in-place build is kept, so it names no build step). Next (run 8 timed
 # the two depthwise fusions together only: V2's training step 7 ms slower with them, V3-Large's
-# 3.6 ms faster, host-bound; untimed since run 7 besides: batch_norm_act's CUDA passes, the SE
+# 3.6 ms faster; peak memory and host times clean since (bench model, core.host_ms); untimed since
+# run 7 besides: batch_norm_act's CUDA passes, the SE
 # excite GEMMs, the cached eval folds, the tensor-core block kernel, ...):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_model_switches bench_pw_dw summary"
 #      MK_TESTS_LIMIT=120 (bench_model_switches: which of the two fusions costs V2 its 7 ms, eager
