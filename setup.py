@@ -11,6 +11,9 @@ sources must still compile there. Knobs (one prefix, plus the standard torch one
                          kernels (a GPU machine's build, which times the CUDA kernels only)
   TORCH_CUDA_ARCH_LIST   e.g. "9.0"; default "8.0;9.0" when no GPU is visible
   MAX_JOBS, NVCC_THREADS parallelism of ninja / nvcc
+  MK_BUILD_LOG=PATH      copy ninja's log (each unit's start and end, ms) to PATH after the build:
+                         `pip install -e .` builds in a temporary directory that it then deletes
+                         (the GPU suite prints the slowest units from it)
 """
 
 import glob
@@ -120,7 +123,16 @@ def _extensions():
         raise RuntimeError("MK_FORCE_CUDA_BUILD=1 but nvcc was not found (set CUDA_HOME)")
     os.environ.setdefault("MAX_JOBS", _default_max_jobs())
 
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import BuildExtension as _TorchBuildExtension, CppExtension, CUDAExtension
+
+    class BuildExtension(_TorchBuildExtension):
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            finally:
+                log, keep = os.path.join(self.build_temp, ".ninja_log"), os.environ.get("MK_BUILD_LOG")
+                if keep and os.path.exists(log):
+                    shutil.copyfile(log, keep)
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]

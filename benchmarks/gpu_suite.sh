@@ -115,8 +115,16 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 # MK_NO_AVX2_CLONES=1: the C++ CPU kernels without their AVX2 clones (baseline ISA only), less
 # compile time (a depthwise forward unit 27 % less on the CPU box; batch_norm_act.cpp no less);
 # nothing here times them (the tests step runs the CUDA-device cases only).
+# MK_BUILD_LOG: ninja's log, whose slowest units (the build's critical path at 16 jobs: what to
+# split next) go to suite.log.
+NINJA_LOG=$(mktemp)
 step build 330 env MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MK_NO_AVX2_CLONES=1 \
-  $PY -m pip install --no-build-isolation --no-deps -e . || { tail -40 "$OUT/suite.log"; exit 1; }
+  MK_BUILD_LOG="$NINJA_LOG" $PY -m pip install --no-build-isolation --no-deps -e . || { tail -40 "$OUT/suite.log"; exit 1; }
+if want build && [ -s "$NINJA_LOG" ]; then
+  echo "slowest build units (s, start s):" >>"$OUT/suite.log"
+  awk '!/^#/ {n = split($4, p, "/"); printf "  %6.1f %6.1f %s/%s\n", ($2 - $1) / 1000, $1 / 1000, p[n - 1], p[n]}' "$NINJA_LOG" |
+    sort -rn | head -12 >>"$OUT/suite.log"
+fi
 GPU_TAG=${MK_GPU_TAG:-$($PY -c "
 import re, torch
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'
