@@ -144,11 +144,12 @@ def host_ms(fn: Callable[[], object], gpu_ms: float, calls: int = 16) -> float:
     the GPU time (``gpu_ms``, do_bench's median), the GPU waits for the host: the case is
     host-bound, and a CUDA graph or torch.compile would change its time.
 
-    One call at a time: the launch queue holds about a thousand pending launches, which a training
-    step (~900 of them) nearly fills by itself, so calls enqueued back to back by a host faster
-    than the GPU fill it, and the host then waits for the GPU and counts its time (GPU run 8 timed
-    four training steps back to back: its host times, 0.7-1.0x the steps' times, cannot tell a
-    host-bound step from a GPU-bound one)."""
+    One call at a time: a stream's launch queue holds about a thousand pending launches
+    (https://forums.developer.nvidia.com/t/68937), which a training step (~900 of them) nearly
+    fills by itself, so calls enqueued back to back by a host faster than the GPU fill it, and the
+    host then waits for the GPU and counts its time (GPU run 8 timed four training steps back to
+    back: its host times, 0.7-1.0x the steps' times, cannot tell a host-bound step from a
+    GPU-bound one)."""
     calls = max(3, min(calls, int(200 / max(gpu_ms, 1e-3))))
     times = []
     for _ in range(calls):
