@@ -214,7 +214,7 @@ PROFILE_ARGS=()
 [ "$GPU_TAG" = cpu ] && PROFILE_ARGS=(--device cpu --batch 2 --size 32 --dtype float32)  # the CPU check
 step profile_model 90 $PY benchmarks/profile_model.py "$OUT" --name "profile_model_${GPU_TAG}" --backends cuda \
   "${PROFILE_ARGS[@]}"
-# profile_v2 (2 x 60 s, opt-in): profile_model on V2's training step (GPU-bound, unlike V3-Large's),
+# profile_v2 (2 x 60 s, opt-in): profile_model on V2's training step (GPU-bound in run 8),
 # with the depthwise fusions (the default) and with both switched off: which kernels take the
 # 7 ms that run 8 found the fusions cost V2 (their top kernels and categories side by side).
 V2_ARGS=(--model mobilenet_v2)
@@ -253,9 +253,9 @@ step bench_model_triton 150 $PY -m mobilenet_kernels bench model --model mobilen
   --name "models_triton_${GPU_TAG}"
 # bench_model_switches (150 s, opt-in): V2's and V3-Large's training steps, ours[cuda] in each
 # setting of the depthwise fusions' switches (both on, the default; MK_DW_INPUT_BN=0; MK_DW_BN_FUSED=0;
-# both off), each also replayed from a CUDA graph (the GPU's time: V3-Large's eager step is
+# both off), each also replayed from a CUDA graph (the GPU's time, whether or not the eager step is
 # host-bound), in one process against one torchvision row (`bench model --switches`): run 8 found
-# the two fusions together 7 ms slower on V2 and 3.6 ms faster on V3-Large (host-bound); this says
+# the two fusions together 7 ms slower on V2 and 3.6 ms faster on V3-Large; this says
 # which fusion, and bench_pw_dw at which blocks. Decides both switches' defaults.
 step bench_model_switches 150 $PY -m mobilenet_kernels bench model --model mobilenet_v2 mobilenet_v3_large \
   --mode train --compile none --backend cuda "${GRAPH_ARGS[@]}" --quiet --out "$OUT" --name "models_switches_${GPU_TAG}" \
