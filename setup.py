@@ -126,6 +126,8 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension as _TorchBuildExtension, CppExtension, CUDAExtension
 
     class BuildExtension(_TorchBuildExtension):
+        """torch's, keeping ninja's log where MK_BUILD_LOG says (also after a failed build)."""
+
         def build_extensions(self):
             try:
                 super().build_extensions()

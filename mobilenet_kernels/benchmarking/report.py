@@ -156,9 +156,6 @@ def markdown(results: list[Result], images: list[str]) -> str:
                 lines.append(f"| {r.label} | {r.device} | {r.record['op']} | {group} | " + " | ".join(cells) + " |")
 
     models = [r for r in results if r.kind == "model"]
-    stale = [r.label for r in models if not all(_peak_is_own(r.record["rows"]))]
-    if stale:
-        lines += ["", f"Peak MB left blank for rows of {', '.join(stale)}: {_STALE_PEAK}"]
     if models:
         header = ["run", "device", "model", "mode", "batch", "size", "variant", "ms/step", "img/s", "peak MB", "saved MB",
                   "vs eager", "vs compile"]
@@ -172,6 +169,9 @@ def markdown(results: list[Result], images: list[str]) -> str:
                           if "error" not in row else [f"error: {row['error']}", "", "", "", "", ""])
                 lines.append(f"| {r.label} | {r.device} | {row['model']} | {row['mode']} | {row['batch']} | "
                              f"{row.get('size', '')} | {row['variant']} | " + " | ".join(timing) + " |")
+        stale = [r.label for r in models if not all(_peak_is_own(r.record["rows"]))]
+        if stale:
+            lines += ["", f"Peak MB left blank for rows of {', '.join(stale)}: {_STALE_PEAK}"]
 
     tests = [r for r in results if r.kind == "tests"]
     if tests:
