@@ -425,7 +425,7 @@ def test_report_blanks_peaks_that_counted_earlier_rows(tmp_path):
     """Model files written before bench model subtracted what earlier rows left allocated: a
     row's peak is shown only before the first row with saved_mb, never for a CUDA graph (taken
     after its capture then); rows with resident_before_mb are always shown."""
-    from mobilenet_kernels.benchmarking.report import _peak_is_own
+    from mobilenet_kernels.benchmarking.report import Result, _peak_is_own, markdown
 
     eager, graph = {"compile": "none"}, {"compile": "cuda-graph"}
     old = [eager, graph, eager | {"saved_mb": 9.0}, eager, eager | {"saved_mb": 4.0}]
@@ -437,6 +437,10 @@ def test_report_blanks_peaks_that_counted_earlier_rows(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| torchvision | 29.90 | 8562.0 | 5764 |" in md and "| ours[cuda] | 31.24 | 8194.0 |  |" in md, md
     assert "Peak MB left blank for rows of models_train_run8_h200" in md
+    cpu_rows = [{"model": "m", "mode": "train", "batch": 2, "variant": "v", "compile": "none", "peak_mem_mb": None,
+                 "saved_mb": 9.0}] * 2  # a CPU file: no peak measured, nothing to blank
+    cpu = Result("models.json", "models_cpu", "model", {"environment": {"device": "cpu"}, "rows": cpu_rows})
+    assert "Peak MB left blank" not in markdown([cpu], [])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -169,7 +169,8 @@ def markdown(results: list[Result], images: list[str]) -> str:
                           if "error" not in row else [f"error: {row['error']}", "", "", "", "", ""])
                 lines.append(f"| {r.label} | {r.device} | {row['model']} | {row['mode']} | {row['batch']} | "
                              f"{row.get('size', '')} | {row['variant']} | " + " | ".join(timing) + " |")
-        stale = [r.label for r in models if not all(_peak_is_own(r.record["rows"]))]
+        stale = [r.label for r in models if any(row.get("peak_mem_mb") is not None and not own
+                                                for row, own in zip(r.record["rows"], _peak_is_own(r.record["rows"])))]
         if stale:
             lines += ["", f"Peak MB left blank for rows of {', '.join(stale)}: {_STALE_PEAK}"]
 
