@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import backends, ops  # noqa: F401  (ops: registers fakes/autograd/Triton kernels)
+from . import backends, ops, running_stats  # noqa: F401  (ops: registers fakes/autograd/Triton kernels)
 from .ops.batch_norm_act import check_batch_norm_eval_args, check_batch_norm_train_args
 from .ops._common import check_per_channel
 from .ops.depthwise_conv2d import check_depthwise_args, check_depthwise_bn_train_args
@@ -70,7 +70,7 @@ def batch_norm_act(
         out, mean, var = _op("batch_norm_act_train", name)(input, weight, bias, eps, activation)
         if running_mean is not None and running_var is not None and input.numel() > 0:
             count = input.numel() // input.shape[1]
-            torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
+            running_stats.update(running_mean, running_var, mean, var, count, momentum or 0.0)
         return out
     if running_mean is None or running_var is None:
         raise ValueError("running_mean, running_var: required in eval mode (training=False)")
@@ -208,7 +208,7 @@ def depthwise_conv2d_bn_act(
         count = out.numel() // out.shape[1]
         if conv_bias is not None:
             mean = mean + conv_bias.to(mean.dtype)
-        torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
+        running_stats.update(running_mean, running_var, mean, var, count, momentum or 0.0)
     return out
 
 
@@ -293,7 +293,7 @@ def pointwise_conv2d_bn_act(
         count = out.numel() // out.shape[1]
         if conv_bias is not None:
             mean = mean + conv_bias.to(mean.dtype)
-        torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum or 0.0)
+        running_stats.update(running_mean, running_var, mean, var, count, momentum or 0.0)
     return out if residual is None else out + residual
 
 
@@ -346,8 +346,8 @@ def pointwise_depthwise_bn_act_train(
         _pair_list(stride), _pair_list(padding), _pair_list(dilation), eps, activation)
     for (running_mean, running_var, _, shape, momentum), mean, var in zip(running, (mean1, mean2), (var1, var2)):
         if running_mean is not None and running_var is not None and input.numel() > 0:
-            torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var,
-                                                                shape[0] * shape[2] * shape[3], momentum or 0.0)
+            running_stats.update(running_mean, running_var, mean, var, shape[0] * shape[2] * shape[3],
+                                 momentum or 0.0)
     return out
 
 

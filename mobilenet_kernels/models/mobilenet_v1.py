@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..running_stats import run_deferred
 from ._layers import ConvBNAct, _make_divisible, check_dropout, check_num_classes, check_width_mult, init_weights
 
 __all__ = ["DepthwiseSeparableConv", "MobileNetV1", "mobilenet_v1"]
@@ -115,7 +116,7 @@ class MobileNetV1(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)
+        x = run_deferred(self.features, x)  # the BatchNorms' running-statistics updates together
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ConvBNAct, InvertedResidual
+from ..running_stats import run_deferred
 from ._layers import _make_divisible, check_dropout, check_num_classes, check_width_mult, init_weights
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenet_v2"]
@@ -100,7 +101,7 @@ class MobileNetV2(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)
+        x = run_deferred(self.features, x)  # the BatchNorms' running-statistics updates together
         # Cannot use "squeeze" as batch-size can be 1
         x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
         x = torch.flatten(x, 1)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ConvBNAct, InvertedResidualV3
+from ..running_stats import run_deferred
 from ._layers import (
     _make_divisible,
     check_dropout,
@@ -147,7 +148,7 @@ class MobileNetV3(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)
+        x = run_deferred(self.features, x)  # the BatchNorms' running-statistics updates together
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)

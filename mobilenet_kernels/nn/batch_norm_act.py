@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import functional as MF
+from .. import functional as MF, running_stats
 from ..activations import check_activation
 from ..backends import check_backend
 
@@ -56,6 +56,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
         counts = self.training and self.track_running_stats and self.num_batches_tracked is not None
         if counts and self.momentum is None:
+            running_stats.settle(self.num_batches_tracked)  # a count still recorded is applied before it is read
             exponential_average_factor = 1.0 / float(self.num_batches_tracked + 1)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
@@ -64,7 +65,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
     def _count_batch(self, counts: bool) -> None:
         if counts:
-            self.num_batches_tracked.add_(1)
+            running_stats.count(self.num_batches_tracked)  # at once, or with the model's other counts
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
