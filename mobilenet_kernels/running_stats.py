@@ -8,8 +8,9 @@ training step, where cuDNN's BatchNorm updates them inside its kernel. Where a s
 host's (a training step's eager launches on a slow host; GPU run 7 replayed V3-Large's step from
 a CUDA graph in 22.6 ms against 35.9 eager), each launch costs ~30 µs there.
 
-Within :func:`deferred` (our models' feature extractors run in it in training mode), :func:`update`
-and :func:`count` only record, and the exit applies every recorded update in a few foreach ops
+Within :func:`deferred` (our models' feature extractors run in it; in eval mode nothing is
+recorded), :func:`update` and :func:`count` only record, and the exit applies every recorded update
+in a few foreach ops
 (``torch._foreach_mul_`` / ``_foreach_add_``: one launch, or a few, per group of tensors of one
 device and dtype, one momentum and one batch count). The arithmetic is the per-call update's
 (csrc/batch_norm_update_stats.cpp: ``running = running * (1 - momentum) + batch * momentum``, the
