@@ -10,9 +10,8 @@ a CUDA graph in 22.6 ms against 35.9 eager), each launch costs ~30 µs there.
 
 Within :func:`deferred` (our models' feature extractors run in it; in eval mode nothing is
 recorded), :func:`update` and :func:`count` only record, and the exit applies every recorded update
-in a few foreach ops
-(``torch._foreach_mul_`` / ``_foreach_add_``: one launch, or a few, per group of tensors of one
-device and dtype, one momentum and one batch count). The arithmetic is the per-call update's
+in a few foreach ops (``torch._foreach_mul_`` / ``_foreach_add_``: one launch, or a few, per group
+of tensors of one device and dtype, one momentum and one batch count). The arithmetic is the per-call update's
 (csrc/batch_norm_update_stats.cpp: ``running = running * (1 - momentum) + batch * momentum``, the
 variance's with the unbiased correction ``count / (count - 1)``): the same values on a CPU, where
 the op runs those very ATen ops; on CUDA the op's own kernel may round the last bit differently.
