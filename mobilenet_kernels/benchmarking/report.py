@@ -160,8 +160,12 @@ def markdown(results: list[Result], images: list[str]) -> str:
         header = ["run", "device", "model", "mode", "batch", "size", "variant", "ms/step", "img/s", "peak MB", "saved MB",
                   "vs eager", "vs compile"]
         lines += ["", "## Models", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        stale = []  # runs with a measured peak that is not its row's own
         for r in models:
-            for row, own_peak in zip(r.record["rows"], _peak_is_own(r.record["rows"])):
+            own_peaks = _peak_is_own(r.record["rows"])
+            if any(row.get("peak_mem_mb") is not None and not own for row, own in zip(r.record["rows"], own_peaks)):
+                stale.append(r.label)
+            for row, own_peak in zip(r.record["rows"], own_peaks):
                 peak = row.get("peak_mem_mb") if own_peak else None
                 timing = ([_fmt(row.get("p50_ms")), _fmt(row.get("img_per_s"), ".1f"), _fmt(peak, ".0f"),
                            _fmt(row.get("saved_mb"), ".1f"), _fmt(row.get("speedup_vs_eager")),
@@ -169,8 +173,6 @@ def markdown(results: list[Result], images: list[str]) -> str:
                           if "error" not in row else [f"error: {row['error']}", "", "", "", "", ""])
                 lines.append(f"| {r.label} | {r.device} | {row['model']} | {row['mode']} | {row['batch']} | "
                              f"{row.get('size', '')} | {row['variant']} | " + " | ".join(timing) + " |")
-        stale = [r.label for r in models if any(row.get("peak_mem_mb") is not None and not own
-                                                for row, own in zip(r.record["rows"], _peak_is_own(r.record["rows"])))]
         if stale:
             lines += ["", f"Peak MB left blank for rows of {', '.join(stale)}: {_STALE_PEAK}"]
 
