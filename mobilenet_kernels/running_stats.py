@@ -54,6 +54,13 @@ class _Pending:
     def touches(self, *tensors: torch.Tensor) -> bool:
         return any(id(t) in self.written for t in tensors)
 
+    def claim(self, *tensors: torch.Tensor) -> None:
+        """Before a record that writes ``tensors``: apply what is recorded first if it writes one
+        of them too (the updates stay in order), then mark them written."""
+        if self.touches(*tensors):
+            self.apply()
+        self.written.update(id(t) for t in tensors)
+
     @torch.no_grad()
     def apply(self) -> None:
         """Apply everything recorded (each tensor once: the recording order guarantees it), then
@@ -123,10 +130,8 @@ def update(running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Te
     if not deferrable:
         torch.ops.mobilenet_kernels.batch_norm_update_stats(running_mean, running_var, mean, var, count, momentum)
         return
-    if pending.touches(running_mean, running_var):
-        pending.apply()
+    pending.claim(running_mean, running_var)
     pending.stats.append((running_mean, running_var, mean, var, count / (count - 1), momentum))
-    pending.written.update((id(running_mean), id(running_var)))
 
 
 def count(num_batches_tracked: torch.Tensor) -> None:
@@ -135,10 +140,8 @@ def count(num_batches_tracked: torch.Tensor) -> None:
     if pending is None:
         num_batches_tracked.add_(1)
         return
-    if pending.touches(num_batches_tracked):
-        pending.apply()
+    pending.claim(num_batches_tracked)
     pending.counters.append(num_batches_tracked)
-    pending.written.add(id(num_batches_tracked))
 
 
 def settle(tensor: torch.Tensor | None) -> None:
