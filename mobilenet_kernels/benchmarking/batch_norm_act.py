@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .. import functional as MF
 from ..activations import apply_activation
-from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress
+from .core import DTYPES, compiled_providers, layer_cases, measure_cases
 from .shapes import batch_norm_layers
 
 if TYPE_CHECKING:
@@ -76,18 +76,7 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     training_modes = s.options["training"]
     provs = {t: providers(s.device, s.compile, s.backends, t) for t in training_modes}
     layers = [(model, layer) for model in s.models for layer in batch_norm_layers(model, s.resolution)]
-    cases = [(model, layer, batch, dt, lay, t, mode) for model, layer in layers for batch in s.batch
-             for dt in s.dtype for lay in s.layout for t in training_modes for mode in s.mode]
-    peak = peak_bandwidth(s.device)
-    seen = set()
-    for model, layer, batch, dtype_name, layout, training, mode in progress(cases, "batch_norm_act", s.quiet):
-        key = (layer, batch, dtype_name, layout, training, mode)
-        if key in seen:  # a layer shape that an earlier model already had
-            continue
-        seen.add(key)
-        row, calls = case(provs[training], layer, batch, dtype_name, layout, mode, training, s.device)
-        row = {"model": model, **row}
-        for name, call in calls.items():
-            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
-        add_speedups(row, calls, ours=tuple(s.backends))
-        rows.append(row)
+    cases = layer_cases(layers, s.batch, s.dtype, s.layout, training_modes, s.mode)
+    measure_cases(s, rows, copy_bw, "batch_norm_act", cases,
+                  lambda layer, batch, dtype_name, layout, training, mode:
+                  case(provs[training], layer, batch, dtype_name, layout, mode, training, s.device))

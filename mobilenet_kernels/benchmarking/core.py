@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -193,6 +194,38 @@ def measure(row: dict, name: str, call: Callable[[], object], device: str, bytes
         row[f"{name}_pct_peak"] = 100 * bytes_per_s / peak
     if copy_bw:
         row[f"{name}_pct_copy"] = 100 * bytes_per_s / copy_bw
+
+
+def layer_cases(layers: Iterable[tuple[str, tuple]], *dims: Iterable) -> list[tuple]:
+    """``(model, layer, *params)`` for every (model, layer) and every combination of ``dims`` (batch,
+    dtype, layout, ...), in that order: the cases an op's sweep measures (measure_cases)."""
+    return [(model, layer, *params) for model, layer in layers for params in itertools.product(*dims)]
+
+
+def measure_cases(s, rows: list[dict], copy_bw: float | None, desc: str, cases: list[tuple],
+                  run_case: Callable[..., tuple[dict, dict]], *, shape_key: Callable[[tuple], tuple] = tuple,
+                  extra: Callable[[dict, dict], None] | None = None) -> None:
+    """The loop of every op's sweep. ``cases`` are ``(model, layer, *params)`` (layer_cases); a case
+    whose (shape_key(layer), *params) an earlier case had (the same layer shape in another model)
+    is skipped. ``run_case(layer, *params)`` gives the row and its calls {provider: call}; each
+    call is timed into the row (measure), then the speed-ups of ``s.backends`` (add_speedups) and
+    ``extra(row, calls)`` are added, and the row is appended to ``rows`` in place, so an
+    interrupted run keeps the rows it has. ``s``: the sweep's OpSettings (device, backends, quiet)."""
+    peak = peak_bandwidth(s.device)
+    seen = set()
+    for model, layer, *params in progress(cases, desc, s.quiet):
+        key = (shape_key(layer), *params)
+        if key in seen:
+            continue
+        seen.add(key)
+        row, calls = run_case(layer, *params)
+        row = {"model": model, **row}
+        for name, call in calls.items():
+            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
+        add_speedups(row, calls, ours=tuple(s.backends))
+        if extra is not None:
+            extra(row, calls)
+        rows.append(row)
 
 
 def add_speedups(row: dict, names: Iterable[str], ours: tuple[str, ...] = ("cuda", "triton")) -> None:

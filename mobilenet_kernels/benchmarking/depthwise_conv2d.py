@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import functional as MF
 from ..activations import apply_activation
-from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress, with_env
+from .core import DTYPES, compiled_providers, layer_cases, measure_cases, with_env
 from .shapes import depthwise_layers
 
 if TYPE_CHECKING:
@@ -112,19 +112,8 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     provs = {"conv": conv_providers(s.device, s.compile if s.options["compile_conv"] else [], s.backends),
              "conv_bn_act_train": conv_bn_act_providers(s.device, s.compile, s.backends)}
     layers = [(model, layer) for model in s.models for layer in depthwise_layers(model, s.resolution)]
-    cases = [(model, layer, batch, dt, lay, op, mode) for model, layer in layers for batch in s.batch
-             for dt in s.dtype for lay in s.layout for op in ops
-             for mode in (s.mode if op == "conv" else ["full"])]
-    peak = peak_bandwidth(s.device)
-    seen = set()
-    for model, layer, batch, dtype_name, layout, op, mode in progress(cases, "depthwise", s.quiet):
-        key = (layer, batch, dtype_name, layout, op, mode)
-        if key in seen:  # a layer shape that an earlier model already had
-            continue
-        seen.add(key)
-        row, calls = case(provs[op], op, layer, batch, dtype_name, layout, mode, s.device)
-        row = {"model": model, **row}
-        for name, call in calls.items():
-            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
-        add_speedups(row, calls, ours=tuple(s.backends))
-        rows.append(row)
+    modes = {op: s.mode if op == "conv" else ["full"] for op in ops}  # the composite: forward+backward only
+    cases = [(*c, op, mode) for c in layer_cases(layers, s.batch, s.dtype, s.layout) for op in ops for mode in modes[op]]
+    measure_cases(s, rows, copy_bw, "depthwise", cases,
+                  lambda layer, batch, dtype_name, layout, op, mode:
+                  case(provs[op], op, layer, batch, dtype_name, layout, mode, s.device))

@@ -28,7 +28,7 @@ import torch
 
 from .. import functional as MF
 from ..reference import inverted_residual_eval_ref
-from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress
+from .core import DTYPES, compiled_providers, layer_cases, measure_cases
 from .shapes import inverted_residual_layers
 
 if TYPE_CHECKING:
@@ -127,18 +127,5 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     """Append one row per case to ``rows`` (in place, so an interrupted run keeps its rows)."""
     provs = providers(s.compile, s.backends)
     layers = [(model, layer) for model in s.models for layer in inverted_residual_layers(model, s.resolution)]
-    cases = [(model, layer, batch, dt, lay) for model, layer in layers for batch in s.batch for dt in s.dtype
-             for lay in s.layout]
-    peak = peak_bandwidth(s.device)
-    seen = set()
-    for model, layer, batch, dtype_name, layout in progress(cases, "inverted_residual", s.quiet):
-        key = (layer, batch, dtype_name, layout)
-        if key in seen:  # a block shape that an earlier model already had
-            continue
-        seen.add(key)
-        row, calls = case(provs, layer, batch, dtype_name, layout, s.device)
-        row = {"model": model, **row}
-        for name, call in calls.items():
-            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
-        add_speedups(row, calls, ours=tuple(s.backends))
-        rows.append(row)
+    measure_cases(s, rows, copy_bw, "inverted_residual", layer_cases(layers, s.batch, s.dtype, s.layout),
+                  lambda layer, batch, dtype_name, layout: case(provs, layer, batch, dtype_name, layout, s.device))

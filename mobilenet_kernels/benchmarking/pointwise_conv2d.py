@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .. import functional as MF
 from ..activations import apply_activation
-from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress
+from .core import DTYPES, compiled_providers, layer_cases, measure_cases
 from .shapes import pointwise_layers
 
 if TYPE_CHECKING:
@@ -95,19 +95,6 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     """Append one row per case to ``rows`` (in place, so an interrupted run keeps its rows)."""
     provs = providers(s.compile, s.backends)
     layers = [(model, layer) for model in s.models for layer in pointwise_layers(model, s.resolution)]
-    cases = [(model, layer, batch, dt, lay, mode) for model, layer in layers for batch in s.batch
-             for dt in s.dtype for lay in s.layout for mode in s.mode]
-    peak = peak_bandwidth(s.device)
-    seen = set()
-    for model, layer, batch, dtype_name, layout, mode in progress(cases, "pointwise_conv2d", s.quiet):
-        key = (layer, batch, dtype_name, layout, mode)
-        if key in seen:  # a layer shape that an earlier model already had
-            continue
-        seen.add(key)
-        row, calls = case(provs, layer, batch, dtype_name, layout, mode, s.device)
-        row = {"model": model, **row}
-        for name, call in calls.items():
-            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
-        add_tflops(row, calls)
-        add_speedups(row, calls, ours=tuple(s.backends))
-        rows.append(row)
+    measure_cases(s, rows, copy_bw, "pointwise_conv2d", layer_cases(layers, s.batch, s.dtype, s.layout, s.mode),
+                  lambda layer, batch, dtype_name, layout, mode:
+                  case(provs, layer, batch, dtype_name, layout, mode, s.device), extra=add_tflops)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .. import functional as MF
 from ..activations import apply_activation
-from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress, with_env
+from .core import DTYPES, compiled_providers, layer_cases, measure_cases, with_env
 from .shapes import inverted_residual_layers
 
 if TYPE_CHECKING:
@@ -147,21 +147,11 @@ def blocks(model: str, resolution: int) -> list[tuple]:
 def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     """Append one row per case to ``rows`` (in place, so an interrupted run keeps its rows)."""
     layers = [(model, layer) for model in s.models for layer in blocks(model, s.resolution)]
-    cases = [(model, layer, batch, dt, lay, mode) for model, layer in layers for batch in s.batch
-             for dt in s.dtype for lay in s.layout for mode in s.mode]
     provs = {mode: providers(s.compile, s.backends, mode) for mode in s.mode}
-    peak = peak_bandwidth(s.device)
-    seen = set()
-    for model, layer, batch, dtype_name, layout, mode in progress(cases, "pointwise_depthwise", s.quiet):
-        key = (layer[:2] + layer[3:9], batch, dtype_name, layout, mode)  # the op's shape (not Cout, SE)
-        OH, OW = _out_hw(layer)
-        if key in seen or batch * OH * OW <= 1:  # seen already, or untrainable (one value per channel)
-            continue
-        seen.add(key)
-        row, calls = case(provs[mode], layer, batch, dtype_name, layout, mode, s.device)
-        row = {"model": model, **row}
-        for name, call in calls.items():
-            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
-        add_speedups(row, calls, ours=tuple(s.backends))
-        add_fusion_speedups(row, s.backends)
-        rows.append(row)
+    cases = [c for c in layer_cases(layers, s.batch, s.dtype, s.layout, s.mode)  # untrainable: one value per channel
+             if c[2] * _out_hw(c[1])[0] * _out_hw(c[1])[1] > 1]
+    measure_cases(s, rows, copy_bw, "pointwise_depthwise", cases,
+                  lambda layer, batch, dtype_name, layout, mode:
+                  case(provs[mode], layer, batch, dtype_name, layout, mode, s.device),
+                  shape_key=lambda layer: layer[:2] + layer[3:9],  # the op's shape (not Cout, SE)
+                  extra=lambda row, calls: add_fusion_speedups(row, s.backends))

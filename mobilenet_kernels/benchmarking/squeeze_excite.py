@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as MF
-from .core import DTYPES, add_speedups, compiled_providers, measure, peak_bandwidth, progress
+from .core import DTYPES, compiled_providers, layer_cases, measure_cases
 from .shapes import squeeze_excite_layers
 
 if TYPE_CHECKING:
@@ -71,18 +71,6 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     provs = providers(s.compile, s.backends)
     models = [m for m in s.models if m in SE_MODELS] or list(SE_MODELS)
     layers = [(model, layer) for model in models for layer in squeeze_excite_layers(model, s.resolution)]
-    cases = [(model, layer, batch, dt, lay, mode) for model, layer in layers for batch in s.batch
-             for dt in s.dtype for lay in s.layout for mode in s.mode]
-    peak = peak_bandwidth(s.device)
-    seen = set()
-    for model, layer, batch, dtype_name, layout, mode in progress(cases, "squeeze_excite", s.quiet):
-        key = (layer, batch, dtype_name, layout, mode)
-        if key in seen:  # a layer shape that an earlier model already had
-            continue
-        seen.add(key)
-        row, calls = case(provs, layer, batch, dtype_name, layout, mode, s.device)
-        row = {"model": model, **row}
-        for name, call in calls.items():
-            measure(row, name, call, s.device, row["bytes"], peak, copy_bw)
-        add_speedups(row, calls, ours=tuple(s.backends))
-        rows.append(row)
+    measure_cases(s, rows, copy_bw, "squeeze_excite", layer_cases(layers, s.batch, s.dtype, s.layout, s.mode),
+                  lambda layer, batch, dtype_name, layout, mode:
+                  case(provs, layer, batch, dtype_name, layout, mode, s.device))
