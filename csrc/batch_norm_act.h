@@ -104,16 +104,13 @@ struct BackwardBuffers {
 // grad_in is left undefined without `with_grad_in` (a backward that does not write it).
 inline BackwardBuffers prepare_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                         const BatchNormEvalArgs& a, bool with_grad_in = true) {
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
-                    grad_output.sizes());
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
-                   input.scalar_type(), ", got ", grad_output.scalar_type());
+  at::Tensor grad_out = dense_grad_output(grad_output, input.sizes(), input, a.format);
   const auto acc_opts = input.options().dtype(acc_type_for(input.scalar_type()));
   const auto sums = [&] {
     at::Tensor t = at::empty({a.layout.C}, acc_opts);
     return input.numel() == 0 ? t.zero_() : t;
   };
-  return {grad_output.contiguous(a.format),
+  return {std::move(grad_out),
           with_grad_in ? at::empty(input.sizes(), input.options().memory_format(a.format)) : at::Tensor(), sums(),
           sums()};
 }

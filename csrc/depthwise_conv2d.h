@@ -97,13 +97,7 @@ inline DepthwiseArgs prepare_depthwise(const at::Tensor& input, const at::Tensor
 // The backward's grad_output: shape (N, C, OH, OW) and the input's dtype, dense in the input's format.
 inline at::Tensor prepare_depthwise_grad_output(const at::Tensor& grad_output, const DepthwiseArgs& a,
                                                 const at::Tensor& input) {
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(a.output_sizes()), "grad_output: expected shape ",
-                    at::IntArrayRef(a.output_sizes()), ", got ", grad_output.sizes());
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
-                   input.scalar_type(), ", got ", grad_output.scalar_type());
-  TORCH_CHECK_VALUE(grad_output.device() == input.device(), "grad_output: expected device ", input.device(),
-                    ", got ", grad_output.device());
-  return grad_output.contiguous(a.format);
+  return dense_grad_output(grad_output, at::IntArrayRef(a.output_sizes()), input, a.format);
 }
 
 // Training needs more than one value per channel, as nn.BatchNorm2d does.

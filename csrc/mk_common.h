@@ -158,6 +158,19 @@ inline void check_floating(const at::Tensor& t, const char* name) {
                    t.scalar_type());
 }
 
+// A backward's grad_output, checked against the forward's output (shape `sizes`, the input's dtype
+// and device) and made dense in `format` (the layout the kernels read).
+inline at::Tensor dense_grad_output(const at::Tensor& grad_output, at::IntArrayRef sizes, const at::Tensor& input,
+                                    at::MemoryFormat format) {
+  TORCH_CHECK_VALUE(grad_output.sizes() == sizes, "grad_output: expected shape ", sizes, ", got ",
+                    grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
+                   input.scalar_type(), ", got ", grad_output.scalar_type());
+  TORCH_CHECK_VALUE(grad_output.device() == input.device(), "grad_output: expected device ", input.device(),
+                    ", got ", grad_output.device());
+  return grad_output.contiguous(format);
+}
+
 inline void check_per_channel(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& input) {
   if (!t.has_value()) return;
   check_floating(*t, name);

@@ -83,13 +83,7 @@ inline SqueezeExciteArgs prepare_squeeze_excite(const at::Tensor& input, const a
 // the accumulation dtype, contiguous).
 inline at::Tensor prepare_se_grad_output(const at::Tensor& grad_output, const SqueezeExciteArgs& a,
                                          const at::Tensor& input) {
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "grad_output: expected shape ", input.sizes(), ", got ",
-                    grad_output.sizes());
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output: expected dtype ",
-                   input.scalar_type(), ", got ", grad_output.scalar_type());
-  TORCH_CHECK_VALUE(grad_output.device() == input.device(), "grad_output: expected device ", input.device(),
-                    ", got ", grad_output.device());
-  return grad_output.contiguous(a.format);
+  return dense_grad_output(grad_output, input.sizes(), input, a.format);
 }
 
 inline at::Tensor prepare_se_pooled(const at::Tensor& pooled, const SqueezeExciteArgs& a) {

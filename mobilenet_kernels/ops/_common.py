@@ -170,15 +170,27 @@ def input_bn_fused() -> bool:
     return os.environ.get("MK_DW_INPUT_BN") != "0"
 
 
-def check_output_sized(input, t, name, out_shape) -> None:
-    """A saved operand of a backward the size of a conv's output: out_shape, the input's dtype and
-    device. C++ twin: csrc/batch_norm_act.h::check_output_sized."""
-    if tuple(t.shape) != tuple(out_shape):
-        raise ValueError(f"{name}: expected shape {tuple(out_shape)} (the conv's output), got {tuple(t.shape)}")
+def check_like_input(t, name, input, shape, whose: str = "") -> None:
+    """``t`` has ``shape`` (``whose``, e.g. " (the output's)", says what it must match in the error)
+    and the input's dtype and device."""
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}{whose}, got {tuple(t.shape)}")
     if t.dtype != input.dtype:
         raise TypeError(f"{name}: expected dtype {input.dtype} (the input's), got {t.dtype}")
     if t.device != input.device:
         raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
+
+
+def check_grad_output(grad_output, input, out_shape) -> None:
+    """A backward's grad_output: the forward output's shape ``out_shape``, the input's dtype and
+    device. C++ twin: csrc/mk_common.h::dense_grad_output."""
+    check_like_input(grad_output, "grad_output", input, out_shape)
+
+
+def check_output_sized(input, t, name, out_shape) -> None:
+    """A saved operand of a backward the size of a conv's output: out_shape, the input's dtype and
+    device. C++ twin: csrc/batch_norm_act.h::check_output_sized."""
+    check_like_input(t, name, input, out_shape, " (the conv's output)")
 
 
 def check_output_channels(input, t, name, C_out) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, check_per_channel, empty_like_output, mark_statistics,
-                      output_memory_format, register_twins)
+from ._common import (acc_dtype, check_floating, check_grad_output, check_per_channel, empty_like_output,
+                      mark_statistics, output_memory_format, register_twins)
 
 
 def check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation) -> None:
@@ -24,14 +24,6 @@ def check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, e
     if eps < 0:
         raise ValueError(f"eps: expected a non-negative value, got {eps}")
     check_activation(activation)
-
-
-def check_grad_output(grad_output, input) -> None:
-    """The backward ops' grad_output check (C++ twin: csrc/batch_norm_act.h::prepare_backward)."""
-    if grad_output.shape != input.shape:
-        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
-    if grad_output.dtype != input.dtype:
-        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
 
 
 def _fake(input, running_mean, running_var, weight, bias, eps, activation):
@@ -145,7 +137,7 @@ def _triton_train_backward(grad_output, input, weight, bias, mean, var, eps, act
     from ..triton.batch_norm_act import batch_norm_act_train_bwd
 
     check_batch_norm_train_args(input, weight, bias, eps, activation)
-    check_grad_output(grad_output, input)
+    check_grad_output(grad_output, input, input.shape)
     fmt = output_memory_format(input)
     return batch_norm_act_train_bwd(
         grad_output.contiguous(memory_format=fmt), input.contiguous(memory_format=fmt),
@@ -170,7 +162,7 @@ def _triton_backward(grad_output, input, running_mean, running_var, weight, bias
     from ..triton.batch_norm_act import batch_norm_act_eval_bwd
 
     check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation)
-    check_grad_output(grad_output, input)
+    check_grad_output(grad_output, input, input.shape)
     fmt = output_memory_format(input)
     return batch_norm_act_eval_bwd(
         grad_output.contiguous(memory_format=fmt), input.contiguous(memory_format=fmt),

@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, check_per_channel, dense, empty_like_output, grad_through_activation,
-                      like_weight, output_for_activation_grad, output_memory_format, register_conv_bn_act_train,
-                      register_conv_op)
+from ._common import (acc_dtype, check_floating, check_grad_output, check_per_channel, dense, empty_like_output,
+                      grad_through_activation, like_weight, output_for_activation_grad, output_memory_format,
+                      register_conv_bn_act_train, register_conv_op)
 
 
 def _pair(v, name: str, min_value: int) -> tuple[int, int]:
@@ -95,16 +95,6 @@ def _output(input, out_hw, dtype=None):
                        memory_format=output_memory_format(input))
 
 
-def _check_grad_output(grad_output, input, out_hw) -> None:
-    expected = (input.shape[0], input.shape[1], *out_hw)
-    if tuple(grad_output.shape) != expected:
-        raise ValueError(f"grad_output: expected shape {expected}, got {tuple(grad_output.shape)}")
-    if grad_output.dtype != input.dtype:
-        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
-    if grad_output.device != input.device:
-        raise ValueError(f"grad_output: expected device {input.device}, got {grad_output.device}")
-
-
 # ----------------------------------------------------------------------------- fakes
 
 
@@ -114,7 +104,7 @@ def _fake(input, weight, bias, stride, padding, dilation, activation):
 
 def _backward_fake(grad_output, input, weight, stride, padding, dilation, output_mask):
     out_hw = check_depthwise_args(input, weight, None, stride, padding, dilation)
-    _check_grad_output(grad_output, input, out_hw)
+    check_grad_output(grad_output, input, (*input.shape[:2], *out_hw))
     empty = input.new_empty(0)
     return (
         empty_like_output(input) if output_mask[0] else empty,
@@ -183,7 +173,7 @@ def _triton_backward(grad_output, input, weight, stride, padding, dilation, outp
     from ..triton.depthwise_conv2d import depthwise_conv2d_bwd
 
     out_hw = check_depthwise_args(input, weight, None, stride, padding, dilation)
-    _check_grad_output(grad_output, input, out_hw)
+    check_grad_output(grad_output, input, (*input.shape[:2], *out_hw))
     fmt = output_memory_format(input)
     grad_input, grad_weight, grad_bias = depthwise_conv2d_bwd(
         grad_output.contiguous(memory_format=fmt), dense(input), _acc_weight(weight), tuple(stride), tuple(padding),

@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, dense, empty_like_output, grad_through_activation, like_weight,
-                      output_for_activation_grad, output_memory_format, register_conv_bn_act_train, register_conv_op)
+from ._common import (acc_dtype, check_floating, check_grad_output, check_like_input, dense, empty_like_output,
+                      grad_through_activation, like_weight, output_for_activation_grad, output_memory_format,
+                      register_conv_bn_act_train, register_conv_op)
 from .depthwise_conv2d import check_stats_count
 
 
@@ -53,13 +54,7 @@ def check_pointwise_args(input, weight, bias=None, residual=None, activation="id
             raise TypeError(f"bias: expected dtype {input.dtype} (the input's), got {bias.dtype}")
     if residual is not None:
         check_floating(residual, "residual")
-        expected = (input.shape[0], Co, input.shape[2], input.shape[3])
-        if tuple(residual.shape) != expected:
-            raise ValueError(f"residual: expected shape {expected} (the output's), got {tuple(residual.shape)}")
-        if residual.dtype != input.dtype:
-            raise TypeError(f"residual: expected dtype {input.dtype} (the input's), got {residual.dtype}")
-        if residual.device != input.device:
-            raise ValueError(f"residual: expected device {input.device}, got {residual.device}")
+        check_like_input(residual, "residual", input, _output_shape(input, Co), " (the output's)")
     check_activation(activation)
     return Co
 
@@ -75,19 +70,13 @@ def check_per_output_channel(t, name, Co, input) -> None:
         raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
 
 
-def _check_grad_output(grad_output, input, Co) -> None:
-    expected = (input.shape[0], Co, input.shape[2], input.shape[3])
-    if tuple(grad_output.shape) != expected:
-        raise ValueError(f"grad_output: expected shape {expected}, got {tuple(grad_output.shape)}")
-    if grad_output.dtype != input.dtype:
-        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
-    if grad_output.device != input.device:
-        raise ValueError(f"grad_output: expected device {input.device}, got {grad_output.device}")
+def _output_shape(input, Co) -> tuple[int, int, int, int]:
+    return input.shape[0], Co, input.shape[2], input.shape[3]
 
 
 def _output(input, Co, dtype=None):
-    return torch.empty((input.shape[0], Co, input.shape[2], input.shape[3]), dtype=dtype or input.dtype,
-                       device=input.device, memory_format=output_memory_format(input))
+    return torch.empty(_output_shape(input, Co), dtype=dtype or input.dtype, device=input.device,
+                       memory_format=output_memory_format(input))
 
 
 def _spatial(input):
@@ -103,7 +92,7 @@ def _fake(input, weight, bias, residual, activation):
 
 def _backward_fake(grad_output, input, weight, output_mask):
     Co = check_pointwise_args(input, weight)
-    _check_grad_output(grad_output, input, Co)
+    check_grad_output(grad_output, input, _output_shape(input, Co))
     return (
         empty_like_output(input) if output_mask[0] else input.new_empty(0),
         torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else input.new_empty(0),
@@ -172,7 +161,7 @@ def _triton_backward(grad_output, input, weight, output_mask):
     from ..triton.pointwise_conv2d import pointwise_conv2d_bwd
 
     Co = check_pointwise_args(input, weight)
-    _check_grad_output(grad_output, input, Co)
+    check_grad_output(grad_output, input, _output_shape(input, Co))
     fmt = output_memory_format(input)
     grad_input, grad_weight, grad_bias = pointwise_conv2d_bwd(grad_output.contiguous(memory_format=fmt), dense(input),
                                                               _matrix(weight), fmt, tuple(bool(m) for m in output_mask))

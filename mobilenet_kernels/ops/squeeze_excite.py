@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, empty_like_output, mark_statistics, output_memory_format,
-                      register_twins)
+from ._common import (acc_dtype, check_floating, check_grad_output, empty_like_output, mark_statistics,
+                      output_memory_format, register_twins)
 
 
 def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu",
@@ -53,12 +53,7 @@ def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
 
 
 def _check_backward_args(grad_output, input, pooled) -> None:
-    if tuple(grad_output.shape) != tuple(input.shape):
-        raise ValueError(f"grad_output: expected shape {tuple(input.shape)}, got {tuple(grad_output.shape)}")
-    if grad_output.dtype != input.dtype:
-        raise TypeError(f"grad_output: expected dtype {input.dtype}, got {grad_output.dtype}")
-    if grad_output.device != input.device:
-        raise ValueError(f"grad_output: expected device {input.device}, got {grad_output.device}")
+    check_grad_output(grad_output, input, input.shape)
     expected = (input.shape[0], input.shape[1])
     if tuple(pooled.shape) != expected:
         raise ValueError(f"pooled: expected shape {expected}, got {tuple(pooled.shape)}")
