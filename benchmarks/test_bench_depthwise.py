@@ -4,15 +4,13 @@ MobileNetV3-Small layers.
 
     pytest benchmarks --benchmark-only
 
-Inputs and callables come from mobilenet_kernels.benchmarking.depthwise_conv2d, the sweep behind
-`bench ops`; each case's row (shape, bytes moved) is stored in the benchmark's extra_info. One
-thread, so that timings on a shared CI machine stay comparable.
+Inputs, callables and each case's row (shape, bytes moved; in the benchmark's extra_info) come from
+mobilenet_kernels.benchmarking.depthwise_conv2d, the sweep behind `bench ops`; the cpu_benchmark fixture
+(benchmarks/conftest.py) times them, in one thread.
 """
 
 import pytest
-import torch
 
-from mobilenet_kernels import backends
 from mobilenet_kernels.benchmarking import depthwise_conv2d
 
 pytest.importorskip("torchvision")
@@ -24,23 +22,13 @@ LAYERS = [depthwise_layers("mobilenet_v3_small", 64)[i] for i in (0, 3)]
 PROVIDERS = {"conv": depthwise_conv2d.conv_providers, "conv_bn_act_train": depthwise_conv2d.conv_bn_act_providers}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("provider", ["eager", "cuda"])
 @pytest.mark.parametrize("op, mode", [("conv", "forward"), ("conv", "full"), ("conv_bn_act_train", "full")],
                          ids=["conv-forward", "conv-full", "conv_bn_act_train-full"])
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: "x".join(map(str, layer[:3])) + f"-k{layer[3]}s{layer[4]}")
-def test_depthwise(benchmark, layer, op, mode, provider):
-    if provider != "eager" and (reason := backends.unusable_reason(provider, "cpu")):
-        pytest.skip(reason)
-    providers = PROVIDERS[op]("cpu", compile_modes=[], backends=[provider] if provider != "eager" else [])
-    row, calls = depthwise_conv2d.case(providers, op, layer, BATCH, "float32", "nhwc", mode, "cpu")
-    benchmark.group = f"depthwise {op} {mode} {layer}"
-    benchmark.extra_info.update(row)
-    benchmark(calls[provider])
+def test_depthwise(cpu_benchmark, layer, op, mode, provider):
+    def make_case(backends):
+        providers = PROVIDERS[op]("cpu", compile_modes=[], backends=backends)
+        return depthwise_conv2d.case(providers, op, layer, BATCH, "float32", "nhwc", mode, "cpu")
+
+    cpu_benchmark(provider, make_case, f"depthwise {op} {mode} {layer}")

@@ -1,5 +1,6 @@
-"""Helpers shared by the model tests (test_models.py) and the convert() tests (test_convert.py):
-torchvision builders, reference-comparison assertions, BatchNorm randomization and training parity."""
+"""Helpers shared by the model tests (test_models.py), the convert() tests (test_convert.py) and the
+checkpoint tests (test_checkpoints.py): torchvision builders, a plain-PyTorch MobileNet V1,
+reference-comparison assertions, BatchNorm randomization and training parity."""
 
 from __future__ import annotations
 
@@ -23,6 +24,33 @@ TORCHVISION = {
 
 # The Triton interpreter runs ~2 ms per program: only the smallest model runs there by default.
 _TRITON_FAST = {"mobilenet_v3_small"}
+
+
+class PlainMobileNetV1(nn.Module):
+    """An independent MobileNet V1, the counterpart of a torchvision model for our V1 (torchvision has
+    none), written straight from the paper's Table 1 with plain torch modules (Conv2d, BatchNorm2d,
+    ReLU) and ``int(c * alpha)`` channels; the ReLUs hold no state, so its state_dict keys are ours.
+    ``dropout``: the classifier's dropout probability."""
+
+    def __init__(self, alpha: float = 1.0, num_classes: int = 1000, dropout: float = 0.0):
+        super().__init__()
+
+        def cbr(cin, cout, k, s, groups=1):
+            conv = nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False)
+            return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
+
+        c = lambda n: int(n * alpha)  # noqa: E731
+        table = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+        layers, cin = [cbr(3, c(32), 3, 2)], c(32)
+        for cout, s in table:
+            layers.append(nn.Sequential(cbr(cin, cin, 3, s, groups=cin), cbr(cin, c(cout), 1, 1)))
+            cin = c(cout)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def eval_cases(archs) -> list:

@@ -1,5 +1,7 @@
-"""Helpers shared by the op tests: inputs in every layout, error measures, determinism."""
+"""Helpers shared by the op tests: inputs in every layout, error measures, determinism, argument
+checks."""
 
+import pytest
 import torch
 
 from mobilenet_kernels.activations import apply_activation
@@ -63,3 +65,38 @@ def float64_tolerance(act: str, device: str) -> dict:
     seen on an H200), while our kernels divide in float64: against them on CUDA, allow 1e-7."""
     tol = 1e-7 if act in ("hardswish", "hardsigmoid") and device == "cuda" else 1e-9
     return dict(rtol=tol, atol=tol)
+
+
+def assert_stats_of(out, mean, var, msg=None):
+    """``mean`` and ``var`` (a statistics op's) are the per-channel mean and biased variance of its
+    stored output ``out``, computed in float64 (rtol 1e-5 for the mean, 1e-4 for the variance; atol
+    1e-5)."""
+    ref_var, ref_mean = torch.var_mean(out.double(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-5, msg=msg)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-4, atol=1e-5, msg=msg)
+
+
+def assert_output_mask_skips_outputs(backward):
+    """``backward(mask)`` (a backward op with three outputs and an output mask, its other arguments
+    bound) computes only the outputs its mask asks for: each as with the full mask, the others
+    empty."""
+    full = backward([True, True, True])
+    for mask in ([True, False, False], [False, True, False], [False, False, True]):
+        part = backward(mask)
+        for m, p_, f in zip(mask, part, full):
+            if m:
+                torch.testing.assert_close(p_, f)
+            else:
+                assert p_.numel() == 0
+
+
+def assert_bad_arguments_name_the_argument(call, good, cases, case):
+    """``cases[case]`` is (change, exception type, pattern): ``call(**{**good, **change})``, the
+    keyword arguments ``good`` (which ``call`` accepts) with ``change`` applied, raises that
+    exception with a message matching the pattern (the name of the bad argument)."""
+    change, exc, match = cases[case]
+    assert set(change) <= set(good), f"{change}: not arguments of the good call"
+    args = {**good, **change}
+    with pytest.raises(exc, match=match):
+        call(**args)
+

@@ -20,33 +20,8 @@ from torch import nn
 import mobilenet_kernels as mk
 
 from conftest import BACKENDS, skip_unless_usable
-from model_helpers import TORCHVISION, assert_matches_fp32_reference, eval_shape, randomize_batch_norms
-
-
-class PlainMobileNetV1(nn.Module):
-    """MobileNet V1 from the paper's Table 1 with plain torch modules (Conv2d, BatchNorm2d, ReLU),
-    ``int(c * alpha)`` channels: the counterpart of a torchvision model for our V1 (as in
-    test_models.py; the ReLUs hold no state, so the state_dict keys are ours)."""
-
-    def __init__(self, alpha: float = 1.0, num_classes: int = 1000):
-        super().__init__()
-
-        def cbr(cin, cout, k, s, groups=1):
-            conv = nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False)
-            return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
-
-        c = lambda n: int(n * alpha)  # noqa: E731
-        table = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
-        layers, cin = [cbr(3, c(32), 3, 2)], c(32)
-        for cout, s in table:
-            layers.append(nn.Sequential(cbr(cin, cin, 3, s, groups=cin), cbr(cin, c(cout), 1, 1)))
-            cin = c(cout)
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.001), nn.Linear(cin, num_classes))
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+from model_helpers import (TORCHVISION, PlainMobileNetV1, assert_matches_fp32_reference, eval_shape,
+                           randomize_batch_norms)
 
 
 # Small widths keep the CPU run short; test_models.py checks the state_dict keys and shapes of
@@ -58,7 +33,9 @@ OURS = {
     "mobilenet_v3_large": mk.mobilenet_v3_large,
     "mobilenet_v3_small": mk.mobilenet_v3_small,
 }
-REFERENCE = {"mobilenet_v1": lambda width_mult, num_classes: PlainMobileNetV1(width_mult, num_classes), **TORCHVISION}
+# V1 with the dropout of our mobilenet_v1 (0.001): both train before their checkpoints are written
+REFERENCE = {"mobilenet_v1": lambda width_mult, num_classes: PlainMobileNetV1(width_mult, num_classes, dropout=0.001),
+             **TORCHVISION}
 ARCHS = list(OURS)
 
 

@@ -11,7 +11,8 @@ from mobilenet_kernels.nn import InvertedResidual, InvertedResidualV3, SqueezeEx
 from mobilenet_kernels.reference import inverted_residual_eval_ref
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, float64_tolerance, make_input
+from op_helpers import (assert_bad_arguments_name_the_argument, assert_bitwise_repeatable, assert_within_2x_torch,
+                        float64_tolerance, make_input)
 
 ns = torch.ops.mobilenet_kernels
 # (N, Cin, H, W, expand ratio, Cout, k, stride, dilation, activation): V2 and V3 blocks scaled down,
@@ -333,26 +334,27 @@ def _bad_cases():
 @pytest.mark.parametrize("case", range(len(_bad_cases()[1])))
 def test_bad_arguments_name_the_argument(backend, case):
     skip_unless_usable(backend, "cpu")
-    good, cases = _bad_cases()
-    change, exc, match = cases[case]
-    a = {**good, **change}
-    with pytest.raises(exc, match=match):
-        MF.inverted_residual_eval(a["input"], a["expand_weight"], a["expand_bias"], a["dw_weight"], a["dw_bias"],
-                                  a["project_weight"], a["project_bias"], a["stride"], a["dilation"],
-                                  activation=a["activation"], residual=a["residual"], backend=backend)
+
+    def call(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, dilation,
+             activation, residual):
+        return MF.inverted_residual_eval(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                         project_bias, stride, dilation, activation=activation, residual=residual,
+                                         backend=backend)
+
+    assert_bad_arguments_name_the_argument(call, *_bad_cases(), case)
 
 
 @pytest.mark.parametrize("case", range(len(_bad_cases()[1])))
 def test_cpp_op_checks_name_the_argument(case):
     """Direct torch.ops calls get the same errors from the C++ checks (csrc/inverted_residual.h)."""
     skip_unless_usable("cuda", "cpu")
-    good, cases = _bad_cases()
-    change, exc, match = cases[case]
-    a = {**good, **change}
-    with pytest.raises(exc, match=match):
-        ns.inverted_residual_eval(a["input"], a["expand_weight"], a["expand_bias"], a["dw_weight"], a["dw_bias"],
-                                  a["project_weight"], a["project_bias"], a["stride"], a["dilation"],
-                                  a["activation"], a["residual"])
+
+    def call(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, dilation,
+             activation, residual):
+        return ns.inverted_residual_eval(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                         project_bias, stride, dilation, activation, residual)
+
+    assert_bad_arguments_name_the_argument(call, *_bad_cases(), case)
 
 
 # ----------------------------------------------------------------------------- in the modules

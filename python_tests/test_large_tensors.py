@@ -149,6 +149,26 @@ def batch_stats64(make_chunk, n_images, per_image, C, device):
     return mean, m2 / count, count
 
 
+def grad_pre_act(g, xhat, w64, b64):
+    """float64 gradient reaching z = xhat * weight + bias, the input of the activation, from the
+    output gradient ``g`` (of the same images as ``xhat``)."""
+    return g.double() * activation_derivative(xhat * per_channel(w64) + per_channel(b64), ACT)
+
+
+def bn_act_grad_sums(xhat_of, g, w64, b64, n_images, per_image, C, device):
+    """Per-channel sums over every image, in float64 chunks, of grad_pre_act (d) and of d * xhat,
+    with ``xhat_of(s, e)`` the normalised input of images s to e: the BatchNorm + activation's
+    reference bias and weight gradients."""
+    sum_d = torch.zeros(C, dtype=torch.float64, device=device)
+    sum_dxhat = torch.zeros_like(sum_d)
+    for s, e in chunks(n_images, per_image):
+        xhat = xhat_of(s, e)
+        d = grad_pre_act(g[s:e], xhat, w64, b64)
+        sum_d += d.sum((0, 2, 3))
+        sum_dxhat += (d * xhat).sum((0, 2, 3))
+    return sum_d, sum_dxhat
+
+
 # ----------------------------------------------------------------------------- batch_norm_act
 
 
@@ -184,16 +204,10 @@ def test_batch_norm_act_eval(backend, case, device, request):
     g = big_grad(shape, layout, dtype, device, seed=3)
     gx, gw, gb = torch.autograd.grad(y, (x, w, b), g)
     del y
-    sum_d = torch.zeros(C, dtype=torch.float64, device=device)
-    sum_dxhat = torch.zeros_like(sum_d)
-    for s, e in chunks(N, C * H * W):
-        xh = xhat_of(s, e)
-        d = g[s:e].double() * activation_derivative(xh * per_channel(w64) + per_channel(b64), ACT)
-        sum_d += d.sum((0, 2, 3))
-        sum_dxhat += (d * xh).sum((0, 2, 3))
+    sum_d, sum_dxhat = bn_act_grad_sums(xhat_of, g, w64, b64, N, C * H * W, C, device)
     assert_close_sum(gb, sum_d, 1e-3, "grad_bias")
     assert_close_sum(gw, sum_dxhat, 1e-3, "grad_weight")
-    d = g[-1:].double() * activation_derivative(xhat * per_channel(w64) + per_channel(b64), ACT)
+    d = grad_pre_act(g[-1:], xhat, w64, b64)
     assert_close_last(gx[-1], (d * per_channel(w64 * rstd))[0], 2e-3, "grad_input")
 
 
@@ -226,17 +240,11 @@ def test_batch_norm_act_train(backend, case, device, request):
     g = big_grad(shape, layout, dtype, device, seed=5)
     gx, gw, gb = torch.autograd.grad(y, (x, w, b), g)
     del y
-    sum_d = torch.zeros(C, dtype=torch.float64, device=device)
-    sum_dxhat = torch.zeros_like(sum_d)
-    for s, e in chunks(N, C * H * W):
-        xhat = xhat_of(s, e)
-        d = g[s:e].double() * activation_derivative(xhat * per_channel(w64) + per_channel(b64), ACT)
-        sum_d += d.sum((0, 2, 3))
-        sum_dxhat += (d * xhat).sum((0, 2, 3))
+    sum_d, sum_dxhat = bn_act_grad_sums(xhat_of, g, w64, b64, N, C * H * W, C, device)
     assert_close_sum(gb, sum_d, 1e-3, "grad_bias")
     assert_close_sum(gw, sum_dxhat, 1e-3, "grad_weight")
     xhat = xhat_of(N - 1, N)
-    d = g[-1:].double() * activation_derivative(xhat * per_channel(w64) + per_channel(b64), ACT)
+    d = grad_pre_act(g[-1:], xhat, w64, b64)
     expected = per_channel(w64 * rstd) * (d - per_channel(sum_d / n) - xhat * per_channel(sum_dxhat / n))
     assert_close_last(gx[-1], expected[0], 2e-3, "grad_input")
 
@@ -321,19 +329,13 @@ def test_depthwise_conv2d_bn_act_train(backend, case, device, request):
     g = big_grad(shape, layout, dtype, device, seed=10)
     gx, gcw, gw, gb = torch.autograd.grad(y, (x, cw, w, b), g)
     del y
-    sum_d = torch.zeros(C, dtype=torch.float64, device=device)
-    sum_dxhat = torch.zeros_like(sum_d)
-    for s, e in chunks(N, C * H * W):
-        xh = xhat_of(s, e)
-        d = g[s:e].double() * activation_derivative(xh * per_channel(w64) + per_channel(b64), ACT)
-        sum_d += d.sum((0, 2, 3))
-        sum_dxhat += (d * xh).sum((0, 2, 3))
+    sum_d, sum_dxhat = bn_act_grad_sums(xhat_of, g, w64, b64, N, C * H * W, C, device)
     assert_close_sum(gb, sum_d, 1e-2, "grad_bias")
     assert_close_sum(gw, sum_dxhat, 1e-2, "grad_weight")
 
     def grad_z_of(s, e):  # the gradient reaching the conv output, float64
         xh = xhat_of(s, e)
-        d = g[s:e].double() * activation_derivative(xh * per_channel(w64) + per_channel(b64), ACT)
+        d = grad_pre_act(g[s:e], xh, w64, b64)
         return per_channel(w64 * rstd) * (d - per_channel(sum_d / n) - xh * per_channel(sum_dxhat / n))
 
     x_last = x.detach()[-1:].double().requires_grad_()

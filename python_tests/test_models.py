@@ -18,6 +18,7 @@ from mobilenet_kernels.nn import BatchNormAct2d
 from conftest import BACKENDS, DEVICES, skip_unless_usable
 from model_helpers import (
     TORCHVISION,
+    PlainMobileNetV1,
     assert_eval_parity,
     assert_same_gradients,
     assert_same_training,
@@ -202,32 +203,6 @@ def test_recompute_training_parity_float64(arch):
 
 # ---------------------------------------------------------------------------------------------
 # MobileNet V1
-
-
-class PlainMobileNetV1(nn.Module):
-    """An independent V1 written straight from the paper's Table 1 with plain torch modules
-    (Conv2d, BatchNorm2d, ReLU) and ``int(c * alpha)`` channels; the ReLUs hold no state, so its
-    state_dict keys are ours."""
-
-    def __init__(self, alpha: float = 1.0, num_classes: int = 1000):
-        super().__init__()
-
-        def cbr(cin, cout, k, s, groups=1):
-            conv = nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False)
-            return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
-
-        c = lambda n: int(n * alpha)  # noqa: E731
-        table = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
-        layers, cin = [cbr(3, c(32), 3, 2)], c(32)
-        for cout, s in table:
-            layers.append(nn.Sequential(cbr(cin, cin, 3, s, groups=cin), cbr(cin, c(cout), 1, 1)))
-            cin = c(cout)
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.0), nn.Linear(cin, num_classes))
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def test_mobilenet_v1_structure():

@@ -12,7 +12,8 @@ from mobilenet_kernels.nn import SqueezeExcitation
 from mobilenet_kernels.reference import squeeze_excite_ref
 
 from conftest import BACKENDS, skip_unless_usable
-from op_helpers import assert_bitwise_repeatable, assert_within_2x_torch, make_input
+from op_helpers import (assert_bad_arguments_name_the_argument, assert_bitwise_repeatable, assert_within_2x_torch,
+                        make_input)
 
 KERNEL_BACKENDS = ["cuda", "triton"]
 GRADCHECK_BACKENDS = ["torch", "cuda"]  # Triton: too slow under the interpreter (see test_depthwise_conv2d)
@@ -225,24 +226,23 @@ def _bad_cases():
 @pytest.mark.parametrize("case", range(len(_bad_cases()[1])))
 def test_bad_arguments_name_the_argument(backend, case):
     skip_unless_usable(backend, "cpu")
-    good, cases = _bad_cases()
-    change, exc, match = cases[case]
-    a = {**good, **change}
-    with pytest.raises(exc, match=match):
-        MF.squeeze_excite(a["input"], a["fc1_weight"], a["fc1_bias"], a["fc2_weight"], a["fc2_bias"],
-                          activation=a["activation"], scale_activation=a["scale_activation"], backend=backend)
+
+    def call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation):
+        return MF.squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation=activation,
+                                 scale_activation=scale_activation, backend=backend)
+
+    assert_bad_arguments_name_the_argument(call, *_bad_cases(), case)
 
 
 @pytest.mark.parametrize("case", range(len(_bad_cases()[1])))
 def test_cpp_op_checks_name_the_argument(case):
     """Direct torch.ops calls get the same errors from the C++ checks (csrc/squeeze_excite.h)."""
     skip_unless_usable("cuda", "cpu")
-    good, cases = _bad_cases()
-    change, exc, match = cases[case]
-    a = {**good, **change}
-    with pytest.raises(exc, match=match):
-        ns.squeeze_excite(a["input"], a["fc1_weight"], a["fc1_bias"], a["fc2_weight"], a["fc2_bias"], a["activation"],
-                          a["scale_activation"])
+
+    def call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation):
+        return ns.squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation)
+
+    assert_bad_arguments_name_the_argument(call, *_bad_cases(), case)
 
 
 # ----------------------------------------------------------------------------- module and convert()
