@@ -8,7 +8,11 @@ sources must still compile there. Knobs (one prefix, plus the standard torch one
   MK_DEBUG=1             -O0 -g (and -lineinfo for nvcc)
   MK_NO_AVX2_CLONES=1    the C++ CPU kernels for the baseline ISA only, without their AVX2 + FMA
                          clones: less compile time (a depthwise forward unit 27 % less), slower CPU
-                         kernels (a GPU machine's build, which times the CUDA kernels only)
+                         kernels
+  MK_SKIP_CPU_KERNELS=1  with the CUDA build, leave out the C++ CPU kernels (csrc/cpu: ~60 % of the
+                         build's compile time); the "cuda" backend then runs on CUDA tensors only.
+                         For a GPU machine's build that tests and times the CUDA kernels only (the
+                         GPU suite's); ignored without nvcc, where they are all there is to build
   TORCH_CUDA_ARCH_LIST   e.g. "9.0"; default "8.0;9.0" when no GPU is visible
   MAX_JOBS, NVCC_THREADS parallelism of ninja / nvcc
   MK_BUILD_LOG=PATH      copy ninja's log (each unit's start and end, ms) to PATH after the build:
@@ -136,7 +140,8 @@ def _extensions():
                 if keep and os.path.exists(log):
                     shutil.copyfile(log, keep)
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + cpu_sources
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 from torch 2.13).
     # -fno-trapping-math lets GCC if-convert the activations' branches and vectorize them (it will
@@ -171,6 +176,9 @@ def _extensions():
     _log(f"building the CUDA backend with nvcc from {cuda_home} for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
 
     wheel_includes = _wheel_cuda_include_dirs()
+    if _env_flag("MK_SKIP_CPU_KERNELS"):
+        _log("the C++ CPU kernels are not built (MK_SKIP_CPU_KERNELS=1): the cuda backend runs on CUDA tensors only")
+        sources = [s for s in sources if s not in cpu_sources]
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     nvcc_flags = ["-O0", "-g", "-G", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
     nvcc_flags += [

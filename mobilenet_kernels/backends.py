@@ -52,6 +52,8 @@ def unusable_reason(name: str, device_type: str) -> str | None:
             return f"the extension mobilenet_kernels._C failed to load: {_extension.LOAD_ERROR}"
         if device_type == "cuda" and not _extension.CUDA_BUILT:
             return "the CUDA kernels were not built (no nvcc at install time, or MK_SKIP_CUDA_BUILD=1)"
+        if device_type == "cpu" and not _extension.CPU_BUILT:
+            return "the C++ CPU kernels were not built (MK_SKIP_CPU_KERNELS=1 at install time)"
         return None
     if not TRITON_INSTALLED:
         return "triton is not installed"

@@ -12,6 +12,7 @@ tensors.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ from torchvision.ops import SqueezeExcitation as TVSqueezeExcitation
 
 import mobilenet_kernels as mk
 import mobilenet_kernels.functional as MF
-from mobilenet_kernels import backends
+from mobilenet_kernels import _extension, backends
 from mobilenet_kernels.activations import ACTIVATIONS, apply_activation
 from mobilenet_kernels.models._layers import ConvBNAct
 from mobilenet_kernels.nn import BatchNormAct2d, DepthwiseConv2d, SqueezeExcitation
@@ -282,6 +283,23 @@ def test_functional_op_rejects_input_on_an_unsupported_device(kind, backend):
         call_op(kind, args, backend)
 
 
+@pytest.mark.parametrize("kind", ["bn_eval", "dw", "se"])
+def test_functional_op_without_the_cpu_kernels(kind, monkeypatch):
+    """A build without the C++ CPU kernels (MK_SKIP_CPU_KERNELS=1, the GPU suite's): the "cuda"
+    backend refuses CPU tensors with a RuntimeError saying why, and backend=None runs the torch
+    reference there instead of reaching a missing kernel."""
+    from mobilenet_kernels import _extension
+
+    monkeypatch.setattr(_extension, "CPU_BUILT", False)
+    args = good_args(kind, "cpu")
+    assert "cuda" not in backends.available("cpu")
+    with pytest.raises(RuntimeError, match=re.escape("backend 'cuda' cannot run on cpu tensors here: the C++ CPU "
+                                                     "kernels were not built (MK_SKIP_CPU_KERNELS=1")):
+        call_op(kind, args, "cuda")
+    assert backends.resolve(None, args["input"]) == "torch"
+    torch.testing.assert_close(call_op(kind, args, None), call_op(kind, args, "torch"), rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- the kernel ops, called directly
 #
 # torch.ops.mobilenet_kernels.* (C++ TORCH_CHECKs for the C++ ops, the same Python checks for the
@@ -383,9 +401,9 @@ def test_kernel_op_called_directly_rejects_bad_argument(suffix, backend, index, 
 
 
 _CRASH_PROBE = """
-import torch, mobilenet_kernels
+import sys, torch, mobilenet_kernels
 ns = torch.ops.mobilenet_kernels
-for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+for d in sys.argv[1:]:
     x, w = torch.randn(2, 4, 5, 5, device=d), torch.randn(4, 1, 3, 3, device=d)
     m, v = torch.zeros(4, device=d), torch.ones(4, device=d)
     ns.depthwise_conv2d(x, w, None, [1, 1], [1, 1], [1, 1], "relu")  # a kernel launch first
@@ -418,10 +436,15 @@ print("alive")
 @pytest.mark.gpu_suite
 def test_failing_kernel_op_calls_do_not_take_the_process_down():
     """In a fresh interpreter (a crash there cannot take this test run down with it): C++ argument
-    checks that throw, on CPU tensors and on CUDA tensors where there is a GPU, after a kernel
-    launch, all arrive as Python exceptions, and the process goes on launching kernels."""
-    skip_unless_usable("cuda", "cpu")
-    result = subprocess.run([sys.executable, "-c", _CRASH_PROBE], capture_output=True, text=True, timeout=600)
+    checks that throw, on CPU tensors (where the C++ CPU kernels are built) and on CUDA tensors
+    where there is a GPU, after a kernel launch, all arrive as Python exceptions, and the process
+    goes on launching kernels."""
+    devices = [d for d in ("cpu", "cuda") if backends.unusable_reason("cuda", d) is None
+               and (d == "cpu" or torch.cuda.is_available())]
+    if not devices:
+        skip_unless_usable("cuda", "cpu")  # says why
+    result = subprocess.run([sys.executable, "-c", _CRASH_PROBE, *devices], capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, f"the probe died with {result.returncode}: {result.stderr[-3000:]}"
     lines = result.stdout.strip().splitlines()
     assert lines and lines[-1] == "alive", result.stdout[-3000:]
@@ -429,7 +452,7 @@ def test_failing_kernel_op_calls_do_not_take_the_process_down():
     # The message is whole: the numbers c10::str formats come out (a static libstdc++ copy in _C
     # cut it short at the first integer, or crashed there; see setup.py).
     expected = "bn_eval-running_mean raised ValueError running_mean: expected shape (4,) to match input channels, got [3]"
-    assert f"cpu {expected}" in lines, result.stdout
+    assert f"{devices[0]} {expected}" in lines, result.stdout
 
 
 @pytest.mark.gpu_suite
@@ -437,10 +460,11 @@ def test_extension_uses_the_cxx_runtime_torch_loaded():
     """_C resolves the C++ runtime (__cxa_throw, the personality routine) in the libstdc++ that
     libtorch uses, not in a copy linked into itself: a static copy whose functions run on the shared
     copy's data crashed the first error message that formatted an integer (GPU run 4)."""
-    skip_unless_usable("cuda", "cpu")
+    if not _extension.LOADED:
+        pytest.skip(f"mobilenet_kernels._C failed to load: {_extension.LOAD_ERROR}")
     if not sys.platform.startswith("linux"):
         pytest.skip("dladdr and the ELF C++ runtime: Linux only")
-    from mobilenet_kernels import _C, _extension
+    from mobilenet_kernels import _C
 
     for symbol in ("__cxa_throw", "__gxx_personality_v0"):
         where = _extension.library_defining(symbol)
