@@ -13,10 +13,11 @@
 # excite GEMMs, the cached eval folds, the tensor-core block kernel, ...):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_model_switches bench_pw_dw summary"
 #      MK_TESTS_LIMIT=120 (bench_model_switches: which of the two fusions costs V2 its 7 ms, eager
-#      and from a CUDA graph; bench_pw_dw: at which blocks. Build ~180 s; the tests step runs the
-#      CUDA kernels' cases, test_pointwise_depthwise's first, which run 8 did not reach; the Triton
+#      and from a CUDA graph; bench_pw_dw: at which blocks. Build: 178 s in run 8, less since the
+#      C++ CPU kernels are left out (MK_SKIP_CPU_KERNELS, below); the tests step runs the CUDA
+#      kernels' cases, test_pointwise_depthwise's first, which run 8 did not reach; the Triton
 #      ones are tests_triton's)
-#   2. the rest of the lease less ~30 s (~250 s): MK_SUITE_STEPS="profile_v2 bench_model"
+#   2. the rest of the lease (status' budget_left_s) less ~30 s: MK_SUITE_STEPS="profile_v2 bench_model"
 #      (profile_v2: V2's kernels with and without the fusions, side by side; bench_model: V3-Large
 #      and V2, every mode, ours[cuda] with recompute and CUDA graphs; the
 #      Triton rows are bench_model_triton's), then bench_se, bench_bn_train, bench_block,

@@ -113,7 +113,8 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
              "conv_bn_act_train": conv_bn_act_providers(s.device, s.compile, s.backends)}
     layers = [(model, layer) for model in s.models for layer in depthwise_layers(model, s.resolution)]
     modes = {op: s.mode if op == "conv" else ["full"] for op in ops}  # the composite: forward+backward only
-    cases = [(*c, op, mode) for c in layer_cases(layers, s.batch, s.dtype, s.layout) for op in ops for mode in modes[op]]
+    cases = [(*c, op, mode) for c in layer_cases(layers, s.batch, s.dtype, s.layout)
+             for op in ops for mode in modes[op]]
     measure_cases(s, rows, copy_bw, "depthwise", cases,
                   lambda layer, batch, dtype_name, layout, op, mode:
                   case(provs[op], op, layer, batch, dtype_name, layout, mode, s.device))

@@ -26,6 +26,7 @@ implementation also writes and reads BN1's grad_output, the depthwise conv's gra
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -148,8 +149,8 @@ def sweep(s: "OpSettings", rows: list[dict], copy_bw: float | None) -> None:
     """Append one row per case to ``rows`` (in place, so an interrupted run keeps its rows)."""
     layers = [(model, layer) for model in s.models for layer in blocks(model, s.resolution)]
     provs = {mode: providers(s.compile, s.backends, mode) for mode in s.mode}
-    cases = [c for c in layer_cases(layers, s.batch, s.dtype, s.layout, s.mode)  # untrainable: one value per channel
-             if c[2] * _out_hw(c[1])[0] * _out_hw(c[1])[1] > 1]
+    # (model, block, batch, ...): a batch whose depthwise output has one value per channel cannot train
+    cases = [c for c in layer_cases(layers, s.batch, s.dtype, s.layout, s.mode) if c[2] * math.prod(_out_hw(c[1])) > 1]
     measure_cases(s, rows, copy_bw, "pointwise_depthwise", cases,
                   lambda layer, batch, dtype_name, layout, mode:
                   case(provs[mode], layer, batch, dtype_name, layout, mode, s.device),
