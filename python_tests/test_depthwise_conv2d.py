@@ -110,6 +110,23 @@ def test_gradcheck_fp64_every_input(backend, layout, act, device):
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_float64_hardsigmoid_gradient_is_atens(backend, device):
+    """ATen's hardsigmoid backward multiplies by a float32 1/6 even for float64 tensors, on every
+    device; our kernels do too (mk_common.h::act_derivative, triton/_activations.py), so through a
+    1x1 depthwise conv (one product per input element) the input gradient is ATen's bit for bit,
+    2-3e-8 relative off an exact float64 1/6. (The tests' float64 tolerance allows for that:
+    op_helpers.float64_tolerance; a nightly property run found it assuming an exact 1/6 on the CPU.)"""
+    skip_unless_usable(backend, device)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(3, 1, 1, 1, dtype=torch.float64, device=device)
+    y = MF.depthwise_conv2d(x, w, None, 1, 0, 1, activation="hardsigmoid", backend=backend)
+    g = torch.randn_like(y)
+    x_ref = x.detach().requires_grad_()
+    (expected,) = torch.autograd.grad(F.hardsigmoid(F.conv2d(x_ref, w, groups=3)), x_ref, g)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_low_precision_error_within_2x_torch(backend, dtype, layout, device):
