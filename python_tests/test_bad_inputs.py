@@ -288,8 +288,6 @@ def test_functional_op_without_the_cpu_kernels(kind, monkeypatch):
     """A build without the C++ CPU kernels (MK_SKIP_CPU_KERNELS=1, the GPU suite's): the "cuda"
     backend refuses CPU tensors with a RuntimeError saying why, and backend=None runs the torch
     reference there instead of reaching a missing kernel."""
-    from mobilenet_kernels import _extension
-
     monkeypatch.setattr(_extension, "CPU_BUILT", False)
     args = good_args(kind, "cpu")
     assert "cuda" not in backends.available("cpu")
