@@ -114,6 +114,48 @@ def test_is_the_per_layer_ops_bit_for_bit(backend, layout, dtype, device):
                 assert torch.equal(a, b), f"gradient {i}: {where}"
 
 
+# Which of (input, expand_weight, BN1 weight, BN1 bias, dw_weight, BN2 weight, BN2 bias) take part
+# (None: absent, False: no gradient wanted): absent BatchNorm parameters shift the autograd edges of
+# the arguments after them (csrc/autograd.cpp numbers only the tensors passed).
+PRESENCE = [
+    (True, True, None, None, True, True, True),
+    (True, True, True, True, True, None, None),
+    (True, True, True, None, True, None, True),
+    (True, False, None, True, True, True, None),
+    (False, True, True, True, False, None, True),
+    (True, False, None, None, False, None, None),
+]
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("presence", PRESENCE, ids=lambda p: "".join("-" if x is None else "1" if x else "0" for x in p))
+def test_gradients_with_absent_or_frozen_arguments(backend, presence, device):
+    """With BatchNorm parameters absent and arguments not requiring a gradient, in any mix, each
+    wanted gradient is the float64 reference's and each other one is None."""
+    skip_unless_usable(backend, device)
+    case = make_case((2, 3, 5, 5), 8, 3, "channels_last", torch.float64, device)
+    case = [None if want is None else t.detach().clone().requires_grad_(want) for t, want in zip(case, presence)]
+    ref_case = [None if t is None else t.detach().clone().requires_grad_(t.requires_grad) for t in case]
+    out = op(backend)(*case, [2, 2], [1, 1], [1, 1], 1e-3, "hardswish")[0]
+    ref = reference(*ref_case, 2, 1, 1, 1e-3, "hardswish")
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for i, (t, r) in enumerate(zip(case, ref_case)):
+        if t is None or not t.requires_grad:
+            assert t is None or t.grad is None, f"argument {i}"
+        else:
+            torch.testing.assert_close(t.grad, r.grad, rtol=1e-7, atol=1e-7, msg=f"argument {i}")
+
+
+def test_cpp_backed_op_has_cpp_autograd():
+    """The C++-backed op's autograd is a C++ node (csrc/autograd.cpp): no Python runs per call."""
+    skip_unless_usable("cuda", "cpu")
+    case = leaves(make_case((2, 3, 5, 5), 8, 3, "channels_last", torch.float32, "cpu"))
+    out = op("cuda")(*case, [1, 1], [1, 1], [1, 1], 1e-5, "relu6")[0]
+    assert "PointwiseDepthwiseTrain" in out.grad_fn.name(), out.grad_fn.name()
+
+
 # (MK_DW_INPUT_BN, MK_DW_BN_FUSED): the default with both fusions, then each switched off, then both.
 FUSION_SWITCHES = [("1", "1"), ("0", "1"), ("1", "0"), ("0", "0")]
 

@@ -26,7 +26,8 @@ the sequence above where they do not apply (NCHW, channel counts without 16-byte
 dilation); on CPU tensors the sequence above, which saves the memory and costs one apply pass in
 backward.
 
-Both twins' autograd is here, in Python (the per-layer training ops' is in csrc/autograd.cpp).
+The Triton twin's autograd is here, in Python; the C++-backed op's is the same formula in C++
+(csrc/autograd.cpp, as the per-layer training ops' is), which costs no Python per call.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def _triton_backward(grad_output, input, expand_weight, expand_bn_weight, expand
     return (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dx.sum_gxhat, dx.sum_g)
 
 
-# ----------------------------------------------------------------------------- autograd (both twins)
+# ----------------------------------------------------------------------------- autograd (the Triton twin)
 
 
 def _setup_context(ctx, inputs, output):
@@ -209,30 +210,28 @@ def _setup_context(ctx, inputs, output):
     ctx.rest = (list(stride), list(padding), list(dilation), eps, activation)
 
 
-def _make_autograd(backward_op):
-    def backward(ctx, grad_output, *_grad_statistics):
-        if grad_output is None:
-            return (None,) * 12
-        saved = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dw_sum_gxhat,
-         dw_sum_g) = backward_op(grad_output.contiguous(memory_format=output_memory_format(saved[0])), *saved,
-                                 *ctx.rest, [needs[0], needs[1], needs[4]])
-        expand_bn_weight, expand_bn_bias, dw_bn_weight, dw_bn_bias = saved[2], saved[3], saved[8], saved[9]
-        return (grad_input if needs[0] else None, grad_expand_weight if needs[1] else None,
-                expand_sum_gxhat.to(expand_bn_weight.dtype) if needs[2] else None,
-                expand_sum_g.to(expand_bn_bias.dtype) if needs[3] else None,
-                grad_dw_weight if needs[4] else None,
-                dw_sum_gxhat.to(dw_bn_weight.dtype) if needs[5] else None,
-                dw_sum_g.to(dw_bn_bias.dtype) if needs[6] else None,
-                None, None, None, None, None)
-
-    return backward
+def _autograd_backward(ctx, grad_output, *_grad_statistics):
+    if grad_output is None:
+        return (None,) * 12
+    saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dw_sum_gxhat,
+     dw_sum_g) = torch.ops.mobilenet_kernels.pointwise_depthwise_bn_act_train_backward_triton(
+        grad_output.contiguous(memory_format=output_memory_format(saved[0])), *saved, *ctx.rest,
+        [needs[0], needs[1], needs[4]])
+    expand_bn_weight, expand_bn_bias, dw_bn_weight, dw_bn_bias = saved[2], saved[3], saved[8], saved[9]
+    return (grad_input if needs[0] else None, grad_expand_weight if needs[1] else None,
+            expand_sum_gxhat.to(expand_bn_weight.dtype) if needs[2] else None,
+            expand_sum_g.to(expand_bn_bias.dtype) if needs[3] else None,
+            grad_dw_weight if needs[4] else None,
+            dw_sum_gxhat.to(dw_bn_weight.dtype) if needs[5] else None,
+            dw_sum_g.to(dw_bn_bias.dtype) if needs[6] else None,
+            None, None, None, None, None)
 
 
-_ns = torch.ops.mobilenet_kernels
-# The C++-backed op's CUDA kernels are C++ (csrc/cuda/depthwise_conv2d.cu); its CPU kernels and the
-# Triton twin's are these.
+# The C++-backed op's CUDA kernels are C++ (csrc/cuda/depthwise_conv2d.cu), and so is its autograd
+# (csrc/autograd.cpp, the formula of _autograd_backward); its CPU kernels and the Triton twin's are
+# these.
 for _suffix, _kernels, _devices in (("", (_forward, _backward), ("cpu",)),
                                     ("_triton", (_triton_forward, _triton_backward), ("cpu", "cuda"))):
     _name = f"mobilenet_kernels::pointwise_depthwise_bn_act_train{_suffix}"
@@ -242,6 +241,5 @@ for _suffix, _kernels, _devices in (("", (_forward, _backward), ("cpu",)),
     torch.library.register_kernel(_name, _devices, _kernels[0])
     torch.library.register_kernel(f"mobilenet_kernels::pointwise_depthwise_bn_act_train_backward{_suffix}",
                                   _devices, _kernels[1])
-    torch.library.register_autograd(
-        _name, _make_autograd(getattr(_ns, f"pointwise_depthwise_bn_act_train_backward{_suffix}")),
-        setup_context=_setup_context)
+torch.library.register_autograd("mobilenet_kernels::pointwise_depthwise_bn_act_train_triton", _autograd_backward,
+                                setup_context=_setup_context)
