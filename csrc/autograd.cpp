@@ -1,9 +1,9 @@
-// Autograd for the C++-backed kernel ops, in C++: one torch::autograd::Function per op, registered
-// to the Autograd dispatch key, so an eager call runs no Python between the op call and the kernel;
-// also the two training composites conv + BatchNorm + activation (kernel and autograd).
-// (A Python register_autograd formula costs tens of microseconds per call, grad or no grad, which
-// dominated small layers and batch-1 inference.) The `_triton` twins keep their Python formulas
-// (mobilenet_kernels/ops/*.py), which are the same formulas written in Python: keep them in step.
+// Autograd for the kernel ops, in C++: one torch::autograd::Function per op, registered to the
+// Autograd dispatch key for the C++-backed op and for its `_triton` twin (the template argument
+// kTriton picks the twin's ops), so an eager call runs no Python between the op call and the
+// kernel, whichever the backend; also the two training composites conv + BatchNorm + activation
+// (kernel and autograd). (A Python register_autograd formula costs tens of microseconds per call,
+// grad or no grad, which dominated small layers and batch-1 inference.)
 //
 // Each forward runs the op below autograd (it redispatches to the CPU/CUDA kernel, or to the Python
 // fake under torch.compile), saves what its backward needs, and marks statistics outputs
@@ -34,8 +34,16 @@ using Tensor = at::Tensor;
 using OptTensor = c10::optional<at::Tensor>;
 
 template <typename Sig>
-c10::TypedOperatorHandle<Sig> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+c10::TypedOperatorHandle<Sig> find_op(const std::string& name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Sig>();
+}
+
+// The op mobilenet_kernels::`name` of the C++-backed ops, or with kTriton its `_triton` twin. The
+// twins share the Functions below, each over its own ops: the same formulas, and no Python per call
+// for either (the twins' kernels: mobilenet_kernels/ops/*.py and triton/*.py).
+template <typename Sig, bool kTriton>
+c10::TypedOperatorHandle<Sig> find_twin(const char* name) {
+  return find_op<Sig>(std::string("mobilenet_kernels::") + name + (kTriton ? "_triton" : ""));
 }
 
 OptTensor optional(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
@@ -83,12 +91,13 @@ using BnEvalBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, cons
                                                              const Tensor&, const OptTensor&, const OptTensor&,
                                                              double, c10::string_view);
 
-struct BatchNormActEval : public torch::autograd::Function<BatchNormActEval> {
+template <bool kTriton>
+struct BatchNormActEval : public torch::autograd::Function<BatchNormActEval<kTriton>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& running_mean,
                         const Tensor& running_var, const OptTensor& weight, const OptTensor& bias, double eps,
                         const std::string& activation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<BnEvalSig>("mobilenet_kernels::batch_norm_act_eval");
+    static const auto op = find_twin<BnEvalSig, kTriton>("batch_norm_act_eval");
     Tensor out = op.call(input, running_mean, running_var, weight, bias, eps, activation);
     ctx->save_for_backward({input, running_mean, running_var, defined_or_empty(weight), defined_or_empty(bias)});
     ctx->saved_data["eps"] = eps;
@@ -98,7 +107,7 @@ struct BatchNormActEval : public torch::autograd::Function<BatchNormActEval> {
 
   // y = act(w * x_hat + b), x_hat = (x - mean) * rstd, rstd = (var + eps)^-1/2.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<BnEvalBackwardSig>("mobilenet_kernels::batch_norm_act_eval_backward");
+    static const auto op = find_twin<BnEvalBackwardSig, kTriton>("batch_norm_act_eval_backward");
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &mean = saved[1], &var = saved[2], &weight = saved[3], &bias = saved[4];
     const double eps = ctx->saved_data["eps"].toDouble();
@@ -125,11 +134,12 @@ using BnTrainBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, con
                                                               const OptTensor&, const Tensor&, const Tensor&, double,
                                                               c10::string_view);
 
-struct BatchNormActTrain : public torch::autograd::Function<BatchNormActTrain> {
+template <bool kTriton>
+struct BatchNormActTrain : public torch::autograd::Function<BatchNormActTrain<kTriton>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
                                const OptTensor& bias, double eps, const std::string& activation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<BnTrainSig>("mobilenet_kernels::batch_norm_act_train");
+    static const auto op = find_twin<BnTrainSig, kTriton>("batch_norm_act_train");
     auto [out, mean, var] = op.call(input, weight, bias, eps, activation);
     ctx->mark_non_differentiable({mean, var});
     ctx->set_materialize_grads(false);
@@ -140,7 +150,7 @@ struct BatchNormActTrain : public torch::autograd::Function<BatchNormActTrain> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
+    static const auto op = find_twin<BnTrainBackwardSig, kTriton>("batch_norm_act_train_backward");
     if (!grads[0].defined()) return variable_list(5);
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3], &var = saved[4];
@@ -176,7 +186,9 @@ using DwTrainBackwardSig = ConvBnActOut(const Tensor&, const Tensor&, const Tens
 // A depthwise conv's geometry, saved in and loaded from ctx, and the ops that take it: the conv's
 // backward (the Functions below) and, as the conv of the training composite (ConvBnActTrain,
 // further down), its checks, statistics op and the composite's backward op.
-struct DepthwiseConv {
+template <bool kTriton>
+struct DepthwiseConvT {
+  static constexpr bool kIsTriton = kTriton;
   std::vector<int64_t> stride, padding, dilation;
 
   void save(AutogradContext* ctx) const {
@@ -184,7 +196,7 @@ struct DepthwiseConv {
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
   }
-  static DepthwiseConv load(AutogradContext* ctx) {
+  static DepthwiseConvT load(AutogradContext* ctx) {
     return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
             ctx->saved_data["dilation"].toIntVector()};
   }
@@ -198,41 +210,43 @@ struct DepthwiseConv {
     return a.output_sizes();
   }
   std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
-    static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
+    static const auto op = find_twin<DwStatsSig, kTriton>("depthwise_conv2d_stats");
     return op.call(input, conv_weight, stride, padding, dilation);
   }
   std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
                                               std::array<bool, 3> mask) const {
-    static const auto op = find_op<DwBackwardSig>("mobilenet_kernels::depthwise_conv2d_backward");
+    static const auto op = find_twin<DwBackwardSig, kTriton>("depthwise_conv2d_backward");
     return op.call(grad.contiguous(output_memory_format(input)), input, conv_weight, stride, padding, dilation, mask);
   }
   ConvBnActOut train_backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
                               const OptTensor& weight, const OptTensor& bias, const Tensor& conv_out,
                               const Tensor& mean, const Tensor& var, double eps, const std::string& activation,
                               std::array<bool, 2> mask) const {
-    static const auto op = find_op<DwTrainBackwardSig>("mobilenet_kernels::depthwise_conv2d_bn_act_train_backward");
+    static const auto op = find_twin<DwTrainBackwardSig, kTriton>("depthwise_conv2d_bn_act_train_backward");
     return op.call(grad, input, conv_weight, weight, bias, conv_out, mean, var, stride, padding, dilation, eps,
                    activation, mask);
   }
 };
 
-DepthwiseConv depthwise_conv(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+template <bool kTriton = false>
+DepthwiseConvT<kTriton> depthwise_conv(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   return {stride.vec(), padding.vec(), dilation.vec()};
 }
 
-struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
+template <bool kTriton>
+struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d<kTriton>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const OptTensor& bias,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                         const std::string& activation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<DwSig>("mobilenet_kernels::depthwise_conv2d");
+    static const auto op = find_twin<DwSig, kTriton>("depthwise_conv2d");
     Tensor out = op.call(input, weight, bias, stride, padding, dilation, activation);
     // act' from the output where it tells (relu: y > 0; relu6: 0 < y < 6, exactly where z is);
     // else the backward recomputes the pre-activation.
     const Act act = parse_activation(activation);
     const bool from_output = act == Act::kRelu || act == Act::kRelu6;
     ctx->save_for_backward({input, weight, defined_or_empty(bias), from_output ? out : Tensor()});
-    depthwise_conv(stride, padding, dilation).save(ctx);
+    depthwise_conv<kTriton>(stride, padding, dilation).save(ctx);
     ctx->saved_data["activation"] = activation;
     return out;
   }
@@ -241,14 +255,14 @@ struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &weight = saved[1], &bias = saved[2], &out = saved[3];
     const Act act = parse_activation(ctx->saved_data["activation"].toStringRef());
-    const DepthwiseConv conv = DepthwiseConv::load(ctx);
+    const auto conv = DepthwiseConvT<kTriton>::load(ctx);
     Tensor g = grads[0];
     if (act == Act::kRelu) {
       g = g * (out > 0);
     } else if (act == Act::kRelu6) {
       g = g * ((out > 0) & (out < 6));
     } else if (act != Act::kIdentity) {  // training through a frozen, folded BatchNorm
-      static const auto op = find_op<DwSig>("mobilenet_kernels::depthwise_conv2d");
+      static const auto op = find_twin<DwSig, kTriton>("depthwise_conv2d");
       const Tensor z = op.call(input, weight, optional(bias), conv.stride, conv.padding, conv.dilation, "identity");
       const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       g = (g.to(acc) * activation_derivative(z.to(acc), act)).to(z.scalar_type());
@@ -263,16 +277,17 @@ struct DepthwiseConv2d : public torch::autograd::Function<DepthwiseConv2d> {
 
 // The statistics are non-differentiable outputs (they feed BatchNorm, whose own backward accounts
 // for them): only the conv output carries a gradient.
-struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dStats> {
+template <bool kTriton>
+struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dStats<kTriton>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<DwStatsSig>("mobilenet_kernels::depthwise_conv2d_stats");
+    static const auto op = find_twin<DwStatsSig, kTriton>("depthwise_conv2d_stats");
     auto [out, mean, var] = op.call(input, weight, stride, padding, dilation);
     ctx->mark_non_differentiable({mean, var});
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({input, weight});
-    depthwise_conv(stride, padding, dilation).save(ctx);
+    depthwise_conv<kTriton>(stride, padding, dilation).save(ctx);
     return {out, mean, var};
   }
 
@@ -280,7 +295,8 @@ struct DepthwiseConv2dStats : public torch::autograd::Function<DepthwiseConv2dSt
     if (!grads[0].defined()) return variable_list(5);
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
-    const auto [grad_input, grad_weight, unused] = DepthwiseConv::load(ctx).backward(grads[0], saved[0], saved[1], mask);
+    const auto conv = DepthwiseConvT<kTriton>::load(ctx);
+    const auto [grad_input, grad_weight, unused] = conv.backward(grads[0], saved[0], saved[1], mask);
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -292,19 +308,21 @@ using PwBackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Te
                                                          std::array<bool, 3>);
 using PwStatsSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&);
 
+template <bool kTriton>
 std::tuple<Tensor, Tensor, Tensor> call_pointwise_backward(const Tensor& grad_output, const Tensor& input,
                                                            const Tensor& weight, std::array<bool, 3> mask) {
-  static const auto op = find_op<PwBackwardSig>("mobilenet_kernels::pointwise_conv2d_backward");
+  static const auto op = find_twin<PwBackwardSig, kTriton>("pointwise_conv2d_backward");
   return op.call(grad_output.contiguous(output_memory_format(input)), input, weight, mask);
 }
 
 // y = act(conv1x1(x, w) + b) + residual. Arguments: input 0, weight 1, bias 2, residual 3 (both
 // optional), activation 4.
-struct PointwiseConv2d : public torch::autograd::Function<PointwiseConv2d> {
+template <bool kTriton>
+struct PointwiseConv2d : public torch::autograd::Function<PointwiseConv2d<kTriton>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const OptTensor& bias,
                         const OptTensor& residual, const std::string& activation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<PwSig>("mobilenet_kernels::pointwise_conv2d");
+    static const auto op = find_twin<PwSig, kTriton>("pointwise_conv2d");
     Tensor out = op.call(input, weight, bias, residual, activation);
     // act' from the output where it tells (relu: y > 0; relu6: 0 < y < 6, exactly where z is), which
     // only holds without a residual (y = act(z) + r); else the backward recomputes the pre-activation.
@@ -334,12 +352,12 @@ struct PointwiseConv2d : public torch::autograd::Function<PointwiseConv2d> {
       } else if (act == Act::kRelu6 && out.defined()) {
         ga = g * ((out > 0) & (out < 6));
       } else if (act != Act::kIdentity) {  // a residual, or an activation the output does not tell
-        static const auto op = find_op<PwSig>("mobilenet_kernels::pointwise_conv2d");
+        static const auto op = find_twin<PwSig, kTriton>("pointwise_conv2d");
         const Tensor z = op.call(input, weight, optional(bias), c10::nullopt, "identity");
         const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
         ga = (g.to(acc) * activation_derivative(z.to(acc), act)).to(z.scalar_type());
       }
-      std::tie(grad_input, grad_weight, grad_bias) = call_pointwise_backward(ga, input, weight, mask);
+      std::tie(grad_input, grad_weight, grad_bias) = call_pointwise_backward<kTriton>(ga, input, weight, mask);
     }
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor(), mask[2] ? grad_bias : Tensor(),
             residual_needs_grad ? g : Tensor(), Tensor()};
@@ -348,10 +366,11 @@ struct PointwiseConv2d : public torch::autograd::Function<PointwiseConv2d> {
 
 // The statistics are non-differentiable outputs (they feed BatchNorm, whose own backward accounts
 // for them): only the conv output carries a gradient.
-struct PointwiseConv2dStats : public torch::autograd::Function<PointwiseConv2dStats> {
+template <bool kTriton>
+struct PointwiseConv2dStats : public torch::autograd::Function<PointwiseConv2dStats<kTriton>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
+    static const auto op = find_twin<PwStatsSig, kTriton>("pointwise_conv2d_stats");
     auto [out, mean, var] = op.call(input, weight);
     ctx->mark_non_differentiable({mean, var});
     ctx->set_materialize_grads(false);
@@ -363,7 +382,7 @@ struct PointwiseConv2dStats : public torch::autograd::Function<PointwiseConv2dSt
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), false};
     if ((!mask[0] && !mask[1]) || !grads[0].defined()) return {Tensor(), Tensor()};
-    const auto [grad_input, grad_weight, unused] = call_pointwise_backward(grads[0], saved[0], saved[1], mask);
+    const auto [grad_input, grad_weight, unused] = call_pointwise_backward<kTriton>(grads[0], saved[0], saved[1], mask);
     return {mask[0] ? grad_input : Tensor(), mask[1] ? grad_weight : Tensor()};
   }
 };
@@ -378,12 +397,13 @@ using SeBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
 
 // pooled (the input's per-channel mean) is a non-differentiable output saved for the backward,
 // which recomputes the excite step from it.
-struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
+template <bool kTriton>
+struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite<kTriton>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& fc1_weight,
                                const Tensor& fc1_bias, const Tensor& fc2_weight, const Tensor& fc2_bias,
                                const std::string& activation, const std::string& scale_activation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<SeSig>("mobilenet_kernels::squeeze_excite");
+    static const auto op = find_twin<SeSig, kTriton>("squeeze_excite");
     auto [out, pooled] = op.call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation);
     ctx->mark_non_differentiable({pooled});
     ctx->set_materialize_grads(false);
@@ -394,7 +414,7 @@ struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<SeBackwardSig>("mobilenet_kernels::squeeze_excite_backward");
+    static const auto op = find_twin<SeBackwardSig, kTriton>("squeeze_excite_backward");
     if (!grads[0].defined()) return variable_list(7);
     const auto s = ctx->get_saved_variables();
     const auto r = op.call(grads[0].contiguous(output_memory_format(s[0])), s[0], s[1], s[2], s[3], s[4], s[5],
@@ -411,74 +431,84 @@ struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
 
 // ----------------------------------------------------------------------------- registration
 
+template <bool kTriton>
 Tensor batch_norm_act_eval_autograd(const Tensor& input, const Tensor& running_mean, const Tensor& running_var,
                                     const OptTensor& weight, const OptTensor& bias, double eps,
                                     c10::string_view activation) {
-  return BatchNormActEval::apply(input, running_mean, running_var, weight, bias, eps, std::string(activation));
+  return BatchNormActEval<kTriton>::apply(input, running_mean, running_var, weight, bias, eps, std::string(activation));
 }
 
+template <bool kTriton>
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train_autograd(const Tensor& input, const OptTensor& weight,
                                                                  const OptTensor& bias, double eps,
                                                                  c10::string_view activation) {
-  const auto r = BatchNormActTrain::apply(input, weight, bias, eps, std::string(activation));
+  const auto r = BatchNormActTrain<kTriton>::apply(input, weight, bias, eps, std::string(activation));
   return {r[0], r[1], r[2]};
 }
 
+template <bool kTriton>
 Tensor depthwise_conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                  c10::string_view activation) {
-  return DepthwiseConv2d::apply(input, weight, bias, stride, padding, dilation, std::string(activation));
+  return DepthwiseConv2d<kTriton>::apply(input, weight, bias, stride, padding, dilation, std::string(activation));
 }
 
+template <bool kTriton>
 std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_stats_autograd(const Tensor& input, const Tensor& weight,
                                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                                    at::IntArrayRef dilation) {
-  const auto r = DepthwiseConv2dStats::apply(input, weight, stride, padding, dilation);
+  const auto r = DepthwiseConv2dStats<kTriton>::apply(input, weight, stride, padding, dilation);
   return {r[0], r[1], r[2]};
 }
 
+template <bool kTriton>
 Tensor pointwise_conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTensor& bias,
                                  const OptTensor& residual, c10::string_view activation) {
-  return PointwiseConv2d::apply(input, weight, bias, residual, std::string(activation));
+  return PointwiseConv2d<kTriton>::apply(input, weight, bias, residual, std::string(activation));
 }
 
+template <bool kTriton>
 std::tuple<Tensor, Tensor, Tensor> pointwise_conv2d_stats_autograd(const Tensor& input, const Tensor& weight) {
-  const auto r = PointwiseConv2dStats::apply(input, weight);
+  const auto r = PointwiseConv2dStats<kTriton>::apply(input, weight);
   return {r[0], r[1], r[2]};
 }
 
+template <bool kTriton>
 std::tuple<Tensor, Tensor> squeeze_excite_autograd(const Tensor& input, const Tensor& fc1_weight,
                                                    const Tensor& fc1_bias, const Tensor& fc2_weight,
                                                    const Tensor& fc2_bias, c10::string_view activation,
                                                    c10::string_view scale_activation) {
-  const auto r = SqueezeExcite::apply(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, std::string(activation),
-                                      std::string(scale_activation));
+  const auto r = SqueezeExcite<kTriton>::apply(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                               std::string(activation), std::string(scale_activation));
   return {r[0], r[1]};
 }
 
 // ----------------------------------------------------------------------------- conv + BN + act, training
-// depthwise_conv2d_bn_act_train and pointwise_conv2d_bn_act_train (the C++-backed ones; their
-// `_triton` twins are composed in Python, mobilenet_kernels/ops/_common.py::register_conv_bn_act_train,
-// with the same formulas): the conv's statistics op (the batch statistics from the conv's epilogue),
-// then the BatchNorm apply kernel with them; backward: one op, {conv}_bn_act_train_backward, whose
-// composite here runs batch_norm_act_train_backward, then the conv's backward op (the CUDA kernel
-// of depthwise's fuses the two where its tiled kernel applies: csrc/cuda/depthwise_conv2d.cu).
+// depthwise_conv2d_bn_act_train and pointwise_conv2d_bn_act_train and their `_triton` twins: the
+// conv's statistics op (the batch statistics from the conv's epilogue), then the BatchNorm apply
+// kernel with them; backward: one op, {conv}_bn_act_train_backward, whose composite here runs
+// batch_norm_act_train_backward, then the conv's backward op (the CUDA kernel of depthwise's fuses
+// the two where its tiled kernel applies: csrc/cuda/depthwise_conv2d.cu; the Triton twins' backward
+// ops are Python, mobilenet_kernels/ops/_common.py::register_conv_bn_act_train, with their fused
+// kernels).
 // conv_out, mean and var are non-differentiable outputs kept for the backward and the running
 // statistics. All checks run before the first kernel. In C++ rather than Python: a Python
 // composite with a register_autograd formula cost ~150 us more per training call (forward and
 // backward) than its four kernel ops on a CPU box, once per BatchNorm layer and step.
 
-// The conv of one composite: DepthwiseConv (above, shared with the depthwise ops' Functions) or
-// PointwiseConv: its geometry (saved in and loaded from ctx), its checks (with BatchNorm's weight
-// and bias, per output channel; returning the output's sizes), its statistics op, its backward op
-// and the composite's backward op.
+// The conv of one composite: DepthwiseConvT (above, shared with the depthwise ops' Functions) or
+// PointwiseConvT, over the C++-backed ops or (kTriton) their `_triton` twins: its geometry (saved in
+// and loaded from ctx), its checks (with BatchNorm's weight and bias, per output channel; returning
+// the output's sizes), its statistics op, its backward op and the composite's backward op.
 using PwTrainBackwardSig = ConvBnActOut(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
                                         const OptTensor&, const Tensor&, const Tensor&, const Tensor&, double,
                                         c10::string_view, std::array<bool, 2>);
 
-struct PointwiseConv {
+template <bool kTriton>
+struct PointwiseConvT {
+  static constexpr bool kIsTriton = kTriton;
   void save(AutogradContext*) const {}
-  static PointwiseConv load(AutogradContext*) { return {}; }
+  static PointwiseConvT load(AutogradContext*) { return {}; }
 
   std::vector<int64_t> check(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
                              const OptTensor& bias, const std::string& activation) const {
@@ -489,18 +519,18 @@ struct PointwiseConv {
     return a.output_sizes();
   }
   std::tuple<Tensor, Tensor, Tensor> stats(const Tensor& input, const Tensor& conv_weight) const {
-    static const auto op = find_op<PwStatsSig>("mobilenet_kernels::pointwise_conv2d_stats");
+    static const auto op = find_twin<PwStatsSig, kTriton>("pointwise_conv2d_stats");
     return op.call(input, conv_weight);
   }
   std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
                                               std::array<bool, 3> mask) const {
-    return call_pointwise_backward(grad, input, conv_weight, mask);
+    return call_pointwise_backward<kTriton>(grad, input, conv_weight, mask);
   }
   ConvBnActOut train_backward(const Tensor& grad, const Tensor& input, const Tensor& conv_weight,
                               const OptTensor& weight, const OptTensor& bias, const Tensor& conv_out,
                               const Tensor& mean, const Tensor& var, double eps, const std::string& activation,
                               std::array<bool, 2> mask) const {
-    static const auto op = find_op<PwTrainBackwardSig>("mobilenet_kernels::pointwise_conv2d_bn_act_train_backward");
+    static const auto op = find_twin<PwTrainBackwardSig, kTriton>("pointwise_conv2d_bn_act_train_backward");
     return op.call(grad, input, conv_weight, weight, bias, conv_out, mean, var, eps, activation, mask);
   }
 };
@@ -511,7 +541,7 @@ ConvBnActOut conv_bn_act_train(const Conv& conv, const Tensor& input, const Tens
                                const OptTensor& bias, double eps, const std::string& activation) {
   conv.check(input, conv_weight, weight, bias, activation);
   TORCH_CHECK_VALUE(eps >= 0, "eps: expected a non-negative value, got ", eps);
-  static const auto apply_op = find_op<BnEvalSig>("mobilenet_kernels::batch_norm_act_eval");
+  static const auto apply_op = find_twin<BnEvalSig, Conv::kIsTriton>("batch_norm_act_eval");
   auto [conv_out, mean, var] = conv.stats(input, conv_weight);
   Tensor out = apply_op.call(conv_out, mean, var, weight, bias, eps, activation);
   return {out, conv_out, mean, var};
@@ -526,7 +556,7 @@ ConvBnActOut conv_bn_act_train_backward(const Conv& conv, const Tensor& grad_out
                                         const std::string& activation, std::array<bool, 2> mask) {
   const std::vector<int64_t> out_sizes = conv.check(input, conv_weight, weight, bias, activation);
   check_conv_bn_backward_operands(input, out_sizes, grad_output, conv_out, weight, bias, mean, var, eps, activation);
-  static const auto bn_backward = find_op<BnTrainBackwardSig>("mobilenet_kernels::batch_norm_act_train_backward");
+  static const auto bn_backward = find_twin<BnTrainBackwardSig, Conv::kIsTriton>("batch_norm_act_train_backward");
   const auto [grad_conv_out, sum_g_xhat, sum_g] = bn_backward.call(
       grad_output.contiguous(output_memory_format(input)), conv_out, weight, bias, mean, var, eps, activation);
   Tensor grad_input = at::empty({0}, input.options()), grad_conv_weight = at::empty({0}, input.options());
@@ -577,21 +607,23 @@ struct ConvBnActTrain : public torch::autograd::Function<ConvBnActTrain<Conv>> {
   }
 };
 
+template <bool kTriton>
 ConvBnActOut depthwise_conv2d_bn_act_train(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
                                            const OptTensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                                            at::IntArrayRef dilation, double eps, c10::string_view activation) {
-  return conv_bn_act_train(depthwise_conv(stride, padding, dilation), input, conv_weight, weight, bias, eps,
+  return conv_bn_act_train(depthwise_conv<kTriton>(stride, padding, dilation), input, conv_weight, weight, bias, eps,
                            std::string(activation));
 }
 
+template <bool kTriton>
 ConvBnActOut depthwise_conv2d_bn_act_train_autograd(const Tensor& input, const Tensor& conv_weight,
                                                     const OptTensor& weight, const OptTensor& bias,
                                                     at::IntArrayRef stride, at::IntArrayRef padding,
                                                     at::IntArrayRef dilation, double eps,
                                                     c10::string_view activation) {
-  const auto r = ConvBnActTrain<DepthwiseConv>::apply(input, conv_weight, weight, bias,
-                                                      depthwise_conv(stride, padding, dilation), eps,
-                                                      std::string(activation));
+  const auto r = ConvBnActTrain<DepthwiseConvT<kTriton>>::apply(input, conv_weight, weight, bias,
+                                                                depthwise_conv<kTriton>(stride, padding, dilation),
+                                                                eps, std::string(activation));
   return {r[0], r[1], r[2], r[3]};
 }
 
@@ -601,20 +633,23 @@ ConvBnActOut depthwise_conv2d_bn_act_train_backward(const Tensor& grad_output, c
                                                     const Tensor& var, at::IntArrayRef stride, at::IntArrayRef padding,
                                                     at::IntArrayRef dilation, double eps,
                                                     c10::string_view activation, std::array<bool, 2> mask) {
-  return conv_bn_act_train_backward(depthwise_conv(stride, padding, dilation), grad_output, input, conv_weight,
+  return conv_bn_act_train_backward(depthwise_conv<false>(stride, padding, dilation), grad_output, input, conv_weight,
                                     weight, bias, conv_out, mean, var, eps, std::string(activation), mask);
 }
 
+template <bool kTriton>
 ConvBnActOut pointwise_conv2d_bn_act_train(const Tensor& input, const Tensor& conv_weight, const OptTensor& weight,
                                            const OptTensor& bias, double eps, c10::string_view activation) {
-  return conv_bn_act_train(PointwiseConv{}, input, conv_weight, weight, bias, eps, std::string(activation));
+  return conv_bn_act_train(PointwiseConvT<kTriton>{}, input, conv_weight, weight, bias, eps, std::string(activation));
 }
 
+template <bool kTriton>
 ConvBnActOut pointwise_conv2d_bn_act_train_autograd(const Tensor& input, const Tensor& conv_weight,
                                                     const OptTensor& weight, const OptTensor& bias, double eps,
                                                     c10::string_view activation) {
-  const auto r = ConvBnActTrain<PointwiseConv>::apply(input, conv_weight, weight, bias, PointwiseConv{}, eps,
-                                                      std::string(activation));
+  const auto r = ConvBnActTrain<PointwiseConvT<kTriton>>::apply(input, conv_weight, weight, bias,
+                                                                PointwiseConvT<kTriton>{}, eps,
+                                                                std::string(activation));
   return {r[0], r[1], r[2], r[3]};
 }
 
@@ -623,14 +658,14 @@ ConvBnActOut pointwise_conv2d_bn_act_train_backward(const Tensor& grad_output, c
                                                     const OptTensor& bias, const Tensor& conv_out, const Tensor& mean,
                                                     const Tensor& var, double eps, c10::string_view activation,
                                                     std::array<bool, 2> mask) {
-  return conv_bn_act_train_backward(PointwiseConv{}, grad_output, input, conv_weight, weight, bias, conv_out, mean,
-                                    var, eps, std::string(activation), mask);
+  return conv_bn_act_train_backward(PointwiseConvT<false>{}, grad_output, input, conv_weight, weight, bias, conv_out,
+                                    mean, var, eps, std::string(activation), mask);
 }
 
 // ----------------------------------------------------------------------------- pointwise_depthwise_bn_act_train
 // An inverted residual's expand + depthwise layers in training as one op (csrc/library.cpp; kernels:
 // csrc/cuda/depthwise_conv2d.cu on CUDA tensors, mobilenet_kernels/ops/pointwise_depthwise.py on
-// CPU tensors and for the `_triton` twin, whose Python formula this one mirrors). Every model block
+// CPU tensors and for the `_triton` twin). Every model block
 // with an expand conv runs it once per training step on a GPU: in C++ its autograd runs no Python
 // between the call and the kernels (the Python formula's forward + backward took ~70 µs more per call
 // on a 2-core CPU box, 265 against 195 µs for a small block's op, kernels included).
@@ -649,13 +684,14 @@ using PwDwTrainBackwardSig = Tensors7(const Tensor&, const Tensor&, const Tensor
                                       at::IntArrayRef, at::IntArrayRef, double, c10::string_view,
                                       std::array<bool, 3>);
 
-struct PointwiseDepthwiseTrain : public torch::autograd::Function<PointwiseDepthwiseTrain> {
+template <bool kTriton>
+struct PointwiseDepthwiseTrain : public torch::autograd::Function<PointwiseDepthwiseTrain<kTriton>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& expand_weight,
                                const OptTensor& expand_bn_weight, const OptTensor& expand_bn_bias,
                                const Tensor& dw_weight, const OptTensor& dw_bn_weight, const OptTensor& dw_bn_bias,
-                               const DepthwiseConv& conv, double eps, const std::string& activation) {
+                               const DepthwiseConvT<kTriton>& conv, double eps, const std::string& activation) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<PwDwTrainSig>("mobilenet_kernels::pointwise_depthwise_bn_act_train");
+    static const auto op = find_twin<PwDwTrainSig, kTriton>("pointwise_depthwise_bn_act_train");
     auto [out, z1, mean1, var1, z2, mean2, var2] =
         op.call(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias,
                 conv.stride, conv.padding, conv.dilation, eps, activation);
@@ -672,7 +708,7 @@ struct PointwiseDepthwiseTrain : public torch::autograd::Function<PointwiseDepth
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op =
-        find_op<PwDwTrainBackwardSig>("mobilenet_kernels::pointwise_depthwise_bn_act_train_backward");
+        find_twin<PwDwTrainBackwardSig, kTriton>("pointwise_depthwise_bn_act_train_backward");
     if (!grads[0].defined()) return variable_list(12);
     const auto s = ctx->get_saved_variables();
     const Tensor &input = s[0], &expand_bn_weight = s[2], &expand_bn_bias = s[3];
@@ -681,7 +717,7 @@ struct PointwiseDepthwiseTrain : public torch::autograd::Function<PointwiseDepth
     const int64_t absent = !expand_bn_weight.defined() + !expand_bn_bias.defined();
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    ctx->needs_input_grad(4 - absent)};
-    const DepthwiseConv conv = DepthwiseConv::load(ctx);
+    const auto conv = DepthwiseConvT<kTriton>::load(ctx);
     const auto [grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dw_sum_gxhat,
                 dw_sum_g] =
         op.call(grads[0].contiguous(output_memory_format(input)), input, s[1], optional(expand_bn_weight),
@@ -704,40 +740,52 @@ struct PointwiseDepthwiseTrain : public torch::autograd::Function<PointwiseDepth
   }
 };
 
+template <bool kTriton>
 Tensors7 pointwise_depthwise_bn_act_train_autograd(const Tensor& input, const Tensor& expand_weight,
                                                    const OptTensor& expand_bn_weight, const OptTensor& expand_bn_bias,
                                                    const Tensor& dw_weight, const OptTensor& dw_bn_weight,
                                                    const OptTensor& dw_bn_bias, at::IntArrayRef stride,
                                                    at::IntArrayRef padding, at::IntArrayRef dilation, double eps,
                                                    c10::string_view activation) {
-  const auto r = PointwiseDepthwiseTrain::apply(input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight,
-                                                dw_bn_weight, dw_bn_bias, depthwise_conv(stride, padding, dilation),
-                                                eps, std::string(activation));
+  const auto r = PointwiseDepthwiseTrain<kTriton>::apply(input, expand_weight, expand_bn_weight, expand_bn_bias,
+                                                         dw_weight, dw_bn_weight, dw_bn_bias,
+                                                         depthwise_conv<kTriton>(stride, padding, dilation), eps,
+                                                         std::string(activation));
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
 }
 
 }  // namespace
 
 // The composites below autograd (torch.compile's graphs, inference mode) and their backward ops:
-// device-generic (CUDA registers its own depthwise_conv2d_bn_act_train_backward).
+// device-generic (CUDA registers its own depthwise_conv2d_bn_act_train_backward). The `_triton`
+// twins' forward composites are these over their ops; their backward ops are Python
+// (mobilenet_kernels/ops/_common.py::register_conv_bn_act_train: the fused Triton backward).
 TORCH_LIBRARY_IMPL(mobilenet_kernels, CompositeExplicitAutograd, m) {
-  m.impl("depthwise_conv2d_bn_act_train", &depthwise_conv2d_bn_act_train);
+  m.impl("depthwise_conv2d_bn_act_train", &depthwise_conv2d_bn_act_train<false>);
+  m.impl("depthwise_conv2d_bn_act_train_triton", &depthwise_conv2d_bn_act_train<true>);
   m.impl("depthwise_conv2d_bn_act_train_backward", &depthwise_conv2d_bn_act_train_backward);
-  m.impl("pointwise_conv2d_bn_act_train", &pointwise_conv2d_bn_act_train);
+  m.impl("pointwise_conv2d_bn_act_train", &pointwise_conv2d_bn_act_train<false>);
+  m.impl("pointwise_conv2d_bn_act_train_triton", &pointwise_conv2d_bn_act_train<true>);
   m.impl("pointwise_conv2d_bn_act_train_backward", &pointwise_conv2d_bn_act_train_backward);
 }
 
+// Every op with a gradient, and its `_triton` twin: one Function for both.
+#define MK_AUTOGRAD_TWINS(op)                \
+  m.impl(#op, &op##_autograd<false>);        \
+  m.impl(#op "_triton", &op##_autograd<true>)
+
 TORCH_LIBRARY_IMPL(mobilenet_kernels, Autograd, m) {
-  m.impl("depthwise_conv2d_bn_act_train", &depthwise_conv2d_bn_act_train_autograd);
-  m.impl("pointwise_conv2d_bn_act_train", &pointwise_conv2d_bn_act_train_autograd);
-  m.impl("pointwise_depthwise_bn_act_train", &pointwise_depthwise_bn_act_train_autograd);
-  m.impl("batch_norm_act_eval", &batch_norm_act_eval_autograd);
-  m.impl("batch_norm_act_train", &batch_norm_act_train_autograd);
-  m.impl("depthwise_conv2d", &depthwise_conv2d_autograd);
-  m.impl("depthwise_conv2d_stats", &depthwise_conv2d_stats_autograd);
-  m.impl("squeeze_excite", &squeeze_excite_autograd);
-  m.impl("pointwise_conv2d", &pointwise_conv2d_autograd);
-  m.impl("pointwise_conv2d_stats", &pointwise_conv2d_stats_autograd);
+  MK_AUTOGRAD_TWINS(depthwise_conv2d_bn_act_train);
+  MK_AUTOGRAD_TWINS(pointwise_conv2d_bn_act_train);
+  MK_AUTOGRAD_TWINS(pointwise_depthwise_bn_act_train);
+  MK_AUTOGRAD_TWINS(batch_norm_act_eval);
+  MK_AUTOGRAD_TWINS(batch_norm_act_train);
+  MK_AUTOGRAD_TWINS(depthwise_conv2d);
+  MK_AUTOGRAD_TWINS(depthwise_conv2d_stats);
+  MK_AUTOGRAD_TWINS(squeeze_excite);
+  MK_AUTOGRAD_TWINS(pointwise_conv2d);
+  MK_AUTOGRAD_TWINS(pointwise_conv2d_stats);
 }
+#undef MK_AUTOGRAD_TWINS
 
 }  // namespace mobilenet_kernels

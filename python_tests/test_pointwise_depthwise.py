@@ -148,11 +148,12 @@ def test_gradients_with_absent_or_frozen_arguments(backend, presence, device):
             torch.testing.assert_close(t.grad, r.grad, rtol=1e-7, atol=1e-7, msg=f"argument {i}")
 
 
-def test_cpp_backed_op_has_cpp_autograd():
-    """The C++-backed op's autograd is a C++ node (csrc/autograd.cpp): no Python runs per call."""
-    skip_unless_usable("cuda", "cpu")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_autograd_is_cpp(backend):
+    """Both twins' autograd is the C++ node (csrc/autograd.cpp): no Python runs per call."""
+    skip_unless_usable(backend, "cpu")
     case = leaves(make_case((2, 3, 5, 5), 8, 3, "channels_last", torch.float32, "cpu"))
-    out = op("cuda")(*case, [1, 1], [1, 1], [1, 1], 1e-5, "relu6")[0]
+    out = op(backend)(*case, [1, 1], [1, 1], [1, 1], 1e-5, "relu6")[0]
     assert "PointwiseDepthwiseTrain" in out.grad_fn.name(), out.grad_fn.name()
 
 

@@ -1,4 +1,4 @@
-"""Op registrations (fakes, autograd, Triton kernels). Importing this module registers them all."""
+"""Op registrations (fakes, Triton kernels; the autograd of every op is C++, csrc/autograd.cpp). Importing this module registers them all."""
 
 from .._extension import LOADED
 

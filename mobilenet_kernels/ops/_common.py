@@ -57,30 +57,12 @@ def check_per_channel(t: torch.Tensor | None, name: str, input: torch.Tensor) ->
         raise ValueError(f"{name}: expected device {input.device}, got {t.device}")
 
 
-def mark_statistics(ctx, *outputs: torch.Tensor) -> None:
-    """Marks ``outputs`` (statistics, a kept conv output) non-differentiable without autograd's zero
-    gradients for them: by default the backward would get a zero tensor per such output, for the
-    training composites' conv_out a fill of the conv output's size per layer and step. The backward
-    gets None instead, and returns no gradients when the differentiable output's is None too
-    (gradcheck's undefined-gradient check does that). csrc/autograd.cpp does the same."""
-    ctx.mark_non_differentiable(*outputs)
-    ctx.set_materialize_grads(False)
-
-
-def register_twins(op: str, fake: Callable, backward_fake: Callable, backward: Callable, setup_context: Callable) -> None:
-    """Register the fakes of ``op`` and of its ``_triton`` twin, and the twin's autograd formula.
-
-    ``backward(backward_op)`` builds the autograd backward from the matching backward op. The
-    C++-backed op's autograd is the same formula in C++ (csrc/autograd.cpp: no Python per call).
-    """
+def register_twins(op: str, fake: Callable, backward_fake: Callable) -> None:
+    """Register the fakes of ``op`` and of its ``_triton`` twin and of their backward ops. Both twins'
+    autograd is C++ (csrc/autograd.cpp: one formula, no Python per call)."""
     for suffix in ("", "_triton"):
         torch.library.register_fake(f"mobilenet_kernels::{op}{suffix}", fake)
         torch.library.register_fake(f"mobilenet_kernels::{op}_backward{suffix}", backward_fake)
-    torch.library.register_autograd(
-        f"mobilenet_kernels::{op}_triton",
-        backward(getattr(torch.ops.mobilenet_kernels, f"{op}_backward_triton")),
-        setup_context=setup_context,
-    )
 
 
 # ----------------------------------------------------------------------------- conv ops (depthwise, pointwise)
@@ -90,68 +72,13 @@ def register_twins(op: str, fake: Callable, backward_fake: Callable, backward: C
 # for depthwise and empty for a 1x1 conv. The pieces below are written once for both.
 
 
-def output_for_activation_grad(output: torch.Tensor, activation: str, added_after: bool = False):
-    """What to save for act' when the output is ``act(z) (+ residual)``: the output itself for
-    relu/relu6 with nothing added after the activation (y > 0, and y < 6, exactly where z is), else
-    None (identity needs nothing; the others recompute z)."""
-    return output if activation in ("relu", "relu6") and not added_after else None
-
-
-def grad_through_activation(grad_output: torch.Tensor, activation: str, saved_output: torch.Tensor | None,
-                            recompute_preactivation: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``grad_output * act'(z)``: read off the saved output when there is one (see
-    output_for_activation_grad), else from the recomputed pre-activation z, in the accumulation
-    dtype. Recomputing is only reached when training through a frozen, folded BatchNorm."""
-    from ..activations import activation_derivative
-
-    if activation == "identity":
-        return grad_output
-    if saved_output is not None:
-        keep = (saved_output > 0) & (saved_output < 6) if activation == "relu6" else saved_output > 0
-        return grad_output * keep
-    z = recompute_preactivation()
-    acc = acc_dtype(z.dtype)
-    return (grad_output.to(acc) * activation_derivative(z.to(acc), activation)).to(z.dtype)
-
-
-def register_conv_op(conv: str, *, fake: Callable, backward_fake: Callable, stats_fake: Callable,
-                     make_backward: Callable, setup_context: Callable) -> None:
+def register_conv_op(conv: str, *, fake: Callable, backward_fake: Callable, stats_fake: Callable) -> None:
     """The fakes of ``{conv}``, ``{conv}_backward`` and ``{conv}_stats`` and of their ``_triton``
-    twins, and the twins' autograd: ``make_backward(forward_op, backward_op)`` for the conv,
-    register_stats_autograd for the stats. The C++-backed ops have the same formulas in C++
-    (csrc/autograd.cpp: no Python per call)."""
-    ns = torch.ops.mobilenet_kernels
+    twins. Their autograd is C++ (csrc/autograd.cpp), the stats ops' with the statistics as
+    non-differentiable outputs (they feed BatchNorm, whose own backward accounts for them)."""
     for suffix in ("", "_triton"):
         for op, op_fake in ((conv, fake), (f"{conv}_backward", backward_fake), (f"{conv}_stats", stats_fake)):
             torch.library.register_fake(f"mobilenet_kernels::{op}{suffix}", op_fake)
-    backward = make_backward(getattr(ns, f"{conv}_triton"), getattr(ns, f"{conv}_backward_triton"))
-    torch.library.register_autograd(f"mobilenet_kernels::{conv}_triton", backward, setup_context=setup_context)
-    register_stats_autograd(conv)
-
-
-def register_stats_autograd(conv: str) -> None:
-    """Autograd of ``{conv}_stats_triton(input, weight, *geometry) -> (out, mean, var)``: the
-    statistics are non-differentiable outputs (they feed BatchNorm, whose own backward accounts for
-    them), so only the conv output carries a gradient, through ``{conv}_backward_triton``. The
-    C++-backed op has the same formula in csrc/autograd.cpp."""
-    backward_op = getattr(torch.ops.mobilenet_kernels, f"{conv}_backward_triton")
-
-    def setup_context(ctx, inputs, output):
-        input, weight, *geometry = inputs
-        mark_statistics(ctx, output[1], output[2])
-        ctx.geometry = tuple(geometry)
-        ctx.save_for_backward(input, weight)
-
-    def backward(ctx, grad_output, _grad_mean, _grad_var):
-        if grad_output is None:
-            return (None,) * (2 + len(ctx.geometry))
-        input, weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_input, grad_weight, _ = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)),
-                                                 input, weight, *ctx.geometry, [needs[0], needs[1], False])
-        return (grad_input if needs[0] else None, grad_weight if needs[1] else None) + (None,) * len(ctx.geometry)
-
-    torch.library.register_autograd(f"mobilenet_kernels::{conv}_stats_triton", backward, setup_context=setup_context)
 
 
 def bn_dx_fused() -> bool:
@@ -215,9 +142,9 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
     activation, output_mask) -> (grad_input, grad_conv_weight, sum g * x_hat, sum g)``:
     batch_norm_act_train_backward then ``{conv}_backward``, or, for the ``_triton`` twin,
     ``fused_backward`` (same arguments) when given. Device-generic. Here: the fakes of all four ops
-    and the ``_triton`` twins' kernels and autograd; the C++-backed ops' kernels and autograd are
-    the same formulas in C++ (csrc/autograd.cpp: this Python path cost ~150 us more per training
-    call).
+    and the ``_triton`` twin's backward kernel; the forward composites of both twins and their
+    autograd are C++ (csrc/autograd.cpp: a Python composite with a Python autograd formula cost ~150
+    us more per training call).
 
     ``check_args(input, conv_weight, weight, bias, *geometry, eps, activation)`` raises on bad input;
     ``stats_fake(input, conv_weight, *geometry)`` is the stats op's fake (the output's shape)."""
@@ -247,26 +174,9 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
                 else input.new_empty(0),
                 input.new_empty(out_shape[1], dtype=acc), input.new_empty(out_shape[1], dtype=acc))
 
-    def setup_context(ctx, inputs, output):
-        input, conv_weight, weight, bias, *geometry, eps, activation = inputs
-        _, conv_out, mean, var = output
-        mark_statistics(ctx, conv_out, mean, var)
-        ctx.save_for_backward(input, conv_weight, weight, bias, conv_out, mean, var)
-        ctx.geometry = tuple(geometry)
-        ctx.eps, ctx.activation = eps, activation
-
-    # The Triton twin's formulas over its kernel ops.
-    stats_op = getattr(ns, f"{conv}_stats_triton")
-    apply_op = ns.batch_norm_act_eval_triton
+    # The Triton twin's backward over its kernel ops.
     bn_backward = ns.batch_norm_act_train_backward_triton
     conv_backward = getattr(ns, f"{conv}_backward_triton")
-    backward_op = getattr(ns, f"{conv}_bn_act_train_backward_triton")
-
-    def forward(input, conv_weight, weight, bias, *rest):
-        check_args(input, conv_weight, weight, bias, *rest)
-        *geometry, eps, activation = rest
-        conv_out, mean, var = stats_op(input, conv_weight, *geometry)
-        return apply_op(conv_out, mean, var, weight, bias, eps, activation), conv_out, mean, var
 
     def composite_backward(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest):
         check_backward_args(grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *rest)
@@ -286,23 +196,8 @@ def register_conv_bn_act_train(conv: str, check_args: Callable, stats_fake: Call
         check_backward_args(*args)
         return fused_backward(*args)
 
-    def backward(ctx, grad_output, _grad_conv_out, _grad_mean, _grad_var):
-        if grad_output is None:
-            return (None,) * (6 + len(ctx.geometry))
-        input, conv_weight, weight, bias, conv_out, mean, var = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_input, grad_conv_weight, sum_g_xhat, sum_g = backward_op(
-            grad_output, input, conv_weight, weight, bias, conv_out, mean, var, *ctx.geometry, ctx.eps,
-            ctx.activation, [needs[0], needs[1]])
-        return (grad_input if needs[0] else None, grad_conv_weight if needs[1] else None,
-                sum_g_xhat.to(weight.dtype) if needs[2] else None, sum_g.to(bias.dtype) if needs[3] else None,
-                *(None,) * (len(ctx.geometry) + 2))
-
     for suffix in ("", "_triton"):
         torch.library.register_fake(f"mobilenet_kernels::{conv}_bn_act_train{suffix}", fake)
         torch.library.register_fake(f"mobilenet_kernels::{conv}_bn_act_train_backward{suffix}", backward_fake)
-    name = f"mobilenet_kernels::{conv}_bn_act_train_triton"
-    torch.library.register_kernel(name, ("cpu", "cuda"), forward)
-    torch.library.register_autograd(name, backward, setup_context=setup_context)
     torch.library.register_kernel(f"mobilenet_kernels::{conv}_bn_act_train_backward_triton", ("cpu", "cuda"),
                                   composite_backward if fused_backward is None else kernel_backward)

@@ -1,4 +1,4 @@
-"""batch_norm_act: registration of fakes, autograd and the Triton kernels, eval and training.
+"""batch_norm_act: registration of fakes and the Triton kernels, eval and training.
 
 Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/batch_norm_act.*.
 Autocast policy: none registered on purpose. The op accepts mixed dtypes (bf16/fp16 input with
@@ -11,7 +11,7 @@ import torch
 
 from ..activations import check_activation
 from ._common import (acc_dtype, check_floating, check_grad_output, check_per_channel, empty_like_output,
-                      mark_statistics, output_memory_format, register_twins)
+                      output_memory_format, register_twins)
 
 
 def check_batch_norm_eval_args(input, running_mean, running_var, weight, bias, eps, activation) -> None:
@@ -38,31 +38,7 @@ def _backward_fake(grad_output, input, running_mean, running_var, weight, bias, 
     return empty_like_output(input), input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
 
 
-def _setup_context(ctx, inputs, output):
-    input, running_mean, running_var, weight, bias, eps, activation = inputs
-    ctx.save_for_backward(input, running_mean, running_var, weight, bias)
-    ctx.eps = eps
-    ctx.activation = activation
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad_output):
-        input, mean, var, weight, bias = ctx.saved_tensors
-        grad_input, sum_g_xhat, sum_g = backward_op(grad_output, input, mean, var, weight, bias, ctx.eps, ctx.activation)
-        needs = ctx.needs_input_grad
-        # y = act(w * x_hat + b), x_hat = (x - mean) * rstd, rstd = (var + eps)^-1/2.
-        rstd = (var.to(sum_g.dtype) + ctx.eps).rsqrt()
-        w = weight.to(sum_g.dtype) if weight is not None else 1.0
-        grad_mean = (-sum_g * w * rstd).to(mean.dtype) if needs[1] else None
-        grad_var = (-0.5 * sum_g_xhat * w * rstd * rstd).to(var.dtype) if needs[2] else None
-        grad_weight = sum_g_xhat.to(weight.dtype) if needs[3] else None
-        grad_bias = sum_g.to(bias.dtype) if needs[4] else None
-        return grad_input if needs[0] else None, grad_mean, grad_var, grad_weight, grad_bias, None, None
-
-    return backward
-
-
-register_twins("batch_norm_act_eval", _fake, _backward_fake, _make_backward, _setup_context)
+register_twins("batch_norm_act_eval", _fake, _backward_fake)
 
 
 # ----------------------------------------------------------------------------- training mode
@@ -95,30 +71,7 @@ def _train_backward_fake(grad_output, input, weight, bias, mean, var, eps, activ
     return empty_like_output(input), input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
 
 
-def _train_setup_context(ctx, inputs, output):
-    input, weight, bias, eps, activation = inputs
-    _, mean, var = output
-    mark_statistics(ctx, mean, var)
-    ctx.save_for_backward(input, weight, bias, mean, var)
-    ctx.eps = eps
-    ctx.activation = activation
-
-
-def _make_train_backward(backward_op):
-    def backward(ctx, grad_output, _grad_mean, _grad_var):
-        if grad_output is None:  # (mark_statistics)
-            return (None,) * 5
-        input, weight, bias, mean, var = ctx.saved_tensors
-        grad_input, sum_g_xhat, sum_g = backward_op(grad_output, input, weight, bias, mean, var, ctx.eps, ctx.activation)
-        needs = ctx.needs_input_grad
-        grad_weight = sum_g_xhat.to(weight.dtype) if needs[1] else None
-        grad_bias = sum_g.to(bias.dtype) if needs[2] else None
-        return grad_input if needs[0] else None, grad_weight, grad_bias, None, None
-
-    return backward
-
-
-register_twins("batch_norm_act_train", _train_fake, _train_backward_fake, _make_train_backward, _train_setup_context)
+register_twins("batch_norm_act_train", _train_fake, _train_backward_fake)
 
 
 @torch.library.register_kernel("mobilenet_kernels::batch_norm_act_train_triton", ("cpu", "cuda"))

@@ -1,4 +1,4 @@
-"""depthwise_conv2d: registration of fakes, autograd and the Triton kernels.
+"""depthwise_conv2d: registration of fakes and the Triton kernels.
 
 Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/depthwise_conv2d.*;
 Triton kernels in mobilenet_kernels/triton/depthwise_conv2d.py.
@@ -27,8 +27,7 @@ import torch
 
 from ..activations import check_activation
 from ._common import (acc_dtype, check_floating, check_grad_output, check_per_channel, dense, empty_like_output,
-                      grad_through_activation, like_weight, output_for_activation_grad, output_memory_format,
-                      register_conv_bn_act_train, register_conv_op)
+                      like_weight, output_memory_format, register_conv_bn_act_train, register_conv_op)
 
 
 def _pair(v, name: str, min_value: int) -> tuple[int, int]:
@@ -121,34 +120,7 @@ def _stats_fake(input, weight, stride, padding, dilation):
     return _output(input, out_hw), input.new_empty(C, dtype=acc), input.new_empty(C, dtype=acc)
 
 
-# ----------------------------------------------------------------------------- autograd
-
-
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, activation = inputs
-    ctx.geometry = (stride, padding, dilation)
-    ctx.activation = activation
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(input, weight, bias, output_for_activation_grad(output, activation))
-
-
-def _make_backward(forward_op, backward_op):
-    def backward(ctx, grad_output):
-        input, weight, bias, out = ctx.saved_tensors
-        g = grad_through_activation(grad_output, ctx.activation, out,
-                                    lambda: forward_op(input, weight, bias, *ctx.geometry, "identity"))
-        needs = ctx.needs_input_grad
-        mask = [needs[0], needs[1], needs[2] and ctx.has_bias]
-        grad_input, grad_weight, grad_bias = backward_op(g.contiguous(memory_format=output_memory_format(input)), input,
-                                                         weight, *ctx.geometry, mask)
-        return (grad_input if mask[0] else None, grad_weight if mask[1] else None, grad_bias if mask[2] else None,
-                None, None, None, None)
-
-    return backward
-
-
-register_conv_op("depthwise_conv2d", fake=_fake, backward_fake=_backward_fake, stats_fake=_stats_fake,
-                 make_backward=_make_backward, setup_context=_setup_context)
+register_conv_op("depthwise_conv2d", fake=_fake, backward_fake=_backward_fake, stats_fake=_stats_fake)
 
 
 # ----------------------------------------------------------------------------- Triton

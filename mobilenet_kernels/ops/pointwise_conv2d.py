@@ -1,4 +1,4 @@
-"""pointwise_conv2d (1x1 conv): registration of fakes, autograd and the Triton kernels.
+"""pointwise_conv2d (1x1 conv): registration of fakes and the Triton kernels.
 
 Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/pointwise_conv2d.*;
 Triton kernels in mobilenet_kernels/triton/pointwise_conv2d.py. The same three kernel ops and one
@@ -25,8 +25,7 @@ import torch
 
 from ..activations import check_activation
 from ._common import (acc_dtype, check_floating, check_grad_output, check_like_input, dense, empty_like_output,
-                      grad_through_activation, like_weight, output_for_activation_grad, output_memory_format,
-                      register_conv_bn_act_train, register_conv_op)
+                      like_weight, output_memory_format, register_conv_bn_act_train, register_conv_op)
 from .depthwise_conv2d import check_stats_count
 
 
@@ -107,35 +106,7 @@ def _stats_fake(input, weight):
     return _output(input, Co), input.new_empty(Co, dtype=acc), input.new_empty(Co, dtype=acc)
 
 
-# ----------------------------------------------------------------------------- autograd
-
-
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, residual, activation = inputs
-    ctx.activation = activation
-    ctx.has_bias = bias is not None
-    ctx.has_residual = residual is not None
-    ctx.save_for_backward(input, weight, bias, output_for_activation_grad(output, activation, residual is not None))
-
-
-def _make_backward(forward_op, backward_op):
-    def backward(ctx, grad_output):
-        input, weight, bias, out = ctx.saved_tensors
-        g = grad_through_activation(grad_output, ctx.activation, out,
-                                    lambda: forward_op(input, weight, bias, None, "identity"))
-        needs = ctx.needs_input_grad
-        mask = [needs[0], needs[1], needs[2] and ctx.has_bias]
-        grad_input, grad_weight, grad_bias = backward_op(g.contiguous(memory_format=output_memory_format(input)), input,
-                                                         weight, mask)
-        grad_residual = grad_output if ctx.has_residual and needs[3] else None
-        return (grad_input if mask[0] else None, grad_weight if mask[1] else None, grad_bias if mask[2] else None,
-                grad_residual, None)
-
-    return backward
-
-
-register_conv_op("pointwise_conv2d", fake=_fake, backward_fake=_backward_fake, stats_fake=_stats_fake,
-                 make_backward=_make_backward, setup_context=_setup_context)
+register_conv_op("pointwise_conv2d", fake=_fake, backward_fake=_backward_fake, stats_fake=_stats_fake)
 
 
 # ----------------------------------------------------------------------------- Triton

@@ -1,5 +1,5 @@
 """pointwise_depthwise_bn_act_train: the expanded side of an inverted-residual block in training, as
-one op with its fakes, autograd and kernels (schemas in csrc/library.cpp).
+one op with its fakes and kernels (schemas in csrc/library.cpp; autograd: csrc/autograd.cpp).
 
 ``act(BN2(dw(act(BN1(expand(x))))))``, both BatchNorms on batch statistics. Per layer, the ops
 pointwise_conv2d_bn_act_train and depthwise_conv2d_bn_act_train would keep for backward, besides
@@ -26,8 +26,7 @@ the sequence above where they do not apply (NCHW, channel counts without 16-byte
 dilation); on CPU tensors the sequence above, which saves the memory and costs one apply pass in
 backward.
 
-The Triton twin's autograd is here, in Python; the C++-backed op's is the same formula in C++
-(csrc/autograd.cpp, as the per-layer training ops' is), which costs no Python per call.
+The autograd of both twins is C++ (csrc/autograd.cpp, as every op's), which costs no Python per call.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (acc_dtype, bn_dx_fused, check_output_channels, check_output_sized, check_per_channel, dense,
-                      input_bn_fused, like_weight, mark_statistics, output_memory_format)
+                      input_bn_fused, like_weight, output_memory_format)
 from .depthwise_conv2d import _acc_weight, check_depthwise_args, check_stats_count
 from .pointwise_conv2d import check_output_batch_norm, check_pointwise_args
 
@@ -197,41 +196,8 @@ def _triton_backward(grad_output, input, expand_weight, expand_bn_weight, expand
     return (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dx.sum_gxhat, dx.sum_g)
 
 
-# ----------------------------------------------------------------------------- autograd (the Triton twin)
-
-
-def _setup_context(ctx, inputs, output):
-    (input, expand_weight, expand_bn_weight, expand_bn_bias, dw_weight, dw_bn_weight, dw_bn_bias, stride, padding,
-     dilation, eps, activation) = inputs
-    _, z1, mean1, var1, z2, mean2, var2 = output
-    mark_statistics(ctx, z1, mean1, var1, z2, mean2, var2)
-    ctx.save_for_backward(input, expand_weight, expand_bn_weight, expand_bn_bias, z1, mean1, var1, dw_weight,
-                          dw_bn_weight, dw_bn_bias, z2, mean2, var2)
-    ctx.rest = (list(stride), list(padding), list(dilation), eps, activation)
-
-
-def _autograd_backward(ctx, grad_output, *_grad_statistics):
-    if grad_output is None:
-        return (None,) * 12
-    saved = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    (grad_input, grad_expand_weight, expand_sum_gxhat, expand_sum_g, grad_dw_weight, dw_sum_gxhat,
-     dw_sum_g) = torch.ops.mobilenet_kernels.pointwise_depthwise_bn_act_train_backward_triton(
-        grad_output.contiguous(memory_format=output_memory_format(saved[0])), *saved, *ctx.rest,
-        [needs[0], needs[1], needs[4]])
-    expand_bn_weight, expand_bn_bias, dw_bn_weight, dw_bn_bias = saved[2], saved[3], saved[8], saved[9]
-    return (grad_input if needs[0] else None, grad_expand_weight if needs[1] else None,
-            expand_sum_gxhat.to(expand_bn_weight.dtype) if needs[2] else None,
-            expand_sum_g.to(expand_bn_bias.dtype) if needs[3] else None,
-            grad_dw_weight if needs[4] else None,
-            dw_sum_gxhat.to(dw_bn_weight.dtype) if needs[5] else None,
-            dw_sum_g.to(dw_bn_bias.dtype) if needs[6] else None,
-            None, None, None, None, None)
-
-
-# The C++-backed op's CUDA kernels are C++ (csrc/cuda/depthwise_conv2d.cu), and so is its autograd
-# (csrc/autograd.cpp, the formula of _autograd_backward); its CPU kernels and the Triton twin's are
-# these.
+# The C++-backed op's CUDA kernels are C++ (csrc/cuda/depthwise_conv2d.cu); its CPU kernels and the
+# Triton twin's are these.
 for _suffix, _kernels, _devices in (("", (_forward, _backward), ("cpu",)),
                                     ("_triton", (_triton_forward, _triton_backward), ("cpu", "cuda"))):
     _name = f"mobilenet_kernels::pointwise_depthwise_bn_act_train{_suffix}"
@@ -241,5 +207,3 @@ for _suffix, _kernels, _devices in (("", (_forward, _backward), ("cpu",)),
     torch.library.register_kernel(_name, _devices, _kernels[0])
     torch.library.register_kernel(f"mobilenet_kernels::pointwise_depthwise_bn_act_train_backward{_suffix}",
                                   _devices, _kernels[1])
-torch.library.register_autograd("mobilenet_kernels::pointwise_depthwise_bn_act_train_triton", _autograd_backward,
-                                setup_context=_setup_context)

@@ -1,4 +1,4 @@
-"""squeeze_excite: registration of fakes, autograd and the Triton kernels.
+"""squeeze_excite: registration of fakes and the Triton kernels.
 
 Schemas live in csrc/library.cpp; CPU and CUDA kernels in csrc/{cpu,cuda}/squeeze_excite.*;
 Triton kernels in mobilenet_kernels/triton/squeeze_excite.py. Every backend runs the same three
@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from ..activations import check_activation
-from ._common import (acc_dtype, check_floating, check_grad_output, empty_like_output, mark_statistics,
-                      output_memory_format, register_twins)
+from ._common import (acc_dtype, check_floating, check_grad_output, empty_like_output, output_memory_format,
+                      register_twins)
 
 
 def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu",
@@ -76,30 +76,7 @@ def _backward_fake(grad_output, input, pooled, fc1_weight, fc1_bias, fc2_weight,
     return (empty_like_output(input), *(torch.empty_like(p, memory_format=torch.contiguous_format) for p in params))
 
 
-# ----------------------------------------------------------------------------- autograd
-
-
-def _setup_context(ctx, inputs, output):
-    input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, scale_activation = inputs
-    _, pooled = output
-    mark_statistics(ctx, pooled)
-    ctx.activations = (activation, scale_activation)
-    ctx.save_for_backward(input, pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-
-
-def _make_backward(backward_op):
-    def backward(ctx, grad_output, _grad_pooled):
-        if grad_output is None:  # (mark_statistics)
-            return (None,) * 7
-        input, pooled, *params = ctx.saved_tensors
-        grads = backward_op(grad_output.contiguous(memory_format=output_memory_format(input)), input, pooled, *params,
-                            *ctx.activations)
-        return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None)
-
-    return backward
-
-
-register_twins("squeeze_excite", _fake, _backward_fake, _make_backward, _setup_context)
+register_twins("squeeze_excite", _fake, _backward_fake)
 
 
 # ----------------------------------------------------------------------------- Triton
