@@ -10,7 +10,8 @@
 # the two depthwise fusions together only: V2's training step 7 ms slower with them, V3-Large's
 # 3.6 ms faster; peak memory and host times clean since (bench model, core.host_ms); untimed since
 # run 7 besides: batch_norm_act's CUDA passes, the SE
-# excite GEMMs, the cached eval folds, the tensor-core block kernel, ...):
+# excite GEMMs, the cached eval folds, the tensor-core block kernel, the expand + depthwise op's
+# C++ autograd and the Triton twins' (host time per step: bench_model's host_ms), ...):
 #   1. timeout_s 580: MK_SUITE_STEPS="build tests bench_model_switches bench_pw_dw summary"
 #      MK_TESTS_LIMIT=120 (bench_model_switches: which of the two fusions costs V2 its 7 ms, eager
 #      and from a CUDA graph; bench_pw_dw: at which blocks. Build: 178 s in run 8, less since the
