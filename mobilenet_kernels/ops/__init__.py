@@ -1,4 +1,5 @@
-"""Op registrations (fakes, Triton kernels; the autograd of every op is C++, csrc/autograd.cpp). Importing this module registers them all."""
+"""Op registrations (fakes, Triton kernels; every op's autograd is C++, csrc/autograd.cpp). Importing this
+module registers them all."""
 
 from .._extension import LOADED
 
