@@ -156,8 +156,7 @@ TORCH_LIBRARY(mobilenet_kernels, m) {
   // kernel's tiled depthwise kernels (csrc/cuda/depthwise_conv2d.cu, TiledInputBn) where they apply.
   // Elsewhere (and on CPU) the sequence of pointwise_conv2d_stats, batch_norm_act_eval,
   // depthwise_conv2d_stats, batch_norm_act_eval and, in backward, their backward ops
-  // (mobilenet_kernels/ops/pointwise_depthwise.py; the autograd: csrc/autograd.cpp, and for the
-  // _triton twin that file).
+  // (mobilenet_kernels/ops/pointwise_depthwise.py; the autograd of both twins: csrc/autograd.cpp).
   m.def(
       "pointwise_depthwise_bn_act_train(Tensor input, Tensor expand_weight, Tensor? expand_bn_weight, "
       "Tensor? expand_bn_bias, Tensor dw_weight, Tensor? dw_bn_weight, Tensor? dw_bn_bias, int[2] stride, "
