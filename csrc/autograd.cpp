@@ -33,17 +33,13 @@ using torch::autograd::variable_list;
 using Tensor = at::Tensor;
 using OptTensor = c10::optional<at::Tensor>;
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> find_op(const std::string& name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Sig>();
-}
-
 // The op mobilenet_kernels::`name` of the C++-backed ops, or with kTriton its `_triton` twin. The
 // twins share the Functions below, each over its own ops: the same formulas, and no Python per call
 // for either (the twins' kernels: mobilenet_kernels/ops/*.py and triton/*.py).
 template <typename Sig, bool kTriton>
 c10::TypedOperatorHandle<Sig> find_twin(const char* name) {
-  return find_op<Sig>(std::string("mobilenet_kernels::") + name + (kTriton ? "_triton" : ""));
+  const std::string qualified = std::string("mobilenet_kernels::") + name + (kTriton ? "_triton" : "");
+  return c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), "").typed<Sig>();
 }
 
 OptTensor optional(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
@@ -228,7 +224,7 @@ struct DepthwiseConvT {
   }
 };
 
-template <bool kTriton = false>
+template <bool kTriton>
 DepthwiseConvT<kTriton> depthwise_conv(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   return {stride.vec(), padding.vec(), dilation.vec()};
 }
